@@ -1,0 +1,146 @@
+//! Turning the embedded object into attached programs and typed maps.
+
+use std::os::fd::OwnedFd;
+
+use anyhow::{Context, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+};
+use gapscope_ebpf_common::{Log2Hist, OffCpuStats, SyscallKey, ThreadState};
+
+use super::{Hook, OBJECT, PROGRAMS, raise_memlock, tracefs};
+use crate::syscall_table;
+
+/// The loaded, attached programs. Dropping this detaches and unloads them.
+pub struct Probes {
+    ebpf: Ebpf,
+    /// Held while the kernel's BPF run-time statistics are on; closing it
+    /// turns them off again.
+    stats: Option<OwnedFd>,
+}
+
+/// One program's cumulative run statistics.
+pub struct ProgramStats {
+    pub name: &'static str,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+impl Probes {
+    /// Whether the kernel is collecting run-time statistics for us.
+    pub fn stats_enabled(&self) -> bool {
+        self.stats.is_some()
+    }
+
+    /// Run time and count of every attached program (zero when statistics
+    /// are off).
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        PROGRAMS
+            .iter()
+            .filter_map(|(name, _)| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some(ProgramStats {
+                    name,
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The maps the metrics are read from.
+pub struct KernelMaps {
+    /// Read only to report how many threads are tracked.
+    pub threads: HashMap<MapData, u32, ThreadState>,
+    pub syscalls: PerCpuHashMap<MapData, SyscallKey, Log2Hist>,
+    pub offcpu: PerCpuArray<MapData, OffCpuStats>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+/// Everything `attach_all` produces.
+pub struct Attached {
+    pub probes: Probes,
+    pub maps: KernelMaps,
+    /// tgid → service id, owned by `discovery::Targets`.
+    pub targets: HashMap<MapData, u32, u32>,
+    /// Process events from the kernel.
+    pub events: RingBuf<MapData>,
+}
+
+/// Loads the object, fills the syscall family table and attaches every
+/// program.
+pub fn attach_all(bpf_stats: bool) -> anyhow::Result<Attached> {
+    raise_memlock();
+    let tracefs = tracefs::ensure_mounted()?;
+    tracefs::verify_offsets(&tracefs)?;
+
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .context("loading the BPF object into the kernel")?;
+
+    let mut family: Array<_, u32> = Array::try_from(take(&mut ebpf, "SYSCALL_FAMILY")?)?;
+    for (nr, fam) in syscall_table::family_table().into_iter().enumerate() {
+        family.set(nr as u32, fam, 0)?;
+    }
+
+    for (name, hook) in PROGRAMS {
+        let program = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))?;
+        match hook {
+            Hook::Tracepoint(category, event) => {
+                let tp: &mut TracePoint = program.try_into()?;
+                tp.load().with_context(|| format!("loading {name}"))?;
+                tp.attach(category, event)
+                    .with_context(|| format!("attaching {name} to {category}:{event}"))?;
+            }
+            Hook::RawTracepoint(tp_name) => {
+                let tp: &mut RawTracePoint = program.try_into()?;
+                tp.load().with_context(|| format!("loading {name}"))?;
+                tp.attach(tp_name)
+                    .with_context(|| format!("attaching {name} to raw tracepoint {tp_name}"))?;
+            }
+        }
+        let id = ebpf
+            .program(name)
+            .and_then(|p| p.info().ok())
+            .map(|i| i.id());
+        log::info!("attached {name} (BPF program id {})", id.unwrap_or(0));
+    }
+
+    let stats = if bpf_stats {
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                log::warn!(
+                    "BPF run-time statistics unavailable ({e}); gapscope_bpf_program_* stay at 0. \
+                     Needs CAP_SYS_ADMIN or kernel.bpf_stats_enabled=1"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let maps = KernelMaps {
+        threads: HashMap::try_from(take(&mut ebpf, "THREADS")?)?,
+        syscalls: PerCpuHashMap::try_from(take(&mut ebpf, "SYSCALLS")?)?,
+        offcpu: PerCpuArray::try_from(take(&mut ebpf, "OFFCPU")?)?,
+        counters: PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?,
+    };
+    Ok(Attached {
+        maps,
+        targets: HashMap::try_from(take(&mut ebpf, "TARGETS")?)?,
+        events: RingBuf::try_from(take(&mut ebpf, "PROC_EVENTS")?)?,
+        probes: Probes { ebpf, stats },
+    })
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the BPF object"))
+}

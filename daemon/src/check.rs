@@ -1,0 +1,251 @@
+//! `gapscoped check`: what this host supports, and the fix for what it
+//! does not. Exits non-zero when the core (syscall and scheduler tracing)
+//! cannot run.
+
+use std::path::Path;
+
+use crate::bpf::{self, caps};
+
+struct Item {
+    name: &'static str,
+    ok: bool,
+    /// The core cannot run without this.
+    core: bool,
+    detail: String,
+    fix: &'static str,
+}
+
+/// Runs every check, prints a table and returns whether the core can run.
+pub fn run() -> bool {
+    let mut items = vec![
+        kernel(),
+        btf(),
+        tracefs(),
+        capabilities(),
+        bpf_syscall(),
+        ring_buffer(),
+        perf_event(),
+        uprobes(),
+    ];
+    // Loading the real programs is the check that settles everything else.
+    if items.iter().all(|i| i.ok || !i.core) {
+        items.push(programs());
+    }
+    let core_ok = items.iter().all(|i| i.ok || !i.core);
+    for i in &items {
+        let status = if i.ok { "OK" } else { "MISSING" };
+        println!("{status:<8} {:<16} {}", i.name, i.detail);
+        if !i.ok {
+            let weight = if i.core { "required" } else { "optional" };
+            println!("{:<8} {:<16} ({weight}) fix: {}", "", "", i.fix);
+        }
+    }
+    if core_ok {
+        println!("\ngapscoped can run on this host.");
+    } else {
+        println!("\ngapscoped cannot run on this host until the required items above are fixed.");
+    }
+    core_ok
+}
+
+fn kernel() -> Item {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    Item {
+        name: "kernel",
+        ok: (major, minor) >= (5, 8),
+        core: true,
+        detail: format!("Linux {release} (5.8 or newer needed: BPF ring buffers)"),
+        fix: "upgrade the kernel to 5.8 or newer",
+    }
+}
+
+fn btf() -> Item {
+    let ok = Path::new("/sys/kernel/btf/vmlinux").exists();
+    Item {
+        name: "btf",
+        ok,
+        core: false,
+        detail: if ok {
+            "/sys/kernel/btf/vmlinux present".into()
+        } else {
+            "no kernel BTF".into()
+        },
+        fix: "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+    }
+}
+
+fn tracefs() -> Item {
+    match bpf::tracefs::find() {
+        Some(p) => {
+            let offsets = bpf::tracefs::verify_offsets(&p);
+            Item {
+                name: "tracefs",
+                ok: offsets.is_ok(),
+                core: true,
+                detail: match offsets {
+                    Ok(()) => format!(
+                        "mounted at {}; tracepoint record layouts match",
+                        p.display()
+                    ),
+                    Err(e) => format!("{e:#}"),
+                },
+                fix: "rebuild gapscoped for this kernel's tracepoint layouts",
+            }
+        }
+        None => {
+            let can_mount = caps::has(caps::CAP_SYS_ADMIN);
+            Item {
+                name: "tracefs",
+                ok: can_mount,
+                core: true,
+                detail: if can_mount {
+                    "not mounted; gapscoped mounts it at /sys/kernel/tracing when it starts".into()
+                } else {
+                    "not mounted, and gapscoped lacks CAP_SYS_ADMIN to mount it".into()
+                },
+                fix: "mount -t tracefs nodev /sys/kernel/tracing",
+            }
+        }
+    }
+}
+
+fn capabilities() -> Item {
+    let held: Vec<&str> = [
+        (caps::CAP_BPF, "CAP_BPF"),
+        (caps::CAP_PERFMON, "CAP_PERFMON"),
+        (caps::CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+        (caps::CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ]
+    .iter()
+    .filter(|(c, _)| caps::has(*c))
+    .map(|(_, n)| *n)
+    .collect();
+    Item {
+        name: "capabilities",
+        ok: caps::can_trace(),
+        core: true,
+        detail: if held.is_empty() {
+            "none of CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_SYS_ADMIN".into()
+        } else {
+            format!("held: {}", held.join(", "))
+        },
+        fix: "run as root or grant CAP_BPF and CAP_PERFMON (and CAP_SYS_PTRACE for other users' processes)",
+    }
+}
+
+/// bpf(BPF_MAP_CREATE) with the given type; Ok when the kernel accepts it.
+fn create_map(map_type: u32, key: u32, value: u32, entries: u32) -> std::io::Result<()> {
+    let mut attr = [0u32; 32];
+    attr[0] = map_type;
+    attr[1] = key;
+    attr[2] = value;
+    attr[3] = entries;
+    // SAFETY: attr is a zeroed union bpf_attr prefix of the right size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0, /* BPF_MAP_CREATE */
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned to us.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+fn bpf_syscall() -> Item {
+    let r = create_map(2 /* BPF_MAP_TYPE_ARRAY */, 4, 4, 1);
+    Item {
+        name: "bpf()",
+        ok: r.is_ok(),
+        core: true,
+        detail: match r {
+            Ok(()) => "maps can be created".into(),
+            Err(e) => format!("BPF_MAP_CREATE failed: {e}"),
+        },
+        fix: "run with CAP_BPF; if it still fails, check kernel.unprivileged_bpf_disabled and seccomp/LSM policy",
+    }
+}
+
+fn ring_buffer() -> Item {
+    let r = create_map(27 /* BPF_MAP_TYPE_RINGBUF */, 0, 0, 4096);
+    Item {
+        name: "ring buffer",
+        ok: r.is_ok(),
+        core: true,
+        detail: match r {
+            Ok(()) => "BPF_MAP_TYPE_RINGBUF supported".into(),
+            Err(e) => format!("creating a ring buffer failed: {e}"),
+        },
+        fix: "use a kernel of 5.8 or newer",
+    }
+}
+
+fn perf_event() -> Item {
+    // struct perf_event_attr: type, size, config, ..., flags at byte 40.
+    let mut attr = [0u64; 16];
+    attr[0] = 1 /* PERF_TYPE_SOFTWARE */ | ((std::mem::size_of_val(&attr) as u64) << 32);
+    attr[1] = 0; // PERF_COUNT_SW_CPU_CLOCK
+    attr[5] = 1 | (1 << 5) | (1 << 6); // disabled, exclude_kernel, exclude_hv
+    // SAFETY: attr is a valid perf_event_attr of the size it claims.
+    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, 0) };
+    let r = if fd < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        // SAFETY: fd was just returned to us.
+        unsafe { libc::close(fd as i32) };
+        Ok(())
+    };
+    Item {
+        name: "perf_event_open",
+        ok: r.is_ok(),
+        core: true,
+        detail: match r {
+            Ok(()) => "available".into(),
+            Err(e) => format!("failed: {e}"),
+        },
+        fix: "grant CAP_PERFMON, or lower kernel.perf_event_paranoid",
+    }
+}
+
+fn uprobes() -> Item {
+    let ok = Path::new("/sys/bus/event_source/devices/uprobe/type").exists();
+    Item {
+        name: "uprobes",
+        ok,
+        core: false,
+        detail: if ok {
+            "uprobe PMU present (for GIL, serialization and CUDA probes)".into()
+        } else {
+            "no uprobe PMU".into()
+        },
+        fix: "use a kernel built with CONFIG_UPROBE_EVENTS=y",
+    }
+}
+
+fn programs() -> Item {
+    let r = bpf::attach_all(false);
+    Item {
+        name: "programs",
+        ok: r.is_ok(),
+        core: true,
+        detail: match r {
+            Ok(_) => format!(
+                "all {} programs load and attach (detached again)",
+                bpf::PROGRAMS.len()
+            ),
+            Err(e) => format!("{e:#}"),
+        },
+        fix: "see the error above; run gapscoped with RUST_LOG=debug for the verifier log",
+    }
+}

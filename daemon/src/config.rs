@@ -1,0 +1,266 @@
+//! The configuration file (TOML). Every key is documented in README.md
+//! ("Configuration"); unknown keys are errors, not silently ignored.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::error::UsageError;
+
+/// Where the daemon looks when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/gapscope/gapscoped.toml";
+
+/// The default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9478";
+
+#[derive(Debug)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug)]
+pub struct DaemonConfig {
+    pub listen: SocketAddr,
+    /// How often /proc is rescanned to catch what events missed.
+    pub rescan_interval: Duration,
+    /// Turn on the kernel's BPF run-time statistics (costs ~20 ns per
+    /// program run, host-wide, while on).
+    pub bpf_stats: bool,
+}
+
+#[derive(Debug)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub matcher: Matcher,
+    /// Processes forked by a matched process belong to the same service.
+    pub follow_children: bool,
+}
+
+/// What a process must look like to belong to a service. Every field that
+/// is set must match (they are ANDed); at least one must be set.
+#[derive(Debug, Default)]
+pub struct Matcher {
+    pub pids: Vec<u32>,
+    pub exe: Option<String>,
+    pub cmdline: Option<Regex>,
+    pub cgroup: Option<String>,
+    pub systemd_unit: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    listen: Option<String>,
+    rescan_interval_ms: Option<u64>,
+    bpf_stats: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    #[serde(default)]
+    pids: Vec<u32>,
+    exe: Option<String>,
+    cmdline: Option<String>,
+    cgroup: Option<String>,
+    systemd_unit: Option<String>,
+    follow_children: Option<bool>,
+}
+
+const SEE_README: &str = "see README.md, section Configuration";
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, UsageError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            UsageError::new(
+                format!("cannot read config file {}: {e}", path.display()),
+                format!(
+                    "create it (an example is in deploy/gapscoped.toml) or pass --config PATH; {SEE_README}"
+                ),
+            )
+        })?;
+        Self::parse(&text).map_err(|e| UsageError {
+            problem: format!("config file {}: {}", path.display(), e.problem),
+            fix: e.fix,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, UsageError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            UsageError::new(
+                e.to_string().trim().replace('\n', " "),
+                format!("correct the key or value named above; {SEE_README}"),
+            )
+        })?;
+        let daemon = parse_daemon(raw.daemon)?;
+        if raw.service.is_empty() {
+            return Err(UsageError::new(
+                "no [[service]] is defined, so there is nothing to trace",
+                format!("add a [[service]] with a name and a matcher; {SEE_README}"),
+            ));
+        }
+        if raw.service.len() > gapscope_ebpf_common::MAX_SERVICES as usize {
+            return Err(UsageError::new(
+                format!(
+                    "{} services are defined, more than the {} supported",
+                    raw.service.len(),
+                    gapscope_ebpf_common::MAX_SERVICES
+                ),
+                "merge services that belong together",
+            ));
+        }
+        let mut services = Vec::with_capacity(raw.service.len());
+        for s in raw.service {
+            if services.iter().any(|o: &ServiceConfig| o.name == s.name) {
+                return Err(UsageError::new(
+                    format!("service name {:?} is used twice", s.name),
+                    "give every [[service]] its own name",
+                ));
+            }
+            services.push(parse_service(s)?);
+        }
+        Ok(Config { daemon, services })
+    }
+}
+
+fn parse_daemon(raw: RawDaemon) -> Result<DaemonConfig, UsageError> {
+    let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = listen_text.parse().map_err(|_| {
+        UsageError::new(
+            format!("daemon.listen = {listen_text:?} is not an IP address and port"),
+            format!("write it like {DEFAULT_LISTEN:?} or \"[::1]:9478\""),
+        )
+    })?;
+    let rescan_ms = raw.rescan_interval_ms.unwrap_or(1000);
+    if !(100..=60_000).contains(&rescan_ms) {
+        return Err(UsageError::new(
+            format!("daemon.rescan_interval_ms = {rescan_ms} is out of range"),
+            "use a value from 100 to 60000 (default 1000)",
+        ));
+    }
+    Ok(DaemonConfig {
+        listen,
+        rescan_interval: Duration::from_millis(rescan_ms),
+        bpf_stats: raw.bpf_stats.unwrap_or(true),
+    })
+}
+
+fn parse_service(s: RawService) -> Result<ServiceConfig, UsageError> {
+    let valid_name = !s.name.is_empty()
+        && s.name.len() <= 64
+        && s.name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !valid_name {
+        return Err(UsageError::new(
+            format!(
+                "service name {:?} is not allowed (it becomes a label value)",
+                s.name
+            ),
+            "use 1-64 characters from A-Z, a-z, 0-9, '_', '-' and '.'",
+        ));
+    }
+    let name = s.name;
+    let cmdline = match s.cmdline {
+        None => None,
+        Some(re) => Some(Regex::new(&re).map_err(|e| {
+            UsageError::new(
+                format!(
+                    "service {name:?}: cmdline regex {re:?} is invalid: {}",
+                    e.to_string().replace('\n', " ")
+                ),
+                "fix the regular expression (Rust regex syntax; escape literal characters like '.' or '(')",
+            )
+        })?),
+    };
+    if let Some(exe) = &s.exe
+        && !exe.starts_with('/')
+    {
+        return Err(UsageError::new(
+            format!("service {name:?}: exe = {exe:?} is not an absolute path"),
+            "give the full path of the executable, as /proc/PID/exe shows it",
+        ));
+    }
+    if let Some(cg) = &s.cgroup
+        && !cg.starts_with('/')
+    {
+        return Err(UsageError::new(
+            format!("service {name:?}: cgroup = {cg:?} does not start with '/'"),
+            "give the cgroup v2 path as /proc/PID/cgroup shows it, e.g. \"/system.slice/bentoml.service\"",
+        ));
+    }
+    if let Some(unit) = &s.systemd_unit
+        && (unit.contains('/') || !unit.contains('.'))
+    {
+        return Err(UsageError::new(
+            format!("service {name:?}: systemd_unit = {unit:?} is not a unit name"),
+            "give the unit's full name, e.g. \"bentoml.service\"",
+        ));
+    }
+    let matcher = Matcher {
+        pids: s.pids,
+        exe: s.exe,
+        cmdline,
+        cgroup: s.cgroup.map(|c| c.trim_end_matches('/').to_string()),
+        systemd_unit: s.systemd_unit,
+    };
+    if matcher.is_empty() {
+        return Err(UsageError::new(
+            format!("service {name:?} has no matcher, so it would match no process"),
+            "set at least one of pids, exe, cmdline, cgroup, systemd_unit",
+        ));
+    }
+    Ok(ServiceConfig {
+        name,
+        matcher,
+        follow_children: s.follow_children.unwrap_or(true),
+    })
+}
+
+impl Matcher {
+    fn is_empty(&self) -> bool {
+        self.pids.is_empty()
+            && self.exe.is_none()
+            && self.cmdline.is_none()
+            && self.cgroup.is_none()
+            && self.systemd_unit.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse("[[service]]\nname = \"a\"\ncmdline = \"python\"\n").unwrap();
+        assert_eq!(c.daemon.listen.to_string(), DEFAULT_LISTEN);
+        assert!(c.daemon.listen.ip().is_loopback());
+        assert_eq!(c.services.len(), 1);
+        assert!(c.services[0].follow_children);
+    }
+
+    #[test]
+    fn cgroup_trailing_slash_is_trimmed() {
+        let c = Config::parse("[[service]]\nname = \"a\"\ncgroup = \"/system.slice/x.service/\"\n")
+            .unwrap();
+        assert_eq!(
+            c.services[0].matcher.cgroup.as_deref(),
+            Some("/system.slice/x.service")
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! `gapscoped run`: bind, attach, follow processes, serve, and tear down
+//! cleanly on SIGTERM/SIGINT.
+
+use std::sync::{Arc, Mutex};
+
+use gapscope_ebpf_common::ProcEvent;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    bpf::{self, caps},
+    config::Config,
+    discovery::Targets,
+    error::UsageError,
+    http,
+    metrics::Exporter,
+    notify,
+};
+
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    if !caps::can_trace() {
+        return Err(UsageError::new(
+            "gapscoped lacks the privileges to load BPF programs (needs CAP_BPF and CAP_PERFMON, or root)",
+            "run it as root, through deploy/gapscoped.service, or grant them: \
+             setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep $(command -v gapscoped)",
+        )
+        .into());
+    }
+    // Bind before attaching: a taken port must leave nothing behind.
+    let listener = std::net::TcpListener::bind(config.daemon.listen).map_err(|e| {
+        UsageError::new(
+            format!("cannot listen on {}: {e}", config.daemon.listen),
+            "stop whatever holds the port or set daemon.listen to a free address",
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+
+    let bpf::Attached {
+        probes,
+        maps,
+        targets,
+        events,
+    } = bpf::attach_all(config.daemon.bpf_stats)?;
+    let services: Arc<[_]> = config.services.into();
+    let targets = Arc::new(Mutex::new(Targets::new(targets, services.clone())));
+    lock(&targets).rescan();
+
+    let exporter = Arc::new(Exporter {
+        services,
+        maps,
+        probes,
+        targets: targets.clone(),
+    });
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server =
+        axum::serve(listener, http::router(exporter.clone())).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+    let server = tokio::spawn(async move { server.await });
+
+    log::info!("listening on http://{}/metrics", config.daemon.listen);
+    notify::send("READY=1");
+
+    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
+    // for as long as it lives, which is as long as the AsyncFd.
+    let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the process event ring buffer: {e}"))?;
+    let mut rescan = tokio::time::interval(config.daemon.rescan_interval);
+    let watchdog_every = notify::watchdog_interval();
+    let mut watchdog =
+        tokio::time::interval(watchdog_every.unwrap_or(std::time::Duration::from_secs(3600)));
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); break; }
+            _ = sigint.recv() => { log::info!("SIGINT: detaching"); break; }
+            _ = rescan.tick() => lock(&targets).rescan(),
+            _ = watchdog.tick(), if watchdog_every.is_some() => notify::send("WATCHDOG=1"),
+            guard = events.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                let mut t = lock(&targets);
+                while let Some(item) = ring.next() {
+                    if item.len() >= std::mem::size_of::<ProcEvent>() {
+                        // SAFETY: the kernel wrote a ProcEvent; read unaligned.
+                        let ev = unsafe { (item.as_ptr() as *const ProcEvent).read_unaligned() };
+                        t.on_event(&ev);
+                    }
+                }
+                guard.clear_ready();
+            }
+        }
+    }
+
+    notify::send("STOPPING=1");
+    let _ = stop_http.send(());
+    let _ = server.await;
+    drop(events);
+    drop(targets);
+    // The exporter owns the programs; the HTTP server held the only other
+    // reference and has stopped, so this drop detaches and unloads them.
+    match Arc::try_unwrap(exporter) {
+        Ok(ex) => drop(ex),
+        Err(_) => log::warn!("metrics still referenced at shutdown; programs go with the process"),
+    }
+    log::info!("all programs detached; exiting");
+    Ok(())
+}
+
+fn lock(t: &Mutex<Targets>) -> std::sync::MutexGuard<'_, Targets> {
+    t.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

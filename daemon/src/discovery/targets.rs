@@ -1,0 +1,130 @@
+//! Keeps the kernel's tgid → service map in step with the processes that
+//! exist: a full /proc scan at start and every `rescan_interval`, plus the
+//! exec events the kernel sends, so a new server process is traced within
+//! milliseconds and in the worst case within one rescan.
+//!
+//! Children of traced processes are added by the kernel itself at fork
+//! (`task_newtask`), and exited processes are removed there too; the rescan
+//! only repairs what events missed (a full ring buffer, a leader thread that
+//! exited before its process).
+
+use std::{collections::HashMap as StdHashMap, sync::Arc};
+
+use aya::maps::{HashMap, MapData};
+use gapscope_ebpf_common::{NO_SERVICE, ProcEvent, proc_event};
+
+use super::procfs::{self, ProcessInfo};
+use crate::config::ServiceConfig;
+
+pub struct Targets {
+    map: HashMap<MapData, u32, u32>,
+    services: Arc<[ServiceConfig]>,
+    /// Never trace the daemon itself.
+    own_tgid: u32,
+}
+
+impl Targets {
+    pub fn new(map: HashMap<MapData, u32, u32>, services: Arc<[ServiceConfig]>) -> Self {
+        Self {
+            map,
+            services,
+            own_tgid: std::process::id(),
+        }
+    }
+
+    /// The service a process matches, by configuration order.
+    fn match_service(&self, p: &ProcessInfo) -> Option<u32> {
+        if p.tgid == self.own_tgid {
+            return None;
+        }
+        self.services
+            .iter()
+            .position(|s| s.matcher.matches(p))
+            .map(|i| i as u32)
+    }
+
+    /// The current contents of the kernel map.
+    pub fn traced(&self) -> StdHashMap<u32, u32> {
+        self.map.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Processes traced per service id.
+    pub fn counts(&self) -> Vec<u64> {
+        let mut counts = vec![0u64; self.services.len()];
+        for (_, service) in self.traced() {
+            if let Some(c) = counts.get_mut(service as usize) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+
+    fn add(&mut self, tgid: u32, service: u32) {
+        match self.map.insert(tgid, service, 0) {
+            Ok(()) => log::info!(
+                "tracing pid {tgid} as service {}",
+                self.services[service as usize].name
+            ),
+            Err(e) => log::warn!("cannot trace pid {tgid}: {e}"),
+        }
+    }
+
+    fn remove(&mut self, tgid: u32) {
+        // Already gone (the kernel removed it at exit) is fine.
+        let _ = self.map.remove(&tgid);
+    }
+
+    /// Matches every process in /proc and drops entries of dead ones.
+    pub fn rescan(&mut self) {
+        let traced = self.traced();
+        for tgid in procfs::all_tgids() {
+            if traced.contains_key(&tgid) {
+                continue;
+            }
+            if let Some(p) = ProcessInfo::read(tgid)
+                && let Some(service) = self.match_service(&p)
+            {
+                self.add(tgid, service);
+            }
+        }
+        for tgid in traced.keys() {
+            if !procfs::is_alive(*tgid) {
+                log::debug!("pid {tgid} is gone; untracing");
+                self.remove(*tgid);
+            }
+        }
+    }
+
+    /// Acts on one event from the kernel.
+    pub fn on_event(&mut self, ev: &ProcEvent) {
+        match ev.kind {
+            proc_event::EXEC if ev.service == NO_SERVICE => {
+                if let Some(p) = ProcessInfo::read(ev.tgid)
+                    && let Some(service) = self.match_service(&p)
+                {
+                    self.add(ev.tgid, service);
+                }
+            }
+            proc_event::FORK => {
+                let follow = self
+                    .services
+                    .get(ev.service as usize)
+                    .is_some_and(|s| s.follow_children);
+                if !follow {
+                    // The kernel adds every child; this service wants only
+                    // processes that match it themselves.
+                    let matches = ProcessInfo::read(ev.tgid)
+                        .and_then(|p| self.match_service(&p))
+                        .is_some_and(|s| s == ev.service);
+                    if !matches {
+                        self.remove(ev.tgid);
+                    }
+                } else {
+                    log::debug!("following fork {} -> {}", ev.parent_tgid, ev.tgid);
+                }
+            }
+            proc_event::EXIT => log::debug!("pid {} exited", ev.tgid),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! gapscoped: traces LLM serving processes with eBPF and exports, as
+//! Prometheus metrics, what their threads do while the GPU waits.
+//!
+//! From a kernel event to a metric:
+//! `ebpf/programs` (aggregates in per-CPU maps) → `bpf` (loads, attaches,
+//! owns the maps) → `metrics` (decodes the maps at scrape time) → `http`.
+//! `discovery` decides which processes are traced.
+
+pub mod bpf;
+pub mod check;
+pub mod config;
+pub mod daemon;
+pub mod discovery;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod notify;
+pub mod syscall_table;

@@ -1,0 +1,106 @@
+//! Metrics decoded from the kernel maps: syscalls, CPU time by reason, and
+//! the events the programs saw and dropped.
+
+use std::collections::BTreeMap;
+
+use gapscope_ebpf_common::{Log2Hist, OffCpuReason, OffCpuStats, counter};
+
+use super::{Exporter, Family};
+use crate::syscall_table;
+
+pub fn collect(ex: &Exporter) -> Vec<Family> {
+    let mut out = syscalls(ex);
+    out.extend(cpu_time(ex));
+    out
+}
+
+fn syscalls(ex: &Exporter) -> Vec<Family> {
+    let mut hist = Family::histogram(
+        "gapscope_syscall_duration_seconds",
+        "Syscall latency from entry to return, per service and syscall (the _count is the number of calls).",
+    );
+    // Sorted so the output is stable between scrapes.
+    let mut merged: BTreeMap<(u32, u32), Log2Hist> = BTreeMap::new();
+    for entry in ex.maps.syscalls.iter() {
+        let Ok((key, per_cpu)) = entry else { continue };
+        let total = merged
+            .entry((key.service, key.nr))
+            .or_insert(Log2Hist::ZERO);
+        for h in per_cpu.iter() {
+            total.merge(h);
+        }
+    }
+    let mut seen = 0u64;
+    for ((service, nr), h) in &merged {
+        let Some(service) = ex.service_name(*service) else {
+            continue;
+        };
+        seen += h.count;
+        let name = syscall_table::name(*nr);
+        hist.add_log2_histogram(&[("service", service), ("syscall", &name)], h);
+    }
+
+    let count = |index: u32| -> f64 {
+        ex.maps
+            .counters
+            .get(&index, 0)
+            .map(|v| v.iter().sum::<u64>() as f64)
+            .unwrap_or(0.0)
+    };
+    let mut events = Family::counter(
+        "gapscope_events_total",
+        "Events the BPF programs handled, per source.",
+    );
+    events.add_counter(&[("source", "syscall")], seen as f64);
+    events.add_counter(&[("source", "sched")], count(counter::SCHED_SWITCHES));
+    events.add_counter(&[("source", "proc")], count(counter::PROC_EVENTS));
+    let mut dropped = Family::counter(
+        "gapscope_events_dropped_total",
+        "Events the BPF programs could not record (a full map or ring buffer), per source.",
+    );
+    dropped.add_counter(&[("source", "syscall")], count(counter::SYSCALLS_DROPPED));
+    dropped.add_counter(&[("source", "sched")], count(counter::THREADS_DROPPED));
+    dropped.add_counter(
+        &[("source", "proc")],
+        count(counter::PROC_EVENTS_DROPPED) + count(counter::TARGETS_DROPPED),
+    );
+    vec![hist, events, dropped]
+}
+
+fn cpu_time(ex: &Exporter) -> Vec<Family> {
+    let mut on = Family::counter(
+        "gapscope_oncpu_seconds_total",
+        "Time the service's threads spent running on a CPU.",
+    );
+    let mut off = Family::counter(
+        "gapscope_offcpu_seconds_total",
+        "Time the service's threads spent off CPU, by reason: blocked in a syscall of a family, blocked elsewhere, or runnable and waiting for a CPU (runqueue).",
+    );
+    let mut runq = Family::histogram(
+        "gapscope_runqueue_latency_seconds",
+        "How long the service's threads waited for a CPU once runnable.",
+    );
+    for (id, service) in ex.services.iter().enumerate() {
+        let Ok(per_cpu) = ex.maps.offcpu.get(&(id as u32), 0) else {
+            continue;
+        };
+        let mut total = OffCpuStats::ZERO;
+        for s in per_cpu.iter() {
+            total.on_cpu_ns += s.on_cpu_ns;
+            for (a, b) in total.off_ns.iter_mut().zip(s.off_ns.iter()) {
+                *a += b;
+            }
+            total.runq.merge(&s.runq);
+        }
+        let name = service.name.as_str();
+        on.add_counter(&[("service", name)], total.on_cpu_ns as f64 / 1e9);
+        for reason in OffCpuReason::ALL {
+            off.add_counter(
+                &[("service", name), ("reason", reason.label())],
+                total.off_ns[reason as usize] as f64 / 1e9,
+            );
+        }
+        runq.add_log2_histogram(&[("service", name)], &total.runq);
+    }
+    vec![on, off, runq]
+}

@@ -1,0 +1,67 @@
+//! Gapscope's own health: build, processes matched, BPF program cost.
+
+use super::{Exporter, Family};
+
+pub fn collect(ex: &Exporter) -> Vec<Family> {
+    let mut build = Family::gauge(
+        "gapscope_build_info",
+        "Always 1; the labels say which gapscoped this is.",
+    );
+    build.add_gauge(
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            (
+                "revision",
+                option_env!("GAPSCOPE_REVISION").unwrap_or("unknown"),
+            ),
+        ],
+        1.0,
+    );
+
+    let mut processes = Family::gauge(
+        "gapscope_service_processes",
+        "Processes currently traced for each service.",
+    );
+    let counts = ex.targets.lock().map(|t| t.counts()).unwrap_or_default();
+    for (service, n) in ex.services.iter().zip(&counts) {
+        processes.add_gauge(&[("service", &service.name)], *n as f64);
+    }
+
+    let mut entries = Family::gauge(
+        "gapscope_bpf_map_entries",
+        "Entries in each of gapscoped's BPF maps (bounded: dead processes and threads are removed).",
+    );
+    entries.add_gauge(&[("map", "targets")], counts.iter().sum::<u64>() as f64);
+    entries.add_gauge(&[("map", "threads")], ex.maps.threads.keys().count() as f64);
+    entries.add_gauge(
+        &[("map", "syscalls")],
+        ex.maps.syscalls.keys().count() as f64,
+    );
+
+    let mut up = Family::gauge(
+        "gapscope_collector_up",
+        "1 when the collector is attached and working, 0 when it is not.",
+    );
+    for collector in ["syscalls", "offcpu", "proc"] {
+        up.add_gauge(&[("collector", collector)], 1.0);
+    }
+
+    let mut stats_on = Family::gauge(
+        "gapscope_bpf_stats_enabled",
+        "1 when the kernel collects BPF run-time statistics for gapscoped's programs.",
+    );
+    stats_on.add_gauge(&[], if ex.probes.stats_enabled() { 1.0 } else { 0.0 });
+    let mut run_time = Family::counter(
+        "gapscope_bpf_program_run_seconds_total",
+        "Time the kernel spent running each BPF program (0 while statistics are off).",
+    );
+    let mut runs = Family::counter(
+        "gapscope_bpf_program_runs_total",
+        "Times each BPF program ran (0 while statistics are off).",
+    );
+    for p in ex.probes.program_stats() {
+        run_time.add_counter(&[("program", p.name)], p.run_time_ns as f64 / 1e9);
+        runs.add_counter(&[("program", p.name)], p.run_count as f64);
+    }
+    vec![build, processes, entries, up, stats_on, run_time, runs]
+}

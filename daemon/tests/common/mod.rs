@@ -1,0 +1,279 @@
+//! Test harness: a real gapscoped (the binary cargo built), real workloads,
+//! and scrapes of the real `/metrics` over HTTP.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+/// One daemon at a time: tests compare timings and program lists.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    require_root();
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests load and attach BPF programs and must run as root: sudo scripts/test.sh"
+    );
+}
+
+pub fn gapscoped_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gapscoped"))
+}
+
+/// The workload binary, built by cargo next to gapscoped.
+pub fn workload_bin() -> PathBuf {
+    let p = gapscoped_bin().with_file_name("gapscope-workload");
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python from targets/.venv (pyenv's CPython 3.11).
+pub fn target_python() -> PathBuf {
+    let p = repo_root().join("targets/.venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/setup.sh to create the targets' venv",
+        p.display()
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn write_config(text: &str) -> tempfile::TempPath {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f.into_temp_path()
+}
+
+/// A running gapscoped.
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+    _config: tempfile::TempPath,
+}
+
+impl Daemon {
+    /// Starts gapscoped with `services` (TOML `[[service]]` tables) and waits
+    /// until it serves `/healthz`.
+    pub fn start(services: &str) -> Daemon {
+        Self::start_with(services, "")
+    }
+
+    pub fn start_with(services: &str, daemon_extra: &str) -> Daemon {
+        let port = free_port();
+        let config = write_config(&format!(
+            "[daemon]\nlisten = \"127.0.0.1:{port}\"\n{daemon_extra}\n{services}"
+        ));
+        let log = std::env::temp_dir().join(format!("gapscoped-test-{port}.log"));
+        let child = Command::new(gapscoped_bin())
+            .arg("--config")
+            .arg(&*config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning gapscoped");
+        let mut d = Daemon {
+            child,
+            port,
+            log,
+            _config: config,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(port, "/healthz").is_none() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("gapscoped exited early ({status}):\n{}", d.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gapscoped never became healthy:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn scrape(&self) -> Metrics {
+        Metrics(http_get(self.port, "/metrics").expect("scraping /metrics"))
+    }
+
+    /// Waits until `service` has `n` traced processes.
+    pub fn wait_processes(&self, service: &str, n: f64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self
+                .scrape()
+                .get("gapscope_service_processes", &[("service", service)]);
+            if got == Some(n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service {service} has {got:?} processes, expected {n}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and the time it took to exit.
+    pub fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let start = Instant::now();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        (status, start.elapsed())
+    }
+
+    /// BPF program ids from the "attached ... (BPF program id N)" log lines.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| l.split("BPF program id ").nth(1))
+            .filter_map(|rest| rest.trim_end_matches(')').parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.terminate();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A tiny HTTP/1.0 GET; None when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?;
+    (status == "200").then(|| body.to_string())
+}
+
+/// A scrape, with lookups by metric name and labels.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of the sample `name` whose labels include all of `labels`.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.0.lines().find_map(|line| {
+            if line.starts_with('#') {
+                return None;
+            }
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse().ok()).flatten()
+        })
+    }
+
+    pub fn get_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+}
+
+/// A workload process that waits for "go" on stdin.
+pub struct Workload {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Workload {
+    pub fn spawn(program: &std::path::Path, args: &[&str]) -> Workload {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut w = Workload {
+            child,
+            stdin,
+            stdout,
+        };
+        let line = w.read_line();
+        assert!(line.starts_with("ready"), "workload said {line:?}");
+        w
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+
+    /// Sends "go" and returns every line printed before "done".
+    pub fn go(&mut self) -> Vec<String> {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "go").unwrap();
+        stdin.flush().unwrap();
+        let mut lines = Vec::new();
+        loop {
+            let line = self.read_line();
+            if line == "done" || line.is_empty() {
+                return lines;
+            }
+            lines.push(line);
+        }
+    }
+
+    /// Closes stdin and waits for the process to exit.
+    pub fn finish(mut self) {
+        drop(self.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "workload exited with {status}");
+    }
+}

@@ -1,0 +1,278 @@
+//! End-to-end: gapscoped attached for real, real processes with known
+//! ground truth, `/metrics` scraped over HTTP. Run as root.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, Metrics, Workload, serial, target_python, workload_bin};
+
+fn service(name: &str, tag: &str) -> String {
+    format!("[[service]]\nname = \"{name}\"\ncmdline = \"--tag {tag}( |$)\"\n")
+}
+
+fn calls(m: &Metrics, service: &str, syscall: &str) -> f64 {
+    m.get_or_zero(
+        "gapscope_syscall_duration_seconds_count",
+        &[("service", service), ("syscall", syscall)],
+    )
+}
+
+#[test]
+fn exact_syscall_counts_and_nanosleep_histogram() {
+    let _g = serial();
+    let daemon = Daemon::start(&service("exact", "exact"));
+    const N: u64 = 12_345;
+    const M: u64 = 200;
+    let mut w = Workload::spawn(
+        &workload_bin(),
+        &[
+            "syscalls",
+            "--getppid",
+            &N.to_string(),
+            "--nanosleep",
+            &M.to_string(),
+            "--sleep-us",
+            "1000",
+            "--tag",
+            "exact",
+        ],
+    );
+    daemon.wait_processes("exact", 1.0);
+    let out = w.go();
+    let asleep_ns: f64 = out
+        .iter()
+        .find_map(|l| l.strip_prefix("asleep_ns "))
+        .and_then(|v| v.parse().ok())
+        .expect("workload reports its time asleep");
+    let m = daemon.scrape();
+    assert_eq!(calls(&m, "exact", "getppid"), N as f64, "getppid count");
+    assert_eq!(calls(&m, "exact", "nanosleep"), M as f64, "nanosleep count");
+    let sum = m
+        .get(
+            "gapscope_syscall_duration_seconds_sum",
+            &[("service", "exact"), ("syscall", "nanosleep")],
+        )
+        .unwrap();
+    let expected = M as f64 * 1e-3;
+    assert!(
+        (sum - expected).abs() <= 0.10 * expected,
+        "nanosleep sum {sum} s is not within 10% of {expected} s"
+    );
+    // The kernel and the workload timed the same sleeps.
+    let own = asleep_ns / 1e9;
+    assert!(
+        (sum - own).abs() <= 0.05 * own,
+        "nanosleep sum {sum} s vs the workload's own clock {own} s"
+    );
+    // Every sleep lands in the 1-2 ms bucket or the next one (timer slack).
+    let le_2ms = m
+        .get(
+            "gapscope_syscall_duration_seconds_bucket",
+            &[
+                ("service", "exact"),
+                ("syscall", "nanosleep"),
+                ("le", "0.002097152"),
+            ],
+        )
+        .unwrap();
+    let le_1ms = m
+        .get(
+            "gapscope_syscall_duration_seconds_bucket",
+            &[
+                ("service", "exact"),
+                ("syscall", "nanosleep"),
+                ("le", "0.000524288"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(le_1ms, 0.0, "no 1 ms sleep can finish in under 0.5 ms");
+    assert!(
+        le_2ms >= 0.9 * M as f64,
+        "most sleeps end below 2.1 ms, got {le_2ms}"
+    );
+    w.finish();
+}
+
+#[test]
+fn untraced_process_adds_nothing() {
+    let _g = serial();
+    let daemon = Daemon::start(&service("traced", "traced"));
+    let mut traced = Workload::spawn(
+        &workload_bin(),
+        &["syscalls", "--getppid", "5000", "--tag", "traced"],
+    );
+    let mut other = Workload::spawn(
+        &workload_bin(),
+        &["syscalls", "--getppid", "70000", "--tag", "untraced"],
+    );
+    daemon.wait_processes("traced", 1.0);
+    // Both run at the same time.
+    let t = std::thread::spawn(move || {
+        other.go();
+        other
+    });
+    traced.go();
+    let other = t.join().unwrap();
+    let m = daemon.scrape();
+    assert_eq!(calls(&m, "traced", "getppid"), 5000.0);
+    assert_eq!(
+        m.get_or_zero("gapscope_service_processes", &[("service", "traced")]),
+        1.0
+    );
+    // No series for anything but the configured service exist at all.
+    assert!(!m.0.contains("service=\"untraced\""));
+    traced.finish();
+    other.finish();
+}
+
+#[test]
+fn forks_and_execs_are_followed() {
+    let _g = serial();
+    let daemon = Daemon::start(&service("family", "family"));
+    const K: u64 = 777;
+    let mut w = Workload::spawn(
+        &workload_bin(),
+        &[
+            "syscalls",
+            "--getppid",
+            &K.to_string(),
+            "--children",
+            "both",
+            "--tag",
+            "family",
+        ],
+    );
+    daemon.wait_processes("family", 1.0);
+    w.go();
+    let m = daemon.scrape();
+    // One forked child and one fork+exec'd child, K each; the parent none.
+    assert_eq!(calls(&m, "family", "getppid"), 2.0 * K as f64);
+    assert!(
+        calls(&m, "family", "execve") >= 1.0,
+        "the exec itself is seen"
+    );
+    // The children are gone again, the parent is still traced.
+    daemon.wait_processes("family", 1.0);
+    w.finish();
+    daemon.wait_processes("family", 0.0);
+}
+
+#[test]
+fn python_off_cpu_reasons_match_its_own_clock() {
+    let _g = serial();
+    let daemon = Daemon::start(&service("py", "pyprobe"));
+    let script = common::repo_root().join("targets/offcpu_probe.py");
+    let mut w = Workload::spawn(
+        &target_python(),
+        &[script.to_str().unwrap(), "--tag", "pyprobe"],
+    );
+    daemon.wait_processes("py", 1.0);
+    let before = daemon.scrape();
+    let out = w.go();
+    let after = daemon.scrape();
+    let truth: serde_json::Value = serde_json::from_str(&out[0]).expect("probe prints JSON");
+    let delta = |reason: &str| {
+        let l = [("service", "py"), ("reason", reason)];
+        after.get_or_zero("gapscope_offcpu_seconds_total", &l)
+            - before.get_or_zero("gapscope_offcpu_seconds_total", &l)
+    };
+    let sleep = delta("syscall_sleep");
+    let futex = delta("syscall_futex");
+    let want_sleep = truth["sleep"].as_f64().unwrap();
+    let want_lock = truth["lock"].as_f64().unwrap();
+    assert!(
+        (sleep - want_sleep).abs() <= 0.10 * want_sleep,
+        "sleep: gapscope {sleep:.4} s, Python's clock {want_sleep:.4} s"
+    );
+    assert!(
+        (futex - want_lock).abs() <= 0.10 * want_lock,
+        "lock wait (futex): gapscope {futex:.4} s, Python's clock {want_lock:.4} s"
+    );
+    assert!(
+        after.get_or_zero("gapscope_oncpu_seconds_total", &[("service", "py")]) > 0.0,
+        "the interpreter ran some time"
+    );
+    w.finish();
+}
+
+#[test]
+fn restarts_keep_counting_with_bounded_maps() {
+    let _g = serial();
+    let daemon = Daemon::start(&service("restarting", "restarting"));
+    let mut last = 0.0;
+    let mut threads_map = Vec::new();
+    for round in 1..=20 {
+        let mut w = Workload::spawn(
+            &workload_bin(),
+            &["syscalls", "--getppid", "100", "--tag", "restarting"],
+        );
+        daemon.wait_processes("restarting", 1.0);
+        w.go();
+        w.finish();
+        daemon.wait_processes("restarting", 0.0);
+        let m = daemon.scrape();
+        let count = calls(&m, "restarting", "getppid");
+        assert_eq!(count, last + 100.0, "round {round}: counts keep increasing");
+        last = count;
+        threads_map.push(m.get_or_zero("gapscope_bpf_map_entries", &[("map", "threads")]));
+        assert_eq!(
+            m.get_or_zero("gapscope_bpf_map_entries", &[("map", "targets")]),
+            0.0
+        );
+    }
+    // Dead threads leave the map: it does not grow with restarts.
+    assert!(
+        threads_map.iter().all(|n| *n <= threads_map[0] + 2.0),
+        "thread map grew with restarts: {threads_map:?}"
+    );
+}
+
+#[test]
+fn sigterm_detaches_everything_within_a_second() {
+    let _g = serial();
+    let mut daemon = Daemon::start(&service("x", "nothing-matches-this"));
+    let ids = daemon.program_ids();
+    assert_eq!(
+        ids.len(),
+        8,
+        "eight programs attached:\n{}",
+        daemon.log_text()
+    );
+    let loaded = || -> Vec<u32> {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .collect()
+    };
+    assert!(ids.iter().all(|id| loaded().contains(id)));
+    let (status, took) = daemon.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(1), "took {took:?} to exit");
+    let now = loaded();
+    assert!(
+        ids.iter().all(|id| !now.contains(id)),
+        "programs {ids:?} still loaded: {now:?}"
+    );
+}
+
+#[test]
+fn systemd_readiness_notification() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // SAFETY: the tests run serially (the lock above); nothing else reads
+    // the environment concurrently.
+    unsafe { std::env::set_var("NOTIFY_SOCKET", &sock_path) };
+    let mut daemon = Daemon::start(&service("x", "nothing-matches-this"));
+    unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    daemon.terminate();
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}

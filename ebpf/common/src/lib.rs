@@ -1,0 +1,302 @@
+//! The contract between Gapscope's BPF programs (`ebpf/programs`) and the
+//! daemon (`daemon/`): map key and value layouts, ring-buffer event records
+//! and the constants both sides must agree on.
+//!
+//! Everything here is `#[repr(C)]`, fixed-size and free of pointers, because
+//! the same bytes are written by the kernel side and read through `bpf()` by
+//! user space.
+#![cfg_attr(not(test), no_std)]
+
+/// Most services a configuration may define. Service ids index per-CPU arrays.
+pub const MAX_SERVICES: u32 = 64;
+
+/// Capacity of the tgid → service map: traced processes at once.
+pub const MAX_TARGETS: u32 = 16_384;
+
+/// Capacity of the per-thread state map: threads of traced processes at once.
+pub const MAX_THREADS: u32 = 65_536;
+
+/// Capacity of the (service, syscall) → histogram map.
+pub const MAX_SYSCALL_KEYS: u32 = 8_192;
+
+/// Syscall numbers below this are classified; x86-64 uses fewer than 470.
+pub const SYSCALL_SLOTS: u32 = 512;
+
+/// Number of log2 buckets in a latency histogram. Bucket `i` counts
+/// durations `d` (in ns) with `2^i <= d < 2^(i+1)` (bucket 0 also holds 0);
+/// the last bucket holds everything from `2^(HIST_BUCKETS-1)` ns (~275 s) up.
+pub const HIST_BUCKETS: usize = 39;
+
+/// `thread_state.syscall_nr` value meaning "not inside a syscall".
+pub const NO_SYSCALL: u32 = u32::MAX;
+
+/// A latency histogram aggregated in the kernel (one copy per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Log2Hist {
+    pub count: u64,
+    pub sum_ns: u64,
+    pub buckets: [u64; HIST_BUCKETS],
+}
+
+impl Log2Hist {
+    pub const ZERO: Self = Self {
+        count: 0,
+        sum_ns: 0,
+        buckets: [0; HIST_BUCKETS],
+    };
+
+    /// Bucket index for a duration: floor(log2(ns)), clamped to the last
+    /// bucket. Written as a fixed sequence of shifts so the BPF verifier sees
+    /// straight-line code with no loop.
+    #[inline(always)]
+    pub fn bucket(ns: u64) -> usize {
+        let mut v = ns;
+        let mut r: u64 = 0;
+        let mut s: u64;
+        s = ((v > 0xFFFF_FFFF) as u64) << 5;
+        v >>= s;
+        r |= s;
+        s = ((v > 0xFFFF) as u64) << 4;
+        v >>= s;
+        r |= s;
+        s = ((v > 0xFF) as u64) << 3;
+        v >>= s;
+        r |= s;
+        s = ((v > 0xF) as u64) << 2;
+        v >>= s;
+        r |= s;
+        s = ((v > 0x3) as u64) << 1;
+        v >>= s;
+        r |= s;
+        r |= v >> 1;
+        let r = r as usize;
+        if r >= HIST_BUCKETS {
+            HIST_BUCKETS - 1
+        } else {
+            r
+        }
+    }
+
+    /// Adds one observation.
+    #[inline(always)]
+    pub fn record(&mut self, ns: u64) {
+        self.count += 1;
+        self.sum_ns += ns;
+        let b = Self::bucket(ns);
+        if let Some(slot) = self.buckets.get_mut(b) {
+            *slot += 1;
+        }
+    }
+
+    /// Adds another CPU's copy into this one (user space, at scrape time).
+    pub fn merge(&mut self, other: &Self) {
+        self.count += other.count;
+        self.sum_ns += other.sum_ns;
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += *b;
+        }
+    }
+}
+
+/// Key of the syscall statistics map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SyscallKey {
+    pub service: u32,
+    pub nr: u32,
+}
+
+/// Why a thread is off CPU. Indexes `OffCpuStats::off_ns`.
+///
+/// The first six are "blocked inside a syscall of this family" (the family
+/// table is filled by user space from the x86-64 syscall table); `Other`
+/// is blocked outside any syscall (page fault, exit); `Runqueue` is runnable
+/// and waiting for a CPU (preempted, or woken and not yet running).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffCpuReason {
+    SyscallFutex = 0,
+    SyscallPoll = 1,
+    SyscallNet = 2,
+    SyscallFile = 3,
+    SyscallSleep = 4,
+    SyscallOther = 5,
+    BlockedOther = 6,
+    Runqueue = 7,
+}
+
+/// Number of `OffCpuReason` values.
+pub const OFFCPU_REASONS: usize = 8;
+
+impl OffCpuReason {
+    pub const ALL: [OffCpuReason; OFFCPU_REASONS] = [
+        Self::SyscallFutex,
+        Self::SyscallPoll,
+        Self::SyscallNet,
+        Self::SyscallFile,
+        Self::SyscallSleep,
+        Self::SyscallOther,
+        Self::BlockedOther,
+        Self::Runqueue,
+    ];
+
+    /// The `reason` label value exported for this reason.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::SyscallFutex => "syscall_futex",
+            Self::SyscallPoll => "syscall_poll",
+            Self::SyscallNet => "syscall_net",
+            Self::SyscallFile => "syscall_file",
+            Self::SyscallSleep => "syscall_sleep",
+            Self::SyscallOther => "syscall_other",
+            Self::BlockedOther => "blocked_other",
+            Self::Runqueue => "runqueue",
+        }
+    }
+}
+
+/// Per-service CPU time accounting (one copy per CPU, indexed by service id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OffCpuStats {
+    pub on_cpu_ns: u64,
+    pub off_ns: [u64; OFFCPU_REASONS],
+    /// Run-queue waits: from being made runnable (preempted or woken) to
+    /// running again.
+    pub runq: Log2Hist,
+}
+
+impl OffCpuStats {
+    pub const ZERO: Self = Self {
+        on_cpu_ns: 0,
+        off_ns: [0; OFFCPU_REASONS],
+        runq: Log2Hist::ZERO,
+    };
+}
+
+/// What the kernel remembers about one thread of a traced process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadState {
+    pub tgid: u32,
+    pub service: u32,
+    /// Syscall in progress, or `NO_SYSCALL`.
+    pub syscall_nr: u32,
+    /// `OffCpuReason` recorded when the thread last left the CPU.
+    pub off_reason: u32,
+    /// When the syscall in progress started (0: none).
+    pub syscall_start_ns: u64,
+    /// When the thread last got a CPU (0: unknown).
+    pub on_cpu_since_ns: u64,
+    /// When the thread last left the CPU (0: it is running).
+    pub off_cpu_since_ns: u64,
+    /// When a blocked thread was woken (0: not yet).
+    pub woken_ns: u64,
+}
+
+/// Indexes of the per-CPU `COUNTERS` array: events seen and dropped per source.
+pub mod counter {
+    /// Context switches of traced threads handled.
+    pub const SCHED_SWITCHES: u32 = 0;
+    /// Process events (fork, exec, exit) sent to user space.
+    pub const PROC_EVENTS: u32 = 1;
+    /// Process events lost because the ring buffer was full.
+    pub const PROC_EVENTS_DROPPED: u32 = 2;
+    /// Syscalls not recorded because the syscall map was full.
+    pub const SYSCALLS_DROPPED: u32 = 3;
+    /// Thread states not created because the thread map was full.
+    pub const THREADS_DROPPED: u32 = 4;
+    /// Processes not followed because the target map was full.
+    pub const TARGETS_DROPPED: u32 = 5;
+    pub const COUNT: u32 = 6;
+}
+
+/// Kinds of `ProcEvent`.
+pub mod proc_event {
+    /// A traced process forked a new process (already added in the kernel).
+    pub const FORK: u32 = 1;
+    /// Any process called exec; user space matches it against the config.
+    pub const EXEC: u32 = 2;
+    /// A traced process exited (already removed in the kernel).
+    pub const EXIT: u32 = 3;
+}
+
+/// A process lifecycle event sent through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    /// For FORK: the parent tgid.
+    pub parent_tgid: u32,
+    /// Service id when the process is traced, `u32::MAX` otherwise.
+    pub service: u32,
+}
+
+/// Byte offsets of the fields the programs read in classic tracepoint
+/// records. The daemon compares each with the running kernel's
+/// `/sys/kernel/tracing/events/<category>/<name>/format` before attaching.
+pub mod tp_offsets {
+    /// (category, event, field, offset, size)
+    pub type Field = (&'static str, &'static str, &'static str, usize, usize);
+
+    pub const SWITCH_PREV_STATE: usize = 32;
+    pub const SWITCH_NEXT_PID: usize = 56;
+    pub const WAKEUP_PID: usize = 24;
+    pub const NEWTASK_PID: usize = 8;
+    pub const NEWTASK_CLONE_FLAGS: usize = 32;
+
+    pub const ALL: [Field; 6] = [
+        ("sched", "sched_switch", "prev_state", SWITCH_PREV_STATE, 8),
+        ("sched", "sched_switch", "next_pid", SWITCH_NEXT_PID, 4),
+        ("sched", "sched_wakeup", "pid", WAKEUP_PID, 4),
+        ("sched", "sched_wakeup_new", "pid", WAKEUP_PID, 4),
+        ("task", "task_newtask", "pid", NEWTASK_PID, 4),
+        (
+            "task",
+            "task_newtask",
+            "clone_flags",
+            NEWTASK_CLONE_FLAGS,
+            8,
+        ),
+    ];
+}
+
+/// `ProcEvent::service` for a process no service has claimed.
+pub const NO_SERVICE: u32 = u32::MAX;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, contain only integers and have
+    // no padding the kernel could leave uninitialised.
+    unsafe impl aya::Pod for Log2Hist {}
+    unsafe impl aya::Pod for SyscallKey {}
+    unsafe impl aya::Pod for OffCpuStats {}
+    unsafe impl aya::Pod for ThreadState {}
+    unsafe impl aya::Pod for ProcEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_is_floor_log2() {
+        assert_eq!(Log2Hist::bucket(0), 0);
+        assert_eq!(Log2Hist::bucket(1), 0);
+        assert_eq!(Log2Hist::bucket(2), 1);
+        assert_eq!(Log2Hist::bucket(3), 1);
+        assert_eq!(Log2Hist::bucket(1023), 9);
+        assert_eq!(Log2Hist::bucket(1024), 10);
+        for shift in 0..HIST_BUCKETS as u32 {
+            let v = 1u64 << shift;
+            assert_eq!(Log2Hist::bucket(v), shift as usize);
+            if v > 1 {
+                assert_eq!(Log2Hist::bucket(v - 1), shift as usize - 1);
+            }
+        }
+        assert_eq!(Log2Hist::bucket(u64::MAX), HIST_BUCKETS - 1);
+    }
+}

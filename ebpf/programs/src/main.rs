@@ -1,0 +1,42 @@
+//! Gapscope's kernel side.
+//!
+//! Every program starts the same way: find the current process in `TARGETS`
+//! (tgid → service id) and return at once when it is not there, so a process
+//! nobody asked to trace pays one hash lookup per event and nothing more.
+//!
+//! * `syscalls` — raw `sys_enter`/`sys_exit`: count and log2 latency
+//!   histogram per (service, syscall), aggregated per CPU.
+//! * `sched` — `sched_switch`/`sched_wakeup*`: on-CPU time, off-CPU time by
+//!   reason and run-queue latency per service.
+//! * `proc` — `task_newtask`/`sched_process_exec`/`sched_process_exit`:
+//!   follows forks in the kernel and tells user space about execs and exits.
+//! * `floor` — empty programs for the overhead benchmark's floor.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod floor;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod proc;
+#[cfg(target_arch = "bpf")]
+mod sched;
+#[cfg(target_arch = "bpf")]
+mod syscalls;
+
+/// Built for the host (clippy, `cargo build --workspace`) there is nothing
+/// to run: the programs only exist for the BPF target.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

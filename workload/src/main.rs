@@ -1,0 +1,183 @@
+//! Workloads whose syscalls are known exactly, so tests can compare what
+//! gapscoped reports with ground truth.
+//!
+//! ```text
+//! gapscope-workload syscalls [--getppid N] [--nanosleep M] [--sleep-us U] [--children fork|exec|both] [--no-wait] [--tag T]
+//! gapscope-workload spin --getppid N [--tag T]
+//! ```
+//!
+//! Unless `--no-wait` is given, the workload prints `ready <pid>` and waits
+//! for a line on stdin before it starts, so the test can make sure the
+//! daemon traces it first; it prints `done` when finished and then waits
+//! for stdin to close. `--tag` is ignored: tests match on it. Before
+//! `done` it prints `asleep_ns <n>`: the time spent in nanosleep by its own
+//! clock.
+//!
+//! `spin` prints `ns_per_call <f64>` measured around a tight getppid loop
+//! (the overhead benchmark).
+
+use std::{
+    io::{BufRead, Write},
+    time::{Duration, Instant},
+};
+
+#[derive(Default)]
+struct Args {
+    getppid: u64,
+    nanosleep: u64,
+    sleep_us: u64,
+    children: Option<String>,
+    no_wait: bool,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut a = Args {
+        sleep_us: 1000,
+        ..Default::default()
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().cloned().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--getppid" => a.getppid = value()?.parse().map_err(|e| format!("--getppid: {e}"))?,
+            "--nanosleep" => {
+                a.nanosleep = value()?.parse().map_err(|e| format!("--nanosleep: {e}"))?
+            }
+            "--sleep-us" => {
+                a.sleep_us = value()?.parse().map_err(|e| format!("--sleep-us: {e}"))?
+            }
+            "--children" => a.children = Some(value()?),
+            "--tag" => {
+                value()?;
+            }
+            "--no-wait" => a.no_wait = true,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+fn getppid_n(n: u64) {
+    for _ in 0..n {
+        // SAFETY: getppid has no arguments and cannot fail.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+}
+
+/// Sleeps `n` times and returns the total time asleep by the workload's own
+/// clock. Timer slack is cut to 1 ns so each sleep lasts what was asked.
+fn nanosleep_n(n: u64, us: u64) -> Duration {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
+    let mut asleep = Duration::ZERO;
+    let ts = libc::timespec {
+        tv_sec: (us / 1_000_000) as libc::time_t,
+        tv_nsec: ((us % 1_000_000) * 1000) as libc::c_long,
+    };
+    for _ in 0..n {
+        let start = Instant::now();
+        // The nanosleep syscall itself (glibc's nanosleep() would use
+        // clock_nanosleep).
+        // SAFETY: valid timespec; a null remainder pointer is allowed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_nanosleep,
+                &ts,
+                std::ptr::null_mut::<libc::timespec>(),
+            )
+        };
+        asleep += start.elapsed();
+    }
+    asleep
+}
+
+fn wait_for_go() {
+    println!("ready {}", std::process::id());
+    std::io::stdout().flush().ok();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).ok();
+}
+
+/// Runs `getppid` N times in a forked child, an exec'd child, or both.
+fn children(kind: &str, n: u64) -> Result<(), String> {
+    let fork_child = matches!(kind, "fork" | "both");
+    let exec_child = matches!(kind, "exec" | "both");
+    if !fork_child && !exec_child {
+        return Err(format!("--children {kind}: use fork, exec or both"));
+    }
+    let mut pids = Vec::new();
+    if fork_child {
+        // SAFETY: the child only makes raw syscalls and _exits.
+        match unsafe { libc::fork() } {
+            0 => {
+                getppid_n(n);
+                unsafe { libc::_exit(0) };
+            }
+            pid if pid > 0 => pids.push(pid),
+            _ => return Err("fork failed".into()),
+        }
+    }
+    if exec_child {
+        let status = std::process::Command::new("/proc/self/exe")
+            .args(["syscalls", "--no-wait", "--getppid", &n.to_string()])
+            .status()
+            .map_err(|e| format!("exec child: {e}"))?;
+        if !status.success() {
+            return Err(format!("exec child failed: {status}"));
+        }
+    }
+    for pid in pids {
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+    Ok(())
+}
+
+fn run() -> Result<(), String> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some((mode, rest)) = argv.split_first() else {
+        return Err("usage: gapscope-workload syscalls|spin [flags]".into());
+    };
+    let a = parse(rest)?;
+    match mode.as_str() {
+        "syscalls" => {
+            if !a.no_wait {
+                wait_for_go();
+            }
+            match &a.children {
+                Some(kind) => children(kind, a.getppid)?,
+                None => {
+                    getppid_n(a.getppid);
+                    let asleep = nanosleep_n(a.nanosleep, a.sleep_us);
+                    println!("asleep_ns {}", asleep.as_nanos());
+                }
+            }
+            if !a.no_wait {
+                println!("done");
+                std::io::stdout().flush().ok();
+                // Stay alive until the test closes stdin.
+                let mut sink = String::new();
+                while std::io::stdin().lock().read_line(&mut sink).unwrap_or(0) > 0 {
+                    sink.clear();
+                }
+            }
+            Ok(())
+        }
+        "spin" => {
+            let start = Instant::now();
+            getppid_n(a.getppid);
+            let ns = start.elapsed().as_nanos() as f64 / a.getppid.max(1) as f64;
+            println!("ns_per_call {ns:.1}");
+            Ok(())
+        }
+        other => Err(format!("unknown mode {other}; use syscalls or spin")),
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("gapscope-workload: {e}");
+        std::process::exit(2);
+    }
+}
