@@ -101,8 +101,17 @@ impl Config {
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self, UsageError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {column}: ")
+                }
+                None => String::new(),
+            };
             UsageError::new(
-                e.to_string().trim().replace('\n', " "),
+                format!("{at}{}", e.message().trim().replace('\n', " ")),
                 format!("correct the key or value named above; {SEE_README}"),
             )
         })?;

@@ -1,0 +1,69 @@
+//! The HTTP surface: `/metrics` passes `promtool check metrics`, names
+//! follow the project's conventions, and the landing page links the rest.
+
+mod common;
+
+use std::{io::Write, process::Command};
+
+use common::{Daemon, Workload, http_get, serial, workload_bin};
+
+#[test]
+fn metrics_pass_promtool_and_conventions() {
+    let _g = serial();
+    let daemon = Daemon::start("[[service]]\nname = \"lint\"\ncmdline = \"--tag lint( |$)\"\n");
+    let mut w = Workload::spawn(&workload_bin(), &["syscalls", "--getppid", "10", "--nanosleep", "3", "--tag", "lint"]);
+    daemon.wait_processes("lint", 1.0);
+    w.go();
+    let text = daemon.scrape().0;
+    w.finish();
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed by scripts/setup.sh");
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}\n{text}");
+
+    for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+        let mut parts = line.split_whitespace().skip(2);
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        assert!(name.starts_with("gapscope_"), "{name} lacks the prefix");
+        assert_eq!(name.ends_with("_total"), kind == "counter", "{name} is a {kind}");
+    }
+    assert!(!text.contains("pid="), "no pid labels");
+    for must in [
+        "gapscope_build_info",
+        "gapscope_service_processes",
+        "gapscope_events_total",
+        "gapscope_events_dropped_total",
+        "gapscope_bpf_program_run_seconds_total",
+        "gapscope_bpf_program_runs_total",
+        "gapscope_scrape_collector_duration_seconds",
+        "gapscope_oncpu_seconds_total",
+        "gapscope_offcpu_seconds_total",
+        "gapscope_runqueue_latency_seconds_bucket",
+        "gapscope_syscall_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(must), "{must} missing from /metrics");
+    }
+}
+
+#[test]
+fn landing_page_and_healthz() {
+    let _g = serial();
+    let daemon = Daemon::start("[[service]]\nname = \"web\"\ncmdline = \"nothing-matches\"\n");
+    let page = http_get(daemon.port, "/").unwrap();
+    assert!(page.contains("href=\"/metrics\"") && page.contains("href=\"/healthz\""));
+    assert!(page.contains("<li>web</li>"));
+    assert_eq!(http_get(daemon.port, "/healthz").unwrap(), "ok\n");
+    assert!(http_get(daemon.port, "/nope").is_none());
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The demo: build gapscoped, trace the reference Python server in targets/
+# while a short load runs against it, then print what was measured.
+# Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+DURATION=${DURATION:-10}
+CONCURRENCY=${CONCURRENCY:-8}
+
+echo "==> building gapscoped (release)"
+cargo build --release --quiet
+
+work=$(mktemp -d)
+server_pid="" daemon_pid=""
+cleanup() {
+  [ -n "$daemon_pid" ] && kill -TERM "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+py=targets/.venv/bin/python
+free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+server_port=$(free_port)
+metrics_port=$(free_port)
+
+cat >"$work/gapscoped.toml" <<TOML
+[daemon]
+listen = "127.0.0.1:$metrics_port"
+
+[[service]]
+name = "toy-python"
+cmdline = "targets/toy_server.py"
+TOML
+
+echo "==> starting gapscoped on 127.0.0.1:$metrics_port"
+./target/release/gapscoped --config "$work/gapscoped.toml" 2>"$work/gapscoped.log" &
+daemon_pid=$!
+until curl -sf "http://127.0.0.1:$metrics_port/healthz" >/dev/null; do
+  kill -0 "$daemon_pid" 2>/dev/null || { cat "$work/gapscoped.log"; exit 1; }
+  sleep 0.1
+done
+
+echo "==> starting the reference server (targets/toy_server.py) on 127.0.0.1:$server_port"
+"$py" targets/toy_server.py --port "$server_port" >"$work/server.log" 2>&1 &
+server_pid=$!
+until curl -sf "http://127.0.0.1:$server_port/health" >/dev/null; do
+  kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log"; exit 1; }
+  sleep 0.1
+done
+
+curl -sf "http://127.0.0.1:$metrics_port/metrics" >"$work/before.prom"
+echo "==> load: $CONCURRENCY concurrent streaming clients for ${DURATION}s"
+"$py" targets/load.py --port "$server_port" --concurrency "$CONCURRENCY" --duration "$DURATION" >"$work/load.json"
+curl -sf "http://127.0.0.1:$metrics_port/metrics" >"$work/after.prom"
+
+"$py" scripts/demo_report.py "$work/before.prom" "$work/after.prom" "$work/load.json" toy-python

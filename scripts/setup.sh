@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs whatever Gapscope needs on this machine and is missing: Debian
+# packages, the nightly toolchain's rust-src, bpf-linker built against LLVM 22,
+# tracefs, and the Python venv for the reference targets. Safe to run again:
+# every step checks first and does nothing when its part is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (sudo $0): it installs packages and mounts tracefs"
+
+# --- Debian packages ---------------------------------------------------------
+# llvm-22-dev & co: bpf-linker links against the nightly's LLVM (22).
+# prometheus: promtool for the exposition tests. bpftrace: the benchmark's
+# comparison. util-linux: setpriv for the privilege test.
+packages=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev prometheus bpftrace util-linux curl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- Rust: stable for the workspace, nightly + rust-src for the BPF side ------
+command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first"
+rustup toolchain list | grep -q '^nightly' \
+  || die "the nightly toolchain is missing; it builds the BPF programs: rustup toolchain install nightly"
+if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+  say "adding rust-src to the nightly toolchain"
+  rustup component add rust-src --toolchain nightly
+fi
+
+# --- bpf-linker, matching the nightly's LLVM 22 -------------------------------
+if ! command -v bpf-linker >/dev/null; then
+  say "building bpf-linker against LLVM 22 (several minutes, once per machine)"
+  LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
+    cargo install bpf-linker --no-default-features --features llvm-22
+fi
+
+# --- tracefs ------------------------------------------------------------------
+if [ ! -d /sys/kernel/tracing/events ] && [ ! -d /sys/kernel/debug/tracing/events ]; then
+  say "mounting tracefs at /sys/kernel/tracing"
+  mount -t tracefs nodev /sys/kernel/tracing
+fi
+
+# --- Python for the reference targets (pyenv's CPython 3.11, not stripped) ----
+venv=targets/.venv
+if [ ! -x "$venv/bin/python" ]; then
+  py=""
+  for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.11*/bin/python3.11 /root/.pyenv/versions/3.11*/bin/python3.11; do
+    [ -x "$candidate" ] && { py=$candidate; break; }
+  done
+  [ -n "$py" ] || die "pyenv's CPython 3.11 not found (Debian's python3.11 is stripped of the symbols later probes need): pyenv install 3.11"
+  say "creating $venv from $py"
+  "$py" -m venv "$venv"
+fi
+
+say "setup complete"
