@@ -49,10 +49,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         probes,
         maps,
         targets,
+        generation,
         events,
     } = bpf::attach_all(config.daemon.bpf_stats)?;
     let services: Arc<[_]> = config.services.into();
-    let targets = Arc::new(Mutex::new(Targets::new(targets, services.clone())));
+    let targets = Arc::new(Mutex::new(Targets::new(
+        targets,
+        generation,
+        services.clone(),
+    )));
     lock(&targets).rescan();
 
     let exporter = Arc::new(Exporter {

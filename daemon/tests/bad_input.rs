@@ -2,11 +2,9 @@
 //! privileges end with exit status 2 and one message naming the problem
 //! and the fix, with nothing left attached.
 
-mod common;
-
 use std::process::Command;
 
-use common::{gapscoped_bin, serial, write_config};
+use gapscope_testkit::{gapscoped_bin, serial, write_config};
 
 /// Runs `gapscoped --config <text>` and returns (exit code, stderr).
 fn run_with(text: &str) -> (i32, String) {
@@ -27,28 +25,95 @@ const SERVICE: &str = "[[service]]\nname = \"s\"\ncmdline = \"x\"\n";
 #[test]
 fn malformed_configs_exit_2_with_their_message() {
     let cases: &[(&str, String, &str)] = &[
-        ("unknown top-level key", format!("colour = 1\n{SERVICE}"), "unknown field `colour`"),
-        ("unknown daemon key", format!("[daemon]\nlisen = \"127.0.0.1:1\"\n{SERVICE}"), "unknown field `lisen`"),
-        ("unknown service key", "[[service]]\nname = \"s\"\ncmdlin = \"x\"\n".into(), "unknown field `cmdlin`"),
-        ("bad regex", "[[service]]\nname = \"s\"\ncmdline = \"python(\"\n".into(), "cmdline regex \"python(\" is invalid"),
-        ("no services", "[daemon]\n".into(), "no [[service]] is defined"),
-        ("service without matcher", "[[service]]\nname = \"s\"\n".into(), "has no matcher"),
-        ("duplicate service", format!("{SERVICE}{SERVICE}"), "is used twice"),
-        ("bad service name", "[[service]]\nname = \"a b\"\ncmdline = \"x\"\n".into(), "is not allowed"),
-        ("bad listen", format!("[daemon]\nlisten = \"localhost\"\n{SERVICE}"), "is not an IP address and port"),
-        ("relative exe", "[[service]]\nname = \"s\"\nexe = \"python\"\n".into(), "is not an absolute path"),
-        ("relative cgroup", "[[service]]\nname = \"s\"\ncgroup = \"system.slice\"\n".into(), "does not start with '/'"),
-        ("bad unit", "[[service]]\nname = \"s\"\nsystemd_unit = \"a/b\"\n".into(), "is not a unit name"),
-        ("rescan out of range", format!("[daemon]\nrescan_interval_ms = 5\n{SERVICE}"), "out of range"),
-        ("wrong type", "[[service]]\nname = \"s\"\npids = \"12\"\n".into(), "invalid type"),
-        ("not TOML", "[[service]\nname=".into(), "line 1, column 11: unclosed array table"),
+        (
+            "unknown top-level key",
+            format!("colour = 1\n{SERVICE}"),
+            "unknown field `colour`",
+        ),
+        (
+            "unknown daemon key",
+            format!("[daemon]\nlisen = \"127.0.0.1:1\"\n{SERVICE}"),
+            "unknown field `lisen`",
+        ),
+        (
+            "unknown service key",
+            "[[service]]\nname = \"s\"\ncmdlin = \"x\"\n".into(),
+            "unknown field `cmdlin`",
+        ),
+        (
+            "bad regex",
+            "[[service]]\nname = \"s\"\ncmdline = \"python(\"\n".into(),
+            "cmdline regex \"python(\" is invalid",
+        ),
+        (
+            "no services",
+            "[daemon]\n".into(),
+            "no [[service]] is defined",
+        ),
+        (
+            "service without matcher",
+            "[[service]]\nname = \"s\"\n".into(),
+            "has no matcher",
+        ),
+        (
+            "duplicate service",
+            format!("{SERVICE}{SERVICE}"),
+            "is used twice",
+        ),
+        (
+            "bad service name",
+            "[[service]]\nname = \"a b\"\ncmdline = \"x\"\n".into(),
+            "is not allowed",
+        ),
+        (
+            "bad listen",
+            format!("[daemon]\nlisten = \"localhost\"\n{SERVICE}"),
+            "is not an IP address and port",
+        ),
+        (
+            "relative exe",
+            "[[service]]\nname = \"s\"\nexe = \"python\"\n".into(),
+            "is not an absolute path",
+        ),
+        (
+            "relative cgroup",
+            "[[service]]\nname = \"s\"\ncgroup = \"system.slice\"\n".into(),
+            "does not start with '/'",
+        ),
+        (
+            "bad unit",
+            "[[service]]\nname = \"s\"\nsystemd_unit = \"a/b\"\n".into(),
+            "is not a unit name",
+        ),
+        (
+            "rescan out of range",
+            format!("[daemon]\nrescan_interval_ms = 5\n{SERVICE}"),
+            "out of range",
+        ),
+        (
+            "wrong type",
+            "[[service]]\nname = \"s\"\npids = \"12\"\n".into(),
+            "invalid type",
+        ),
+        (
+            "not TOML",
+            "[[service]\nname=".into(),
+            "line 1, column 11: unclosed array table",
+        ),
     ];
     for (what, text, message) in cases {
         let (code, stderr) = run_with(text);
         assert_eq!(code, 2, "{what}: exit code {code}, stderr: {stderr}");
-        assert!(stderr.contains(message), "{what}: {stderr:?} lacks {message:?}");
+        assert!(
+            stderr.contains(message),
+            "{what}: {stderr:?} lacks {message:?}"
+        );
         assert!(stderr.contains("fix:"), "{what}: no fix in {stderr:?}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{what}: one message, got {stderr:?}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{what}: one message, got {stderr:?}"
+        );
     }
 }
 
@@ -60,12 +125,18 @@ fn missing_config_file() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("cannot read config file /nonexistent/gapscoped.toml"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read config file /nonexistent/gapscoped.toml"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn unknown_flag_exits_2() {
-    let out = Command::new(gapscoped_bin()).arg("--frobnicate").output().unwrap();
+    let out = Command::new(gapscoped_bin())
+        .arg("--frobnicate")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--frobnicate"));
 }
@@ -83,9 +154,14 @@ fn port_in_use_exits_2_and_attaches_nothing() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let before = our_programs_loaded();
-    let (code, stderr) = run_with(&format!("[daemon]\nlisten = \"127.0.0.1:{port}\"\n{SERVICE}"));
+    let (code, stderr) = run_with(&format!(
+        "[daemon]\nlisten = \"127.0.0.1:{port}\"\n{SERVICE}"
+    ));
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
     assert!(stderr.contains("fix:"), "{stderr}");
     assert_eq!(our_programs_loaded(), before, "nothing left attached");
 }
@@ -93,12 +169,24 @@ fn port_in_use_exits_2_and_attaches_nothing() {
 #[test]
 fn no_privileges_exits_2() {
     let _g = serial();
-    let port = common::free_port();
-    let config = write_config(&format!("[daemon]\nlisten = \"127.0.0.1:{port}\"\n{SERVICE}"));
+    let port = gapscope_testkit::free_port();
+    let config = write_config(&format!(
+        "[daemon]\nlisten = \"127.0.0.1:{port}\"\n{SERVICE}"
+    ));
     // Config readable by the unprivileged user.
-    std::fs::set_permissions(&*config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        &*config,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(gapscoped_bin())
         .arg("--config")
         .arg(&*config)
@@ -106,6 +194,9 @@ fn no_privileges_exits_2() {
         .expect("setpriv (util-linux) runs the daemon as nobody");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("lacks the privileges to load BPF programs"), "{stderr}");
+    assert!(
+        stderr.contains("lacks the privileges to load BPF programs"),
+        "{stderr}"
+    );
     assert!(stderr.contains("fix:"), "{stderr}");
 }

@@ -1,17 +1,26 @@
 //! The HTTP surface: `/metrics` passes `promtool check metrics`, names
 //! follow the project's conventions, and the landing page links the rest.
 
-mod common;
-
 use std::{io::Write, process::Command};
 
-use common::{Daemon, Workload, http_get, serial, workload_bin};
+use gapscope_testkit::{Daemon, Workload, http_get, serial, workload_bin};
 
 #[test]
 fn metrics_pass_promtool_and_conventions() {
     let _g = serial();
     let daemon = Daemon::start("[[service]]\nname = \"lint\"\ncmdline = \"--tag lint( |$)\"\n");
-    let mut w = Workload::spawn(&workload_bin(), &["syscalls", "--getppid", "10", "--nanosleep", "3", "--tag", "lint"]);
+    let mut w = Workload::spawn(
+        &workload_bin(),
+        &[
+            "syscalls",
+            "--getppid",
+            "10",
+            "--nanosleep",
+            "3",
+            "--tag",
+            "lint",
+        ],
+    );
     daemon.wait_processes("lint", 1.0);
     w.go();
     let text = daemon.scrape().0;
@@ -24,20 +33,32 @@ fn metrics_pass_promtool_and_conventions() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("promtool (Debian package prometheus) is installed by scripts/setup.sh");
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = promtool.wait_with_output().unwrap();
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}\n{text}");
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}\n{text}"
+    );
 
     for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
         let mut parts = line.split_whitespace().skip(2);
         let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
         assert!(name.starts_with("gapscope_"), "{name} lacks the prefix");
-        assert_eq!(name.ends_with("_total"), kind == "counter", "{name} is a {kind}");
+        assert_eq!(
+            name.ends_with("_total"),
+            kind == "counter",
+            "{name} is a {kind}"
+        );
     }
     assert!(!text.contains("pid="), "no pid labels");
     for must in [

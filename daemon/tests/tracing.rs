@@ -1,11 +1,9 @@
 //! End-to-end: gapscoped attached for real, real processes with known
 //! ground truth, `/metrics` scraped over HTTP. Run as root.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Daemon, Metrics, Workload, serial, target_python, workload_bin};
+use gapscope_testkit::{Daemon, Metrics, Workload, serial, target_python, workload_bin};
 
 fn service(name: &str, tag: &str) -> String {
     format!("[[service]]\nname = \"{name}\"\ncmdline = \"--tag {tag}( |$)\"\n")
@@ -162,7 +160,7 @@ fn forks_and_execs_are_followed() {
 fn python_off_cpu_reasons_match_its_own_clock() {
     let _g = serial();
     let daemon = Daemon::start(&service("py", "pyprobe"));
-    let script = common::repo_root().join("targets/offcpu_probe.py");
+    let script = gapscope_testkit::repo_root().join("targets/offcpu_probe.py");
     let mut w = Workload::spawn(
         &target_python(),
         &[script.to_str().unwrap(), "--tag", "pyprobe"],
@@ -246,13 +244,27 @@ fn sigterm_detaches_everything_within_a_second() {
             .collect()
     };
     assert!(ids.iter().all(|id| loaded().contains(id)));
+    let start = std::time::Instant::now();
     let (status, took) = daemon.terminate();
     assert!(status.success(), "exit status {status}");
     assert!(took < Duration::from_secs(1), "took {took:?} to exit");
-    let now = loaded();
-    assert!(
-        ids.iter().all(|id| !now.contains(id)),
-        "programs {ids:?} still loaded: {now:?}"
+    // The kernel frees a released program after an RCU grace period, so the
+    // last ones can linger for a moment after the process is gone.
+    loop {
+        let now = loaded();
+        let left: Vec<_> = ids.iter().filter(|id| now.contains(id)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "programs {left:?} still loaded one second after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!(
+        "exited after {took:?}; all programs gone {:?} after SIGTERM",
+        start.elapsed()
     );
 }
 

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! gapscope-workload syscalls [--getppid N] [--nanosleep M] [--sleep-us U] [--children fork|exec|both] [--no-wait] [--tag T]
-//! gapscope-workload spin --getppid N [--tag T]
+//! gapscope-workload spin --getppid N [--wait] [--tag T]
 //! ```
 //!
 //! Unless `--no-wait` is given, the workload prints `ready <pid>` and waits
@@ -14,7 +14,8 @@
 //! clock.
 //!
 //! `spin` prints `ns_per_call <f64>` measured around a tight getppid loop
-//! (the overhead benchmark).
+//! (the overhead benchmark); with `--wait` it first waits for "go" like
+//! `syscalls` does.
 
 use std::{
     io::{BufRead, Write},
@@ -28,6 +29,7 @@ struct Args {
     sleep_us: u64,
     children: Option<String>,
     no_wait: bool,
+    wait: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -51,6 +53,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 value()?;
             }
             "--no-wait" => a.no_wait = true,
+            "--wait" => a.wait = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -165,6 +168,9 @@ fn run() -> Result<(), String> {
             Ok(())
         }
         "spin" => {
+            if a.wait {
+                wait_for_go();
+            }
             let start = Instant::now();
             getppid_n(a.getppid);
             let ns = start.elapsed().as_nanos() as f64 / a.getppid.max(1) as f64;

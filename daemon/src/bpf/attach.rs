@@ -66,6 +66,8 @@ pub struct Attached {
     pub maps: KernelMaps,
     /// tgid → service id, owned by `discovery::Targets`.
     pub targets: HashMap<MapData, u32, u32>,
+    /// Generations of `targets` (see `gapscope_ebpf_common::TargetCache`).
+    pub generation: Array<MapData, u64>,
     /// Process events from the kernel.
     pub events: RingBuf<MapData>,
 }
@@ -135,6 +137,7 @@ pub fn attach_all(bpf_stats: bool) -> anyhow::Result<Attached> {
     Ok(Attached {
         maps,
         targets: HashMap::try_from(take(&mut ebpf, "TARGETS")?)?,
+        generation: Array::try_from(take(&mut ebpf, "GENERATION")?)?,
         events: RingBuf::try_from(take(&mut ebpf, "PROC_EVENTS")?)?,
         probes: Probes { ebpf, stats },
     })

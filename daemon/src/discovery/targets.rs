@@ -10,23 +10,31 @@
 
 use std::{collections::HashMap as StdHashMap, sync::Arc};
 
-use aya::maps::{HashMap, MapData};
-use gapscope_ebpf_common::{NO_SERVICE, ProcEvent, proc_event};
+use aya::maps::{Array, HashMap, MapData};
+use gapscope_ebpf_common::{GEN_USER, NO_SERVICE, ProcEvent, proc_event};
 
 use super::procfs::{self, ProcessInfo};
 use crate::config::ServiceConfig;
 
 pub struct Targets {
     map: HashMap<MapData, u32, u32>,
+    /// Bumped after every change to `map`, so the kernel's per-CPU lookup
+    /// caches forget what they knew.
+    generation: Array<MapData, u64>,
     services: Arc<[ServiceConfig]>,
     /// Never trace the daemon itself.
     own_tgid: u32,
 }
 
 impl Targets {
-    pub fn new(map: HashMap<MapData, u32, u32>, services: Arc<[ServiceConfig]>) -> Self {
+    pub fn new(
+        map: HashMap<MapData, u32, u32>,
+        generation: Array<MapData, u64>,
+        services: Arc<[ServiceConfig]>,
+    ) -> Self {
         Self {
             map,
+            generation,
             services,
             own_tgid: std::process::id(),
         }
@@ -59,8 +67,22 @@ impl Targets {
         counts
     }
 
+    /// Invalidates the kernel's lookup caches after a change to the map.
+    fn changed(&mut self) {
+        let next = self
+            .generation
+            .get(&GEN_USER, 0)
+            .unwrap_or(0)
+            .wrapping_add(1);
+        if let Err(e) = self.generation.set(GEN_USER, next, 0) {
+            log::warn!("cannot bump the targets generation: {e}");
+        }
+    }
+
     fn add(&mut self, tgid: u32, service: u32) {
-        match self.map.insert(tgid, service, 0) {
+        let inserted = self.map.insert(tgid, service, 0);
+        self.changed();
+        match inserted {
             Ok(()) => log::info!(
                 "tracing pid {tgid} as service {}",
                 self.services[service as usize].name
@@ -71,7 +93,9 @@ impl Targets {
 
     fn remove(&mut self, tgid: u32) {
         // Already gone (the kernel removed it at exit) is fine.
-        let _ = self.map.remove(&tgid);
+        if self.map.remove(&tgid).is_ok() {
+            self.changed();
+        }
     }
 
     /// Matches every process in /proc and drops entries of dead ones.

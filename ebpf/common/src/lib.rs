@@ -195,6 +195,31 @@ pub struct ThreadState {
     pub woken_ns: u64,
 }
 
+/// Each CPU's memory of the last process it looked up in `TARGETS`.
+///
+/// A syscall-heavy process makes its syscalls in bursts on one CPU, so
+/// nearly every lookup hits this one-entry cache, which costs two array
+/// reads instead of a hash lookup — for untraced processes that is the
+/// whole cost of Gapscope. The entry is valid while both generations in
+/// `GENERATION` are unchanged: the kernel bumps slot
+/// `GEN_KERNEL` after it changes `TARGETS` (fork, exit), user space bumps
+/// `GEN_USER` after it does (scan, exec matching), so every change to the
+/// map invalidates every CPU's entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TargetCache {
+    /// `tgid << 32 | service` (service `NO_SERVICE` when untraced), one
+    /// word so an interrupted writer cannot pair a tgid with another's
+    /// service.
+    pub tgid_service: u64,
+    pub gen_kernel: u64,
+    pub gen_user: u64,
+}
+
+/// Slots of the `GENERATION` array.
+pub const GEN_KERNEL: u32 = 0;
+pub const GEN_USER: u32 = 1;
+
 /// Indexes of the per-CPU `COUNTERS` array: events seen and dropped per source.
 pub mod counter {
     /// Context switches of traced threads handled.
@@ -276,6 +301,7 @@ mod pod {
     unsafe impl aya::Pod for OffCpuStats {}
     unsafe impl aya::Pod for ThreadState {}
     unsafe impl aya::Pod for ProcEvent {}
+    unsafe impl aya::Pod for TargetCache {}
 }
 
 #[cfg(test)]

@@ -5,15 +5,26 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use gapscope_ebpf_common::{
-    Log2Hist, MAX_SERVICES, MAX_SYSCALL_KEYS, MAX_TARGETS, MAX_THREADS, OffCpuStats, SYSCALL_SLOTS,
-    SyscallKey, ThreadState, counter,
+    GEN_KERNEL, GEN_USER, Log2Hist, MAX_SERVICES, MAX_SYSCALL_KEYS, MAX_TARGETS, MAX_THREADS,
+    NO_SERVICE, OffCpuStats, SYSCALL_SLOTS, SyscallKey, TargetCache, ThreadState, counter,
 };
 
 /// tgid → service id. Filled by user space (scan, exec matching) and by
 /// `task_newtask` (children of traced processes); emptied on exit.
 #[map]
 pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// See `TargetCache`: one entry per CPU.
+#[map]
+pub static TARGET_CACHE: PerCpuArray<TargetCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// Generations of `TARGETS`: slot `GEN_KERNEL` bumped here, `GEN_USER` by
+/// user space, after each change.
+#[map]
+pub static GENERATION: Array<u64> = Array::with_max_entries(2, 0);
 
 /// tid → what the thread is doing, for threads of traced processes.
 #[map]
@@ -52,12 +63,59 @@ pub fn current_ids() -> (u32, u32) {
     ((pid_tgid >> 32) as u32, pid_tgid as u32)
 }
 
+#[inline(always)]
+fn generation(slot: u32) -> u64 {
+    match GENERATION.get_ptr(slot) {
+        // SAFETY: an array slot; other CPUs may bump it concurrently, and
+        // any value read is either the old or the new one.
+        Some(g) => unsafe { core::ptr::read_volatile(g) },
+        None => 0,
+    }
+}
+
+/// Records a change this program made to `TARGETS`.
+#[inline(always)]
+pub fn bump_kernel_generation() {
+    if let Some(g) = GENERATION.get_ptr_mut(GEN_KERNEL) {
+        // SAFETY: a valid, aligned u64 in the map. The BPF target has no
+        // `AtomicU64::fetch_add` in core, so use the intrinsic (a BPF
+        // atomic add).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(g, 1) };
+    }
+}
+
 /// The service tracing `tgid`, if any. Every program calls this first.
 #[inline(always)]
 pub fn service_of(tgid: u32) -> Option<u32> {
+    // Generations are read before the map, so a change that lands after
+    // the lookup also lands after these reads and invalidates the entry.
+    let gen_kernel = generation(GEN_KERNEL);
+    let gen_user = generation(GEN_USER);
+    let cache = TARGET_CACHE.get_ptr_mut(0);
+    if let Some(c) = cache {
+        // SAFETY: this CPU's entry.
+        let c = unsafe { &*c };
+        if (c.tgid_service >> 32) as u32 == tgid
+            && c.gen_kernel == gen_kernel
+            && c.gen_user == gen_user
+        {
+            let service = c.tgid_service as u32;
+            return (service != NO_SERVICE).then_some(service);
+        }
+    }
     // SAFETY: plain u32 value; a concurrent delete can at worst make us
     // read the id of the process that was just removed.
-    unsafe { TARGETS.get(&tgid).copied() }
+    let found = unsafe { TARGETS.get(&tgid).copied() };
+    if let Some(c) = cache {
+        let entry = TargetCache {
+            tgid_service: (tgid as u64) << 32 | found.unwrap_or(NO_SERVICE) as u64,
+            gen_kernel,
+            gen_user,
+        };
+        // SAFETY: this CPU's entry.
+        unsafe { *c = entry };
+    }
+    found
 }
 
 /// Adds `n` to a per-CPU counter.

@@ -9,7 +9,9 @@ use gapscope_ebpf_common::{
     tp_offsets::{NEWTASK_CLONE_FLAGS, NEWTASK_PID},
 };
 
-use crate::maps::{PROC_EVENTS, TARGETS, THREADS, bump, current_ids, service_of};
+use crate::maps::{
+    PROC_EVENTS, TARGETS, THREADS, bump, bump_kernel_generation, current_ids, service_of,
+};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -36,6 +38,7 @@ pub fn gs_task_newtask(ctx: TracePointContext) -> i32 {
     if TARGETS.insert(&child, &service, 0).is_err() {
         bump(counter::TARGETS_DROPPED, 1);
     }
+    bump_kernel_generation();
     send(proc_event::FORK, child, parent_tgid, service);
     0
 }
@@ -62,6 +65,7 @@ pub fn gs_process_exit(_ctx: TracePointContext) -> i32 {
         return 0;
     };
     let _ = TARGETS.remove(&tgid);
+    bump_kernel_generation();
     send(proc_event::EXIT, tgid, 0, service);
     0
 }

@@ -1,6 +1,5 @@
-//! Test harness: a real gapscoped (the binary cargo built), real workloads,
-//! and scrapes of the real `/metrics` over HTTP.
-#![allow(dead_code)]
+//! Harness for tests and benchmarks: a real gapscoped (the binary cargo
+//! built), real workloads, and scrapes of the real `/metrics` over HTTP.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -28,19 +27,31 @@ pub fn require_root() {
     );
 }
 
+/// A binary cargo built into the same profile directory as the running
+/// test or benchmark (`target/<profile>/<name>`).
+fn built_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let found = exe
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name} not found next to {}: build the workspace first (cargo build --workspace)",
+            exe.display()
+        )
+    })
+}
+
 pub fn gapscoped_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_gapscoped"))
+    built_binary("gapscoped")
 }
 
 /// The workload binary, built by cargo next to gapscoped.
 pub fn workload_bin() -> PathBuf {
-    let p = gapscoped_bin().with_file_name("gapscope-workload");
-    assert!(
-        p.exists(),
-        "{} missing: build the workspace first (cargo build --workspace)",
-        p.display()
-    );
-    p
+    built_binary("gapscope-workload")
 }
 
 pub fn repo_root() -> PathBuf {

@@ -1,0 +1,220 @@
+//! What tracing costs a process, per syscall, on a tight `getppid` loop.
+//!
+//! Every configuration runs in each round, interleaved, so machine noise
+//! hits them alike; the medians and the ratios between them are written to
+//! `bench/results/syscall_overhead.json`.
+//!
+//! * `baseline` — nothing attached.
+//! * `floor` — empty programs on the same raw tracepoints gapscoped uses:
+//!   what any program there costs before it runs an instruction.
+//! * `gapscoped` — the process traced by gapscoped (BPF statistics off,
+//!   as they cost every program on the host while on).
+//! * `gapscoped_bpf_stats` — the same with BPF statistics on (the default).
+//! * `untraced` — an untraced process while gapscoped (statistics off)
+//!   traces another: the
+//!   early exit on the tgid map should be all it pays.
+//! * `bpftrace` — Debian's bpftrace doing the equivalent: a per-thread count
+//!   and a latency histogram, filtered to the pid.
+//!
+//! Run as root: `cargo run --release -p gapscope-bench --bin syscall_overhead`.
+//! Targets: gapscoped's overhead at most half of bpftrace's; the untraced
+//! process's overhead within 10 % of the floor's.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use aya::{EbpfLoader, programs::RawTracePoint};
+use gapscope_testkit::{Daemon, Workload, require_root, workload_bin};
+
+const CALLS: u64 = 2_000_000;
+const ROUNDS: usize = 5;
+const CONFIGS: [&str; 6] = [
+    "baseline",
+    "floor",
+    "gapscoped",
+    "gapscoped_bpf_stats",
+    "untraced",
+    "bpftrace",
+];
+
+/// Runs the spin loop in a fresh process once it may start; ns per call.
+fn spin(w: &mut Workload) -> anyhow::Result<f64> {
+    let lines = w.go();
+    let line = lines.iter().find_map(|l| l.strip_prefix("ns_per_call "));
+    line.context("spin printed no ns_per_call")?
+        .parse()
+        .context("parsing ns_per_call")
+}
+
+fn spinner(tag: &str) -> Workload {
+    Workload::spawn(
+        &workload_bin(),
+        &[
+            "spin",
+            "--wait",
+            "--getppid",
+            &CALLS.to_string(),
+            "--tag",
+            tag,
+        ],
+    )
+}
+
+/// Spin once and let the process exit.
+fn measure(tag: &str, before_go: impl FnOnce(&Workload)) -> anyhow::Result<f64> {
+    let mut w = spinner(tag);
+    before_go(&w);
+    let ns = spin(&mut w);
+    w.finish();
+    ns
+}
+
+fn baseline() -> anyhow::Result<f64> {
+    measure("bench-baseline", |_| {})
+}
+
+fn floor() -> anyhow::Result<f64> {
+    let mut ebpf = EbpfLoader::new().load(gapscoped::bpf::OBJECT)?;
+    for (name, tp) in [
+        ("gs_floor_enter", "sys_enter"),
+        ("gs_floor_exit", "sys_exit"),
+    ] {
+        let p: &mut RawTracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
+        p.load()?;
+        p.attach(tp)?;
+    }
+    let ns = measure("bench-floor", |_| {});
+    drop(ebpf);
+    ns
+}
+
+fn traced(bpf_stats: bool) -> anyhow::Result<(f64, f64)> {
+    let daemon = Daemon::start_with(
+        "[[service]]\nname = \"bench\"\ncmdline = \"--tag bench-traced( |$)\"\n",
+        &format!("bpf_stats = {bpf_stats}"),
+    );
+    let ns = measure("bench-traced", |_| daemon.wait_processes("bench", 1.0))?;
+    let counted = daemon.scrape().get_or_zero(
+        "gapscope_syscall_duration_seconds_count",
+        &[("service", "bench"), ("syscall", "getppid")],
+    );
+    Ok((ns, counted))
+}
+
+fn untraced() -> anyhow::Result<f64> {
+    let daemon = Daemon::start_with(
+        "[[service]]\nname = \"other\"\ncmdline = \"--tag bench-other( |$)\"\n",
+        "bpf_stats = false",
+    );
+    // Something is traced, so the maps are not empty.
+    let other = spinner("bench-other");
+    daemon.wait_processes("other", 1.0);
+    let ns = measure("bench-untraced", |_| {});
+    other.finish();
+    ns
+}
+
+fn bpftrace() -> anyhow::Result<f64> {
+    let mut w = spinner("bench-bpftrace");
+    let pid = w.pid();
+    let script = format!(
+        "tracepoint:raw_syscalls:sys_enter /pid == {pid}/ {{ @start[tid] = nsecs; }}\n\
+         tracepoint:raw_syscalls:sys_exit /pid == {pid} && @start[tid]/ {{\n\
+           @calls[tid] = count(); @latency = hist(nsecs - @start[tid]); delete(@start[tid]);\n\
+         }}"
+    );
+    let mut bt = Command::new("bpftrace")
+        .args(["-e", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("bpftrace (Debian package bpftrace) is installed by scripts/setup.sh")?;
+    let mut out = BufReader::new(bt.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    if !line.starts_with("Attaching") {
+        bail!("bpftrace did not attach: {line:?}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let ns = spin(&mut w);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+    bt.wait()?;
+    w.finish();
+    if !rest.contains("@calls[") {
+        bail!("bpftrace counted nothing; its output: {rest}");
+    }
+    ns
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    require_root();
+    let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut counted = Vec::new();
+    for round in 1..=ROUNDS {
+        for config in CONFIGS {
+            let ns = match config {
+                "baseline" => baseline()?,
+                "floor" => floor()?,
+                "gapscoped" => {
+                    let (ns, n) = traced(false)?;
+                    counted.push(n);
+                    ns
+                }
+                "gapscoped_bpf_stats" => traced(true)?.0,
+                "untraced" => untraced()?,
+                "bpftrace" => bpftrace()?,
+                _ => unreachable!(),
+            };
+            eprintln!("round {round}: {config:<20} {ns:8.1} ns/syscall");
+            samples.entry(config).or_default().push(ns);
+        }
+    }
+    let med: BTreeMap<&str, f64> = samples.iter().map(|(k, v)| (*k, median(v))).collect();
+    let base = med["baseline"];
+    let overhead = |c: &str| med[c] - base;
+    let report = serde_json::json!({
+        "benchmark": "syscall_overhead",
+        "calls_per_run": CALLS,
+        "rounds": ROUNDS,
+        "ns_per_syscall_median": med,
+        "ns_per_syscall_samples": samples,
+        "overhead_ns": {
+            "floor": overhead("floor"),
+            "gapscoped": overhead("gapscoped"),
+            "gapscoped_bpf_stats": overhead("gapscoped_bpf_stats"),
+            "untraced": overhead("untraced"),
+            "bpftrace": overhead("bpftrace"),
+        },
+        "ratios": {
+            "gapscoped_over_bpftrace": overhead("gapscoped") / overhead("bpftrace"),
+            "gapscoped_bpf_stats_over_bpftrace": overhead("gapscoped_bpf_stats") / overhead("bpftrace"),
+            "untraced_over_floor": overhead("untraced") / overhead("floor"),
+        },
+        "targets": {
+            "gapscoped_over_bpftrace_at_most": 0.5,
+            "untraced_over_floor_at_most": 1.1,
+        },
+        "gapscoped_counted_exactly": counted.iter().all(|n| *n == CALLS as f64),
+    });
+    let dir = gapscope_testkit::repo_root().join("bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("syscall_overhead.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
