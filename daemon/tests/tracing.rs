@@ -288,3 +288,77 @@ fn systemd_readiness_notification() {
     let n = sock.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+#[test]
+fn a_process_started_after_the_daemon_is_picked_up_within_a_second() {
+    let _g = serial();
+    let daemon = Daemon::start(&service("late", "late"));
+    let start = std::time::Instant::now();
+    let w = Workload::spawn(&workload_bin(), &["syscalls", "--tag", "late"]);
+    daemon.wait_processes("late", 1.0);
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(1), "picked up after {took:?}");
+    w.finish();
+    daemon.wait_processes("late", 0.0);
+}
+
+/// The cgroup v2 hierarchy, when this host has a writable one.
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let root = mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, path, kind) = (f.next()?, f.next()?, f.next()?);
+        (kind == "cgroup2").then(|| std::path::PathBuf::from(path))
+    })?;
+    let probe = root.join(format!("gapscope-probe-{}", std::process::id()));
+    std::fs::create_dir(&probe).ok()?;
+    std::fs::remove_dir(&probe).ok()?;
+    Some(root)
+}
+
+#[test]
+fn cgroup_and_systemd_unit_matchers_find_running_processes() {
+    let _g = serial();
+    let Some(root) = cgroup2_root() else {
+        eprintln!("SKIP: no writable cgroup v2 hierarchy on this host");
+        return;
+    };
+    let unit = format!("gapscope-test-{}.service", std::process::id());
+    let unit_dir = root.join(&unit);
+    let worker_dir = unit_dir.join("worker");
+    std::fs::create_dir_all(&worker_dir).unwrap();
+    let daemon = Daemon::start(&format!(
+        "[[service]]\nname = \"bycgroup\"\ncgroup = \"/{unit}/worker\"\n\
+         [[service]]\nname = \"byunit\"\nsystemd_unit = \"{unit}\"\n"
+    ));
+    // Both start outside the cgroups, so nothing matches them yet.
+    let mut a = Workload::spawn(
+        &workload_bin(),
+        &["syscalls", "--getppid", "300", "--tag", "cg-a"],
+    );
+    let mut b = Workload::spawn(
+        &workload_bin(),
+        &["syscalls", "--getppid", "400", "--tag", "cg-b"],
+    );
+    assert_eq!(
+        daemon
+            .scrape()
+            .get_or_zero("gapscope_service_processes", &[("service", "bycgroup")]),
+        0.0
+    );
+    // Moving them in changes nothing the exec events see: the rescan finds them.
+    std::fs::write(worker_dir.join("cgroup.procs"), a.pid().to_string()).unwrap();
+    std::fs::write(unit_dir.join("cgroup.procs"), b.pid().to_string()).unwrap();
+    daemon.wait_processes("bycgroup", 1.0);
+    daemon.wait_processes("byunit", 1.0);
+    a.go();
+    b.go();
+    let m = daemon.scrape();
+    assert_eq!(calls(&m, "bycgroup", "getppid"), 300.0);
+    assert_eq!(calls(&m, "byunit", "getppid"), 400.0);
+    a.finish();
+    b.finish();
+    daemon.wait_processes("bycgroup", 0.0);
+    std::fs::remove_dir(&worker_dir).unwrap();
+    std::fs::remove_dir(&unit_dir).unwrap();
+}

@@ -64,7 +64,12 @@ fn syscalls(ex: &Exporter) -> Vec<Family> {
         &[("source", "proc")],
         count(counter::PROC_EVENTS_DROPPED) + count(counter::TARGETS_DROPPED),
     );
-    vec![hist, events, dropped]
+    let mut misses = Family::counter(
+        "gapscope_target_cache_misses_total",
+        "Lookups of the current process that the per-CPU cache could not answer and that went to the tgid map.",
+    );
+    misses.add_counter(&[], count(counter::TARGET_CACHE_MISSES));
+    vec![hist, events, dropped, misses]
 }
 
 fn cpu_time(ex: &Exporter) -> Vec<Family> {

@@ -234,7 +234,9 @@ pub mod counter {
     pub const THREADS_DROPPED: u32 = 4;
     /// Processes not followed because the target map was full.
     pub const TARGETS_DROPPED: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Lookups the per-CPU target cache could not answer (hash lookups made).
+    pub const TARGET_CACHE_MISSES: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Kinds of `ProcEvent`.

@@ -103,6 +103,7 @@ pub fn service_of(tgid: u32) -> Option<u32> {
             return (service != NO_SERVICE).then_some(service);
         }
     }
+    bump(counter::TARGET_CACHE_MISSES, 1);
     // SAFETY: plain u32 value; a concurrent delete can at worst make us
     // read the id of the process that was just removed.
     let found = unsafe { TARGETS.get(&tgid).copied() };
