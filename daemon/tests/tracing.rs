@@ -154,6 +154,32 @@ fn forks_and_execs_are_followed() {
     daemon.wait_processes("family", 1.0);
     w.finish();
     daemon.wait_processes("family", 0.0);
+
+    // New threads are traced from their first syscall, four rounds in a
+    // row, so threads reuse the kernel stacks of threads that just died.
+    for round in 1..=4 {
+        let mut w = Workload::spawn(
+            &workload_bin(),
+            &[
+                "syscalls",
+                "--getppid",
+                &K.to_string(),
+                "--children",
+                "threads",
+                "--tag",
+                "family",
+            ],
+        );
+        daemon.wait_processes("family", 1.0);
+        w.go();
+        w.finish();
+        let m = daemon.scrape();
+        assert_eq!(
+            calls(&m, "family", "getppid"),
+            (2 + 4 * round) as f64 * K as f64,
+            "round {round}: four threads, K calls each"
+        );
+    }
 }
 
 #[test]

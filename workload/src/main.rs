@@ -2,7 +2,7 @@
 //! gapscoped reports with ground truth.
 //!
 //! ```text
-//! gapscope-workload syscalls [--getppid N] [--nanosleep M] [--sleep-us U] [--children fork|exec|both] [--no-wait] [--tag T]
+//! gapscope-workload syscalls [--getppid N] [--nanosleep M] [--sleep-us U] [--children fork|exec|both|threads] [--no-wait] [--tag T]
 //! gapscope-workload spin --getppid N [--wait] [--cpu C] [--tag T]
 //! ```
 //!
@@ -103,12 +103,28 @@ fn wait_for_go() {
     std::io::stdin().lock().read_line(&mut line).ok();
 }
 
+/// Runs `getppid` N times in each of four new threads.
+fn threads(n: u64) {
+    let handles: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || getppid_n(n)))
+        .collect();
+    for h in handles {
+        h.join().ok();
+    }
+}
+
 /// Runs `getppid` N times in a forked child, an exec'd child, or both.
 fn children(kind: &str, n: u64) -> Result<(), String> {
+    if kind == "threads" {
+        threads(n);
+        return Ok(());
+    }
     let fork_child = matches!(kind, "fork" | "both");
     let exec_child = matches!(kind, "exec" | "both");
     if !fork_child && !exec_child {
-        return Err(format!("--children {kind}: use fork, exec or both"));
+        return Err(format!(
+            "--children {kind}: use fork, exec, both or threads"
+        ));
     }
     let mut pids = Vec::new();
     if fork_child {

@@ -179,12 +179,14 @@ impl OffCpuStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ThreadState {
+    /// The thread's process: a switch-in (where the thread is not
+    /// `current`) finds its service through it.
     pub tgid: u32,
-    pub service: u32,
     /// Syscall in progress, or `NO_SYSCALL`.
     pub syscall_nr: u32,
     /// `OffCpuReason` recorded when the thread last left the CPU.
     pub off_reason: u32,
+    pub _pad: u32,
     /// When the syscall in progress started (0: none).
     pub syscall_start_ns: u64,
     /// When the thread last got a CPU (0: unknown).
@@ -195,26 +197,37 @@ pub struct ThreadState {
     pub woken_ns: u64,
 }
 
-/// Each CPU's memory of the last process it looked up in `TARGETS`.
+/// Each CPU's memory of the last thread whose syscall it classified.
 ///
-/// A syscall-heavy process makes its syscalls in bursts on one CPU, so
-/// nearly every lookup hits this one-entry cache, which costs two array
-/// reads instead of a hash lookup — for untraced processes that is the
-/// whole cost of Gapscope. The entry is valid while both generations in
-/// `GENERATION` are unchanged: the kernel bumps slot
-/// `GEN_KERNEL` after it changes `TARGETS` (fork, exit), user space bumps
-/// `GEN_USER` after it does (scan, exec matching), so every change to the
-/// map invalidates every CPU's entry.
+/// A syscall-heavy thread makes its syscalls in bursts on one CPU, so
+/// nearly every syscall hits this one-entry cache. The thread is recognised
+/// by its `pt_regs` pointer, which the raw syscall tracepoints pass as an
+/// argument (it sits at the top of the thread's kernel stack), so a hit
+/// costs no helper call and no hash lookup — for an untraced process that
+/// is the whole cost of Gapscope.
+///
+/// The entry is valid while both generations in `GENERATION` are
+/// unchanged. The kernel bumps `GEN_KERNEL` whenever a traced process gains
+/// or loses a thread or a process (a dead thread's kernel stack, and so its
+/// `pt_regs` address, can be reused by a new thread); user space bumps
+/// `GEN_USER` after every change it makes to `TARGETS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct TargetCache {
-    /// `tgid << 32 | service` (service `NO_SERVICE` when untraced), one
-    /// word so an interrupted writer cannot pair a tgid with another's
-    /// service.
-    pub tgid_service: u64,
+    /// The low 48 bits of the `pt_regs` address (kernel addresses differ
+    /// only there) and the service id (or `CACHE_UNTRACED`) in the top 16,
+    /// one word so an interrupted writer cannot pair one thread with
+    /// another's service.
+    pub regs_service: u64,
     pub gen_kernel: u64,
     pub gen_user: u64,
 }
+
+/// `TargetCache` service value for an untraced thread.
+pub const CACHE_UNTRACED: u64 = 0xffff;
+
+/// The bits of a kernel address kept in `TargetCache::regs_service`.
+pub const CACHE_ADDRESS_MASK: u64 = (1 << 48) - 1;
 
 /// Slots of the `GENERATION` array.
 pub const GEN_KERNEL: u32 = 0;

@@ -8,8 +8,9 @@ use aya_ebpf::{
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use gapscope_ebpf_common::{
-    GEN_KERNEL, GEN_USER, Log2Hist, MAX_SERVICES, MAX_SYSCALL_KEYS, MAX_TARGETS, MAX_THREADS,
-    NO_SERVICE, OffCpuStats, SYSCALL_SLOTS, SyscallKey, TargetCache, ThreadState, counter,
+    CACHE_ADDRESS_MASK, CACHE_UNTRACED, GEN_KERNEL, GEN_USER, Log2Hist, MAX_SERVICES,
+    MAX_SYSCALL_KEYS, MAX_TARGETS, MAX_THREADS, OffCpuStats, SYSCALL_SLOTS, SyscallKey,
+    TargetCache, ThreadState, counter,
 };
 
 /// tgid → service id. Filled by user space (scan, exec matching) and by
@@ -84,32 +85,43 @@ pub fn bump_kernel_generation() {
     }
 }
 
-/// The service tracing `tgid`, if any. Every program calls this first.
+/// The service tracing `tgid`, if any: a lookup in `TARGETS`. Every
+/// program starts with this (or with `service_of_current`).
 #[inline(always)]
 pub fn service_of(tgid: u32) -> Option<u32> {
+    // SAFETY: plain u32 value; a concurrent delete can at worst make us
+    // read the id of the process that was just removed.
+    unsafe { TARGETS.get(&tgid).copied() }
+}
+
+/// The service tracing the current thread, whose `pt_regs` the syscall
+/// tracepoints pass in: `service_of` behind the per-CPU `TargetCache`.
+#[inline(always)]
+pub fn service_of_current(regs: u64) -> Option<u32> {
     // Generations are read before the map, so a change that lands after
     // the lookup also lands after these reads and invalidates the entry.
     let gen_kernel = generation(GEN_KERNEL);
     let gen_user = generation(GEN_USER);
+    let address = regs & CACHE_ADDRESS_MASK;
     let cache = TARGET_CACHE.get_ptr_mut(0);
     if let Some(c) = cache {
         // SAFETY: this CPU's entry.
         let c = unsafe { &*c };
-        if (c.tgid_service >> 32) as u32 == tgid
+        if c.regs_service & CACHE_ADDRESS_MASK == address
             && c.gen_kernel == gen_kernel
             && c.gen_user == gen_user
         {
-            let service = c.tgid_service as u32;
-            return (service != NO_SERVICE).then_some(service);
+            let service = c.regs_service >> 48;
+            return (service != CACHE_UNTRACED).then_some(service as u32);
         }
     }
     bump(counter::TARGET_CACHE_MISSES, 1);
-    // SAFETY: plain u32 value; a concurrent delete can at worst make us
-    // read the id of the process that was just removed.
-    let found = unsafe { TARGETS.get(&tgid).copied() };
+    let (tgid, _) = current_ids();
+    let found = service_of(tgid);
     if let Some(c) = cache {
+        let service = found.map_or(CACHE_UNTRACED, |s| s as u64);
         let entry = TargetCache {
-            tgid_service: (tgid as u64) << 32 | found.unwrap_or(NO_SERVICE) as u64,
+            regs_service: service << 48 | address,
             gen_kernel,
             gen_user,
         };
@@ -130,15 +142,15 @@ pub fn bump(index: u32, n: u64) {
 
 /// The thread's state, created empty on first sight.
 #[inline(always)]
-pub fn thread_state(tid: u32, tgid: u32, service: u32) -> Option<*mut ThreadState> {
+pub fn thread_state(tid: u32, tgid: u32) -> Option<*mut ThreadState> {
     if let Some(t) = THREADS.get_ptr_mut(&tid) {
         return Some(t);
     }
     let fresh = ThreadState {
         tgid,
-        service,
         syscall_nr: gapscope_ebpf_common::NO_SYSCALL,
         off_reason: 0,
+        _pad: 0,
         syscall_start_ns: 0,
         on_cpu_since_ns: 0,
         off_cpu_since_ns: 0,

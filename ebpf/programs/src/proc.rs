@@ -33,6 +33,9 @@ pub fn gs_task_newtask(ctx: TracePointContext) -> i32 {
         )
     };
     if flags & CLONE_THREAD != 0 {
+        // A new thread of a traced process: nothing to add, but its kernel
+        // stack may be a dead thread's that a CPU still remembers.
+        bump_kernel_generation();
         return 0;
     }
     if TARGETS.insert(&child, &service, 0).is_err() {
@@ -58,14 +61,18 @@ pub fn gs_process_exit(_ctx: TracePointContext) -> i32 {
     let (tgid, tid) = current_ids();
     // Threads of untraced processes have no entry; deleting costs one lookup.
     let _ = THREADS.remove(&tid);
-    if tid != tgid {
-        return 0;
-    }
     let Some(service) = service_of(tgid) else {
         return 0;
     };
-    let _ = TARGETS.remove(&tgid);
+    if tid == tgid {
+        let _ = TARGETS.remove(&tgid);
+    }
+    // The thread's kernel stack (and so its pt_regs address) will be
+    // reused; no CPU may keep believing that address is traced.
     bump_kernel_generation();
+    if tid != tgid {
+        return 0;
+    }
     send(proc_event::EXIT, tgid, 0, service);
     0
 }

@@ -51,7 +51,7 @@ fn switch_out(ctx: &TracePointContext, now: u64) {
     let Some(service) = service_of(tgid) else {
         return;
     };
-    let Some(t) = thread_state(tid, tgid, service) else {
+    let Some(t) = thread_state(tid, tgid) else {
         return;
     };
     let prev_state: i64 = field(ctx, SWITCH_PREV_STATE);
@@ -138,6 +138,11 @@ pub fn gs_sched_wakeup_new(ctx: TracePointContext) -> i32 {
 }
 
 /// Thread `tid` became runnable after blocking.
+///
+/// The one program that does not start from `TARGETS`: the woken thread is
+/// not the current one, so its tgid is unknown here. `THREADS` only holds
+/// threads of traced processes, and the switch-in that consumes `woken_ns`
+/// checks `TARGETS` itself.
 #[inline(always)]
 fn woken(tid: u32) {
     let Some(t) = THREADS.get_ptr_mut(&tid) else {

@@ -11,22 +11,21 @@ use gapscope_ebpf_common::{Log2Hist, NO_SYSCALL, SyscallKey, counter};
 /// building 300-odd bytes on the 512-byte BPF stack.
 static ZERO_HIST: Log2Hist = Log2Hist::ZERO;
 
-use crate::maps::{BPF_NOEXIST, SYSCALLS, bump, current_ids, service_of, thread_state};
+use crate::maps::{BPF_NOEXIST, SYSCALLS, bump, current_ids, service_of_current, thread_state};
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn gs_sys_enter(ctx: RawTracePointContext) -> i32 {
-    let (tgid, tid) = current_ids();
-    let Some(service) = service_of(tgid) else {
+    // TP_PROTO(struct pt_regs *regs, long id)
+    let Some(_) = service_of_current(ctx.arg(0)) else {
         return 0;
     };
-    // TP_PROTO(struct pt_regs *regs, long id)
+    let (tgid, tid) = current_ids();
     let nr: u64 = ctx.arg(1);
-    let Some(t) = thread_state(tid, tgid, service) else {
+    let Some(t) = thread_state(tid, tgid) else {
         return 0;
     };
     // SAFETY: the entry belongs to this thread; only it writes these fields.
     unsafe {
-        (*t).service = service;
         (*t).syscall_nr = nr as u32;
         (*t).syscall_start_ns = bpf_ktime_get_ns();
     }
@@ -34,11 +33,12 @@ pub fn gs_sys_enter(ctx: RawTracePointContext) -> i32 {
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn gs_sys_exit(_ctx: RawTracePointContext) -> i32 {
-    let (tgid, tid) = current_ids();
-    let Some(service) = service_of(tgid) else {
+pub fn gs_sys_exit(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    let Some(service) = service_of_current(ctx.arg(0)) else {
         return 0;
     };
+    let (_, tid) = current_ids();
     let Some(t) = crate::maps::THREADS.get_ptr_mut(&tid) else {
         return 0;
     };
