@@ -8,7 +8,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{RawTracePoint, TracePoint},
 };
-use gapscope_ebpf_common::{Log2Hist, OffCpuStats, SyscallKey, ThreadState};
+use gapscope_ebpf_common::{Log2Hist, OffCpuStats, SyscallKey, ThreadState, USER_GENERATION_MAP};
 
 use super::{Hook, OBJECT, PROGRAMS, raise_memlock, tracefs};
 use crate::syscall_table;
@@ -66,7 +66,8 @@ pub struct Attached {
     pub maps: KernelMaps,
     /// tgid → service id, owned by `discovery::Targets`.
     pub targets: HashMap<MapData, u32, u32>,
-    /// Generations of `targets` (see `gapscope_ebpf_common::TargetCache`).
+    /// The programs' `USER_GENERATION` (see
+    /// `gapscope_ebpf_common::TargetCache`).
     pub generation: Array<MapData, u64>,
     /// Process events from the kernel.
     pub events: RingBuf<MapData>,
@@ -137,7 +138,7 @@ pub fn attach_all(bpf_stats: bool) -> anyhow::Result<Attached> {
     Ok(Attached {
         maps,
         targets: HashMap::try_from(take(&mut ebpf, "TARGETS")?)?,
-        generation: Array::try_from(take(&mut ebpf, "GENERATION")?)?,
+        generation: Array::try_from(take(&mut ebpf, USER_GENERATION_MAP)?)?,
         events: RingBuf::try_from(take(&mut ebpf, "PROC_EVENTS")?)?,
         probes: Probes { ebpf, stats },
     })

@@ -11,15 +11,15 @@
 use std::{collections::HashMap as StdHashMap, sync::Arc};
 
 use aya::maps::{Array, HashMap, MapData};
-use gapscope_ebpf_common::{GEN_USER, NO_SERVICE, ProcEvent, proc_event};
+use gapscope_ebpf_common::{NO_SERVICE, ProcEvent, proc_event};
 
 use super::procfs::{self, ProcessInfo};
 use crate::config::ServiceConfig;
 
 pub struct Targets {
     map: HashMap<MapData, u32, u32>,
-    /// Bumped after every change to `map`, so the kernel's per-CPU lookup
-    /// caches forget what they knew.
+    /// The programs' `USER_GENERATION`, bumped after every change to `map`
+    /// so the kernel's per-CPU lookup caches forget what they knew.
     generation: Array<MapData, u64>,
     services: Arc<[ServiceConfig]>,
     /// Never trace the daemon itself.
@@ -69,12 +69,8 @@ impl Targets {
 
     /// Invalidates the kernel's lookup caches after a change to the map.
     fn changed(&mut self) {
-        let next = self
-            .generation
-            .get(&GEN_USER, 0)
-            .unwrap_or(0)
-            .wrapping_add(1);
-        if let Err(e) = self.generation.set(GEN_USER, next, 0) {
+        let next = self.generation.get(&0, 0).unwrap_or(0).wrapping_add(1);
+        if let Err(e) = self.generation.set(0, next, 0) {
             log::warn!("cannot bump the targets generation: {e}");
         }
     }

@@ -206,11 +206,12 @@ pub struct ThreadState {
 /// costs no helper call and no hash lookup — for an untraced process that
 /// is the whole cost of Gapscope.
 ///
-/// The entry is valid while both generations in `GENERATION` are
-/// unchanged. The kernel bumps `GEN_KERNEL` whenever a traced process gains
-/// or loses a thread or a process (a dead thread's kernel stack, and so its
-/// `pt_regs` address, can be reused by a new thread); user space bumps
-/// `GEN_USER` after every change it makes to `TARGETS`.
+/// The entry is valid while both generations are unchanged. The kernel
+/// bumps its own (`KERNEL_GENERATION`, in `.bss`) whenever a traced process
+/// gains or loses a thread or a process (a dead thread's kernel stack, and
+/// so its `pt_regs` address, can be reused by a new thread); user space
+/// bumps `USER_GENERATION` (alone in `.data`) after every change it makes
+/// to `TARGETS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct TargetCache {
@@ -229,9 +230,9 @@ pub const CACHE_UNTRACED: u64 = 0xffff;
 /// The bits of a kernel address kept in `TargetCache::regs_service`.
 pub const CACHE_ADDRESS_MASK: u64 = (1 << 48) - 1;
 
-/// Slots of the `GENERATION` array.
-pub const GEN_KERNEL: u32 = 0;
-pub const GEN_USER: u32 = 1;
+/// The map aya creates for the programs' `.data` section, which holds
+/// `USER_GENERATION` and nothing else.
+pub const USER_GENERATION_MAP: &str = ".data";
 
 /// Indexes of the per-CPU `COUNTERS` array: events seen and dropped per source.
 pub mod counter {

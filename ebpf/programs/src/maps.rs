@@ -8,9 +8,8 @@ use aya_ebpf::{
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use gapscope_ebpf_common::{
-    CACHE_ADDRESS_MASK, CACHE_UNTRACED, GEN_KERNEL, GEN_USER, Log2Hist, MAX_SERVICES,
-    MAX_SYSCALL_KEYS, MAX_TARGETS, MAX_THREADS, OffCpuStats, SYSCALL_SLOTS, SyscallKey,
-    TargetCache, ThreadState, counter,
+    CACHE_ADDRESS_MASK, CACHE_UNTRACED, Log2Hist, MAX_SERVICES, MAX_SYSCALL_KEYS, MAX_TARGETS,
+    MAX_THREADS, OffCpuStats, SYSCALL_SLOTS, SyscallKey, TargetCache, ThreadState, counter,
 };
 
 /// tgid → service id. Filled by user space (scan, exec matching) and by
@@ -22,10 +21,16 @@ pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0
 #[map]
 pub static TARGET_CACHE: PerCpuArray<TargetCache> = PerCpuArray::with_max_entries(1, 0);
 
-/// Generations of `TARGETS`: slot `GEN_KERNEL` bumped here, `GEN_USER` by
-/// user space, after each change.
-#[map]
-pub static GENERATION: Array<u64> = Array::with_max_entries(2, 0);
+/// Generation of `TARGETS` and of traced threads as changed here (see
+/// `TargetCache`). A global variable (in `.bss`), so reading it is one load
+/// with no map lookup.
+static mut KERNEL_GENERATION: u64 = 0;
+
+/// Generation of `TARGETS` as changed by user space, which bumps it after
+/// each change. In `.data` (the non-zero start puts it there), alone, so
+/// user space can write it without touching anything else.
+#[unsafe(no_mangle)]
+static mut USER_GENERATION: u64 = 1;
 
 /// tid → what the thread is doing, for threads of traced processes.
 #[map]
@@ -64,25 +69,12 @@ pub fn current_ids() -> (u32, u32) {
     ((pid_tgid >> 32) as u32, pid_tgid as u32)
 }
 
-#[inline(always)]
-fn generation(slot: u32) -> u64 {
-    match GENERATION.get_ptr(slot) {
-        // SAFETY: an array slot; other CPUs may bump it concurrently, and
-        // any value read is either the old or the new one.
-        Some(g) => unsafe { core::ptr::read_volatile(g) },
-        None => 0,
-    }
-}
-
-/// Records a change this program made to `TARGETS`.
+/// Records a change to `TARGETS` or to a traced process's threads.
 #[inline(always)]
 pub fn bump_kernel_generation() {
-    if let Some(g) = GENERATION.get_ptr_mut(GEN_KERNEL) {
-        // SAFETY: a valid, aligned u64 in the map. The BPF target has no
-        // `AtomicU64::fetch_add` in core, so use the intrinsic (a BPF
-        // atomic add).
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(g, 1) };
-    }
+    // SAFETY: a valid, aligned u64. The BPF target has no
+    // `AtomicU64::fetch_add` in core, so use the intrinsic (a BPF atomic add).
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut KERNEL_GENERATION, 1) };
 }
 
 /// The service tracing `tgid`, if any: a lookup in `TARGETS`. Every
@@ -100,8 +92,14 @@ pub fn service_of(tgid: u32) -> Option<u32> {
 pub fn service_of_current(regs: u64) -> Option<u32> {
     // Generations are read before the map, so a change that lands after
     // the lookup also lands after these reads and invalidates the entry.
-    let gen_kernel = generation(GEN_KERNEL);
-    let gen_user = generation(GEN_USER);
+    // SAFETY: aligned u64 globals; other CPUs and user space may change
+    // them concurrently, and any value read is either the old or the new.
+    let (gen_kernel, gen_user) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const KERNEL_GENERATION),
+            core::ptr::read_volatile(&raw const USER_GENERATION),
+        )
+    };
     let address = regs & CACHE_ADDRESS_MASK;
     let cache = TARGET_CACHE.get_ptr_mut(0);
     if let Some(c) = cache {
