@@ -29,7 +29,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use aya::{EbpfLoader, programs::RawTracePoint};
-use gapscope_testkit::{Daemon, Workload, require_root, workload_bin};
+use gapscope_testkit::{Daemon, Workload, require_root};
 
 const CALLS: u64 = 1_000_000;
 const ROUNDS: usize = 11;
@@ -52,17 +52,7 @@ fn spin(w: &mut Workload) -> anyhow::Result<f64> {
 }
 
 fn spinner(tag: &str) -> Workload {
-    Workload::spawn(
-        &workload_bin(),
-        &[
-            "spin",
-            "--wait",
-            "--getppid",
-            &CALLS.to_string(),
-            "--tag",
-            tag,
-        ],
-    )
+    Workload::start(&format!("spin --wait --getppid {CALLS} --tag {tag}"))
 }
 
 /// Spin once and let the process exit.
@@ -210,11 +200,23 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     // The fastest run of each configuration is its cost: on a shared VM,
-    // noise only ever adds time. Medians are reported beside it.
+    // noise only ever adds time. Medians, and ratios taken within each
+    // round, are reported beside it.
     let best: BTreeMap<&str, f64> = samples.iter().map(|(k, v)| (*k, min(v))).collect();
     let med: BTreeMap<&str, f64> = samples.iter().map(|(k, v)| (*k, median(v))).collect();
     let overhead = |c: &str| best[c] - best["baseline"];
     let overhead_median = |c: &str| med[c] - med["baseline"];
+    // Runs of one round follow each other within seconds, so a ratio
+    // taken inside each round cancels the machine's slower drifts.
+    let paired = |a: &str, b: &str| -> f64 {
+        let ratios: Vec<f64> = (0..rounds)
+            .map(|r| {
+                let base = samples["baseline"][r];
+                (samples[a][r] - base) / (samples[b][r] - base)
+            })
+            .collect();
+        median(&ratios)
+    };
     let report = serde_json::json!({
         "benchmark": "syscall_overhead",
         "calls_per_run": CALLS,
@@ -237,6 +239,10 @@ fn main() -> anyhow::Result<()> {
         "ratios_of_medians": {
             "gapscoped_over_bpftrace": overhead_median("gapscoped") / overhead_median("bpftrace"),
             "untraced_over_floor": overhead_median("untraced") / overhead_median("floor"),
+        },
+        "median_of_per_round_ratios": {
+            "gapscoped_over_bpftrace": paired("gapscoped", "bpftrace"),
+            "untraced_over_floor": paired("untraced", "floor"),
         },
         "targets": {
             "gapscoped_over_bpftrace_at_most": 0.5,

@@ -3,24 +3,13 @@
 
 use std::{io::Write, process::Command};
 
-use gapscope_testkit::{Daemon, Workload, http_get, serial, workload_bin};
+use gapscope_testkit::{Daemon, Workload, http_get, serial};
 
 #[test]
 fn metrics_pass_promtool_and_conventions() {
     let _g = serial();
     let daemon = Daemon::start("[[service]]\nname = \"lint\"\ncmdline = \"--tag lint( |$)\"\n");
-    let mut w = Workload::spawn(
-        &workload_bin(),
-        &[
-            "syscalls",
-            "--getppid",
-            "10",
-            "--nanosleep",
-            "3",
-            "--tag",
-            "lint",
-        ],
-    );
+    let mut w = Workload::start("syscalls --getppid 10 --nanosleep 3 --tag lint");
     daemon.wait_processes("lint", 1.0);
     w.go();
     let text = daemon.scrape().0;

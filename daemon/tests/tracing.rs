@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gapscope_testkit::{Daemon, Metrics, Workload, serial, target_python, workload_bin};
+use gapscope_testkit::{Daemon, Metrics, Workload, serial, target_python};
 
 fn service(name: &str, tag: &str) -> String {
     format!("[[service]]\nname = \"{name}\"\ncmdline = \"--tag {tag}( |$)\"\n")
@@ -22,20 +22,9 @@ fn exact_syscall_counts_and_nanosleep_histogram() {
     let daemon = Daemon::start(&service("exact", "exact"));
     const N: u64 = 12_345;
     const M: u64 = 200;
-    let mut w = Workload::spawn(
-        &workload_bin(),
-        &[
-            "syscalls",
-            "--getppid",
-            &N.to_string(),
-            "--nanosleep",
-            &M.to_string(),
-            "--sleep-us",
-            "1000",
-            "--tag",
-            "exact",
-        ],
-    );
+    let mut w = Workload::start(&format!(
+        "syscalls --getppid {N} --nanosleep {M} --sleep-us 1000 --tag exact"
+    ));
     daemon.wait_processes("exact", 1.0);
     let out = w.go();
     let asleep_ns: f64 = out
@@ -96,14 +85,8 @@ fn exact_syscall_counts_and_nanosleep_histogram() {
 fn untraced_process_adds_nothing() {
     let _g = serial();
     let daemon = Daemon::start(&service("traced", "traced"));
-    let mut traced = Workload::spawn(
-        &workload_bin(),
-        &["syscalls", "--getppid", "5000", "--tag", "traced"],
-    );
-    let mut other = Workload::spawn(
-        &workload_bin(),
-        &["syscalls", "--getppid", "70000", "--tag", "untraced"],
-    );
+    let mut traced = Workload::start("syscalls --getppid 5000 --tag traced");
+    let mut other = Workload::start("syscalls --getppid 70000 --tag untraced");
     daemon.wait_processes("traced", 1.0);
     // Both run at the same time.
     let t = std::thread::spawn(move || {
@@ -129,18 +112,9 @@ fn forks_and_execs_are_followed() {
     let _g = serial();
     let daemon = Daemon::start(&service("family", "family"));
     const K: u64 = 777;
-    let mut w = Workload::spawn(
-        &workload_bin(),
-        &[
-            "syscalls",
-            "--getppid",
-            &K.to_string(),
-            "--children",
-            "both",
-            "--tag",
-            "family",
-        ],
-    );
+    let mut w = Workload::start(&format!(
+        "syscalls --getppid {K} --children both --tag family"
+    ));
     daemon.wait_processes("family", 1.0);
     w.go();
     let m = daemon.scrape();
@@ -158,18 +132,9 @@ fn forks_and_execs_are_followed() {
     // New threads are traced from their first syscall, four rounds in a
     // row, so threads reuse the kernel stacks of threads that just died.
     for round in 1..=4 {
-        let mut w = Workload::spawn(
-            &workload_bin(),
-            &[
-                "syscalls",
-                "--getppid",
-                &K.to_string(),
-                "--children",
-                "threads",
-                "--tag",
-                "family",
-            ],
-        );
+        let mut w = Workload::start(&format!(
+            "syscalls --getppid {K} --children threads --tag family"
+        ));
         daemon.wait_processes("family", 1.0);
         w.go();
         w.finish();
@@ -227,10 +192,7 @@ fn restarts_keep_counting_with_bounded_maps() {
     let mut last = 0.0;
     let mut threads_map = Vec::new();
     for round in 1..=20 {
-        let mut w = Workload::spawn(
-            &workload_bin(),
-            &["syscalls", "--getppid", "100", "--tag", "restarting"],
-        );
+        let mut w = Workload::start("syscalls --getppid 100 --tag restarting");
         daemon.wait_processes("restarting", 1.0);
         w.go();
         w.finish();
@@ -320,7 +282,7 @@ fn a_process_started_after_the_daemon_is_picked_up_within_a_second() {
     let _g = serial();
     let daemon = Daemon::start(&service("late", "late"));
     let start = std::time::Instant::now();
-    let w = Workload::spawn(&workload_bin(), &["syscalls", "--tag", "late"]);
+    let w = Workload::start("syscalls --tag late");
     daemon.wait_processes("late", 1.0);
     let took = start.elapsed();
     assert!(took < Duration::from_secs(1), "picked up after {took:?}");
@@ -358,14 +320,8 @@ fn cgroup_and_systemd_unit_matchers_find_running_processes() {
          [[service]]\nname = \"byunit\"\nsystemd_unit = \"{unit}\"\n"
     ));
     // Both start outside the cgroups, so nothing matches them yet.
-    let mut a = Workload::spawn(
-        &workload_bin(),
-        &["syscalls", "--getppid", "300", "--tag", "cg-a"],
-    );
-    let mut b = Workload::spawn(
-        &workload_bin(),
-        &["syscalls", "--getppid", "400", "--tag", "cg-b"],
-    );
+    let mut a = Workload::start("syscalls --getppid 300 --tag cg-a");
+    let mut b = Workload::start("syscalls --getppid 400 --tag cg-b");
     assert_eq!(
         daemon
             .scrape()

@@ -256,6 +256,12 @@ impl Workload {
         w
     }
 
+    /// Starts `gapscope-workload` with whitespace-separated arguments.
+    pub fn start(args: &str) -> Workload {
+        let args: Vec<&str> = args.split_whitespace().collect();
+        Self::spawn(&workload_bin(), &args)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

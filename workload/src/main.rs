@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! gapscope-workload syscalls [--getppid N] [--nanosleep M] [--sleep-us U] [--children fork|exec|both|threads] [--no-wait] [--tag T]
-//! gapscope-workload spin --getppid N [--wait] [--cpu C] [--tag T]
+//! gapscope-workload spin --getppid N [--wait] [--tag T]
 //! ```
 //!
 //! Unless `--no-wait` is given, the workload prints `ready <pid>` and waits
@@ -30,7 +30,6 @@ struct Args {
     children: Option<String>,
     no_wait: bool,
     wait: bool,
-    cpu: Option<usize>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -55,7 +54,6 @@ fn parse(args: &[String]) -> Result<Args, String> {
             }
             "--no-wait" => a.no_wait = true,
             "--wait" => a.wait = true,
-            "--cpu" => a.cpu = Some(value()?.parse().map_err(|e| format!("--cpu: {e}"))?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -155,19 +153,6 @@ fn children(kind: &str, n: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Keeps the process on one CPU, so runs are not disturbed by migrations.
-fn pin_to(cpu: usize) -> Result<(), String> {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
-            return Err(format!("--cpu {cpu}: {}", std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
-}
-
 fn run() -> Result<(), String> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((mode, rest)) = argv.split_first() else {
@@ -199,9 +184,6 @@ fn run() -> Result<(), String> {
             Ok(())
         }
         "spin" => {
-            if let Some(cpu) = a.cpu {
-                pin_to(cpu)?;
-            }
             if a.wait {
                 wait_for_go();
             }
