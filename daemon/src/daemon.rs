@@ -110,8 +110,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     notify::send("STOPPING=1");
+    let stopping = std::time::Instant::now();
     let _ = stop_http.send(());
     let _ = server.await;
+    let http_stopped = stopping.elapsed();
     drop(events);
     drop(targets);
     // The exporter owns the programs; the HTTP server held the only other
@@ -120,7 +122,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Ok(ex) => drop(ex),
         Err(_) => log::warn!("metrics still referenced at shutdown; programs go with the process"),
     }
-    log::info!("all programs detached; exiting");
+    log::info!(
+        "all programs detached ({:?} after the signal, HTTP stopped after {http_stopped:?}); exiting",
+        stopping.elapsed()
+    );
     Ok(())
 }
 

@@ -225,33 +225,53 @@ fn sigterm_detaches_everything_within_a_second() {
         "eight programs attached:\n{}",
         daemon.log_text()
     );
-    let loaded = || -> Vec<u32> {
+    let loaded_programs = || -> Vec<u32> {
         aya::programs::loaded_programs()
             .filter_map(Result::ok)
             .map(|p| p.id())
             .collect()
     };
-    assert!(ids.iter().all(|id| loaded().contains(id)));
+    let loaded_maps = || -> Vec<u32> {
+        aya::maps::loaded_maps()
+            .filter_map(Result::ok)
+            .map(|m| m.id())
+            .collect()
+    };
+    // The maps the daemon's programs use.
+    let mut map_ids: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| ids.contains(&p.id()))
+        .filter_map(|p| p.map_ids().ok().flatten())
+        .flatten()
+        .collect();
+    map_ids.sort_unstable();
+    map_ids.dedup();
+    assert!(ids.iter().all(|id| loaded_programs().contains(id)));
+    assert!(
+        map_ids.len() >= 8,
+        "the programs use the daemon's maps: {map_ids:?}"
+    );
     let start = std::time::Instant::now();
     let (status, took) = daemon.terminate();
     assert!(status.success(), "exit status {status}");
     assert!(took < Duration::from_secs(1), "took {took:?} to exit");
-    // The kernel frees a released program after an RCU grace period, so the
-    // last ones can linger for a moment after the process is gone.
+    // The kernel frees released programs and maps after an RCU grace
+    // period, so the last ones can linger a moment after the process is gone.
     loop {
-        let now = loaded();
-        let left: Vec<_> = ids.iter().filter(|id| now.contains(id)).collect();
-        if left.is_empty() {
+        let (programs, maps) = (loaded_programs(), loaded_maps());
+        let left: Vec<_> = ids.iter().filter(|id| programs.contains(id)).collect();
+        let maps_left: Vec<_> = map_ids.iter().filter(|id| maps.contains(id)).collect();
+        if left.is_empty() && maps_left.is_empty() {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(1),
-            "programs {left:?} still loaded one second after SIGTERM"
+            "one second after SIGTERM, programs {left:?} and maps {maps_left:?} are still loaded"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
     eprintln!(
-        "exited after {took:?}; all programs gone {:?} after SIGTERM",
+        "exited after {took:?}; all programs and maps gone {:?} after SIGTERM",
         start.elapsed()
     );
 }

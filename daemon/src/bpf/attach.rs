@@ -6,7 +6,7 @@ use anyhow::{Context, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{Program, RawTracePoint, TracePoint},
 };
 use gapscope_ebpf_common::{Log2Hist, OffCpuStats, SyscallKey, ThreadState, USER_GENERATION_MAP};
 
@@ -19,6 +19,31 @@ pub struct Probes {
     /// Held while the kernel's BPF run-time statistics are on; closing it
     /// turns them off again.
     stats: Option<OwnedFd>,
+}
+
+impl Drop for Probes {
+    /// Detaching a tracepoint program waits for an RCU grace period (tens
+    /// of milliseconds); one after the other, eight of them took ~0.4 s.
+    /// Detaching them all at once keeps shutdown well inside a second.
+    fn drop(&mut self) {
+        std::thread::scope(|scope| {
+            for (name, program) in self.ebpf.programs_mut() {
+                if !PROGRAMS.iter().any(|(attached, _)| *attached == name) {
+                    continue;
+                }
+                scope.spawn(move || {
+                    let result = match program {
+                        Program::TracePoint(p) => p.unload(),
+                        Program::RawTracePoint(p) => p.unload(),
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = result {
+                        log::warn!("detaching {name}: {e}");
+                    }
+                });
+            }
+        });
+    }
 }
 
 /// One program's cumulative run statistics.
