@@ -42,6 +42,10 @@ fn exact_syscall_counts_and_nanosleep_histogram() {
         )
         .unwrap();
     let expected = M as f64 * 1e-3;
+    eprintln!(
+        "nanosleep: {M} calls, histogram sum {sum:.4} s, workload's clock {:.4} s",
+        asleep_ns / 1e9
+    );
     assert!(
         (sum - expected).abs() <= 0.10 * expected,
         "nanosleep sum {sum} s is not within 10% of {expected} s"
@@ -170,6 +174,10 @@ fn python_off_cpu_reasons_match_its_own_clock() {
     let futex = delta("syscall_futex");
     let want_sleep = truth["sleep"].as_f64().unwrap();
     let want_lock = truth["lock"].as_f64().unwrap();
+    eprintln!(
+        "sleep: gapscope {sleep:.4} s, Python {want_sleep:.4} s; \
+         lock: gapscope {futex:.4} s, Python {want_lock:.4} s"
+    );
     assert!(
         (sleep - want_sleep).abs() <= 0.10 * want_sleep,
         "sleep: gapscope {sleep:.4} s, Python's clock {want_sleep:.4} s"
