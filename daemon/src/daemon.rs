@@ -17,6 +17,7 @@ use crate::{
     http,
     metrics::Exporter,
     notify,
+    python::GilTracker,
 };
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -51,11 +52,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         targets,
         generation,
         events,
+        gil_ranges,
     } = bpf::attach_all(config.daemon.bpf_stats)?;
     let services: Arc<[_]> = config.services.into();
     let targets = Arc::new(Mutex::new(Targets::new(
         targets,
         generation,
+        GilTracker::new(gil_ranges),
         services.clone(),
     )));
     lock(&targets).rescan();

@@ -4,7 +4,8 @@
 //! From a kernel event to a metric:
 //! `ebpf/programs` (aggregates in per-CPU maps) → `bpf` (loads, attaches,
 //! owns the maps) → `metrics` (decodes the maps at scrape time) → `http`.
-//! `discovery` decides which processes are traced.
+//! `discovery` decides which processes are traced; `python` finds their
+//! interpreters and GILs.
 
 pub mod bpf;
 pub mod check;
@@ -15,4 +16,5 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod python;
 pub mod syscall_table;

@@ -8,7 +8,9 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{Program, RawTracePoint, TracePoint},
 };
-use gapscope_ebpf_common::{Log2Hist, OffCpuStats, SyscallKey, ThreadState, USER_GENERATION_MAP};
+use gapscope_ebpf_common::{
+    GilRange, Log2Hist, OffCpuStats, SyscallKey, ThreadState, USER_GENERATION_MAP,
+};
 
 use super::{Hook, OBJECT, PROGRAMS, raise_memlock, tracefs};
 use crate::syscall_table;
@@ -82,6 +84,7 @@ pub struct KernelMaps {
     pub threads: HashMap<MapData, u32, ThreadState>,
     pub syscalls: PerCpuHashMap<MapData, SyscallKey, Log2Hist>,
     pub offcpu: PerCpuArray<MapData, OffCpuStats>,
+    pub gil_wait: PerCpuArray<MapData, Log2Hist>,
     pub counters: PerCpuArray<MapData, u64>,
 }
 
@@ -96,6 +99,8 @@ pub struct Attached {
     pub generation: Array<MapData, u64>,
     /// Process events from the kernel.
     pub events: RingBuf<MapData>,
+    /// tgid → GIL address range, owned by `python::GilTracker`.
+    pub gil_ranges: HashMap<MapData, u32, GilRange>,
 }
 
 /// Loads the object, fills the syscall family table and attaches every
@@ -158,6 +163,7 @@ pub fn attach_all(bpf_stats: bool) -> anyhow::Result<Attached> {
         threads: HashMap::try_from(take(&mut ebpf, "THREADS")?)?,
         syscalls: PerCpuHashMap::try_from(take(&mut ebpf, "SYSCALLS")?)?,
         offcpu: PerCpuArray::try_from(take(&mut ebpf, "OFFCPU")?)?,
+        gil_wait: PerCpuArray::try_from(take(&mut ebpf, "GIL_WAIT")?)?,
         counters: PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?,
     };
     Ok(Attached {
@@ -165,6 +171,7 @@ pub fn attach_all(bpf_stats: bool) -> anyhow::Result<Attached> {
         targets: HashMap::try_from(take(&mut ebpf, "TARGETS")?)?,
         generation: Array::try_from(take(&mut ebpf, USER_GENERATION_MAP)?)?,
         events: RingBuf::try_from(take(&mut ebpf, "PROC_EVENTS")?)?,
+        gil_ranges: HashMap::try_from(take(&mut ebpf, "GIL_RANGES")?)?,
         probes: Probes { ebpf, stats },
     })
 }

@@ -14,7 +14,7 @@ use aya::maps::{Array, HashMap, MapData};
 use gapscope_ebpf_common::{NO_SERVICE, ProcEvent, proc_event};
 
 use super::procfs::{self, ProcessInfo};
-use crate::config::ServiceConfig;
+use crate::{config::ServiceConfig, python::GilTracker};
 
 pub struct Targets {
     map: HashMap<MapData, u32, u32>,
@@ -24,17 +24,21 @@ pub struct Targets {
     services: Arc<[ServiceConfig]>,
     /// Never trace the daemon itself.
     own_tgid: u32,
+    /// The GILs of the traced Python processes.
+    pub gil: GilTracker,
 }
 
 impl Targets {
     pub fn new(
         map: HashMap<MapData, u32, u32>,
         generation: Array<MapData, u64>,
+        gil: GilTracker,
         services: Arc<[ServiceConfig]>,
     ) -> Self {
         Self {
             map,
             generation,
+            gil,
             services,
             own_tgid: std::process::id(),
         }
@@ -79,10 +83,13 @@ impl Targets {
         let inserted = self.map.insert(tgid, service, 0);
         self.changed();
         match inserted {
-            Ok(()) => log::info!(
-                "tracing pid {tgid} as service {}",
-                self.services[service as usize].name
-            ),
+            Ok(()) => {
+                log::info!(
+                    "tracing pid {tgid} as service {}",
+                    self.services[service as usize].name
+                );
+                self.gil.attach(tgid, service);
+            }
             Err(e) => log::warn!("cannot trace pid {tgid}: {e}"),
         }
     }
@@ -92,13 +99,19 @@ impl Targets {
         if self.map.remove(&tgid).is_ok() {
             self.changed();
         }
+        self.gil.detach(tgid);
     }
 
     /// Matches every process in /proc and drops entries of dead ones.
     pub fn rescan(&mut self) {
         let traced = self.traced();
         for tgid in procfs::all_tgids() {
-            if traced.contains_key(&tgid) {
+            if let Some(service) = traced.get(&tgid) {
+                // Followed into the service by the kernel, or an
+                // interpreter loaded late: look for its GIL once.
+                if !self.gil.knows(tgid) {
+                    self.gil.attach(tgid, *service);
+                }
                 continue;
             }
             if let Some(p) = ProcessInfo::read(tgid)
@@ -125,6 +138,11 @@ impl Targets {
                     self.add(ev.tgid, service);
                 }
             }
+            proc_event::EXEC => {
+                // A new program image: a new interpreter, or none.
+                self.gil.detach(ev.tgid);
+                self.gil.attach(ev.tgid, ev.service);
+            }
             proc_event::FORK => {
                 let follow = self
                     .services
@@ -141,9 +159,14 @@ impl Targets {
                     }
                 } else {
                     log::debug!("following fork {} -> {}", ev.parent_tgid, ev.tgid);
+                    // The child shares its parent's memory image, GIL included.
+                    self.gil.attach(ev.tgid, ev.service);
                 }
             }
-            proc_event::EXIT => log::debug!("pid {} exited", ev.tgid),
+            proc_event::EXIT => {
+                log::debug!("pid {} exited", ev.tgid);
+                self.gil.detach(ev.tgid);
+            }
             _ => {}
         }
     }

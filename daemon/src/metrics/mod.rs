@@ -4,6 +4,7 @@
 
 mod family;
 mod kernel;
+mod python;
 mod selfmon;
 
 use std::{
@@ -27,7 +28,11 @@ pub struct Exporter {
 type Source = fn(&Exporter) -> Vec<Family>;
 
 /// The sources, by the `collector` label their scrape time is reported under.
-const SOURCES: &[(&str, Source)] = &[("kernel", kernel::collect), ("self", selfmon::collect)];
+const SOURCES: &[(&str, Source)] = &[
+    ("kernel", kernel::collect),
+    ("python", python::collect),
+    ("self", selfmon::collect),
+];
 
 impl Exporter {
     /// Renders one scrape in the Prometheus text format (0.0.4).

@@ -112,7 +112,9 @@ pub struct SyscallKey {
 /// The first six are "blocked inside a syscall of this family" (the family
 /// table is filled by user space from the x86-64 syscall table); `Other`
 /// is blocked outside any syscall (page fault, exit); `Runqueue` is runnable
-/// and waiting for a CPU (preempted, or woken and not yet running).
+/// and waiting for a CPU (preempted, or woken and not yet running);
+/// `GilWait` is blocked on a futex inside CPython's GIL (taken out of
+/// `SyscallFutex`).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OffCpuReason {
@@ -124,10 +126,11 @@ pub enum OffCpuReason {
     SyscallOther = 5,
     BlockedOther = 6,
     Runqueue = 7,
+    GilWait = 8,
 }
 
 /// Number of `OffCpuReason` values.
-pub const OFFCPU_REASONS: usize = 8;
+pub const OFFCPU_REASONS: usize = 9;
 
 impl OffCpuReason {
     pub const ALL: [OffCpuReason; OFFCPU_REASONS] = [
@@ -139,6 +142,7 @@ impl OffCpuReason {
         Self::SyscallOther,
         Self::BlockedOther,
         Self::Runqueue,
+        Self::GilWait,
     ];
 
     /// The `reason` label value exported for this reason.
@@ -152,6 +156,7 @@ impl OffCpuReason {
             Self::SyscallOther => "syscall_other",
             Self::BlockedOther => "blocked_other",
             Self::Runqueue => "runqueue",
+            Self::GilWait => "gil_wait",
         }
     }
 }
@@ -186,7 +191,8 @@ pub struct ThreadState {
     pub syscall_nr: u32,
     /// `OffCpuReason` recorded when the thread last left the CPU.
     pub off_reason: u32,
-    pub _pad: u32,
+    /// 1 while the syscall in progress is a futex wait on the GIL.
+    pub in_gil_wait: u32,
     /// When the syscall in progress started (0: none).
     pub syscall_start_ns: u64,
     /// When the thread last got a CPU (0: unknown).
@@ -195,7 +201,30 @@ pub struct ThreadState {
     pub off_cpu_since_ns: u64,
     /// When a blocked thread was woken (0: not yet).
     pub woken_ns: u64,
+    /// GIL waiting since the thread last held the GIL: the futex waits of
+    /// one acquisition (a contended acquisition is a series of timed waits).
+    pub gil_wait_ns: u64,
 }
+
+/// Where a Python process's GIL lives: the address range of its
+/// `struct _gil_runtime_state`. A futex wait on any word inside it (the
+/// condition variables and mutexes `take_gil`/`drop_gil` block on) is a
+/// GIL wait. Found by user space from `_PyRuntime` and per-version offsets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GilRange {
+    pub start: u64,
+    pub end: u64,
+    /// The GIL's two mutexes (`mutex`, `switch_mutex`), each
+    /// `GIL_MUTEX_SIZE` bytes: a futex wake on them happens in the middle
+    /// of an acquisition (a condition wait unlocking its mutex), unlike a
+    /// wake on the condition variables, which ends one.
+    pub mutex: u64,
+    pub switch_mutex: u64,
+}
+
+/// `sizeof(pthread_mutex_t)` on x86-64 glibc.
+pub const GIL_MUTEX_SIZE: u64 = 40;
 
 /// Each CPU's memory of the last thread whose syscall it classified.
 ///
@@ -304,6 +333,13 @@ pub mod tp_offsets {
     ];
 }
 
+/// Byte offsets of the first two syscall arguments in x86-64 `struct
+/// pt_regs` (`si` then `di`; they are adjacent).
+pub const PT_REGS_SI: u64 = 13 * 8;
+
+/// x86-64 `futex` syscall number.
+pub const SYS_FUTEX: u32 = 202;
+
 /// `ProcEvent::service` for a process no service has claimed.
 pub const NO_SERVICE: u32 = u32::MAX;
 
@@ -318,6 +354,7 @@ mod pod {
     unsafe impl aya::Pod for ThreadState {}
     unsafe impl aya::Pod for ProcEvent {}
     unsafe impl aya::Pod for TargetCache {}
+    unsafe impl aya::Pod for GilRange {}
 }
 
 #[cfg(test)]

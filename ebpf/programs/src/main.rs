@@ -8,6 +8,7 @@
 //!   histogram per (service, syscall), aggregated per CPU.
 //! * `sched` — `sched_switch`/`sched_wakeup*`: on-CPU time, off-CPU time by
 //!   reason and run-queue latency per service.
+//! * `gil` — CPython GIL waits, recognised among the futex waits.
 //! * `proc` — `task_newtask`/`sched_process_exec`/`sched_process_exit`:
 //!   follows forks in the kernel and tells user space about execs and exits.
 //! * `floor` — empty programs for the overhead benchmark's floor.
@@ -18,6 +19,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod floor;
+#[cfg(target_arch = "bpf")]
+mod gil;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -8,8 +8,9 @@ use aya_ebpf::{
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use gapscope_ebpf_common::{
-    CACHE_ADDRESS_MASK, CACHE_UNTRACED, Log2Hist, MAX_SERVICES, MAX_SYSCALL_KEYS, MAX_TARGETS,
-    MAX_THREADS, OffCpuStats, SYSCALL_SLOTS, SyscallKey, TargetCache, ThreadState, counter,
+    CACHE_ADDRESS_MASK, CACHE_UNTRACED, GilRange, Log2Hist, MAX_SERVICES, MAX_SYSCALL_KEYS,
+    MAX_TARGETS, MAX_THREADS, OffCpuStats, SYSCALL_SLOTS, SyscallKey, TargetCache, ThreadState,
+    counter,
 };
 
 /// tgid → service id. Filled by user space (scan, exec matching) and by
@@ -45,6 +46,14 @@ pub static SYSCALLS: PerCpuHashMap<SyscallKey, Log2Hist> =
 /// service id → CPU time accounting, per CPU.
 #[map]
 pub static OFFCPU: PerCpuArray<OffCpuStats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// tgid → its GIL's address range, for traced Python processes.
+#[map]
+pub static GIL_RANGES: HashMap<u32, GilRange> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// service id → GIL waits, one observation per contended acquisition.
+#[map]
+pub static GIL_WAIT: PerCpuArray<Log2Hist> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
 /// syscall nr → `OffCpuReason` of a thread blocked inside it. Filled by user
 /// space from the x86-64 syscall table.
@@ -148,11 +157,12 @@ pub fn thread_state(tid: u32, tgid: u32) -> Option<*mut ThreadState> {
         tgid,
         syscall_nr: gapscope_ebpf_common::NO_SYSCALL,
         off_reason: 0,
-        _pad: 0,
+        in_gil_wait: 0,
         syscall_start_ns: 0,
         on_cpu_since_ns: 0,
         off_cpu_since_ns: 0,
         woken_ns: 0,
+        gil_wait_ns: 0,
     };
     if THREADS.insert(&tid, &fresh, BPF_NOEXIST).is_err() {
         bump(counter::THREADS_DROPPED, 1);

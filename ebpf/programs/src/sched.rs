@@ -67,6 +67,8 @@ fn switch_out(ctx: &TracePointContext, now: u64) {
         (*t).woken_ns = 0;
         (*t).off_reason = if prev_state & TASK_BLOCKED_MASK == 0 {
             OffCpuReason::Runqueue as u32
+        } else if (*t).in_gil_wait != 0 {
+            OffCpuReason::GilWait as u32
         } else if (*t).syscall_start_ns != 0 {
             match SYSCALL_FAMILY.get((*t).syscall_nr) {
                 Some(r) => *r,

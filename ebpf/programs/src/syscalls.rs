@@ -5,28 +5,40 @@
 //! classic tracepoint makes, which is most of the per-syscall cost.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
-use gapscope_ebpf_common::{Log2Hist, NO_SYSCALL, SyscallKey, counter};
+use gapscope_ebpf_common::{Log2Hist, NO_SYSCALL, SYS_FUTEX, SyscallKey, counter};
 
 /// Lives in .rodata, so inserting a new key copies from there instead of
 /// building 300-odd bytes on the 512-byte BPF stack.
 static ZERO_HIST: Log2Hist = Log2Hist::ZERO;
 
+use crate::gil;
 use crate::maps::{BPF_NOEXIST, SYSCALLS, bump, current_ids, service_of_current, thread_state};
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn gs_sys_enter(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long id)
-    let Some(_) = service_of_current(ctx.arg(0)) else {
+    let regs: u64 = ctx.arg(0);
+    let Some(service) = service_of_current(regs) else {
         return 0;
     };
     let (tgid, tid) = current_ids();
-    let nr: u64 = ctx.arg(1);
+    let nr = ctx.arg::<u64>(1) as u32;
     let Some(t) = thread_state(tid, tgid) else {
         return 0;
     };
+    let gil = if nr == SYS_FUTEX {
+        gil::classify(tgid, regs)
+    } else {
+        gil::GilFutex::Elsewhere
+    };
+    let gil_wait = gil == gil::GilFutex::Wait;
+    if matches!(gil, gil::GilFutex::Elsewhere | gil::GilFutex::CondWake) {
+        gil::flush(t, service);
+    }
     // SAFETY: the entry belongs to this thread; only it writes these fields.
     unsafe {
-        (*t).syscall_nr = nr as u32;
+        (*t).syscall_nr = nr;
+        (*t).in_gil_wait = gil_wait as u32;
         (*t).syscall_start_ns = bpf_ktime_get_ns();
     }
     0
@@ -43,18 +55,24 @@ pub fn gs_sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     // SAFETY: as in gs_sys_enter.
-    let (nr, start) = unsafe {
+    let (nr, start, gil_wait) = unsafe {
         let nr = (*t).syscall_nr;
         let start = (*t).syscall_start_ns;
+        let gil_wait = (*t).in_gil_wait;
         (*t).syscall_nr = NO_SYSCALL;
         (*t).syscall_start_ns = 0;
-        (nr, start)
+        (*t).in_gil_wait = 0;
+        (nr, start, gil_wait)
     };
     // The thread became traced in the middle of this syscall: no start time.
     if start == 0 {
         return 0;
     }
     let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
+    if gil_wait != 0 {
+        // SAFETY: as above.
+        unsafe { (*t).gil_wait_ns += elapsed };
+    }
     let key = SyscallKey { service, nr };
     let hist = match SYSCALLS.get_ptr_mut(&key) {
         Some(h) => h,

@@ -1,0 +1,68 @@
+//! CPython's GIL per service: waits (measured in the kernel, one
+//! observation per contended acquisition), time held and hand-overs
+//! (sampled from the GIL's own state), and which processes are covered.
+
+use std::collections::BTreeSet;
+
+use gapscope_ebpf_common::Log2Hist;
+
+use super::{Exporter, Family};
+
+pub fn collect(ex: &Exporter) -> Vec<Family> {
+    let (processes, unavailable, stats) = match ex.targets.lock() {
+        Ok(t) => (t.gil.processes(), t.gil.unavailable(), t.gil.stats()),
+        Err(_) => return Vec::new(),
+    };
+    let mut python = Family::gauge(
+        "gapscope_python_processes",
+        "Traced processes running CPython whose GIL is traced, by interpreter version.",
+    );
+    for ((service, version), n) in &processes {
+        if let Some(name) = ex.service_name(*service) {
+            python.add_gauge(&[("service", name), ("version", version)], *n as f64);
+        }
+    }
+    let mut missing = Family::gauge(
+        "gapscope_gil_unavailable_processes",
+        "Traced Python processes whose GIL cannot be traced, by reason (free_threaded, unsupported_version, no_runtime_symbol, starting); the log says how to fix it.",
+    );
+    for ((service, reason), n) in &unavailable {
+        if let Some(name) = ex.service_name(*service) {
+            missing.add_gauge(&[("service", name), ("reason", reason)], *n as f64);
+        }
+    }
+
+    let mut wait = Family::histogram(
+        "gapscope_gil_wait_seconds",
+        "Time a thread waited for the GIL, one observation per contended acquisition (uncontended acquisitions cost no wait and are not counted).",
+    );
+    let mut held = Family::counter(
+        "gapscope_gil_held_seconds_total",
+        "Time the GIL was held by some thread, summed over the service's processes (sampled every 10 ms).",
+    );
+    let mut switches = Family::counter(
+        "gapscope_gil_switches_total",
+        "Times the GIL passed from one thread to another (CPython's own switch_number).",
+    );
+    let services: BTreeSet<u32> = processes
+        .keys()
+        .map(|(s, _)| *s)
+        .chain(stats.keys().copied())
+        .collect();
+    for service in services {
+        let Some(name) = ex.service_name(service) else {
+            continue;
+        };
+        let mut total = Log2Hist::ZERO;
+        if let Ok(per_cpu) = ex.maps.gil_wait.get(&service, 0) {
+            for h in per_cpu.iter() {
+                total.merge(h);
+            }
+        }
+        wait.add_log2_histogram(&[("service", name)], &total);
+        let s = stats.get(&service).copied().unwrap_or_default();
+        held.add_counter(&[("service", name)], s.held_ns as f64 / 1e9);
+        switches.add_counter(&[("service", name)], s.switches as f64);
+    }
+    vec![python, missing, wait, held, switches]
+}

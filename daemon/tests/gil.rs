@@ -1,0 +1,160 @@
+//! GIL tracing against ground truth, with every CPython this kind of
+//! machine carries: pyenv's shared builds 3.9–3.13 (symbols kept) and
+//! Debian's stripped, statically linked /usr/bin/python3.11.
+
+use std::path::PathBuf;
+
+use gapscope_testkit::{Daemon, Metrics, Workload, repo_root, serial};
+
+/// (label, interpreter) for every interpreter the tests must cover.
+fn interpreters() -> Vec<(String, PathBuf)> {
+    let pyenv = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    let mut out = Vec::new();
+    for minor in 9..=13 {
+        let found = std::fs::read_dir(pyenv.join("versions"))
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("3.{minor}.")))
+            })
+            .map(|p| p.join(format!("bin/python3.{minor}")))
+            .find(|p| p.exists());
+        let path = found.unwrap_or_else(|| {
+            panic!("pyenv's CPython 3.{minor} is missing: pyenv install 3.{minor}")
+        });
+        out.push((format!("pyenv 3.{minor}"), path));
+    }
+    let debian = PathBuf::from("/usr/bin/python3.11");
+    assert!(
+        debian.exists(),
+        "Debian's python3.11 is missing: apt-get install python3.11"
+    );
+    out.push(("debian 3.11 (stripped)".into(), debian));
+    out
+}
+
+/// Runs gil_probe.py in `mode` under each interpreter and hands the
+/// metric deltas and the probe's own report to `check`.
+fn each_interpreter(mode: &str, check: impl Fn(&str, &Delta, f64)) {
+    let _g = serial();
+    let daemon =
+        Daemon::start("[[service]]\nname = \"gil\"\ncmdline = \"gil_probe.py .*--tag gil-test\"\n");
+    let script = repo_root().join("targets/gil_probe.py");
+    for (label, python) in interpreters() {
+        let args = [
+            script.to_str().unwrap(),
+            mode,
+            "--seconds",
+            "2",
+            "--tag",
+            "gil-test",
+        ];
+        let mut w = Workload::spawn(&python, &args);
+        daemon.wait_processes("gil", 1.0);
+        wait_for_gil(&daemon);
+        let before = daemon.scrape();
+        let out = w.go();
+        let after = daemon.scrape();
+        let truth: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+        let wall = truth["wall"].as_f64().unwrap();
+        let delta = Delta { before, after };
+        eprintln!(
+            "{label} {mode}: wall {wall:.3} s, GIL wait {:.3} s in {} acquisitions, held {:.3} s, {} switches",
+            delta.get("gapscope_gil_wait_seconds_sum"),
+            delta.get("gapscope_gil_wait_seconds_count"),
+            delta.get("gapscope_gil_held_seconds_total"),
+            delta.get("gapscope_gil_switches_total"),
+        );
+        check(&label, &delta, wall);
+        w.finish();
+        daemon.wait_processes("gil", 0.0);
+    }
+}
+
+/// Waits until the daemon traces the probe's GIL.
+fn wait_for_gil(daemon: &Daemon) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while daemon
+        .scrape()
+        .get_or_zero("gapscope_python_processes", &[("service", "gil")])
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probe's GIL was never found:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+struct Delta {
+    before: Metrics,
+    after: Metrics,
+}
+
+impl Delta {
+    fn get(&self, name: &str) -> f64 {
+        let l = [("service", "gil")];
+        self.after.get_or_zero(name, &l) - self.before.get_or_zero(name, &l)
+    }
+}
+
+#[test]
+fn one_cpu_bound_thread_never_waits() {
+    each_interpreter("one_cpu", |label, d, wall| {
+        let wait = d.get("gapscope_gil_wait_seconds_sum");
+        assert!(wait < 0.02 * wall, "{label}: waited {wait} s of {wall} s");
+        let held = d.get("gapscope_gil_held_seconds_total");
+        assert!(
+            (held - wall).abs() <= 0.10 * wall,
+            "{label}: held {held} s of {wall} s"
+        );
+    });
+}
+
+#[test]
+fn two_cpu_bound_threads_take_turns() {
+    each_interpreter("two_cpu", |label, d, wall| {
+        // Each thread waits 40-60 % of the wall time: together 80-120 %.
+        let wait = d.get("gapscope_gil_wait_seconds_sum");
+        assert!(
+            (0.8 * wall..=1.2 * wall).contains(&wait),
+            "{label}: both threads waited {wait} s in {wall} s"
+        );
+        let held = d.get("gapscope_gil_held_seconds_total");
+        assert!(
+            (held - wall).abs() <= 0.10 * wall,
+            "{label}: held {held} s of {wall} s"
+        );
+        assert!(
+            d.get("gapscope_gil_switches_total") > 10.0,
+            "{label}: the GIL changed hands"
+        );
+        assert!(
+            d.get("gapscope_gil_wait_seconds_count") > 10.0,
+            "{label}: many contended acquisitions"
+        );
+    });
+}
+
+#[test]
+fn sleeping_and_reading_threads_do_not_wait_for_the_gil() {
+    each_interpreter("sleepers", |label, d, wall| {
+        // Three threads spend the whole time blocked with the GIL
+        // released (about 3 x wall seconds of sleeping and reading); none
+        // of that is GIL waiting.
+        let wait = d.get("gapscope_gil_wait_seconds_sum");
+        assert!(
+            wait < 0.02 * wall,
+            "{label}: {wait} s of GIL waiting in {wall} s for threads that sleep"
+        );
+    });
+}
