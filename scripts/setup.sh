@@ -14,8 +14,9 @@ die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 # --- Debian packages ---------------------------------------------------------
 # llvm-22-dev & co: bpf-linker links against the nightly's LLVM (22).
 # prometheus: promtool for the exposition tests. bpftrace: the benchmark's
-# comparison. util-linux: setpriv for the privilege test.
-packages=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev prometheus bpftrace util-linux curl)
+# comparison. util-linux: setpriv for the privilege test. python3.11 (Debian's,
+# stripped) and gcc: the GIL tests and the offset check against CPython headers.
+packages=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev prometheus bpftrace util-linux curl python3.11 gcc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,6 +7,8 @@ MODE:
   two_cpu      two CPU-bound threads (each waits for the other)
   sleepers     three threads blocked in time.sleep and in socket reads
                (they release the GIL, and nobody else wants it)
+  fork_two_cpu a worker process forked after "go" runs two_cpu; the
+               parent waits for it
 
 Prints "ready", waits for a line on stdin, runs for S seconds, prints a JSON
 line with the wall time and the threads' CPU times, then "done", and waits
@@ -15,6 +17,7 @@ for stdin to close.
 
 import argparse
 import json
+import os
 import socket
 import sys
 import threading
@@ -44,7 +47,7 @@ def reader(sock: socket.socket, deadline: float) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["one_cpu", "two_cpu", "sleepers"])
+    ap.add_argument("mode", choices=["one_cpu", "two_cpu", "sleepers", "fork_two_cpu"])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
@@ -53,6 +56,18 @@ def main() -> None:
 
     start = time.monotonic()
     deadline = start + args.seconds
+    if args.mode == "fork_two_cpu":
+        pid = os.fork()
+        if pid == 0:
+            workers = [threading.Thread(target=spin, args=(deadline,)) for _ in range(2)]
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        report(start, 2)
+        return
     threads = []
     a, b = socket.socketpair()
     if args.mode == "two_cpu":
@@ -66,8 +81,12 @@ def main() -> None:
         t.start()
     for t in threads:
         t.join()
+    report(start, len(threads))
+
+
+def report(start: float, threads: int) -> None:
     wall = time.monotonic() - start
-    print(json.dumps({"wall": wall, "threads": len(threads)}), flush=True)
+    print(json.dumps({"wall": wall, "threads": threads}), flush=True)
     print("done", flush=True)
     sys.stdin.read()
 

@@ -48,6 +48,59 @@ pub fn run() -> bool {
     core_ok
 }
 
+/// `gapscoped check --pid PID`: what GIL tracing finds in one process.
+/// Returns whether its GIL can be traced.
+pub fn process(pid: u32) -> bool {
+    use crate::python::{gil, interpreter::Finder, memory};
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| {
+        String::from_utf8_lossy(&b)
+            .replace('\0', " ")
+            .trim()
+            .to_string()
+    });
+    let Ok(cmdline) = cmdline else {
+        println!("MISSING  process          no process {pid}");
+        return false;
+    };
+    println!("pid {pid}: {cmdline}");
+    let interp = match Finder::default().find(pid) {
+        Ok(i) => i,
+        Err(why) => {
+            println!("MISSING  interpreter      {why}");
+            return false;
+        }
+    };
+    println!(
+        "OK       interpreter      CPython {}.{} in {} (_PyRuntime at {:#x})",
+        interp.version.0,
+        interp.version.1,
+        interp.path.display(),
+        interp.runtime_addr
+    );
+    match gil::locate(pid, &interp) {
+        Ok((addr, offsets)) => {
+            let mut state = [0u8; 16];
+            let detail = match memory::read(pid, addr + offsets.locked, &mut state) {
+                Ok(()) => format!(
+                    "at {addr:#x}: locked={}, switch_number={}",
+                    i32::from_ne_bytes(state[0..4].try_into().unwrap_or_default()),
+                    u64::from_ne_bytes(state[8..16].try_into().unwrap_or_default())
+                ),
+                Err(e) => format!("at {addr:#x}, but its memory is unreadable: {e}"),
+            };
+            println!("OK       gil              {detail}");
+            println!(
+                "MISSING  serialization    probes for json/pickle/orjson/msgpack/pydantic-core/protobuf are not implemented yet"
+            );
+            true
+        }
+        Err(why) => {
+            println!("MISSING  gil              {why}");
+            false
+        }
+    }
+}
+
 fn kernel() -> Item {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()

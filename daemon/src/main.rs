@@ -24,7 +24,12 @@ enum Command {
     /// Trace the configured services and serve metrics (the default).
     Run,
     /// Say what this host supports and how to fix what it lacks.
-    Check,
+    Check {
+        /// Instead, say what gapscoped finds in this process: its
+        /// interpreter and its GIL, and why anything is missing.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Validate the configuration file and exit.
     CheckConfig,
 }
@@ -41,7 +46,14 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Check => {
+        Command::Check { pid: Some(pid) } => {
+            return if check::process(pid) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        Command::Check { pid: None } => {
             return if check::run() {
                 ExitCode::SUCCESS
             } else {

@@ -56,3 +56,45 @@ fn check_without_privileges_says_what_is_missing_and_fails() {
     assert!(text.contains("(required) fix: run as root"), "{text}");
     assert!(text.contains("cannot run on this host"), "{text}");
 }
+
+#[test]
+fn check_pid_finds_the_interpreter_and_its_gil() {
+    let python = std::path::Path::new("/usr/bin/python3.11");
+    let mut child = Command::new(python)
+        .args(["-c", "import sys; sys.stdin.read()"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give the interpreter a moment to create its GIL.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = Command::new(gapscoped_bin())
+        .args(["check", "--pid", &child.id().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("OK       interpreter      CPython 3.11 in /usr/bin/python3.11"),
+        "{text}"
+    );
+    assert!(text.contains("OK       gil              at 0x"), "{text}");
+}
+
+#[test]
+fn check_pid_of_a_non_python_process_says_so() {
+    let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+    let out = Command::new(gapscoped_bin())
+        .args(["check", "--pid", &child.id().to_string()])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("MISSING  interpreter      no CPython interpreter is mapped"),
+        "{text}"
+    );
+}

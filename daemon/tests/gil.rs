@@ -158,3 +158,15 @@ fn sleeping_and_reading_threads_do_not_wait_for_the_gil() {
         );
     });
 }
+
+#[test]
+fn a_worker_forked_after_the_daemon_started_is_traced() {
+    each_interpreter("fork_two_cpu", |label, d, wall| {
+        // The child's two threads take turns, as in two_cpu.
+        let wait = d.get("gapscope_gil_wait_seconds_sum");
+        assert!(
+            (0.8 * wall..=1.2 * wall).contains(&wait),
+            "{label}: the forked worker's threads waited {wait} s in {wall} s"
+        );
+    });
+}

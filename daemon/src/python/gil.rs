@@ -78,7 +78,7 @@ pub fn locate(pid: u32, interp: &Interpreter) -> Result<(u64, Offsets), Unavaila
         } => {
             let read = |addr| {
                 memory::read_u64(pid, addr).map_err(|e| {
-                    Unavailable::NoRuntime(format!("cannot read pid {pid}'s memory: {e}"))
+                    Unavailable::Unreadable(format!("cannot read pid {pid}'s memory: {e}"))
                 })
             };
             let main = read(interp.runtime_addr + interpreters_main)?;

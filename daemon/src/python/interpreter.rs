@@ -36,6 +36,8 @@ pub enum Unavailable {
     NoRuntime(String),
     /// The interpreter is still starting (its GIL does not exist yet).
     NotYet(String),
+    /// The process's maps or memory cannot be read.
+    Unreadable(String),
 }
 
 impl Unavailable {
@@ -54,6 +56,7 @@ impl Unavailable {
             Self::UnsupportedVersion(..) => "unsupported_version",
             Self::NoRuntime(_) => "no_runtime_symbol",
             Self::NotYet(_) => "starting",
+            Self::Unreadable(_) => "unreadable",
         }
     }
 }
@@ -75,6 +78,10 @@ impl fmt::Display for Unavailable {
                 "{why}; GIL tracing needs the interpreter's exported _PyRuntime symbol"
             ),
             Self::NotYet(why) => write!(f, "{why}"),
+            Self::Unreadable(why) => write!(
+                f,
+                "{why}; reading another user's process needs CAP_SYS_PTRACE (run gapscoped as root or grant it)"
+            ),
         }
     }
 }
@@ -104,7 +111,7 @@ struct Mapping {
 
 fn mappings(pid: u32) -> Result<Vec<Mapping>, Unavailable> {
     let text = fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map_err(|e| Unavailable::NoRuntime(format!("cannot read /proc/{pid}/maps: {e}")))?;
+        .map_err(|e| Unavailable::Unreadable(format!("cannot read /proc/{pid}/maps: {e}")))?;
     Ok(text
         .lines()
         .filter_map(|line| {

@@ -1,0 +1,28 @@
+/* Prints where the GIL sits for the CPython whose internal headers this is
+ * compiled against; daemon/tests/python_offsets.rs compares the output
+ * with daemon/src/python/offsets.rs. */
+#define Py_BUILD_CORE 1
+#include <stddef.h>
+#include <stdio.h>
+#include "Python.h"
+#include "internal/pycore_runtime.h"
+#if PY_VERSION_HEX >= 0x030C0000
+#include "internal/pycore_interp.h"
+#endif
+#include "internal/pycore_gil.h"
+
+int main(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    printf("interpreters_main=%zu\n", offsetof(_PyRuntimeState, interpreters.main));
+    printf("interp_ceval_gil=%zu\n", offsetof(PyInterpreterState, ceval.gil));
+#else
+    printf("runtime_ceval_gil=%zu\n", offsetof(_PyRuntimeState, ceval.gil));
+#endif
+    printf("gil_size=%zu\n", sizeof(struct _gil_runtime_state));
+    printf("locked=%zu\n", offsetof(struct _gil_runtime_state, locked));
+    printf("switch_number=%zu\n", offsetof(struct _gil_runtime_state, switch_number));
+    printf("mutex=%zu\n", offsetof(struct _gil_runtime_state, mutex));
+    printf("switch_mutex=%zu\n", offsetof(struct _gil_runtime_state, switch_mutex));
+    printf("mutex_size=%zu\n", sizeof(pthread_mutex_t));
+    return 0;
+}
