@@ -60,5 +60,10 @@ if [ ! -x "$venv/bin/python" ]; then
   say "creating $venv from $py"
   "$py" -m venv "$venv"
 fi
+# py-spy: the GIL benchmark's cross-check.
+if [ ! -x "$venv/bin/py-spy" ]; then
+  say "installing py-spy into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check py-spy==0.4.3
+fi
 
 say "setup complete"

@@ -17,7 +17,15 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9478";
 #[derive(Debug)]
 pub struct Config {
     pub daemon: DaemonConfig,
+    pub python: PythonConfig,
     pub services: Vec<ServiceConfig>,
+}
+
+/// What gapscoped looks at inside Python processes.
+#[derive(Debug)]
+pub struct PythonConfig {
+    /// Trace the GIL (waits in the kernel, held time sampled).
+    pub gil: bool,
 }
 
 #[derive(Debug)]
@@ -55,7 +63,15 @@ struct RawConfig {
     #[serde(default)]
     daemon: RawDaemon,
     #[serde(default)]
+    python: RawPython,
+    #[serde(default)]
     service: Vec<RawService>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPython {
+    gil: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -142,7 +158,14 @@ impl Config {
             }
             services.push(parse_service(s)?);
         }
-        Ok(Config { daemon, services })
+        let python = PythonConfig {
+            gil: raw.python.gil.unwrap_or(true),
+        };
+        Ok(Config {
+            daemon,
+            python,
+            services,
+        })
     }
 }
 

@@ -58,7 +58,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let targets = Arc::new(Mutex::new(Targets::new(
         targets,
         generation,
-        GilTracker::new(gil_ranges),
+        GilTracker::new(gil_ranges, config.python.gil),
         services.clone(),
     )));
     lock(&targets).rescan();

@@ -41,6 +41,11 @@ fn malformed_configs_exit_2_with_their_message() {
             "unknown field `cmdlin`",
         ),
         (
+            "unknown python key",
+            format!("[python]\ngill = true\n{SERVICE}"),
+            "unknown field `gill`",
+        ),
+        (
             "bad regex",
             "[[service]]\nname = \"s\"\ncmdline = \"python(\"\n".into(),
             "cmdline regex \"python(\" is invalid",

@@ -54,6 +54,8 @@ pub struct GilStats {
 type Shared = Arc<Mutex<HashMap<u32, Sampled>>>;
 
 pub struct GilTracker {
+    /// `[python] gil` in the configuration; when off, nothing is attached.
+    enabled: bool,
     ranges: BpfHashMap<MapData, u32, GilRange>,
     finder: Finder,
     processes: Shared,
@@ -97,7 +99,7 @@ pub fn locate(pid: u32, interp: &Interpreter) -> Result<(u64, Offsets), Unavaila
 }
 
 impl GilTracker {
-    pub fn new(ranges: BpfHashMap<MapData, u32, GilRange>) -> Self {
+    pub fn new(ranges: BpfHashMap<MapData, u32, GilRange>, enabled: bool) -> Self {
         let processes: Shared = Arc::default();
         let stats = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
@@ -109,6 +111,7 @@ impl GilTracker {
                 .ok()
         };
         Self {
+            enabled,
             ranges,
             finder: Finder::default(),
             processes,
@@ -122,14 +125,19 @@ impl GilTracker {
     /// Whether this process's GIL is settled: traced, or known untraceable.
     /// Processes still starting are looked at again on every rescan.
     pub fn knows(&self, tgid: u32) -> bool {
-        self.unavailable
-            .get(&tgid)
-            .is_some_and(|(_, why, tries)| !why.retryable() || *tries >= MAX_TRIES)
+        !self.enabled
+            || self
+                .unavailable
+                .get(&tgid)
+                .is_some_and(|(_, why, tries)| !why.retryable() || *tries >= MAX_TRIES)
             || lock(&self.processes).contains_key(&tgid)
     }
 
     /// Starts tracing the GIL of a traced process, if it runs CPython.
     pub fn attach(&mut self, tgid: u32, service: u32) {
+        if !self.enabled {
+            return;
+        }
         let found = self
             .finder
             .find(tgid)
