@@ -89,14 +89,40 @@ pub fn process(pid: u32) -> bool {
                 Err(e) => format!("at {addr:#x}, but its memory is unreadable: {e}"),
             };
             println!("OK       gil              {detail}");
-            println!(
-                "MISSING  serialization    probes for json/pickle/orjson/msgpack/pydantic-core/protobuf are not implemented yet"
-            );
+            serialization(pid, &interp.path);
             true
         }
         Err(why) => {
             println!("MISSING  gil              {why}");
             false
+        }
+    }
+}
+
+/// Which codec functions `check --pid` can find in a process.
+fn serialization(pid: u32, interpreter: &std::path::Path) {
+    use crate::python::serialization::SPECS;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    for spec in SPECS {
+        let module = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| {
+                std::path::Path::new(p)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(spec.module) && n.contains(".so"))
+            })
+            .map(str::to_string);
+        let file = module.unwrap_or_else(|| interpreter.to_string_lossy().into_owned());
+        let label = format!("{} {}", spec.codec, spec.op);
+        if crate::python::serialization::file_has_symbol(pid, &file, spec.symbol) {
+            println!("OK       {label:<16} {}:{}", file, spec.symbol);
+        } else {
+            println!(
+                "MISSING  {label:<16} no symbol {} in {file} (module not loaded yet, or a stripped build: install debug symbols)",
+                spec.symbol
+            );
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::{
     http,
     metrics::Exporter,
     notify,
-    python::GilTracker,
+    python::{GilTracker, serialization::SerializationTracker},
 };
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -55,10 +55,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         gil_ranges,
     } = bpf::attach_all(config.daemon.bpf_stats)?;
     let services: Arc<[_]> = config.services.into();
+    let probes = Arc::new(Mutex::new(probes));
     let targets = Arc::new(Mutex::new(Targets::new(
         targets,
         generation,
         GilTracker::new(gil_ranges, config.python.gil),
+        SerializationTracker::new(probes.clone()),
         services.clone(),
     )));
     lock(&targets).rescan();

@@ -4,33 +4,13 @@
 
 use std::path::PathBuf;
 
-use gapscope_testkit::{Daemon, Metrics, Workload, repo_root, serial};
+use gapscope_testkit::{Daemon, Metrics, Workload, pyenv_python, repo_root, serial};
 
 /// (label, interpreter) for every interpreter the tests must cover.
 fn interpreters() -> Vec<(String, PathBuf)> {
-    let pyenv = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
-    let mut out = Vec::new();
-    for minor in 9..=13 {
-        let found = std::fs::read_dir(pyenv.join("versions"))
-            .ok()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("3.{minor}.")))
-            })
-            .map(|p| p.join(format!("bin/python3.{minor}")))
-            .find(|p| p.exists());
-        let path = found.unwrap_or_else(|| {
-            panic!("pyenv's CPython 3.{minor} is missing: pyenv install 3.{minor}")
-        });
-        out.push((format!("pyenv 3.{minor}"), path));
-    }
+    let mut out: Vec<(String, PathBuf)> = (9..=13)
+        .map(|minor| (format!("pyenv 3.{minor}"), pyenv_python(minor)))
+        .collect();
     let debian = PathBuf::from("/usr/bin/python3.11");
     assert!(
         debian.exists(),

@@ -4,22 +4,8 @@
 
 use std::{collections::HashMap, path::PathBuf, process::Command};
 
+use gapscope_testkit::pyenv_prefix;
 use gapscoped::python::offsets::{self, GilPath};
-
-fn pyenv_prefix(minor: u8) -> PathBuf {
-    let root = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
-    std::fs::read_dir(root.join("versions"))
-        .expect("pyenv's versions folder")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("3.{minor}.")))
-        })
-        .unwrap_or_else(|| panic!("pyenv's CPython 3.{minor} is missing: pyenv install 3.{minor}"))
-}
 
 #[test]
 fn offsets_match_each_versions_headers() {

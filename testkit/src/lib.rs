@@ -69,6 +69,29 @@ pub fn target_python() -> PathBuf {
     p
 }
 
+/// pyenv's installation of CPython 3.`minor` (any patch release).
+pub fn pyenv_prefix(minor: u8) -> PathBuf {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    std::fs::read_dir(root.join("versions"))
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("3.{minor}.")))
+        })
+        .unwrap_or_else(|| panic!("pyenv's CPython 3.{minor} is missing: pyenv install 3.{minor}"))
+}
+
+/// pyenv's `python3.<minor>` executable.
+pub fn pyenv_python(minor: u8) -> PathBuf {
+    pyenv_prefix(minor).join(format!("bin/python3.{minor}"))
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -6,7 +6,7 @@ use anyhow::{Context, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{Program, RawTracePoint, TracePoint},
+    programs::{Program, RawTracePoint, TracePoint, UProbe},
 };
 use gapscope_ebpf_common::{
     GilRange, Log2Hist, OffCpuStats, SyscallKey, ThreadState, USER_GENERATION_MAP,
@@ -30,13 +30,16 @@ impl Drop for Probes {
     fn drop(&mut self) {
         std::thread::scope(|scope| {
             for (name, program) in self.ebpf.programs_mut() {
-                if !PROGRAMS.iter().any(|(attached, _)| *attached == name) {
+                let ours = PROGRAMS.iter().any(|(attached, _)| *attached == name)
+                    || name.starts_with("gs_ser_");
+                if !ours {
                     continue;
                 }
                 scope.spawn(move || {
                     let result = match program {
                         Program::TracePoint(p) => p.unload(),
                         Program::RawTracePoint(p) => p.unload(),
+                        Program::UProbe(p) => p.unload(),
                         _ => Ok(()),
                     };
                     if let Err(e) = result {
@@ -56,6 +59,20 @@ pub struct ProgramStats {
 }
 
 impl Probes {
+    /// The uprobe/uretprobe pair serialization probes attach (loaded, not
+    /// attached: `python::serialization` attaches them per library file).
+    pub fn serialization_programs(&mut self) -> Option<(&mut UProbe, &mut UProbe)> {
+        let (mut enter, mut exit) = (None, None);
+        for (name, program) in self.ebpf.programs_mut() {
+            match name {
+                "gs_ser_enter" => enter = Some(program),
+                "gs_ser_exit" => exit = Some(program),
+                _ => {}
+            }
+        }
+        Some((enter?.try_into().ok()?, exit?.try_into().ok()?))
+    }
+
     /// Whether the kernel is collecting run-time statistics for us.
     pub fn stats_enabled(&self) -> bool {
         self.stats.is_some()
@@ -66,7 +83,9 @@ impl Probes {
     pub fn program_stats(&self) -> Vec<ProgramStats> {
         PROGRAMS
             .iter()
-            .filter_map(|(name, _)| {
+            .map(|(name, _)| *name)
+            .chain(["gs_ser_enter", "gs_ser_exit"])
+            .filter_map(|name| {
                 let info = self.ebpf.program(name)?.info().ok()?;
                 Some(ProgramStats {
                     name,
@@ -85,6 +104,7 @@ pub struct KernelMaps {
     pub syscalls: PerCpuHashMap<MapData, SyscallKey, Log2Hist>,
     pub offcpu: PerCpuArray<MapData, OffCpuStats>,
     pub gil_wait: PerCpuArray<MapData, Log2Hist>,
+    pub ser_calls: PerCpuArray<MapData, Log2Hist>,
     pub counters: PerCpuArray<MapData, u64>,
 }
 
@@ -144,6 +164,14 @@ pub fn attach_all(bpf_stats: bool) -> anyhow::Result<Attached> {
         log::info!("attached {name} (BPF program id {})", id.unwrap_or(0));
     }
 
+    for name in ["gs_ser_enter", "gs_ser_exit"] {
+        let program: &mut UProbe = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {name}"))?;
+    }
+
     let stats = if bpf_stats {
         match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
             Ok(fd) => Some(fd),
@@ -164,6 +192,7 @@ pub fn attach_all(bpf_stats: bool) -> anyhow::Result<Attached> {
         syscalls: PerCpuHashMap::try_from(take(&mut ebpf, "SYSCALLS")?)?,
         offcpu: PerCpuArray::try_from(take(&mut ebpf, "OFFCPU")?)?,
         gil_wait: PerCpuArray::try_from(take(&mut ebpf, "GIL_WAIT")?)?,
+        ser_calls: PerCpuArray::try_from(take(&mut ebpf, "SER_CALLS")?)?,
         counters: PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?,
     };
     Ok(Attached {

@@ -14,7 +14,10 @@ use aya::maps::{Array, HashMap, MapData};
 use gapscope_ebpf_common::{NO_SERVICE, ProcEvent, proc_event};
 
 use super::procfs::{self, ProcessInfo};
-use crate::{config::ServiceConfig, python::GilTracker};
+use crate::{
+    config::ServiceConfig,
+    python::{GilTracker, serialization::SerializationTracker},
+};
 
 pub struct Targets {
     map: HashMap<MapData, u32, u32>,
@@ -26,6 +29,8 @@ pub struct Targets {
     own_tgid: u32,
     /// The GILs of the traced Python processes.
     pub gil: GilTracker,
+    /// Their serialization calls.
+    pub serialization: SerializationTracker,
 }
 
 impl Targets {
@@ -33,12 +38,14 @@ impl Targets {
         map: HashMap<MapData, u32, u32>,
         generation: Array<MapData, u64>,
         gil: GilTracker,
+        serialization: SerializationTracker,
         services: Arc<[ServiceConfig]>,
     ) -> Self {
         Self {
             map,
             generation,
             gil,
+            serialization,
             services,
             own_tgid: std::process::id(),
         }
@@ -100,6 +107,7 @@ impl Targets {
             self.changed();
         }
         self.gil.detach(tgid);
+        self.serialization.forget(tgid);
     }
 
     /// Matches every process in /proc and drops entries of dead ones.
@@ -126,6 +134,10 @@ impl Targets {
                 self.remove(*tgid);
             }
         }
+        // Codec modules are imported lazily: look for new ones.
+        for (tgid, service, interpreter) in self.gil.python_processes() {
+            self.serialization.scan(tgid, service, &interpreter);
+        }
     }
 
     /// Acts on one event from the kernel.
@@ -141,6 +153,7 @@ impl Targets {
             proc_event::EXEC => {
                 // A new program image: a new interpreter, or none.
                 self.gil.detach(ev.tgid);
+                self.serialization.forget(ev.tgid);
                 self.gil.attach(ev.tgid, ev.service);
             }
             proc_event::FORK => {
@@ -166,6 +179,7 @@ impl Targets {
             proc_event::EXIT => {
                 log::debug!("pid {} exited", ev.tgid);
                 self.gil.detach(ev.tgid);
+                self.serialization.forget(ev.tgid);
             }
             _ => {}
         }

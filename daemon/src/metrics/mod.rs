@@ -21,7 +21,7 @@ pub use family::Family;
 pub struct Exporter {
     pub services: Arc<[ServiceConfig]>,
     pub maps: KernelMaps,
-    pub probes: Probes,
+    pub probes: Arc<Mutex<Probes>>,
     pub targets: Arc<Mutex<Targets>>,
 }
 

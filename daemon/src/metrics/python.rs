@@ -4,13 +4,20 @@
 
 use std::collections::BTreeSet;
 
-use gapscope_ebpf_common::Log2Hist;
+use gapscope_ebpf_common::{Log2Hist, MAX_SER_PROBES};
 
 use super::{Exporter, Family};
+use crate::python::serialization::SPECS;
 
 pub fn collect(ex: &Exporter) -> Vec<Family> {
-    let (processes, unavailable, stats) = match ex.targets.lock() {
-        Ok(t) => (t.gil.processes(), t.gil.unavailable(), t.gil.stats()),
+    let (processes, unavailable, stats, ser_missing, probed_files) = match ex.targets.lock() {
+        Ok(t) => (
+            t.gil.processes(),
+            t.gil.unavailable(),
+            t.gil.stats(),
+            t.serialization.unavailable(),
+            t.serialization.probed_files(),
+        ),
         Err(_) => return Vec::new(),
     };
     let mut python = Family::gauge(
@@ -64,5 +71,51 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         held.add_counter(&[("service", name)], s.held_ns as f64 / 1e9);
         switches.add_counter(&[("service", name)], s.switches as f64);
     }
-    vec![python, missing, wait, held, switches]
+    let mut calls = Family::histogram(
+        "gapscope_serialization_duration_seconds",
+        "Time in the C function doing a serialization call, per codec and direction (the _count is the number of calls).",
+    );
+    let python_services: BTreeSet<u32> = processes.keys().map(|(s, _)| *s).collect();
+    for service in &python_services {
+        let Some(name) = ex.service_name(*service) else {
+            continue;
+        };
+        for (index, spec) in SPECS.iter().enumerate() {
+            let slot = service * MAX_SER_PROBES + index as u32;
+            let mut total = Log2Hist::ZERO;
+            if let Ok(per_cpu) = ex.maps.ser_calls.get(&slot, 0) {
+                for h in per_cpu.iter() {
+                    total.merge(h);
+                }
+            }
+            calls.add_log2_histogram(
+                &[("service", name), ("codec", spec.codec), ("op", spec.op)],
+                &total,
+            );
+        }
+    }
+    let mut ser_unavailable = Family::gauge(
+        "gapscope_serialization_unavailable_processes",
+        "Traced Python processes whose codec cannot be probed (its functions are not in the symbol table: a stripped build); the log says how to fix it.",
+    );
+    for ((service, codec), n) in &ser_missing {
+        if let Some(name) = ex.service_name(*service) {
+            ser_unavailable.add_gauge(&[("service", name), ("codec", codec)], *n as f64);
+        }
+    }
+    let mut files = Family::gauge(
+        "gapscope_serialization_probed_files",
+        "Library files carrying serialization probes (each attached once, whatever the number of processes using it).",
+    );
+    files.add_gauge(&[], probed_files as f64);
+    vec![
+        python,
+        missing,
+        wait,
+        held,
+        switches,
+        calls,
+        ser_unavailable,
+        files,
+    ]
 }

@@ -50,7 +50,11 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "gapscope_bpf_stats_enabled",
         "1 when the kernel collects BPF run-time statistics for gapscoped's programs.",
     );
-    stats_on.add_gauge(&[], if ex.probes.stats_enabled() { 1.0 } else { 0.0 });
+    let (enabled, programs) = match ex.probes.lock() {
+        Ok(p) => (p.stats_enabled(), p.program_stats()),
+        Err(_) => (false, Vec::new()),
+    };
+    stats_on.add_gauge(&[], if enabled { 1.0 } else { 0.0 });
     let mut run_time = Family::counter(
         "gapscope_bpf_program_run_seconds_total",
         "Time the kernel spent running each BPF program (0 while statistics are off).",
@@ -59,7 +63,7 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "gapscope_bpf_program_runs_total",
         "Times each BPF program ran (0 while statistics are off).",
     );
-    for p in ex.probes.program_stats() {
+    for p in programs {
         run_time.add_counter(&[("program", p.name)], p.run_time_ns as f64 / 1e9);
         runs.add_counter(&[("program", p.name)], p.run_count as f64);
     }

@@ -38,6 +38,8 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
 pub struct Sampled {
     pub service: u32,
     pub version: (u8, u8),
+    /// The file holding the interpreter (built-in modules live there).
+    pub interpreter: std::path::PathBuf,
     pub gil: u64,
     pub offsets: Offsets,
     last_switch: Option<u64>,
@@ -166,6 +168,7 @@ impl GilTracker {
                     Sampled {
                         service,
                         version: interp.version,
+                        interpreter: interp.path.clone(),
                         gil,
                         offsets,
                         last_switch: None,
@@ -192,6 +195,14 @@ impl GilTracker {
         if lock(&self.processes).remove(&tgid).is_some() {
             let _ = self.ranges.remove(&tgid);
         }
+    }
+
+    /// (tgid, service, interpreter file) of every traced Python process.
+    pub fn python_processes(&self) -> Vec<(u32, u32, std::path::PathBuf)> {
+        lock(&self.processes)
+            .iter()
+            .map(|(tgid, p)| (*tgid, p.service, p.interpreter.clone()))
+            .collect()
     }
 
     /// Traced Python processes per (service, "major.minor").

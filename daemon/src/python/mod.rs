@@ -5,6 +5,7 @@ pub mod gil;
 pub mod interpreter;
 pub mod memory;
 pub mod offsets;
+pub mod serialization;
 
 pub use gil::{GilStats, GilTracker};
 pub use interpreter::Interpreter;

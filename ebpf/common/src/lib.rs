@@ -333,6 +333,10 @@ pub mod tp_offsets {
     ];
 }
 
+/// Serialization probes (uprobe/uretprobe pairs) a daemon can attach; the
+/// probe's index is its BPF attach cookie and indexes per-service slots.
+pub const MAX_SER_PROBES: u32 = 16;
+
 /// Byte offsets of the first two syscall arguments in x86-64 `struct
 /// pt_regs` (`si` then `di`; they are adjacent).
 pub const PT_REGS_SI: u64 = 13 * 8;

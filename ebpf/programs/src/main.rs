@@ -11,6 +11,8 @@
 //! * `gil` — CPython GIL waits, recognised among the futex waits.
 //! * `proc` — `task_newtask`/`sched_process_exec`/`sched_process_exit`:
 //!   follows forks in the kernel and tells user space about execs and exits.
+//! * `serialization` — uprobe/uretprobe pairs on json, pickle and
+//!   user-defined serialization functions.
 //! * `floor` — empty programs for the overhead benchmark's floor.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -27,6 +29,8 @@ mod maps;
 mod proc;
 #[cfg(target_arch = "bpf")]
 mod sched;
+#[cfg(target_arch = "bpf")]
+mod serialization;
 #[cfg(target_arch = "bpf")]
 mod syscalls;
 

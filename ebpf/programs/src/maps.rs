@@ -8,9 +8,9 @@ use aya_ebpf::{
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use gapscope_ebpf_common::{
-    CACHE_ADDRESS_MASK, CACHE_UNTRACED, GilRange, Log2Hist, MAX_SERVICES, MAX_SYSCALL_KEYS,
-    MAX_TARGETS, MAX_THREADS, OffCpuStats, SYSCALL_SLOTS, SyscallKey, TargetCache, ThreadState,
-    counter,
+    CACHE_ADDRESS_MASK, CACHE_UNTRACED, GilRange, Log2Hist, MAX_SER_PROBES, MAX_SERVICES,
+    MAX_SYSCALL_KEYS, MAX_TARGETS, MAX_THREADS, OffCpuStats, SYSCALL_SLOTS, SyscallKey,
+    TargetCache, ThreadState, counter,
 };
 
 /// tgid → service id. Filled by user space (scan, exec matching) and by
@@ -54,6 +54,15 @@ pub static GIL_RANGES: HashMap<u32, GilRange> = HashMap::with_max_entries(MAX_TA
 /// service id → GIL waits, one observation per contended acquisition.
 #[map]
 pub static GIL_WAIT: PerCpuArray<Log2Hist> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// (tid << 32 | probe) → when the thread entered the probed function.
+#[map]
+pub static SER_START: HashMap<u64, u64> = HashMap::with_max_entries(MAX_THREADS, 0);
+
+/// service * MAX_SER_PROBES + probe → call durations, per CPU.
+#[map]
+pub static SER_CALLS: PerCpuArray<Log2Hist> =
+    PerCpuArray::with_max_entries(MAX_SERVICES * MAX_SER_PROBES, 0);
 
 /// syscall nr → `OffCpuReason` of a thread blocked inside it. Filled by user
 /// space from the x86-64 syscall table.

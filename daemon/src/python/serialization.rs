@@ -1,0 +1,288 @@
+//! Serialization probes: a uprobe/uretprobe pair on the C function that
+//! does the work of each codec, attached once per library file (device,
+//! inode) whichever traced process maps it first, and detached when the
+//! last traced process using it leaves.
+//!
+//! json (`_json`: `encoder_call` for dumps, `scanner_call` for loads) and
+//! pickle (`_pickle`: `_pickle_dumps`, `_pickle_loads`) are built in; the
+//! extension module may be a shared object (`lib-dynload/_json…so`) or
+//! linked into the interpreter. Their functions are local symbols, so a
+//! stripped build (Debian's) cannot be probed: that is reported per codec.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs,
+    os::unix::fs::MetadataExt,
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use aya::programs::uprobe::{UProbeAttachPoint, UProbeLinkId, UProbeScope};
+use gapscope_ebpf_common::MAX_SER_PROBES;
+
+use crate::bpf::Probes;
+
+/// One function to probe.
+#[derive(Debug, Clone)]
+pub struct ProbeSpec {
+    pub codec: &'static str,
+    pub op: &'static str,
+    /// Start of the extension module's file name (`_json.` matches
+    /// `_json.cpython-311-x86_64-linux-gnu.so`).
+    pub module: &'static str,
+    pub symbol: &'static str,
+}
+
+/// The built-in probes; a probe's index is its attach cookie.
+pub const SPECS: &[ProbeSpec] = &[
+    ProbeSpec {
+        codec: "json",
+        op: "encode",
+        module: "_json.",
+        symbol: "encoder_call",
+    },
+    ProbeSpec {
+        codec: "json",
+        op: "decode",
+        module: "_json.",
+        symbol: "scanner_call",
+    },
+    ProbeSpec {
+        codec: "pickle",
+        op: "encode",
+        module: "_pickle.",
+        symbol: "_pickle_dumps",
+    },
+    ProbeSpec {
+        codec: "pickle",
+        op: "decode",
+        module: "_pickle.",
+        symbol: "_pickle_loads",
+    },
+];
+
+const _: () = assert!(SPECS.len() <= MAX_SER_PROBES as usize);
+
+type FileKey = (u64, u64);
+
+struct Attached {
+    links: Vec<(usize, UProbeLinkId, UProbeLinkId)>,
+    users: HashSet<u32>,
+}
+
+pub struct SerializationTracker {
+    probes: Arc<Mutex<Probes>>,
+    /// Files probed, by (device, inode).
+    files: HashMap<FileKey, Attached>,
+    /// The files each traced process uses.
+    uses: HashMap<u32, HashSet<FileKey>>,
+    /// (service, codec) → why it cannot be probed, per process.
+    unavailable: HashMap<u32, (u32, BTreeMap<&'static str, String>)>,
+    /// Whether a file has a symbol: files are read once, not every scan.
+    symbols: HashMap<(FileKey, &'static str), bool>,
+}
+
+impl SerializationTracker {
+    pub fn new(probes: Arc<Mutex<Probes>>) -> Self {
+        Self {
+            probes,
+            files: HashMap::new(),
+            uses: HashMap::new(),
+            unavailable: HashMap::new(),
+            symbols: HashMap::new(),
+        }
+    }
+
+    /// Looks at what a traced Python process maps and probes any codec
+    /// module it has loaded since the last look. `interpreter` is the file
+    /// holding the interpreter (built-in modules live there).
+    pub fn scan(&mut self, tgid: u32, service: u32, interpreter: &Path) {
+        let Ok(maps) = fs::read_to_string(format!("/proc/{tgid}/maps")) else {
+            return;
+        };
+        let mapped: HashSet<&str> = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .filter(|p| p.starts_with('/'))
+            .collect();
+        let mut missing = BTreeMap::new();
+        for (index, spec) in SPECS.iter().enumerate() {
+            // The module as a shared object, or else built into the interpreter.
+            let module = mapped.iter().find(|p| {
+                Path::new(p)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(spec.module) && n.contains(".so"))
+            });
+            let file = match module {
+                Some(m) => m.to_string(),
+                None => interpreter.to_string_lossy().into_owned(),
+            };
+            if let Err(why) = self.probe(tgid, index, &file) {
+                // A module not imported yet is not an error; one built
+                // into a stripped interpreter is.
+                let built_in = module.is_none() && self.has_symbol(tgid, &file, spec.module_init());
+                if module.is_some() || built_in {
+                    missing.insert(spec.codec, why);
+                }
+            }
+        }
+        let before = self.unavailable.get(&tgid).map(|(_, m)| m);
+        for (codec, why) in &missing {
+            if before.and_then(|m| m.get(codec)) != Some(why) {
+                log::warn!("pid {tgid}: cannot probe {codec}: {why}");
+            }
+        }
+        if missing.is_empty() {
+            self.unavailable.remove(&tgid);
+        } else {
+            self.unavailable.insert(tgid, (service, missing));
+        }
+    }
+
+    /// Attaches probe `index` to `file` unless it already is, and records
+    /// that `tgid` uses it.
+    fn probe(&mut self, tgid: u32, index: usize, file: &str) -> Result<(), String> {
+        let in_root = format!("/proc/{tgid}/root{file}");
+        let meta = fs::metadata(&in_root).map_err(|e| format!("{file}: {e}"))?;
+        let key = (meta.dev(), meta.ino());
+        if let Some(a) = self.files.get_mut(&key)
+            && a.links.iter().any(|(i, _, _)| *i == index)
+        {
+            a.users.insert(tgid);
+            self.uses.entry(tgid).or_default().insert(key);
+            return Ok(());
+        }
+        let spec = &SPECS[index];
+        if !self.has_symbol(tgid, file, spec.symbol) {
+            return Err(format!(
+                "{} has no symbol {} (stripped?): install the interpreter's debug symbols or use a build that keeps them",
+                file, spec.symbol
+            ));
+        }
+        let mut probes = self
+            .probes
+            .lock()
+            .map_err(|_| "probes poisoned".to_string())?;
+        let (enter, exit) = probes
+            .serialization_programs()
+            .ok_or("serialization programs missing")?;
+        let point = || UProbeAttachPoint {
+            location: spec.symbol.into(),
+            cookie: Some(index as u64),
+        };
+        let enter_link = enter
+            .attach(point(), &in_root, UProbeScope::AllProcesses)
+            .map_err(|e| format!("attaching to {}:{}: {e}", file, spec.symbol))?;
+        let exit_link = match exit.attach(point(), &in_root, UProbeScope::AllProcesses) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = enter.detach(enter_link);
+                return Err(format!("attaching to {}:{}: {e}", file, spec.symbol));
+            }
+        };
+        log::info!(
+            "probing {} {} at {}:{}",
+            spec.codec,
+            spec.op,
+            file,
+            spec.symbol
+        );
+        let a = self.files.entry(key).or_insert_with(|| Attached {
+            links: Vec::new(),
+            users: HashSet::new(),
+        });
+        a.links.push((index, enter_link, exit_link));
+        a.users.insert(tgid);
+        self.uses.entry(tgid).or_default().insert(key);
+        Ok(())
+    }
+
+    /// A process left: detach from files no traced process uses any more.
+    pub fn forget(&mut self, tgid: u32) {
+        self.unavailable.remove(&tgid);
+        let Some(keys) = self.uses.remove(&tgid) else {
+            return;
+        };
+        for key in keys {
+            let Some(a) = self.files.get_mut(&key) else {
+                continue;
+            };
+            a.users.remove(&tgid);
+            if !a.users.is_empty() {
+                continue;
+            }
+            if let Some(a) = self.files.remove(&key)
+                && let Ok(mut probes) = self.probes.lock()
+                && let Some((enter, exit)) = probes.serialization_programs()
+            {
+                for (_, e, x) in a.links {
+                    let _ = enter.detach(e);
+                    let _ = exit.detach(x);
+                }
+                log::debug!("detached serialization probes from file {key:?}");
+            }
+        }
+    }
+
+    /// Files probed now.
+    pub fn probed_files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// (service, codec) → processes whose codec cannot be probed.
+    pub fn unavailable(&self) -> BTreeMap<(u32, &'static str), u64> {
+        let mut out = BTreeMap::new();
+        for (service, missing) in self.unavailable.values() {
+            for codec in missing.keys() {
+                *out.entry((*service, *codec)).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// Why each codec of a process cannot be probed (for `check --pid`).
+    pub fn reasons(&self, tgid: u32) -> Option<&BTreeMap<&'static str, String>> {
+        self.unavailable.get(&tgid).map(|(_, m)| m)
+    }
+}
+
+impl SerializationTracker {
+    /// `file_has_symbol`, cached per (device, inode): files are read once.
+    fn has_symbol(&mut self, tgid: u32, file: &str, symbol: &'static str) -> bool {
+        let Ok(meta) = fs::metadata(format!("/proc/{tgid}/root{file}")) else {
+            return false;
+        };
+        let key = ((meta.dev(), meta.ino()), symbol);
+        *self
+            .symbols
+            .entry(key)
+            .or_insert_with(|| file_has_symbol(tgid, file, symbol))
+    }
+}
+
+/// Whether `file` (as process `tgid` sees it) has `symbol` in its symbol
+/// tables.
+pub fn file_has_symbol(tgid: u32, file: &str, symbol: &str) -> bool {
+    use object::{Object, ObjectSymbol};
+    let Ok(data) = fs::read(format!("/proc/{tgid}/root{file}")) else {
+        return false;
+    };
+    let Ok(elf) = object::File::parse(&*data) else {
+        return false;
+    };
+    elf.symbols()
+        .chain(elf.dynamic_symbols())
+        .any(|s| s.name() == Ok(symbol))
+}
+
+impl ProbeSpec {
+    /// The module's init function: an interpreter exports it when the
+    /// module is built in, stripped or not.
+    fn module_init(&self) -> &'static str {
+        match self.module {
+            "_json." => "PyInit__json",
+            _ => "PyInit__pickle",
+        }
+    }
+}
