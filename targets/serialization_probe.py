@@ -3,10 +3,12 @@ made exactly N times on a known payload and timed around every call with
 time.perf_counter_ns.
 
 usage: serialization_probe.py N [--tag T]
+       serialization_probe.py busy SECONDS [--tag T]
 
 Imports json and pickle, prints "ready", waits for a line on stdin, makes
 the calls, prints a JSON line {codec_op: {"calls": N, "ns": total}}, then
-"done", and waits for stdin to close.
+"done", and waits for stdin to close. `busy` instead calls json.dumps on a
+small document as fast as it can for SECONDS and reports the calls made.
 """
 
 import json
@@ -15,7 +17,24 @@ import sys
 import time
 
 
+def busy(seconds: float) -> None:
+    doc = {"id": 1, "text": "why is the gpu idle"}
+    print("ready", flush=True)
+    sys.stdin.readline()
+    calls = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        json.dumps(doc)
+        calls += 1
+    print('{"json_encode": {"calls": %d}}' % calls, flush=True)
+    print("done", flush=True)
+    sys.stdin.read()
+
+
 def main() -> None:
+    if sys.argv[1] == "busy":
+        busy(float(sys.argv[2]))
+        return
     n = int(sys.argv[1])
     # Big enough that each call takes a fraction of a millisecond, so the
     # microseconds a probe costs do not dominate the comparison.

@@ -26,6 +26,9 @@ pub struct Config {
 pub struct PythonConfig {
     /// Trace the GIL (waits in the kernel, held time sampled).
     pub gil: bool,
+    /// Serialization calls per second, per codec function, probed in full;
+    /// above it a probe is attached only one second in N.
+    pub serialization_budget: u64,
 }
 
 #[derive(Debug)]
@@ -72,6 +75,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawPython {
     gil: Option<bool>,
+    serialization_budget: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -158,8 +162,16 @@ impl Config {
             }
             services.push(parse_service(s)?);
         }
+        let budget = raw.python.serialization_budget.unwrap_or(1000);
+        if budget == 0 {
+            return Err(UsageError::new(
+                "python.serialization_budget = 0 would never probe anything",
+                "give the calls per second to probe in full (default 1000)",
+            ));
+        }
         let python = PythonConfig {
             gil: raw.python.gil.unwrap_or(true),
+            serialization_budget: budget,
         };
         Ok(Config {
             daemon,

@@ -17,7 +17,10 @@ use crate::{
     http,
     metrics::Exporter,
     notify,
-    python::{GilTracker, serialization::SerializationTracker},
+    python::{
+        GilTracker,
+        serialization::{SPECS, SerializationTracker},
+    },
 };
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -60,7 +63,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         targets,
         generation,
         GilTracker::new(gil_ranges, config.python.gil),
-        SerializationTracker::new(probes.clone()),
+        SerializationTracker::new(probes.clone(), config.python.serialization_budget),
         services.clone(),
     )));
     lock(&targets).rescan();
@@ -86,6 +89,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the process event ring buffer: {e}"))?;
     let mut rescan = tokio::time::interval(config.daemon.rescan_interval);
+    let mut budget = tokio::time::interval(std::time::Duration::from_secs(1));
     let watchdog_every = notify::watchdog_interval();
     let mut watchdog =
         tokio::time::interval(watchdog_every.unwrap_or(std::time::Duration::from_secs(3600)));
@@ -97,6 +101,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); break; }
             _ = sigint.recv() => { log::info!("SIGINT: detaching"); break; }
             _ = rescan.tick() => lock(&targets).rescan(),
+            _ = budget.tick() => {
+                let calls = serialization_calls(&exporter);
+                lock(&targets).enforce_serialization_budget(&calls);
+            }
             _ = watchdog.tick(), if watchdog_every.is_some() => notify::send("WATCHDOG=1"),
             guard = events.readable_mut() => {
                 let mut guard = guard?;
@@ -132,6 +140,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stopping.elapsed()
     );
     Ok(())
+}
+
+/// Serialization calls the kernel has counted so far, per probe (all
+/// services together).
+fn serialization_calls(ex: &Exporter) -> Vec<u64> {
+    use gapscope_ebpf_common::MAX_SER_PROBES;
+    (0..SPECS.len() as u32)
+        .map(|probe| {
+            (0..ex.services.len() as u32)
+                .filter_map(|service| {
+                    ex.maps
+                        .ser_calls
+                        .get(&(service * MAX_SER_PROBES + probe), 0)
+                        .ok()
+                })
+                .map(|per_cpu| per_cpu.iter().map(|h| h.count).sum::<u64>())
+                .sum()
+        })
+        .collect()
 }
 
 fn lock(t: &Mutex<Targets>) -> std::sync::MutexGuard<'_, Targets> {

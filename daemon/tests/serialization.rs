@@ -113,3 +113,43 @@ fn a_stripped_interpreter_says_its_codecs_cannot_be_probed() {
     w.go();
     w.finish();
 }
+
+#[test]
+fn a_busy_probe_is_sampled_within_its_budget_and_says_so() {
+    let _g = serial();
+    let daemon = Daemon::start(
+        "[python]\nserialization_budget = 50\n\
+         [[service]]\nname = \"ser\"\ncmdline = \"serialization_probe.py .*--tag ser-test\"\n",
+    );
+    let script = repo_root().join("targets/serialization_probe.py");
+    let mut w = Workload::spawn(
+        &pyenv_python(11),
+        &[script.to_str().unwrap(), "busy", "4", "--tag", "ser-test"],
+    );
+    daemon.wait_processes("ser", 1.0);
+    wait_until(&daemon, "json probes never attached", |m| {
+        m.get_or_zero("gapscope_serialization_probed_files", &[]) >= 1.0
+    });
+    let out = w.go();
+    let m = daemon.scrape();
+    let truth: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+    let made = truth["json_encode"]["calls"].as_f64().unwrap();
+    let l = [("service", "ser"), ("codec", "json"), ("op", "encode")];
+    let counted = m.get_or_zero("gapscope_serialization_duration_seconds_count", &l);
+    let ratio = m.get_or_zero(
+        "gapscope_serialization_sampling_ratio",
+        &[("codec", "json"), ("op", "encode")],
+    );
+    eprintln!("busy json.dumps: {made} calls made, {counted} counted, sampling ratio {ratio}");
+    assert!(made > 1000.0, "the script was busy: {made} calls");
+    assert!(
+        ratio < 1.0,
+        "the probe went over budget and is sampled: ratio {ratio}"
+    );
+    assert!(
+        counted > 0.0 && counted < 0.5 * made,
+        "sampling counted {counted} of {made} calls"
+    );
+    assert!(daemon.log_text().contains("probing one second in"));
+    w.finish();
+}

@@ -140,6 +140,15 @@ impl Targets {
         }
     }
 
+    /// Once a second: keeps each serialization probe within its budget,
+    /// given the calls the kernel has counted so far per probe.
+    pub fn enforce_serialization_budget(&mut self, calls: &[u64]) {
+        self.serialization.enforce_budget(calls);
+        for (tgid, service, interpreter) in self.gil.python_processes() {
+            self.serialization.scan(tgid, service, &interpreter);
+        }
+    }
+
     /// Acts on one event from the kernel.
     pub fn on_event(&mut self, ev: &ProcEvent) {
         match ev.kind {

@@ -10,13 +10,15 @@ use super::{Exporter, Family};
 use crate::python::serialization::SPECS;
 
 pub fn collect(ex: &Exporter) -> Vec<Family> {
-    let (processes, unavailable, stats, ser_missing, probed_files) = match ex.targets.lock() {
+    let (processes, unavailable, stats, ser_missing, probed_files, ratios) = match ex.targets.lock()
+    {
         Ok(t) => (
             t.gil.processes(),
             t.gil.unavailable(),
             t.gil.stats(),
             t.serialization.unavailable(),
             t.serialization.probed_files(),
+            t.serialization.sampling_ratios(),
         ),
         Err(_) => return Vec::new(),
     };
@@ -108,6 +110,13 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "Library files carrying serialization probes (each attached once, whatever the number of processes using it).",
     );
     files.add_gauge(&[], probed_files as f64);
+    let mut sampling = Family::gauge(
+        "gapscope_serialization_sampling_ratio",
+        "Share of calls a serialization probe sees: 1 within [python] serialization_budget calls per second, 1/N when a busier probe is attached one second in N (divide counts by it to estimate all calls).",
+    );
+    for (spec, ratio) in SPECS.iter().zip(&ratios) {
+        sampling.add_gauge(&[("codec", spec.codec), ("op", spec.op)], *ratio);
+    }
     vec![
         python,
         missing,
@@ -117,5 +126,6 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         calls,
         ser_unavailable,
         files,
+        sampling,
     ]
 }

@@ -70,8 +70,22 @@ struct Attached {
     users: HashSet<u32>,
 }
 
+/// A probe's sampling: attached every second while its calls stay within
+/// the budget; above it, attached one second in `every`.
+#[derive(Debug, Clone, Copy)]
+struct Sampling {
+    every: u32,
+    /// Seconds since it was last attached.
+    idle: u32,
+    /// Calls counted when last looked at (all services together).
+    last_calls: u64,
+}
+
 pub struct SerializationTracker {
     probes: Arc<Mutex<Probes>>,
+    /// Calls per second per probe above which it is sampled.
+    budget: u64,
+    sampling: [Sampling; SPECS.len()],
     /// Files probed, by (device, inode).
     files: HashMap<FileKey, Attached>,
     /// The files each traced process uses.
@@ -83,9 +97,15 @@ pub struct SerializationTracker {
 }
 
 impl SerializationTracker {
-    pub fn new(probes: Arc<Mutex<Probes>>) -> Self {
+    pub fn new(probes: Arc<Mutex<Probes>>, budget: u64) -> Self {
         Self {
             probes,
+            budget,
+            sampling: [Sampling {
+                every: 1,
+                idle: 0,
+                last_calls: 0,
+            }; SPECS.len()],
             files: HashMap::new(),
             uses: HashMap::new(),
             unavailable: HashMap::new(),
@@ -140,14 +160,15 @@ impl SerializationTracker {
         }
     }
 
-    /// Attaches probe `index` to `file` unless it already is, and records
-    /// that `tgid` uses it.
+    /// Attaches probe `index` to `file` unless it already is (or is
+    /// paused by its sampling), and records that `tgid` uses it.
     fn probe(&mut self, tgid: u32, index: usize, file: &str) -> Result<(), String> {
         let in_root = format!("/proc/{tgid}/root{file}");
         let meta = fs::metadata(&in_root).map_err(|e| format!("{file}: {e}"))?;
         let key = (meta.dev(), meta.ino());
+        let paused = self.sampling[index].idle > 0;
         if let Some(a) = self.files.get_mut(&key)
-            && a.links.iter().any(|(i, _, _)| *i == index)
+            && (paused || a.links.iter().any(|(i, _, _)| *i == index))
         {
             a.users.insert(tgid);
             self.uses.entry(tgid).or_default().insert(key);
@@ -196,6 +217,66 @@ impl SerializationTracker {
         a.users.insert(tgid);
         self.uses.entry(tgid).or_default().insert(key);
         Ok(())
+    }
+
+    /// Once a second: compares each probe's calls in the last second
+    /// (`calls[i]`, all services together, as the kernel counted them) with
+    /// the budget, and pauses or resumes it. A paused probe is detached
+    /// from every file; resuming lets the next `scan` attach it again.
+    pub fn enforce_budget(&mut self, calls: &[u64]) {
+        for (index, s) in self.sampling.iter_mut().enumerate() {
+            let total = calls.get(index).copied().unwrap_or(0);
+            let recent = total.saturating_sub(s.last_calls);
+            s.last_calls = total;
+            if s.idle == 0 {
+                // Attached this past second: set the duty cycle.
+                let every = recent.div_ceil(self.budget).clamp(1, 60) as u32;
+                if every != s.every {
+                    log::info!(
+                        "{} {}: {recent} calls/s against a budget of {}: probing one second in {every}",
+                        SPECS[index].codec,
+                        SPECS[index].op,
+                        self.budget
+                    );
+                }
+                s.every = every;
+                if every > 1 {
+                    s.idle = 1;
+                }
+            } else if s.idle + 1 >= s.every {
+                s.idle = 0;
+            } else {
+                s.idle += 1;
+            }
+        }
+        let paused: Vec<usize> = (0..SPECS.len())
+            .filter(|i| self.sampling[*i].idle > 0)
+            .collect();
+        if paused.is_empty() {
+            return;
+        }
+        let Ok(mut probes) = self.probes.lock() else {
+            return;
+        };
+        let Some((enter, exit)) = probes.serialization_programs() else {
+            return;
+        };
+        for a in self.files.values_mut() {
+            let (pause, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut a.links)
+                .into_iter()
+                .partition(|(index, _, _)| paused.contains(index));
+            a.links = keep;
+            for (_, e, x) in pause {
+                let _ = enter.detach(e);
+                let _ = exit.detach(x);
+            }
+        }
+    }
+
+    /// The share of calls each probe sees: 1 when probed in full, 1/N when
+    /// attached one second in N.
+    pub fn sampling_ratios(&self) -> Vec<f64> {
+        self.sampling.iter().map(|s| 1.0 / s.every as f64).collect()
     }
 
     /// A process left: detach from files no traced process uses any more.
