@@ -15,7 +15,7 @@ use crate::{
     discovery::Targets,
     error::UsageError,
     http,
-    metrics::Exporter,
+    metrics::{Exporter, merged},
     notify,
     python::{
         GilTracker,
@@ -149,13 +149,7 @@ fn serialization_calls(ex: &Exporter) -> Vec<u64> {
     (0..SPECS.len() as u32)
         .map(|probe| {
             (0..ex.services.len() as u32)
-                .filter_map(|service| {
-                    ex.maps
-                        .ser_calls
-                        .get(&(service * MAX_SER_PROBES + probe), 0)
-                        .ok()
-                })
-                .map(|per_cpu| per_cpu.iter().map(|h| h.count).sum::<u64>())
+                .map(|service| merged(&ex.maps.ser_calls, service * MAX_SER_PROBES + probe).count)
                 .sum()
         })
         .collect()

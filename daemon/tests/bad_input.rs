@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use gapscope_testkit::{gapscoped_bin, serial, write_config};
+use gapscope_testkit::{gapscoped_as_nobody, gapscoped_bin, serial, write_config};
 
 /// Runs `gapscoped --config <text>` and returns (exit code, stderr).
 fn run_with(text: &str) -> (i32, String) {
@@ -184,15 +184,7 @@ fn no_privileges_exits_2() {
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(gapscoped_bin())
+    let out = gapscoped_as_nobody()
         .arg("--config")
         .arg(&*config)
         .output()

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use gapscope_testkit::{gapscoped_bin, serial};
+use gapscope_testkit::{gapscoped_as_nobody, gapscoped_bin, serial};
 
 #[test]
 fn check_passes_as_root_and_loads_the_programs() {
@@ -34,15 +34,7 @@ fn check_passes_as_root_and_loads_the_programs() {
 #[test]
 fn check_without_privileges_says_what_is_missing_and_fails() {
     let _g = serial();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(gapscoped_bin())
+    let out = gapscoped_as_nobody()
         .arg("check")
         .output()
         .expect("setpriv (util-linux) runs the check as nobody");

@@ -92,6 +92,21 @@ pub fn pyenv_python(minor: u8) -> PathBuf {
     pyenv_prefix(minor).join(format!("bin/python3.{minor}"))
 }
 
+/// gapscoped run as user nobody with no capabilities at all (setpriv,
+/// from util-linux).
+pub fn gapscoped_as_nobody() -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ])
+    .arg(gapscoped_bin());
+    cmd
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -15,7 +15,7 @@ use std::{
 use prometheus::{Encoder, TextEncoder, proto::MetricFamily};
 
 use crate::{bpf::KernelMaps, bpf::Probes, config::ServiceConfig, discovery::Targets};
-pub use family::Family;
+pub use family::{Family, merged};
 
 /// Everything a scrape reads.
 pub struct Exporter {

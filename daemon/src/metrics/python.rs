@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use gapscope_ebpf_common::{Log2Hist, MAX_SER_PROBES};
+use gapscope_ebpf_common::MAX_SER_PROBES;
 
-use super::{Exporter, Family};
+use super::{Exporter, Family, merged};
 use crate::python::serialization::SPECS;
 
 pub fn collect(ex: &Exporter) -> Vec<Family> {
@@ -62,13 +62,7 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         let Some(name) = ex.service_name(service) else {
             continue;
         };
-        let mut total = Log2Hist::ZERO;
-        if let Ok(per_cpu) = ex.maps.gil_wait.get(&service, 0) {
-            for h in per_cpu.iter() {
-                total.merge(h);
-            }
-        }
-        wait.add_log2_histogram(&[("service", name)], &total);
+        wait.add_log2_histogram(&[("service", name)], &merged(&ex.maps.gil_wait, service));
         let s = stats.get(&service).copied().unwrap_or_default();
         held.add_counter(&[("service", name)], s.held_ns as f64 / 1e9);
         switches.add_counter(&[("service", name)], s.switches as f64);
@@ -84,15 +78,9 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         };
         for (index, spec) in SPECS.iter().enumerate() {
             let slot = service * MAX_SER_PROBES + index as u32;
-            let mut total = Log2Hist::ZERO;
-            if let Ok(per_cpu) = ex.maps.ser_calls.get(&slot, 0) {
-                for h in per_cpu.iter() {
-                    total.merge(h);
-                }
-            }
             calls.add_log2_histogram(
                 &[("service", name), ("codec", spec.codec), ("op", spec.op)],
-                &total,
+                &merged(&ex.maps.ser_calls, slot),
             );
         }
     }
