@@ -83,6 +83,26 @@ def main():
             continue
         print(f"  {name:<18} {int(n):>9} {n / wall:>9.0f} {s:>9.3f}s {fmt_s(s / n):>11}")
 
+    gil_wait = sum(delta(before, after, "gapscope_gil_wait_seconds_sum", service=service).values())
+    gil_acq = sum(delta(before, after, "gapscope_gil_wait_seconds_count", service=service).values())
+    gil_held = sum(delta(before, after, "gapscope_gil_held_seconds_total", service=service).values())
+    switches = sum(delta(before, after, "gapscope_gil_switches_total", service=service).values())
+    versions = [dict(l).get("version") for (m, l), v in after.items()
+                if m == "gapscope_python_processes" and dict(l).get("service") == service and v > 0]
+    print()
+    if versions:
+        print(f"GIL (CPython {', '.join(versions)}): held {gil_held:.2f} s of {wall} s ({gil_held / wall * 100:.0f} %), "
+              f"threads waited {gil_wait:.2f} s for it in {int(gil_acq)} contended acquisitions, "
+              f"{int(switches)} hand-overs")
+    else:
+        print("GIL: not traced (no supported CPython found in the service)")
+    calls = delta(before, after, "gapscope_serialization_duration_seconds_count", service=service)
+    secs = delta(before, after, "gapscope_serialization_duration_seconds_sum", service=service)
+    for labels, n in sorted(calls.items()):
+        if n > 0:
+            d = dict(labels)
+            print(f"Serialization {d['codec']} {d['op']}: {int(n)} calls, {secs.get(labels, 0.0) * 1e3:.1f} ms in total")
+
     runq = defaultdict(float)
     for labels, v in delta(before, after, "gapscope_runqueue_latency_seconds_bucket", service=service).items():
         le = dict(labels)["le"]

@@ -81,6 +81,15 @@ fn json_and_pickle_calls_are_counted_exactly_and_timed() {
                 "3.{minor} {codec} {op}: {seconds} s vs {want} s"
             );
         }
+        // The kernel's return-probe trampoline is ours, not the program's.
+        assert_eq!(
+            after.get_or_zero(
+                "gapscope_syscall_duration_seconds_count",
+                &[("service", "ser"), ("syscall", "uretprobe")]
+            ),
+            0.0,
+            "3.{minor}: uretprobe syscalls counted"
+        );
         w.finish();
         daemon.wait_processes("ser", 0.0);
     }

@@ -344,6 +344,11 @@ pub const PT_REGS_SI: u64 = 13 * 8;
 /// x86-64 `futex` syscall number.
 pub const SYS_FUTEX: u32 = 202;
 
+/// x86-64 `uretprobe` syscall number: the kernel's own trampoline for
+/// return probes (Linux 6.11+), i.e. Gapscope's serialization probes. Not
+/// the traced program's doing, so not counted.
+pub const SYS_URETPROBE: u32 = 335;
+
 /// `ProcEvent::service` for a process no service has claimed.
 pub const NO_SERVICE: u32 = u32::MAX;
 

@@ -5,7 +5,7 @@
 //! classic tracepoint makes, which is most of the per-syscall cost.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
-use gapscope_ebpf_common::{Log2Hist, NO_SYSCALL, SYS_FUTEX, SyscallKey, counter};
+use gapscope_ebpf_common::{Log2Hist, NO_SYSCALL, SYS_FUTEX, SYS_URETPROBE, SyscallKey, counter};
 
 /// Lives in .rodata, so inserting a new key copies from there instead of
 /// building 300-odd bytes on the 512-byte BPF stack.
@@ -21,8 +21,11 @@ pub fn gs_sys_enter(ctx: RawTracePointContext) -> i32 {
     let Some(service) = service_of_current(regs) else {
         return 0;
     };
-    let (tgid, tid) = current_ids();
     let nr = ctx.arg::<u64>(1) as u32;
+    if nr == SYS_URETPROBE {
+        return 0;
+    }
+    let (tgid, tid) = current_ids();
     let Some(t) = thread_state(tid, tgid) else {
         return 0;
     };
