@@ -4,11 +4,14 @@ time.perf_counter_ns.
 
 usage: serialization_probe.py N [--tag T]
        serialization_probe.py busy SECONDS [--tag T]
+       serialization_probe.py strings N [--tag T]
 
 Imports json and pickle, prints "ready", waits for a line on stdin, makes
 the calls, prints a JSON line {codec_op: {"calls": N, "ns": total}}, then
 "done", and waits for stdin to close. `busy` instead calls json.dumps on a
-small document as fast as it can for SECONDS and reports the calls made.
+small document as fast as it can for SECONDS and reports the calls made;
+`strings` calls json.dumps on a plain string N times (one call each of
+_json's py_encode_basestring_ascii).
 """
 
 import json
@@ -31,9 +34,22 @@ def busy(seconds: float) -> None:
     sys.stdin.read()
 
 
+def strings(n: int) -> None:
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for _ in range(n):
+        json.dumps("why is the gpu idle")
+    print('{"json_str_encode": {"calls": %d}}' % n, flush=True)
+    print("done", flush=True)
+    sys.stdin.read()
+
+
 def main() -> None:
     if sys.argv[1] == "busy":
         busy(float(sys.argv[2]))
+        return
+    if sys.argv[1] == "strings":
+        strings(int(sys.argv[2]))
         return
     n = int(sys.argv[1])
     # Big enough that each call takes a fraction of a millisecond, so the

@@ -6,7 +6,10 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::error::UsageError;
+use crate::{
+    error::UsageError,
+    python::serialization::{MAX_PROBES, ProbeSpec, default_specs},
+};
 
 /// Where the daemon looks when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/gapscope/gapscoped.toml";
@@ -29,6 +32,8 @@ pub struct PythonConfig {
     /// Serialization calls per second, per codec function, probed in full;
     /// above it a probe is attached only one second in N.
     pub serialization_budget: u64,
+    /// User-defined serialization probes, after the built-in ones.
+    pub probes: Vec<ProbeSpec>,
 }
 
 #[derive(Debug)]
@@ -76,6 +81,17 @@ struct RawConfig {
 struct RawPython {
     gil: Option<bool>,
     serialization_budget: Option<u64>,
+    #[serde(default)]
+    probe: Vec<RawProbe>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    library: String,
+    symbol: String,
+    codec: String,
+    op: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -172,6 +188,7 @@ impl Config {
         let python = PythonConfig {
             gil: raw.python.gil.unwrap_or(true),
             serialization_budget: budget,
+            probes: parse_probes(raw.python.probe)?,
         };
         Ok(Config {
             daemon,
@@ -179,6 +196,52 @@ impl Config {
             services,
         })
     }
+}
+
+fn parse_probes(raw: Vec<RawProbe>) -> Result<Vec<ProbeSpec>, UsageError> {
+    let room = MAX_PROBES - default_specs().len();
+    if raw.len() > room {
+        return Err(UsageError::new(
+            format!(
+                "{} [[python.probe]] tables, more than the {room} allowed",
+                raw.len()
+            ),
+            "keep the probes that matter most",
+        ));
+    }
+    let label_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 32
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    raw.into_iter()
+        .map(|p| {
+            let op = p.op.unwrap_or_else(|| "call".into());
+            if !label_ok(&p.codec) || !label_ok(&op) {
+                return Err(UsageError::new(
+                    format!("python.probe codec {:?} / op {op:?} cannot be a label value", p.codec),
+                    "use 1-32 characters from A-Z, a-z, 0-9, '_' and '-'",
+                ));
+            }
+            if p.library.is_empty() || p.library.contains('/') || p.symbol.is_empty() {
+                return Err(UsageError::new(
+                    format!(
+                        "python.probe library {:?} / symbol {:?} is not usable",
+                        p.library, p.symbol
+                    ),
+                    "give the start of the library's file name (\"orjson.\", \"libfoo\") and the function's symbol",
+                ));
+            }
+            Ok(ProbeSpec {
+                codec: p.codec,
+                op,
+                module: p.library,
+                symbol: p.symbol,
+                builtin_init: None,
+            })
+        })
+        .collect()
 }
 
 fn parse_daemon(raw: RawDaemon) -> Result<DaemonConfig, UsageError> {

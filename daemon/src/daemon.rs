@@ -19,7 +19,7 @@ use crate::{
     notify,
     python::{
         GilTracker,
-        serialization::{SPECS, SerializationTracker},
+        serialization::{SerializationTracker, default_specs},
     },
 };
 
@@ -63,7 +63,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         targets,
         generation,
         GilTracker::new(gil_ranges, config.python.gil),
-        SerializationTracker::new(probes.clone(), config.python.serialization_budget),
+        SerializationTracker::new(
+            probes.clone(),
+            default_specs()
+                .into_iter()
+                .chain(config.python.probes)
+                .collect(),
+            config.python.serialization_budget,
+        ),
         services.clone(),
     )));
     lock(&targets).rescan();
@@ -102,7 +109,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             _ = sigint.recv() => { log::info!("SIGINT: detaching"); break; }
             _ = rescan.tick() => lock(&targets).rescan(),
             _ = budget.tick() => {
-                let calls = serialization_calls(&exporter);
+                let probes = lock(&targets).serialization.specs().len();
+                let calls = serialization_calls(&exporter, probes);
                 lock(&targets).enforce_serialization_budget(&calls);
             }
             _ = watchdog.tick(), if watchdog_every.is_some() => notify::send("WATCHDOG=1"),
@@ -144,9 +152,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Serialization calls the kernel has counted so far, per probe (all
 /// services together).
-fn serialization_calls(ex: &Exporter) -> Vec<u64> {
+fn serialization_calls(ex: &Exporter, probes: usize) -> Vec<u64> {
     use gapscope_ebpf_common::MAX_SER_PROBES;
-    (0..SPECS.len() as u32)
+    (0..probes as u32)
         .map(|probe| {
             (0..ex.services.len() as u32)
                 .map(|service| merged(&ex.maps.ser_calls, service * MAX_SER_PROBES + probe).count)

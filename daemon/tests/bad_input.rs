@@ -46,6 +46,20 @@ fn malformed_configs_exit_2_with_their_message() {
             "unknown field `gill`",
         ),
         (
+            "unusable probe",
+            format!(
+                "[[python.probe]]\nlibrary = \"/usr/lib/x.so\"\nsymbol = \"f\"\ncodec = \"c\"\n{SERVICE}"
+            ),
+            "is not usable",
+        ),
+        (
+            "probe label",
+            format!(
+                "[[python.probe]]\nlibrary = \"x.\"\nsymbol = \"f\"\ncodec = \"a b\"\n{SERVICE}"
+            ),
+            "cannot be a label value",
+        ),
+        (
             "bad regex",
             "[[service]]\nname = \"s\"\ncmdline = \"python(\"\n".into(),
             "cmdline regex \"python(\" is invalid",

@@ -162,3 +162,38 @@ fn a_busy_probe_is_sampled_within_its_budget_and_says_so() {
     assert!(daemon.log_text().contains("probing one second in"));
     w.finish();
 }
+
+#[test]
+fn a_user_defined_probe_counts_its_function() {
+    let _g = serial();
+    let daemon = Daemon::start(
+        "[[python.probe]]\nlibrary = \"_json.\"\nsymbol = \"py_encode_basestring_ascii\"\n\
+         codec = \"json_str\"\nop = \"encode\"\n\
+         [[service]]\nname = \"ser\"\ncmdline = \"serialization_probe.py .*--tag ser-test\"\n",
+    );
+    let script = repo_root().join("targets/serialization_probe.py");
+    let mut w = Workload::spawn(
+        &pyenv_python(11),
+        &[
+            script.to_str().unwrap(),
+            "strings",
+            "500",
+            "--tag",
+            "ser-test",
+        ],
+    );
+    daemon.wait_processes("ser", 1.0);
+    wait_until(&daemon, "json probes never attached", |m| {
+        m.get_or_zero("gapscope_serialization_probed_files", &[]) >= 1.0
+    });
+    w.go();
+    let m = daemon.scrape();
+    let l = [("service", "ser"), ("codec", "json_str"), ("op", "encode")];
+    assert_eq!(
+        m.get_or_zero("gapscope_serialization_duration_seconds_count", &l),
+        500.0,
+        "{}",
+        m.0
+    );
+    w.finish();
+}

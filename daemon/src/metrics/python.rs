@@ -7,21 +7,21 @@ use std::collections::BTreeSet;
 use gapscope_ebpf_common::MAX_SER_PROBES;
 
 use super::{Exporter, Family, merged};
-use crate::python::serialization::SPECS;
 
 pub fn collect(ex: &Exporter) -> Vec<Family> {
-    let (processes, unavailable, stats, ser_missing, probed_files, ratios) = match ex.targets.lock()
-    {
-        Ok(t) => (
-            t.gil.processes(),
-            t.gil.unavailable(),
-            t.gil.stats(),
-            t.serialization.unavailable(),
-            t.serialization.probed_files(),
-            t.serialization.sampling_ratios(),
-        ),
-        Err(_) => return Vec::new(),
-    };
+    let (processes, unavailable, stats, ser_missing, probed_files, ratios, specs) =
+        match ex.targets.lock() {
+            Ok(t) => (
+                t.gil.processes(),
+                t.gil.unavailable(),
+                t.gil.stats(),
+                t.serialization.unavailable(),
+                t.serialization.probed_files(),
+                t.serialization.sampling_ratios(),
+                t.serialization.specs(),
+            ),
+            Err(_) => return Vec::new(),
+        };
     let mut python = Family::gauge(
         "gapscope_python_processes",
         "Traced processes running CPython whose GIL is traced, by interpreter version.",
@@ -76,10 +76,10 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         let Some(name) = ex.service_name(*service) else {
             continue;
         };
-        for (index, spec) in SPECS.iter().enumerate() {
+        for (index, spec) in specs.iter().enumerate() {
             let slot = service * MAX_SER_PROBES + index as u32;
             calls.add_log2_histogram(
-                &[("service", name), ("codec", spec.codec), ("op", spec.op)],
+                &[("service", name), ("codec", &spec.codec), ("op", &spec.op)],
                 &merged(&ex.maps.ser_calls, slot),
             );
         }
@@ -102,8 +102,8 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "gapscope_serialization_sampling_ratio",
         "Share of calls a serialization probe sees: 1 within [python] serialization_budget calls per second, 1/N when a busier probe is attached one second in N (divide counts by it to estimate all calls).",
     );
-    for (spec, ratio) in SPECS.iter().zip(&ratios) {
-        sampling.add_gauge(&[("codec", spec.codec), ("op", spec.op)], *ratio);
+    for (spec, ratio) in specs.iter().zip(&ratios) {
+        sampling.add_gauge(&[("codec", &spec.codec), ("op", &spec.op)], *ratio);
     }
     vec![
         python,

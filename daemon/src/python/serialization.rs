@@ -23,45 +23,56 @@ use gapscope_ebpf_common::MAX_SER_PROBES;
 use crate::bpf::Probes;
 
 /// One function to probe.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSpec {
-    pub codec: &'static str,
-    pub op: &'static str,
-    /// Start of the extension module's file name (`_json.` matches
+    pub codec: String,
+    pub op: String,
+    /// Start of the library's file name (`_json.` matches
     /// `_json.cpython-311-x86_64-linux-gnu.so`).
-    pub module: &'static str,
-    pub symbol: &'static str,
+    pub module: String,
+    pub symbol: String,
+    /// The module's init function, which an interpreter exports when the
+    /// module is built in (stripped or not); None for other libraries.
+    pub builtin_init: Option<String>,
 }
 
-/// The built-in probes; a probe's index is its attach cookie.
-pub const SPECS: &[ProbeSpec] = &[
-    ProbeSpec {
-        codec: "json",
-        op: "encode",
-        module: "_json.",
-        symbol: "encoder_call",
-    },
-    ProbeSpec {
-        codec: "json",
-        op: "decode",
-        module: "_json.",
-        symbol: "scanner_call",
-    },
-    ProbeSpec {
-        codec: "pickle",
-        op: "encode",
-        module: "_pickle.",
-        symbol: "_pickle_dumps",
-    },
-    ProbeSpec {
-        codec: "pickle",
-        op: "decode",
-        module: "_pickle.",
-        symbol: "_pickle_loads",
-    },
-];
+impl ProbeSpec {
+    fn builtin(codec: &str, op: &str, module: &str, symbol: &str, init: &str) -> Self {
+        Self {
+            codec: codec.into(),
+            op: op.into(),
+            module: module.into(),
+            symbol: symbol.into(),
+            builtin_init: Some(init.into()),
+        }
+    }
+}
 
-const _: () = assert!(SPECS.len() <= MAX_SER_PROBES as usize);
+/// The built-in probes: json and pickle's C accelerators.
+pub fn default_specs() -> Vec<ProbeSpec> {
+    vec![
+        ProbeSpec::builtin("json", "encode", "_json.", "encoder_call", "PyInit__json"),
+        ProbeSpec::builtin("json", "decode", "_json.", "scanner_call", "PyInit__json"),
+        ProbeSpec::builtin(
+            "pickle",
+            "encode",
+            "_pickle.",
+            "_pickle_dumps",
+            "PyInit__pickle",
+        ),
+        ProbeSpec::builtin(
+            "pickle",
+            "decode",
+            "_pickle.",
+            "_pickle_loads",
+            "PyInit__pickle",
+        ),
+    ]
+}
+
+/// Most probes at once, built-in and user-defined together; a probe's
+/// index is its attach cookie.
+pub const MAX_PROBES: usize = MAX_SER_PROBES as usize;
 
 type FileKey = (u64, u64);
 
@@ -83,29 +94,36 @@ struct Sampling {
 
 pub struct SerializationTracker {
     probes: Arc<Mutex<Probes>>,
+    /// What to probe: the built-in specs, then the configured ones.
+    specs: Arc<[ProbeSpec]>,
     /// Calls per second per probe above which it is sampled.
     budget: u64,
-    sampling: [Sampling; SPECS.len()],
+    sampling: Vec<Sampling>,
     /// Files probed, by (device, inode).
     files: HashMap<FileKey, Attached>,
     /// The files each traced process uses.
     uses: HashMap<u32, HashSet<FileKey>>,
     /// (service, codec) → why it cannot be probed, per process.
-    unavailable: HashMap<u32, (u32, BTreeMap<&'static str, String>)>,
+    unavailable: HashMap<u32, (u32, BTreeMap<String, String>)>,
     /// Whether a file has a symbol: files are read once, not every scan.
-    symbols: HashMap<(FileKey, &'static str), bool>,
+    symbols: HashMap<(FileKey, String), bool>,
 }
 
 impl SerializationTracker {
-    pub fn new(probes: Arc<Mutex<Probes>>, budget: u64) -> Self {
-        Self {
-            probes,
-            budget,
-            sampling: [Sampling {
+    pub fn new(probes: Arc<Mutex<Probes>>, specs: Arc<[ProbeSpec]>, budget: u64) -> Self {
+        let sampling = vec![
+            Sampling {
                 every: 1,
                 idle: 0,
                 last_calls: 0,
-            }; SPECS.len()],
+            };
+            specs.len()
+        ];
+        Self {
+            probes,
+            specs,
+            budget,
+            sampling,
             files: HashMap::new(),
             uses: HashMap::new(),
             unavailable: HashMap::new(),
@@ -126,13 +144,14 @@ impl SerializationTracker {
             .filter(|p| p.starts_with('/'))
             .collect();
         let mut missing = BTreeMap::new();
-        for (index, spec) in SPECS.iter().enumerate() {
+        let specs = self.specs.clone();
+        for (index, spec) in specs.iter().enumerate() {
             // The module as a shared object, or else built into the interpreter.
             let module = mapped.iter().find(|p| {
                 Path::new(p)
                     .file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(spec.module) && n.contains(".so"))
+                    .is_some_and(|n| n.starts_with(spec.module.as_str()) && n.contains(".so"))
             });
             let file = match module {
                 Some(m) => m.to_string(),
@@ -141,9 +160,13 @@ impl SerializationTracker {
             if let Err(why) = self.probe(tgid, index, &file) {
                 // A module not imported yet is not an error; one built
                 // into a stripped interpreter is.
-                let built_in = module.is_none() && self.has_symbol(tgid, &file, spec.module_init());
+                let built_in = module.is_none()
+                    && spec
+                        .builtin_init
+                        .as_deref()
+                        .is_some_and(|init| self.has_symbol(tgid, &file, init));
                 if module.is_some() || built_in {
-                    missing.insert(spec.codec, why);
+                    missing.insert(spec.codec.clone(), why);
                 }
             }
         }
@@ -174,8 +197,8 @@ impl SerializationTracker {
             self.uses.entry(tgid).or_default().insert(key);
             return Ok(());
         }
-        let spec = &SPECS[index];
-        if !self.has_symbol(tgid, file, spec.symbol) {
+        let spec = self.specs[index].clone();
+        if !self.has_symbol(tgid, file, &spec.symbol) {
             return Err(format!(
                 "{} has no symbol {} (stripped?): install the interpreter's debug symbols or use a build that keeps them",
                 file, spec.symbol
@@ -189,7 +212,7 @@ impl SerializationTracker {
             .serialization_programs()
             .ok_or("serialization programs missing")?;
         let point = || UProbeAttachPoint {
-            location: spec.symbol.into(),
+            location: spec.symbol.as_str().into(),
             cookie: Some(index as u64),
         };
         let enter_link = enter
@@ -234,8 +257,8 @@ impl SerializationTracker {
                 if every != s.every {
                     log::info!(
                         "{} {}: {recent} calls/s against a budget of {}: probing one second in {every}",
-                        SPECS[index].codec,
-                        SPECS[index].op,
+                        self.specs[index].codec,
+                        self.specs[index].op,
                         self.budget
                     );
                 }
@@ -249,7 +272,7 @@ impl SerializationTracker {
                 s.idle += 1;
             }
         }
-        let paused: Vec<usize> = (0..SPECS.len())
+        let paused: Vec<usize> = (0..self.specs.len())
             .filter(|i| self.sampling[*i].idle > 0)
             .collect();
         if paused.is_empty() {
@@ -312,29 +335,29 @@ impl SerializationTracker {
     }
 
     /// (service, codec) → processes whose codec cannot be probed.
-    pub fn unavailable(&self) -> BTreeMap<(u32, &'static str), u64> {
+    pub fn unavailable(&self) -> BTreeMap<(u32, String), u64> {
         let mut out = BTreeMap::new();
         for (service, missing) in self.unavailable.values() {
             for codec in missing.keys() {
-                *out.entry((*service, *codec)).or_default() += 1;
+                *out.entry((*service, codec.clone())).or_default() += 1;
             }
         }
         out
     }
 
-    /// Why each codec of a process cannot be probed (for `check --pid`).
-    pub fn reasons(&self, tgid: u32) -> Option<&BTreeMap<&'static str, String>> {
-        self.unavailable.get(&tgid).map(|(_, m)| m)
+    /// What is probed, in cookie order.
+    pub fn specs(&self) -> Arc<[ProbeSpec]> {
+        self.specs.clone()
     }
 }
 
 impl SerializationTracker {
     /// `file_has_symbol`, cached per (device, inode): files are read once.
-    fn has_symbol(&mut self, tgid: u32, file: &str, symbol: &'static str) -> bool {
+    fn has_symbol(&mut self, tgid: u32, file: &str, symbol: &str) -> bool {
         let Ok(meta) = fs::metadata(format!("/proc/{tgid}/root{file}")) else {
             return false;
         };
-        let key = ((meta.dev(), meta.ino()), symbol);
+        let key = ((meta.dev(), meta.ino()), symbol.to_string());
         *self
             .symbols
             .entry(key)
@@ -355,15 +378,4 @@ pub fn file_has_symbol(tgid: u32, file: &str, symbol: &str) -> bool {
     elf.symbols()
         .chain(elf.dynamic_symbols())
         .any(|s| s.name() == Ok(symbol))
-}
-
-impl ProbeSpec {
-    /// The module's init function: an interpreter exports it when the
-    /// module is built in, stripped or not.
-    fn module_init(&self) -> &'static str {
-        match self.module {
-            "_json." => "PyInit__json",
-            _ => "PyInit__pickle",
-        }
-    }
 }
