@@ -104,17 +104,7 @@ fn serialization(pid: u32, interpreter: &std::path::Path) {
     use crate::python::serialization::default_specs;
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
     for spec in default_specs() {
-        let module = maps
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(5))
-            .find(|p| {
-                std::path::Path::new(p)
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(spec.module.as_str()) && n.contains(".so"))
-            })
-            .map(str::to_string);
-        let file = module.unwrap_or_else(|| interpreter.to_string_lossy().into_owned());
+        let (file, _) = spec.file(&maps, interpreter);
         let label = format!("{} {}", spec.codec, spec.op);
         if crate::python::serialization::file_has_symbol(pid, &file, &spec.symbol) {
             println!("OK       {label:<16} {}:{}", file, spec.symbol);

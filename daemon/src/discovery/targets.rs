@@ -78,6 +78,12 @@ impl Targets {
         counts
     }
 
+    /// Forgets a process's interpreter: its GIL and its serialization probes.
+    fn untrack_python(&mut self, tgid: u32) {
+        self.gil.detach(tgid);
+        self.serialization.forget(tgid);
+    }
+
     /// Invalidates the kernel's lookup caches after a change to the map.
     fn changed(&mut self) {
         let next = self.generation.get(&0, 0).unwrap_or(0).wrapping_add(1);
@@ -106,8 +112,7 @@ impl Targets {
         if self.map.remove(&tgid).is_ok() {
             self.changed();
         }
-        self.gil.detach(tgid);
-        self.serialization.forget(tgid);
+        self.untrack_python(tgid);
     }
 
     /// Matches every process in /proc and drops entries of dead ones.
@@ -134,14 +139,12 @@ impl Targets {
                 self.remove(*tgid);
             }
         }
-        // Codec modules are imported lazily: look for new ones.
-        for (tgid, service, interpreter) in self.gil.python_processes() {
-            self.serialization.scan(tgid, service, &interpreter);
-        }
     }
 
     /// Once a second: keeps each serialization probe within its budget,
-    /// given the calls the kernel has counted so far per probe.
+    /// given the calls the kernel has counted so far per probe, then looks
+    /// at every Python process's mappings, attaching probes that resumed
+    /// and probes for codec modules imported since (they load lazily).
     pub fn enforce_serialization_budget(&mut self, calls: &[u64]) {
         self.serialization.enforce_budget(calls);
         for (tgid, service, interpreter) in self.gil.python_processes() {
@@ -161,8 +164,7 @@ impl Targets {
             }
             proc_event::EXEC => {
                 // A new program image: a new interpreter, or none.
-                self.gil.detach(ev.tgid);
-                self.serialization.forget(ev.tgid);
+                self.untrack_python(ev.tgid);
                 self.gil.attach(ev.tgid, ev.service);
             }
             proc_event::FORK => {
@@ -187,8 +189,7 @@ impl Targets {
             }
             proc_event::EXIT => {
                 log::debug!("pid {} exited", ev.tgid);
-                self.gil.detach(ev.tgid);
-                self.serialization.forget(ev.tgid);
+                self.untrack_python(ev.tgid);
             }
             _ => {}
         }

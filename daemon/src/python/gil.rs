@@ -50,7 +50,6 @@ pub struct Sampled {
 pub struct GilStats {
     pub held_ns: u64,
     pub switches: u64,
-    pub samples: u64,
 }
 
 type Shared = Arc<Mutex<HashMap<u32, Sampled>>>;
@@ -266,7 +265,6 @@ fn sample_loop(processes: &Shared, stats: &Mutex<BTreeMap<u32, GilStats>>, stop:
             let at = (p.offsets.switch_number - p.offsets.locked) as usize;
             let switches = u64::from_ne_bytes(buf[at..at + 8].try_into().unwrap_or_default());
             let t = totals.entry(p.service).or_default();
-            t.samples += 1;
             if locked != 0 {
                 t.held_ns += elapsed;
             }

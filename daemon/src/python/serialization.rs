@@ -48,6 +48,27 @@ impl ProbeSpec {
     }
 }
 
+impl ProbeSpec {
+    /// The file to probe in a process whose `/proc/PID/maps` is `maps`: the
+    /// module as a mapped shared object (second value true), or else the
+    /// interpreter, where a built-in module lives.
+    pub fn file(&self, maps: &str, interpreter: &Path) -> (String, bool) {
+        let module = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| {
+                Path::new(p)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(self.module.as_str()) && n.contains(".so"))
+            });
+        match module {
+            Some(m) => (m.to_string(), true),
+            None => (interpreter.to_string_lossy().into_owned(), false),
+        }
+    }
+}
+
 /// The built-in probes: json and pickle's C accelerators.
 pub fn default_specs() -> Vec<ProbeSpec> {
     vec![
@@ -138,34 +159,19 @@ impl SerializationTracker {
         let Ok(maps) = fs::read_to_string(format!("/proc/{tgid}/maps")) else {
             return;
         };
-        let mapped: HashSet<&str> = maps
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(5))
-            .filter(|p| p.starts_with('/'))
-            .collect();
         let mut missing = BTreeMap::new();
         let specs = self.specs.clone();
         for (index, spec) in specs.iter().enumerate() {
-            // The module as a shared object, or else built into the interpreter.
-            let module = mapped.iter().find(|p| {
-                Path::new(p)
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(spec.module.as_str()) && n.contains(".so"))
-            });
-            let file = match module {
-                Some(m) => m.to_string(),
-                None => interpreter.to_string_lossy().into_owned(),
-            };
+            let (file, module) = spec.file(&maps, interpreter);
             if let Err(why) = self.probe(tgid, index, &file) {
                 // A module not imported yet is not an error; one built
                 // into a stripped interpreter is.
-                let built_in = module.is_none()
+                let built_in = !module
                     && spec
                         .builtin_init
                         .as_deref()
                         .is_some_and(|init| self.has_symbol(tgid, &file, init));
-                if module.is_some() || built_in {
+                if module || built_in {
                     missing.insert(spec.codec.clone(), why);
                 }
             }
