@@ -65,5 +65,11 @@ if [ ! -x "$venv/bin/py-spy" ]; then
   say "installing py-spy into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check py-spy==0.4.3
 fi
+# The third-party codecs the serialization probes find by default.
+codecs="orjson==3.13.0 msgpack==1.2.4 pydantic-core==2.50.5 protobuf==7.36.2"
+if ! "$venv/bin/python" -c "import orjson, msgpack, pydantic_core, google.protobuf" 2>/dev/null; then
+  say "installing $codecs into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check $codecs
+fi
 
 say "setup complete"

@@ -8,6 +8,8 @@
 //! run. Target: under 5 %
 //! throughput loss with everything on.
 //!
+//! The cost of one probed call alone is measured by `probe_cost`.
+//!
 //! Run as root: `cargo run --release -p gapscope-bench --bin python_overhead`.
 //! Writes bench/results/python_overhead.json.
 
@@ -106,7 +108,8 @@ fn load(port: u16) -> anyhow::Result<f64> {
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
-fn run(config: &str) -> anyhow::Result<f64> {
+/// Requests per second, and probed serialization calls per second.
+fn run(config: &str) -> anyhow::Result<(f64, f64)> {
     let service =
         "[[service]]\nname = \"json\"\ncmdline = \"json_server.py .*--tag overhead-bench\"\n";
     let daemon = match config {
@@ -138,15 +141,15 @@ fn run(config: &str) -> anyhow::Result<f64> {
     }
     let before = daemon.as_ref().map(probed_calls);
     let rps = load(port).context(config.to_string())?;
+    let mut calls_per_second = 0.0;
     if let (Some(d), Some(before)) = (&daemon, before) {
-        let calls = probed_calls(d) - before;
+        calls_per_second = (probed_calls(d) - before) / SECONDS;
         eprintln!(
-            "    {config}: {:.0} probed serialization calls/s ({:.0} uprobe hits/s)",
-            calls / SECONDS,
-            2.0 * calls / SECONDS
+            "    {config}: {calls_per_second:.0} probed serialization calls/s ({:.0} uprobe hits/s)",
+            2.0 * calls_per_second
         );
     }
-    Ok(rps)
+    Ok((rps, calls_per_second))
 }
 
 /// Serialization calls the daemon has counted for the server so far.
@@ -162,11 +165,14 @@ fn probed_calls(d: &Daemon) -> f64 {
 fn main() -> anyhow::Result<()> {
     require_root();
     let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut hits: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for round in 1..=ROUNDS {
         for config in CONFIGS {
-            let rps = run(config)?;
+            let (rps, calls) = run(config)?;
             eprintln!("round {round}: {config:<14} {rps:8.1} requests/s");
             samples.entry(config).or_default().push(rps);
+            // A probed call is two hits: the uprobe and the uretprobe.
+            hits.entry(config).or_default().push(2.0 * calls);
         }
     }
     let median = |v: &Vec<f64>| {
@@ -184,6 +190,7 @@ fn main() -> anyhow::Result<()> {
         "rounds": ROUNDS,
         "requests_per_second_median": med,
         "requests_per_second_samples": samples,
+        "uprobe_hits_per_second_median": hits.iter().map(|(k, v)| (*k, median(v))).collect::<BTreeMap<_, _>>(),
         "throughput_loss": {
             "core": loss("core"),
             "everything": loss("everything"),

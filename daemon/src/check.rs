@@ -101,18 +101,40 @@ pub fn process(pid: u32) -> bool {
 
 /// Which codec functions `check --pid` can find in a process.
 fn serialization(pid: u32, interpreter: &std::path::Path) {
-    use crate::python::serialization::default_specs;
+    use crate::python::serialization::{default_specs, resolve};
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
     for spec in default_specs() {
-        let (file, _) = spec.file(&maps, interpreter);
+        let (file, module) = spec.file(&maps, interpreter);
         let label = format!("{} {}", spec.codec, spec.op);
-        if crate::python::serialization::file_has_symbol(pid, &file, &spec.symbol) {
-            println!("OK       {label:<16} {}:{}", file, spec.symbol);
-        } else {
+        if !module && spec.builtin_init.is_none() {
             println!(
-                "MISSING  {label:<16} no symbol {} in {file} (module not loaded yet, or a stripped build: install debug symbols)",
-                spec.symbol
+                "-        {label:<16} not loaded (no {}*.so mapped)",
+                spec.module
             );
+            continue;
+        }
+        let found = std::fs::read(format!("/proc/{pid}/root{file}"))
+            .map_err(|e| e.to_string())
+            .and_then(|data| resolve(&data, &spec.locate));
+        match found {
+            Ok(offsets) => println!(
+                "OK       {label:<16} {file}: {} at {}",
+                spec.locate,
+                offsets
+                    .iter()
+                    .map(|o| format!("{o:#x}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(why) => {
+                let fix = match spec.builtin_init {
+                    Some(_) => {
+                        "install the interpreter's debug symbols or use a build that keeps them"
+                    }
+                    None => "set a [[python.probe]] naming this release's function",
+                };
+                println!("MISSING  {label:<16} {file}: {why}; fix: {fix}")
+            }
         }
     }
 }
@@ -303,7 +325,7 @@ fn uprobes() -> Item {
 }
 
 fn programs() -> Item {
-    let r = bpf::attach_all(false);
+    let r = bpf::attach_all(false, u64::MAX);
     Item {
         name: "programs",
         ok: r.is_ok(),

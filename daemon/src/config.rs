@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::{
     error::UsageError,
-    python::serialization::{MAX_PROBES, ProbeSpec, default_specs},
+    python::serialization::{Locate, MAX_PROBES, ProbeSpec, default_specs},
 };
 
 /// Where the daemon looks when `--config` is not given.
@@ -21,6 +21,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9478";
 pub struct Config {
     pub daemon: DaemonConfig,
     pub python: PythonConfig,
+    pub timeline: TimelineConfig,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -34,6 +35,15 @@ pub struct PythonConfig {
     pub serialization_budget: u64,
     /// User-defined serialization probes, after the built-in ones.
     pub probes: Vec<ProbeSpec>,
+}
+
+/// Which stalls become timeline intervals, and how long they are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct TimelineConfig {
+    /// Shorter stalls are only aggregated in the kernel.
+    pub min_interval: Duration,
+    pub retention: Duration,
+    pub max_intervals: usize,
 }
 
 #[derive(Debug)]
@@ -73,6 +83,8 @@ struct RawConfig {
     #[serde(default)]
     python: RawPython,
     #[serde(default)]
+    timeline: RawTimeline,
+    #[serde(default)]
     service: Vec<RawService>,
 }
 
@@ -85,11 +97,21 @@ struct RawPython {
     probe: Vec<RawProbe>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeline {
+    min_interval_us: Option<u64>,
+    retention_s: Option<u64>,
+    max_intervals: Option<usize>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProbe {
     library: String,
-    symbol: String,
+    symbol: Option<String>,
+    symbol_pattern: Option<String>,
+    method: Option<String>,
     codec: String,
     op: Option<String>,
 }
@@ -193,9 +215,41 @@ impl Config {
         Ok(Config {
             daemon,
             python,
+            timeline: parse_timeline(raw.timeline)?,
             services,
         })
     }
+}
+
+fn parse_timeline(raw: RawTimeline) -> Result<TimelineConfig, UsageError> {
+    let min_us = raw.min_interval_us.unwrap_or(1000);
+    if min_us < 10 {
+        return Err(UsageError::new(
+            format!(
+                "timeline.min_interval_us = {min_us} would send nearly every call to user space"
+            ),
+            "use 10 or more (default 1000, one millisecond)",
+        ));
+    }
+    let retention_s = raw.retention_s.unwrap_or(300);
+    if !(1..=3600).contains(&retention_s) {
+        return Err(UsageError::new(
+            format!("timeline.retention_s = {retention_s} is out of range"),
+            "use 1 to 3600 seconds (default 300)",
+        ));
+    }
+    let max_intervals = raw.max_intervals.unwrap_or(100_000);
+    if !(100..=10_000_000).contains(&max_intervals) {
+        return Err(UsageError::new(
+            format!("timeline.max_intervals = {max_intervals} is out of range"),
+            "use 100 to 10000000 (default 100000, about 3 MB)",
+        ));
+    }
+    Ok(TimelineConfig {
+        min_interval: Duration::from_micros(min_us),
+        retention: Duration::from_secs(retention_s),
+        max_intervals,
+    })
 }
 
 fn parse_probes(raw: Vec<RawProbe>) -> Result<Vec<ProbeSpec>, UsageError> {
@@ -224,20 +278,39 @@ fn parse_probes(raw: Vec<RawProbe>) -> Result<Vec<ProbeSpec>, UsageError> {
                     "use 1-32 characters from A-Z, a-z, 0-9, '_' and '-'",
                 ));
             }
-            if p.library.is_empty() || p.library.contains('/') || p.symbol.is_empty() {
+            if p.library.is_empty() || p.library.starts_with('/') {
                 return Err(UsageError::new(
-                    format!(
-                        "python.probe library {:?} / symbol {:?} is not usable",
-                        p.library, p.symbol
-                    ),
-                    "give the start of the library's file name (\"orjson.\", \"libfoo\") and the function's symbol",
+                    format!("python.probe library {:?} is not usable", p.library),
+                    "give the end of the library's path up to its ABI tag (\"orjson/orjson.\", \"libfoo\")",
                 ));
             }
+            let locate = match (p.symbol, p.symbol_pattern, p.method) {
+                (Some(s), None, None) if !s.is_empty() => Locate::Symbol(s),
+                (None, Some(s), None) => {
+                    regex::Regex::new(&s).map_err(|e| {
+                        UsageError::new(
+                            format!(
+                                "python.probe symbol_pattern {s:?} is not a regular expression: {}",
+                                e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+                            ),
+                            "write a Rust regex matching the whole symbol name",
+                        )
+                    })?;
+                    Locate::SymbolPattern(s)
+                }
+                (None, None, Some(m)) if !m.is_empty() => Locate::Method(m),
+                _ => {
+                    return Err(UsageError::new(
+                        format!("python.probe for {:?} must name its function one way", p.codec),
+                        "give exactly one of symbol, symbol_pattern (a regex) or method (a Python method name, for stripped extensions)",
+                    ));
+                }
+            };
             Ok(ProbeSpec {
                 codec: p.codec,
                 op,
                 module: p.library,
-                symbol: p.symbol,
+                locate,
                 builtin_init: None,
             })
         })

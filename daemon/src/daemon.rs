@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use gapscope_ebpf_common::ProcEvent;
+use gapscope_ebpf_common::{Interval, ProcEvent};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -15,12 +15,13 @@ use crate::{
     discovery::Targets,
     error::UsageError,
     http,
-    metrics::{Exporter, merged},
+    metrics::Exporter,
     notify,
     python::{
         GilTracker,
         serialization::{SerializationTracker, default_specs},
     },
+    timeline::Timeline,
 };
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -55,8 +56,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         targets,
         generation,
         events,
+        intervals,
+        ser_process_calls,
         gil_ranges,
-    } = bpf::attach_all(config.daemon.bpf_stats)?;
+    } = bpf::attach_all(
+        config.daemon.bpf_stats,
+        config.timeline.min_interval.as_nanos() as u64,
+    )?;
     let services: Arc<[_]> = config.services.into();
     let probes = Arc::new(Mutex::new(probes));
     let targets = Arc::new(Mutex::new(Targets::new(
@@ -70,16 +76,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .chain(config.python.probes)
                 .collect(),
             config.python.serialization_budget,
+            ser_process_calls,
         ),
         services.clone(),
     )));
     lock(&targets).rescan();
 
+    let timeline = Arc::new(Mutex::new(Timeline::new(
+        config.timeline.max_intervals,
+        config.timeline.retention.as_nanos() as u64,
+    )));
     let exporter = Arc::new(Exporter {
         services,
         maps,
         probes,
         targets: targets.clone(),
+        timeline: timeline.clone(),
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let server =
@@ -95,6 +107,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // for as long as it lives, which is as long as the AsyncFd.
     let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the process event ring buffer: {e}"))?;
+    // SAFETY: as above.
+    let mut intervals = unsafe { AsyncFd::register_with_interest(intervals, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the timeline ring buffer: {e}"))?;
     let mut rescan = tokio::time::interval(config.daemon.rescan_interval);
     let mut budget = tokio::time::interval(std::time::Duration::from_secs(1));
     let watchdog_every = notify::watchdog_interval();
@@ -108,11 +123,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); break; }
             _ = sigint.recv() => { log::info!("SIGINT: detaching"); break; }
             _ = rescan.tick() => lock(&targets).rescan(),
-            _ = budget.tick() => {
-                let probes = lock(&targets).serialization.specs().len();
-                let calls = serialization_calls(&exporter, probes);
-                lock(&targets).enforce_serialization_budget(&calls);
-            }
+            _ = budget.tick() => lock(&targets).enforce_serialization_budget(),
             _ = watchdog.tick(), if watchdog_every.is_some() => notify::send("WATCHDOG=1"),
             guard = events.readable_mut() => {
                 let mut guard = guard?;
@@ -127,6 +138,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 }
                 guard.clear_ready();
             }
+            guard = intervals.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                let mut t = timeline.lock().unwrap_or_else(|p| p.into_inner());
+                while let Some(item) = ring.next() {
+                    if item.len() >= std::mem::size_of::<Interval>() {
+                        // SAFETY: the kernel wrote an Interval; read unaligned.
+                        t.push(unsafe { (item.as_ptr() as *const Interval).read_unaligned() });
+                    }
+                }
+                guard.clear_ready();
+            }
         }
     }
 
@@ -136,6 +159,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = server.await;
     let http_stopped = stopping.elapsed();
     drop(events);
+    drop(intervals);
     drop(targets);
     // The exporter owns the programs; the HTTP server held the only other
     // reference and has stopped, so this drop detaches and unloads them.
@@ -148,19 +172,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stopping.elapsed()
     );
     Ok(())
-}
-
-/// Serialization calls the kernel has counted so far, per probe (all
-/// services together).
-fn serialization_calls(ex: &Exporter, probes: usize) -> Vec<u64> {
-    use gapscope_ebpf_common::MAX_SER_PROBES;
-    (0..probes as u32)
-        .map(|probe| {
-            (0..ex.services.len() as u32)
-                .map(|service| merged(&ex.maps.ser_calls, service * MAX_SER_PROBES + probe).count)
-                .sum()
-        })
-        .collect()
 }
 
 fn lock(t: &Mutex<Targets>) -> std::sync::MutexGuard<'_, Targets> {

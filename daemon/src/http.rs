@@ -1,22 +1,28 @@
-//! The HTTP endpoints: `/metrics`, `/healthz` and a landing page.
+//! The HTTP endpoints: `/metrics`, `/healthz`, a landing page and the
+//! timeline's intervals (`/api/v1/intervals`).
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
-    Router,
-    extract::State,
+    Json, Router,
+    extract::{Query, State},
     http::{StatusCode, header},
-    response::{Html, IntoResponse},
+    response::{Html, IntoResponse, Response},
     routing::get,
 };
+use serde_json::json;
 
-use crate::metrics::Exporter;
+use crate::{
+    metrics::Exporter,
+    timeline::{IntervalView, kind_name},
+};
 
 pub fn router(exporter: Arc<Exporter>) -> Router {
     Router::new()
         .route("/", get(landing))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/api/v1/intervals", get(intervals))
         .with_state(exporter)
 }
 
@@ -44,8 +50,98 @@ async fn landing(State(ex): State<Arc<Exporter>>) -> Html<String> {
         "<!doctype html><html><head><title>gapscoped</title></head><body>\
          <h1>gapscoped {}</h1><p>Why is the GPU idle? Gapscope traces the serving processes below.</p>\
          <ul>{services}</ul>\
-         <p><a href=\"/metrics\">Metrics</a> &middot; <a href=\"/healthz\">Health</a></p>\
+         <p><a href=\"/metrics\">Metrics</a> &middot; <a href=\"/api/v1/intervals\">Intervals</a> \
+         &middot; <a href=\"/healthz\">Health</a></p>\
          </body></html>",
         env!("CARGO_PKG_VERSION")
     ))
+}
+
+/// A 400 answer naming the problem and the fix, as JSON.
+fn bad_request(problem: String, fix: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": problem, "fix": fix })),
+    )
+        .into_response()
+}
+
+const INTERVAL_PARAMS: &str =
+    "use service=NAME, kind=gil_wait|serialization, since_ns=CLOCK_MONOTONIC ns, limit=1..100000";
+
+/// `GET /api/v1/intervals?service=&kind=&since_ns=&limit=`: the long stalls
+/// in the timeline window, oldest first (the newest `limit` when more).
+async fn intervals(
+    State(ex): State<Arc<Exporter>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let mut service = None;
+    let mut kind = None;
+    let mut since_ns = 0u64;
+    let mut limit = 10_000usize;
+    for (key, value) in &params {
+        match key.as_str() {
+            "service" => match ex.services.iter().position(|s| &s.name == value) {
+                Some(id) => service = Some(id as u32),
+                None => {
+                    return bad_request(
+                        format!("no service named {value:?}"),
+                        "use a [[service]] name from the configuration",
+                    );
+                }
+            },
+            "kind" => match value.as_str() {
+                "gil_wait" | "serialization" => kind = Some(value.clone()),
+                _ => return bad_request(format!("unknown kind {value:?}"), INTERVAL_PARAMS),
+            },
+            "since_ns" => match value.parse() {
+                Ok(v) => since_ns = v,
+                Err(_) => {
+                    return bad_request(
+                        format!("since_ns={value:?} is not a number"),
+                        INTERVAL_PARAMS,
+                    );
+                }
+            },
+            "limit" => match value.parse() {
+                Ok(v) if (1..=100_000).contains(&v) => limit = v,
+                _ => {
+                    return bad_request(
+                        format!("limit={value:?} is out of range"),
+                        INTERVAL_PARAMS,
+                    );
+                }
+            },
+            _ => return bad_request(format!("unknown parameter {key:?}"), INTERVAL_PARAMS),
+        }
+    }
+    let found = match ex.timeline.lock() {
+        Ok(t) => t.query(since_ns, |i| {
+            service.is_none_or(|s| s == i.service)
+                && kind.as_deref().is_none_or(|k| k == kind_name(i.kind))
+        }),
+        Err(_) => Vec::new(),
+    };
+    let specs = ex.targets.lock().map(|t| t.serialization.specs()).ok();
+    let skip = found.len().saturating_sub(limit);
+    let views: Vec<IntervalView> = found[skip..]
+        .iter()
+        .map(|i| {
+            let spec = (i.kind == gapscope_ebpf_common::interval_kind::SERIALIZATION)
+                .then(|| specs.as_ref().and_then(|s| s.get(i.detail as usize)))
+                .flatten();
+            IntervalView {
+                kind: kind_name(i.kind),
+                service: ex.service_name(i.service).unwrap_or("").to_string(),
+                codec: spec.map(|s| s.codec.clone()),
+                op: spec.map(|s| s.op.clone()),
+                pid: i.tgid,
+                tid: i.tid,
+                start_ns: i.start_ns,
+                end_ns: i.end_ns,
+                duration_ns: i.end_ns.saturating_sub(i.start_ns),
+            }
+        })
+        .collect();
+    Json(json!({ "truncated": skip > 0, "intervals": views })).into_response()
 }

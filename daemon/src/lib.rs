@@ -18,3 +18,4 @@ pub mod metrics;
 pub mod notify;
 pub mod python;
 pub mod syscall_table;
+pub mod timeline;

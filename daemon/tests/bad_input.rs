@@ -60,6 +60,30 @@ fn malformed_configs_exit_2_with_their_message() {
             "cannot be a label value",
         ),
         (
+            "probe named two ways",
+            format!(
+                "[[python.probe]]\nlibrary = \"x.\"\nsymbol = \"f\"\nmethod = \"g\"\ncodec = \"c\"\n{SERVICE}"
+            ),
+            "must name its function one way",
+        ),
+        (
+            "bad symbol pattern",
+            format!(
+                "[[python.probe]]\nlibrary = \"x.\"\nsymbol_pattern = \"f(\"\ncodec = \"c\"\n{SERVICE}"
+            ),
+            "is not a regular expression",
+        ),
+        (
+            "timeline threshold too low",
+            format!("[timeline]\nmin_interval_us = 1\n{SERVICE}"),
+            "timeline.min_interval_us = 1",
+        ),
+        (
+            "unknown timeline key",
+            format!("[timeline]\nretention = 5\n{SERVICE}"),
+            "unknown field `retention`",
+        ),
+        (
             "bad regex",
             "[[service]]\nname = \"s\"\ncmdline = \"python(\"\n".into(),
             "cmdline regex \"python(\" is invalid",
@@ -210,4 +234,39 @@ fn no_privileges_exits_2() {
         "{stderr}"
     );
     assert!(stderr.contains("fix:"), "{stderr}");
+}
+
+/// GET `path`; (status code, body).
+fn get_status(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+#[test]
+fn bad_interval_queries_get_400_naming_the_problem() {
+    let _g = serial();
+    let daemon = gapscope_testkit::Daemon::start(SERVICE);
+    for (query, says) in [
+        ("kind=bogus", "unknown kind \\\"bogus\\\""),
+        ("service=nope", "no service named \\\"nope\\\""),
+        ("since_ns=yesterday", "is not a number"),
+        ("limit=0", "out of range"),
+        ("colour=red", "unknown parameter \\\"colour\\\""),
+    ] {
+        let (status, body) = get_status(daemon.port, &format!("/api/v1/intervals?{query}"));
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body.contains(says) && body.contains("\"fix\""),
+            "{query}: {body}"
+        );
+    }
+    let (status, body) = get_status(daemon.port, "/api/v1/intervals?service=s&limit=5");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"intervals\":[]"), "{body}");
 }

@@ -150,3 +150,68 @@ fn a_worker_forked_after_the_daemon_started_is_traced() {
         );
     });
 }
+
+#[test]
+fn contended_acquisitions_become_timeline_intervals() {
+    let _g = serial();
+    let daemon = Daemon::start(
+        "[timeline]\nmin_interval_us = 1000\n\
+         [[service]]\nname = \"gil\"\ncmdline = \"gil_probe.py .*--tag gil-test\"\n",
+    );
+    let script = repo_root().join("targets/gil_probe.py");
+    let args = [
+        script.to_str().unwrap(),
+        "two_cpu",
+        "--seconds",
+        "2",
+        "--tag",
+        "gil-test",
+    ];
+    let mut w = Workload::spawn(&pyenv_python(11), &args);
+    daemon.wait_processes("gil", 1.0);
+    wait_for_gil(&daemon);
+    let before = daemon.scrape();
+    let started = monotonic_ns();
+    w.go();
+    let after = daemon.scrape();
+    let d = Delta { before, after };
+    let body = gapscope_testkit::http_get(
+        daemon.port,
+        &format!("/api/v1/intervals?service=gil&kind=gil_wait&since_ns={started}"),
+    )
+    .expect("GET /api/v1/intervals");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let intervals = v["intervals"].as_array().unwrap();
+    let durations: Vec<u64> = intervals
+        .iter()
+        .map(|i| i["duration_ns"].as_u64().unwrap())
+        .collect();
+    let summed = durations.iter().sum::<u64>() as f64 / 1e9;
+    let waited = d.get("gapscope_gil_wait_seconds_sum");
+    let acquisitions = d.get("gapscope_gil_wait_seconds_count");
+    eprintln!(
+        "{} intervals over 1 ms summing to {summed:.3} s; {acquisitions} contended acquisitions waiting {waited:.3} s",
+        intervals.len()
+    );
+    assert!(durations.iter().all(|d| *d >= 1_000_000));
+    assert!(intervals.iter().all(|i| i["pid"] == w.pid()));
+    // A forced switch makes the waiter wait about one switch interval
+    // (5 ms): nearly all of the waiting is in long acquisitions. An
+    // interval spans its waits and the moments between them, so it is
+    // a little longer than the waits alone.
+    assert!(
+        (0.8 * waited..=1.1 * waited).contains(&summed),
+        "intervals {summed} s vs waits {waited} s"
+    );
+    w.finish();
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

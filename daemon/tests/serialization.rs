@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use gapscope_testkit::{Daemon, Metrics, Workload, pyenv_python, repo_root, serial};
+use gapscope_testkit::{Daemon, Metrics, Workload, pyenv_python, repo_root, serial, target_python};
 
 const N: u64 = 40;
 
@@ -57,30 +57,7 @@ fn json_and_pickle_calls_are_counted_exactly_and_timed() {
         wait_until(&daemon, "json and pickle probes never attached", |m| {
             m.get_or_zero("gapscope_serialization_probed_files", &[]) >= 2.0
         });
-        let before = daemon.scrape();
-        let out = w.go();
-        let after = daemon.scrape();
-        let truth: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
-        for (codec, op) in [
-            ("json", "encode"),
-            ("json", "decode"),
-            ("pickle", "encode"),
-            ("pickle", "decode"),
-        ] {
-            let l = [("service", "ser"), ("codec", codec), ("op", op)];
-            let delta = |name: &str| after.get_or_zero(name, &l) - before.get_or_zero(name, &l);
-            let calls = delta("gapscope_serialization_duration_seconds_count");
-            let seconds = delta("gapscope_serialization_duration_seconds_sum");
-            let want = truth[format!("{codec}_{op}")]["ns"].as_f64().unwrap() / 1e9;
-            eprintln!(
-                "3.{minor} {codec} {op}: {calls} calls, {seconds:.4} s measured by gapscope, {want:.4} s by the script"
-            );
-            assert_eq!(calls, N as f64, "3.{minor} {codec} {op}: calls");
-            assert!(
-                (seconds - want).abs() <= 0.20 * want,
-                "3.{minor} {codec} {op}: {seconds} s vs {want} s"
-            );
-        }
+        let after = run_and_compare(&daemon, &mut w, &["json", "pickle"], &format!("3.{minor}"));
         // The kernel's return-probe trampoline is ours, not the program's.
         assert_eq!(
             after.get_or_zero(
@@ -99,6 +76,65 @@ fn json_and_pickle_calls_are_counted_exactly_and_timed() {
         "probes stay attached after the processes left",
         |m| m.get_or_zero("gapscope_serialization_probed_files", &[]) == 0.0,
     );
+}
+
+/// Lets the script make its calls and checks that gapscoped counted
+/// exactly N per codec and direction, with summed durations within 20 % of
+/// the script's own timing. Returns the scrape taken after the calls.
+fn run_and_compare(daemon: &Daemon, w: &mut Workload, codecs: &[&str], what: &str) -> Metrics {
+    let before = daemon.scrape();
+    let out = w.go();
+    let after = daemon.scrape();
+    let truth: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+    for codec in codecs {
+        for op in ["encode", "decode"] {
+            let l = [("service", "ser"), ("codec", codec), ("op", op)];
+            let delta = |name: &str| after.get_or_zero(name, &l) - before.get_or_zero(name, &l);
+            let calls = delta("gapscope_serialization_duration_seconds_count");
+            let seconds = delta("gapscope_serialization_duration_seconds_sum");
+            let want = truth[format!("{codec}_{op}")]["ns"].as_f64().unwrap() / 1e9;
+            eprintln!(
+                "{what} {codec} {op}: {calls} calls, {seconds:.4} s measured by gapscope, {want:.4} s by the script"
+            );
+            assert_eq!(calls, N as f64, "{what} {codec} {op}: calls");
+            assert!(
+                (seconds - want).abs() <= 0.20 * want,
+                "{what} {codec} {op}: {seconds} s vs {want} s"
+            );
+        }
+    }
+    after
+}
+
+#[test]
+fn third_party_codecs_are_found_and_counted_exactly() {
+    let _g = serial();
+    let daemon = service();
+    let script = repo_root().join("targets/serialization_probe.py");
+    let mut w = Workload::spawn(
+        &target_python(),
+        &[
+            script.to_str().unwrap(),
+            "libraries",
+            &N.to_string(),
+            "--tag",
+            "ser-test",
+        ],
+    );
+    daemon.wait_processes("ser", 1.0);
+    // orjson, msgpack, protobuf's upb and pydantic-core: four wheels; json
+    // and pickle are imported too (by the libraries) and add their own.
+    wait_until(&daemon, "third-party probes never attached", |m| {
+        m.get_or_zero("gapscope_serialization_probed_files", &[]) >= 4.0
+    });
+    let codecs = ["orjson", "msgpack", "protobuf", "pydantic"];
+    run_and_compare(&daemon, &mut w, &codecs, "venv 3.11");
+    let log = daemon.log_text();
+    assert!(
+        log.contains("probing pydantic encode") && log.contains("method \"to_json\""),
+        "pydantic-core found through its method table:\n{log}"
+    );
+    w.finish();
 }
 
 #[test]
@@ -164,6 +200,58 @@ fn a_busy_probe_is_sampled_within_its_budget_and_says_so() {
 }
 
 #[test]
+fn the_budget_is_per_process() {
+    let _g = serial();
+    // Two processes at 200 calls/s each: 400 together, over a budget of
+    // 300, but each within it, so both are probed in full.
+    let daemon = Daemon::start(
+        "[python]\nserialization_budget = 300\n\
+         [[service]]\nname = \"ser\"\ncmdline = \"serialization_probe.py .*--tag ser-test\"\n",
+    );
+    let script = repo_root().join("targets/serialization_probe.py");
+    let args = [
+        script.to_str().unwrap(),
+        "paced",
+        "200",
+        "3",
+        "--tag",
+        "ser-test",
+    ];
+    let mut a = Workload::spawn(&pyenv_python(11), &args);
+    let mut b = Workload::spawn(&pyenv_python(11), &args);
+    daemon.wait_processes("ser", 2.0);
+    wait_until(&daemon, "json probes never attached", |m| {
+        m.get_or_zero("gapscope_serialization_probed_files", &[]) >= 1.0
+    });
+    let before = daemon.scrape();
+    // Both start together; `go` waits for each to finish.
+    a.send_go();
+    b.send_go();
+    let made: f64 = [a.wait_output(), b.wait_output()]
+        .iter()
+        .map(|out| {
+            serde_json::from_str::<serde_json::Value>(&out[0]).unwrap()["json_encode"]["calls"]
+                .as_f64()
+                .unwrap()
+        })
+        .sum();
+    let after = daemon.scrape();
+    let l = [("service", "ser"), ("codec", "json"), ("op", "encode")];
+    let counted = after.get_or_zero("gapscope_serialization_duration_seconds_count", &l)
+        - before.get_or_zero("gapscope_serialization_duration_seconds_count", &l);
+    let ratio = after.get_or_zero(
+        "gapscope_serialization_sampling_ratio",
+        &[("codec", "json"), ("op", "encode")],
+    );
+    eprintln!("two paced processes: {made} calls made, {counted} counted, ratio {ratio}");
+    assert_eq!(ratio, 1.0);
+    assert_eq!(counted, made);
+    assert!(!daemon.log_text().contains("probing one second in"));
+    a.finish();
+    b.finish();
+}
+
+#[test]
 fn a_user_defined_probe_counts_its_function() {
     let _g = serial();
     let daemon = Daemon::start(
@@ -195,5 +283,72 @@ fn a_user_defined_probe_counts_its_function() {
         "{}",
         m.0
     );
+    w.finish();
+}
+
+/// The intervals `/api/v1/intervals` returns for `query`.
+fn intervals(daemon: &Daemon, query: &str) -> Vec<serde_json::Value> {
+    let body = gapscope_testkit::http_get(daemon.port, &format!("/api/v1/intervals?{query}"))
+        .expect("GET /api/v1/intervals");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["intervals"].as_array().unwrap().clone()
+}
+
+#[test]
+fn long_calls_become_timeline_intervals() {
+    let _g = serial();
+    // Every call here takes far more than 10 µs: each becomes an interval,
+    // with exactly the duration the histogram recorded.
+    let daemon = Daemon::start(
+        "[timeline]\nmin_interval_us = 10\n\
+         [[service]]\nname = \"ser\"\ncmdline = \"serialization_probe.py .*--tag ser-test\"\n",
+    );
+    let mut w = start(&daemon, &pyenv_python(11));
+    wait_until(&daemon, "json and pickle probes never attached", |m| {
+        m.get_or_zero("gapscope_serialization_probed_files", &[]) >= 2.0
+    });
+    let after = run_and_compare(&daemon, &mut w, &["json", "pickle"], "3.11");
+    let all = intervals(&daemon, "service=ser&kind=serialization");
+    for codec in ["json", "pickle"] {
+        for op in ["encode", "decode"] {
+            let mine: Vec<_> = all
+                .iter()
+                .filter(|i| i["codec"] == codec && i["op"] == op)
+                .collect();
+            assert_eq!(mine.len() as u64, N, "{codec} {op} intervals");
+            assert!(mine.iter().all(|i| i["pid"] == w.pid()));
+            let summed: u64 = mine
+                .iter()
+                .map(|i| i["duration_ns"].as_u64().unwrap())
+                .sum();
+            let l = [("service", "ser"), ("codec", codec), ("op", op)];
+            let hist = after.get_or_zero("gapscope_serialization_duration_seconds_sum", &l);
+            assert!(
+                (summed as f64 / 1e9 - hist).abs() < 1e-6,
+                "{codec} {op}: intervals sum to {summed} ns, histogram {hist} s"
+            );
+        }
+    }
+    assert_eq!(
+        after.get_or_zero(
+            "gapscope_timeline_intervals_total",
+            &[("service", "ser"), ("kind", "serialization")]
+        ),
+        4.0 * N as f64
+    );
+    w.finish();
+    drop(daemon);
+
+    // Over a one-second threshold, none of them is long.
+    let daemon = Daemon::start(
+        "[timeline]\nmin_interval_us = 1000000\n\
+         [[service]]\nname = \"ser\"\ncmdline = \"serialization_probe.py .*--tag ser-test\"\n",
+    );
+    let mut w = start(&daemon, &pyenv_python(11));
+    wait_until(&daemon, "json and pickle probes never attached", |m| {
+        m.get_or_zero("gapscope_serialization_probed_files", &[]) >= 2.0
+    });
+    run_and_compare(&daemon, &mut w, &["json", "pickle"], "3.11");
+    assert_eq!(intervals(&daemon, "kind=serialization").len(), 0);
     w.finish();
 }

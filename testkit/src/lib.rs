@@ -312,9 +312,19 @@ impl Workload {
 
     /// Sends "go" and returns every line printed before "done".
     pub fn go(&mut self) -> Vec<String> {
+        self.send_go();
+        self.wait_output()
+    }
+
+    /// Sends "go" without waiting (to start several workloads together).
+    pub fn send_go(&mut self) {
         let stdin = self.stdin.as_mut().unwrap();
         writeln!(stdin, "go").unwrap();
         stdin.flush().unwrap();
+    }
+
+    /// Every line printed before "done".
+    pub fn wait_output(&mut self) -> Vec<String> {
         let mut lines = Vec::new();
         loop {
             let line = self.read_line();

@@ -9,7 +9,8 @@ use aya::{
     programs::{Program, RawTracePoint, TracePoint, UProbe},
 };
 use gapscope_ebpf_common::{
-    GilRange, Log2Hist, OffCpuStats, SyscallKey, ThreadState, USER_GENERATION_MAP,
+    GilRange, LONG_INTERVAL_GLOBAL, Log2Hist, OffCpuStats, SyscallKey, ThreadState,
+    USER_GENERATION_MAP,
 };
 
 use super::{Hook, OBJECT, PROGRAMS, raise_memlock, tracefs};
@@ -119,18 +120,24 @@ pub struct Attached {
     pub generation: Array<MapData, u64>,
     /// Process events from the kernel.
     pub events: RingBuf<MapData>,
+    /// Long stalls from the kernel (`timeline`).
+    pub intervals: RingBuf<MapData>,
+    /// (tgid << 32 | probe) → serialization calls, owned by
+    /// `python::serialization` for the per-process budget.
+    pub ser_process_calls: HashMap<MapData, u64, u64>,
     /// tgid → GIL address range, owned by `python::GilTracker`.
     pub gil_ranges: HashMap<MapData, u32, GilRange>,
 }
 
 /// Loads the object, fills the syscall family table and attaches every
 /// program.
-pub fn attach_all(bpf_stats: bool) -> anyhow::Result<Attached> {
+pub fn attach_all(bpf_stats: bool, min_interval_ns: u64) -> anyhow::Result<Attached> {
     raise_memlock();
     let tracefs = tracefs::ensure_mounted()?;
     tracefs::verify_offsets(&tracefs)?;
 
     let mut ebpf = EbpfLoader::new()
+        .override_global(LONG_INTERVAL_GLOBAL, &min_interval_ns, true)
         .load(OBJECT)
         .context("loading the BPF object into the kernel")?;
 
@@ -200,6 +207,8 @@ pub fn attach_all(bpf_stats: bool) -> anyhow::Result<Attached> {
         targets: HashMap::try_from(take(&mut ebpf, "TARGETS")?)?,
         generation: Array::try_from(take(&mut ebpf, USER_GENERATION_MAP)?)?,
         events: RingBuf::try_from(take(&mut ebpf, "PROC_EVENTS")?)?,
+        intervals: RingBuf::try_from(take(&mut ebpf, "TIMELINE")?)?,
+        ser_process_calls: HashMap::try_from(take(&mut ebpf, "SER_PROCESS_CALLS")?)?,
         gil_ranges: HashMap::try_from(take(&mut ebpf, "GIL_RANGES")?)?,
         probes: Probes { ebpf, stats },
     })

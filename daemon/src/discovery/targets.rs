@@ -145,8 +145,8 @@ impl Targets {
     /// given the calls the kernel has counted so far per probe, then looks
     /// at every Python process's mappings, attaching probes that resumed
     /// and probes for codec modules imported since (they load lazily).
-    pub fn enforce_serialization_budget(&mut self, calls: &[u64]) {
-        self.serialization.enforce_budget(calls);
+    pub fn enforce_serialization_budget(&mut self) {
+        self.serialization.enforce_budget();
         for (tgid, service, interpreter) in self.gil.python_processes() {
             self.serialization.scan(tgid, service, &interpreter);
         }

@@ -54,6 +54,7 @@ fn syscalls(ex: &Exporter) -> Vec<Family> {
     events.add_counter(&[("source", "syscall")], seen as f64);
     events.add_counter(&[("source", "sched")], count(counter::SCHED_SWITCHES));
     events.add_counter(&[("source", "proc")], count(counter::PROC_EVENTS));
+    events.add_counter(&[("source", "timeline")], count(counter::INTERVALS));
     let mut dropped = Family::counter(
         "gapscope_events_dropped_total",
         "Events the BPF programs could not record (a full map or ring buffer), per source.",
@@ -64,6 +65,7 @@ fn syscalls(ex: &Exporter) -> Vec<Family> {
         &[("source", "proc")],
         count(counter::PROC_EVENTS_DROPPED) + count(counter::TARGETS_DROPPED),
     );
+    dropped.add_counter(&[("source", "timeline")], count(counter::INTERVALS_DROPPED));
     let mut misses = Family::counter(
         "gapscope_target_cache_misses_total",
         "Lookups of the current process that the per-CPU cache could not answer and that went to the tgid map.",

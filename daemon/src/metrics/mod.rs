@@ -6,6 +6,7 @@ mod family;
 mod kernel;
 mod python;
 mod selfmon;
+mod timeline;
 
 use std::{
     sync::{Arc, Mutex},
@@ -14,7 +15,9 @@ use std::{
 
 use prometheus::{Encoder, TextEncoder, proto::MetricFamily};
 
-use crate::{bpf::KernelMaps, bpf::Probes, config::ServiceConfig, discovery::Targets};
+use crate::{
+    bpf::KernelMaps, bpf::Probes, config::ServiceConfig, discovery::Targets, timeline::Timeline,
+};
 pub use family::{Family, merged};
 
 /// Everything a scrape reads.
@@ -23,6 +26,7 @@ pub struct Exporter {
     pub maps: KernelMaps,
     pub probes: Arc<Mutex<Probes>>,
     pub targets: Arc<Mutex<Targets>>,
+    pub timeline: Arc<Mutex<Timeline>>,
 }
 
 type Source = fn(&Exporter) -> Vec<Family>;
@@ -31,6 +35,7 @@ type Source = fn(&Exporter) -> Vec<Family>;
 const SOURCES: &[(&str, Source)] = &[
     ("kernel", kernel::collect),
     ("python", python::collect),
+    ("timeline", timeline::collect),
     ("self", selfmon::collect),
 ];
 

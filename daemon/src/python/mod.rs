@@ -3,6 +3,7 @@
 
 pub mod gil;
 pub mod interpreter;
+pub mod locate;
 pub mod memory;
 pub mod offsets;
 pub mod serialization;

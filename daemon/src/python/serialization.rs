@@ -3,11 +3,17 @@
 //! inode) whichever traced process maps it first, and detached when the
 //! last traced process using it leaves.
 //!
-//! json (`_json`: `encoder_call` for dumps, `scanner_call` for loads) and
-//! pickle (`_pickle`: `_pickle_dumps`, `_pickle_loads`) are built in; the
+//! Built in: json (`_json`: `encoder_call` for dumps, `scanner_call` for
+//! loads) and pickle (`_pickle`: `_pickle_dumps`, `_pickle_loads`), whose
 //! extension module may be a shared object (`lib-dynload/_json…so`) or
-//! linked into the interpreter. Their functions are local symbols, so a
-//! stripped build (Debian's) cannot be probed: that is reported per codec.
+//! linked into the interpreter; orjson (`dumps`, `loads`), msgpack
+//! (Cython's `Packer.pack` and `unpackb` wrappers), protobuf's upb backend
+//! (`SerializeToString`, `ParseFromString`) and pydantic-core
+//! (`SchemaSerializer.to_json` and `pydantic_core.to_json`,
+//! `SchemaValidator.validate_json`, found through the method table because
+//! its wheels keep no symbols). `locate.rs` says how each is found. The
+//! stdlib functions are local symbols, so a stripped interpreter
+//! (Debian's) cannot be probed: that is reported per codec.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -17,9 +23,11 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use aya::programs::uprobe::{UProbeAttachPoint, UProbeLinkId, UProbeScope};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use gapscope_ebpf_common::MAX_SER_PROBES;
 
+pub use super::locate::{Locate, resolve};
 use crate::bpf::Probes;
 
 /// One function to probe.
@@ -27,23 +35,33 @@ use crate::bpf::Probes;
 pub struct ProbeSpec {
     pub codec: String,
     pub op: String,
-    /// Start of the library's file name (`_json.` matches
-    /// `_json.cpython-311-x86_64-linux-gnu.so`).
+    /// The end of the library's path up to its ABI tag: `_json.` matches
+    /// `…/lib-dynload/_json.cpython-311-x86_64-linux-gnu.so`,
+    /// `orjson/orjson.` matches `…/site-packages/orjson/orjson.cpython-…so`.
     pub module: String,
-    pub symbol: String,
+    pub locate: Locate,
     /// The module's init function, which an interpreter exports when the
     /// module is built in (stripped or not); None for other libraries.
     pub builtin_init: Option<String>,
 }
 
 impl ProbeSpec {
-    fn builtin(codec: &str, op: &str, module: &str, symbol: &str, init: &str) -> Self {
+    /// A stdlib module, which may be built into the interpreter.
+    fn stdlib(codec: &str, op: &str, module: &str, symbol: &str) -> Self {
+        Self {
+            builtin_init: Some(format!("PyInit_{}", module.trim_end_matches('.'))),
+            ..Self::library(codec, op, module, Locate::Symbol(symbol.into()))
+        }
+    }
+
+    /// A function in a library of its own (a third-party wheel).
+    fn library(codec: &str, op: &str, module: &str, locate: Locate) -> Self {
         Self {
             codec: codec.into(),
             op: op.into(),
             module: module.into(),
-            symbol: symbol.into(),
-            builtin_init: Some(init.into()),
+            locate,
+            builtin_init: None,
         }
     }
 }
@@ -57,10 +75,9 @@ impl ProbeSpec {
             .lines()
             .filter_map(|l| l.split_whitespace().nth(5))
             .find(|p| {
-                Path::new(p)
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(self.module.as_str()) && n.contains(".so"))
+                p.strip_suffix(" (deleted)").unwrap_or(p).contains(".so")
+                    && p.split('/').count() > 1
+                    && p.contains(&format!("/{}", self.module))
             });
         match module {
             Some(m) => (m.to_string(), true),
@@ -69,24 +86,53 @@ impl ProbeSpec {
     }
 }
 
-/// The built-in probes: json and pickle's C accelerators.
+/// The built-in probes: the stdlib's C accelerators and the common
+/// third-party codecs.
 pub fn default_specs() -> Vec<ProbeSpec> {
+    use Locate::{Method, Symbol, SymbolPattern};
     vec![
-        ProbeSpec::builtin("json", "encode", "_json.", "encoder_call", "PyInit__json"),
-        ProbeSpec::builtin("json", "decode", "_json.", "scanner_call", "PyInit__json"),
-        ProbeSpec::builtin(
-            "pickle",
+        ProbeSpec::stdlib("json", "encode", "_json.", "encoder_call"),
+        ProbeSpec::stdlib("json", "decode", "_json.", "scanner_call"),
+        ProbeSpec::stdlib("pickle", "encode", "_pickle.", "_pickle_dumps"),
+        ProbeSpec::stdlib("pickle", "decode", "_pickle.", "_pickle_loads"),
+        ProbeSpec::library("orjson", "encode", "orjson/orjson.", Symbol("dumps".into())),
+        ProbeSpec::library("orjson", "decode", "orjson/orjson.", Symbol("loads".into())),
+        // `packb` is `Packer(...).pack(o)`; the inner `_pack` recurses.
+        ProbeSpec::library(
+            "msgpack",
             "encode",
-            "_pickle.",
-            "_pickle_dumps",
-            "PyInit__pickle",
+            "msgpack/_cmsgpack.",
+            SymbolPattern(r"__pyx_pw_7msgpack_9_cmsgpack_6Packer_\d+pack".into()),
         ),
-        ProbeSpec::builtin(
-            "pickle",
+        ProbeSpec::library(
+            "msgpack",
             "decode",
-            "_pickle.",
-            "_pickle_loads",
-            "PyInit__pickle",
+            "msgpack/_cmsgpack.",
+            SymbolPattern(r"__pyx_pw_7msgpack_9_cmsgpack_\d+unpackb".into()),
+        ),
+        ProbeSpec::library(
+            "protobuf",
+            "encode",
+            "_upb/_message.",
+            Symbol("PyUpb_Message_SerializeToString".into()),
+        ),
+        ProbeSpec::library(
+            "protobuf",
+            "decode",
+            "_upb/_message.",
+            Symbol("PyUpb_Message_ParseFromString".into()),
+        ),
+        ProbeSpec::library(
+            "pydantic",
+            "encode",
+            "pydantic_core/_pydantic_core.",
+            Method("to_json".into()),
+        ),
+        ProbeSpec::library(
+            "pydantic",
+            "decode",
+            "pydantic_core/_pydantic_core.",
+            Method("validate_json".into()),
         ),
     ]
 }
@@ -102,52 +148,59 @@ struct Attached {
     users: HashSet<u32>,
 }
 
-/// A probe's sampling: attached every second while its calls stay within
-/// the budget; above it, attached one second in `every`.
+/// A probe's sampling: attached every second while every process's calls
+/// stay within the budget; above it, attached one second in `every`.
 #[derive(Debug, Clone, Copy)]
 struct Sampling {
     every: u32,
     /// Seconds since it was last attached.
     idle: u32,
-    /// Calls counted when last looked at (all services together).
-    last_calls: u64,
 }
 
 pub struct SerializationTracker {
     probes: Arc<Mutex<Probes>>,
     /// What to probe: the built-in specs, then the configured ones.
     specs: Arc<[ProbeSpec]>,
-    /// Calls per second per probe above which it is sampled.
+    /// Calls per second, per process and probe, above which the probe is
+    /// sampled.
     budget: u64,
     sampling: Vec<Sampling>,
+    /// The kernel's (tgid << 32 | probe) → calls counts, and their values
+    /// when last looked at.
+    process_calls: BpfHashMap<MapData, u64, u64>,
+    last_process_calls: HashMap<u64, u64>,
     /// Files probed, by (device, inode).
     files: HashMap<FileKey, Attached>,
     /// The files each traced process uses.
     uses: HashMap<u32, HashSet<FileKey>>,
     /// (service, codec) → why it cannot be probed, per process.
     unavailable: HashMap<u32, (u32, BTreeMap<String, String>)>,
-    /// Whether a file has a symbol: files are read once, not every scan.
+    /// Where each probe's functions are in a file: files are read once,
+    /// not every scan.
+    resolved: HashMap<(FileKey, usize), Result<Vec<u64>, String>>,
+    /// Whether a file has a symbol (a built-in module's init function).
     symbols: HashMap<(FileKey, String), bool>,
 }
 
 impl SerializationTracker {
-    pub fn new(probes: Arc<Mutex<Probes>>, specs: Arc<[ProbeSpec]>, budget: u64) -> Self {
-        let sampling = vec![
-            Sampling {
-                every: 1,
-                idle: 0,
-                last_calls: 0,
-            };
-            specs.len()
-        ];
+    pub fn new(
+        probes: Arc<Mutex<Probes>>,
+        specs: Arc<[ProbeSpec]>,
+        budget: u64,
+        process_calls: BpfHashMap<MapData, u64, u64>,
+    ) -> Self {
+        let sampling = vec![Sampling { every: 1, idle: 0 }; specs.len()];
         Self {
             probes,
             specs,
             budget,
             sampling,
+            process_calls,
+            last_process_calls: HashMap::new(),
             files: HashMap::new(),
             uses: HashMap::new(),
             unavailable: HashMap::new(),
+            resolved: HashMap::new(),
             symbols: HashMap::new(),
         }
     }
@@ -204,12 +257,23 @@ impl SerializationTracker {
             return Ok(());
         }
         let spec = self.specs[index].clone();
-        if !self.has_symbol(tgid, file, &spec.symbol) {
-            return Err(format!(
-                "{} has no symbol {} (stripped?): install the interpreter's debug symbols or use a build that keeps them",
-                file, spec.symbol
-            ));
-        }
+        let offsets = self
+            .resolved
+            .entry((key, index))
+            .or_insert_with(|| {
+                let data = fs::read(&in_root).map_err(|e| format!("{file}: {e}"))?;
+                resolve(&data, &spec.locate)
+            })
+            .clone()
+            .map_err(|why| {
+                let fix = match spec.builtin_init {
+                    Some(_) => {
+                        "install the interpreter's debug symbols or use a build that keeps them"
+                    }
+                    None => "set a [[python.probe]] for this release's function",
+                };
+                format!("{file}: {why}: {fix}")
+            })?;
         let mut probes = self
             .probes
             .lock()
@@ -217,52 +281,96 @@ impl SerializationTracker {
         let (enter, exit) = probes
             .serialization_programs()
             .ok_or("serialization programs missing")?;
-        let point = || UProbeAttachPoint {
-            location: spec.symbol.as_str().into(),
-            cookie: Some(index as u64),
-        };
-        let enter_link = enter
-            .attach(point(), &in_root, UProbeScope::AllProcesses)
-            .map_err(|e| format!("attaching to {}:{}: {e}", file, spec.symbol))?;
-        let exit_link = match exit.attach(point(), &in_root, UProbeScope::AllProcesses) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = enter.detach(enter_link);
-                return Err(format!("attaching to {}:{}: {e}", file, spec.symbol));
+        let mut links = Vec::new();
+        for offset in &offsets {
+            let point = || UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(*offset),
+                cookie: Some(index as u64),
+            };
+            let attached = enter
+                .attach(point(), &in_root, UProbeScope::AllProcesses)
+                .and_then(
+                    |e| match exit.attach(point(), &in_root, UProbeScope::AllProcesses) {
+                        Ok(x) => Ok((e, x)),
+                        Err(err) => {
+                            let _ = enter.detach(e);
+                            Err(err)
+                        }
+                    },
+                );
+            match attached {
+                Ok((e, x)) => links.push((index, e, x)),
+                Err(err) => {
+                    for (_, e, x) in links {
+                        let _ = enter.detach(e);
+                        let _ = exit.detach(x);
+                    }
+                    return Err(format!(
+                        "attaching to {file}+{offset:#x} ({}): {err}",
+                        spec.locate
+                    ));
+                }
             }
-        };
+        }
         log::info!(
-            "probing {} {} at {}:{}",
+            "probing {} {} at {file}: {} ({} function{})",
             spec.codec,
             spec.op,
-            file,
-            spec.symbol
+            spec.locate,
+            offsets.len(),
+            if offsets.len() == 1 { "" } else { "s" }
         );
         let a = self.files.entry(key).or_insert_with(|| Attached {
             links: Vec::new(),
             users: HashSet::new(),
         });
-        a.links.push((index, enter_link, exit_link));
+        a.links.extend(links);
         a.users.insert(tgid);
         self.uses.entry(tgid).or_default().insert(key);
         Ok(())
     }
 
-    /// Once a second: compares each probe's calls in the last second
-    /// (`calls[i]`, all services together, as the kernel counted them) with
-    /// the budget, and pauses or resumes it. A paused probe is detached
-    /// from every file; resuming lets the next `scan` attach it again.
-    pub fn enforce_budget(&mut self, calls: &[u64]) {
+    /// Each probe's calls in the last second by its busiest process, from
+    /// the kernel's per-process counts; forgets processes that are gone.
+    fn busiest_process_calls(&mut self) -> Vec<u64> {
+        let mut busiest = vec![0u64; self.specs.len()];
+        let mut seen = HashMap::new();
+        for (key, total) in self.process_calls.iter().filter_map(Result::ok) {
+            let probe = (key & 0xffff_ffff) as usize;
+            let recent =
+                total.saturating_sub(self.last_process_calls.get(&key).copied().unwrap_or(0));
+            if let Some(b) = busiest.get_mut(probe) {
+                *b = (*b).max(recent);
+            }
+            seen.insert(key, total);
+        }
+        let gone: Vec<u64> = seen
+            .keys()
+            .filter(|key| !self.uses.contains_key(&((*key >> 32) as u32)))
+            .copied()
+            .collect();
+        for key in gone {
+            let _ = self.process_calls.remove(&key);
+            seen.remove(&key);
+        }
+        self.last_process_calls = seen;
+        busiest
+    }
+
+    /// Once a second: compares each probe's calls in the last second by its
+    /// busiest process with the budget, and pauses or resumes the probe. A
+    /// paused probe is detached from every file; resuming lets the next
+    /// `scan` attach it again.
+    pub fn enforce_budget(&mut self) {
+        let calls = self.busiest_process_calls();
         for (index, s) in self.sampling.iter_mut().enumerate() {
-            let total = calls.get(index).copied().unwrap_or(0);
-            let recent = total.saturating_sub(s.last_calls);
-            s.last_calls = total;
+            let recent = calls.get(index).copied().unwrap_or(0);
             if s.idle == 0 {
                 // Attached this past second: set the duty cycle.
                 let every = recent.div_ceil(self.budget).clamp(1, 60) as u32;
                 if every != s.every {
                     log::info!(
-                        "{} {}: {recent} calls/s against a budget of {}: probing one second in {every}",
+                        "{} {}: {recent} calls/s in one process against a budget of {}: probing one second in {every}",
                         self.specs[index].codec,
                         self.specs[index].op,
                         self.budget

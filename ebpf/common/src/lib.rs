@@ -204,6 +204,10 @@ pub struct ThreadState {
     /// GIL waiting since the thread last held the GIL: the futex waits of
     /// one acquisition (a contended acquisition is a series of timed waits).
     pub gil_wait_ns: u64,
+    /// When the first of those waits started and the last one ended: the
+    /// acquisition's interval on the timeline.
+    pub gil_wait_first_ns: u64,
+    pub gil_wait_last_ns: u64,
 }
 
 /// Where a Python process's GIL lives: the address range of its
@@ -279,7 +283,11 @@ pub mod counter {
     pub const TARGETS_DROPPED: u32 = 5;
     /// Lookups the per-CPU target cache could not answer (hash lookups made).
     pub const TARGET_CACHE_MISSES: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Long intervals (GIL waits, serialization calls) sent to user space.
+    pub const INTERVALS: u32 = 7;
+    /// Long intervals lost because the timeline ring buffer was full.
+    pub const INTERVALS_DROPPED: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Kinds of `ProcEvent`.
@@ -349,6 +357,34 @@ pub const SYS_FUTEX: u32 = 202;
 /// the traced program's doing, so not counted.
 pub const SYS_URETPROBE: u32 = 335;
 
+/// Kinds of `Interval`.
+pub mod interval_kind {
+    /// A contended GIL acquisition; `detail` is 0.
+    pub const GIL_WAIT: u32 = 1;
+    /// A serialization call; `detail` is the probe index.
+    pub const SERIALIZATION: u32 = 2;
+}
+
+/// Name of the programs' read-only global holding the shortest interval
+/// (ns) sent to user space; set by the loader from `[timeline]`.
+pub const LONG_INTERVAL_GLOBAL: &str = "LONG_INTERVAL_NS";
+
+/// A long stall of one thread, sent through the timeline ring buffer for
+/// the attribution work; shorter ones are only aggregated in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Interval {
+    pub kind: u32,
+    pub detail: u32,
+    pub service: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) nanoseconds.
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
 /// `ProcEvent::service` for a process no service has claimed.
 pub const NO_SERVICE: u32 = u32::MAX;
 
@@ -364,6 +400,7 @@ mod pod {
     unsafe impl aya::Pod for ProcEvent {}
     unsafe impl aya::Pod for TargetCache {}
     unsafe impl aya::Pod for GilRange {}
+    unsafe impl aya::Pod for Interval {}
 }
 
 #[cfg(test)]

@@ -17,9 +17,12 @@
 //! thread may be in the middle of `take_gil`.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use gapscope_ebpf_common::{GIL_MUTEX_SIZE, PT_REGS_SI, ThreadState};
+use gapscope_ebpf_common::{GIL_MUTEX_SIZE, PT_REGS_SI, ThreadState, interval_kind};
 
-use crate::maps::{GIL_RANGES, GIL_WAIT};
+use crate::{
+    maps::{GIL_RANGES, GIL_WAIT},
+    timeline,
+};
 
 /// futex ops that block (after masking FUTEX_PRIVATE_FLAG and
 /// FUTEX_CLOCK_REALTIME): WAIT, LOCK_PI, WAIT_BITSET, WAIT_REQUEUE_PI,
@@ -71,9 +74,10 @@ pub fn classify(tgid: u32, regs: u64) -> GilFutex {
     }
 }
 
-/// Records the GIL waiting the thread has accumulated as one acquisition.
+/// Records the GIL waiting the thread has accumulated as one acquisition
+/// (and, when long, as an interval on the timeline).
 #[inline(always)]
-pub fn flush(t: *mut ThreadState, service: u32) {
+pub fn flush(t: *mut ThreadState, service: u32, tid: u32) {
     // SAFETY: the caller's thread entry.
     unsafe {
         let waited = (*t).gil_wait_ns;
@@ -84,5 +88,29 @@ pub fn flush(t: *mut ThreadState, service: u32) {
         if let Some(h) = GIL_WAIT.get_ptr_mut(service) {
             (*h).record(waited);
         }
+        let (first, last) = ((*t).gil_wait_first_ns, (*t).gil_wait_last_ns);
+        (*t).gil_wait_first_ns = 0;
+        timeline::offer(
+            interval_kind::GIL_WAIT,
+            0,
+            service,
+            (*t).tgid,
+            tid,
+            first,
+            last,
+        );
+    }
+}
+
+/// Adds one finished futex wait on the GIL, `[start, end)`.
+#[inline(always)]
+pub fn add_wait(t: *mut ThreadState, start: u64, end: u64) {
+    // SAFETY: the caller's thread entry.
+    unsafe {
+        (*t).gil_wait_ns += end.saturating_sub(start);
+        if (*t).gil_wait_first_ns == 0 {
+            (*t).gil_wait_first_ns = start;
+        }
+        (*t).gil_wait_last_ns = end;
     }
 }

@@ -13,6 +13,8 @@
 //!   follows forks in the kernel and tells user space about execs and exits.
 //! * `serialization` — uprobe/uretprobe pairs on json, pickle and
 //!   user-defined serialization functions.
+//! * `timeline` — GIL waits and serialization calls longer than a
+//!   threshold, sent to user space as intervals.
 //! * `floor` — empty programs for the overhead benchmark's floor.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -33,6 +35,8 @@ mod sched;
 mod serialization;
 #[cfg(target_arch = "bpf")]
 mod syscalls;
+#[cfg(target_arch = "bpf")]
+mod timeline;
 
 /// Built for the host (clippy, `cargo build --workspace`) there is nothing
 /// to run: the programs only exist for the BPF target.

@@ -55,6 +55,15 @@ pub static GIL_RANGES: HashMap<u32, GilRange> = HashMap::with_max_entries(MAX_TA
 #[map]
 pub static GIL_WAIT: PerCpuArray<Log2Hist> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
+/// (tgid << 32 | probe) → serialization calls the process made while the
+/// probe was attached: user space keeps each process within its budget.
+#[map]
+pub static SER_PROCESS_CALLS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Long intervals (`Interval`) for the timeline; see `timeline.rs`.
+#[map]
+pub static TIMELINE: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
 /// (tid << 32 | probe) → when the thread entered the probed function.
 #[map]
 pub static SER_START: HashMap<u64, u64> = HashMap::with_max_entries(MAX_THREADS, 0);
@@ -156,6 +165,23 @@ pub fn bump(index: u32, n: u64) {
     }
 }
 
+/// Adds one call to a per-process counter in a shared hash map.
+#[inline(always)]
+pub fn count_call(map: &HashMap<u64, u64>, key: u64) {
+    match map.get_ptr_mut(&key) {
+        // SAFETY: a valid map value; threads on other CPUs may add at the
+        // same time, hence the atomic add.
+        Some(c) => unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, 1);
+        },
+        None => {
+            // Another CPU may have inserted it first: that call is lost
+            // (a count, not a measurement), never doubled.
+            let _ = map.insert(&key, &1, BPF_NOEXIST);
+        }
+    }
+}
+
 /// The thread's state, created empty on first sight.
 #[inline(always)]
 pub fn thread_state(tid: u32, tgid: u32) -> Option<*mut ThreadState> {
@@ -172,6 +198,8 @@ pub fn thread_state(tid: u32, tgid: u32) -> Option<*mut ThreadState> {
         off_cpu_since_ns: 0,
         woken_ns: 0,
         gil_wait_ns: 0,
+        gil_wait_first_ns: 0,
+        gil_wait_last_ns: 0,
     };
     if THREADS.insert(&tid, &fresh, BPF_NOEXIST).is_err() {
         bump(counter::THREADS_DROPPED, 1);

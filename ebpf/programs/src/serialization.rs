@@ -10,9 +10,9 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use gapscope_ebpf_common::MAX_SER_PROBES;
+use gapscope_ebpf_common::{MAX_SER_PROBES, interval_kind};
 
-use crate::maps::{SER_CALLS, SER_START, current_ids, service_of};
+use crate::maps::{SER_CALLS, SER_PROCESS_CALLS, SER_START, count_call, current_ids, service_of};
 
 #[inline(always)]
 fn cookie<C: EbpfContext>(ctx: &C) -> u64 {
@@ -48,7 +48,18 @@ pub fn gs_ser_exit(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = SER_START.remove(&key);
-    let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
+    count_call(&SER_PROCESS_CALLS, (tgid as u64) << 32 | probe);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let elapsed = now.saturating_sub(start);
+    crate::timeline::offer(
+        interval_kind::SERIALIZATION,
+        probe as u32,
+        service,
+        tgid,
+        tid,
+        start,
+        now,
+    );
     let slot = service * MAX_SER_PROBES + probe as u32;
     if let Some(h) = SER_CALLS.get_ptr_mut(slot) {
         // SAFETY: per-CPU value; only this CPU writes it while we run.

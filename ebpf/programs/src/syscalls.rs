@@ -36,7 +36,7 @@ pub fn gs_sys_enter(ctx: RawTracePointContext) -> i32 {
     };
     let gil_wait = gil == gil::GilFutex::Wait;
     if matches!(gil, gil::GilFutex::Elsewhere | gil::GilFutex::CondWake) {
-        gil::flush(t, service);
+        gil::flush(t, service, tid);
     }
     // SAFETY: the entry belongs to this thread; only it writes these fields.
     unsafe {
@@ -71,10 +71,10 @@ pub fn gs_sys_exit(ctx: RawTracePointContext) -> i32 {
     if start == 0 {
         return 0;
     }
-    let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let elapsed = now.saturating_sub(start);
     if gil_wait != 0 {
-        // SAFETY: as above.
-        unsafe { (*t).gil_wait_ns += elapsed };
+        gil::add_wait(t, start, now);
     }
     let key = SyscallKey { service, nr };
     let hist = match SYSCALLS.get_ptr_mut(&key) {

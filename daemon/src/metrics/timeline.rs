@@ -1,0 +1,33 @@
+//! The timeline's own counters: long stalls received per service and
+//! kind, and what the window holds. (Intervals the kernel could not send
+//! are `gapscope_events_dropped_total{source="timeline"}`.)
+
+use super::{Exporter, Family};
+use crate::timeline::kind_name;
+
+pub fn collect(ex: &Exporter) -> Vec<Family> {
+    let (received, retained, evicted) = match ex.timeline.lock() {
+        Ok(t) => (t.received().clone(), t.retained(), t.evicted()),
+        Err(_) => return Vec::new(),
+    };
+    let mut intervals = Family::counter(
+        "gapscope_timeline_intervals_total",
+        "Stalls longer than [timeline] min_interval_us recorded as timeline intervals (GIL waits, serialization calls); served by /api/v1/intervals.",
+    );
+    for ((service, kind), n) in &received {
+        if let Some(name) = ex.service_name(*service) {
+            intervals.add_counter(&[("service", name), ("kind", kind_name(*kind))], *n as f64);
+        }
+    }
+    let mut held = Family::gauge(
+        "gapscope_timeline_intervals_retained",
+        "Intervals in the timeline window now (bounded by [timeline] retention_s and max_intervals).",
+    );
+    held.add_gauge(&[], retained as f64);
+    let mut lost = Family::counter(
+        "gapscope_timeline_intervals_evicted_total",
+        "Intervals dropped from the window before retention_s because it held max_intervals.",
+    );
+    lost.add_counter(&[], evicted as f64);
+    vec![intervals, held, lost]
+}

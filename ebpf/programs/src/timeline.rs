@@ -1,0 +1,42 @@
+//! Long stalls as intervals for the timeline: a GIL acquisition or a
+//! serialization call longer than `LONG_INTERVAL_NS` goes through the
+//! `TIMELINE` ring buffer to user space, which keeps a bounded window of
+//! them for the attribution work. Everything shorter is only aggregated in
+//! the kernel, so the ring buffer's traffic scales with stalls, not calls.
+
+use gapscope_ebpf_common::{Interval, counter};
+
+use crate::maps::{TIMELINE, bump};
+
+/// Shortest interval sent, in ns. Read-only data the loader sets from
+/// `[timeline] min_interval_us`; `u64::MAX` (never) if it does not.
+#[unsafe(no_mangle)]
+static LONG_INTERVAL_NS: u64 = u64::MAX;
+
+/// Sends `[start, end)` of thread `tid` when it is long enough.
+#[inline(always)]
+pub fn offer(kind: u32, detail: u32, service: u32, tgid: u32, tid: u32, start: u64, end: u64) {
+    // SAFETY: a plain read of a read-only global; volatile so the compiler
+    // does not fold the placeholder value in.
+    let threshold = unsafe { core::ptr::read_volatile(&raw const LONG_INTERVAL_NS) };
+    if start == 0 || end.saturating_sub(start) < threshold {
+        return;
+    }
+    match TIMELINE.reserve::<Interval>(0) {
+        Some(mut entry) => {
+            entry.write(Interval {
+                kind,
+                detail,
+                service,
+                tgid,
+                tid,
+                _pad: 0,
+                start_ns: start,
+                end_ns: end,
+            });
+            entry.submit(0);
+            bump(counter::INTERVALS, 1);
+        }
+        None => bump(counter::INTERVALS_DROPPED, 1),
+    }
+}
