@@ -342,3 +342,10 @@ impl Workload {
         assert!(status.success(), "workload exited with {status}");
     }
 }
+
+pub mod stream_server;
+
+/// The load generator binary, built by cargo next to the tests.
+pub fn loadgen_bin() -> PathBuf {
+    built_binary("gapscope-loadgen")
+}

@@ -1,0 +1,261 @@
+//! The `run` and `audit` commands: from a plan to files on disk and a
+//! summary on the terminal.
+
+use std::{
+    io::{BufWriter, IsTerminal},
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use crate::{
+    annotate::Annotator,
+    audit::{self, Figures},
+    cli::{AuditArgs, RunArgs},
+    clock::{Clock, precise_timers},
+    error::UsageError,
+    flops::{self, ModelShape},
+    plan::ModelSpec,
+    plot,
+    prompts::{PromptGen, load_tokenizer},
+    request::Client,
+    results::{self, Context},
+    runner::{self, Live},
+    telemetry::Scraper,
+};
+
+/// Exit statuses.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_REQUEST_ERRORS: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_CHECK_FAILED: i32 = 3;
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
+    let plan = args.plan()?;
+    let tokenizer = plan.prompts.tokenizer.as_deref().map(load_tokenizer).transpose()?.map(Arc::new);
+    let prompts = PromptGen::new(&plan.prompts, plan.output.max_tokens, plan.seed)?;
+    let exact_prompts = prompts.exact();
+    let model = ModelShape::from_spec(&plan.model)?;
+    let run_id = format!("{:016x}", rand::random::<u64>());
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("loadgen-results").join(&run_id));
+    std::fs::create_dir_all(&out)
+        .map_err(|e| UsageError::new(format!("cannot create {}: {e}", out.display()), "give --out a writable directory"))?;
+    let jsonl_path = out.join("requests.jsonl");
+    let jsonl = std::fs::File::create(&jsonl_path)
+        .map_err(|e| UsageError::new(format!("cannot create {}: {e}", jsonl_path.display()), "give --out a writable directory"))?;
+
+    // Timers to the microsecond on every thread that runs requests.
+    precise_timers();
+    let runtime = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .on_thread_start(precise_timers)
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| UsageError::new(format!("cannot start the async runtime: {e}"), "check the system's thread limits"))?;
+
+    // The bar only on a terminal; the opening line unless asked for quiet.
+    let quiet = args.quiet || !std::io::stderr().is_terminal();
+    if !args.quiet {
+        eprintln!(
+            "gapscope-loadgen: run {run_id} against {}: {} phases, {:.0} s; results in {}",
+            plan.endpoint.url,
+            plan.phases.len(),
+            plan.total().as_secs_f64(),
+            out.display()
+        );
+    }
+
+    let (outcome, telemetry, clock, annotations) = runtime.block_on(async {
+        let clock = Clock::start();
+        let client = Arc::new(Client::new(
+            Arc::new(plan.endpoint.clone()),
+            plan.output.fixed,
+            tokenizer,
+            clock,
+            u64::from_str_radix(&run_id, 16).unwrap_or(0),
+        ));
+        let scraper = plan.telemetry.as_ref().map(|t| Scraper::start(t, clock));
+        let annotator = plan.gapscoped.as_deref().map(|g| Arc::new(Annotator::new(g, run_id.clone(), clock)));
+        let live = Arc::new(Live::default());
+        let progress = (!quiet).then(|| progress_bar(&plan, live.clone(), clock));
+        let outcome = runner::run(
+            &plan,
+            client,
+            prompts,
+            clock,
+            live,
+            annotator.clone(),
+            Some(Box::new(BufWriter::new(jsonl))),
+        )
+        .await;
+        if let Some((bar, task)) = progress {
+            task.abort();
+            bar.finish_and_clear();
+        }
+        // Let the last annotations go out.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let annotations = annotator.map(|a| (a.posted.load(Ordering::Relaxed), a.failed.load(Ordering::Relaxed)));
+        (outcome, scraper.map(Scraper::stop), clock, annotations)
+    });
+
+    let results = results::build(
+        Context {
+            plan: &plan,
+            run_id: run_id.clone(),
+            started_unix_ns: clock.origin_unix_ns,
+            clock_origin_monotonic_ns: clock.origin_monotonic_ns,
+            exact_prompts,
+            model,
+            telemetry,
+            requests_jsonl: Some(jsonl_path.display().to_string()),
+        },
+        &outcome,
+    );
+    let results_path = out.join("results.json");
+    let text = serde_json::to_string_pretty(&results).unwrap_or_default();
+    std::fs::write(&results_path, text)
+        .map_err(|e| UsageError::new(format!("cannot write {}: {e}", results_path.display()), "give --out a writable directory"))?;
+    let mut files = vec![results_path, jsonl_path];
+    if !args.no_plots {
+        let latencies: Vec<_> = outcome
+            .phases
+            .iter()
+            .zip(&outcome.stats.phases)
+            .map(|(r, s)| (r.name.clone(), [&s.ttft, &s.itl, &s.e2e]))
+            .collect();
+        match plot::all(&results, &latencies, &out) {
+            Ok(f) => files.extend(f),
+            Err(e) => eprintln!("gapscope-loadgen: plotting failed ({e}); the results are written"),
+        }
+    }
+    print!("{}", results.summary());
+    if let Some((posted, failed)) = annotations {
+        println!("phase annotations posted to gapscoped: {posted} ({failed} failed)");
+    }
+    for f in &files {
+        println!("wrote {}", f.display());
+    }
+
+    let violations = results.run.fixed_length_violations;
+    if violations > 0 {
+        eprintln!(
+            "gapscope-loadgen: FAILED: a fixed output length was asked for and {violations} replies did not have it \
+             (the server ignores ignore_eos/min_tokens, or stops early); the throughput figures are not comparable"
+        );
+    }
+    let audit_ok = audit::all_passed(&results.audit);
+    if !audit_ok {
+        eprintln!("gapscope-loadgen: FAILED: the self-audit found inconsistent figures (see 'audit' lines above)");
+    }
+    Ok(if outcome.interrupted {
+        EXIT_INTERRUPTED
+    } else if violations > 0 || !audit_ok {
+        EXIT_CHECK_FAILED
+    } else if results.had_errors() {
+        EXIT_REQUEST_ERRORS
+    } else {
+        EXIT_OK
+    })
+}
+
+fn progress_bar(plan: &crate::plan::Plan, live: Arc<Live>, clock: Clock) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+    let total = plan.total().as_millis() as u64;
+    let bar = indicatif::ProgressBar::new(total.max(1));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30.cyan/blue}] {percent:>3}% {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let b = bar.clone();
+    let task = tokio::spawn(async move {
+        let mut last = (0u64, clock.now());
+        let mut rate = 0.0;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let now = clock.now();
+            let tokens = live.tokens.load(Ordering::Relaxed);
+            if now - last.1 >= 1_000_000_000 {
+                rate = (tokens - last.0) as f64 / ((now - last.1) as f64 / 1e9);
+                last = (tokens, now);
+            }
+            b.set_position(now / 1_000_000);
+            let phase = live.phase.lock().map(|p| p.clone()).unwrap_or_default();
+            b.set_message(format!(
+                "{phase} | in flight {} | done {} | errors {} | {rate:.0} tok/s",
+                live.in_flight.load(Ordering::Relaxed),
+                live.completed.load(Ordering::Relaxed),
+                live.failed.load(Ordering::Relaxed),
+            ));
+        }
+    });
+    (bar, task)
+}
+
+/// `audit`: checks published figures against each other and, given the
+/// model and GPU, against the MFU their throughput implies.
+pub fn audit(args: &AuditArgs) -> Result<i32, UsageError> {
+    let spec = ModelSpec {
+        config: args.model_config.clone(),
+        params: args.params,
+        gpu: args.gpu.clone(),
+        gpus: args.gpus,
+        peak_tflops: args.peak_tflops,
+        ..ModelSpec::default()
+    };
+    let model = ModelShape::from_spec(&spec)?;
+    let peak = args.peak_tflops.or_else(|| args.gpu.as_deref().and_then(flops::peak_for).map(|p| p.1));
+    let bad = |c: &str, why: &str| {
+        UsageError::new(
+            format!("--claim {c:?}: {why}"),
+            "write NAME:TOKENS_PER_S[:MFU[:TOKENS_PER_J:WATTS]], e.g. bentoml:870:6.8%",
+        )
+    };
+    let mut figures = Vec::new();
+    for c in &args.claims {
+        let parts: Vec<&str> = c.split(':').collect();
+        if parts.len() < 2 || parts.len() == 4 || parts.len() > 5 {
+            return Err(bad(c, "wrong number of fields"));
+        }
+        let num = |s: &str| -> Result<f64, UsageError> {
+            match s.strip_suffix('%') {
+                Some(p) => p.parse::<f64>().map(|v| v / 100.0),
+                None => s.parse(),
+            }
+            .map_err(|_| bad(c, &format!("{s:?} is not a number")))
+        };
+        let tokens_per_s = num(parts[1])?;
+        let mfu = parts.get(2).map(|s| num(s)).transpose()?;
+        let expected = match (&model, peak) {
+            (Some(m), Some(p)) => Some(flops::mfu(tokens_per_s, m.flops_per_token(0.0), args.gpus.unwrap_or(1), p)),
+            _ => None,
+        };
+        figures.push(Figures {
+            phase: parts[0].to_string(),
+            tokens_per_s,
+            mfu,
+            mfu_expected: expected,
+            tokens_per_joule: parts.get(3).map(|s| num(s)).transpose()?,
+            avg_power_w: parts.get(4).map(|s| num(s)).transpose()?,
+            ..Figures::default()
+        });
+    }
+    let checks = audit::audit(&figures);
+    for c in &checks {
+        println!(
+            "{:<28} {:<8} {}{}",
+            c.check,
+            format!("{:?}", c.status).to_uppercase(),
+            c.phase.as_deref().map(|p| format!("[{p}] ")).unwrap_or_default(),
+            c.detail
+        );
+    }
+    if model.is_none() || peak.is_none() {
+        println!("(give --model-config or --params, and --gpu or --peak-tflops, to check each MFU against its throughput)");
+    }
+    Ok(if audit::all_passed(&checks) { EXIT_OK } else { EXIT_CHECK_FAILED })
+}

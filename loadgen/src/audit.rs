@@ -1,0 +1,200 @@
+//! The self-audit: figures that must agree with each other, checked and
+//! printed with every result (and `gapscope-loadgen audit` for figures
+//! someone else published).
+//!
+//! * MFU scales with throughput: for the same model and GPUs, MFU divided
+//!   by token throughput is the FLOPs per token over the peak, the same in
+//!   every phase (up to the attention term's dependence on context).
+//! * Tokens per joule × average power = token throughput.
+//! * Little's law in a closed loop: requests in flight = completion rate ×
+//!   mean latency, and that is the configured concurrency.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pass,
+    Fail,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Check {
+    pub check: String,
+    pub phase: Option<String>,
+    pub status: Status,
+    pub detail: String,
+}
+
+impl Check {
+    fn new(check: &str, phase: Option<&str>, ok: bool, detail: String) -> Self {
+        Self {
+            check: check.into(),
+            phase: phase.map(str::to_string),
+            status: if ok { Status::Pass } else { Status::Fail },
+            detail,
+        }
+    }
+
+    fn skipped(check: &str, phase: Option<&str>, why: &str) -> Self {
+        Self {
+            check: check.into(),
+            phase: phase.map(str::to_string),
+            status: Status::Skipped,
+            detail: why.into(),
+        }
+    }
+}
+
+/// A phase's figures as the audit sees them (measured or claimed).
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    pub phase: String,
+    pub tokens_per_s: f64,
+    pub mfu: Option<f64>,
+    /// MFU computed from the throughput and the model, to compare a
+    /// claimed MFU with.
+    pub mfu_expected: Option<f64>,
+    pub tokens_per_joule: Option<f64>,
+    pub avg_power_w: Option<f64>,
+    /// Closed loop: configured concurrency, measured mean in flight,
+    /// completions per second and mean latency (s).
+    pub concurrency: Option<usize>,
+    pub avg_in_flight: Option<f64>,
+    pub completions_per_s: Option<f64>,
+    pub mean_e2e_s: Option<f64>,
+}
+
+/// Relative difference of `a` from `b`.
+fn off(a: f64, b: f64) -> f64 {
+    if b == 0.0 { if a == 0.0 { 0.0 } else { f64::INFINITY } } else { (a - b).abs() / b.abs() }
+}
+
+/// Every check over every phase's figures.
+pub fn audit(phases: &[Figures]) -> Vec<Check> {
+    let mut out = Vec::new();
+    // MFU against the model's FLOPs for the claimed throughput.
+    for f in phases {
+        if let (Some(claimed), Some(expected)) = (f.mfu, f.mfu_expected) {
+            out.push(Check::new(
+                "mfu_matches_throughput",
+                Some(&f.phase),
+                off(claimed, expected) <= 0.05,
+                format!(
+                    "{:.0} tok/s is {:.2} % MFU for this model and GPU; the MFU given is {:.2} %",
+                    f.tokens_per_s,
+                    expected * 100.0,
+                    claimed * 100.0
+                ),
+            ));
+        }
+    }
+    // MFU / throughput is the same in every phase.
+    let with_mfu: Vec<&Figures> = phases.iter().filter(|f| f.mfu.is_some_and(|m| m > 0.0) && f.tokens_per_s > 0.0).collect();
+    if with_mfu.len() >= 2 {
+        let base = with_mfu[0];
+        let per_token = |f: &Figures| f.mfu.unwrap_or(0.0) / f.tokens_per_s;
+        for f in &with_mfu[1..] {
+            let ratio = per_token(f) / per_token(base);
+            out.push(Check::new(
+                "mfu_scales_with_throughput",
+                Some(&f.phase),
+                (ratio - 1.0).abs() <= 0.10,
+                format!(
+                    "throughput {:.0} vs {:.0} tok/s ({:.2}×) but MFU {:.2} % vs {:.2} % ({:.2}×)",
+                    f.tokens_per_s,
+                    base.tokens_per_s,
+                    f.tokens_per_s / base.tokens_per_s,
+                    f.mfu.unwrap_or(0.0) * 100.0,
+                    base.mfu.unwrap_or(0.0) * 100.0,
+                    f.mfu.unwrap_or(0.0) / base.mfu.unwrap_or(1.0)
+                ),
+            ));
+        }
+    } else if !phases.is_empty() {
+        out.push(Check::skipped("mfu_scales_with_throughput", None, "fewer than two phases with an MFU"));
+    }
+    for f in phases {
+        match (f.tokens_per_joule, f.avg_power_w) {
+            (Some(tpj), Some(p)) if f.tokens_per_s > 0.0 => out.push(Check::new(
+                "energy_matches_throughput",
+                Some(&f.phase),
+                off(tpj * p, f.tokens_per_s) <= 0.05,
+                format!(
+                    "{tpj:.3} tok/J × {p:.1} W = {:.1} tok/s; measured {:.1} tok/s",
+                    tpj * p,
+                    f.tokens_per_s
+                ),
+            )),
+            _ if f.tokens_per_s > 0.0 => {
+                out.push(Check::skipped("energy_matches_throughput", Some(&f.phase), "no energy or power telemetry"))
+            }
+            _ => {}
+        }
+        if let (Some(c), Some(inflight), Some(rate), Some(w)) = (f.concurrency, f.avg_in_flight, f.completions_per_s, f.mean_e2e_s) {
+            let little = rate * w;
+            out.push(Check::new(
+                "littles_law",
+                Some(&f.phase),
+                off(little, inflight) <= 0.10 && off(inflight, c as f64) <= 0.10,
+                format!(
+                    "completion rate {rate:.2}/s × mean latency {w:.3} s = {little:.2} in flight; measured {inflight:.2}; configured {c}"
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Whether every check passed or was skipped.
+pub fn all_passed(checks: &[Check]) -> bool {
+    checks.iter().all(|c| c.status != Status::Fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_published_figures_are_caught() {
+        // 870 tok/s at 6.8 % and 1,515 tok/s at 16.2 %, Llama-3-8B on an
+        // A40: the MFUs do not scale with the throughputs.
+        let f = |phase: &str, tps: f64, mfu: f64| Figures {
+            phase: phase.into(),
+            tokens_per_s: tps,
+            mfu: Some(mfu),
+            ..Figures::default()
+        };
+        let checks = audit(&[f("bentoml", 870.0, 0.068), f("lmdeploy", 1515.0, 0.162)]);
+        let scale = checks.iter().find(|c| c.check == "mfu_scales_with_throughput").unwrap();
+        assert_eq!(scale.status, Status::Fail, "{}", scale.detail);
+        assert!(!all_passed(&checks));
+        // Consistent figures pass.
+        let checks = audit(&[f("a", 870.0, 0.0934), f("b", 1515.0, 0.1626)]);
+        assert!(all_passed(&checks), "{checks:?}");
+    }
+
+    #[test]
+    fn littles_law_and_energy() {
+        let good = Figures {
+            phase: "stress".into(),
+            tokens_per_s: 1000.0,
+            tokens_per_joule: Some(4.0),
+            avg_power_w: Some(250.0),
+            concurrency: Some(50),
+            avg_in_flight: Some(49.8),
+            completions_per_s: Some(10.0),
+            mean_e2e_s: Some(4.97),
+            ..Figures::default()
+        };
+        assert!(audit(std::slice::from_ref(&good)).iter().all(|c| c.status != Status::Fail));
+        let bad = Figures {
+            tokens_per_joule: Some(2.0),
+            avg_in_flight: Some(30.0),
+            ..good
+        };
+        let checks = audit(&[bad]);
+        assert_eq!(checks.iter().filter(|c| c.status == Status::Fail).count(), 2);
+    }
+}

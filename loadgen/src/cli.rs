@@ -1,0 +1,308 @@
+//! Command-line flags, and how they override a workload file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    error::UsageError,
+    plan::{Api, Length, Plan, PromptSource, Telemetry, TelemetrySource, parse_phase},
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gapscope-loadgen",
+    version,
+    about = "The three-phase LLM serving workload (Poisson warmup, silent cooldown, closed-loop stress) with token-accurate latency, MFU, energy and cost",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a workload (the default).
+    Run(RunArgs),
+    /// Compare two results files as a Markdown table.
+    Compare(CompareArgs),
+    /// Check published figures for consistency (MFU against throughput).
+    Audit(AuditArgs),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// Workload file (TOML); flags override it.
+    #[arg(long, short = 'w')]
+    pub workload: Option<PathBuf>,
+    /// The endpoint, e.g. http://127.0.0.1:8000/v1/completions.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// completions, chat or template.
+    #[arg(long, value_parser = parse_api)]
+    pub api: Option<Api>,
+    /// The `model` field of OpenAI requests.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Ask for whole replies instead of streams.
+    #[arg(long)]
+    pub no_stream: bool,
+    /// Ask for usage in every chunk (vLLM's continuous_usage_stats), so
+    /// chunks carrying several tokens are counted exactly.
+    #[arg(long)]
+    pub continuous_usage: bool,
+    /// Extra header, NAME:VALUE (repeatable).
+    #[arg(long = "header", value_name = "NAME:VALUE")]
+    pub headers: Vec<String>,
+    /// Seconds a request may take.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Phases, replacing the default or the file's (repeatable, in order):
+    /// NAME=poisson:RATE:DURATION, NAME=gamma:RATE:BURSTINESS:DURATION,
+    /// NAME=constant:RATE:DURATION (each with :cap=N), NAME=silence:DURATION,
+    /// NAME=closed:CONCURRENCY:DURATION.
+    #[arg(long = "phase", value_name = "SPEC")]
+    pub phases: Vec<String>,
+    /// Multiply every phase duration (0.1 for a quick run).
+    #[arg(long)]
+    pub time_scale: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Prompt length in tokens: N or MIN-MAX.
+    #[arg(long, value_parser = parse_length)]
+    pub input_tokens: Option<Length>,
+    /// Output length in tokens: N or MIN-MAX.
+    #[arg(long, value_parser = parse_length)]
+    pub max_tokens: Option<Length>,
+    /// Ask for exactly max_tokens (ignore_eos, min_tokens); fail the run if
+    /// the server does not honour it.
+    #[arg(long)]
+    pub fixed_output: bool,
+    /// A local tokenizer.json: exact prompt lengths, a third output count.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Prompts from a text file, one per line.
+    #[arg(long, conflicts_with = "sharegpt")]
+    pub prompts_file: Option<PathBuf>,
+    /// Prompts from a ShareGPT JSON file.
+    #[arg(long)]
+    pub sharegpt: Option<PathBuf>,
+    #[arg(long)]
+    pub slo_ttft_ms: Option<f64>,
+    #[arg(long)]
+    pub slo_tpot_ms: Option<f64>,
+    #[arg(long)]
+    pub slo_e2e_ms: Option<f64>,
+    /// GPU telemetry: gapscoped=URL, dcgm=URL (a /metrics URL) or
+    /// prometheus=URL (a Prometheus server).
+    #[arg(long, value_name = "KIND=URL")]
+    pub telemetry: Option<String>,
+    /// The model's config.json, for MFU.
+    #[arg(long)]
+    pub model_config: Option<PathBuf>,
+    /// Or its parameter count (8.03e9).
+    #[arg(long)]
+    pub params: Option<f64>,
+    /// GPU name for the peak table (A40, H100-SXM, ...).
+    #[arg(long)]
+    pub gpu: Option<String>,
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    /// Dense FP16/BF16 TFLOPS of one GPU, overriding the table.
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+    /// Dollars per GPU-hour, for cost per million tokens.
+    #[arg(long)]
+    pub gpu_hour_usd: Option<f64>,
+    /// gapscoped's base URL: phase annotations are posted to it.
+    #[arg(long)]
+    pub gapscoped: Option<String>,
+    /// Where results go (default: loadgen-results/RUN_ID).
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+    /// Skip the PNG/SVG plots.
+    #[arg(long)]
+    pub no_plots: bool,
+    /// Worker threads for the client (1: everything on one core).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    /// Column names for A and B.
+    #[arg(long, default_value = "A,B")]
+    pub labels: String,
+    /// The phase to compare (default: the last closed-loop phase).
+    #[arg(long)]
+    pub phase: Option<String>,
+    #[arg(long)]
+    pub gpu_hour_usd: Option<f64>,
+    /// Output tokens a day, for the cost difference.
+    #[arg(long, default_value_t = 100e6)]
+    pub daily_tokens: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// A published figure: NAME:TOKENS_PER_S[:MFU[:TOKENS_PER_J:WATTS]]
+    /// (MFU as a fraction or with %, e.g. 6.8%). Repeatable.
+    #[arg(long = "claim", required = true)]
+    pub claims: Vec<String>,
+    #[arg(long)]
+    pub model_config: Option<PathBuf>,
+    #[arg(long)]
+    pub params: Option<f64>,
+    #[arg(long)]
+    pub gpu: Option<String>,
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+}
+
+fn parse_api(s: &str) -> Result<Api, String> {
+    match s {
+        "completions" => Ok(Api::Completions),
+        "chat" => Ok(Api::Chat),
+        "template" => Ok(Api::Template),
+        _ => Err(format!("{s:?} is not completions, chat or template")),
+    }
+}
+
+fn parse_length(s: &str) -> Result<Length, String> {
+    let bad = || format!("{s:?} is not a token count (256) or a range (100-900)");
+    match s.split_once('-') {
+        Some((a, b)) => Ok(Length::Uniform {
+            min: a.trim().parse().map_err(|_| bad())?,
+            max: b.trim().parse().map_err(|_| bad())?,
+        }),
+        None => s.trim().parse().map(Length::Fixed).map_err(|_| bad()),
+    }
+}
+
+impl RunArgs {
+    /// The workload file (or the default plan for --url) with every flag
+    /// applied, validated.
+    pub fn plan(&self) -> Result<Plan, UsageError> {
+        let mut plan = match (&self.workload, &self.url) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    UsageError::new(format!("cannot read workload file {}: {e}", path.display()), "check the path given to --workload")
+                })?;
+                Plan::from_toml(&text, &path.display().to_string())?
+            }
+            (None, Some(url)) => Plan::for_url(url),
+            (None, None) => {
+                return Err(UsageError::new(
+                    "no endpoint",
+                    "give --url http://HOST:PORT/v1/completions or --workload FILE (see --help)",
+                ));
+            }
+        };
+        let e = &mut plan.endpoint;
+        if let Some(u) = &self.url {
+            e.url = u.clone();
+        }
+        if let Some(a) = self.api {
+            e.api = a;
+        }
+        if let Some(m) = &self.model {
+            e.model = Some(m.clone());
+        }
+        if self.no_stream {
+            e.stream = false;
+        }
+        if self.continuous_usage {
+            e.continuous_usage = true;
+        }
+        if let Some(t) = self.timeout {
+            e.timeout_s = t;
+        }
+        for h in &self.headers {
+            let (k, v) = h
+                .split_once(':')
+                .ok_or_else(|| UsageError::new(format!("--header {h:?} has no ':'"), "write --header 'Authorization: Bearer TOKEN'"))?;
+            e.headers.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        if !self.phases.is_empty() {
+            plan.phases = self.phases.iter().map(|p| parse_phase(p)).collect::<Result<_, _>>()?;
+        }
+        if let Some(t) = self.time_scale {
+            plan.time_scale = t;
+        }
+        if let Some(s) = self.seed {
+            plan.seed = s;
+        }
+        if let Some(l) = self.input_tokens {
+            plan.prompts.input_tokens = l;
+        }
+        if let Some(l) = self.max_tokens {
+            plan.output.max_tokens = l;
+        }
+        if self.fixed_output {
+            plan.output.fixed = true;
+        }
+        if let Some(t) = &self.tokenizer {
+            plan.prompts.tokenizer = Some(t.clone());
+        }
+        if let Some(p) = &self.prompts_file {
+            plan.prompts.source = PromptSource::File;
+            plan.prompts.path = Some(p.clone());
+        }
+        if let Some(p) = &self.sharegpt {
+            plan.prompts.source = PromptSource::Sharegpt;
+            plan.prompts.path = Some(p.clone());
+        }
+        plan.slo.ttft_ms = self.slo_ttft_ms.or(plan.slo.ttft_ms);
+        plan.slo.tpot_ms = self.slo_tpot_ms.or(plan.slo.tpot_ms);
+        plan.slo.e2e_ms = self.slo_e2e_ms.or(plan.slo.e2e_ms);
+        if let Some(t) = &self.telemetry {
+            let (kind, url) = t.split_once('=').ok_or_else(|| {
+                UsageError::new(format!("--telemetry {t:?} has no KIND="), "write --telemetry dcgm=http://HOST:9400/metrics (or gapscoped=…, prometheus=…)")
+            })?;
+            let source = match kind {
+                "gapscoped" => TelemetrySource::Gapscoped,
+                "dcgm" => TelemetrySource::Dcgm,
+                "prometheus" => TelemetrySource::Prometheus,
+                _ => {
+                    return Err(UsageError::new(
+                        format!("--telemetry kind {kind:?} is unknown"),
+                        "use gapscoped=URL, dcgm=URL or prometheus=URL",
+                    ));
+                }
+            };
+            plan.telemetry = Some(Telemetry {
+                source,
+                url: url.to_string(),
+                interval_ms: plan.telemetry.as_ref().map(|t| t.interval_ms).unwrap_or(1000),
+                utilization: None,
+                power: None,
+                energy: None,
+            });
+        }
+        let m = &mut plan.model;
+        if let Some(c) = &self.model_config {
+            m.config = Some(c.clone());
+        }
+        m.params = self.params.or(m.params);
+        m.gpu = self.gpu.clone().or(m.gpu.take());
+        m.gpus = self.gpus.or(m.gpus);
+        m.peak_tflops = self.peak_tflops.or(m.peak_tflops);
+        plan.cost.gpu_hour_usd = self.gpu_hour_usd.or(plan.cost.gpu_hour_usd);
+        plan.gapscoped = self.gapscoped.clone().or(plan.gapscoped);
+        if self.threads == 0 || self.threads > 256 {
+            return Err(UsageError::new(format!("--threads {} is out of range", self.threads), "use 1 to 256"));
+        }
+        plan.validate()?;
+        Ok(plan)
+    }
+}

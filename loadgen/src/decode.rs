@@ -1,0 +1,347 @@
+//! From a reply's bytes to what the server generated: text deltas, token
+//! counts when the server gives them, the finish reason and `usage`.
+//!
+//! OpenAI replies (completions and chat, streamed as SSE or whole) are
+//! read at fixed places; a templated endpoint names its own JSON pointers.
+//! The decoder is fed bytes as they arrive and keeps nothing but the
+//! unfinished line or event, so memory stays bounded whatever the reply's
+//! length (a non-streamed reply is buffered up to a limit).
+
+use serde_json::Value;
+
+use crate::{
+    plan::{Api, Endpoint, Framing},
+    sse::SseParser,
+};
+
+/// Longest SSE line or NDJSON line accepted, and largest whole reply.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+
+/// Something the server said, in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Update {
+    /// Generated text in this event (may be empty).
+    pub text: String,
+    /// Tokens in this event when the server says (a cumulative
+    /// `usage.completion_tokens` in every chunk); None: count it as one.
+    pub tokens: Option<u64>,
+    pub finish_reason: Option<String>,
+    pub usage_completion: Option<u64>,
+    pub usage_prompt: Option<u64>,
+}
+
+/// Why a reply could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Not what the protocol says: bad JSON, bad UTF-8, an endless line.
+    Malformed(String),
+    /// The server reported an error inside the stream.
+    ServerError(String),
+}
+
+/// Where things are in one event (or in the whole reply).
+#[derive(Debug, Clone)]
+struct Pointers {
+    text: Vec<String>,
+    finish: Option<String>,
+    usage_completion: Option<String>,
+    usage_prompt: Option<String>,
+}
+
+pub struct Decoder {
+    framing: Framing,
+    pointers: Pointers,
+    done_marker: Option<String>,
+    sse: SseParser,
+    line: Vec<u8>,
+    body: Vec<u8>,
+    /// Undecoded tail of a raw text stream (an incomplete UTF-8 sequence).
+    raw_tail: Vec<u8>,
+    last_cumulative: Option<u64>,
+    /// The end-of-stream marker or a finish reason was seen.
+    complete: bool,
+    /// Whether a stream without a marker or finish reason is complete when
+    /// the body ends (templated NDJSON and raw streams have no marker).
+    end_is_complete: bool,
+}
+
+impl Decoder {
+    pub fn new(endpoint: &Endpoint) -> Self {
+        let (framing, pointers, done_marker, end_is_complete) = match endpoint.api {
+            Api::Completions | Api::Chat => {
+                let chat = endpoint.api == Api::Chat;
+                let text = match (chat, endpoint.stream) {
+                    (true, true) => vec!["/choices/0/delta/content".to_string(), "/choices/0/delta/reasoning_content".into()],
+                    (true, false) => vec!["/choices/0/message/content".into()],
+                    (false, _) => vec!["/choices/0/text".into()],
+                };
+                (
+                    if endpoint.stream { Framing::Sse } else { Framing::Json },
+                    Pointers {
+                        text,
+                        finish: Some("/choices/0/finish_reason".into()),
+                        usage_completion: Some("/usage/completion_tokens".into()),
+                        usage_prompt: Some("/usage/prompt_tokens".into()),
+                    },
+                    Some("[DONE]".to_string()),
+                    false,
+                )
+            }
+            Api::Template => {
+                let framing = endpoint.framing.unwrap_or(Framing::Json);
+                (
+                    framing,
+                    Pointers {
+                        text: endpoint.text_pointer.iter().cloned().collect(),
+                        finish: endpoint.finish_pointer.clone(),
+                        usage_completion: endpoint.usage_pointer.clone(),
+                        usage_prompt: None,
+                    },
+                    endpoint.done_marker.clone(),
+                    // Without a marker, the end of the body is the end.
+                    endpoint.done_marker.is_none() || framing != Framing::Sse,
+                )
+            }
+        };
+        Self {
+            framing,
+            pointers,
+            done_marker,
+            sse: SseParser::new(MAX_EVENT_BYTES),
+            line: Vec::new(),
+            body: Vec::new(),
+            raw_tail: Vec::new(),
+            last_cumulative: None,
+            complete: false,
+            end_is_complete,
+        }
+    }
+
+    /// Decodes the next bytes of the body.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Update>, DecodeError> {
+        let mut out = Vec::new();
+        match self.framing {
+            Framing::Sse => {
+                let mut datas = Vec::new();
+                self.sse
+                    .feed(bytes, |e| datas.push(e.data))
+                    .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+                for data in datas {
+                    if let Some(u) = self.on_document(&data)? {
+                        out.push(u);
+                    }
+                }
+            }
+            Framing::Ndjson => {
+                let mut rest = bytes;
+                while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+                    self.line.extend_from_slice(&rest[..i]);
+                    rest = &rest[i + 1..];
+                    let line = std::mem::take(&mut self.line);
+                    let text = std::str::from_utf8(&line)
+                        .map_err(|_| DecodeError::Malformed("a line is not valid UTF-8".into()))?;
+                    if !text.trim().is_empty()
+                        && let Some(u) = self.on_document(text.trim())?
+                    {
+                        out.push(u);
+                    }
+                }
+                if self.line.len() + rest.len() > MAX_EVENT_BYTES {
+                    return Err(DecodeError::Malformed(format!("a line is longer than {MAX_EVENT_BYTES} bytes")));
+                }
+                self.line.extend_from_slice(rest);
+            }
+            Framing::Raw => {
+                self.raw_tail.extend_from_slice(bytes);
+                let valid = match std::str::from_utf8(&self.raw_tail) {
+                    Ok(_) => self.raw_tail.len(),
+                    // An incomplete sequence at the end waits for the rest;
+                    // an invalid one is an error.
+                    Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                    Err(_) => return Err(DecodeError::Malformed("the text is not valid UTF-8".into())),
+                };
+                let rest = self.raw_tail.split_off(valid);
+                let text = String::from_utf8(std::mem::replace(&mut self.raw_tail, rest)).unwrap_or_default();
+                if !text.is_empty() {
+                    out.push(Update { text, ..Update::default() });
+                }
+            }
+            Framing::Json => {
+                if self.body.len() + bytes.len() > MAX_BODY_BYTES {
+                    return Err(DecodeError::Malformed(format!("the reply is larger than {MAX_BODY_BYTES} bytes")));
+                }
+                self.body.extend_from_slice(bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The body ended. Returns what was still buffered, or an error when
+    /// the reply was cut short (`Ok(None)`: complete, nothing more).
+    pub fn finish(&mut self) -> Result<Vec<Update>, DecodeError> {
+        let mut out = Vec::new();
+        match self.framing {
+            Framing::Json => {
+                let body = std::mem::take(&mut self.body);
+                let text = std::str::from_utf8(&body)
+                    .map_err(|_| DecodeError::Malformed("the reply is not valid UTF-8".into()))?;
+                if let Some(u) = self.on_document(text)? {
+                    out.push(u);
+                }
+                self.complete = true;
+            }
+            Framing::Ndjson if !self.line.is_empty() => {
+                let line = std::mem::take(&mut self.line);
+                let text = String::from_utf8(line)
+                    .map_err(|_| DecodeError::Malformed("a line is not valid UTF-8".into()))?;
+                if let Some(u) = self.on_document(text.trim())? {
+                    out.push(u);
+                }
+            }
+            Framing::Raw if !self.raw_tail.is_empty() => {
+                return Err(DecodeError::Malformed("the text ends inside a UTF-8 character".into()));
+            }
+            Framing::Sse if self.sse.partial() && !self.complete => {
+                return Err(DecodeError::Malformed("the stream ends inside an event".into()));
+            }
+            _ => {}
+        }
+        Ok(out)
+    }
+
+    /// Whether the reply said it was complete (or, for framings without a
+    /// marker, simply ended).
+    pub fn complete(&self) -> bool {
+        self.complete || self.end_is_complete
+    }
+
+    fn on_document(&mut self, data: &str) -> Result<Option<Update>, DecodeError> {
+        if self.done_marker.as_deref() == Some(data.trim()) {
+            self.complete = true;
+            return Ok(None);
+        }
+        let v: Value = serde_json::from_str(data).map_err(|e| {
+            let shown: String = data.chars().take(80).collect();
+            DecodeError::Malformed(format!("not JSON ({e}): {shown:?}"))
+        })?;
+        if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+            let message = err.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| err.to_string());
+            return Err(DecodeError::ServerError(message));
+        }
+        let mut u = Update::default();
+        for p in &self.pointers.text {
+            if let Some(t) = v.pointer(p).and_then(Value::as_str) {
+                u.text.push_str(t);
+            }
+        }
+        u.finish_reason = self
+            .pointers
+            .finish
+            .as_deref()
+            .and_then(|p| v.pointer(p))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        u.usage_completion = self.pointers.usage_completion.as_deref().and_then(|p| v.pointer(p)).and_then(Value::as_u64);
+        u.usage_prompt = self.pointers.usage_prompt.as_deref().and_then(|p| v.pointer(p)).and_then(Value::as_u64);
+        // A chunk that carries text and a cumulative usage: the difference
+        // is the number of tokens in this chunk.
+        if let Some(total) = u.usage_completion
+            && !u.text.is_empty()
+        {
+            u.tokens = Some(total.saturating_sub(self.last_cumulative.unwrap_or(0)));
+            self.last_cumulative = Some(total);
+        }
+        if u.finish_reason.is_some() {
+            self.complete = true;
+        }
+        Ok(Some(u))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Plan;
+
+    fn endpoint(api: Api, stream: bool) -> Endpoint {
+        let mut e = Plan::for_url("http://x/").endpoint;
+        e.api = api;
+        e.stream = stream;
+        e
+    }
+
+    #[test]
+    fn openai_completions_stream() {
+        let mut d = Decoder::new(&endpoint(Api::Completions, true));
+        let mut all = d
+            .feed(b"data: {\"choices\":[{\"text\":\" a\",\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"text\":\" b\",\"finish_reason\":\"length\"}]}\n\n")
+            .unwrap();
+        all.extend(d.feed(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n").unwrap());
+        all.extend(d.finish().unwrap());
+        assert!(d.complete());
+        assert_eq!(all.iter().map(|u| u.text.as_str()).collect::<String>(), " a b");
+        assert_eq!(all[1].finish_reason.as_deref(), Some("length"));
+        assert_eq!(all[2].usage_completion, Some(2));
+        assert_eq!(all[2].usage_prompt, Some(5));
+    }
+
+    #[test]
+    fn chat_stream_with_cumulative_usage_counts_tokens_per_chunk() {
+        let mut d = Decoder::new(&endpoint(Api::Chat, true));
+        let u = d
+            .feed(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"ab\"}}],\"usage\":{\"completion_tokens\":2}}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"c\"}}],\"usage\":{\"completion_tokens\":3}}\n\n")
+            .unwrap();
+        assert_eq!(u[0].text, "");
+        assert_eq!((u[1].text.as_str(), u[1].tokens), ("ab", Some(2)));
+        assert_eq!((u[2].text.as_str(), u[2].tokens), ("c", Some(1)));
+        // Cut before [DONE] or a finish reason: not complete.
+        assert!(!d.complete());
+    }
+
+    #[test]
+    fn errors_in_the_stream_and_garbage_are_told_apart() {
+        let mut d = Decoder::new(&endpoint(Api::Completions, true));
+        let e = d.feed(b"data: {\"error\":{\"message\":\"out of memory\"}}\n\n").unwrap_err();
+        assert_eq!(e, DecodeError::ServerError("out of memory".into()));
+        let mut d = Decoder::new(&endpoint(Api::Completions, true));
+        assert!(matches!(d.feed(b"data: {not json\n\n"), Err(DecodeError::Malformed(_))));
+        let mut d = Decoder::new(&endpoint(Api::Completions, true));
+        d.feed(b"data: {\"choi").unwrap();
+        assert!(matches!(d.finish(), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn raw_text_keeps_split_characters_whole() {
+        let mut e = endpoint(Api::Template, true);
+        e.framing = Some(Framing::Raw);
+        let mut d = Decoder::new(&e);
+        let bytes = "é世".as_bytes();
+        let mut text = String::new();
+        for b in bytes {
+            for u in d.feed(&[*b]).unwrap() {
+                text.push_str(&u.text);
+            }
+        }
+        d.finish().unwrap();
+        assert_eq!(text, "é世");
+        assert!(d.complete());
+    }
+
+    #[test]
+    fn templated_ndjson_and_whole_json_replies() {
+        let mut e = endpoint(Api::Template, true);
+        e.framing = Some(Framing::Ndjson);
+        e.text_pointer = Some("/token/text".into());
+        e.usage_pointer = Some("/details/generated_tokens".into());
+        let mut d = Decoder::new(&e);
+        let u = d.feed(b"{\"token\":{\"text\":\"x\"}}\n{\"token\":{\"text\":\"y\"}}").unwrap();
+        assert_eq!(u.len(), 1);
+        let u = d.finish().unwrap();
+        assert_eq!(u[0].text, "y");
+        let mut d = Decoder::new(&endpoint(Api::Chat, false));
+        d.feed(b"{\"choices\":[{\"message\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":1}}").unwrap();
+        let u = d.finish().unwrap();
+        assert_eq!((u[0].text.as_str(), u[0].usage_completion), ("hi", Some(1)));
+    }
+}

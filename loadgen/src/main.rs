@@ -1,0 +1,44 @@
+//! gapscope-loadgen: see `lib.rs` for the map of modules.
+
+use clap::Parser;
+use gapscope_loadgen::{
+    app,
+    cli::{Cli, Command},
+    compare,
+};
+
+fn main() {
+    let cli = Cli::parse();
+    let outcome = match &cli.command {
+        None => app::run(&cli.run),
+        Some(Command::Run(args)) => app::run(args),
+        Some(Command::Audit(args)) => app::audit(args),
+        Some(Command::Compare(args)) => {
+            let labels = match args.labels.split_once(',') {
+                Some((a, b)) => (a.to_string(), b.to_string()),
+                None => ("A".into(), "B".into()),
+            };
+            compare::markdown(
+                &args.a,
+                &args.b,
+                &compare::Options {
+                    labels,
+                    phase: args.phase.as_deref(),
+                    gpu_hour_usd: args.gpu_hour_usd,
+                    daily_tokens: args.daily_tokens,
+                },
+            )
+            .map(|table| {
+                print!("{table}");
+                app::EXIT_OK
+            })
+        }
+    };
+    match outcome {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("gapscope-loadgen: {e}");
+            std::process::exit(app::EXIT_USAGE);
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! What each request asks: the prompt and the output length.
+//!
+//! Random prompts have an exact token length when a tokenizer is given:
+//! they are built from words that are one token each and checked by
+//! encoding the result. Without one they are words, about one token each,
+//! and the results say the lengths are approximate. ShareGPT files give
+//! real prompts (and, with a tokenizer, the original answer's length as
+//! the output length); plain files give one prompt per line.
+
+use std::path::Path;
+
+use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
+use rand_distr::{Distribution, Normal};
+use tokenizers::Tokenizer;
+
+use crate::{
+    error::UsageError,
+    plan::{Length, PromptSource, Prompts},
+};
+
+/// One request's input.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub prompt: String,
+    /// The prompt's length in tokens, when known exactly.
+    pub prompt_tokens: Option<u32>,
+    pub max_tokens: u32,
+}
+
+/// Words used without a tokenizer: common, short, one token each in most
+/// vocabularies.
+const WORDS: &[&str] = &[
+    "the", "model", "serves", "tokens", "while", "kernel", "waits", "for", "host", "memory", "batch", "queue",
+    "graph", "launch", "stream", "thread", "python", "lock", "time", "world", "cache", "layer", "head", "value",
+    "input", "output", "answer", "question", "river", "mountain", "city", "light", "green", "orange", "power",
+    "energy", "small", "large", "fast", "slow", "first", "last", "every", "other", "number", "letter", "story",
+];
+
+/// Loads a `tokenizer.json`.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, UsageError> {
+    Tokenizer::from_file(path).map_err(|e| {
+        UsageError::new(
+            format!("cannot load tokenizer {}: {e}", path.display()),
+            "give the model's tokenizer.json (Hugging Face tokenizers format)",
+        )
+    })
+}
+
+/// Tokens in `text` as the model counts them (no special tokens added).
+pub fn count_tokens(tok: &Tokenizer, text: &str) -> Option<u32> {
+    tok.encode(text, false).ok().map(|e| e.len() as u32)
+}
+
+pub struct PromptGen {
+    source: Source,
+    input: Length,
+    output: Length,
+    rng: StdRng,
+}
+
+enum Source {
+    Random {
+        /// Words that are exactly one token each (with a leading space).
+        words: Vec<String>,
+        tokenizer: Option<Tokenizer>,
+    },
+    /// (prompt, its tokens, the original answer's tokens), in a shuffled
+    /// order that repeats.
+    Pool {
+        items: Vec<(String, Option<u32>, Option<u32>)>,
+        next: usize,
+    },
+}
+
+impl PromptGen {
+    pub fn new(p: &Prompts, output: Length, seed: u64) -> Result<Self, UsageError> {
+        let tokenizer = p.tokenizer.as_deref().map(load_tokenizer).transpose()?;
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f_70c3);
+        let source = match p.source {
+            PromptSource::Random => {
+                let words = match &tokenizer {
+                    Some(t) => single_token_words(t)?,
+                    None => WORDS.iter().map(|w| format!(" {w}")).collect(),
+                };
+                Source::Random { words, tokenizer }
+            }
+            PromptSource::Sharegpt | PromptSource::File => {
+                let path = p.path.as_deref().unwrap_or(Path::new(""));
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    UsageError::new(format!("cannot read prompts file {}: {e}", path.display()), "check the path")
+                })?;
+                let mut items = if p.source == PromptSource::Sharegpt {
+                    sharegpt(&text, path)?
+                } else {
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(|l| (l.to_string(), None))
+                        .collect::<Vec<_>>()
+                };
+                if items.is_empty() {
+                    return Err(UsageError::new(
+                        format!("prompts file {} holds no prompts", path.display()),
+                        "give a file with one prompt per line, or ShareGPT JSON with human turns",
+                    ));
+                }
+                items.shuffle(&mut rng);
+                let items = items
+                    .into_iter()
+                    .map(|(prompt, answer)| {
+                        let count = |t: &str| tokenizer.as_ref().and_then(|tok| count_tokens(tok, t));
+                        let prompt_tokens = count(&prompt);
+                        let answer_tokens = answer.as_deref().and_then(count).filter(|n| *n > 0);
+                        (prompt, prompt_tokens, answer_tokens)
+                    })
+                    .collect();
+                Source::Pool { items, next: 0 }
+            }
+        };
+        Ok(Self {
+            source,
+            input: p.input_tokens,
+            output,
+            rng,
+        })
+    }
+
+    /// Whether prompt lengths are exact token counts.
+    pub fn exact(&self) -> bool {
+        match &self.source {
+            Source::Random { tokenizer, .. } => tokenizer.is_some(),
+            Source::Pool { items, .. } => items.first().is_some_and(|i| i.1.is_some()),
+        }
+    }
+
+    pub fn next(&mut self) -> Ask {
+        let max_tokens = sample(self.output, &mut self.rng);
+        match &mut self.source {
+            Source::Random { words, tokenizer } => {
+                let want = sample(self.input, &mut self.rng);
+                let prompt = random_prompt(words, tokenizer.as_ref(), want, &mut self.rng);
+                let prompt_tokens = tokenizer.as_ref().and_then(|t| count_tokens(t, &prompt));
+                Ask { prompt, prompt_tokens, max_tokens }
+            }
+            Source::Pool { items, next } => {
+                let (prompt, prompt_tokens, answer) = items[*next % items.len()].clone();
+                *next += 1;
+                Ask {
+                    prompt,
+                    prompt_tokens,
+                    max_tokens: answer.unwrap_or(max_tokens),
+                }
+            }
+        }
+    }
+}
+
+/// A length drawn from its distribution (at least 1).
+pub fn sample(l: Length, rng: &mut StdRng) -> u32 {
+    match l {
+        Length::Fixed(n) => n,
+        Length::Uniform { min, max } => rng.random_range(min..=max),
+        Length::Normal { mean, stddev } => {
+            let v = Normal::new(mean, stddev).map(|d| d.sample(rng)).unwrap_or(mean);
+            v.round().max(1.0) as u32
+        }
+    }
+}
+
+/// `want` words, adjusted until the tokenizer counts exactly `want` tokens.
+fn random_prompt(words: &[String], tok: Option<&Tokenizer>, want: u32, rng: &mut StdRng) -> String {
+    let mut chosen: Vec<&str> = (0..want).map(|_| words[rng.random_range(0..words.len())].as_str()).collect();
+    let Some(tok) = tok else {
+        return chosen.concat().trim_start().to_string();
+    };
+    for _ in 0..16 {
+        let text = chosen.concat();
+        let have = count_tokens(tok, &text).unwrap_or(want);
+        if have == want {
+            return text;
+        }
+        if have > want {
+            chosen.truncate(chosen.len().saturating_sub((have - want) as usize).max(1));
+        } else {
+            for _ in 0..(want - have) {
+                chosen.push(words[rng.random_range(0..words.len())].as_str());
+            }
+        }
+    }
+    chosen.concat()
+}
+
+/// Vocabulary words that encode to exactly one token with a leading space.
+fn single_token_words(tok: &Tokenizer) -> Result<Vec<String>, UsageError> {
+    let mut vocab: Vec<(String, u32)> = tok.get_vocab(false).into_iter().collect();
+    vocab.sort_by_key(|(_, id)| *id);
+    let mut words = Vec::new();
+    for (_, id) in vocab {
+        let Ok(text) = tok.decode(&[id], true) else {
+            continue;
+        };
+        let w = text.trim();
+        if w.len() < 2 || w.len() > 12 || !w.chars().all(|c| c.is_ascii_lowercase()) {
+            continue;
+        }
+        let spaced = format!(" {w}");
+        if count_tokens(tok, &spaced) == Some(1) && count_tokens(tok, &format!("{spaced}{spaced}")) == Some(2) {
+            words.push(spaced);
+        }
+        if words.len() >= 4096 {
+            break;
+        }
+    }
+    if words.len() < 16 {
+        return Err(UsageError::new(
+            "the tokenizer has too few plain words to build random prompts of exact length",
+            "use prompts from a file (--prompts-file) or a different tokenizer.json",
+        ));
+    }
+    Ok(words)
+}
+
+/// ShareGPT JSON: [{"conversations": [{"from": "human", "value": …},
+/// {"from": "gpt", "value": …}, …]}, …] → (first human turn, its answer).
+fn sharegpt(text: &str, path: &Path) -> Result<Vec<(String, Option<String>)>, UsageError> {
+    let bad = |why: String| {
+        UsageError::new(
+            format!("{} is not ShareGPT JSON: {why}", path.display()),
+            "give a JSON array of {\"conversations\": [{\"from\": \"human\", \"value\": …}, …]}",
+        )
+    };
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let list = v.as_array().ok_or_else(|| bad("not an array".into()))?;
+    let mut out = Vec::new();
+    for item in list {
+        let Some(turns) = item.get("conversations").and_then(|c| c.as_array()) else {
+            continue;
+        };
+        fn from(t: &serde_json::Value) -> &str {
+            t.get("from").and_then(|f| f.as_str()).unwrap_or("")
+        }
+        let value = |t: &serde_json::Value| t.get("value").and_then(|f| f.as_str()).unwrap_or("").to_string();
+        if let Some(i) = turns.iter().position(|t| matches!(from(t), "human" | "user")) {
+            let prompt = value(&turns[i]);
+            if prompt.trim().is_empty() {
+                continue;
+            }
+            let answer = turns.get(i + 1).filter(|t| matches!(from(t), "gpt" | "assistant")).map(value);
+            out.push((prompt, answer));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Prompts;
+
+    #[test]
+    fn random_prompts_without_a_tokenizer_have_the_asked_word_count() {
+        let mut g = PromptGen::new(&Prompts::default(), Length::Fixed(7), 1).unwrap();
+        let a = g.next();
+        assert_eq!(a.prompt.split_whitespace().count(), 512);
+        assert_eq!(a.max_tokens, 7);
+        assert!(!g.exact());
+    }
+
+    #[test]
+    fn sharegpt_takes_the_first_human_turn_and_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sg.json");
+        std::fs::write(
+            &path,
+            r#"[{"conversations":[{"from":"human","value":"hi there"},{"from":"gpt","value":"hello"}]},
+                {"conversations":[{"from":"gpt","value":"orphan"}]},
+                {"id":"no conversations"}]"#,
+        )
+        .unwrap();
+        let p = Prompts {
+            source: PromptSource::Sharegpt,
+            path: Some(path),
+            ..Prompts::default()
+        };
+        let mut g = PromptGen::new(&p, Length::Fixed(9), 1).unwrap();
+        let a = g.next();
+        assert_eq!(a.prompt, "hi there");
+        // No tokenizer: the answer's length is unknown; the default holds.
+        assert_eq!(a.max_tokens, 9);
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{}").unwrap();
+        let p = Prompts {
+            source: PromptSource::Sharegpt,
+            path: Some(bad),
+            ..Prompts::default()
+        };
+        assert!(PromptGen::new(&p, Length::Fixed(9), 1).err().unwrap().problem.contains("not ShareGPT"));
+    }
+}

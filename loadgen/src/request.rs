@@ -1,0 +1,348 @@
+//! Sending one request and timing every token of its reply.
+//!
+//! Each request carries an `x-request-id` and a W3C `traceparent`, so a
+//! server's logs and traces can be joined with the per-request JSONL.
+//! Times are taken on the run clock when bytes arrive; every failure ends
+//! in one `ErrorKind` and the record keeps what arrived before it.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Uri, body::Incoming, header};
+use hyper_util::{
+    client::legacy::{Client as HyperClient, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use serde_json::{Value, json};
+use tokenizers::Tokenizer;
+
+use crate::{
+    clock::Clock,
+    decode::{DecodeError, Decoder},
+    plan::{Api, Endpoint},
+    prompts::{Ask, count_tokens},
+    record::{ErrorKind, OutputTokens, RequestError, RequestRecord},
+};
+
+/// Generated text kept per request for the tokenizer's count; beyond it
+/// the tokenizer count is left out rather than memory growing.
+const MAX_TEXT_KEPT: usize = 1 << 20;
+
+/// A request ready to go.
+pub struct Planned {
+    pub seq: u64,
+    pub phase_index: usize,
+    pub phase: String,
+    pub scheduled_ns: Option<u64>,
+    pub ask: Ask,
+}
+
+pub struct Client {
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+    endpoint: Arc<Endpoint>,
+    uri: Uri,
+    /// Ask for exactly `max_tokens` and check it was honoured.
+    fixed: bool,
+    tokenizer: Option<Arc<Tokenizer>>,
+    clock: Clock,
+    /// Random per run: request ids and trace ids stay unique across runs.
+    run_id: u64,
+}
+
+impl Client {
+    pub fn new(endpoint: Arc<Endpoint>, fixed: bool, tokenizer: Option<Arc<Tokenizer>>, clock: Clock, run_id: u64) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs_f64(endpoint.connect_timeout_s)));
+        let http = HyperClient::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(usize::MAX)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        let uri = endpoint.url.parse().unwrap_or_default();
+        Self {
+            http,
+            endpoint,
+            uri,
+            fixed,
+            tokenizer,
+            clock,
+            run_id,
+        }
+    }
+
+    pub fn request_id(&self, seq: u64) -> String {
+        format!("glg-{:08x}-{seq:06}", self.run_id as u32)
+    }
+
+    /// The JSON body for `ask`.
+    pub fn body(&self, ask: &Ask, request_id: &str) -> String {
+        let e = &self.endpoint;
+        let model = e.model.clone().unwrap_or_else(|| "default".into());
+        match e.api {
+            Api::Completions | Api::Chat => {
+                let mut body = json!({
+                    "model": model,
+                    "max_tokens": ask.max_tokens,
+                    "stream": e.stream,
+                });
+                if e.api == Api::Chat {
+                    body["messages"] = json!([{"role": "user", "content": ask.prompt}]);
+                } else {
+                    body["prompt"] = Value::String(ask.prompt.clone());
+                }
+                if e.stream {
+                    body["stream_options"] = json!({"include_usage": true});
+                    if e.continuous_usage {
+                        body["stream_options"]["continuous_usage_stats"] = Value::Bool(true);
+                    }
+                }
+                if self.fixed {
+                    // vLLM, SGLang and LMDeploy honour these; others ignore
+                    // them, and the run says so.
+                    body["ignore_eos"] = Value::Bool(true);
+                    body["min_tokens"] = json!(ask.max_tokens);
+                }
+                body.to_string()
+            }
+            Api::Template => e
+                .body
+                .as_deref()
+                .unwrap_or("{}")
+                .replace("{{prompt}}", &Value::String(ask.prompt.clone()).to_string())
+                .replace("{{max_tokens}}", &ask.max_tokens.to_string())
+                .replace("{{request_id}}", &Value::String(request_id.into()).to_string())
+                .replace("{{model}}", &Value::String(model).to_string()),
+        }
+    }
+
+    /// Sends `p` and reads the whole reply; `cancel` ends it early.
+    pub async fn send(&self, p: Planned, queue_ns: Option<u64>, mut cancel: tokio::sync::watch::Receiver<bool>) -> RequestRecord {
+        let id = self.request_id(p.seq);
+        let body = self.body(&p.ask, &id);
+        let mut rec = RequestRecord {
+            id,
+            phase: p.phase,
+            phase_index: p.phase_index,
+            scheduled_ns: p.scheduled_ns,
+            queue_ns,
+            sent_ns: 0,
+            headers_ns: None,
+            first_token_ns: None,
+            last_token_ns: None,
+            done_ns: 0,
+            status: None,
+            error: None,
+            finish_reason: None,
+            max_tokens: p.ask.max_tokens,
+            prompt_tokens: p.ask.prompt_tokens,
+            usage_prompt_tokens: None,
+            output_tokens: OutputTokens::default(),
+            events: Vec::new(),
+            chunks: 0,
+            length_honoured: None,
+        };
+        let trace = format!(
+            "00-{:016x}{:016x}-{:016x}-01",
+            self.run_id,
+            p.seq,
+            rand::random::<u64>() | 1
+        );
+        let mut builder = Request::post(self.uri.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, if self.endpoint.stream { "text/event-stream, application/json" } else { "application/json" })
+            .header("x-request-id", &rec.id)
+            .header("traceparent", trace);
+        for (k, v) in &self.endpoint.headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        let request = match builder.body(Full::new(Bytes::from(body))) {
+            Ok(r) => r,
+            Err(e) => {
+                rec.sent_ns = self.clock.now();
+                return self.fail(rec, ErrorKind::MalformedStream, format!("cannot build the request: {e}"));
+            }
+        };
+        rec.sent_ns = self.clock.now();
+        let total = Duration::from_secs_f64(self.endpoint.timeout_s);
+        let deadline = tokio::time::Instant::now() + total;
+        let result = tokio::select! {
+            r = tokio::time::timeout_at(deadline, self.http.request(request)) => r,
+            _ = cancel.changed() => return self.fail(rec, ErrorKind::Cancelled, "stopped before the reply".into()),
+        };
+        let response = match result {
+            Err(_) => return self.fail(rec, ErrorKind::Timeout, format!("no reply within {total:?}")),
+            Ok(Err(e)) => {
+                let kind = classify_client_error(&e);
+                return self.fail(rec, kind, error_chain(&e));
+            }
+            Ok(Ok(r)) => r,
+        };
+        rec.headers_ns = Some(self.clock.now());
+        let status = response.status().as_u16();
+        rec.status = Some(status);
+        if status != 200 {
+            let text = read_some(response.into_body(), 512).await;
+            return self.fail(rec, ErrorKind::HttpStatus, format!("HTTP {status}: {text}"));
+        }
+        self.read_reply(rec, response.into_body(), deadline, &mut cancel).await
+    }
+
+    async fn read_reply(
+        &self,
+        mut rec: RequestRecord,
+        mut body: Incoming,
+        deadline: tokio::time::Instant,
+        cancel: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> RequestRecord {
+        let mut decoder = Decoder::new(&self.endpoint);
+        let idle = Duration::from_secs_f64(self.endpoint.idle_timeout_s);
+        let mut text = self.tokenizer.as_ref().map(|_| String::new());
+        loop {
+            let wait = (tokio::time::Instant::now() + idle).min(deadline);
+            let frame = tokio::select! {
+                f = tokio::time::timeout_at(wait, body.frame()) => f,
+                _ = cancel.changed() => return self.fail(rec, ErrorKind::Cancelled, "stopped while streaming".into()),
+            };
+            let now = self.clock.now();
+            let updates = match frame {
+                Err(_) => {
+                    let why = if wait == deadline { "the reply took longer than timeout_s" } else { "no chunk within idle_timeout_s" };
+                    return self.fail(rec, ErrorKind::Timeout, why.into());
+                }
+                Ok(None) => match decoder.finish() {
+                    Ok(u) => {
+                        self.apply(&mut rec, u, now, &mut text);
+                        if !decoder.complete() {
+                            return self.fail(rec, ErrorKind::EarlyClose, "the stream ended without [DONE] or a finish reason".into());
+                        }
+                        break;
+                    }
+                    Err(e) => return self.decode_failed(rec, e),
+                },
+                Ok(Some(Err(e))) => {
+                    let kind = if e.is_incomplete_message() || e.is_body_write_aborted() || e.is_canceled() {
+                        ErrorKind::EarlyClose
+                    } else {
+                        ErrorKind::MalformedStream
+                    };
+                    return self.fail(rec, kind, error_chain(&e));
+                }
+                Ok(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers
+                    };
+                    match decoder.feed(&data) {
+                        Ok(u) => u,
+                        Err(e) => return self.decode_failed(rec, e),
+                    }
+                }
+            };
+            self.apply(&mut rec, updates, now, &mut text);
+        }
+        rec.done_ns = self.clock.now();
+        if let (Some(tok), Some(text)) = (&self.tokenizer, &text)
+            && text.len() < MAX_TEXT_KEPT
+        {
+            rec.output_tokens.tokenizer = count_tokens(tok, text).map(u64::from);
+        }
+        if self.fixed {
+            rec.length_honoured = Some(rec.output_tokens.best() == u64::from(rec.max_tokens));
+        }
+        rec
+    }
+
+    /// Records what one network chunk carried, all at time `now`.
+    fn apply(&self, rec: &mut RequestRecord, updates: Vec<crate::decode::Update>, now: u64, text: &mut Option<String>) {
+        for u in updates {
+            if let Some(n) = u.usage_completion {
+                rec.output_tokens.usage = Some(n);
+            }
+            if let Some(n) = u.usage_prompt {
+                rec.usage_prompt_tokens = Some(n);
+            }
+            if u.finish_reason.is_some() {
+                rec.finish_reason = u.finish_reason;
+            }
+            if u.text.is_empty() {
+                continue;
+            }
+            let tokens = u.tokens.unwrap_or(1);
+            rec.chunks += 1;
+            rec.output_tokens.counted += tokens;
+            rec.first_token_ns.get_or_insert(now);
+            rec.last_token_ns = Some(now);
+            rec.events.push((now.saturating_sub(rec.sent_ns), tokens));
+            if let Some(t) = text
+                && t.len() < MAX_TEXT_KEPT
+            {
+                t.push_str(&u.text);
+            }
+        }
+    }
+
+    fn decode_failed(&self, rec: RequestRecord, e: DecodeError) -> RequestRecord {
+        match e {
+            DecodeError::Malformed(why) => self.fail(rec, ErrorKind::MalformedStream, why),
+            DecodeError::ServerError(why) => self.fail(rec, ErrorKind::ServerError, why),
+        }
+    }
+
+    fn fail(&self, mut rec: RequestRecord, kind: ErrorKind, detail: String) -> RequestRecord {
+        rec.done_ns = self.clock.now();
+        rec.error = Some(RequestError { kind, detail });
+        rec
+    }
+}
+
+fn classify_client_error(e: &hyper_util::client::legacy::Error) -> ErrorKind {
+    if e.is_connect() {
+        return ErrorKind::Connect;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_parse() || h.is_parse_status() {
+                return ErrorKind::MalformedStream;
+            }
+            if h.is_timeout() {
+                return ErrorKind::Timeout;
+            }
+            return ErrorKind::EarlyClose;
+        }
+        source = s.source();
+    }
+    ErrorKind::EarlyClose
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Up to `limit` bytes of a body, as text (for error details).
+async fn read_some(mut body: Incoming, limit: usize) -> String {
+    let mut out = Vec::new();
+    let read = async {
+        while out.len() < limit {
+            match body.frame().await {
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        out.extend_from_slice(&d);
+                    }
+                }
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+    out.truncate(limit);
+    String::from_utf8_lossy(&out).trim().to_string()
+}

@@ -1,0 +1,355 @@
+//! Running the phases, one after the other, on schedule.
+//!
+//! * Open loop: a timerfd in the runtime wakes it at each precomputed send
+//!   time (absolute, microsecond precision) and the request goes at once —
+//!   or, with `max_concurrency`, queues for a free slot and reports its
+//!   queueing time. The schedule never compresses: a late client shows as
+//!   send lag, not as a burst.
+//! * Silence: nothing is sent (requests still in flight from the phase
+//!   before finish on their own).
+//! * Closed loop: `concurrency` workers, each sending its next request as
+//!   soon as the previous reply is complete, until the phase ends.
+//!
+//! Finished requests go through one channel to the collector, which adds
+//! them to the statistics and writes them to the per-request JSONL, so
+//! nothing is kept per request once it is done. Ctrl-C cancels what is in
+//! flight (recorded as `cancelled`) and ends the run at that moment.
+
+use std::{
+    io::Write,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::{
+    annotate::Annotator,
+    arrivals,
+    clock::{Clock, PreciseTimer},
+    plan::{Arrival, Phase, PhaseKind, Plan},
+    prompts::{Ask, PromptGen},
+    record::RequestRecord,
+    request::{Client, Planned},
+    stats::RunStats,
+};
+
+/// Live counters for the progress line.
+#[derive(Default)]
+pub struct Live {
+    pub in_flight: AtomicUsize,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub tokens: AtomicU64,
+    pub phase: Mutex<String>,
+}
+
+/// What happened in one phase, beyond the statistics.
+#[derive(Debug, Clone)]
+pub struct PhaseRun {
+    pub name: String,
+    pub kind: PhaseKind,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Open loop: requests the schedule held.
+    pub scheduled: u64,
+    pub target_rate: Option<f64>,
+    pub concurrency: Option<usize>,
+    pub max_concurrency: Option<usize>,
+    pub max_in_flight: usize,
+}
+
+pub struct RunOutcome {
+    pub stats: RunStats,
+    pub phases: Vec<PhaseRun>,
+    pub interrupted: bool,
+    /// When the last request finished (run clock).
+    pub last_done_ns: u64,
+}
+
+/// Everything the phases share.
+struct Shared {
+    client: Arc<Client>,
+    asks: tokio::sync::Mutex<mpsc::Receiver<Ask>>,
+    records: mpsc::UnboundedSender<RequestRecord>,
+    cancel: watch::Receiver<bool>,
+    live: Arc<Live>,
+    clock: Clock,
+    seq: AtomicU64,
+    /// Per phase: the most requests in flight at once while it ran.
+    max_in_flight: Vec<AtomicUsize>,
+}
+
+impl Shared {
+    async fn next_ask(&self) -> Option<Ask> {
+        self.asks.lock().await.recv().await
+    }
+
+    /// Sends one request and hands its record to the collector.
+    async fn send(self: Arc<Self>, phase_index: usize, phase: String, scheduled_ns: Option<u64>, ask: Ask, queue_ns: Option<u64>) {
+        let now = self.live.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight[phase_index].fetch_max(now, Ordering::SeqCst);
+        let p = Planned {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            phase_index,
+            phase,
+            scheduled_ns,
+            ask,
+        };
+        let rec = self.client.send(p, queue_ns, self.cancel.clone()).await;
+        self.live.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if rec.ok() {
+            self.live.completed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.live.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.live.tokens.fetch_add(rec.output_tokens.counted, Ordering::Relaxed);
+        let _ = self.records.send(rec);
+    }
+}
+
+/// Runs every phase of `plan`. `jsonl` receives one line per request.
+pub async fn run(
+    plan: &Plan,
+    client: Arc<Client>,
+    prompts: PromptGen,
+    clock: Clock,
+    live: Arc<Live>,
+    annotator: Option<Arc<Annotator>>,
+    mut jsonl: Option<Box<dyn Write + Send>>,
+) -> RunOutcome {
+    // Phase windows, back to back from a short lead-in.
+    let lead = 100_000_000u64;
+    let mut windows = Vec::new();
+    let mut t = clock.now() + lead;
+    for p in &plan.phases {
+        let d = plan.duration(p).as_nanos() as u64;
+        windows.push((t, t + d));
+        t += d;
+    }
+    let mut stats = RunStats::new(&windows, plan.slo.clone());
+
+    // Prompts are made ahead of need on their own thread.
+    let (ask_tx, ask_rx) = mpsc::channel::<Ask>(1024);
+    let prompt_thread = std::thread::Builder::new()
+        .name("prompts".into())
+        .spawn(move || {
+            let mut prompts = prompts;
+            while ask_tx.blocking_send(prompts.next()).is_ok() {}
+        })
+        .ok();
+
+    let (rec_tx, mut rec_rx) = mpsc::unbounded_channel::<RequestRecord>();
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        client,
+        asks: tokio::sync::Mutex::new(ask_rx),
+        records: rec_tx,
+        cancel: cancel_rx,
+        live: live.clone(),
+        clock,
+        seq: AtomicU64::new(0),
+        max_in_flight: plan.phases.iter().map(|_| AtomicUsize::new(0)).collect(),
+    });
+
+    // The collector: statistics and JSONL, one record at a time.
+    let collector = {
+        let mut stats_out = std::mem::replace(&mut stats, RunStats::new(&[], plan.slo.clone()));
+        tokio::spawn(async move {
+            let mut last_done = 0u64;
+            while let Some(rec) = rec_rx.recv().await {
+                stats_out.add(&rec);
+                last_done = last_done.max(rec.done_ns);
+                if let Some(w) = jsonl.as_mut() {
+                    let line = serde_json::to_string(&rec).unwrap_or_default();
+                    if writeln!(w, "{line}").is_err() {
+                        eprintln!("gapscope-loadgen: cannot write the per-request JSONL any more; the run goes on");
+                        jsonl = None;
+                    }
+                }
+            }
+            if let Some(w) = jsonl.as_mut() {
+                let _ = w.flush();
+            }
+            (stats_out, last_done)
+        })
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut interrupted = false;
+    let mut runs = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    for (index, phase) in plan.phases.iter().enumerate() {
+        let (start, end) = windows[index];
+        sleep_until(&clock, start).await;
+        *live.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase.name.clone();
+        if let Some(a) = &annotator {
+            a.post(&phase.name, phase.kind, "start");
+        }
+        let mut run = PhaseRun {
+            name: phase.name.clone(),
+            kind: phase.kind,
+            start_ns: start,
+            end_ns: end,
+            scheduled: 0,
+            target_rate: phase.rate,
+            concurrency: phase.concurrency,
+            max_concurrency: phase.max_concurrency,
+            max_in_flight: 0,
+        };
+        let work = run_phase(
+            &shared,
+            index,
+            phase,
+            (start, end),
+            plan.seed.wrapping_add(index as u64),
+            &stop,
+            &mut tasks,
+            &mut run,
+        );
+        tokio::select! {
+            _ = work => {}
+            _ = &mut ctrl_c => {
+                interrupted = true;
+                stop.store(true, Ordering::SeqCst);
+                let _ = cancel_tx.send(true);
+                run.end_ns = clock.now().max(start);
+                eprintln!("\ngapscope-loadgen: interrupted; writing what was measured so far");
+            }
+        }
+        run.max_in_flight = shared.max_in_flight[index].load(Ordering::SeqCst);
+        if let Some(a) = &annotator {
+            a.post(&phase.name, phase.kind, "end");
+        }
+        runs.push(run);
+        if interrupted {
+            break;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    // Replies still streaming finish, up to the request timeout; Ctrl-C
+    // cancels them.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    tokio::select! {
+        _ = drain => {}
+        _ = &mut ctrl_c, if !interrupted => {
+            interrupted = true;
+            let _ = cancel_tx.send(true);
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    drop(shared);
+    let (mut stats, last_done_ns) = collector.await.unwrap_or_else(|_| (RunStats::new(&[], plan.slo.clone()), 0));
+    // An interrupted phase's window ends at the interruption; phases never
+    // started are left out.
+    stats.phases.truncate(runs.len());
+    for (p, r) in stats.phases.iter_mut().zip(&runs) {
+        p.end_ns = r.end_ns;
+        p.max_in_flight = r.max_in_flight;
+    }
+    if let Some(t) = prompt_thread {
+        // The prompt thread ends when its channel closes (dropped above).
+        let _ = t.join();
+    }
+    RunOutcome {
+        stats,
+        phases: runs,
+        interrupted,
+        last_done_ns,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_phase(
+    shared: &Arc<Shared>,
+    index: usize,
+    phase: &Phase,
+    (start, end): (u64, u64),
+    seed: u64,
+    stop: &Arc<AtomicBool>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    run: &mut PhaseRun,
+) {
+    let clock = shared.clock;
+    match phase.kind {
+        PhaseKind::Silence => sleep_until(&clock, end).await,
+        PhaseKind::OpenLoop => {
+            let offsets = arrivals::schedule(
+                phase.arrival.unwrap_or(Arrival::Poisson),
+                phase.rate.unwrap_or(1.0),
+                phase.burstiness.unwrap_or(1.0),
+                end - start,
+                seed,
+            );
+            run.scheduled = offsets.len() as u64;
+            let mut timer = match PreciseTimer::new(clock) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("gapscope-loadgen: no timerfd ({e}); phase {} sends nothing", phase.name);
+                    return;
+                }
+            };
+            let slots = phase.max_concurrency.map(|n| Arc::new(Semaphore::new(n)));
+            for off in offsets {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                // The prompt is fetched before the wait, so the send
+                // itself is all that happens when the time comes.
+                let Some(ask) = shared.next_ask().await else {
+                    break;
+                };
+                let due = start + off;
+                if timer.sleep_until(due).await.is_err() {
+                    sleep_until(&clock, due).await;
+                }
+                let s = shared.clone();
+                let name = phase.name.clone();
+                let slots = slots.clone();
+                tasks.spawn(async move {
+                    let (_permit, queued) = match slots {
+                        Some(sem) => {
+                            let permit = sem.acquire_owned().await.ok();
+                            (permit, Some(s.clock.now().saturating_sub(due)))
+                        }
+                        None => (None, None),
+                    };
+                    s.send(index, name, Some(due), ask, queued).await;
+                });
+            }
+            sleep_until(&clock, end).await;
+        }
+        PhaseKind::ClosedLoop => {
+            // Workers live in the run's task set, so a reply still
+            // streaming when the phase ends (or is interrupted) is
+            // recorded, not dropped.
+            for _ in 0..phase.concurrency.unwrap_or(1) {
+                let s = shared.clone();
+                let name = phase.name.clone();
+                let stop = stop.clone();
+                tasks.spawn(async move {
+                    while s.clock.now() < end && !stop.load(Ordering::SeqCst) {
+                        let Some(ask) = s.next_ask().await else {
+                            break;
+                        };
+                        s.clone().send(index, name.clone(), None, ask, None).await;
+                    }
+                });
+            }
+            sleep_until(&clock, end).await;
+        }
+    }
+}
+
+/// Sleeps on the runtime until run time `at` (millisecond precision is
+/// enough for phase boundaries; sends use the dispatcher thread).
+async fn sleep_until(clock: &Clock, at: u64) {
+    let now = clock.now();
+    if at > now {
+        tokio::time::sleep(Duration::from_nanos(at - now)).await;
+    }
+}

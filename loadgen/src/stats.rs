@@ -1,0 +1,364 @@
+//! Per-phase statistics, built one finished request at a time so memory
+//! stays bounded however long the run: HDR histograms for latencies and
+//! counters for throughput, errors and token-count agreement.
+//!
+//! A request's latencies belong to the phase that sent it. Throughput
+//! belongs to time: the tokens that *arrived* inside a phase's window, the
+//! requests that *finished* inside it, and the requests in flight during
+//! it (for Little's law), whichever phase sent them.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::{
+    plan::Slo,
+    record::{ErrorKind, RequestRecord},
+};
+
+/// A latency histogram in ns: 1 µs to 1 h at three significant digits.
+pub struct Latency(Histogram<u64>);
+
+impl Latency {
+    fn new() -> Self {
+        Self(Histogram::new_with_bounds(1_000, 3_600_000_000_000, 3).expect("valid bounds"))
+    }
+
+    pub fn record(&mut self, ns: u64) {
+        self.0.saturating_record(ns.max(1));
+    }
+
+    fn record_n(&mut self, ns: u64, n: u64) {
+        let _ = self.0.record_n(ns.clamp(1, 3_600_000_000_000), n);
+    }
+
+    pub fn summary(&self) -> Option<Summary> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let s = |ns: u64| ns as f64 / 1e9;
+        let q = |p: f64| s(self.0.value_at_quantile(p));
+        Some(Summary {
+            count: self.0.len(),
+            mean: self.0.mean() / 1e9,
+            p50: q(0.5),
+            p90: q(0.9),
+            p95: q(0.95),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: s(self.0.max()),
+        })
+    }
+
+    /// (seconds, cumulative fraction) points for a CDF plot.
+    pub fn cdf(&self, points: usize) -> Vec<(f64, f64)> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        (0..=points)
+            .map(|i| {
+                let q = i as f64 / points as f64;
+                (self.0.value_at_quantile(q) as f64 / 1e9, q)
+            })
+            .collect()
+    }
+}
+
+/// Percentiles of a latency, in seconds.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// Requests where the three output-token counts disagree.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct TokenAgreement {
+    /// Requests whose reply carried `usage`.
+    pub with_usage: u64,
+    pub with_tokenizer: u64,
+    /// usage.completion_tokens ≠ tokens counted from chunks.
+    pub usage_vs_counted: u64,
+    /// usage.completion_tokens ≠ the tokenizer's count.
+    pub usage_vs_tokenizer: u64,
+    /// Our prompt length ≠ usage.prompt_tokens.
+    pub prompt_vs_usage: u64,
+    /// A fixed output length was asked for and not produced.
+    pub length_not_honoured: u64,
+}
+
+pub struct PhaseStats {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub ttft: Latency,
+    pub ttft_from_schedule: Latency,
+    pub tpot: Latency,
+    pub itl: Latency,
+    pub inter_chunk: Latency,
+    pub e2e: Latency,
+    pub e2e_from_schedule: Latency,
+    pub queue: Latency,
+    pub send_lag: Latency,
+    pub sent: u64,
+    pub ok: u64,
+    pub errors: BTreeMap<ErrorKind, u64>,
+    /// A sample of error details per kind (the first few).
+    pub error_examples: BTreeMap<ErrorKind, Vec<String>>,
+    /// Arrived inside this phase's window, from any request.
+    pub tokens_in_window: u64,
+    pub chunks_in_window: u64,
+    pub completed_in_window: u64,
+    pub good_in_window: u64,
+    pub good_tokens_in_window: u64,
+    /// Request-nanoseconds in flight inside the window.
+    pub in_flight_ns: u128,
+    pub max_in_flight: usize,
+    /// When the last request this phase sent finished.
+    pub last_done_ns: u64,
+    pub agreement: TokenAgreement,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Sum of (prompt + output/2) over ok requests: the mean context for
+    /// the attention term of the FLOPs.
+    pub context_tokens: f64,
+}
+
+impl PhaseStats {
+    pub fn new(start_ns: u64, end_ns: u64) -> Self {
+        Self {
+            start_ns,
+            end_ns,
+            ttft: Latency::new(),
+            ttft_from_schedule: Latency::new(),
+            tpot: Latency::new(),
+            itl: Latency::new(),
+            inter_chunk: Latency::new(),
+            e2e: Latency::new(),
+            e2e_from_schedule: Latency::new(),
+            queue: Latency::new(),
+            send_lag: Latency::new(),
+            sent: 0,
+            ok: 0,
+            errors: BTreeMap::new(),
+            error_examples: BTreeMap::new(),
+            tokens_in_window: 0,
+            chunks_in_window: 0,
+            completed_in_window: 0,
+            good_in_window: 0,
+            good_tokens_in_window: 0,
+            in_flight_ns: 0,
+            max_in_flight: 0,
+            last_done_ns: 0,
+            agreement: TokenAgreement::default(),
+            input_tokens: 0,
+            output_tokens: 0,
+            context_tokens: 0.0,
+        }
+    }
+
+    pub fn window_s(&self) -> f64 {
+        self.end_ns.saturating_sub(self.start_ns) as f64 / 1e9
+    }
+
+    pub fn contains(&self, t: u64) -> bool {
+        t >= self.start_ns && t < self.end_ns
+    }
+}
+
+/// Every phase's statistics, plus a per-second time series.
+pub struct RunStats {
+    pub phases: Vec<PhaseStats>,
+    pub slo: Slo,
+    /// Per second of the run: (tokens arrived, requests completed ok,
+    /// requests failed).
+    pub per_second: Vec<(u64, u64, u64)>,
+}
+
+impl RunStats {
+    pub fn new(windows: &[(u64, u64)], slo: Slo) -> Self {
+        Self {
+            phases: windows.iter().map(|(s, e)| PhaseStats::new(*s, *e)).collect(),
+            slo,
+            per_second: Vec::new(),
+        }
+    }
+
+    fn second(&mut self, t: u64) -> &mut (u64, u64, u64) {
+        let i = (t / 1_000_000_000) as usize;
+        if self.per_second.len() <= i {
+            self.per_second.resize(i + 1, (0, 0, 0));
+        }
+        &mut self.per_second[i]
+    }
+
+    /// Adds one finished request.
+    pub fn add(&mut self, r: &RequestRecord) {
+        let meets_slo = self.meets_slo(r);
+        {
+            let p = &mut self.phases[r.phase_index];
+            p.sent += 1;
+            p.last_done_ns = p.last_done_ns.max(r.done_ns);
+            if let Some(s) = r.scheduled_ns {
+                let queued = r.queue_ns.unwrap_or(0);
+                if r.queue_ns.is_some() {
+                    p.queue.record(queued);
+                }
+                // The client's own lag behind the schedule, queueing aside.
+                p.send_lag.record(r.sent_ns.saturating_sub(s + queued));
+            }
+            match &r.error {
+                Some(e) => {
+                    *p.errors.entry(e.kind).or_default() += 1;
+                    let ex = p.error_examples.entry(e.kind).or_default();
+                    if ex.len() < 3 {
+                        ex.push(format!("{}: {}", r.id, e.detail));
+                    }
+                }
+                None => {
+                    p.ok += 1;
+                    record_latencies(p, r);
+                }
+            }
+        }
+        // Time-based figures, in whichever window they fall.
+        for p in &mut self.phases {
+            for (t, k) in &r.events {
+                let at = r.sent_ns + t;
+                if p.contains(at) {
+                    p.tokens_in_window += k;
+                    p.chunks_in_window += 1;
+                }
+            }
+            if r.ok() && p.contains(r.done_ns) {
+                p.completed_in_window += 1;
+                if meets_slo {
+                    p.good_in_window += 1;
+                    p.good_tokens_in_window += r.output_tokens.counted;
+                }
+            }
+            let (a, b) = (r.sent_ns.max(p.start_ns), r.done_ns.min(p.end_ns));
+            if b > a {
+                p.in_flight_ns += (b - a) as u128;
+            }
+        }
+        for (t, k) in &r.events {
+            self.second(r.sent_ns + t).0 += k;
+        }
+        let done = self.second(r.done_ns);
+        if r.ok() {
+            done.1 += 1;
+        } else {
+            done.2 += 1;
+        }
+    }
+
+    fn meets_slo(&self, r: &RequestRecord) -> bool {
+        if !r.ok() {
+            return false;
+        }
+        let within = |limit: Option<f64>, value: Option<u64>| match (limit, value) {
+            (None, _) => true,
+            (Some(ms), Some(ns)) => ns as f64 / 1e6 <= ms,
+            (Some(_), None) => false,
+        };
+        within(self.slo.ttft_ms, r.ttft_ns())
+            && within(self.slo.tpot_ms, r.tpot_ns().or(Some(0)))
+            && within(self.slo.e2e_ms, Some(r.e2e_ns()))
+    }
+}
+
+fn record_latencies(p: &mut PhaseStats, r: &RequestRecord) {
+    if let Some(t) = r.ttft_ns() {
+        p.ttft.record(t);
+    }
+    if let (Some(first), Some(s)) = (r.first_token_ns, r.scheduled_ns) {
+        p.ttft_from_schedule.record(first.saturating_sub(s));
+    }
+    if let Some(t) = r.tpot_ns() {
+        p.tpot.record(t);
+    }
+    p.e2e.record(r.e2e_ns());
+    if let Some(s) = r.scheduled_ns {
+        p.e2e_from_schedule.record(r.done_ns.saturating_sub(s));
+    }
+    for w in r.events.windows(2) {
+        let (gap, k) = (w[1].0.saturating_sub(w[0].0), w[1].1.max(1));
+        p.inter_chunk.record(gap);
+        // A chunk carrying k tokens is k inter-token gaps of gap/k.
+        p.itl.record_n(gap / k, k);
+    }
+    let out = &r.output_tokens;
+    let a = &mut p.agreement;
+    if let Some(u) = out.usage {
+        a.with_usage += 1;
+        a.usage_vs_counted += u64::from(u != out.counted);
+        if let Some(t) = out.tokenizer {
+            a.usage_vs_tokenizer += u64::from(u != t);
+        }
+    }
+    a.with_tokenizer += u64::from(out.tokenizer.is_some());
+    if let (Some(ours), Some(theirs)) = (r.prompt_tokens, r.usage_prompt_tokens) {
+        a.prompt_vs_usage += u64::from(u64::from(ours) != theirs);
+    }
+    a.length_not_honoured += u64::from(r.length_honoured == Some(false));
+    let input = r.usage_prompt_tokens.or(r.prompt_tokens.map(u64::from)).unwrap_or(0);
+    p.input_tokens += input;
+    p.output_tokens += out.best();
+    p.context_tokens += input as f64 + out.best() as f64 / 2.0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::OutputTokens;
+
+    fn rec(phase: usize, sent: u64, events: Vec<(u64, u64)>, done: u64) -> RequestRecord {
+        let counted = events.iter().map(|e| e.1).sum();
+        RequestRecord {
+            id: "r".into(),
+            phase: "p".into(),
+            phase_index: phase,
+            scheduled_ns: None,
+            queue_ns: None,
+            sent_ns: sent,
+            headers_ns: None,
+            first_token_ns: events.first().map(|e| sent + e.0),
+            last_token_ns: events.last().map(|e| sent + e.0),
+            done_ns: done,
+            status: Some(200),
+            error: None,
+            finish_reason: None,
+            max_tokens: 4,
+            prompt_tokens: None,
+            usage_prompt_tokens: None,
+            output_tokens: OutputTokens { usage: Some(counted), counted, tokenizer: None },
+            events,
+            chunks: 0,
+            length_honoured: None,
+        }
+    }
+
+    #[test]
+    fn itl_counts_every_token_and_windows_split_by_time() {
+        let mut s = RunStats::new(&[(0, 1_000_000_000), (1_000_000_000, 2_000_000_000)], Slo::default());
+        // Four tokens: the first at 100 ms, then a chunk of three 300 ms
+        // later, which lands in the second window.
+        s.add(&rec(0, 800_000_000, vec![(100_000_000, 1), (400_000_000, 3)], 1_300_000_000));
+        let (a, b) = (&s.phases[0], &s.phases[1]);
+        assert_eq!(a.itl.summary().unwrap().count, 3);
+        assert!((a.itl.summary().unwrap().p50 - 0.1).abs() < 0.001);
+        assert_eq!(a.inter_chunk.summary().unwrap().count, 1);
+        assert!((a.tpot.summary().unwrap().mean - 0.1).abs() < 0.001);
+        assert_eq!((a.tokens_in_window, b.tokens_in_window), (1, 3));
+        assert_eq!((a.completed_in_window, b.completed_in_window), (0, 1));
+        assert_eq!(a.in_flight_ns, 200_000_000);
+        assert_eq!(b.in_flight_ns, 300_000_000);
+    }
+}

@@ -1,0 +1,452 @@
+//! A streaming OpenAI-style test server for the load generator's tests and
+//! benchmark: exact, logged per-token delays, failure injection, and a
+//! dcgm-style `/metrics` with known power and energy.
+//!
+//! It logs, on CLOCK_MONOTONIC (the load generator's clock), when each
+//! request arrived and when each chunk was handed to the connection, and
+//! how many requests were in flight at every moment, so tests compare the
+//! client's measurements with what the server actually did.
+//!
+//! Routes: `POST /v1/completions`, `POST /v1/chat/completions` (SSE when
+//! `"stream": true`, usage when `stream_options.include_usage`), the same
+//! under `/fail/MODE/…` with a failure injected, `POST /raw` (plain text
+//! chunks), `POST /api/v1/annotations` (logged), `GET /metrics` (telemetry).
+//!
+//! Failure modes: `status503`, `close2` (connection cut after two chunks),
+//! `nodone` (clean end without a finish reason or `[DONE]`), `malformed2`,
+//! `stall2` (nothing after two chunks), `errorevent`, `splitutf8` (valid
+//! multi-byte text cut between writes; must succeed), `badutf8`,
+//! `hugeline` (a 2 MiB event), `short` (one token fewer than asked),
+//! `slowheaders` (headers after 3 s).
+
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::{Request, Response, body::Frame, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+/// CLOCK_MONOTONIC now, in ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub first_token_ms: f64,
+    pub token_ms: f64,
+    pub tokens_per_chunk: u32,
+    /// Keep a log of every request (off for the benchmark).
+    pub log_requests: bool,
+    /// `/metrics`: GPU utilization (%), power (W), and the rate at which
+    /// the energy counter grows (W; equal to `power_w` when consistent).
+    pub utilization_pct: f64,
+    pub power_w: f64,
+    pub energy_w: f64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            first_token_ms: 0.0,
+            token_ms: 0.0,
+            tokens_per_chunk: 1,
+            log_requests: true,
+            utilization_pct: 80.0,
+            power_w: 200.0,
+            energy_w: 200.0,
+        }
+    }
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub arrived_ns: u64,
+    pub request_id: Option<String>,
+    pub traceparent: Option<String>,
+    pub body: Value,
+    /// When the response headers were handed over.
+    pub headers_ns: Option<u64>,
+    /// When each chunk with tokens was handed to the connection.
+    pub chunks_ns: Vec<u64>,
+    /// When the last byte was handed over.
+    pub done_ns: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct ServerLog {
+    pub requests: Vec<Seen>,
+    pub annotations: Vec<Value>,
+    /// (time, requests in flight from then on), at every change.
+    pub in_flight: Vec<(u64, usize)>,
+    pub now_in_flight: usize,
+    pub max_in_flight: usize,
+}
+
+impl ServerLog {
+    /// Mean requests in flight over [a, b).
+    pub fn mean_in_flight(&self, a: u64, b: u64) -> f64 {
+        let mut total = 0u128;
+        let mut level = 0usize;
+        let mut t = a;
+        for (at, n) in &self.in_flight {
+            if *at > a {
+                let until = (*at).min(b);
+                if until > t {
+                    total += (until - t) as u128 * level as u128;
+                    t = until;
+                }
+            }
+            if *at >= b {
+                break;
+            }
+            level = *n;
+        }
+        if b > t {
+            total += (b - t) as u128 * level as u128;
+        }
+        total as f64 / (b - a) as f64
+    }
+
+    /// Most requests in flight at once during [a, b).
+    pub fn max_in_flight_between(&self, a: u64, b: u64) -> usize {
+        // The level at `a`, then every level reached before `b`.
+        let at_start = self.in_flight.iter().take_while(|(at, _)| *at <= a).last().map_or(0, |(_, n)| *n);
+        self.in_flight
+            .iter()
+            .filter(|(at, _)| *at > a && *at < b)
+            .map(|(_, n)| *n)
+            .fold(at_start, usize::max)
+    }
+}
+
+pub struct StreamServer {
+    pub port: u16,
+    pub log: Arc<Mutex<ServerLog>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for StreamServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+struct State {
+    cfg: ServerConfig,
+    log: Arc<Mutex<ServerLog>>,
+    started_ns: u64,
+}
+
+/// Counts a request in flight until dropped (when its body is done or the
+/// connection goes).
+struct InFlight(Arc<State>);
+
+impl InFlight {
+    fn new(s: Arc<State>) -> Self {
+        {
+            let mut log = s.log.lock().unwrap();
+            log.now_in_flight += 1;
+            log.max_in_flight = log.max_in_flight.max(log.now_in_flight);
+            let n = log.now_in_flight;
+            log.in_flight.push((monotonic_ns(), n));
+        }
+        Self(s)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut log = self.0.log.lock().unwrap();
+        log.now_in_flight -= 1;
+        let n = log.now_in_flight;
+        log.in_flight.push((monotonic_ns(), n));
+    }
+}
+
+impl StreamServer {
+    /// Starts on a free loopback port, on its own thread and runtime.
+    pub fn start(cfg: ServerConfig) -> StreamServer {
+        Self::start_on(cfg, 0, 2)
+    }
+
+    pub fn start_on(cfg: ServerConfig, port: u16, threads: usize) -> StreamServer {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("binding the test server");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log: Arc<Mutex<ServerLog>> = Arc::default();
+        let state = Arc::new(State {
+            cfg,
+            log: log.clone(),
+            started_ns: monotonic_ns(),
+        });
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let (stream, _) = tokio::select! {
+                        a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                        _ = &mut stop_rx => return,
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req| handle(state.clone(), req));
+                        let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    });
+                }
+            });
+        });
+        StreamServer {
+            port,
+            log,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+fn full(status: u16, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}).boxed())
+        .unwrap()
+}
+
+async fn handle(s: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Response<Body>, Infallible> {
+    let arrived = monotonic_ns();
+    let path = req.uri().path().to_string();
+    let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (request_id, traceparent) = (header("x-request-id"), header("traceparent"));
+    if req.method() == hyper::Method::GET && path == "/metrics" {
+        return Ok(metrics(&s));
+    }
+    let bytes = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if path == "/api/v1/annotations" {
+        s.log.lock().unwrap().annotations.push(body);
+        return Ok(full(200, "{}".into()));
+    }
+    let (mode, api) = match path.strip_prefix("/fail/") {
+        Some(rest) => match rest.split_once('/') {
+            Some((m, api)) => (m.to_string(), format!("/{api}")),
+            None => (rest.to_string(), String::new()),
+        },
+        None => (String::new(), path.clone()),
+    };
+    let chat = api == "/v1/chat/completions";
+    if !(api == "/v1/completions" || chat || api == "/raw") {
+        return Ok(full(404, json!({"error": {"message": format!("no route {path}")}}).to_string()));
+    }
+    let index = if s.cfg.log_requests {
+        let mut log = s.log.lock().unwrap();
+        log.requests.push(Seen {
+            path: path.clone(),
+            arrived_ns: arrived,
+            request_id,
+            traceparent,
+            body: body.clone(),
+            headers_ns: None,
+            chunks_ns: Vec::new(),
+            done_ns: None,
+        });
+        Some(log.requests.len() - 1)
+    } else {
+        None
+    };
+    if mode == "status503" {
+        return Ok(full(503, json!({"error": {"message": "overloaded"}}).to_string()));
+    }
+    if mode == "slowheaders" {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let max_tokens = body["max_tokens"].as_u64().unwrap_or(16).max(1);
+    let tokens = if mode == "short" { max_tokens - 1 } else { max_tokens };
+    let stream = body["stream"].as_bool().unwrap_or(false) || api == "/raw";
+    let usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let continuous = body["stream_options"]["continuous_usage_stats"].as_bool().unwrap_or(false);
+    let prompt_tokens = body["prompt"]
+        .as_str()
+        .or(body["messages"][0]["content"].as_str())
+        .map(|p| p.split_whitespace().count())
+        .unwrap_or(0);
+    let guard = InFlight::new(s.clone());
+    if !stream {
+        let start = tokio::time::Instant::now();
+        let wait = s.cfg.first_token_ms + s.cfg.token_ms * (tokens.saturating_sub(1)) as f64;
+        tokio::time::sleep_until(start + Duration::from_secs_f64(wait / 1e3)).await;
+        let text: String = (0..tokens).map(|_| " t").collect();
+        let choice = if chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"})
+        } else {
+            json!({"index": 0, "text": text, "finish_reason": "length"})
+        };
+        let now = monotonic_ns();
+        if let Some(i) = index {
+            let mut log = s.log.lock().unwrap();
+            log.requests[i].chunks_ns.push(now);
+            log.requests[i].done_ns = Some(now);
+        }
+        drop(guard);
+        let reply = json!({"choices": [choice], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens}});
+        return Ok(full(200, reply.to_string()));
+    }
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
+    let state = s.clone();
+    let raw = api == "/raw";
+    let content_type = if raw { "text/plain; charset=utf-8" } else { "text/event-stream" };
+    tokio::spawn(async move {
+        let _guard = guard;
+        let cfg = &state.cfg;
+        let start = tokio::time::Instant::now();
+        let k = cfg.tokens_per_chunk.max(1) as u64;
+        let chunks = tokens.div_ceil(k);
+        let mut sent_tokens = 0u64;
+        let stamp = |state: &State, last: bool| {
+            let now = monotonic_ns();
+            if let Some(i) = index {
+                let mut log = state.log.lock().unwrap();
+                log.requests[i].chunks_ns.push(now);
+                if last {
+                    log.requests[i].done_ns = Some(now);
+                }
+            }
+        };
+        for c in 0..chunks {
+            let due = cfg.first_token_ms + c as f64 * cfg.token_ms * k as f64;
+            if due > 0.0 {
+                tokio::time::sleep_until(start + Duration::from_secs_f64(due / 1e3)).await;
+            }
+            let n = k.min(tokens - sent_tokens);
+            sent_tokens += n;
+            let last = sent_tokens == tokens;
+            let text: String = (0..n).map(|_| " t").collect();
+            let frames: Vec<Vec<u8>> = match mode.as_str() {
+                _ if raw => vec![text.into_bytes()],
+                "malformed2" if c == 2 => vec![b"data: {not json\n\n".to_vec()],
+                "errorevent" if c == 2 => vec![b"data: {\"error\": {\"message\": \"boom\"}}\n\n".to_vec()],
+                "badutf8" if c == 2 => vec![b"data: {\"choices\":[{\"text\":\"\xff\xfe\"}]}\n\n".to_vec()],
+                "hugeline" if c == 2 => vec![format!("data: {{\"choices\":[{{\"text\":\"{}\"}}]}}\n\n", "x".repeat(2 << 20)).into_bytes()],
+                "splitutf8" => {
+                    let ev = event(chat, " é世界", if last { Some("length") } else { None });
+                    // Cut inside the multi-byte characters.
+                    let cut = ev.iter().position(|b| *b >= 0x80).unwrap_or(1) + 1;
+                    vec![ev[..cut].to_vec(), ev[cut..cut + 2].to_vec(), ev[cut + 2..].to_vec()]
+                }
+                "nodone" => vec![event(chat, &text, None)],
+                _ => {
+                    let mut ev = event(chat, &text, if last { Some("length") } else { None });
+                    if continuous {
+                        // vLLM's continuous usage: cumulative counts in every chunk.
+                        let mut v: Value = serde_json::from_slice(&ev[6..ev.len() - 2]).unwrap();
+                        v["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": sent_tokens});
+                        ev = format!("data: {v}\n\n").into_bytes();
+                    }
+                    vec![ev]
+                }
+            };
+            for f in frames {
+                if tx.send(Ok(Frame::data(Bytes::from(f)))).await.is_err() {
+                    return;
+                }
+                // Separate writes, so the client sees separate reads.
+                if mode == "splitutf8" {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            stamp(&state, last && raw);
+            if c + 1 == 2 {
+                match mode.as_str() {
+                    "close2" => {
+                        let _ = tx.send(Err(std::io::Error::other("cut"))).await;
+                        return;
+                    }
+                    "stall2" => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if raw || mode == "nodone" {
+            return;
+        }
+        if usage {
+            let u = json!({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens}});
+            let _ = tx.send(Ok(Frame::data(Bytes::from(format!("data: {u}\n\n"))))).await;
+        }
+        let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))).await;
+        if let Some(i) = index {
+            state.log.lock().unwrap().requests[i].done_ns = Some(monotonic_ns());
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    if let Some(i) = index {
+        s.log.lock().unwrap().requests[i].headers_ns = Some(monotonic_ns());
+    }
+    Ok(Response::builder()
+        .status(200)
+        .header("content-type", content_type)
+        .body(StreamBody::new(stream).boxed())
+        .unwrap())
+}
+
+fn event(chat: bool, text: &str, finish: Option<&str>) -> Vec<u8> {
+    let choice = if chat {
+        json!({"index": 0, "delta": {"content": text}, "finish_reason": finish})
+    } else {
+        json!({"index": 0, "text": text, "finish_reason": finish})
+    };
+    format!("data: {}\n\n", json!({"object": "chunk", "choices": [choice]})).into_bytes()
+}
+
+/// dcgm-exporter-style telemetry: one GPU, constant utilization and power,
+/// an energy counter (mJ) growing at `energy_w`.
+fn metrics(s: &State) -> Response<Body> {
+    let elapsed = (monotonic_ns() - s.started_ns) as f64 / 1e9;
+    let labels = "gpu=\"0\",UUID=\"GPU-00000000-test\",modelName=\"NVIDIA A40\"";
+    let text = format!(
+        "# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).\n# TYPE DCGM_FI_DEV_GPU_UTIL gauge\nDCGM_FI_DEV_GPU_UTIL{{{labels}}} {}\n\
+         # HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).\n# TYPE DCGM_FI_DEV_POWER_USAGE gauge\nDCGM_FI_DEV_POWER_USAGE{{{labels}}} {}\n\
+         # HELP DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION Total energy consumption since boot (in mJ).\n# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter\nDCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{labels}}} {:.0}\n",
+        s.cfg.utilization_pct,
+        s.cfg.power_w,
+        1e9 + s.cfg.energy_w * elapsed * 1000.0
+    );
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(text)).map_err(|never: Infallible| match never {}).boxed())
+        .unwrap()
+}
