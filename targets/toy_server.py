@@ -11,7 +11,8 @@ behaviour Gapscope is built to explain:
 * Python work per token while holding the GIL (sampling, detokenising);
 * JSON serialisation of every streamed chunk (SSE).
 
-Routes: POST /v1/completions (stream or not), GET /health.
+Routes: POST /v1/completions and /v1/chat/completions (streamed as SSE or
+whole; `stream_options.include_usage` adds a usage chunk), GET /health.
 """
 
 import argparse
@@ -55,21 +56,24 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": f"no route {self.path}"})
 
     def do_POST(self):
-        if self.path != "/v1/completions":
+        if self.path not in ("/v1/completions", "/v1/chat/completions"):
             self._send_json(404, {"error": f"no route {self.path}"})
             return
+        chat = self.path == "/v1/chat/completions"
         try:
             length = int(self.headers.get("Content-Length", "0"))
             req = json.loads(self.rfile.read(length) or b"{}")
             max_tokens = int(req.get("max_tokens", 16))
             stream = bool(req.get("stream", False))
-        except (ValueError, TypeError) as e:
+            include_usage = bool((req.get("stream_options") or {}).get("include_usage", False))
+            prompt = req["messages"][-1]["content"] if chat else req.get("prompt", "")
+        except (ValueError, TypeError, KeyError, IndexError) as e:
             self._send_json(400, {"error": f"bad request body: {e}"})
             return
         if not 1 <= max_tokens <= 4096:
             self._send_json(400, {"error": "max_tokens must be between 1 and 4096"})
             return
-        rng = random.Random(hash(req.get("prompt", "")))
+        rng = random.Random(hash(prompt))
         step_s = self.server.step_ms / 1000.0
         if stream:
             self.send_response(200)
@@ -84,16 +88,27 @@ class Handler(BaseHTTPRequestHandler):
             word = rng.choice(VOCAB)
             words.append(word)
             if stream:
-                chunk = {"id": "cmpl-toy", "object": "text_completion",
-                         "choices": [{"index": 0, "text": " " + word,
-                                      "finish_reason": "length" if i == max_tokens - 1 else None}]}
+                finish = "length" if i == max_tokens - 1 else None
+                if chat:
+                    choice = {"index": 0, "delta": {"content": " " + word}, "finish_reason": finish}
+                else:
+                    choice = {"index": 0, "text": " " + word, "finish_reason": finish}
+                chunk = {"id": "cmpl-toy", "object": "chat.completion.chunk" if chat else "text_completion",
+                         "choices": [choice]}
                 self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                 self.wfile.flush()
-        usage = {"prompt_tokens": len(str(req.get("prompt", "")).split()),
-                 "completion_tokens": max_tokens}
+        usage = {"prompt_tokens": len(str(prompt).split()), "completion_tokens": max_tokens}
         if stream:
+            if include_usage:
+                chunk = {"id": "cmpl-toy", "choices": [], "usage": usage}
+                self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             self.wfile.write(b"data: [DONE]\n\n")
             self.close_connection = True
+        elif chat:
+            self._send_json(200, {"id": "cmpl-toy", "object": "chat.completion",
+                                  "choices": [{"index": 0, "finish_reason": "length",
+                                               "message": {"role": "assistant", "content": " ".join(words)}}],
+                                  "usage": usage})
         else:
             self._send_json(200, {"id": "cmpl-toy", "object": "text_completion",
                                   "choices": [{"index": 0, "text": " ".join(words),

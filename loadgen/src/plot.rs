@@ -187,6 +187,13 @@ fn cdf_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, latencies: &[(Str
             .map(|(name, l)| (name.clone(), l[k].cdf(200)))
             .filter(|(_, c)| !c.is_empty())
             .collect();
+        if curves.is_empty() {
+            // Not streamed: no inter-token latency to draw.
+            panel
+                .draw(&Text::new(format!("{title}: no data"), (40, 40), ("sans-serif", 16)))
+                .map_err(e)?;
+            continue;
+        }
         let lo = curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.0)).fold(f64::INFINITY, f64::min).max(1e-6);
         let hi = curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.0)).fold(0.0, f64::max).max(lo * 10.0);
         let mut chart = ChartBuilder::on(panel)

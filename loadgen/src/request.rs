@@ -221,11 +221,7 @@ impl Client {
                     Err(e) => return self.decode_failed(rec, e),
                 },
                 Ok(Some(Err(e))) => {
-                    let kind = if e.is_incomplete_message() || e.is_body_write_aborted() || e.is_canceled() {
-                        ErrorKind::EarlyClose
-                    } else {
-                        ErrorKind::MalformedStream
-                    };
+                    let kind = if connection_lost(&e) { ErrorKind::EarlyClose } else { ErrorKind::MalformedStream };
                     return self.fail(rec, kind, error_chain(&e));
                 }
                 Ok(Some(Ok(frame))) => {
@@ -313,6 +309,23 @@ fn classify_client_error(e: &hyper_util::client::legacy::Error) -> ErrorKind {
         source = s.source();
     }
     ErrorKind::EarlyClose
+}
+
+/// Whether a body error means the connection went away (rather than the
+/// bytes breaking HTTP).
+fn connection_lost(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind as K;
+    if e.is_incomplete_message() || e.is_canceled() || e.is_body_write_aborted() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe);
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// An error and its causes on one line.

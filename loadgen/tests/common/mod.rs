@@ -1,6 +1,6 @@
 //! Running the real gapscope-loadgen binary and reading what it wrote.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::{
     path::{Path, PathBuf},

@@ -1,0 +1,197 @@
+//! What a run reports: tokens per joule and MFU from telemetry, the
+//! self-audit (which catches inconsistent figures, including the published
+//! ones), results that validate against the schema, plots, the comparison
+//! table, phase annotations, and exact prompt lengths with a tokenizer.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const LLAMA3_8B: &str = r#"{"hidden_size":4096,"intermediate_size":14336,"num_attention_heads":32,
+    "num_hidden_layers":32,"num_key_value_heads":8,"vocab_size":128256,"tie_word_embeddings":false}"#;
+
+fn telemetry_run(server: &StreamServer, extra: &[&str]) -> Run {
+    let url = server.url("/v1/completions");
+    let metrics = format!("dcgm={}", server.url("/metrics"));
+    let mut args = vec![
+        "--url", &url, "--phase", "warm=poisson:30:2s", "--phase", "stress=closed:4:3s", "--max-tokens", "16",
+        "--telemetry", &metrics, "--params", "8.03e9", "--gpu-hour-usd", "1.2",
+    ];
+    args.extend_from_slice(extra);
+    loadgen(&args)
+}
+
+#[test]
+fn tokens_per_joule_mfu_and_cost_follow_from_the_telemetry() {
+    let _g = serial();
+    let server = StreamServer::start(ServerConfig { token_ms: 2.0, ..ServerConfig::default() });
+    let run = telemetry_run(&server, &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let results = run.results();
+    assert_eq!(results["model"]["gpu"], "NVIDIA A40", "the GPU comes from the exporter's modelName");
+    assert_eq!(results["model"]["peak_tflops_per_gpu"], 149.7);
+    let p = run.phase("stress");
+    let tps = p["throughput"]["output_tokens_per_s"].as_f64().unwrap();
+    let window = p["duration_s"].as_f64().unwrap();
+    // The exporter's counter grows at exactly 200 W.
+    assert_eq!(p["telemetry"]["energy_source"], "counter");
+    let energy = p["telemetry"]["energy_j"].as_f64().unwrap();
+    assert!((energy / (200.0 * window) - 1.0).abs() < 0.01, "energy {energy} J over {window} s");
+    let tpj = p["tokens_per_joule"].as_f64().unwrap();
+    assert!((tpj * 200.0 / tps - 1.0).abs() < 0.01, "{tpj} tok/J at 200 W vs {tps} tok/s");
+    // MFU = tok/s x 2N / peak (no layers given: no attention term).
+    let mfu = p["mfu"].as_f64().unwrap();
+    assert!((mfu - tps * 2.0 * 8.03e9 / 149.7e12).abs() < 1e-9, "{mfu}");
+    // $1.2 per GPU-hour.
+    let cost = p["cost_per_million_tokens_usd"].as_f64().unwrap();
+    assert!((cost - 1.2 / (tps * 3600.0) * 1e6).abs() < 1e-9);
+    for c in results["audit"].as_array().unwrap() {
+        assert_ne!(c["status"], "fail", "{c}");
+    }
+    assert!(run.stdout.contains("audit energy_matches_throughput    PASS"), "{}", run.stdout);
+
+    // The results validate against the published schema.
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(repo_file("loadgen/schema/results.v1.schema.json")).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let problems: Vec<String> = validator.iter_errors(&results).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+    // And a broken document does not.
+    let mut broken = results.clone();
+    broken["phases"][0]["kind"] = "teleport".into();
+    assert!(!validator.is_valid(&broken));
+
+    // The plots: PNG and SVG, with text drawn from the embedded font.
+    for name in ["telemetry", "throughput", "latency_cdf"] {
+        let png = std::fs::read(run.path(&format!("{name}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{name}.png");
+        let svg = std::fs::read_to_string(run.path(&format!("{name}.svg"))).unwrap();
+        assert!(svg.contains("<svg"), "{name}.svg");
+    }
+    let svg = std::fs::read_to_string(run.path("telemetry.svg")).unwrap();
+    assert!(svg.contains("GPU utilization") && svg.contains("stress (closed loop)"), "labels drawn");
+}
+
+#[test]
+fn inconsistent_telemetry_fails_the_audit() {
+    let _g = serial();
+    // The energy counter says 400 W while the power gauge says 200 W.
+    let server = StreamServer::start(ServerConfig { token_ms: 2.0, energy_w: 400.0, ..ServerConfig::default() });
+    let run = telemetry_run(&server, &[]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("self-audit found inconsistent figures"), "{}", run.stderr);
+    let audit = run.results()["audit"].as_array().unwrap().clone();
+    assert!(audit.iter().any(|c| c["check"] == "energy_matches_throughput" && c["status"] == "fail"), "{audit:?}");
+}
+
+#[test]
+fn the_audit_catches_the_published_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, LLAMA3_8B).unwrap();
+    let out = std::process::Command::new(gapscope_testkit::loadgen_bin())
+        .args(["audit", "--claim", "bentoml:870:6.8%", "--claim", "lmdeploy:1515:16.2%", "--model-config"])
+        .arg(&config)
+        .args(["--gpu", "A40"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    let line = |check: &str, phase: &str| text.lines().find(|l| l.starts_with(check) && l.contains(&format!("[{phase}]"))).unwrap_or_default().to_string();
+    assert!(line("mfu_matches_throughput", "bentoml").contains("FAIL"), "{text}");
+    assert!(line("mfu_matches_throughput", "bentoml").contains("9.33 %"), "{text}");
+    assert!(line("mfu_matches_throughput", "lmdeploy").contains("PASS"), "{text}");
+    assert!(line("mfu_scales_with_throughput", "lmdeploy").contains("FAIL"), "{text}");
+}
+
+#[test]
+fn compare_prints_the_table_and_the_cost_formula() {
+    let _g = serial();
+    let slow = StreamServer::start(ServerConfig { token_ms: 4.0, ..ServerConfig::default() });
+    let fast = StreamServer::start(ServerConfig { token_ms: 2.0, ..ServerConfig::default() });
+    let a = telemetry_run(&slow, &[]);
+    let b = telemetry_run(&fast, &[]);
+    assert_eq!((a.code, b.code), (0, 0), "{}\n{}", a.stderr, b.stderr);
+    let out = std::process::Command::new(gapscope_testkit::loadgen_bin())
+        .arg("compare")
+        .arg(a.path("results.json"))
+        .arg(b.path("results.json"))
+        .args(["--labels", "bentoml,lmdeploy", "--daily-tokens", "1e9"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("| metric | bentoml | lmdeploy | lmdeploy vs bentoml |"), "{text}");
+    let (ta, tb) = (
+        a.phase("stress")["throughput"]["output_tokens_per_s"].as_f64().unwrap(),
+        b.phase("stress")["throughput"]["output_tokens_per_s"].as_f64().unwrap(),
+    );
+    assert!(text.contains(&format!("| output tokens/s | {ta:.1} | {tb:.1} |")), "{text}");
+    assert!(text.contains(&format!("better, {:.2}×)", tb / ta)), "{text}");
+    assert!(text.contains("Formula: $/M tokens = $/GPU-hour"), "{text}");
+    assert!(text.contains("1.0 billion output tokens a day"), "{text}");
+    // A file that is not a results document is refused with the fix.
+    let out = std::process::Command::new(gapscope_testkit::loadgen_bin())
+        .arg("compare")
+        .arg(a.path("requests.jsonl"))
+        .arg(b.path("results.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("; fix: "));
+}
+
+#[test]
+fn phases_are_announced_to_gapscoped() {
+    let _g = serial();
+    let server = StreamServer::start(ServerConfig::default());
+    let run = loadgen(&[
+        "--url", &server.url("/v1/completions"), "--phase", "warm=constant:10:1s", "--phase", "quiet=silence:1s",
+        "--max-tokens", "4", "--gapscoped", &server.url(""),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("phase annotations posted to gapscoped: 4 (0 failed)"), "{}", run.stdout);
+    let log = server.log.lock().unwrap();
+    for phase in ["warm", "quiet"] {
+        let (a, b) = run.window(phase);
+        for (event, at) in [("start", a), ("end", b)] {
+            let note = log.annotations.iter().find(|n| n["phase"] == phase && n["event"] == event).expect("annotation posted");
+            let t = note["monotonic_ns"].as_u64().unwrap();
+            assert!(t.abs_diff(at) < 20_000_000, "{phase} {event}: {t} vs {at}");
+            assert_eq!(note["run_id"], run.results()["run"]["run_id"]);
+        }
+    }
+}
+
+/// A word-level tokenizer: every whitespace-separated word is one token.
+const TOKENIZER: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+  "pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+  "model":{"type":"WordLevel","unk_token":"[UNK]","vocab":{"[UNK]":0,"t":1,"alpha":2,"bravo":3,"charlie":4,"delta":5,
+  "echo":6,"foxtrot":7,"golf":8,"hotel":9,"india":10,"juliet":11,"kilo":12,"lima":13,"mike":14,"november":15,"oscar":16,
+  "papa":17,"quebec":18,"romeo":19,"sierra":20,"tango":21}}}"#;
+
+#[test]
+fn a_tokenizer_makes_prompt_lengths_exact_and_counts_output() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tokenizer.json");
+    std::fs::write(&tok, TOKENIZER).unwrap();
+    let server = StreamServer::start(ServerConfig::default());
+    let run = loadgen(&[
+        "--url", &server.url("/v1/completions"), "--phase", "s=closed:2:1s", "--max-tokens", "5",
+        "--input-tokens", "40-60", "--tokenizer", tok.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.results()["run"]["prompts"]["exact_lengths"], true);
+    let requests = run.requests();
+    for r in &requests {
+        let n = r["prompt_tokens"].as_u64().unwrap();
+        assert!((40..=60).contains(&n));
+        // The server counts words: the same number.
+        assert_eq!(r["usage_prompt_tokens"], n);
+        assert_eq!(r["output_tokens"]["tokenizer"], 5);
+    }
+    let t = &run.phase("s")["tokens"];
+    assert_eq!((t["prompt_vs_usage"].as_u64(), t["usage_vs_tokenizer"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(t["with_tokenizer"].as_u64(), Some(requests.len() as u64));
+}
