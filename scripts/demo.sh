@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: build gapscoped, trace the reference Python server in targets/
-# while a short load runs against it, then print what was measured.
+# The demo: build gapscoped and gapscope-loadgen, trace the reference Python
+# server in targets/ while the load generator runs the experiment's three
+# phases against it (shortened), then print what both measured.
 # Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ bash scripts/setup.sh
 DURATION=${DURATION:-10}
 CONCURRENCY=${CONCURRENCY:-8}
 
-echo "==> building gapscoped (release)"
+echo "==> building gapscoped and gapscope-loadgen (release)"
 cargo build --release --quiet
 
 work=$(mktemp -d)
@@ -52,8 +53,21 @@ until curl -sf "http://127.0.0.1:$server_port/health" >/dev/null; do
 done
 
 curl -sf "http://127.0.0.1:$metrics_port/metrics" >"$work/before.prom"
-echo "==> load: $CONCURRENCY concurrent streaming clients for ${DURATION}s"
-"$py" targets/load.py --port "$server_port" --concurrency "$CONCURRENCY" --duration "$DURATION" >"$work/load.json"
+out=${OUT:-demo-results}
+echo "==> gapscope-loadgen: Poisson warmup 4 s, silent cooldown 2 s, closed loop at $CONCURRENCY for ${DURATION}s"
+set +e
+./target/release/gapscope-loadgen --url "http://127.0.0.1:$server_port/v1/completions" \
+  --phase "warmup=poisson:4:4s" --phase "cooldown=silence:2s" --phase "stress=closed:$CONCURRENCY:${DURATION}s" \
+  --max-tokens 32 --input-tokens 64 --gapscoped "http://127.0.0.1:$metrics_port" --quiet --out "$out"
+status=$?
+set -e
+[ "$status" -le 1 ] || { echo "gapscope-loadgen failed ($status)"; exit 1; }
 curl -sf "http://127.0.0.1:$metrics_port/metrics" >"$work/after.prom"
 
-"$py" scripts/demo_report.py "$work/before.prom" "$work/after.prom" "$work/load.json" toy-python
+"$py" scripts/demo_report.py "$work/before.prom" "$work/after.prom" "$out/results.json" toy-python
+echo
+echo "Phase annotations gapscoped received:"
+curl -sf "http://127.0.0.1:$metrics_port/api/v1/annotations" | "$py" -c 'import json, sys
+for a in json.load(sys.stdin)["annotations"]:
+    print("  {:<9} {:<5} at {:.3f} s (CLOCK_MONOTONIC)".format(a["phase"], a["event"], a["monotonic_ns"] / 1e9))'
+echo "Plots and per-request records: $out/"

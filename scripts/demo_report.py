@@ -54,11 +54,13 @@ def fmt_s(s):
 
 def main():
     before, after, load_path, service = parse(sys.argv[1]), parse(sys.argv[2]), sys.argv[3], sys.argv[4]
-    load = json.load(open(load_path))
-    wall = load["seconds"]
+    results = json.load(open(load_path))  # gapscope-loadgen's results.json
+    phases = results["phases"]
+    wall = round(phases[-1]["end_s"] - phases[0]["start_s"], 1)
+    requests = sum(p["ok"] for p in phases)
+    tokens = sum(p["output_tokens"] for p in phases)
     print()
-    print(f"Load: {load['requests']} streamed requests, {load['tokens']} tokens in {wall} s "
-          f"({load['tokens_per_second']} tokens/s)")
+    print(f"Load (gapscope-loadgen, {len(phases)} phases): {requests} streamed requests, {tokens} tokens in {wall} s")
     procs = after.get(("gapscope_service_processes", (("service", service),)), 0)
     print(f"Service {service!r}: {int(procs)} process(es) traced")
 

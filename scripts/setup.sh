@@ -71,5 +71,10 @@ if ! "$venv/bin/python" -c "import orjson, msgpack, pydantic_core, google.protob
   say "installing $codecs into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check $codecs
 fi
+# aiohttp: the Python client the load generator's benchmark compares against.
+if ! "$venv/bin/python" -c "import aiohttp" 2>/dev/null; then
+  say "installing aiohttp into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check aiohttp==3.13.2
+fi
 
 say "setup complete"

@@ -92,6 +92,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         probes,
         targets: targets.clone(),
         timeline: timeline.clone(),
+        annotations: Default::default(),
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let server =

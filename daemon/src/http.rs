@@ -23,6 +23,11 @@ pub fn router(exporter: Arc<Exporter>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/api/v1/intervals", get(intervals))
+        .route(
+            "/api/v1/annotations",
+            get(list_annotations).post(add_annotation),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(exporter)
 }
 
@@ -55,6 +60,38 @@ async fn landing(State(ex): State<Arc<Exporter>>) -> Html<String> {
          </body></html>",
         env!("CARGO_PKG_VERSION")
     ))
+}
+
+/// `POST /api/v1/annotations`: a phase start or end from the load
+/// generator (JSON: phase, event = start|end, and optionally kind, run_id,
+/// source, monotonic_ns, unix_ns).
+async fn add_annotation(State(ex): State<Arc<Exporter>>, body: axum::body::Bytes) -> Response {
+    let now = {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    let added = ex
+        .annotations
+        .lock()
+        .map_err(|_| "poisoned".to_string())
+        .and_then(|mut a| a.add(&body, now));
+    match added {
+        Ok(a) => Json(json!({ "ok": true, "annotation": a })).into_response(),
+        Err(why) => bad_request(
+            why,
+            "post {\"phase\": \"cooldown\", \"kind\": \"silence\", \"event\": \"start\"} (monotonic_ns optional: CLOCK_MONOTONIC ns)",
+        ),
+    }
+}
+
+async fn list_annotations(State(ex): State<Arc<Exporter>>) -> Response {
+    let list = ex.annotations.lock().map(|a| a.list()).unwrap_or_default();
+    Json(json!({ "annotations": list })).into_response()
 }
 
 /// A 400 answer naming the problem and the fix, as JSON.

@@ -7,6 +7,7 @@
 //! `discovery` decides which processes are traced; `python` finds their
 //! interpreters and GILs.
 
+pub mod annotations;
 pub mod bpf;
 pub mod check;
 pub mod config;

@@ -56,7 +56,11 @@ impl Annotator {
         })
         .to_string();
         let (client, url) = (self.client.clone(), self.url.clone());
-        let (posted, failed, warned) = (self.posted.clone(), self.failed.clone(), self.warned.clone());
+        let (posted, failed, warned) = (
+            self.posted.clone(),
+            self.failed.clone(),
+            self.warned.clone(),
+        );
         tokio::spawn(async move {
             match client.post_json(&url, body, Duration::from_secs(2)).await {
                 Ok((200..=299, _)) => {
@@ -69,7 +73,9 @@ impl Annotator {
                             Ok((status, body)) => format!("HTTP {status}: {}", body.trim()),
                             Err(e) => e,
                         };
-                        eprintln!("gapscope-loadgen: cannot post phase annotations to gapscoped ({why}); the run goes on");
+                        eprintln!(
+                            "gapscope-loadgen: cannot post phase annotations to gapscoped ({why}); the run goes on"
+                        );
                     }
                 }
             }

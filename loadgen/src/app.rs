@@ -33,22 +33,41 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 
 pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
     let plan = args.plan()?;
-    let tokenizer = plan.prompts.tokenizer.as_deref().map(load_tokenizer).transpose()?.map(Arc::new);
+    let tokenizer = plan
+        .prompts
+        .tokenizer
+        .as_deref()
+        .map(load_tokenizer)
+        .transpose()?
+        .map(Arc::new);
     let prompts = PromptGen::new(&plan.prompts, plan.output.max_tokens, plan.seed)?;
     let exact_prompts = prompts.exact();
     let model = ModelShape::from_spec(&plan.model)?;
     let run_id = format!("{:016x}", rand::random::<u64>());
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("loadgen-results").join(&run_id));
-    std::fs::create_dir_all(&out)
-        .map_err(|e| UsageError::new(format!("cannot create {}: {e}", out.display()), "give --out a writable directory"))?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("loadgen-results").join(&run_id));
+    std::fs::create_dir_all(&out).map_err(|e| {
+        UsageError::new(
+            format!("cannot create {}: {e}", out.display()),
+            "give --out a writable directory",
+        )
+    })?;
     let jsonl_path = out.join("requests.jsonl");
-    let jsonl = std::fs::File::create(&jsonl_path)
-        .map_err(|e| UsageError::new(format!("cannot create {}: {e}", jsonl_path.display()), "give --out a writable directory"))?;
+    let jsonl = std::fs::File::create(&jsonl_path).map_err(|e| {
+        UsageError::new(
+            format!("cannot create {}: {e}", jsonl_path.display()),
+            "give --out a writable directory",
+        )
+    })?;
 
     // Timers to the microsecond on every thread that runs requests.
     precise_timers();
     let runtime = if args.threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(args.threads)
@@ -56,7 +75,12 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
             .enable_all()
             .build()
     }
-    .map_err(|e| UsageError::new(format!("cannot start the async runtime: {e}"), "check the system's thread limits"))?;
+    .map_err(|e| {
+        UsageError::new(
+            format!("cannot start the async runtime: {e}"),
+            "check the system's thread limits",
+        )
+    })?;
 
     // The bar only on a terminal; the opening line unless asked for quiet.
     let quiet = args.quiet || !std::io::stderr().is_terminal();
@@ -80,7 +104,10 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
             u64::from_str_radix(&run_id, 16).unwrap_or(0),
         ));
         let scraper = plan.telemetry.as_ref().map(|t| Scraper::start(t, clock));
-        let annotator = plan.gapscoped.as_deref().map(|g| Arc::new(Annotator::new(g, run_id.clone(), clock)));
+        let annotator = plan
+            .gapscoped
+            .as_deref()
+            .map(|g| Arc::new(Annotator::new(g, run_id.clone(), clock)));
         let live = Arc::new(Live::default());
         let progress = (!quiet).then(|| progress_bar(&plan, live.clone(), clock));
         let outcome = runner::run(
@@ -99,7 +126,12 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
         }
         // Let the last annotations go out.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let annotations = annotator.map(|a| (a.posted.load(Ordering::Relaxed), a.failed.load(Ordering::Relaxed)));
+        let annotations = annotator.map(|a| {
+            (
+                a.posted.load(Ordering::Relaxed),
+                a.failed.load(Ordering::Relaxed),
+            )
+        });
         (outcome, scraper.map(Scraper::stop), clock, annotations)
     });
 
@@ -118,8 +150,12 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
     );
     let results_path = out.join("results.json");
     let text = serde_json::to_string_pretty(&results).unwrap_or_default();
-    std::fs::write(&results_path, text)
-        .map_err(|e| UsageError::new(format!("cannot write {}: {e}", results_path.display()), "give --out a writable directory"))?;
+    std::fs::write(&results_path, text).map_err(|e| {
+        UsageError::new(
+            format!("cannot write {}: {e}", results_path.display()),
+            "give --out a writable directory",
+        )
+    })?;
     let mut files = vec![results_path, jsonl_path];
     if !args.no_plots {
         let latencies: Vec<_> = outcome
@@ -133,13 +169,16 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
             Err(e) => eprintln!("gapscope-loadgen: plotting failed ({e}); the results are written"),
         }
     }
-    print!("{}", results.summary());
+    let mut report = results.summary();
     if let Some((posted, failed)) = annotations {
-        println!("phase annotations posted to gapscoped: {posted} ({failed} failed)");
+        report.push_str(&format!(
+            "phase annotations posted to gapscoped: {posted} ({failed} failed)\n"
+        ));
     }
     for f in &files {
-        println!("wrote {}", f.display());
+        report.push_str(&format!("wrote {}\n", f.display()));
     }
+    out_text(&report);
 
     let violations = results.run.fixed_length_violations;
     if violations > 0 {
@@ -150,7 +189,9 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
     }
     let audit_ok = audit::all_passed(&results.audit);
     if !audit_ok {
-        eprintln!("gapscope-loadgen: FAILED: the self-audit found inconsistent figures (see 'audit' lines above)");
+        eprintln!(
+            "gapscope-loadgen: FAILED: the self-audit found inconsistent figures (see 'audit' lines above)"
+        );
     }
     Ok(if outcome.interrupted {
         EXIT_INTERRUPTED
@@ -163,12 +204,24 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
     })
 }
 
-fn progress_bar(plan: &crate::plan::Plan, live: Arc<Live>, clock: Clock) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a crash.
+pub fn out_text(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+fn progress_bar(
+    plan: &crate::plan::Plan,
+    live: Arc<Live>,
+    clock: Clock,
+) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
     let total = plan.total().as_millis() as u64;
     let bar = indicatif::ProgressBar::new(total.max(1));
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30.cyan/blue}] {percent:>3}% {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30.cyan/blue}] {percent:>3}% {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let b = bar.clone();
     let task = tokio::spawn(async move {
@@ -208,7 +261,9 @@ pub fn audit(args: &AuditArgs) -> Result<i32, UsageError> {
         ..ModelSpec::default()
     };
     let model = ModelShape::from_spec(&spec)?;
-    let peak = args.peak_tflops.or_else(|| args.gpu.as_deref().and_then(flops::peak_for).map(|p| p.1));
+    let peak = args
+        .peak_tflops
+        .or_else(|| args.gpu.as_deref().and_then(flops::peak_for).map(|p| p.1));
     let bad = |c: &str, why: &str| {
         UsageError::new(
             format!("--claim {c:?}: {why}"),
@@ -231,7 +286,12 @@ pub fn audit(args: &AuditArgs) -> Result<i32, UsageError> {
         let tokens_per_s = num(parts[1])?;
         let mfu = parts.get(2).map(|s| num(s)).transpose()?;
         let expected = match (&model, peak) {
-            (Some(m), Some(p)) => Some(flops::mfu(tokens_per_s, m.flops_per_token(0.0), args.gpus.unwrap_or(1), p)),
+            (Some(m), Some(p)) => Some(flops::mfu(
+                tokens_per_s,
+                m.flops_per_token(0.0),
+                args.gpus.unwrap_or(1),
+                p,
+            )),
             _ => None,
         };
         figures.push(Figures {
@@ -245,17 +305,26 @@ pub fn audit(args: &AuditArgs) -> Result<i32, UsageError> {
         });
     }
     let checks = audit::audit(&figures);
+    let mut report = String::new();
     for c in &checks {
-        println!(
-            "{:<28} {:<8} {}{}",
+        report.push_str(&format!(
+            "{:<28} {:<8} {}{}\n",
             c.check,
             format!("{:?}", c.status).to_uppercase(),
-            c.phase.as_deref().map(|p| format!("[{p}] ")).unwrap_or_default(),
+            c.phase
+                .as_deref()
+                .map(|p| format!("[{p}] "))
+                .unwrap_or_default(),
             c.detail
-        );
+        ));
     }
     if model.is_none() || peak.is_none() {
-        println!("(give --model-config or --params, and --gpu or --peak-tflops, to check each MFU against its throughput)");
+        report.push_str("(give --model-config or --params, and --gpu or --peak-tflops, to check each MFU against its throughput)\n");
     }
-    Ok(if audit::all_passed(&checks) { EXIT_OK } else { EXIT_CHECK_FAILED })
+    out_text(&report);
+    Ok(if audit::all_passed(&checks) {
+        EXIT_OK
+    } else {
+        EXIT_CHECK_FAILED
+    })
 }

@@ -10,7 +10,13 @@ use crate::plan::Arrival;
 
 /// Send offsets (ns from the phase start) for `rate` requests per second
 /// over `duration_ns`.
-pub fn schedule(arrival: Arrival, rate: f64, burstiness: f64, duration_ns: u64, seed: u64) -> Vec<u64> {
+pub fn schedule(
+    arrival: Arrival,
+    rate: f64,
+    burstiness: f64,
+    duration_ns: u64,
+    seed: u64,
+) -> Vec<u64> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mean_gap_s = 1.0 / rate;
     let gap = move |rng: &mut StdRng| -> f64 {
@@ -29,7 +35,10 @@ pub fn schedule(arrival: Arrival, rate: f64, burstiness: f64, duration_ns: u64, 
     if arrival == Arrival::Constant {
         // Exactly i / rate: no drift from adding up rounded gaps.
         let n = (duration_ns as f64 / 1e9 * rate).ceil() as u64;
-        return (0..n).map(|i| (i as f64 * 1e9 / rate).round() as u64).filter(|t| *t < duration_ns).collect();
+        return (0..n)
+            .map(|i| (i as f64 * 1e9 / rate).round() as u64)
+            .filter(|t| *t < duration_ns)
+            .collect();
     }
     // A random phase starts after its first gap, like every later request.
     let mut t = gap(&mut rng);
@@ -75,7 +84,10 @@ mod tests {
         let sends = schedule(Arrival::Poisson, 200.0, 1.0, 60_000_000_000, 7);
         let rate = sends.len() as f64 / 60.0;
         assert!((rate / 200.0 - 1.0).abs() < 0.03, "rate {rate}");
-        let gaps: Vec<f64> = sends.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e9).collect();
+        let gaps: Vec<f64> = sends
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as f64 / 1e9)
+            .collect();
         let d = ks_exponential(&gaps, 200.0);
         assert!(d < ks_critical_1pct(gaps.len()), "KS {d}");
     }

@@ -68,7 +68,11 @@ pub struct Figures {
 
 /// Relative difference of `a` from `b`.
 fn off(a: f64, b: f64) -> f64 {
-    if b == 0.0 { if a == 0.0 { 0.0 } else { f64::INFINITY } } else { (a - b).abs() / b.abs() }
+    if b == 0.0 {
+        if a == 0.0 { 0.0 } else { f64::INFINITY }
+    } else {
+        (a - b).abs() / b.abs()
+    }
 }
 
 /// Every check over every phase's figures.
@@ -91,7 +95,10 @@ pub fn audit(phases: &[Figures]) -> Vec<Check> {
         }
     }
     // MFU / throughput is the same in every phase.
-    let with_mfu: Vec<&Figures> = phases.iter().filter(|f| f.mfu.is_some_and(|m| m > 0.0) && f.tokens_per_s > 0.0).collect();
+    let with_mfu: Vec<&Figures> = phases
+        .iter()
+        .filter(|f| f.mfu.is_some_and(|m| m > 0.0) && f.tokens_per_s > 0.0)
+        .collect();
     if with_mfu.len() >= 2 {
         let base = with_mfu[0];
         let per_token = |f: &Figures| f.mfu.unwrap_or(0.0) / f.tokens_per_s;
@@ -113,7 +120,11 @@ pub fn audit(phases: &[Figures]) -> Vec<Check> {
             ));
         }
     } else if !phases.is_empty() {
-        out.push(Check::skipped("mfu_scales_with_throughput", None, "fewer than two phases with an MFU"));
+        out.push(Check::skipped(
+            "mfu_scales_with_throughput",
+            None,
+            "fewer than two phases with an MFU",
+        ));
     }
     for f in phases {
         match (f.tokens_per_joule, f.avg_power_w) {
@@ -127,12 +138,19 @@ pub fn audit(phases: &[Figures]) -> Vec<Check> {
                     f.tokens_per_s
                 ),
             )),
-            _ if f.tokens_per_s > 0.0 => {
-                out.push(Check::skipped("energy_matches_throughput", Some(&f.phase), "no energy or power telemetry"))
-            }
+            _ if f.tokens_per_s > 0.0 => out.push(Check::skipped(
+                "energy_matches_throughput",
+                Some(&f.phase),
+                "no energy or power telemetry",
+            )),
             _ => {}
         }
-        if let (Some(c), Some(inflight), Some(rate), Some(w)) = (f.concurrency, f.avg_in_flight, f.completions_per_s, f.mean_e2e_s) {
+        if let (Some(c), Some(inflight), Some(rate), Some(w)) = (
+            f.concurrency,
+            f.avg_in_flight,
+            f.completions_per_s,
+            f.mean_e2e_s,
+        ) {
             let little = rate * w;
             out.push(Check::new(
                 "littles_law",
@@ -167,7 +185,10 @@ mod tests {
             ..Figures::default()
         };
         let checks = audit(&[f("bentoml", 870.0, 0.068), f("lmdeploy", 1515.0, 0.162)]);
-        let scale = checks.iter().find(|c| c.check == "mfu_scales_with_throughput").unwrap();
+        let scale = checks
+            .iter()
+            .find(|c| c.check == "mfu_scales_with_throughput")
+            .unwrap();
         assert_eq!(scale.status, Status::Fail, "{}", scale.detail);
         assert!(!all_passed(&checks));
         // Consistent figures pass.
@@ -188,13 +209,20 @@ mod tests {
             mean_e2e_s: Some(4.97),
             ..Figures::default()
         };
-        assert!(audit(std::slice::from_ref(&good)).iter().all(|c| c.status != Status::Fail));
+        assert!(
+            audit(std::slice::from_ref(&good))
+                .iter()
+                .all(|c| c.status != Status::Fail)
+        );
         let bad = Figures {
             tokens_per_joule: Some(2.0),
             avg_in_flight: Some(30.0),
             ..good
         };
         let checks = audit(&[bad]);
-        assert_eq!(checks.iter().filter(|c| c.status == Status::Fail).count(), 2);
+        assert_eq!(
+            checks.iter().filter(|c| c.status == Status::Fail).count(),
+            2
+        );
     }
 }

@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a workload (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Compare two results files as a Markdown table.
     Compare(CompareArgs),
     /// Check published figures for consistency (MFU against throughput).
@@ -196,7 +196,10 @@ impl RunArgs {
         let mut plan = match (&self.workload, &self.url) {
             (Some(path), _) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    UsageError::new(format!("cannot read workload file {}: {e}", path.display()), "check the path given to --workload")
+                    UsageError::new(
+                        format!("cannot read workload file {}: {e}", path.display()),
+                        "check the path given to --workload",
+                    )
                 })?;
                 Plan::from_toml(&text, &path.display().to_string())?
             }
@@ -228,13 +231,20 @@ impl RunArgs {
             e.timeout_s = t;
         }
         for h in &self.headers {
-            let (k, v) = h
-                .split_once(':')
-                .ok_or_else(|| UsageError::new(format!("--header {h:?} has no ':'"), "write --header 'Authorization: Bearer TOKEN'"))?;
+            let (k, v) = h.split_once(':').ok_or_else(|| {
+                UsageError::new(
+                    format!("--header {h:?} has no ':'"),
+                    "write --header 'Authorization: Bearer TOKEN'",
+                )
+            })?;
             e.headers.insert(k.trim().to_string(), v.trim().to_string());
         }
         if !self.phases.is_empty() {
-            plan.phases = self.phases.iter().map(|p| parse_phase(p)).collect::<Result<_, _>>()?;
+            plan.phases = self
+                .phases
+                .iter()
+                .map(|p| parse_phase(p))
+                .collect::<Result<_, _>>()?;
         }
         if let Some(t) = self.time_scale {
             plan.time_scale = t;
@@ -283,7 +293,11 @@ impl RunArgs {
             plan.telemetry = Some(Telemetry {
                 source,
                 url: url.to_string(),
-                interval_ms: plan.telemetry.as_ref().map(|t| t.interval_ms).unwrap_or(1000),
+                interval_ms: plan
+                    .telemetry
+                    .as_ref()
+                    .map(|t| t.interval_ms)
+                    .unwrap_or(1000),
                 utilization: None,
                 power: None,
                 energy: None,
@@ -300,7 +314,10 @@ impl RunArgs {
         plan.cost.gpu_hour_usd = self.gpu_hour_usd.or(plan.cost.gpu_hour_usd);
         plan.gapscoped = self.gapscoped.clone().or(plan.gapscoped);
         if self.threads == 0 || self.threads > 256 {
-            return Err(UsageError::new(format!("--threads {} is out of range", self.threads), "use 1 to 256"));
+            return Err(UsageError::new(
+                format!("--threads {} is out of range", self.threads),
+                "use 1 to 256",
+            ));
         }
         plan.validate()?;
         Ok(plan)

@@ -5,7 +5,10 @@
 
 /// CLOCK_MONOTONIC now, in ns.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -37,7 +40,6 @@ impl Clock {
     pub fn now(&self) -> u64 {
         monotonic_ns().saturating_sub(self.origin_monotonic_ns)
     }
-
 }
 
 /// Makes this thread's timers fire within a microsecond of their deadline
@@ -49,7 +51,7 @@ pub fn precise_timers() {
 
 /// How long before a deadline `PreciseTimer` stops sleeping and starts
 /// yielding.
-const SPIN_NS: u64 = 300_000;
+const SPIN_NS: u64 = 100_000;
 
 /// An absolute-time timer with microsecond precision inside the async
 /// runtime: a timerfd in the runtime's epoll set. Tokio's own timer works
@@ -65,14 +67,21 @@ impl PreciseTimer {
     pub fn new(clock: Clock) -> std::io::Result<Self> {
         use std::os::fd::FromRawFd;
         // SAFETY: plain syscall; the fd is owned from here on.
-        let raw = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
         if raw < 0 {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: a fresh fd nothing else owns.
         let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
         // SAFETY: the timer owns its fd for as long as the AsyncFd lives.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)? };
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)?
+        };
         Ok(Self { fd, clock })
     }
 
@@ -95,7 +104,10 @@ impl PreciseTimer {
     async fn wait_fd(&mut self, target: u64) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let spec = libc::itimerspec {
-            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
             it_value: libc::timespec {
                 tv_sec: (target / 1_000_000_000) as libc::time_t,
                 tv_nsec: (target % 1_000_000_000) as libc::c_long,
@@ -103,7 +115,10 @@ impl PreciseTimer {
         };
         let fd = self.fd.get_ref().as_raw_fd();
         // SAFETY: a valid timerfd and itimerspec.
-        if unsafe { libc::timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut()) } < 0 {
+        if unsafe {
+            libc::timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut())
+        } < 0
+        {
             return Err(std::io::Error::last_os_error());
         }
         loop {

@@ -14,10 +14,18 @@ use crate::{
 
 /// Reads a results file and checks its schema.
 pub fn load(path: &Path) -> Result<Results, UsageError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError::new(format!("cannot read {}: {e}", path.display()), "give a results.json written by gapscope-loadgen"))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| UsageError::new(format!("{} is not JSON: {e}", path.display()), "give a results.json written by gapscope-loadgen"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        UsageError::new(
+            format!("cannot read {}: {e}", path.display()),
+            "give a results.json written by gapscope-loadgen",
+        )
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        UsageError::new(
+            format!("{} is not JSON: {e}", path.display()),
+            "give a results.json written by gapscope-loadgen",
+        )
+    })?;
     if value["schema"] != SCHEMA || value["schema_version"] != SCHEMA_VERSION {
         return Err(UsageError::new(
             format!(
@@ -29,18 +37,33 @@ pub fn load(path: &Path) -> Result<Results, UsageError> {
             "compare results written by this version of gapscope-loadgen",
         ));
     }
-    serde_json::from_value(value)
-        .map_err(|e| UsageError::new(format!("{} does not match the results schema: {e}", path.display()), "regenerate it with gapscope-loadgen"))
+    serde_json::from_value(value).map_err(|e| {
+        UsageError::new(
+            format!("{} does not match the results schema: {e}", path.display()),
+            "regenerate it with gapscope-loadgen",
+        )
+    })
 }
 
 /// The phase to compare: the named one, else the last closed-loop phase,
 /// else the last phase with output.
-pub fn pick<'a>(r: &'a Results, name: Option<&str>, path: &Path) -> Result<&'a PhaseResult, UsageError> {
+pub fn pick<'a>(
+    r: &'a Results,
+    name: Option<&str>,
+    path: &Path,
+) -> Result<&'a PhaseResult, UsageError> {
     if let Some(n) = name {
         return r.phases.iter().find(|p| p.name == n).ok_or_else(|| {
             UsageError::new(
                 format!("{} has no phase {n:?}", path.display()),
-                format!("use one of: {}", r.phases.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")),
+                format!(
+                    "use one of: {}",
+                    r.phases
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             )
         });
     }
@@ -49,7 +72,12 @@ pub fn pick<'a>(r: &'a Results, name: Option<&str>, path: &Path) -> Result<&'a P
         .rev()
         .find(|p| p.kind == PhaseKind::ClosedLoop)
         .or_else(|| r.phases.iter().rev().find(|p| p.output_tokens > 0))
-        .ok_or_else(|| UsageError::new(format!("{} has no phase with output", path.display()), "compare runs that completed requests"))
+        .ok_or_else(|| {
+            UsageError::new(
+                format!("{} has no phase with output", path.display()),
+                "compare runs that completed requests",
+            )
+        })
 }
 
 pub struct Options<'a> {
@@ -61,17 +89,33 @@ pub struct Options<'a> {
 
 pub fn markdown(a_path: &Path, b_path: &Path, opts: &Options) -> Result<String, UsageError> {
     let (ra, rb) = (load(a_path)?, load(b_path)?);
-    let (a, b) = (pick(&ra, opts.phase, a_path)?, pick(&rb, opts.phase, b_path)?);
+    let (a, b) = (
+        pick(&ra, opts.phase, a_path)?,
+        pick(&rb, opts.phase, b_path)?,
+    );
     let (la, lb) = (&opts.labels.0, &opts.labels.1);
     let mut o = String::new();
     let _ = writeln!(o, "| metric | {la} | {lb} | {lb} vs {la} |");
     let _ = writeln!(o, "|---|---:|---:|---:|");
-    let row = |o: &mut String, name: &str, va: Option<f64>, vb: Option<f64>, fmt: &dyn Fn(f64) -> String, higher_better: bool| {
+    let row = |o: &mut String,
+               name: &str,
+               va: Option<f64>,
+               vb: Option<f64>,
+               fmt: &dyn Fn(f64) -> String,
+               higher_better: bool| {
         let rel = match (va, vb) {
             (Some(x), Some(y)) if x != 0.0 => {
                 let change = (y / x - 1.0) * 100.0;
-                let better = if (change > 0.0) == higher_better { "better" } else { "worse" };
-                if change.abs() < 0.05 { "same".to_string() } else { format!("{change:+.1} % ({better}, {:.2}×)", y / x) }
+                let better = if (change > 0.0) == higher_better {
+                    "better"
+                } else {
+                    "worse"
+                };
+                if change.abs() < 0.05 {
+                    "same".to_string()
+                } else {
+                    format!("{change:+.1} % ({better}, {:.2}×)", y / x)
+                }
             }
             _ => "-".into(),
         };
@@ -82,10 +126,31 @@ pub fn markdown(a_path: &Path, b_path: &Path, opts: &Options) -> Result<String, 
     let pct = |v: f64| format!("{:.2} %", v * 100.0);
     let ms = |v: f64| format!("{:.1} ms", v * 1e3);
     let p99 = |p: &PhaseResult, k: &str| p.latency.get(k).map(|l| l.p99);
-    row(&mut o, "output tokens/s", Some(a.throughput.output_tokens_per_s), Some(b.throughput.output_tokens_per_s), &tok, true);
-    row(&mut o, "requests/s", Some(a.throughput.requests_per_s), Some(b.throughput.requests_per_s), &|v| format!("{v:.2}"), true);
+    row(
+        &mut o,
+        "output tokens/s",
+        Some(a.throughput.output_tokens_per_s),
+        Some(b.throughput.output_tokens_per_s),
+        &tok,
+        true,
+    );
+    row(
+        &mut o,
+        "requests/s",
+        Some(a.throughput.requests_per_s),
+        Some(b.throughput.requests_per_s),
+        &|v| format!("{v:.2}"),
+        true,
+    );
     row(&mut o, "MFU", a.mfu, b.mfu, &pct, true);
-    row(&mut o, "tokens per joule", a.tokens_per_joule, b.tokens_per_joule, &|v| format!("{v:.3}"), true);
+    row(
+        &mut o,
+        "tokens per joule",
+        a.tokens_per_joule,
+        b.tokens_per_joule,
+        &|v| format!("{v:.3}"),
+        true,
+    );
     row(
         &mut o,
         "average power",
@@ -94,17 +159,54 @@ pub fn markdown(a_path: &Path, b_path: &Path, opts: &Options) -> Result<String, 
         &|v| format!("{v:.1} W"),
         false,
     );
-    row(&mut o, "P99 TTFT", p99(a, "ttft"), p99(b, "ttft"), &ms, false);
-    row(&mut o, "P99 inter-token latency", p99(a, "itl"), p99(b, "itl"), &ms, false);
-    row(&mut o, "P99 end-to-end latency", p99(a, "e2e"), p99(b, "e2e"), &ms, false);
-    row(&mut o, "failed requests", Some(a.failed as f64), Some(b.failed as f64), &|v| format!("{v:.0}"), false);
+    row(
+        &mut o,
+        "P99 TTFT",
+        p99(a, "ttft"),
+        p99(b, "ttft"),
+        &ms,
+        false,
+    );
+    row(
+        &mut o,
+        "P99 inter-token latency",
+        p99(a, "itl"),
+        p99(b, "itl"),
+        &ms,
+        false,
+    );
+    row(
+        &mut o,
+        "P99 end-to-end latency",
+        p99(a, "e2e"),
+        p99(b, "e2e"),
+        &ms,
+        false,
+    );
+    row(
+        &mut o,
+        "failed requests",
+        Some(a.failed as f64),
+        Some(b.failed as f64),
+        &|v| format!("{v:.0}"),
+        false,
+    );
     let _ = writeln!(o);
-    let _ = writeln!(o, "Phases compared: {la} `{}` ({:.0} s), {lb} `{}` ({:.0} s).", a.name, a.duration_s, b.name, b.duration_s);
+    let _ = writeln!(
+        o,
+        "Phases compared: {la} `{}` ({:.0} s), {lb} `{}` ({:.0} s).",
+        a.name, a.duration_s, b.name, b.duration_s
+    );
 
-    let usd = opts.gpu_hour_usd.or(ra.model.as_ref().and_then(|m| m.gpu_hour_usd));
+    let usd = opts
+        .gpu_hour_usd
+        .or(ra.model.as_ref().and_then(|m| m.gpu_hour_usd));
     let gpus = |r: &Results| r.model.as_ref().map(|m| m.gpus).unwrap_or(1);
     if let Some(usd) = usd {
-        let (ta, tb) = (a.throughput.output_tokens_per_s, b.throughput.output_tokens_per_s);
+        let (ta, tb) = (
+            a.throughput.output_tokens_per_s,
+            b.throughput.output_tokens_per_s,
+        );
         if let (Some(ca), Some(cb)) = (
             flops::cost_per_million(ta, gpus(&ra), usd),
             flops::cost_per_million(tb, gpus(&rb), usd),
@@ -112,7 +214,11 @@ pub fn markdown(a_path: &Path, b_path: &Path, opts: &Options) -> Result<String, 
             let millions = opts.daily_tokens / 1e6;
             let (da, db) = (ca * millions, cb * millions);
             let _ = writeln!(o);
-            let _ = writeln!(o, "Cost at ${usd:.2} per GPU-hour and {} output tokens a day:", human(opts.daily_tokens));
+            let _ = writeln!(
+                o,
+                "Cost at ${usd:.2} per GPU-hour and {} output tokens a day:",
+                human(opts.daily_tokens)
+            );
             let _ = writeln!(o);
             let _ = writeln!(o, "| | {la} | {lb} |");
             let _ = writeln!(o, "|---|---:|---:|");

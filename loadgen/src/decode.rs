@@ -7,6 +7,8 @@
 //! unfinished line or event, so memory stays bounded whatever the reply's
 //! length (a non-streamed reply is buffered up to a limit).
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use crate::{
@@ -40,27 +42,98 @@ pub enum DecodeError {
     ServerError(String),
 }
 
-/// Where things are in one event (or in the whole reply).
+/// A JSON pointer (RFC 6901), split and unescaped once.
+#[derive(Debug, Clone)]
+struct Pointer(Vec<String>);
+
+impl Pointer {
+    fn new(p: &str) -> Self {
+        Self(
+            p.split('/')
+                .skip(1)
+                .map(|t| t.replace("~1", "/").replace("~0", "~"))
+                .collect(),
+        )
+    }
+
+    fn get<'v>(&self, mut v: &'v Value) -> Option<&'v Value> {
+        for token in &self.0 {
+            v = match v {
+                Value::Object(m) => m.get(token)?,
+                Value::Array(a) => a.get(token.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(v)
+    }
+}
+
+/// Where things are in one event (or in the whole reply) of a templated
+/// endpoint.
 #[derive(Debug, Clone)]
 struct Pointers {
-    text: Vec<String>,
-    finish: Option<String>,
-    usage_completion: Option<String>,
-    usage_prompt: Option<String>,
+    text: Vec<Pointer>,
+    finish: Option<Pointer>,
+    usage_completion: Option<Pointer>,
+}
+
+/// An OpenAI chunk or reply, read without building a JSON tree: strings
+/// are borrowed from the event where they need no unescaping.
+#[derive(serde::Deserialize)]
+struct OpenAi<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<Choice<'a>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<Message<'a>>,
+    #[serde(default, borrow)]
+    message: Option<Message<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Message<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Usage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+/// Turns one JSON document (an event, a line, a whole reply) into an
+/// update.
+struct Reader {
+    /// None: the OpenAI shape.
+    pointers: Option<Pointers>,
+    done_marker: Option<String>,
+    last_cumulative: Option<u64>,
+    /// The end-of-stream marker or a finish reason was seen.
+    complete: bool,
 }
 
 pub struct Decoder {
     framing: Framing,
-    pointers: Pointers,
-    done_marker: Option<String>,
+    reader: Reader,
     sse: SseParser,
     line: Vec<u8>,
     body: Vec<u8>,
     /// Undecoded tail of a raw text stream (an incomplete UTF-8 sequence).
     raw_tail: Vec<u8>,
-    last_cumulative: Option<u64>,
-    /// The end-of-stream marker or a finish reason was seen.
-    complete: bool,
     /// Whether a stream without a marker or finish reason is complete when
     /// the body ends (templated NDJSON and raw streams have no marker).
     end_is_complete: bool,
@@ -69,35 +142,29 @@ pub struct Decoder {
 impl Decoder {
     pub fn new(endpoint: &Endpoint) -> Self {
         let (framing, pointers, done_marker, end_is_complete) = match endpoint.api {
-            Api::Completions | Api::Chat => {
-                let chat = endpoint.api == Api::Chat;
-                let text = match (chat, endpoint.stream) {
-                    (true, true) => vec!["/choices/0/delta/content".to_string(), "/choices/0/delta/reasoning_content".into()],
-                    (true, false) => vec!["/choices/0/message/content".into()],
-                    (false, _) => vec!["/choices/0/text".into()],
-                };
-                (
-                    if endpoint.stream { Framing::Sse } else { Framing::Json },
-                    Pointers {
-                        text,
-                        finish: Some("/choices/0/finish_reason".into()),
-                        usage_completion: Some("/usage/completion_tokens".into()),
-                        usage_prompt: Some("/usage/prompt_tokens".into()),
-                    },
-                    Some("[DONE]".to_string()),
-                    false,
-                )
-            }
+            Api::Completions | Api::Chat => (
+                if endpoint.stream {
+                    Framing::Sse
+                } else {
+                    Framing::Json
+                },
+                None,
+                Some("[DONE]".to_string()),
+                false,
+            ),
             Api::Template => {
                 let framing = endpoint.framing.unwrap_or(Framing::Json);
                 (
                     framing,
-                    Pointers {
-                        text: endpoint.text_pointer.iter().cloned().collect(),
-                        finish: endpoint.finish_pointer.clone(),
-                        usage_completion: endpoint.usage_pointer.clone(),
-                        usage_prompt: None,
-                    },
+                    Some(Pointers {
+                        text: endpoint
+                            .text_pointer
+                            .iter()
+                            .map(|p| Pointer::new(p))
+                            .collect(),
+                        finish: endpoint.finish_pointer.as_deref().map(Pointer::new),
+                        usage_completion: endpoint.usage_pointer.as_deref().map(Pointer::new),
+                    }),
                     endpoint.done_marker.clone(),
                     // Without a marker, the end of the body is the end.
                     endpoint.done_marker.is_none() || framing != Framing::Sse,
@@ -106,14 +173,16 @@ impl Decoder {
         };
         Self {
             framing,
-            pointers,
-            done_marker,
+            reader: Reader {
+                pointers,
+                done_marker,
+                last_cumulative: None,
+                complete: false,
+            },
             sse: SseParser::new(MAX_EVENT_BYTES),
             line: Vec::new(),
             body: Vec::new(),
             raw_tail: Vec::new(),
-            last_cumulative: None,
-            complete: false,
             end_is_complete,
         }
     }
@@ -123,14 +192,21 @@ impl Decoder {
         let mut out = Vec::new();
         match self.framing {
             Framing::Sse => {
-                let mut datas = Vec::new();
+                let mut failed = None;
+                let reader = &mut self.reader;
                 self.sse
-                    .feed(bytes, |e| datas.push(e.data))
+                    .feed(bytes, |_, data| {
+                        if failed.is_none() {
+                            match reader.read(data) {
+                                Ok(Some(u)) => out.push(u),
+                                Ok(None) => {}
+                                Err(e) => failed = Some(e),
+                            }
+                        }
+                    })
                     .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-                for data in datas {
-                    if let Some(u) = self.on_document(&data)? {
-                        out.push(u);
-                    }
+                if let Some(e) = failed {
+                    return Err(e);
                 }
             }
             Framing::Ndjson => {
@@ -142,13 +218,15 @@ impl Decoder {
                     let text = std::str::from_utf8(&line)
                         .map_err(|_| DecodeError::Malformed("a line is not valid UTF-8".into()))?;
                     if !text.trim().is_empty()
-                        && let Some(u) = self.on_document(text.trim())?
+                        && let Some(u) = self.reader.read(text.trim())?
                     {
                         out.push(u);
                     }
                 }
                 if self.line.len() + rest.len() > MAX_EVENT_BYTES {
-                    return Err(DecodeError::Malformed(format!("a line is longer than {MAX_EVENT_BYTES} bytes")));
+                    return Err(DecodeError::Malformed(format!(
+                        "a line is longer than {MAX_EVENT_BYTES} bytes"
+                    )));
                 }
                 self.line.extend_from_slice(rest);
             }
@@ -159,17 +237,25 @@ impl Decoder {
                     // An incomplete sequence at the end waits for the rest;
                     // an invalid one is an error.
                     Err(e) if e.error_len().is_none() => e.valid_up_to(),
-                    Err(_) => return Err(DecodeError::Malformed("the text is not valid UTF-8".into())),
+                    Err(_) => {
+                        return Err(DecodeError::Malformed("the text is not valid UTF-8".into()));
+                    }
                 };
                 let rest = self.raw_tail.split_off(valid);
-                let text = String::from_utf8(std::mem::replace(&mut self.raw_tail, rest)).unwrap_or_default();
+                let text = String::from_utf8(std::mem::replace(&mut self.raw_tail, rest))
+                    .unwrap_or_default();
                 if !text.is_empty() {
-                    out.push(Update { text, ..Update::default() });
+                    out.push(Update {
+                        text,
+                        ..Update::default()
+                    });
                 }
             }
             Framing::Json => {
                 if self.body.len() + bytes.len() > MAX_BODY_BYTES {
-                    return Err(DecodeError::Malformed(format!("the reply is larger than {MAX_BODY_BYTES} bytes")));
+                    return Err(DecodeError::Malformed(format!(
+                        "the reply is larger than {MAX_BODY_BYTES} bytes"
+                    )));
                 }
                 self.body.extend_from_slice(bytes);
             }
@@ -186,24 +272,28 @@ impl Decoder {
                 let body = std::mem::take(&mut self.body);
                 let text = std::str::from_utf8(&body)
                     .map_err(|_| DecodeError::Malformed("the reply is not valid UTF-8".into()))?;
-                if let Some(u) = self.on_document(text)? {
+                if let Some(u) = self.reader.read(text)? {
                     out.push(u);
                 }
-                self.complete = true;
+                self.reader.complete = true;
             }
             Framing::Ndjson if !self.line.is_empty() => {
                 let line = std::mem::take(&mut self.line);
                 let text = String::from_utf8(line)
                     .map_err(|_| DecodeError::Malformed("a line is not valid UTF-8".into()))?;
-                if let Some(u) = self.on_document(text.trim())? {
+                if let Some(u) = self.reader.read(text.trim())? {
                     out.push(u);
                 }
             }
             Framing::Raw if !self.raw_tail.is_empty() => {
-                return Err(DecodeError::Malformed("the text ends inside a UTF-8 character".into()));
+                return Err(DecodeError::Malformed(
+                    "the text ends inside a UTF-8 character".into(),
+                ));
             }
-            Framing::Sse if self.sse.partial() && !self.complete => {
-                return Err(DecodeError::Malformed("the stream ends inside an event".into()));
+            Framing::Sse if self.sse.partial() && !self.reader.complete => {
+                return Err(DecodeError::Malformed(
+                    "the stream ends inside an event".into(),
+                ));
             }
             _ => {}
         }
@@ -213,37 +303,69 @@ impl Decoder {
     /// Whether the reply said it was complete (or, for framings without a
     /// marker, simply ended).
     pub fn complete(&self) -> bool {
-        self.complete || self.end_is_complete
+        self.reader.complete || self.end_is_complete
     }
+}
 
-    fn on_document(&mut self, data: &str) -> Result<Option<Update>, DecodeError> {
+impl Reader {
+    fn read(&mut self, data: &str) -> Result<Option<Update>, DecodeError> {
         if self.done_marker.as_deref() == Some(data.trim()) {
             self.complete = true;
             return Ok(None);
         }
-        let v: Value = serde_json::from_str(data).map_err(|e| {
+        let not_json = |e: serde_json::Error| {
             let shown: String = data.chars().take(80).collect();
             DecodeError::Malformed(format!("not JSON ({e}): {shown:?}"))
-        })?;
-        if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-            let message = err.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| err.to_string());
-            return Err(DecodeError::ServerError(message));
-        }
+        };
         let mut u = Update::default();
-        for p in &self.pointers.text {
-            if let Some(t) = v.pointer(p).and_then(Value::as_str) {
-                u.text.push_str(t);
+        match &self.pointers {
+            None => {
+                let doc: OpenAi = serde_json::from_str(data).map_err(not_json)?;
+                if let Some(err) = doc.error.filter(|e| !e.is_null()) {
+                    return Err(server_error(&err));
+                }
+                if let Some(c) = doc.choices.into_iter().next() {
+                    for part in [
+                        c.text,
+                        c.delta.as_ref().and_then(|d| d.content.clone()),
+                        c.delta.as_ref().and_then(|d| d.reasoning_content.clone()),
+                    ]
+                    .into_iter()
+                    .chain([c.message.as_ref().and_then(|m| m.content.clone())])
+                    .flatten()
+                    {
+                        u.text.push_str(&part);
+                    }
+                    u.finish_reason = c.finish_reason.map(Cow::into_owned);
+                }
+                if let Some(usage) = doc.usage {
+                    u.usage_completion = usage.completion_tokens;
+                    u.usage_prompt = usage.prompt_tokens;
+                }
+            }
+            Some(p) => {
+                let v: Value = serde_json::from_str(data).map_err(not_json)?;
+                if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+                    return Err(server_error(err));
+                }
+                for ptr in &p.text {
+                    if let Some(t) = ptr.get(&v).and_then(Value::as_str) {
+                        u.text.push_str(t);
+                    }
+                }
+                u.finish_reason = p
+                    .finish
+                    .as_ref()
+                    .and_then(|f| f.get(&v))
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                u.usage_completion = p
+                    .usage_completion
+                    .as_ref()
+                    .and_then(|f| f.get(&v))
+                    .and_then(Value::as_u64);
             }
         }
-        u.finish_reason = self
-            .pointers
-            .finish
-            .as_deref()
-            .and_then(|p| v.pointer(p))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        u.usage_completion = self.pointers.usage_completion.as_deref().and_then(|p| v.pointer(p)).and_then(Value::as_u64);
-        u.usage_prompt = self.pointers.usage_prompt.as_deref().and_then(|p| v.pointer(p)).and_then(Value::as_u64);
         // A chunk that carries text and a cumulative usage: the difference
         // is the number of tokens in this chunk.
         if let Some(total) = u.usage_completion
@@ -257,6 +379,15 @@ impl Decoder {
         }
         Ok(Some(u))
     }
+}
+
+fn server_error(err: &Value) -> DecodeError {
+    let message = err
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| err.to_string());
+    DecodeError::ServerError(message)
 }
 
 #[cfg(test)]
@@ -280,7 +411,10 @@ mod tests {
         all.extend(d.feed(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n").unwrap());
         all.extend(d.finish().unwrap());
         assert!(d.complete());
-        assert_eq!(all.iter().map(|u| u.text.as_str()).collect::<String>(), " a b");
+        assert_eq!(
+            all.iter().map(|u| u.text.as_str()).collect::<String>(),
+            " a b"
+        );
         assert_eq!(all[1].finish_reason.as_deref(), Some("length"));
         assert_eq!(all[2].usage_completion, Some(2));
         assert_eq!(all[2].usage_prompt, Some(5));
@@ -302,10 +436,15 @@ mod tests {
     #[test]
     fn errors_in_the_stream_and_garbage_are_told_apart() {
         let mut d = Decoder::new(&endpoint(Api::Completions, true));
-        let e = d.feed(b"data: {\"error\":{\"message\":\"out of memory\"}}\n\n").unwrap_err();
+        let e = d
+            .feed(b"data: {\"error\":{\"message\":\"out of memory\"}}\n\n")
+            .unwrap_err();
         assert_eq!(e, DecodeError::ServerError("out of memory".into()));
         let mut d = Decoder::new(&endpoint(Api::Completions, true));
-        assert!(matches!(d.feed(b"data: {not json\n\n"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            d.feed(b"data: {not json\n\n"),
+            Err(DecodeError::Malformed(_))
+        ));
         let mut d = Decoder::new(&endpoint(Api::Completions, true));
         d.feed(b"data: {\"choi").unwrap();
         assert!(matches!(d.finish(), Err(DecodeError::Malformed(_))));
@@ -335,7 +474,9 @@ mod tests {
         e.text_pointer = Some("/token/text".into());
         e.usage_pointer = Some("/details/generated_tokens".into());
         let mut d = Decoder::new(&e);
-        let u = d.feed(b"{\"token\":{\"text\":\"x\"}}\n{\"token\":{\"text\":\"y\"}}").unwrap();
+        let u = d
+            .feed(b"{\"token\":{\"text\":\"x\"}}\n{\"token\":{\"text\":\"y\"}}")
+            .unwrap();
         assert_eq!(u.len(), 1);
         let u = d.finish().unwrap();
         assert_eq!(u[0].text, "y");

@@ -62,10 +62,18 @@ impl ModelShape {
 /// Reads a Hugging Face `config.json` (Llama, Mistral, Qwen, Mixtral and
 /// other decoder-only layouts).
 pub fn from_config(path: &Path) -> Result<ModelShape, UsageError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError::new(format!("cannot read model config {}: {e}", path.display()), "give the model's config.json"))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| UsageError::new(format!("{} is not JSON: {e}", path.display()), "give the model's config.json"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        UsageError::new(
+            format!("cannot read model config {}: {e}", path.display()),
+            "give the model's config.json",
+        )
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        UsageError::new(
+            format!("{} is not JSON: {e}", path.display()),
+            "give the model's config.json",
+        )
+    })?;
     let get = |k: &str| v.get(k).and_then(|x| x.as_f64());
     let need = |k: &str| {
         get(k).ok_or_else(|| {
@@ -82,7 +90,10 @@ pub fn from_config(path: &Path) -> Result<ModelShape, UsageError> {
     let heads = need("num_attention_heads")?;
     let kv = get("num_key_value_heads").unwrap_or(heads);
     let head_dim = get("head_dim").unwrap_or(d / heads);
-    let tied = v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false);
+    let tied = v
+        .get("tie_word_embeddings")
+        .and_then(|x| x.as_bool())
+        .unwrap_or(false);
     let experts = get("num_local_experts").unwrap_or(1.0);
     let active = get("num_experts_per_tok").unwrap_or(experts).min(experts);
     let attention = d * heads * head_dim * 2.0 + d * kv * head_dim * 2.0;
@@ -105,7 +116,11 @@ pub fn from_config(path: &Path) -> Result<ModelShape, UsageError> {
 }
 
 pub fn format_params(p: f64) -> String {
-    if p >= 1e9 { format!("{:.2}B", p / 1e9) } else { format!("{:.0}M", p / 1e6) }
+    if p >= 1e9 {
+        format!("{:.2}B", p / 1e9)
+    } else {
+        format!("{:.0}M", p / 1e6)
+    }
 }
 
 /// Dense (no sparsity) FP16/BF16 tensor-core peaks, TFLOPS per GPU, from
@@ -138,7 +153,10 @@ pub fn peak_for(gpu: &str) -> Option<(&'static str, f64)> {
     table.sort_by_key(|(_, frag, _)| std::cmp::Reverse(frag.len()));
     table
         .into_iter()
-        .find(|(canon, frag, _)| name.contains(&frag.to_uppercase()) || name.trim() == canon.to_uppercase().replace('-', " "))
+        .find(|(canon, frag, _)| {
+            name.contains(&frag.to_uppercase())
+                || name.trim() == canon.to_uppercase().replace('-', " ")
+        })
         .map(|(canon, _, tf)| (*canon, *tf))
 }
 

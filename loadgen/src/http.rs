@@ -33,11 +33,22 @@ impl SideClient {
     }
 
     /// POST a JSON body to `url`: (status, body).
-    pub async fn post_json(&self, url: &str, body: String, timeout: Duration) -> Result<(u16, String), String> {
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: String,
+        timeout: Duration,
+    ) -> Result<(u16, String), String> {
         self.call(Method::POST, url, Some(body), timeout).await
     }
 
-    async fn call(&self, method: Method, url: &str, body: Option<String>, timeout: Duration) -> Result<(u16, String), String> {
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<String>,
+        timeout: Duration,
+    ) -> Result<(u16, String), String> {
         let mut req = Request::builder().method(method).uri(url);
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
@@ -46,7 +57,11 @@ impl SideClient {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| format!("bad URL {url:?}: {e}"))?;
         let work = async {
-            let resp = self.0.request(req).await.map_err(|e| format!("{url}: {e}"))?;
+            let resp = self
+                .0
+                .request(req)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
             let status = resp.status().as_u16();
             let bytes = Limited::new(resp.into_body(), MAX_REPLY)
                 .collect()
@@ -66,7 +81,9 @@ pub fn encode_query(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -29,7 +29,7 @@ fn main() {
                 },
             )
             .map(|table| {
-                print!("{table}");
+                app::out_text(&table);
                 app::EXIT_OK
             })
         }

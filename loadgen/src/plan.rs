@@ -439,7 +439,10 @@ impl Plan {
             );
         }
         if url.parse::<hyper::Uri>().is_err() {
-            return bad(format!("endpoint url {url:?} does not parse"), "check it for typos");
+            return bad(
+                format!("endpoint url {url:?} does not parse"),
+                "check it for typos",
+            );
         }
         for (name, value) in [
             ("timeout_s", self.endpoint.timeout_s),
@@ -527,7 +530,10 @@ impl Plan {
             if let Some(v) = v
                 && v <= 0.0
             {
-                return bad(format!("{name} = {v} is not positive"), "use milliseconds above 0");
+                return bad(
+                    format!("{name} = {v} is not positive"),
+                    "use milliseconds above 0",
+                );
             }
         }
         if let Some(t) = &self.telemetry {
@@ -547,12 +553,18 @@ impl Plan {
         if let Some(v) = self.model.peak_tflops
             && v <= 0.0
         {
-            return bad(format!("model.peak_tflops = {v} is not positive"), "give the dense FP16/BF16 TFLOPS of one GPU");
+            return bad(
+                format!("model.peak_tflops = {v} is not positive"),
+                "give the dense FP16/BF16 TFLOPS of one GPU",
+            );
         }
         if let Some(v) = self.cost.gpu_hour_usd
             && v < 0.0
         {
-            return bad(format!("cost.gpu_hour_usd = {v} is negative"), "give dollars per GPU-hour");
+            return bad(
+                format!("cost.gpu_hour_usd = {v} is negative"),
+                "give dollars per GPU-hour",
+            );
         }
         if let Some(g) = &self.gapscoped
             && !g.starts_with("http://")
@@ -580,7 +592,7 @@ fn check_length(name: &str, l: Length) -> Result<(), UsageError> {
     let ok = match l {
         Length::Fixed(n) => (1..=1_000_000).contains(&n),
         Length::Uniform { min, max } => min >= 1 && min <= max && max <= 1_000_000,
-        Length::Normal { mean, stddev } => mean >= 1.0 && mean <= 1e6 && stddev >= 0.0,
+        Length::Normal { mean, stddev } => (1.0..=1e6).contains(&mean) && stddev >= 0.0,
     };
     if ok {
         Ok(())
@@ -594,22 +606,39 @@ fn check_length(name: &str, l: Length) -> Result<(), UsageError> {
 
 fn check_phase(p: &Phase) -> Result<(), UsageError> {
     let bad = |problem: String, fix: &str| Err(UsageError::new(problem, fix));
-    if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
-        return bad(format!("phase name {:?} is not usable", p.name), "use letters, digits, '_', '-' and '.'");
+    if p.name.is_empty()
+        || !p
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
+        return bad(
+            format!("phase name {:?} is not usable", p.name),
+            "use letters, digits, '_', '-' and '.'",
+        );
     }
     if !(p.duration_s > 0.0 && p.duration_s <= 7.0 * 86_400.0) {
         return bad(
-            format!("phase {} duration_s = {} is out of range", p.name, p.duration_s),
+            format!(
+                "phase {} duration_s = {} is out of range",
+                p.name, p.duration_s
+            ),
             "use seconds above 0",
         );
     }
     match p.kind {
         PhaseKind::OpenLoop => {
             let Some(rate) = p.rate else {
-                return bad(format!("open-loop phase {} has no rate", p.name), "give rate = requests per second");
+                return bad(
+                    format!("open-loop phase {} has no rate", p.name),
+                    "give rate = requests per second",
+                );
             };
             if !(rate > 0.0 && rate <= 1_000_000.0) {
-                return bad(format!("phase {} rate = {rate} is out of range", p.name), "use requests per second above 0");
+                return bad(
+                    format!("phase {} rate = {rate} is out of range", p.name),
+                    "use requests per second above 0",
+                );
             }
             if p.arrival == Some(Arrival::Gamma) && !p.burstiness.is_some_and(|b| b > 0.0) {
                 return bad(
@@ -618,7 +647,10 @@ fn check_phase(p: &Phase) -> Result<(), UsageError> {
                 );
             }
             if p.max_concurrency == Some(0) {
-                return bad(format!("phase {} max_concurrency = 0", p.name), "leave it out or give at least 1");
+                return bad(
+                    format!("phase {} max_concurrency = 0", p.name),
+                    "leave it out or give at least 1",
+                );
             }
             if p.concurrency.is_some() {
                 return bad(
@@ -643,7 +675,10 @@ fn check_phase(p: &Phase) -> Result<(), UsageError> {
         }
         PhaseKind::Silence => {
             if p.rate.is_some() || p.concurrency.is_some() {
-                return bad(format!("silent phase {} has a rate or concurrency", p.name), "a silent phase sends nothing: remove them");
+                return bad(
+                    format!("silent phase {} has a rate or concurrency", p.name),
+                    "a silent phase sends nothing: remove them",
+                );
             }
         }
     }
@@ -686,7 +721,10 @@ pub fn parse_phase(text: &str) -> Result<Phase, UsageError> {
         cap = Some(n.parse().map_err(|_| bad("cap is not a number"))?);
         parts.pop();
     }
-    let num = |s: &str| s.parse::<f64>().map_err(|_| bad(&format!("{s:?} is not a number")));
+    let num = |s: &str| {
+        s.parse::<f64>()
+            .map_err(|_| bad(&format!("{s:?} is not a number")))
+    };
     let dur = |s: &str| parse_duration(s).map_err(|e| bad(&e));
     let mut phase = Phase {
         name: name.to_string(),
@@ -700,7 +738,11 @@ pub fn parse_phase(text: &str) -> Result<Phase, UsageError> {
     };
     match parts.as_slice() {
         ["poisson", rate, d] | ["constant", rate, d] => {
-            phase.arrival = Some(if parts[0] == "poisson" { Arrival::Poisson } else { Arrival::Constant });
+            phase.arrival = Some(if parts[0] == "poisson" {
+                Arrival::Poisson
+            } else {
+                Arrival::Constant
+            });
             phase.rate = Some(num(rate)?);
             phase.duration_s = dur(d)?;
         }
@@ -716,7 +758,10 @@ pub fn parse_phase(text: &str) -> Result<Phase, UsageError> {
         }
         ["closed", c, d] if cap.is_none() => {
             phase.kind = PhaseKind::ClosedLoop;
-            phase.concurrency = Some(c.parse().map_err(|_| bad("concurrency is not a whole number"))?);
+            phase.concurrency = Some(
+                c.parse()
+                    .map_err(|_| bad("concurrency is not a whole number"))?,
+            );
             phase.duration_s = dur(d)?;
         }
         _ => return Err(bad("unknown phase form")),
@@ -749,7 +794,10 @@ mod tests {
     #[test]
     fn phase_flags_parse_and_bad_ones_say_why() {
         let p = parse_phase("w=poisson:5:20s:cap=8").unwrap();
-        assert_eq!((p.rate, p.duration_s, p.max_concurrency), (Some(5.0), 20.0, Some(8)));
+        assert_eq!(
+            (p.rate, p.duration_s, p.max_concurrency),
+            (Some(5.0), 20.0, Some(8))
+        );
         let p = parse_phase("g=gamma:5:0.5:1m").unwrap();
         assert_eq!((p.burstiness, p.duration_s), (Some(0.5), 60.0));
         let p = parse_phase("s=closed:50:220s").unwrap();
@@ -770,8 +818,13 @@ mod tests {
 
     #[test]
     fn workload_files_reject_unknown_keys_and_bad_values() {
-        let e = Plan::from_toml("[endpoint]\nurl = \"http://x/\"\nstreem = true\n", "w.toml").unwrap_err();
-        assert!(e.problem.contains("unknown field `streem`"), "{}", e.problem);
+        let e = Plan::from_toml("[endpoint]\nurl = \"http://x/\"\nstreem = true\n", "w.toml")
+            .unwrap_err();
+        assert!(
+            e.problem.contains("unknown field `streem`"),
+            "{}",
+            e.problem
+        );
         let plan = Plan::from_toml(
             "[endpoint]\nurl = \"http://x/\"\napi = \"template\"\n",
             "w.toml",
@@ -783,6 +836,11 @@ mod tests {
             "w.toml",
         )
         .unwrap();
-        assert!(plan.validate().unwrap_err().problem.contains("output.max_tokens"));
+        assert!(
+            plan.validate()
+                .unwrap_err()
+                .problem
+                .contains("output.max_tokens")
+        );
     }
 }

@@ -19,7 +19,11 @@ use crate::{
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 const GREEN: RGBColor = RGBColor(0, 150, 60);
 const ORANGE: RGBColor = RGBColor(240, 130, 0);
-const PHASE_COLORS: [RGBColor; 3] = [RGBColor(70, 110, 200), RGBColor(150, 150, 150), RGBColor(200, 70, 70)];
+const PHASE_COLORS: [RGBColor; 3] = [
+    RGBColor(70, 110, 200),
+    RGBColor(150, 150, 150),
+    RGBColor(200, 70, 70),
+];
 const SIZE: (u32, u32) = (1200, 560);
 
 type Fallible = Result<(), String>;
@@ -52,29 +56,64 @@ fn e<E: std::fmt::Debug>(err: E) -> String {
 }
 
 /// Every plot the results allow; returns the files written.
-pub fn all(results: &Results, latencies: &[(String, [&Latency; 3])], dir: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn all(
+    results: &Results,
+    latencies: &[(String, [&Latency; 3])],
+    dir: &Path,
+) -> Result<Vec<PathBuf>, String> {
     let mut files = Vec::new();
     let telemetry = &results.timeseries.telemetry;
-    if telemetry.iter().any(|s| s.utilization.is_some() || s.power_w.is_some()) {
-        files.extend(both(dir, "telemetry", |a| telemetry_chart(a, results), |a| telemetry_chart(a, results))?);
+    if telemetry
+        .iter()
+        .any(|s| s.utilization.is_some() || s.power_w.is_some())
+    {
+        files.extend(both(
+            dir,
+            "telemetry",
+            |a| telemetry_chart(a, results),
+            |a| telemetry_chart(a, results),
+        )?);
     }
     if !results.timeseries.per_second.is_empty() {
-        files.extend(both(dir, "throughput", |a| throughput_chart(a, results), |a| throughput_chart(a, results))?);
+        files.extend(both(
+            dir,
+            "throughput",
+            |a| throughput_chart(a, results),
+            |a| throughput_chart(a, results),
+        )?);
     }
-    if latencies.iter().any(|(_, l)| l.iter().any(|h| h.summary().is_some())) {
-        files.extend(both(dir, "latency_cdf", |a| cdf_chart(a, latencies), |a| cdf_chart(a, latencies))?);
+    if latencies
+        .iter()
+        .any(|(_, l)| l.iter().any(|h| h.summary().is_some()))
+    {
+        files.extend(both(
+            dir,
+            "latency_cdf",
+            |a| cdf_chart(a, latencies),
+            |a| cdf_chart(a, latencies),
+        )?);
     }
     Ok(files)
 }
 
 fn run_end(results: &Results) -> f64 {
     let phases = results.phases.iter().map(|p| p.end_s).fold(0.0, f64::max);
-    let telemetry = results.timeseries.telemetry.iter().map(|s| s.t_ns as f64 / 1e9).fold(0.0, f64::max);
+    let telemetry = results
+        .timeseries
+        .telemetry
+        .iter()
+        .map(|s| s.t_ns as f64 / 1e9)
+        .fold(0.0, f64::max);
     phases.max(telemetry).max(1.0)
 }
 
 /// Shades each phase and writes its name at the top of the band.
-fn shade_phases<DB: DrawingBackend, Y>(chart: &mut ChartContext<DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>, phases: &[PhaseResult], top: Y::ValueType, bottom: Y::ValueType) -> Fallible
+fn shade_phases<DB: DrawingBackend, Y>(
+    chart: &mut ChartContext<DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
+    phases: &[PhaseResult],
+    top: Y::ValueType,
+    bottom: Y::ValueType,
+) -> Fallible
 where
     Y: Ranged,
     Y::ValueType: Clone + 'static,
@@ -82,7 +121,10 @@ where
     for (i, p) in phases.iter().enumerate() {
         let c = PHASE_COLORS[i % PHASE_COLORS.len()];
         chart
-            .draw_series(std::iter::once(Rectangle::new([(p.start_s, top.clone()), (p.end_s, bottom.clone())], c.mix(0.12).filled())))
+            .draw_series(std::iter::once(Rectangle::new(
+                [(p.start_s, top.clone()), (p.end_s, bottom.clone())],
+                c.mix(0.12).filled(),
+            )))
             .map_err(e)?;
         chart
             .draw_series(std::iter::once(Text::new(
@@ -99,7 +141,12 @@ fn telemetry_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, r: &Results
     root.fill(&WHITE).map_err(e)?;
     let end = run_end(r);
     let samples = &r.timeseries.telemetry;
-    let max_power = samples.iter().filter_map(|s| s.power_w).fold(0.0, f64::max).max(1.0) * 1.15;
+    let max_power = samples
+        .iter()
+        .filter_map(|s| s.power_w)
+        .fold(0.0, f64::max)
+        .max(1.0)
+        * 1.15;
     let mut chart = ChartBuilder::on(&root)
         .caption("GPU utilization and power", ("sans-serif", 22))
         .margin(12)
@@ -127,14 +174,19 @@ fn telemetry_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, r: &Results
     let t = |ns: u64| ns as f64 / 1e9;
     chart
         .draw_series(LineSeries::new(
-            samples.iter().filter_map(|s| Some((t(s.t_ns), s.utilization? * 100.0))),
+            samples
+                .iter()
+                .filter_map(|s| Some((t(s.t_ns), s.utilization? * 100.0))),
             GREEN.stroke_width(2),
         ))
         .map_err(e)?
         .label("GPU utilization (%)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN.stroke_width(2)));
     chart
-        .draw_secondary_series(LineSeries::new(samples.iter().filter_map(|s| Some((t(s.t_ns), s.power_w?))), ORANGE.stroke_width(2)))
+        .draw_secondary_series(LineSeries::new(
+            samples.iter().filter_map(|s| Some((t(s.t_ns), s.power_w?))),
+            ORANGE.stroke_width(2),
+        ))
         .map_err(e)?
         .label("power (W)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ORANGE.stroke_width(2)));
@@ -152,7 +204,14 @@ fn telemetry_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, r: &Results
 fn throughput_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, r: &Results) -> Fallible {
     root.fill(&WHITE).map_err(e)?;
     let end = run_end(r);
-    let top = r.timeseries.per_second.iter().map(|p| p[1] as f64).fold(0.0, f64::max).max(1.0) * 1.15;
+    let top = r
+        .timeseries
+        .per_second
+        .iter()
+        .map(|p| p[1] as f64)
+        .fold(0.0, f64::max)
+        .max(1.0)
+        * 1.15;
     let mut chart = ChartBuilder::on(&root)
         .caption("Output token throughput", ("sans-serif", 22))
         .margin(12)
@@ -171,17 +230,27 @@ fn throughput_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, r: &Result
     shade_phases(&mut chart, &r.phases, top * 0.98, 0.0)?;
     chart
         .draw_series(LineSeries::new(
-            r.timeseries.per_second.iter().map(|p| (p[0] as f64 + 0.5, p[1] as f64)),
+            r.timeseries
+                .per_second
+                .iter()
+                .map(|p| (p[0] as f64 + 0.5, p[1] as f64)),
             BLUE.stroke_width(2),
         ))
         .map_err(e)?;
     root.present().map_err(e)
 }
 
-fn cdf_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, latencies: &[(String, [&Latency; 3])]) -> Fallible {
+fn cdf_chart<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    latencies: &[(String, [&Latency; 3])],
+) -> Fallible {
     root.fill(&WHITE).map_err(e)?;
     let panels = root.split_evenly((1, 3));
-    for (k, (panel, title)) in panels.iter().zip(["TTFT", "inter-token latency", "end-to-end latency"]).enumerate() {
+    for (k, (panel, title)) in panels
+        .iter()
+        .zip(["TTFT", "inter-token latency", "end-to-end latency"])
+        .enumerate()
+    {
         let curves: Vec<(String, Vec<(f64, f64)>)> = latencies
             .iter()
             .map(|(name, l)| (name.clone(), l[k].cdf(200)))
@@ -190,12 +259,24 @@ fn cdf_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, latencies: &[(Str
         if curves.is_empty() {
             // Not streamed: no inter-token latency to draw.
             panel
-                .draw(&Text::new(format!("{title}: no data"), (40, 40), ("sans-serif", 16)))
+                .draw(&Text::new(
+                    format!("{title}: no data"),
+                    (40, 40),
+                    ("sans-serif", 16),
+                ))
                 .map_err(e)?;
             continue;
         }
-        let lo = curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.0)).fold(f64::INFINITY, f64::min).max(1e-6);
-        let hi = curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.0)).fold(0.0, f64::max).max(lo * 10.0);
+        let lo = curves
+            .iter()
+            .flat_map(|(_, c)| c.iter().map(|p| p.0))
+            .fold(f64::INFINITY, f64::min)
+            .max(1e-6);
+        let hi = curves
+            .iter()
+            .flat_map(|(_, c)| c.iter().map(|p| p.0))
+            .fold(0.0, f64::max)
+            .max(lo * 10.0);
         let mut chart = ChartBuilder::on(panel)
             .caption(title, ("sans-serif", 18))
             .margin(10)
@@ -216,10 +297,15 @@ fn cdf_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, latencies: &[(Str
         for (i, (name, points)) in curves.iter().enumerate() {
             let c = PHASE_COLORS[i % PHASE_COLORS.len()];
             chart
-                .draw_series(LineSeries::new(points.iter().map(|(x, y)| (x.max(lo), *y)), c.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    points.iter().map(|(x, y)| (x.max(lo), *y)),
+                    c.stroke_width(2),
+                ))
                 .map_err(e)?
                 .label(name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -236,5 +322,9 @@ fn cdf_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, latencies: &[(Str
 /// A latency axis label: 3 significant digits, no trailing zeros.
 fn short(v: f64) -> String {
     let text = format!("{:.*}", (2 - v.log10().floor() as i32).max(0) as usize, v);
-    if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_string() } else { text }
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
 }

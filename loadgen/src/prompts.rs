@@ -30,10 +30,11 @@ pub struct Ask {
 /// Words used without a tokenizer: common, short, one token each in most
 /// vocabularies.
 const WORDS: &[&str] = &[
-    "the", "model", "serves", "tokens", "while", "kernel", "waits", "for", "host", "memory", "batch", "queue",
-    "graph", "launch", "stream", "thread", "python", "lock", "time", "world", "cache", "layer", "head", "value",
-    "input", "output", "answer", "question", "river", "mountain", "city", "light", "green", "orange", "power",
-    "energy", "small", "large", "fast", "slow", "first", "last", "every", "other", "number", "letter", "story",
+    "the", "model", "serves", "tokens", "while", "kernel", "waits", "for", "host", "memory",
+    "batch", "queue", "graph", "launch", "stream", "thread", "python", "lock", "time", "world",
+    "cache", "layer", "head", "value", "input", "output", "answer", "question", "river",
+    "mountain", "city", "light", "green", "orange", "power", "energy", "small", "large", "fast",
+    "slow", "first", "last", "every", "other", "number", "letter", "story",
 ];
 
 /// Loads a `tokenizer.json`.
@@ -62,7 +63,7 @@ enum Source {
     Random {
         /// Words that are exactly one token each (with a leading space).
         words: Vec<String>,
-        tokenizer: Option<Tokenizer>,
+        tokenizer: Option<Box<Tokenizer>>,
     },
     /// (prompt, its tokens, the original answer's tokens), in a shuffled
     /// order that repeats.
@@ -75,19 +76,25 @@ enum Source {
 impl PromptGen {
     pub fn new(p: &Prompts, output: Length, seed: u64) -> Result<Self, UsageError> {
         let tokenizer = p.tokenizer.as_deref().map(load_tokenizer).transpose()?;
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f_70c3);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x005e_ed0f_70c3);
         let source = match p.source {
             PromptSource::Random => {
                 let words = match &tokenizer {
                     Some(t) => single_token_words(t)?,
                     None => WORDS.iter().map(|w| format!(" {w}")).collect(),
                 };
-                Source::Random { words, tokenizer }
+                Source::Random {
+                    words,
+                    tokenizer: tokenizer.map(Box::new),
+                }
             }
             PromptSource::Sharegpt | PromptSource::File => {
                 let path = p.path.as_deref().unwrap_or(Path::new(""));
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    UsageError::new(format!("cannot read prompts file {}: {e}", path.display()), "check the path")
+                    UsageError::new(
+                        format!("cannot read prompts file {}: {e}", path.display()),
+                        "check the path",
+                    )
                 })?;
                 let mut items = if p.source == PromptSource::Sharegpt {
                     sharegpt(&text, path)?
@@ -108,7 +115,8 @@ impl PromptGen {
                 let items = items
                     .into_iter()
                     .map(|(prompt, answer)| {
-                        let count = |t: &str| tokenizer.as_ref().and_then(|tok| count_tokens(tok, t));
+                        let count =
+                            |t: &str| tokenizer.as_ref().and_then(|tok| count_tokens(tok, t));
                         let prompt_tokens = count(&prompt);
                         let answer_tokens = answer.as_deref().and_then(count).filter(|n| *n > 0);
                         (prompt, prompt_tokens, answer_tokens)
@@ -133,14 +141,18 @@ impl PromptGen {
         }
     }
 
-    pub fn next(&mut self) -> Ask {
+    pub fn next_ask(&mut self) -> Ask {
         let max_tokens = sample(self.output, &mut self.rng);
         match &mut self.source {
             Source::Random { words, tokenizer } => {
                 let want = sample(self.input, &mut self.rng);
-                let prompt = random_prompt(words, tokenizer.as_ref(), want, &mut self.rng);
-                let prompt_tokens = tokenizer.as_ref().and_then(|t| count_tokens(t, &prompt));
-                Ask { prompt, prompt_tokens, max_tokens }
+                let prompt = random_prompt(words, tokenizer.as_deref(), want, &mut self.rng);
+                let prompt_tokens = tokenizer.as_deref().and_then(|t| count_tokens(t, &prompt));
+                Ask {
+                    prompt,
+                    prompt_tokens,
+                    max_tokens,
+                }
             }
             Source::Pool { items, next } => {
                 let (prompt, prompt_tokens, answer) = items[*next % items.len()].clone();
@@ -161,7 +173,9 @@ pub fn sample(l: Length, rng: &mut StdRng) -> u32 {
         Length::Fixed(n) => n,
         Length::Uniform { min, max } => rng.random_range(min..=max),
         Length::Normal { mean, stddev } => {
-            let v = Normal::new(mean, stddev).map(|d| d.sample(rng)).unwrap_or(mean);
+            let v = Normal::new(mean, stddev)
+                .map(|d| d.sample(rng))
+                .unwrap_or(mean);
             v.round().max(1.0) as u32
         }
     }
@@ -169,7 +183,9 @@ pub fn sample(l: Length, rng: &mut StdRng) -> u32 {
 
 /// `want` words, adjusted until the tokenizer counts exactly `want` tokens.
 fn random_prompt(words: &[String], tok: Option<&Tokenizer>, want: u32, rng: &mut StdRng) -> String {
-    let mut chosen: Vec<&str> = (0..want).map(|_| words[rng.random_range(0..words.len())].as_str()).collect();
+    let mut chosen: Vec<&str> = (0..want)
+        .map(|_| words[rng.random_range(0..words.len())].as_str())
+        .collect();
     let Some(tok) = tok else {
         return chosen.concat().trim_start().to_string();
     };
@@ -204,7 +220,9 @@ fn single_token_words(tok: &Tokenizer) -> Result<Vec<String>, UsageError> {
             continue;
         }
         let spaced = format!(" {w}");
-        if count_tokens(tok, &spaced) == Some(1) && count_tokens(tok, &format!("{spaced}{spaced}")) == Some(2) {
+        if count_tokens(tok, &spaced) == Some(1)
+            && count_tokens(tok, &format!("{spaced}{spaced}")) == Some(2)
+        {
             words.push(spaced);
         }
         if words.len() >= 4096 {
@@ -239,13 +257,24 @@ fn sharegpt(text: &str, path: &Path) -> Result<Vec<(String, Option<String>)>, Us
         fn from(t: &serde_json::Value) -> &str {
             t.get("from").and_then(|f| f.as_str()).unwrap_or("")
         }
-        let value = |t: &serde_json::Value| t.get("value").and_then(|f| f.as_str()).unwrap_or("").to_string();
-        if let Some(i) = turns.iter().position(|t| matches!(from(t), "human" | "user")) {
+        let value = |t: &serde_json::Value| {
+            t.get("value")
+                .and_then(|f| f.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        if let Some(i) = turns
+            .iter()
+            .position(|t| matches!(from(t), "human" | "user"))
+        {
             let prompt = value(&turns[i]);
             if prompt.trim().is_empty() {
                 continue;
             }
-            let answer = turns.get(i + 1).filter(|t| matches!(from(t), "gpt" | "assistant")).map(value);
+            let answer = turns
+                .get(i + 1)
+                .filter(|t| matches!(from(t), "gpt" | "assistant"))
+                .map(value);
             out.push((prompt, answer));
         }
     }
@@ -260,7 +289,7 @@ mod tests {
     #[test]
     fn random_prompts_without_a_tokenizer_have_the_asked_word_count() {
         let mut g = PromptGen::new(&Prompts::default(), Length::Fixed(7), 1).unwrap();
-        let a = g.next();
+        let a = g.next_ask();
         assert_eq!(a.prompt.split_whitespace().count(), 512);
         assert_eq!(a.max_tokens, 7);
         assert!(!g.exact());
@@ -283,7 +312,7 @@ mod tests {
             ..Prompts::default()
         };
         let mut g = PromptGen::new(&p, Length::Fixed(9), 1).unwrap();
-        let a = g.next();
+        let a = g.next_ask();
         assert_eq!(a.prompt, "hi there");
         // No tokenizer: the answer's length is unknown; the default holds.
         assert_eq!(a.max_tokens, 9);
@@ -294,6 +323,12 @@ mod tests {
             path: Some(bad),
             ..Prompts::default()
         };
-        assert!(PromptGen::new(&p, Length::Fixed(9), 1).err().unwrap().problem.contains("not ShareGPT"));
+        assert!(
+            PromptGen::new(&p, Length::Fixed(9), 1)
+                .err()
+                .unwrap()
+                .problem
+                .contains("not ShareGPT")
+        );
     }
 }

@@ -51,7 +51,13 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(endpoint: Arc<Endpoint>, fixed: bool, tokenizer: Option<Arc<Tokenizer>>, clock: Clock, run_id: u64) -> Self {
+    pub fn new(
+        endpoint: Arc<Endpoint>,
+        fixed: bool,
+        tokenizer: Option<Arc<Tokenizer>>,
+        clock: Clock,
+        run_id: u64,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs_f64(endpoint.connect_timeout_s)));
@@ -111,13 +117,21 @@ impl Client {
                 .unwrap_or("{}")
                 .replace("{{prompt}}", &Value::String(ask.prompt.clone()).to_string())
                 .replace("{{max_tokens}}", &ask.max_tokens.to_string())
-                .replace("{{request_id}}", &Value::String(request_id.into()).to_string())
+                .replace(
+                    "{{request_id}}",
+                    &Value::String(request_id.into()).to_string(),
+                )
                 .replace("{{model}}", &Value::String(model).to_string()),
         }
     }
 
     /// Sends `p` and reads the whole reply; `cancel` ends it early.
-    pub async fn send(&self, p: Planned, queue_ns: Option<u64>, mut cancel: tokio::sync::watch::Receiver<bool>) -> RequestRecord {
+    pub async fn send(
+        &self,
+        p: Planned,
+        queue_ns: Option<u64>,
+        mut cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> RequestRecord {
         let id = self.request_id(p.seq);
         let body = self.body(&p.ask, &id);
         let mut rec = RequestRecord {
@@ -150,7 +164,14 @@ impl Client {
         );
         let mut builder = Request::post(self.uri.clone())
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, if self.endpoint.stream { "text/event-stream, application/json" } else { "application/json" })
+            .header(
+                header::ACCEPT,
+                if self.endpoint.stream {
+                    "text/event-stream, application/json"
+                } else {
+                    "application/json"
+                },
+            )
             .header("x-request-id", &rec.id)
             .header("traceparent", trace);
         for (k, v) in &self.endpoint.headers {
@@ -160,7 +181,11 @@ impl Client {
             Ok(r) => r,
             Err(e) => {
                 rec.sent_ns = self.clock.now();
-                return self.fail(rec, ErrorKind::MalformedStream, format!("cannot build the request: {e}"));
+                return self.fail(
+                    rec,
+                    ErrorKind::MalformedStream,
+                    format!("cannot build the request: {e}"),
+                );
             }
         };
         rec.sent_ns = self.clock.now();
@@ -171,7 +196,13 @@ impl Client {
             _ = cancel.changed() => return self.fail(rec, ErrorKind::Cancelled, "stopped before the reply".into()),
         };
         let response = match result {
-            Err(_) => return self.fail(rec, ErrorKind::Timeout, format!("no reply within {total:?}")),
+            Err(_) => {
+                return self.fail(
+                    rec,
+                    ErrorKind::Timeout,
+                    format!("no reply within {total:?}"),
+                );
+            }
             Ok(Err(e)) => {
                 let kind = classify_client_error(&e);
                 return self.fail(rec, kind, error_chain(&e));
@@ -185,7 +216,8 @@ impl Client {
             let text = read_some(response.into_body(), 512).await;
             return self.fail(rec, ErrorKind::HttpStatus, format!("HTTP {status}: {text}"));
         }
-        self.read_reply(rec, response.into_body(), deadline, &mut cancel).await
+        self.read_reply(rec, response.into_body(), deadline, &mut cancel)
+            .await
     }
 
     async fn read_reply(
@@ -207,21 +239,33 @@ impl Client {
             let now = self.clock.now();
             let updates = match frame {
                 Err(_) => {
-                    let why = if wait == deadline { "the reply took longer than timeout_s" } else { "no chunk within idle_timeout_s" };
+                    let why = if wait == deadline {
+                        "the reply took longer than timeout_s"
+                    } else {
+                        "no chunk within idle_timeout_s"
+                    };
                     return self.fail(rec, ErrorKind::Timeout, why.into());
                 }
                 Ok(None) => match decoder.finish() {
                     Ok(u) => {
                         self.apply(&mut rec, u, now, &mut text);
                         if !decoder.complete() {
-                            return self.fail(rec, ErrorKind::EarlyClose, "the stream ended without [DONE] or a finish reason".into());
+                            return self.fail(
+                                rec,
+                                ErrorKind::EarlyClose,
+                                "the stream ended without [DONE] or a finish reason".into(),
+                            );
                         }
                         break;
                     }
                     Err(e) => return self.decode_failed(rec, e),
                 },
                 Ok(Some(Err(e))) => {
-                    let kind = if connection_lost(&e) { ErrorKind::EarlyClose } else { ErrorKind::MalformedStream };
+                    let kind = if connection_lost(&e) {
+                        ErrorKind::EarlyClose
+                    } else {
+                        ErrorKind::MalformedStream
+                    };
                     return self.fail(rec, kind, error_chain(&e));
                 }
                 Ok(Some(Ok(frame))) => {
@@ -249,7 +293,13 @@ impl Client {
     }
 
     /// Records what one network chunk carried, all at time `now`.
-    fn apply(&self, rec: &mut RequestRecord, updates: Vec<crate::decode::Update>, now: u64, text: &mut Option<String>) {
+    fn apply(
+        &self,
+        rec: &mut RequestRecord,
+        updates: Vec<crate::decode::Update>,
+        now: u64,
+        text: &mut Option<String>,
+    ) {
         for u in updates {
             if let Some(n) = u.usage_completion {
                 rec.output_tokens.usage = Some(n);
@@ -321,7 +371,10 @@ fn connection_lost(e: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(io.kind(), K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe);
+            return matches!(
+                io.kind(),
+                K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe
+            );
         }
         source = s.source();
     }

@@ -160,12 +160,18 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
         None => (Vec::new(), None),
     };
     // The GPU: given, else the telemetry's modelName.
-    let (gpu, gpu_source) = match (&plan.model.gpu, source.as_ref().and_then(|s| s.gpu_model.clone())) {
+    let (gpu, gpu_source) = match (
+        &plan.model.gpu,
+        source.as_ref().and_then(|s| s.gpu_model.clone()),
+    ) {
         (Some(g), _) => (Some(g.clone()), Some("given".to_string())),
         (None, Some(g)) => (Some(g), Some("telemetry modelName".into())),
         _ => (None, None),
     };
-    let peak = plan.model.peak_tflops.or_else(|| gpu.as_deref().and_then(flops::peak_for).map(|p| p.1));
+    let peak = plan
+        .model
+        .peak_tflops
+        .or_else(|| gpu.as_deref().and_then(flops::peak_for).map(|p| p.1));
     let gpus = plan
         .model
         .gpus
@@ -180,22 +186,27 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
     if let Some(g) = &gpu {
         match (plan.model.peak_tflops, flops::peak_for(g)) {
             (Some(p), _) => assumptions.push(format!("peak {p} TFLOPS given")),
-            (None, Some((row, p))) => assumptions.push(format!("peak {p} TFLOPS from the table row {row} for {g:?}")),
-            (None, None) => assumptions.push(format!("no peak known for {g:?}: give --peak-tflops for MFU")),
+            (None, Some((row, p))) => assumptions.push(format!(
+                "peak {p} TFLOPS from the table row {row} for {g:?}"
+            )),
+            (None, None) => assumptions.push(format!(
+                "no peak known for {g:?}: give --peak-tflops for MFU"
+            )),
         }
     }
     if let Some(usd) = plan.cost.gpu_hour_usd {
         assumptions.push(format!("cost = ${usd}/GPU-hour × {gpus} GPU(s) / (output tokens/s × 3600) × 1e6 per million tokens"));
     }
-    let model_info = (ctx.model.is_some() || gpu.is_some() || plan.cost.gpu_hour_usd.is_some()).then(|| ModelInfo {
-        shape: ctx.model.clone(),
-        gpu: gpu.clone(),
-        gpu_source,
-        peak_tflops_per_gpu: peak,
-        gpus,
-        gpu_hour_usd: plan.cost.gpu_hour_usd,
-        assumptions: assumptions.clone(),
-    });
+    let model_info = (ctx.model.is_some() || gpu.is_some() || plan.cost.gpu_hour_usd.is_some())
+        .then(|| ModelInfo {
+            shape: ctx.model.clone(),
+            gpu: gpu.clone(),
+            gpu_source,
+            peak_tflops_per_gpu: peak,
+            gpus,
+            gpu_hour_usd: plan.cost.gpu_hour_usd,
+            assumptions: assumptions.clone(),
+        });
 
     let mut phases = Vec::new();
     for (i, (st, run)) in outcome.stats.phases.iter().zip(&outcome.phases).enumerate() {
@@ -222,9 +233,14 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
             .filter(|e| *e > 0.0 && st.tokens_in_window > 0)
             .map(|e| st.tokens_in_window as f64 / e);
         let mean_context = (st.ok > 0).then(|| st.context_tokens / st.ok as f64);
-        let flops_per_token = ctx.model.as_ref().map(|m| m.flops_per_token(mean_context.unwrap_or(0.0)));
+        let flops_per_token = ctx
+            .model
+            .as_ref()
+            .map(|m| m.flops_per_token(mean_context.unwrap_or(0.0)));
         let mfu = match (flops_per_token, peak) {
-            (Some(f), Some(p)) if st.tokens_in_window > 0 => Some(flops::mfu(tokens_per_s, f, gpus, p)),
+            (Some(f), Some(p)) if st.tokens_in_window > 0 => {
+                Some(flops::mfu(tokens_per_s, f, gpus, p))
+            }
             _ => None,
         };
         let failed: u64 = st.errors.values().sum();
@@ -240,8 +256,16 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
             sent: st.sent,
             ok: st.ok,
             failed,
-            errors: st.errors.iter().map(|(k, v)| (k.name().to_string(), *v)).collect(),
-            error_examples: st.error_examples.iter().map(|(k, v)| (k.name().to_string(), v.clone())).collect(),
+            errors: st
+                .errors
+                .iter()
+                .map(|(k, v)| (k.name().to_string(), *v))
+                .collect(),
+            error_examples: st
+                .error_examples
+                .iter()
+                .map(|(k, v)| (k.name().to_string(), v.clone()))
+                .collect(),
             concurrency: run.concurrency,
             max_concurrency: run.max_concurrency,
             max_in_flight: st.max_in_flight,
@@ -254,7 +278,11 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
             goodput: Goodput {
                 requests_per_s: st.good_in_window as f64 / window,
                 output_tokens_per_s: st.good_tokens_in_window as f64 / window,
-                fraction: if st.completed_in_window > 0 { st.good_in_window as f64 / st.completed_in_window as f64 } else { 0.0 },
+                fraction: if st.completed_in_window > 0 {
+                    st.good_in_window as f64 / st.completed_in_window as f64
+                } else {
+                    0.0
+                },
             },
             latency,
             tokens: st.agreement.clone(),
@@ -265,7 +293,10 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
             tokens_per_joule,
             flops_per_token,
             mfu,
-            cost_per_million_tokens_usd: plan.cost.gpu_hour_usd.and_then(|usd| flops::cost_per_million(tokens_per_s, gpus, usd)),
+            cost_per_million_tokens_usd: plan
+                .cost
+                .gpu_hour_usd
+                .and_then(|usd| flops::cost_per_million(tokens_per_s, gpus, usd)),
         });
         let _ = i;
     }
@@ -291,7 +322,9 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
             mfu_expected: None,
             tokens_per_joule: p.tokens_per_joule,
             avg_power_w: p.telemetry.as_ref().and_then(|t| t.avg_power_w),
-            concurrency: (p.kind == PhaseKind::ClosedLoop).then_some(p.concurrency).flatten(),
+            concurrency: (p.kind == PhaseKind::ClosedLoop)
+                .then_some(p.concurrency)
+                .flatten(),
             avg_in_flight: Some(p.avg_in_flight),
             completions_per_s: Some(p.throughput.requests_per_s),
             mean_e2e_s: p.latency.get("e2e").map(|l| l.mean),
@@ -306,7 +339,12 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
         .enumerate()
         .map(|(i, (tok, ok, bad))| [i as u64, *tok, *ok, *bad])
         .collect();
-    let violations = outcome.stats.phases.iter().map(|p| p.agreement.length_not_honoured).sum();
+    let violations = outcome
+        .stats
+        .phases
+        .iter()
+        .map(|p| p.agreement.length_not_honoured)
+        .sum();
     Results {
         schema: SCHEMA.into(),
         schema_version: SCHEMA_VERSION,
@@ -376,11 +414,26 @@ impl Results {
     pub fn summary(&self) -> String {
         use std::fmt::Write;
         let mut o = String::new();
-        let ms = |l: Option<&Summary>, f: fn(&Summary) -> f64| l.map(|l| format!("{:.1}", f(l) * 1e3)).unwrap_or_else(|| "-".into());
+        let ms = |l: Option<&Summary>, f: fn(&Summary) -> f64| {
+            l.map(|l| format!("{:.1}", f(l) * 1e3))
+                .unwrap_or_else(|| "-".into())
+        };
         let _ = writeln!(
             o,
             "{:<10} {:<11} {:>6} {:>6} {:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
-            "phase", "kind", "secs", "ok", "err", "req/s", "tok/s", "TTFT p50", "TTFT p99", "ITL p99", "E2E p99", "MFU", "tok/J"
+            "phase",
+            "kind",
+            "secs",
+            "ok",
+            "err",
+            "req/s",
+            "tok/s",
+            "TTFT p50",
+            "TTFT p99",
+            "ITL p99",
+            "E2E p99",
+            "MFU",
+            "tok/J"
         );
         for p in &self.phases {
             let _ = writeln!(
@@ -397,15 +450,27 @@ impl Results {
                 ms(p.latency.get("ttft"), |l| l.p99),
                 ms(p.latency.get("itl"), |l| l.p99),
                 ms(p.latency.get("e2e"), |l| l.p99),
-                p.mfu.map(|m| format!("{:.2}%", m * 100.0)).unwrap_or_else(|| "-".into()),
-                p.tokens_per_joule.map(|t| format!("{t:.3}")).unwrap_or_else(|| "-".into()),
+                p.mfu
+                    .map(|m| format!("{:.2}%", m * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                p.tokens_per_joule
+                    .map(|t| format!("{t:.3}"))
+                    .unwrap_or_else(|| "-".into()),
             );
         }
         let _ = writeln!(o, "(latencies in ms)");
         for p in &self.phases {
             if let (Some(target), Some(achieved)) = (p.target_rate, p.achieved_rate) {
-                let lag = p.latency.get("send_lag").map(|l| format!("{:.3} ms", l.p99 * 1e3)).unwrap_or("-".into());
-                let queue = p.latency.get("queue").map(|l| format!("{:.1} ms", l.p99 * 1e3)).unwrap_or("-".into());
+                let lag = p
+                    .latency
+                    .get("send_lag")
+                    .map(|l| format!("{:.3} ms", l.p99 * 1e3))
+                    .unwrap_or("-".into());
+                let queue = p
+                    .latency
+                    .get("queue")
+                    .map(|l| format!("{:.1} ms", l.p99 * 1e3))
+                    .unwrap_or("-".into());
                 let _ = writeln!(
                     o,
                     "{}: open loop at {target} req/s: sent {achieved:.2} req/s; P99 send lag {lag}; P99 queueing {queue}",
@@ -413,10 +478,19 @@ impl Results {
                 );
             }
             if let Some(c) = p.concurrency {
-                let _ = writeln!(o, "{}: closed loop at {c}: {:.2} in flight on average, at most {}", p.name, p.avg_in_flight, p.max_in_flight);
+                let _ = writeln!(
+                    o,
+                    "{}: closed loop at {c}: {:.2} in flight on average, at most {}",
+                    p.name, p.avg_in_flight, p.max_in_flight
+                );
             }
             for (kind, n) in &p.errors {
-                let example = p.error_examples.get(kind).and_then(|e| e.first()).cloned().unwrap_or_default();
+                let example = p
+                    .error_examples
+                    .get(kind)
+                    .and_then(|e| e.first())
+                    .cloned()
+                    .unwrap_or_default();
                 let _ = writeln!(o, "{}: {n} {kind} errors (e.g. {example})", p.name);
             }
             let t = &p.tokens;
@@ -439,7 +513,10 @@ impl Results {
                 "audit {:<28} {:<8} {}{}",
                 c.check,
                 format!("{:?}", c.status).to_uppercase(),
-                c.phase.as_deref().map(|p| format!("[{p}] ")).unwrap_or_default(),
+                c.phase
+                    .as_deref()
+                    .map(|p| format!("[{p}] "))
+                    .unwrap_or_default(),
                 c.detail
             );
         }

@@ -89,7 +89,14 @@ impl Shared {
     }
 
     /// Sends one request and hands its record to the collector.
-    async fn send(self: Arc<Self>, phase_index: usize, phase: String, scheduled_ns: Option<u64>, ask: Ask, queue_ns: Option<u64>) {
+    async fn send(
+        self: Arc<Self>,
+        phase_index: usize,
+        phase: String,
+        scheduled_ns: Option<u64>,
+        ask: Ask,
+        queue_ns: Option<u64>,
+    ) {
         let now = self.live.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight[phase_index].fetch_max(now, Ordering::SeqCst);
         let p = Planned {
@@ -106,7 +113,9 @@ impl Shared {
         } else {
             self.live.failed.fetch_add(1, Ordering::Relaxed);
         }
-        self.live.tokens.fetch_add(rec.output_tokens.counted, Ordering::Relaxed);
+        self.live
+            .tokens
+            .fetch_add(rec.output_tokens.counted, Ordering::Relaxed);
         let _ = self.records.send(rec);
     }
 }
@@ -138,7 +147,7 @@ pub async fn run(
         .name("prompts".into())
         .spawn(move || {
             let mut prompts = prompts;
-            while ask_tx.blocking_send(prompts.next()).is_ok() {}
+            while ask_tx.blocking_send(prompts.next_ask()).is_ok() {}
         })
         .ok();
 
@@ -166,7 +175,9 @@ pub async fn run(
                 if let Some(w) = jsonl.as_mut() {
                     let line = serde_json::to_string(&rec).unwrap_or_default();
                     if writeln!(w, "{line}").is_err() {
-                        eprintln!("gapscope-loadgen: cannot write the per-request JSONL any more; the run goes on");
+                        eprintln!(
+                            "gapscope-loadgen: cannot write the per-request JSONL any more; the run goes on"
+                        );
                         jsonl = None;
                     }
                 }
@@ -243,7 +254,9 @@ pub async fn run(
         }
     }
     drop(shared);
-    let (mut stats, last_done_ns) = collector.await.unwrap_or_else(|_| (RunStats::new(&[], plan.slo.clone()), 0));
+    let (mut stats, last_done_ns) = collector
+        .await
+        .unwrap_or_else(|_| (RunStats::new(&[], plan.slo.clone()), 0));
     // An interrupted phase's window ends at the interruption; phases never
     // started are left out.
     stats.phases.truncate(runs.len());
@@ -289,7 +302,10 @@ async fn run_phase(
             let mut timer = match PreciseTimer::new(clock) {
                 Ok(t) => t,
                 Err(e) => {
-                    eprintln!("gapscope-loadgen: no timerfd ({e}); phase {} sends nothing", phase.name);
+                    eprintln!(
+                        "gapscope-loadgen: no timerfd ({e}); phase {} sends nothing",
+                        phase.name
+                    );
                     return;
                 }
             };

@@ -7,14 +7,6 @@
 //! lines of one event are joined with `\n`; comments (`:`) are skipped. A
 //! line longer than the limit is an error rather than unbounded memory.
 
-/// One dispatched event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    /// The `event:` field, empty when not given.
-    pub kind: String,
-    pub data: String,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SseError {
     LineTooLong(usize),
@@ -31,13 +23,19 @@ impl std::fmt::Display for SseError {
 }
 
 pub struct SseParser {
+    /// The unfinished line carried over from the previous chunk.
     line: Vec<u8>,
-    data: Vec<u8>,
-    kind: Vec<u8>,
-    has_data: bool,
+    event: EventState,
     /// The previous chunk ended in `\r`: a `\n` starting the next one
     /// belongs to the same line ending.
     after_cr: bool,
+}
+
+/// The event being assembled from its lines.
+struct EventState {
+    data: Vec<u8>,
+    kind: Vec<u8>,
+    has_data: bool,
     max_line: usize,
 }
 
@@ -45,25 +43,39 @@ impl SseParser {
     pub fn new(max_line: usize) -> Self {
         Self {
             line: Vec::new(),
-            data: Vec::new(),
-            kind: Vec::new(),
-            has_data: false,
+            event: EventState {
+                data: Vec::new(),
+                kind: Vec::new(),
+                has_data: false,
+                max_line,
+            },
             after_cr: false,
-            max_line,
         }
     }
 
-    /// Feeds bytes; every event they complete is passed to `on_event`.
-    pub fn feed(&mut self, mut bytes: &[u8], mut on_event: impl FnMut(Event)) -> Result<(), SseError> {
+    /// Feeds bytes; every event they complete is passed to `on_event` as
+    /// (event type, data), borrowed: nothing is allocated per event. A line
+    /// that lies whole inside `bytes` is read where it is, not copied.
+    pub fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        mut on_event: impl FnMut(&str, &str),
+    ) -> Result<(), SseError> {
         if self.after_cr && bytes.first() == Some(&b'\n') {
             bytes = &bytes[1..];
         }
         self.after_cr = false;
-        while let Some(end) = bytes.iter().position(|b| *b == b'\n' || *b == b'\r') {
-            self.push(&bytes[..end])?;
-            let cr = bytes[end] == b'\r';
+        while let Some(end) = memchr::memchr2(b'\n', b'\r', bytes) {
+            if self.line.is_empty() {
+                self.event.line(&bytes[..end], &mut on_event)?;
+            } else {
+                self.push(&bytes[..end])?;
+                self.event.line(&self.line, &mut on_event)?;
+                // Cleared, not replaced: the buffer keeps its capacity.
+                self.line.clear();
+            }
             let mut next = end + 1;
-            if cr {
+            if bytes[end] == b'\r' {
                 if next < bytes.len() {
                     if bytes[next] == b'\n' {
                         next += 1;
@@ -73,9 +85,6 @@ impl SseParser {
                 }
             }
             bytes = &bytes[next..];
-            if let Some(ev) = self.end_line()? {
-                on_event(ev);
-            }
         }
         self.push(bytes)
     }
@@ -83,38 +92,45 @@ impl SseParser {
     /// True when bytes of an unfinished event are buffered (a stream that
     /// ends now was cut in the middle of an event).
     pub fn partial(&self) -> bool {
-        !self.line.is_empty() || self.has_data
+        !self.line.is_empty() || self.event.has_data
     }
 
     fn push(&mut self, bytes: &[u8]) -> Result<(), SseError> {
-        if self.line.len() + bytes.len() > self.max_line {
-            return Err(SseError::LineTooLong(self.max_line));
+        if self.line.len() + bytes.len() > self.event.max_line {
+            return Err(SseError::LineTooLong(self.event.max_line));
         }
         self.line.extend_from_slice(bytes);
         Ok(())
     }
+}
 
-    fn end_line(&mut self) -> Result<Option<Event>, SseError> {
-        let line = std::mem::take(&mut self.line);
+impl EventState {
+    /// One complete line: a field, a comment, or the blank line that
+    /// dispatches the event.
+    fn line(&mut self, line: &[u8], on_event: &mut impl FnMut(&str, &str)) -> Result<(), SseError> {
+        if line.len() > self.max_line {
+            return Err(SseError::LineTooLong(self.max_line));
+        }
         if line.is_empty() {
-            if !self.has_data {
-                self.kind.clear();
-                return Ok(None);
+            if self.has_data {
+                let d = std::str::from_utf8(&self.data).map_err(|_| SseError::NotUtf8)?;
+                let k = std::str::from_utf8(&self.kind).map_err(|_| SseError::NotUtf8)?;
+                on_event(k, d);
             }
-            let data = String::from_utf8(std::mem::take(&mut self.data)).map_err(|_| SseError::NotUtf8)?;
-            let kind = String::from_utf8(std::mem::take(&mut self.kind)).map_err(|_| SseError::NotUtf8)?;
+            self.data.clear();
+            self.kind.clear();
             self.has_data = false;
-            return Ok(Some(Event { kind, data }));
+            return Ok(());
         }
         if line[0] == b':' {
-            return Ok(None);
+            return Ok(());
         }
-        let (field, value) = match line.iter().position(|b| *b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(i) => {
                 let v = &line[i + 1..];
                 (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
             }
-            None => (&line[..], &[][..]),
+            None => (line, &[][..]),
         };
         match field {
             b"data" => {
@@ -127,10 +143,13 @@ impl SseParser {
                 self.data.extend_from_slice(value);
                 self.has_data = true;
             }
-            b"event" => self.kind = value.to_vec(),
+            b"event" => {
+                self.kind.clear();
+                self.kind.extend_from_slice(value);
+            }
             _ => {} // id, retry and unknown fields do not matter here
         }
-        Ok(None)
+        Ok(())
     }
 }
 
@@ -138,11 +157,22 @@ impl SseParser {
 mod tests {
     use super::*;
 
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Event {
+        kind: String,
+        data: String,
+    }
+
     fn parse_in_pieces(input: &[u8], piece: usize) -> Result<Vec<Event>, SseError> {
         let mut p = SseParser::new(1 << 20);
         let mut out = Vec::new();
         for chunk in input.chunks(piece) {
-            p.feed(chunk, |e| out.push(e))?;
+            p.feed(chunk, |kind, data| {
+                out.push(Event {
+                    kind: kind.into(),
+                    data: data.into(),
+                })
+            })?;
         }
         Ok(out)
     }
@@ -154,18 +184,30 @@ mod tests {
             let events = parse_in_pieces(input, piece).unwrap();
             assert_eq!(events.len(), 3, "piece {piece}");
             assert_eq!(events[0].data, "{\"text\": \"héllo 世界\"}");
-            assert_eq!(events[1], Event { kind: "x".into(), data: "a\nb".into() });
+            assert_eq!(
+                events[1],
+                Event {
+                    kind: "x".into(),
+                    data: "a\nb".into()
+                }
+            );
             assert_eq!(events[2].data, "[DONE]");
         }
     }
 
     #[test]
     fn bad_bytes_and_endless_lines_are_errors() {
-        assert_eq!(parse_in_pieces(b"data: \xff\xfe\n\n", 3), Err(SseError::NotUtf8));
+        assert_eq!(
+            parse_in_pieces(b"data: \xff\xfe\n\n", 3),
+            Err(SseError::NotUtf8)
+        );
         let mut p = SseParser::new(16);
-        assert_eq!(p.feed(&[b'a'; 17], |_| {}), Err(SseError::LineTooLong(16)));
+        assert_eq!(
+            p.feed(&[b'a'; 17], |_, _| {}),
+            Err(SseError::LineTooLong(16))
+        );
         let mut p = SseParser::new(64);
-        p.feed(b"data: cut", |_| {}).unwrap();
+        p.feed(b"data: cut", |_, _| {}).unwrap();
         assert!(p.partial());
     }
 }

@@ -184,7 +184,10 @@ pub struct RunStats {
 impl RunStats {
     pub fn new(windows: &[(u64, u64)], slo: Slo) -> Self {
         Self {
-            phases: windows.iter().map(|(s, e)| PhaseStats::new(*s, *e)).collect(),
+            phases: windows
+                .iter()
+                .map(|(s, e)| PhaseStats::new(*s, *e))
+                .collect(),
             slo,
             per_second: Vec::new(),
         }
@@ -308,7 +311,10 @@ fn record_latencies(p: &mut PhaseStats, r: &RequestRecord) {
         a.prompt_vs_usage += u64::from(u64::from(ours) != theirs);
     }
     a.length_not_honoured += u64::from(r.length_honoured == Some(false));
-    let input = r.usage_prompt_tokens.or(r.prompt_tokens.map(u64::from)).unwrap_or(0);
+    let input = r
+        .usage_prompt_tokens
+        .or(r.prompt_tokens.map(u64::from))
+        .unwrap_or(0);
     p.input_tokens += input;
     p.output_tokens += out.best();
     p.context_tokens += input as f64 + out.best() as f64 / 2.0;
@@ -338,7 +344,11 @@ mod tests {
             max_tokens: 4,
             prompt_tokens: None,
             usage_prompt_tokens: None,
-            output_tokens: OutputTokens { usage: Some(counted), counted, tokenizer: None },
+            output_tokens: OutputTokens {
+                usage: Some(counted),
+                counted,
+                tokenizer: None,
+            },
             events,
             chunks: 0,
             length_honoured: None,
@@ -347,10 +357,18 @@ mod tests {
 
     #[test]
     fn itl_counts_every_token_and_windows_split_by_time() {
-        let mut s = RunStats::new(&[(0, 1_000_000_000), (1_000_000_000, 2_000_000_000)], Slo::default());
+        let mut s = RunStats::new(
+            &[(0, 1_000_000_000), (1_000_000_000, 2_000_000_000)],
+            Slo::default(),
+        );
         // Four tokens: the first at 100 ms, then a chunk of three 300 ms
         // later, which lands in the second window.
-        s.add(&rec(0, 800_000_000, vec![(100_000_000, 1), (400_000_000, 3)], 1_300_000_000));
+        s.add(&rec(
+            0,
+            800_000_000,
+            vec![(100_000_000, 1), (400_000_000, 3)],
+            1_300_000_000,
+        ));
         let (a, b) = (&s.phases[0], &s.phases[1]);
         assert_eq!(a.itl.summary().unwrap().count, 3);
         assert!((a.itl.summary().unwrap().p50 - 0.1).abs() < 0.001);

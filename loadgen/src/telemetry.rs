@@ -135,7 +135,10 @@ impl Scraper {
                     }
                     Err(e) => {
                         if info.failed_scrapes == 0 {
-                            eprintln!("gapscope-loadgen: telemetry from {} failed ({e}); retrying every interval", cfg.url);
+                            eprintln!(
+                                "gapscope-loadgen: telemetry from {} failed ({e}); retrying every interval",
+                                cfg.url
+                            );
                         }
                         info.failed_scrapes += 1;
                         info.last_error = Some(e);
@@ -143,7 +146,11 @@ impl Scraper {
                 }
             }
         });
-        Self { samples, source, task }
+        Self {
+            samples,
+            source,
+            task,
+        }
     }
 
     /// Stops scraping and returns the readings.
@@ -155,7 +162,12 @@ impl Scraper {
     }
 }
 
-async fn scrape_text(client: &SideClient, url: &str, q: &Queries, timeout: Duration) -> Result<(Sample, Option<String>, usize), String> {
+async fn scrape_text(
+    client: &SideClient,
+    url: &str,
+    q: &Queries,
+    timeout: Duration,
+) -> Result<(Sample, Option<String>, usize), String> {
     let (status, body) = client.get(url, timeout).await?;
     if status != 200 {
         return Err(format!("HTTP {status}"));
@@ -171,8 +183,12 @@ async fn scrape_text(client: &SideClient, url: &str, q: &Queries, timeout: Durat
             q.utilization.0, q.power.0, q.energy.0
         ));
     }
-    let mean = |v: &[&Series], scale: f64| (!v.is_empty()).then(|| v.iter().map(|s| s.value).sum::<f64>() / v.len() as f64 * scale);
-    let sum = |v: &[&Series], scale: f64| (!v.is_empty()).then(|| v.iter().map(|s| s.value).sum::<f64>() * scale);
+    let mean = |v: &[&Series], scale: f64| {
+        (!v.is_empty()).then(|| v.iter().map(|s| s.value).sum::<f64>() / v.len() as f64 * scale)
+    };
+    let sum = |v: &[&Series], scale: f64| {
+        (!v.is_empty()).then(|| v.iter().map(|s| s.value).sum::<f64>() * scale)
+    };
     let model = util
         .iter()
         .chain(&power)
@@ -190,15 +206,24 @@ async fn scrape_text(client: &SideClient, url: &str, q: &Queries, timeout: Durat
     ))
 }
 
-async fn scrape_api(client: &SideClient, base: &str, q: &Queries, timeout: Duration) -> Result<(Sample, Option<String>, usize), String> {
+async fn scrape_api(
+    client: &SideClient,
+    base: &str,
+    q: &Queries,
+    timeout: Duration,
+) -> Result<(Sample, Option<String>, usize), String> {
     let base = base.trim_end_matches('/');
     let mut values = Vec::new();
     for (query, scale) in [&q.utilization, &q.power, &q.energy] {
         let url = format!("{base}/api/v1/query?query={}", encode_query(query));
         let (status, body) = client.get(&url, timeout).await?;
-        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("not a Prometheus API reply ({e})"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("not a Prometheus API reply ({e})"))?;
         if status != 200 || v["status"] != "success" {
-            return Err(format!("query {query:?}: HTTP {status}: {}", v["error"].as_str().unwrap_or("")));
+            return Err(format!(
+                "query {query:?}: HTTP {status}: {}",
+                v["error"].as_str().unwrap_or("")
+            ));
         }
         let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
         let total: Option<f64> = result
@@ -276,7 +301,11 @@ fn parse_line(line: &str) -> Option<Series> {
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse().ok()?,
     };
-    Some(Series { name, labels, value })
+    Some(Series {
+        name,
+        labels,
+        value,
+    })
 }
 
 /// Averages and energy over a window of the run.
@@ -292,7 +321,10 @@ pub struct WindowTelemetry {
 
 /// Telemetry between run times `start` and `end`.
 pub fn window(samples: &[Sample], start: u64, end: u64) -> WindowTelemetry {
-    let inside: Vec<&Sample> = samples.iter().filter(|s| s.t_ns >= start && s.t_ns <= end).collect();
+    let inside: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.t_ns >= start && s.t_ns <= end)
+        .collect();
     let avg = |f: &dyn Fn(&Sample) -> Option<f64>| {
         let v: Vec<f64> = inside.iter().filter_map(|s| f(s)).collect();
         (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
@@ -303,7 +335,10 @@ pub fn window(samples: &[Sample], start: u64, end: u64) -> WindowTelemetry {
         avg_power_w: avg(&|s| s.power_w),
         ..WindowTelemetry::default()
     };
-    let counter: Vec<(u64, f64)> = inside.iter().filter_map(|s| Some((s.t_ns, s.energy_j?))).collect();
+    let counter: Vec<(u64, f64)> = inside
+        .iter()
+        .filter_map(|s| Some((s.t_ns, s.energy_j?)))
+        .collect();
     if counter.len() >= 2 {
         let (t0, e0) = counter[0];
         let (t1, e1) = counter[counter.len() - 1];
@@ -351,11 +386,21 @@ mod tests {
             power_w: Some(p),
             energy_j: e,
         };
-        let with = [s(0, 100.0, Some(1000.0)), s(1, 100.0, Some(1100.0)), s(2, 100.0, Some(1200.0))];
+        let with = [
+            s(0, 100.0, Some(1000.0)),
+            s(1, 100.0, Some(1100.0)),
+            s(2, 100.0, Some(1200.0)),
+        ];
         let w = window(&with, 0, 2_000_000_000);
-        assert_eq!((w.energy_j, w.energy_source.as_deref()), (Some(200.0), Some("counter")));
+        assert_eq!(
+            (w.energy_j, w.energy_source.as_deref()),
+            (Some(200.0), Some("counter"))
+        );
         let without = [s(0, 100.0, None), s(1, 300.0, None)];
         let w = window(&without, 0, 2_000_000_000);
-        assert_eq!((w.energy_j, w.energy_source.as_deref()), (Some(400.0), Some("power_integral")));
+        assert_eq!(
+            (w.energy_j, w.energy_source.as_deref()),
+            (Some(400.0), Some("power_integral"))
+        );
     }
 }

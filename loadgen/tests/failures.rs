@@ -14,7 +14,14 @@ fn against(path: &str, extra: &[&str]) -> Run {
         ..ServerConfig::default()
     });
     let url = server.url(path);
-    let mut args = vec!["--url", url.as_str(), "--phase", "s=closed:2:1s", "--max-tokens", "6"];
+    let mut args = vec![
+        "--url",
+        url.as_str(),
+        "--phase",
+        "s=closed:2:1s",
+        "--max-tokens",
+        "6",
+    ];
     args.extend_from_slice(extra);
     loadgen(&args)
 }
@@ -22,7 +29,11 @@ fn against(path: &str, extra: &[&str]) -> Run {
 /// The phase's error counts, and the requests it sent.
 fn errors(run: &Run) -> (serde_json::Value, u64, u64) {
     let p = run.phase("s");
-    (p["errors"].clone(), p["sent"].as_u64().unwrap(), p["failed"].as_u64().unwrap())
+    (
+        p["errors"].clone(),
+        p["sent"].as_u64().unwrap(),
+        p["failed"].as_u64().unwrap(),
+    )
 }
 
 #[test]
@@ -32,21 +43,41 @@ fn each_failure_lands_in_its_category_and_the_run_goes_on() {
         ("/fail/status503/v1/completions", "http_status", vec![]),
         ("/fail/close2/v1/completions", "early_close", vec![]),
         ("/fail/nodone/v1/completions", "early_close", vec![]),
-        ("/fail/malformed2/v1/completions", "malformed_stream", vec![]),
+        (
+            "/fail/malformed2/v1/completions",
+            "malformed_stream",
+            vec![],
+        ),
         ("/fail/badutf8/v1/completions", "malformed_stream", vec![]),
         ("/fail/hugeline/v1/completions", "malformed_stream", vec![]),
         ("/fail/errorevent/v1/completions", "server_error", vec![]),
-        ("/fail/stall2/v1/completions", "timeout", vec!["--timeout", "0.3"]),
-        ("/fail/slowheaders/v1/completions", "timeout", vec!["--timeout", "0.3"]),
+        (
+            "/fail/stall2/v1/completions",
+            "timeout",
+            vec!["--timeout", "0.3"],
+        ),
+        (
+            "/fail/slowheaders/v1/completions",
+            "timeout",
+            vec!["--timeout", "0.3"],
+        ),
     ] {
         let run = against(path, &extra);
         let (errors, sent, failed) = errors(&run);
         eprintln!("{path}: {sent} sent, errors {errors}");
-        assert_eq!(run.code, 1, "{path}: exit status says there were errors\n{}", run.stderr);
+        assert_eq!(
+            run.code, 1,
+            "{path}: exit status says there were errors\n{}",
+            run.stderr
+        );
         assert!(sent >= 2, "{path}: the run went on ({sent} sent)");
         assert_eq!(failed, sent, "{path}: every request failed");
         let example = run.requests()[0]["error"]["detail"].clone();
-        assert_eq!(errors[category].as_u64(), Some(sent), "{path}: {errors} (e.g. {example})");
+        assert_eq!(
+            errors[category].as_u64(),
+            Some(sent),
+            "{path}: {errors} (e.g. {example})"
+        );
         // The per-request file has every one, with its category.
         let requests = run.requests();
         assert_eq!(requests.len() as u64, sent);
@@ -64,7 +95,10 @@ fn split_characters_and_plain_text_streams_are_fine() {
     assert_eq!(failed, 0);
     // A BentoML-style endpoint: a JSON template in, plain text chunks out.
     let dir = tempfile::tempdir().unwrap();
-    let server = StreamServer::start(ServerConfig { token_ms: 2.0, ..ServerConfig::default() });
+    let server = StreamServer::start(ServerConfig {
+        token_ms: 2.0,
+        ..ServerConfig::default()
+    });
     let workload = dir.path().join("w.toml");
     std::fs::write(
         &workload,
@@ -84,7 +118,11 @@ fn split_characters_and_plain_text_streams_are_fine() {
         assert_eq!(r["chunks"], 5, "{r}");
     }
     let seen = server.log.lock().unwrap();
-    assert!(seen.requests.iter().all(|s| s.body["max_tokens"] == 5 && s.body["prompt"].is_string()));
+    assert!(
+        seen.requests
+            .iter()
+            .all(|s| s.body["max_tokens"] == 5 && s.body["prompt"].is_string())
+    );
 }
 
 #[test]
@@ -92,7 +130,14 @@ fn a_server_that_is_down_is_counted_as_connect_errors() {
     let _g = serial();
     let port = gapscope_testkit::free_port();
     let url = format!("http://127.0.0.1:{port}/v1/completions");
-    let run = loadgen(&["--url", &url, "--phase", "w=constant:20:1s", "--max-tokens", "4"]);
+    let run = loadgen(&[
+        "--url",
+        &url,
+        "--phase",
+        "w=constant:20:1s",
+        "--max-tokens",
+        "4",
+    ]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     let p = run.phase("w");
     assert_eq!(p["sent"], 20);
@@ -104,8 +149,17 @@ fn a_fixed_length_that_is_not_honoured_fails_the_run() {
     let _g = serial();
     let run = against("/fail/short/v1/completions", &["--fixed-output"]);
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("fixed output length was asked for"), "{}", run.stderr);
-    assert!(run.results()["run"]["fixed_length_violations"].as_u64().unwrap() >= 2);
+    assert!(
+        run.stderr.contains("fixed output length was asked for"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.results()["run"]["fixed_length_violations"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
     // And a server that honours it passes.
     let run = against("/v1/completions", &["--fixed-output"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -116,10 +170,22 @@ fn a_fixed_length_that_is_not_honoured_fails_the_run() {
 #[test]
 fn ctrl_c_stops_cleanly_and_keeps_what_was_measured() {
     let _g = serial();
-    let server = StreamServer::start(ServerConfig { token_ms: 20.0, ..ServerConfig::default() });
+    let server = StreamServer::start(ServerConfig {
+        token_ms: 20.0,
+        ..ServerConfig::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(gapscope_testkit::loadgen_bin())
-        .args(["--url", &server.url("/v1/completions"), "--phase", "s=closed:4:30s", "--max-tokens", "20", "--quiet", "--out"])
+        .args([
+            "--url",
+            &server.url("/v1/completions"),
+            "--phase",
+            "s=closed:4:30s",
+            "--max-tokens",
+            "20",
+            "--quiet",
+            "--out",
+        ])
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -131,8 +197,13 @@ fn ctrl_c_stops_cleanly_and_keeps_what_was_measured() {
     let started = std::time::Instant::now();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "it stopped promptly");
-    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap()).unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "it stopped promptly"
+    );
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap())
+            .unwrap();
     assert_eq!(results["run"]["interrupted"], true);
     let p = &results["phases"][0];
     assert!(p["ok"].as_u64().unwrap() >= 4, "{p}");
@@ -146,26 +217,63 @@ fn bad_input_is_one_line_with_the_fix() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let bad_toml = dir.path().join("bad.toml");
-    std::fs::write(&bad_toml, "[endpoint]\nurl = \"http://x/\"\nstreem = true\n").unwrap();
+    std::fs::write(
+        &bad_toml,
+        "[endpoint]\nurl = \"http://x/\"\nstreem = true\n",
+    )
+    .unwrap();
     let bad_phase = dir.path().join("phase.toml");
     std::fs::write(&bad_phase, "[endpoint]\nurl = \"http://x/\"\n[[phase]]\nname = \"a\"\nkind = \"closed_loop\"\nduration_s = 5\n").unwrap();
     let missing = dir.path().join("missing.toml");
     for (args, says) in [
         (vec![], "no endpoint"),
         (vec!["--url", "ftp://x/"], "is not an http:// URL"),
-        (vec!["--url", "http://x/", "--phase", "w=poisson:fast:1s"], "is not a number"),
-        (vec!["--url", "http://x/", "--time-scale", "0"], "time_scale = 0"),
-        (vec!["--url", "http://x/", "--telemetry", "nvml=http://x/"], "kind \"nvml\" is unknown"),
-        (vec!["--url", "http://x/", "--header", "novalue"], "has no ':'"),
-        (vec!["--workload", bad_toml.to_str().unwrap()], "unknown field `streem`"),
-        (vec!["--workload", bad_phase.to_str().unwrap()], "needs concurrency"),
-        (vec!["--workload", missing.to_str().unwrap()], "cannot read workload file"),
-        (vec!["--url", "http://x/", "--tokenizer", "/nonexistent/tokenizer.json"], "cannot load tokenizer"),
+        (
+            vec!["--url", "http://x/", "--phase", "w=poisson:fast:1s"],
+            "is not a number",
+        ),
+        (
+            vec!["--url", "http://x/", "--time-scale", "0"],
+            "time_scale = 0",
+        ),
+        (
+            vec!["--url", "http://x/", "--telemetry", "nvml=http://x/"],
+            "kind \"nvml\" is unknown",
+        ),
+        (
+            vec!["--url", "http://x/", "--header", "novalue"],
+            "has no ':'",
+        ),
+        (
+            vec!["--workload", bad_toml.to_str().unwrap()],
+            "unknown field `streem`",
+        ),
+        (
+            vec!["--workload", bad_phase.to_str().unwrap()],
+            "needs concurrency",
+        ),
+        (
+            vec!["--workload", missing.to_str().unwrap()],
+            "cannot read workload file",
+        ),
+        (
+            vec![
+                "--url",
+                "http://x/",
+                "--tokenizer",
+                "/nonexistent/tokenizer.json",
+            ],
+            "cannot load tokenizer",
+        ),
     ] {
         let run = loadgen(&args);
         assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
         let lines: Vec<&str> = run.stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{args:?}: one line: {}", run.stderr);
-        assert!(lines[0].contains(says) && lines[0].contains("; fix: "), "{args:?}: {}", lines[0]);
+        assert!(
+            lines[0].contains(says) && lines[0].contains("; fix: "),
+            "{args:?}: {}",
+            lines[0]
+        );
     }
 }

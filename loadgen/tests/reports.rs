@@ -15,8 +15,20 @@ fn telemetry_run(server: &StreamServer, extra: &[&str]) -> Run {
     let url = server.url("/v1/completions");
     let metrics = format!("dcgm={}", server.url("/metrics"));
     let mut args = vec![
-        "--url", &url, "--phase", "warm=poisson:30:2s", "--phase", "stress=closed:4:3s", "--max-tokens", "16",
-        "--telemetry", &metrics, "--params", "8.03e9", "--gpu-hour-usd", "1.2",
+        "--url",
+        &url,
+        "--phase",
+        "warm=poisson:30:2s",
+        "--phase",
+        "stress=closed:4:3s",
+        "--max-tokens",
+        "16",
+        "--telemetry",
+        &metrics,
+        "--params",
+        "8.03e9",
+        "--gpu-hour-usd",
+        "1.2",
     ];
     args.extend_from_slice(extra);
     loadgen(&args)
@@ -25,11 +37,17 @@ fn telemetry_run(server: &StreamServer, extra: &[&str]) -> Run {
 #[test]
 fn tokens_per_joule_mfu_and_cost_follow_from_the_telemetry() {
     let _g = serial();
-    let server = StreamServer::start(ServerConfig { token_ms: 2.0, ..ServerConfig::default() });
+    let server = StreamServer::start(ServerConfig {
+        token_ms: 2.0,
+        ..ServerConfig::default()
+    });
     let run = telemetry_run(&server, &[]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let results = run.results();
-    assert_eq!(results["model"]["gpu"], "NVIDIA A40", "the GPU comes from the exporter's modelName");
+    assert_eq!(
+        results["model"]["gpu"], "NVIDIA A40",
+        "the GPU comes from the exporter's modelName"
+    );
     assert_eq!(results["model"]["peak_tflops_per_gpu"], 149.7);
     let p = run.phase("stress");
     let tps = p["throughput"]["output_tokens_per_s"].as_f64().unwrap();
@@ -37,9 +55,15 @@ fn tokens_per_joule_mfu_and_cost_follow_from_the_telemetry() {
     // The exporter's counter grows at exactly 200 W.
     assert_eq!(p["telemetry"]["energy_source"], "counter");
     let energy = p["telemetry"]["energy_j"].as_f64().unwrap();
-    assert!((energy / (200.0 * window) - 1.0).abs() < 0.01, "energy {energy} J over {window} s");
+    assert!(
+        (energy / (200.0 * window) - 1.0).abs() < 0.01,
+        "energy {energy} J over {window} s"
+    );
     let tpj = p["tokens_per_joule"].as_f64().unwrap();
-    assert!((tpj * 200.0 / tps - 1.0).abs() < 0.01, "{tpj} tok/J at 200 W vs {tps} tok/s");
+    assert!(
+        (tpj * 200.0 / tps - 1.0).abs() < 0.01,
+        "{tpj} tok/J at 200 W vs {tps} tok/s"
+    );
     // MFU = tok/s x 2N / peak (no layers given: no attention term).
     let mfu = p["mfu"].as_f64().unwrap();
     assert!((mfu - tps * 2.0 * 8.03e9 / 149.7e12).abs() < 1e-9, "{mfu}");
@@ -49,12 +73,23 @@ fn tokens_per_joule_mfu_and_cost_follow_from_the_telemetry() {
     for c in results["audit"].as_array().unwrap() {
         assert_ne!(c["status"], "fail", "{c}");
     }
-    assert!(run.stdout.contains("audit energy_matches_throughput    PASS"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("audit energy_matches_throughput    PASS"),
+        "{}",
+        run.stdout
+    );
 
     // The results validate against the published schema.
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(repo_file("loadgen/schema/results.v1.schema.json")).unwrap()).unwrap();
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("loadgen/schema/results.v1.schema.json")).unwrap(),
+    )
+    .unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
-    let problems: Vec<String> = validator.iter_errors(&results).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+    let problems: Vec<String> = validator
+        .iter_errors(&results)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
     assert!(problems.is_empty(), "{problems:#?}");
     // And a broken document does not.
     let mut broken = results.clone();
@@ -64,24 +99,43 @@ fn tokens_per_joule_mfu_and_cost_follow_from_the_telemetry() {
     // The plots: PNG and SVG, with text drawn from the embedded font.
     for name in ["telemetry", "throughput", "latency_cdf"] {
         let png = std::fs::read(run.path(&format!("{name}.png"))).unwrap();
-        assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{name}.png");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{name}.png"
+        );
         let svg = std::fs::read_to_string(run.path(&format!("{name}.svg"))).unwrap();
         assert!(svg.contains("<svg"), "{name}.svg");
     }
     let svg = std::fs::read_to_string(run.path("telemetry.svg")).unwrap();
-    assert!(svg.contains("GPU utilization") && svg.contains("stress (closed loop)"), "labels drawn");
+    assert!(
+        svg.contains("GPU utilization") && svg.contains("stress (closed loop)"),
+        "labels drawn"
+    );
 }
 
 #[test]
 fn inconsistent_telemetry_fails_the_audit() {
     let _g = serial();
     // The energy counter says 400 W while the power gauge says 200 W.
-    let server = StreamServer::start(ServerConfig { token_ms: 2.0, energy_w: 400.0, ..ServerConfig::default() });
+    let server = StreamServer::start(ServerConfig {
+        token_ms: 2.0,
+        energy_w: 400.0,
+        ..ServerConfig::default()
+    });
     let run = telemetry_run(&server, &[]);
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("self-audit found inconsistent figures"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("self-audit found inconsistent figures"),
+        "{}",
+        run.stderr
+    );
     let audit = run.results()["audit"].as_array().unwrap().clone();
-    assert!(audit.iter().any(|c| c["check"] == "energy_matches_throughput" && c["status"] == "fail"), "{audit:?}");
+    assert!(
+        audit
+            .iter()
+            .any(|c| c["check"] == "energy_matches_throughput" && c["status"] == "fail"),
+        "{audit:?}"
+    );
 }
 
 #[test]
@@ -90,25 +144,55 @@ fn the_audit_catches_the_published_figures() {
     let config = dir.path().join("config.json");
     std::fs::write(&config, LLAMA3_8B).unwrap();
     let out = std::process::Command::new(gapscope_testkit::loadgen_bin())
-        .args(["audit", "--claim", "bentoml:870:6.8%", "--claim", "lmdeploy:1515:16.2%", "--model-config"])
+        .args([
+            "audit",
+            "--claim",
+            "bentoml:870:6.8%",
+            "--claim",
+            "lmdeploy:1515:16.2%",
+            "--model-config",
+        ])
         .arg(&config)
         .args(["--gpu", "A40"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{text}");
-    let line = |check: &str, phase: &str| text.lines().find(|l| l.starts_with(check) && l.contains(&format!("[{phase}]"))).unwrap_or_default().to_string();
-    assert!(line("mfu_matches_throughput", "bentoml").contains("FAIL"), "{text}");
-    assert!(line("mfu_matches_throughput", "bentoml").contains("9.33 %"), "{text}");
-    assert!(line("mfu_matches_throughput", "lmdeploy").contains("PASS"), "{text}");
-    assert!(line("mfu_scales_with_throughput", "lmdeploy").contains("FAIL"), "{text}");
+    let line = |check: &str, phase: &str| {
+        text.lines()
+            .find(|l| l.starts_with(check) && l.contains(&format!("[{phase}]")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line("mfu_matches_throughput", "bentoml").contains("FAIL"),
+        "{text}"
+    );
+    assert!(
+        line("mfu_matches_throughput", "bentoml").contains("9.33 %"),
+        "{text}"
+    );
+    assert!(
+        line("mfu_matches_throughput", "lmdeploy").contains("PASS"),
+        "{text}"
+    );
+    assert!(
+        line("mfu_scales_with_throughput", "lmdeploy").contains("FAIL"),
+        "{text}"
+    );
 }
 
 #[test]
 fn compare_prints_the_table_and_the_cost_formula() {
     let _g = serial();
-    let slow = StreamServer::start(ServerConfig { token_ms: 4.0, ..ServerConfig::default() });
-    let fast = StreamServer::start(ServerConfig { token_ms: 2.0, ..ServerConfig::default() });
+    let slow = StreamServer::start(ServerConfig {
+        token_ms: 4.0,
+        ..ServerConfig::default()
+    });
+    let fast = StreamServer::start(ServerConfig {
+        token_ms: 2.0,
+        ..ServerConfig::default()
+    });
     let a = telemetry_run(&slow, &[]);
     let b = telemetry_run(&fast, &[]);
     assert_eq!((a.code, b.code), (0, 0), "{}\n{}", a.stderr, b.stderr);
@@ -120,14 +204,32 @@ fn compare_prints_the_table_and_the_cost_formula() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("| metric | bentoml | lmdeploy | lmdeploy vs bentoml |"), "{text}");
-    let (ta, tb) = (
-        a.phase("stress")["throughput"]["output_tokens_per_s"].as_f64().unwrap(),
-        b.phase("stress")["throughput"]["output_tokens_per_s"].as_f64().unwrap(),
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains(&format!("| output tokens/s | {ta:.1} | {tb:.1} |")), "{text}");
-    assert!(text.contains(&format!("better, {:.2}×)", tb / ta)), "{text}");
+    assert!(
+        text.contains("| metric | bentoml | lmdeploy | lmdeploy vs bentoml |"),
+        "{text}"
+    );
+    let (ta, tb) = (
+        a.phase("stress")["throughput"]["output_tokens_per_s"]
+            .as_f64()
+            .unwrap(),
+        b.phase("stress")["throughput"]["output_tokens_per_s"]
+            .as_f64()
+            .unwrap(),
+    );
+    assert!(
+        text.contains(&format!("| output tokens/s | {ta:.1} | {tb:.1} |")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("better, {:.2}×)", tb / ta)),
+        "{text}"
+    );
     assert!(text.contains("Formula: $/M tokens = $/GPU-hour"), "{text}");
     assert!(text.contains("1.0 billion output tokens a day"), "{text}");
     // A file that is not a results document is refused with the fix.
@@ -146,16 +248,33 @@ fn phases_are_announced_to_gapscoped() {
     let _g = serial();
     let server = StreamServer::start(ServerConfig::default());
     let run = loadgen(&[
-        "--url", &server.url("/v1/completions"), "--phase", "warm=constant:10:1s", "--phase", "quiet=silence:1s",
-        "--max-tokens", "4", "--gapscoped", &server.url(""),
+        "--url",
+        &server.url("/v1/completions"),
+        "--phase",
+        "warm=constant:10:1s",
+        "--phase",
+        "quiet=silence:1s",
+        "--max-tokens",
+        "4",
+        "--gapscoped",
+        &server.url(""),
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("phase annotations posted to gapscoped: 4 (0 failed)"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("phase annotations posted to gapscoped: 4 (0 failed)"),
+        "{}",
+        run.stdout
+    );
     let log = server.log.lock().unwrap();
     for phase in ["warm", "quiet"] {
         let (a, b) = run.window(phase);
         for (event, at) in [("start", a), ("end", b)] {
-            let note = log.annotations.iter().find(|n| n["phase"] == phase && n["event"] == event).expect("annotation posted");
+            let note = log
+                .annotations
+                .iter()
+                .find(|n| n["phase"] == phase && n["event"] == event)
+                .expect("annotation posted");
             let t = note["monotonic_ns"].as_u64().unwrap();
             assert!(t.abs_diff(at) < 20_000_000, "{phase} {event}: {t} vs {at}");
             assert_eq!(note["run_id"], run.results()["run"]["run_id"]);
@@ -178,8 +297,16 @@ fn a_tokenizer_makes_prompt_lengths_exact_and_counts_output() {
     std::fs::write(&tok, TOKENIZER).unwrap();
     let server = StreamServer::start(ServerConfig::default());
     let run = loadgen(&[
-        "--url", &server.url("/v1/completions"), "--phase", "s=closed:2:1s", "--max-tokens", "5",
-        "--input-tokens", "40-60", "--tokenizer", tok.to_str().unwrap(),
+        "--url",
+        &server.url("/v1/completions"),
+        "--phase",
+        "s=closed:2:1s",
+        "--max-tokens",
+        "5",
+        "--input-tokens",
+        "40-60",
+        "--tokenizer",
+        tok.to_str().unwrap(),
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.results()["run"]["prompts"]["exact_lengths"], true);
@@ -192,6 +319,98 @@ fn a_tokenizer_makes_prompt_lengths_exact_and_counts_output() {
         assert_eq!(r["output_tokens"]["tokenizer"], 5);
     }
     let t = &run.phase("s")["tokens"];
-    assert_eq!((t["prompt_vs_usage"].as_u64(), t["usage_vs_tokenizer"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (
+            t["prompt_vs_usage"].as_u64(),
+            t["usage_vs_tokenizer"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
     assert_eq!(t["with_tokenizer"].as_u64(), Some(requests.len() as u64));
+}
+
+/// A real Prometheus (Debian's package) scraping the test exporter every
+/// 500 ms; the load generator reads telemetry through its query API.
+#[test]
+fn telemetry_through_a_real_prometheus_server() {
+    let _g = serial();
+    let server = StreamServer::start(ServerConfig {
+        token_ms: 2.0,
+        ..ServerConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = gapscope_testkit::free_port();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 500ms\n  evaluation_interval: 500ms\nscrape_configs:\n  - job_name: dcgm\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            server.port
+        ),
+    )
+    .unwrap();
+    let mut prometheus = std::process::Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian package prometheus) is installed by scripts/setup.sh");
+    // Ready once it has scraped the exporter at least twice.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let q = "/api/v1/query?query=count_over_time(DCGM_FI_DEV_POWER_USAGE%5B10s%5D)";
+        let n = gapscope_testkit::http_get(port, q)
+            .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+            .and_then(|v| {
+                v["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .and_then(|s| s.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0);
+        if n >= 2.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prometheus never scraped the exporter"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let run = loadgen(&[
+        "--url",
+        &server.url("/v1/completions"),
+        "--phase",
+        "stress=closed:4:4s",
+        "--max-tokens",
+        "16",
+        "--telemetry",
+        &format!("prometheus=http://127.0.0.1:{port}"),
+        "--params",
+        "8.03e9",
+        "--gpu",
+        "A40",
+    ]);
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let p = run.phase("stress");
+    let t = &p["telemetry"];
+    assert!(t["samples"].as_u64().unwrap() >= 3, "{t}");
+    assert_eq!(t["avg_power_w"], 200.0);
+    assert!((t["avg_utilization"].as_f64().unwrap() - 0.8).abs() < 1e-9);
+    // The counter as Prometheus last scraped it: within a scrape interval.
+    assert_eq!(t["energy_source"], "counter");
+    let energy = t["energy_j"].as_f64().unwrap();
+    let window = p["duration_s"].as_f64().unwrap();
+    assert!(
+        (energy / (200.0 * window) - 1.0).abs() < 0.15,
+        "{energy} J in {window} s"
+    );
 }

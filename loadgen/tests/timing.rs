@@ -39,15 +39,26 @@ fn token_times_match_what_the_server_did_within_a_millisecond() {
     let mut arrival = Vec::new();
     for r in &requests {
         let id = r["id"].as_str().unwrap();
-        let seen = log.requests.iter().find(|s| s.request_id.as_deref() == Some(id)).expect("the server saw the request id");
-        assert!(seen.traceparent.as_deref().is_some_and(|t| t.len() == 55 && t.starts_with("00-")));
+        let seen = log
+            .requests
+            .iter()
+            .find(|s| s.request_id.as_deref() == Some(id))
+            .expect("the server saw the request id");
+        assert!(
+            seen.traceparent
+                .as_deref()
+                .is_some_and(|t| t.len() == 55 && t.starts_with("00-"))
+        );
         let sent = origin + r["sent_ns"].as_u64().unwrap();
         let events = r["events"].as_array().unwrap();
         // 12 tokens, two per chunk: six chunks, each counted as 2 tokens.
         assert_eq!(events.len(), 6);
         assert_eq!(r["output_tokens"]["usage"], 12);
         assert_eq!(r["output_tokens"]["counted"], 12);
-        let client: Vec<i64> = events.iter().map(|e| (sent + e[0].as_u64().unwrap()) as i64).collect();
+        let client: Vec<i64> = events
+            .iter()
+            .map(|e| (sent + e[0].as_u64().unwrap()) as i64)
+            .collect();
         let server: Vec<i64> = seen.chunks_ns.iter().map(|t| *t as i64).collect();
         for i in 0..client.len() {
             arrival.push(client[i] - server[i]);
@@ -58,7 +69,10 @@ fn token_times_match_what_the_server_did_within_a_millisecond() {
         assert!(seen.chunks_ns[0] - seen.arrived_ns >= 40_000_000);
         // Each worker's first request also opens its connection: the
         // client's latencies include that, the server's cannot.
-        if ["-000000", "-000001", "-000002"].iter().any(|s| id.ends_with(s)) {
+        if ["-000000", "-000001", "-000002"]
+            .iter()
+            .any(|s| id.ends_with(s))
+        {
             continue;
         }
         // From the response headers on, both sides time the same thing.
@@ -72,7 +86,10 @@ fn token_times_match_what_the_server_did_within_a_millisecond() {
         "chunks reach the client {:.3} ms (median) after the server hands them over",
         arrival[arrival.len() / 2] as f64 / 1e6
     );
-    assert!(arrival[0] >= 0, "the client saw a chunk before the server sent it");
+    assert!(
+        arrival[0] >= 0,
+        "the client saw a chunk before the server sent it"
+    );
     // Gaps cancel the delivery time, so they test the client's clock
     // alone; TTFT and E2E also carry the loopback round trip, which on a
     // small VM with idle virtual CPUs is itself 0.5-1 ms.
@@ -119,15 +136,26 @@ fn poisson_arrivals_have_the_rate_and_pass_kolmogorov_smirnov() {
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let (a, b) = run.window("warm");
     let log = server.log.lock().unwrap();
-    let mut arrivals: Vec<u64> = log.requests.iter().map(|s| s.arrived_ns).filter(|t| *t >= a && *t < b).collect();
+    let mut arrivals: Vec<u64> = log
+        .requests
+        .iter()
+        .map(|s| s.arrived_ns)
+        .filter(|t| *t >= a && *t < b)
+        .collect();
     arrivals.sort();
     let rate = arrivals.len() as f64 / ((b - a) as f64 / 1e9);
-    let gaps: Vec<f64> = arrivals.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e9).collect();
+    let gaps: Vec<f64> = arrivals
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as f64 / 1e9)
+        .collect();
     let d = gapscope_loadgen::arrivals::ks_exponential(&gaps, 100.0);
     let critical = gapscope_loadgen::arrivals::ks_critical_1pct(gaps.len());
     let p = run.phase("warm");
     let lag = p["latency"]["send_lag"]["p99"].as_f64().unwrap();
-    eprintln!("server saw {rate:.1} req/s; KS D = {d:.4} (critical {critical:.4}); client P99 send lag {:.3} ms", lag * 1e3);
+    eprintln!(
+        "server saw {rate:.1} req/s; KS D = {d:.4} (critical {critical:.4}); client P99 send lag {:.3} ms",
+        lag * 1e3
+    );
     assert!((rate / 100.0 - 1.0).abs() < 0.03, "rate {rate}");
     assert!(d < critical, "KS D {d} >= {critical}");
     assert_eq!(p["sent"], p["scheduled"]);
@@ -155,9 +183,21 @@ fn the_server_sees_no_request_during_the_silence() {
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let (a, b) = run.window("quiet");
     let log = server.log.lock().unwrap();
-    let during: Vec<u64> = log.requests.iter().map(|s| s.arrived_ns).filter(|t| *t >= a && *t < b).collect();
-    assert!(during.is_empty(), "{} requests arrived during the silence", during.len());
-    assert!(log.requests.iter().any(|s| s.arrived_ns < a) && log.requests.iter().any(|s| s.arrived_ns >= b));
+    let during: Vec<u64> = log
+        .requests
+        .iter()
+        .map(|s| s.arrived_ns)
+        .filter(|t| *t >= a && *t < b)
+        .collect();
+    assert!(
+        during.is_empty(),
+        "{} requests arrived during the silence",
+        during.len()
+    );
+    assert!(
+        log.requests.iter().any(|s| s.arrived_ns < a)
+            && log.requests.iter().any(|s| s.arrived_ns >= b)
+    );
     assert_eq!(run.phase("quiet")["sent"], 0);
 }
 

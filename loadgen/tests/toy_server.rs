@@ -24,12 +24,21 @@ fn toy(step_ms: &str) -> Toy {
     let port = gapscope_testkit::free_port();
     let mut child = Command::new(gapscope_testkit::target_python())
         .arg(repo_file("targets/toy_server.py"))
-        .args(["--port", &port.to_string(), "--step-ms", step_ms, "--python-work", "1000"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--step-ms",
+            step_ms,
+            "--python-work",
+            "1000",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert!(line.contains("listening"), "{line}");
     Toy(child, port)
 }
@@ -44,12 +53,27 @@ fn the_toy_server_streams_every_token_it_promised() {
         ("chat", "/v1/chat/completions", false),
     ] {
         let url = format!("http://127.0.0.1:{}{path}", server.1);
-        let mut args = vec!["--url", &url, "--api", api, "--phase", "s=closed:4:2s", "--max-tokens", "8", "--input-tokens", "20"];
+        let mut args = vec![
+            "--url",
+            &url,
+            "--api",
+            api,
+            "--phase",
+            "s=closed:4:2s",
+            "--max-tokens",
+            "8",
+            "--input-tokens",
+            "20",
+        ];
         if !stream {
             args.push("--no-stream");
         }
         let run = loadgen(&args);
-        assert_eq!(run.code, 0, "{api} stream={stream}: {}\n{}", run.stdout, run.stderr);
+        assert_eq!(
+            run.code, 0,
+            "{api} stream={stream}: {}\n{}",
+            run.stdout, run.stderr
+        );
         let requests = run.requests();
         assert!(requests.len() >= 4, "{api}: {} requests", requests.len());
         for r in &requests {

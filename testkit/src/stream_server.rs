@@ -33,7 +33,10 @@ use serde_json::{Value, json};
 
 /// CLOCK_MONOTONIC now, in ns.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -121,7 +124,12 @@ impl ServerLog {
     /// Most requests in flight at once during [a, b).
     pub fn max_in_flight_between(&self, a: u64, b: u64) -> usize {
         // The level at `a`, then every level reached before `b`.
-        let at_start = self.in_flight.iter().take_while(|(at, _)| *at <= a).last().map_or(0, |(_, n)| *n);
+        let at_start = self
+            .in_flight
+            .iter()
+            .take_while(|(at, _)| *at <= a)
+            .last()
+            .map_or(0, |(_, n)| *n);
         self.in_flight
             .iter()
             .filter(|(at, _)| *at > a && *at < b)
@@ -189,7 +197,8 @@ impl StreamServer {
     }
 
     pub fn start_on(cfg: ServerConfig, port: u16, threads: usize) -> StreamServer {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("binding the test server");
+        let listener =
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("binding the test server");
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let log: Arc<Mutex<ServerLog>> = Arc::default();
@@ -216,7 +225,9 @@ impl StreamServer {
                     let state = state.clone();
                     tokio::spawn(async move {
                         let svc = service_fn(move |req| handle(state.clone(), req));
-                        let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
                     });
                 }
             });
@@ -238,19 +249,36 @@ fn full(status: u16, body: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}).boxed())
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        )
         .unwrap()
 }
 
-async fn handle(s: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    s: Arc<State>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let arrived = monotonic_ns();
     let path = req.uri().path().to_string();
-    let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let (request_id, traceparent) = (header("x-request-id"), header("traceparent"));
     if req.method() == hyper::Method::GET && path == "/metrics" {
         return Ok(metrics(&s));
     }
-    let bytes = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if path == "/api/v1/annotations" {
         s.log.lock().unwrap().annotations.push(body);
@@ -265,7 +293,10 @@ async fn handle(s: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Re
     };
     let chat = api == "/v1/chat/completions";
     if !(api == "/v1/completions" || chat || api == "/raw") {
-        return Ok(full(404, json!({"error": {"message": format!("no route {path}")}}).to_string()));
+        return Ok(full(
+            404,
+            json!({"error": {"message": format!("no route {path}")}}).to_string(),
+        ));
     }
     let index = if s.cfg.log_requests {
         let mut log = s.log.lock().unwrap();
@@ -284,16 +315,27 @@ async fn handle(s: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Re
         None
     };
     if mode == "status503" {
-        return Ok(full(503, json!({"error": {"message": "overloaded"}}).to_string()));
+        return Ok(full(
+            503,
+            json!({"error": {"message": "overloaded"}}).to_string(),
+        ));
     }
     if mode == "slowheaders" {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     let max_tokens = body["max_tokens"].as_u64().unwrap_or(16).max(1);
-    let tokens = if mode == "short" { max_tokens - 1 } else { max_tokens };
+    let tokens = if mode == "short" {
+        max_tokens - 1
+    } else {
+        max_tokens
+    };
     let stream = body["stream"].as_bool().unwrap_or(false) || api == "/raw";
-    let usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
-    let continuous = body["stream_options"]["continuous_usage_stats"].as_bool().unwrap_or(false);
+    let usage = body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    let continuous = body["stream_options"]["continuous_usage_stats"]
+        .as_bool()
+        .unwrap_or(false);
     let prompt_tokens = body["prompt"]
         .as_str()
         .or(body["messages"][0]["content"].as_str())
@@ -321,10 +363,58 @@ async fn handle(s: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Re
         return Ok(full(200, reply.to_string()));
     }
 
+    if mode.is_empty()
+        && api != "/raw"
+        && s.cfg.first_token_ms == 0.0
+        && s.cfg.token_ms == 0.0
+        && !continuous
+    {
+        // Zero delay: every chunk is ready at once, so the reply goes out
+        // in as few writes as the connection takes (the benchmark's server).
+        let k = s.cfg.tokens_per_chunk.max(1) as u64;
+        let mut body = Vec::with_capacity(tokens as usize * 96);
+        let mut sent_tokens = 0;
+        while sent_tokens < tokens {
+            let n = k.min(tokens - sent_tokens);
+            sent_tokens += n;
+            let text: String = (0..n).map(|_| " t").collect();
+            body.extend(event(
+                chat,
+                &text,
+                (sent_tokens == tokens).then_some("length"),
+            ));
+        }
+        if usage {
+            let u = json!({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens}});
+            body.extend(format!("data: {u}\n\n").into_bytes());
+        }
+        body.extend(b"data: [DONE]\n\n");
+        if let Some(i) = index {
+            let now = monotonic_ns();
+            let mut log = s.log.lock().unwrap();
+            log.requests[i].headers_ns = Some(now);
+            log.requests[i].chunks_ns = vec![now; tokens.div_ceil(k) as usize];
+            log.requests[i].done_ns = Some(now);
+        }
+        drop(guard);
+        return Ok(Response::builder()
+            .status(200)
+            .header("content-type", "text/event-stream")
+            .body(
+                Full::new(Bytes::from(body))
+                    .map_err(|never: Infallible| match never {})
+                    .boxed(),
+            )
+            .unwrap());
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
     let state = s.clone();
     let raw = api == "/raw";
-    let content_type = if raw { "text/plain; charset=utf-8" } else { "text/event-stream" };
+    let content_type = if raw {
+        "text/plain; charset=utf-8"
+    } else {
+        "text/event-stream"
+    };
     tokio::spawn(async move {
         let _guard = guard;
         let cfg = &state.cfg;
@@ -354,14 +444,28 @@ async fn handle(s: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Re
             let frames: Vec<Vec<u8>> = match mode.as_str() {
                 _ if raw => vec![text.into_bytes()],
                 "malformed2" if c == 2 => vec![b"data: {not json\n\n".to_vec()],
-                "errorevent" if c == 2 => vec![b"data: {\"error\": {\"message\": \"boom\"}}\n\n".to_vec()],
-                "badutf8" if c == 2 => vec![b"data: {\"choices\":[{\"text\":\"\xff\xfe\"}]}\n\n".to_vec()],
-                "hugeline" if c == 2 => vec![format!("data: {{\"choices\":[{{\"text\":\"{}\"}}]}}\n\n", "x".repeat(2 << 20)).into_bytes()],
+                "errorevent" if c == 2 => {
+                    vec![b"data: {\"error\": {\"message\": \"boom\"}}\n\n".to_vec()]
+                }
+                "badutf8" if c == 2 => {
+                    vec![b"data: {\"choices\":[{\"text\":\"\xff\xfe\"}]}\n\n".to_vec()]
+                }
+                "hugeline" if c == 2 => vec![
+                    format!(
+                        "data: {{\"choices\":[{{\"text\":\"{}\"}}]}}\n\n",
+                        "x".repeat(2 << 20)
+                    )
+                    .into_bytes(),
+                ],
                 "splitutf8" => {
                     let ev = event(chat, " é世界", if last { Some("length") } else { None });
                     // Cut inside the multi-byte characters.
                     let cut = ev.iter().position(|b| *b >= 0x80).unwrap_or(1) + 1;
-                    vec![ev[..cut].to_vec(), ev[cut..cut + 2].to_vec(), ev[cut + 2..].to_vec()]
+                    vec![
+                        ev[..cut].to_vec(),
+                        ev[cut..cut + 2].to_vec(),
+                        ev[cut + 2..].to_vec(),
+                    ]
                 }
                 "nodone" => vec![event(chat, &text, None)],
                 _ => {
@@ -404,14 +508,19 @@ async fn handle(s: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Re
         }
         if usage {
             let u = json!({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens}});
-            let _ = tx.send(Ok(Frame::data(Bytes::from(format!("data: {u}\n\n"))))).await;
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from(format!("data: {u}\n\n")))))
+                .await;
         }
-        let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))).await;
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))))
+            .await;
         if let Some(i) = index {
             state.log.lock().unwrap().requests[i].done_ns = Some(monotonic_ns());
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
     if let Some(i) = index {
         s.log.lock().unwrap().requests[i].headers_ns = Some(monotonic_ns());
     }
@@ -428,7 +537,11 @@ fn event(chat: bool, text: &str, finish: Option<&str>) -> Vec<u8> {
     } else {
         json!({"index": 0, "text": text, "finish_reason": finish})
     };
-    format!("data: {}\n\n", json!({"object": "chunk", "choices": [choice]})).into_bytes()
+    format!(
+        "data: {}\n\n",
+        json!({"object": "chunk", "choices": [choice]})
+    )
+    .into_bytes()
 }
 
 /// dcgm-exporter-style telemetry: one GPU, constant utilization and power,
@@ -447,6 +560,10 @@ fn metrics(s: &State) -> Response<Body> {
     Response::builder()
         .status(200)
         .header("content-type", "text/plain; version=0.0.4")
-        .body(Full::new(Bytes::from(text)).map_err(|never: Infallible| match never {}).boxed())
+        .body(
+            Full::new(Bytes::from(text))
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        )
         .unwrap()
 }

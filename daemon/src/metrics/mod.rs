@@ -16,7 +16,8 @@ use std::{
 use prometheus::{Encoder, TextEncoder, proto::MetricFamily};
 
 use crate::{
-    bpf::KernelMaps, bpf::Probes, config::ServiceConfig, discovery::Targets, timeline::Timeline,
+    annotations::Annotations, bpf::KernelMaps, bpf::Probes, config::ServiceConfig,
+    discovery::Targets, timeline::Timeline,
 };
 pub use family::{Family, merged};
 
@@ -27,6 +28,7 @@ pub struct Exporter {
     pub probes: Arc<Mutex<Probes>>,
     pub targets: Arc<Mutex<Targets>>,
     pub timeline: Arc<Mutex<Timeline>>,
+    pub annotations: Mutex<Annotations>,
 }
 
 type Source = fn(&Exporter) -> Vec<Family>;

@@ -29,5 +29,23 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "Intervals dropped from the window before retention_s because it held max_intervals.",
     );
     lost.add_counter(&[], evicted as f64);
-    vec![intervals, held, lost]
+    let (received, active) = match ex.annotations.lock() {
+        Ok(a) => (a.received.clone(), a.active.clone()),
+        Err(_) => Default::default(),
+    };
+    let mut notes = Family::counter(
+        "gapscope_annotations_total",
+        "Phase annotations received from the load generator (POST /api/v1/annotations), by event.",
+    );
+    for (event, n) in &received {
+        notes.add_counter(&[("event", event)], *n as f64);
+    }
+    let mut phase = Family::gauge(
+        "gapscope_loadgen_phase_active",
+        "1 while a load generator phase announced by an annotation is running (at most 16 at once).",
+    );
+    for (phase_name, kind) in active.keys() {
+        phase.add_gauge(&[("phase", phase_name), ("kind", kind)], 1.0);
+    }
+    vec![intervals, held, lost, notes, phase]
 }

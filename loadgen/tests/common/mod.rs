@@ -20,8 +20,13 @@ pub struct Run {
 
 impl Run {
     pub fn results(&self) -> Value {
-        let text = std::fs::read_to_string(self.dir.path().join("results.json"))
-            .unwrap_or_else(|e| panic!("results.json missing ({e}):\n{}\n{}", self.stdout, self.stderr));
+        let text =
+            std::fs::read_to_string(self.dir.path().join("results.json")).unwrap_or_else(|e| {
+                panic!(
+                    "results.json missing ({e}):\n{}\n{}",
+                    self.stdout, self.stderr
+                )
+            });
         serde_json::from_str(&text).unwrap()
     }
 
@@ -39,13 +44,21 @@ impl Run {
 
     /// The run clock's origin on CLOCK_MONOTONIC.
     pub fn origin(&self) -> u64 {
-        self.results()["run"]["clock_origin_monotonic_ns"].as_u64().unwrap()
+        self.results()["run"]["clock_origin_monotonic_ns"]
+            .as_u64()
+            .unwrap()
     }
 
     /// A phase's window on CLOCK_MONOTONIC.
     pub fn window(&self, phase: &str) -> (u64, u64) {
         let r = self.results();
-        let p = r["phases"].as_array().unwrap().iter().find(|p| p["name"] == phase).unwrap().clone();
+        let p = r["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == phase)
+            .unwrap()
+            .clone();
         let o = self.origin();
         let at = |k: &str| o + (p[k].as_f64().unwrap() * 1e9).round() as u64;
         (at("start_s"), at("end_s"))
@@ -53,7 +66,13 @@ impl Run {
 
     pub fn phase(&self, name: &str) -> Value {
         let r = self.results();
-        r["phases"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone()
+        r["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()
+            .clone()
     }
 }
 

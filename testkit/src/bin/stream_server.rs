@@ -19,5 +19,9 @@ fn main() {
     let server = StreamServer::start_on(cfg, num(0, 0.0) as u16, num(1, 2.0) as usize);
     println!("listening {}", server.port);
     let mut sink = String::new();
-    while std::io::stdin().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {}
+    while std::io::stdin()
+        .read_line(&mut sink)
+        .map(|n| n > 0)
+        .unwrap_or(false)
+    {}
 }

@@ -1,0 +1,137 @@
+//! Phase annotations from the load generator (`POST /api/v1/annotations`):
+//! when each phase of a run started and ended, on CLOCK_MONOTONIC like
+//! every other time in gapscoped. The GPU idle check and the explain
+//! report use them to know which stretch was meant to be silent.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Most annotations kept.
+const CAPACITY: usize = 10_000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Annotation {
+    pub source: String,
+    pub run_id: String,
+    pub phase: String,
+    pub kind: String,
+    /// "start" or "end".
+    pub event: String,
+    pub monotonic_ns: u64,
+    pub unix_ns: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct Annotations {
+    list: VecDeque<Annotation>,
+    /// (event) → annotations received.
+    pub received: BTreeMap<String, u64>,
+    /// (phase, kind) of phases started and not yet ended.
+    pub active: BTreeMap<(String, String), String>,
+}
+
+/// A label-safe short string.
+fn label(v: &Value, key: &str, required: bool) -> Result<String, String> {
+    match v.get(key) {
+        Some(Value::String(s))
+            if !s.is_empty()
+                && s.len() <= 64
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) =>
+        {
+            Ok(s.clone())
+        }
+        None | Some(Value::Null) if !required => Ok(String::new()),
+        Some(other) => Err(format!(
+            "{key} = {other} is not 1-64 characters of A-Z a-z 0-9 _ - ."
+        )),
+        None => Err(format!("{key} is missing")),
+    }
+}
+
+impl Annotations {
+    /// Adds one annotation from a JSON body; `now_ns` stands in for a
+    /// missing `monotonic_ns`.
+    pub fn add(&mut self, body: &[u8], now_ns: u64) -> Result<Annotation, String> {
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+        if !v.is_object() {
+            return Err("the body is not a JSON object".into());
+        }
+        let event = label(&v, "event", true)?;
+        if event != "start" && event != "end" {
+            return Err(format!(
+                "event = {event:?} is neither \"start\" nor \"end\""
+            ));
+        }
+        let a = Annotation {
+            source: label(&v, "source", false)?,
+            run_id: label(&v, "run_id", false)?,
+            phase: label(&v, "phase", true)?,
+            kind: label(&v, "kind", false)?,
+            event,
+            monotonic_ns: match v.get("monotonic_ns") {
+                None | Some(Value::Null) => now_ns,
+                Some(t) => t
+                    .as_u64()
+                    .ok_or("monotonic_ns is not a whole number of nanoseconds")?,
+            },
+            unix_ns: v.get("unix_ns").and_then(Value::as_u64),
+        };
+        *self.received.entry(a.event.clone()).or_default() += 1;
+        let key = (a.phase.clone(), a.kind.clone());
+        if a.event == "start" {
+            // Bounded: a client that never ends its phases cannot grow it.
+            if self.active.len() < 16 {
+                self.active.insert(key, a.run_id.clone());
+            }
+        } else {
+            self.active.remove(&key);
+        }
+        if self.list.len() >= CAPACITY {
+            self.list.pop_front();
+        }
+        self.list.push_back(a.clone());
+        Ok(a)
+    }
+
+    pub fn list(&self) -> Vec<Annotation> {
+        self.list.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_and_ends_track_the_active_phase() {
+        let mut a = Annotations::default();
+        a.add(
+            br#"{"phase":"cooldown","kind":"silence","event":"start","monotonic_ns":5}"#,
+            1,
+        )
+        .unwrap();
+        assert_eq!(a.active.len(), 1);
+        a.add(br#"{"phase":"cooldown","kind":"silence","event":"end"}"#, 9)
+            .unwrap();
+        assert!(a.active.is_empty());
+        assert_eq!(a.list()[1].monotonic_ns, 9);
+        for (body, says) in [
+            (&b"nope"[..], "not JSON"),
+            (br#"[1]"#, "not a JSON object"),
+            (br#"{"phase":"a"}"#, "event is missing"),
+            (br#"{"phase":"a","event":"pause"}"#, "neither"),
+            (br#"{"phase":"a b","event":"start"}"#, "is not 1-64"),
+            (
+                br#"{"phase":"a","event":"start","monotonic_ns":-1}"#,
+                "whole number",
+            ),
+        ] {
+            let e = a.add(body, 0).unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+    }
+}
