@@ -252,18 +252,12 @@ fn progress_bar(
 /// `audit`: checks published figures against each other and, given the
 /// model and GPU, against the MFU their throughput implies.
 pub fn audit(args: &AuditArgs) -> Result<i32, UsageError> {
-    let spec = ModelSpec {
-        config: args.model_config.clone(),
-        params: args.params,
-        gpu: args.gpu.clone(),
-        gpus: args.gpus,
-        peak_tflops: args.peak_tflops,
-        ..ModelSpec::default()
-    };
+    let mut spec = ModelSpec::default();
+    args.mfu.apply(&mut spec);
     let model = ModelShape::from_spec(&spec)?;
-    let peak = args
+    let peak = spec
         .peak_tflops
-        .or_else(|| args.gpu.as_deref().and_then(flops::peak_for).map(|p| p.1));
+        .or_else(|| spec.gpu.as_deref().and_then(flops::peak_for).map(|p| p.1));
     let bad = |c: &str, why: &str| {
         UsageError::new(
             format!("--claim {c:?}: {why}"),
@@ -289,7 +283,7 @@ pub fn audit(args: &AuditArgs) -> Result<i32, UsageError> {
             (Some(m), Some(p)) => Some(flops::mfu(
                 tokens_per_s,
                 m.flops_per_token(0.0),
-                args.gpus.unwrap_or(1),
+                spec.gpus.unwrap_or(1),
                 p,
             )),
             _ => None,
@@ -305,19 +299,7 @@ pub fn audit(args: &AuditArgs) -> Result<i32, UsageError> {
         });
     }
     let checks = audit::audit(&figures);
-    let mut report = String::new();
-    for c in &checks {
-        report.push_str(&format!(
-            "{:<28} {:<8} {}{}\n",
-            c.check,
-            format!("{:?}", c.status).to_uppercase(),
-            c.phase
-                .as_deref()
-                .map(|p| format!("[{p}] "))
-                .unwrap_or_default(),
-            c.detail
-        ));
-    }
+    let mut report: String = checks.iter().map(|c| format!("{c}\n")).collect();
     if model.is_none() || peak.is_none() {
         report.push_str("(give --model-config or --params, and --gpu or --peak-tflops, to check each MFU against its throughput)\n");
     }

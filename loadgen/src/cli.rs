@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     error::UsageError,
-    plan::{Api, Length, Plan, PromptSource, Telemetry, TelemetrySource, parse_phase},
+    plan::{Api, Length, ModelSpec, Plan, PromptSource, Telemetry, TelemetrySource, parse_phase},
 };
 
 #[derive(Parser, Debug)]
@@ -100,20 +100,8 @@ pub struct RunArgs {
     /// prometheus=URL (a Prometheus server).
     #[arg(long, value_name = "KIND=URL")]
     pub telemetry: Option<String>,
-    /// The model's config.json, for MFU.
-    #[arg(long)]
-    pub model_config: Option<PathBuf>,
-    /// Or its parameter count (8.03e9).
-    #[arg(long)]
-    pub params: Option<f64>,
-    /// GPU name for the peak table (A40, H100-SXM, ...).
-    #[arg(long)]
-    pub gpu: Option<String>,
-    #[arg(long)]
-    pub gpus: Option<u32>,
-    /// Dense FP16/BF16 TFLOPS of one GPU, overriding the table.
-    #[arg(long)]
-    pub peak_tflops: Option<f64>,
+    #[command(flatten)]
+    pub mfu: ModelArgs,
     /// Dollars per GPU-hour, for cost per million tokens.
     #[arg(long)]
     pub gpu_hour_usd: Option<f64>,
@@ -157,16 +145,40 @@ pub struct AuditArgs {
     /// (MFU as a fraction or with %, e.g. 6.8%). Repeatable.
     #[arg(long = "claim", required = true)]
     pub claims: Vec<String>,
+    #[command(flatten)]
+    pub mfu: ModelArgs,
+}
+
+/// The model and GPUs MFU is computed against (run and audit).
+#[derive(Args, Debug, Default)]
+pub struct ModelArgs {
+    /// The model's config.json, for MFU.
     #[arg(long)]
     pub model_config: Option<PathBuf>,
+    /// Or its parameter count (8.03e9).
     #[arg(long)]
     pub params: Option<f64>,
+    /// GPU name for the peak table (A40, H100-SXM, ...).
     #[arg(long)]
     pub gpu: Option<String>,
     #[arg(long)]
     pub gpus: Option<u32>,
+    /// Dense FP16/BF16 TFLOPS of one GPU, overriding the table.
     #[arg(long)]
     pub peak_tflops: Option<f64>,
+}
+
+impl ModelArgs {
+    /// Overrides what the flags give.
+    pub fn apply(&self, m: &mut ModelSpec) {
+        if let Some(c) = &self.model_config {
+            m.config = Some(c.clone());
+        }
+        m.params = self.params.or(m.params);
+        m.gpu = self.gpu.clone().or(m.gpu.take());
+        m.gpus = self.gpus.or(m.gpus);
+        m.peak_tflops = self.peak_tflops.or(m.peak_tflops);
+    }
 }
 
 fn parse_api(s: &str) -> Result<Api, String> {
@@ -303,14 +315,7 @@ impl RunArgs {
                 energy: None,
             });
         }
-        let m = &mut plan.model;
-        if let Some(c) = &self.model_config {
-            m.config = Some(c.clone());
-        }
-        m.params = self.params.or(m.params);
-        m.gpu = self.gpu.clone().or(m.gpu.take());
-        m.gpus = self.gpus.or(m.gpus);
-        m.peak_tflops = self.peak_tflops.or(m.peak_tflops);
+        self.mfu.apply(&mut plan.model);
         plan.cost.gpu_hour_usd = self.gpu_hour_usd.or(plan.cost.gpu_hour_usd);
         plan.gapscoped = self.gapscoped.clone().or(plan.gapscoped);
         if self.threads == 0 || self.threads > 256 {

@@ -508,17 +508,7 @@ impl Results {
             let _ = writeln!(o, "idle power (silent phase): {idle:.1} W");
         }
         for c in &self.audit {
-            let _ = writeln!(
-                o,
-                "audit {:<28} {:<8} {}{}",
-                c.check,
-                format!("{:?}", c.status).to_uppercase(),
-                c.phase
-                    .as_deref()
-                    .map(|p| format!("[{p}] "))
-                    .unwrap_or_default(),
-                c.detail
-            );
+            let _ = writeln!(o, "audit {c}");
         }
         o
     }

@@ -173,8 +173,10 @@ pub async fn run(
                 stats_out.add(&rec);
                 last_done = last_done.max(rec.done_ns);
                 if let Some(w) = jsonl.as_mut() {
-                    let line = serde_json::to_string(&rec).unwrap_or_default();
-                    if writeln!(w, "{line}").is_err() {
+                    let written = serde_json::to_writer(&mut *w, &rec)
+                        .map_err(std::io::Error::from)
+                        .and_then(|()| w.write_all(b"\n"));
+                    if written.is_err() {
                         eprintln!(
                             "gapscope-loadgen: cannot write the per-request JSONL any more; the run goes on"
                         );
