@@ -70,4 +70,12 @@ echo "Phase annotations gapscoped received:"
 curl -sf "http://127.0.0.1:$metrics_port/api/v1/annotations" | "$py" -c 'import json, sys
 for a in json.load(sys.stdin)["annotations"]:
     print("  {:<9} {:<5} at {:.3f} s (CLOCK_MONOTONIC)".format(a["phase"], a["event"], a["monotonic_ns"] / 1e9))'
+echo "GPU idle check of the silent phase:"
+curl -sf "http://127.0.0.1:$metrics_port/api/v1/idle-checks" | "$py" -c 'import json, sys
+d = json.load(sys.stdin)
+for c in d["idle_checks"]:
+    if c["unavailable"]:
+        print("  {}: no GPU readings: {}".format(c["phase"], c["unavailable"]))
+    for g in c["gpus"]:
+        print("  {} GPU {} ({}): {}".format(c["phase"], g["gpu"], g["modelName"], g["finding"]))'
 echo "Plots and per-request records: $out/"

@@ -26,6 +26,7 @@ pub fn run() -> bool {
         ring_buffer(),
         perf_event(),
         uprobes(),
+        nvml(),
     ];
     // Loading the real programs is the check that settles everything else.
     if items.iter().all(|i| i.ok || !i.core) {
@@ -63,6 +64,7 @@ pub fn process(pid: u32) -> bool {
         return false;
     };
     println!("pid {pid}: {cmdline}");
+    cuda(pid);
     let interp = match Finder::default().find(pid) {
         Ok(i) => i,
         Err(why) => {
@@ -95,6 +97,53 @@ pub fn process(pid: u32) -> bool {
         Err(why) => {
             println!("MISSING  gil              {why}");
             false
+        }
+    }
+}
+
+/// Which CUDA libraries a process maps and which probed entry points
+/// each exports.
+fn cuda(pid: u32) {
+    use crate::{
+        cuda::{ENTRY_POINTS, Library},
+        locate::symbol_groups,
+    };
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut files: Vec<(Library, &str)> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .flat_map(|p| {
+            Library::ALL
+                .into_iter()
+                .filter(|l| l.is(p))
+                .map(move |l| (l, p))
+        })
+        .collect();
+    files.sort();
+    files.dedup();
+    if files.is_empty() {
+        println!(
+            "-        cuda             no libcuda or libcudart mapped (yet: CUDA loads on first use)"
+        );
+    }
+    let groups: Vec<&[&str]> = ENTRY_POINTS.iter().map(|e| e.symbols).collect();
+    for (library, file) in files {
+        let label = format!("cuda {}", library.api());
+        let found = std::fs::read(format!("/proc/{pid}/root{file}"))
+            .map_err(|e| e.to_string())
+            .and_then(|data| symbol_groups(&data, &groups));
+        match found {
+            Ok(offsets) => {
+                let names: Vec<&str> = ENTRY_POINTS
+                    .iter()
+                    .zip(&offsets)
+                    .filter(|(e, o)| e.library == library && !o.is_empty())
+                    .map(|(e, _)| e.name)
+                    .collect();
+                let status = if names.is_empty() { "MISSING" } else { "OK" };
+                println!("{status:<8} {label:<16} {file}: {}", names.join(", "));
+            }
+            Err(why) => println!("MISSING  {label:<16} {file}: {why}"),
         }
     }
 }
@@ -136,6 +185,29 @@ fn serialization(pid: u32, interpreter: &std::path::Path) {
                 println!("MISSING  {label:<16} {file}: {why}; fix: {fix}")
             }
         }
+    }
+}
+
+/// NVML: whether the GPU telemetry collector can run.
+fn nvml() -> Item {
+    use nvml_wrapper::Nvml;
+    let (ok, detail) = match Nvml::init() {
+        Ok(n) => (
+            true,
+            format!(
+                "{} GPU(s), driver {}",
+                n.device_count().unwrap_or(0),
+                n.sys_driver_version().unwrap_or_default()
+            ),
+        ),
+        Err(e) => (false, crate::gpu::nvml::explain(&e)),
+    };
+    Item {
+        name: "nvml",
+        ok,
+        core: false,
+        detail,
+        fix: "install the NVIDIA driver so nvidia-smi works; the GPU metrics and the idle check need it",
     }
 }
 

@@ -22,7 +22,28 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub python: PythonConfig,
     pub timeline: TimelineConfig,
+    pub cuda: CudaConfig,
+    pub nvml: NvmlConfig,
     pub services: Vec<ServiceConfig>,
+}
+
+/// The CUDA API uprobes.
+#[derive(Debug, Clone, Copy)]
+pub struct CudaConfig {
+    pub enabled: bool,
+    /// Launches per second, per process and entry point, probed in full:
+    /// `launch_budget` (a share of one core) over `probe_cost`.
+    pub launch_budget_calls: u64,
+}
+
+/// The NVML collector.
+#[derive(Debug, Clone, Copy)]
+pub struct NvmlConfig {
+    pub enabled: bool,
+    pub interval: Duration,
+    /// What the GPU draws with nothing to do, for the idle check; None: the
+    /// lowest power seen since gapscoped started.
+    pub idle_power_watts: Option<f64>,
 }
 
 /// What gapscoped looks at inside Python processes.
@@ -85,7 +106,27 @@ struct RawConfig {
     #[serde(default)]
     timeline: RawTimeline,
     #[serde(default)]
+    cuda: RawCuda,
+    #[serde(default)]
+    nvml: RawNvml,
+    #[serde(default)]
     service: Vec<RawService>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCuda {
+    enabled: Option<bool>,
+    launch_budget: Option<f64>,
+    probe_cost_us: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNvml {
+    enabled: Option<bool>,
+    interval_ms: Option<u64>,
+    idle_power_watts: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -216,6 +257,8 @@ impl Config {
             daemon,
             python,
             timeline: parse_timeline(raw.timeline)?,
+            cuda: parse_cuda(raw.cuda)?,
+            nvml: parse_nvml(raw.nvml)?,
             services,
         })
     }
@@ -249,6 +292,56 @@ fn parse_timeline(raw: RawTimeline) -> Result<TimelineConfig, UsageError> {
         min_interval: Duration::from_micros(min_us),
         retention: Duration::from_secs(retention_s),
         max_intervals,
+    })
+}
+
+fn parse_cuda(raw: RawCuda) -> Result<CudaConfig, UsageError> {
+    let budget = raw.launch_budget.unwrap_or(0.01);
+    if !(budget > 0.0 && budget <= 1.0) {
+        return Err(UsageError::new(
+            format!("cuda.launch_budget = {budget} is not a share of one core"),
+            "give a number above 0 and at most 1 (default 0.01: 1% of one core per process)",
+        ));
+    }
+    let cost_us = raw.probe_cost_us.unwrap_or(DEFAULT_PROBE_COST_US);
+    if !(0.1..=1000.0).contains(&cost_us) {
+        return Err(UsageError::new(
+            format!("cuda.probe_cost_us = {cost_us} is out of range"),
+            format!(
+                "give the measured cost of one probed call in microseconds, 0.1 to 1000 (default {DEFAULT_PROBE_COST_US}; bench/probe_cost measures it)"
+            ),
+        ));
+    }
+    Ok(CudaConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        launch_budget_calls: ((budget / (cost_us * 1e-6)).round() as u64).max(1),
+    })
+}
+
+/// What one probed launch (uprobe and uretprobe) cost on the development
+/// VM: 2.84 µs measured by `bench/cuda_probe_cost`, rounded up.
+const DEFAULT_PROBE_COST_US: f64 = 3.0;
+
+fn parse_nvml(raw: RawNvml) -> Result<NvmlConfig, UsageError> {
+    let interval_ms = raw.interval_ms.unwrap_or(1000);
+    if !(100..=60_000).contains(&interval_ms) {
+        return Err(UsageError::new(
+            format!("nvml.interval_ms = {interval_ms} is out of range"),
+            "use 100 to 60000 milliseconds (default 1000)",
+        ));
+    }
+    if let Some(w) = raw.idle_power_watts
+        && !(w > 0.0 && w < 10_000.0)
+    {
+        return Err(UsageError::new(
+            format!("nvml.idle_power_watts = {w} is not a power a GPU draws at idle"),
+            "give the watts the GPU draws with nothing running (nvidia-smi's power.draw), or leave it out to use the lowest power seen",
+        ));
+    }
+    Ok(NvmlConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        interval: Duration::from_millis(interval_ms),
+        idle_power_watts: raw.idle_power_watts,
     })
 }
 
@@ -432,6 +525,17 @@ mod tests {
         assert!(c.daemon.listen.ip().is_loopback());
         assert_eq!(c.services.len(), 1);
         assert!(c.services[0].follow_children);
+        // 1% of a core at 3 µs a probed call.
+        assert_eq!(c.cuda.launch_budget_calls, 3333);
+        assert!(c.cuda.enabled && c.nvml.enabled);
+        assert_eq!(c.nvml.interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let c = Config::parse(include_str!("../../deploy/gapscoped.toml")).unwrap();
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.cuda.launch_budget_calls, 3333);
     }
 
     #[test]

@@ -12,8 +12,10 @@ use tokio::{
 use crate::{
     bpf::{self, caps},
     config::Config,
+    cuda::CudaTracker,
     discovery::Targets,
     error::UsageError,
+    gpu::{self, GpuState, IdleChecks},
     http,
     metrics::Exporter,
     notify,
@@ -58,6 +60,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         events,
         intervals,
         ser_process_calls,
+        cuda_process_calls,
+        cuda_calls,
         gil_ranges,
     } = bpf::attach_all(
         config.daemon.bpf_stats,
@@ -78,6 +82,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             config.python.serialization_budget,
             ser_process_calls,
         ),
+        config.cuda.enabled.then(|| {
+            CudaTracker::new(
+                probes.clone(),
+                config.cuda.launch_budget_calls,
+                cuda_process_calls,
+                cuda_calls,
+            )
+        }),
         services.clone(),
     )));
     lock(&targets).rescan();
@@ -86,6 +98,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.timeline.max_intervals,
         config.timeline.retention.as_nanos() as u64,
     )));
+    let gpu = Arc::new(Mutex::new(GpuState {
+        idle: IdleChecks::new(config.nvml.idle_power_watts),
+        ..GpuState::default()
+    }));
+    // Says itself, in the state and the log, when it cannot run.
+    let collector = if config.nvml.enabled {
+        Some(gpu::nvml::start(config.nvml.interval, gpu.clone()))
+    } else {
+        lock_gpu(&gpu).down_reason = Some("disabled by [nvml] enabled = false".into());
+        None
+    };
     let exporter = Arc::new(Exporter {
         services,
         maps,
@@ -93,6 +116,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         targets: targets.clone(),
         timeline: timeline.clone(),
         annotations: Default::default(),
+        gpu,
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let server =
@@ -112,7 +136,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut intervals = unsafe { AsyncFd::register_with_interest(intervals, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the timeline ring buffer: {e}"))?;
     let mut rescan = tokio::time::interval(config.daemon.rescan_interval);
-    let mut budget = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
     let watchdog_every = notify::watchdog_interval();
     let mut watchdog =
         tokio::time::interval(watchdog_every.unwrap_or(std::time::Duration::from_secs(3600)));
@@ -124,7 +148,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); break; }
             _ = sigint.recv() => { log::info!("SIGINT: detaching"); break; }
             _ = rescan.tick() => lock(&targets).rescan(),
-            _ = budget.tick() => lock(&targets).enforce_serialization_budget(),
+            _ = every_second.tick() => lock(&targets).every_second(),
             _ = watchdog.tick(), if watchdog_every.is_some() => notify::send("WATCHDOG=1"),
             guard = events.readable_mut() => {
                 let mut guard = guard?;
@@ -162,6 +186,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     drop(events);
     drop(intervals);
     drop(targets);
+    drop(collector);
     // The exporter owns the programs; the HTTP server held the only other
     // reference and has stopped, so this drop detaches and unloads them.
     match Arc::try_unwrap(exporter) {
@@ -173,6 +198,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stopping.elapsed()
     );
     Ok(())
+}
+
+fn lock_gpu(g: &Mutex<GpuState>) -> std::sync::MutexGuard<'_, GpuState> {
+    g.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn lock(t: &Mutex<Targets>) -> std::sync::MutexGuard<'_, Targets> {

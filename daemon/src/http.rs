@@ -10,9 +10,12 @@ use axum::{
     response::{Html, IntoResponse, Response},
     routing::get,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{
+    clock::monotonic_ns,
+    cuda::ENTRY_POINTS,
+    gpu::idle::IdleCheck,
     metrics::Exporter,
     timeline::{IntervalView, kind_name},
 };
@@ -23,6 +26,7 @@ pub fn router(exporter: Arc<Exporter>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/api/v1/intervals", get(intervals))
+        .route("/api/v1/idle-checks", get(idle_checks))
         .route(
             "/api/v1/annotations",
             get(list_annotations).post(add_annotation),
@@ -56,6 +60,7 @@ async fn landing(State(ex): State<Arc<Exporter>>) -> Html<String> {
          <h1>gapscoped {}</h1><p>Why is the GPU idle? Gapscope traces the serving processes below.</p>\
          <ul>{services}</ul>\
          <p><a href=\"/metrics\">Metrics</a> &middot; <a href=\"/api/v1/intervals\">Intervals</a> \
+         &middot; <a href=\"/api/v1/idle-checks\">Idle checks</a> \
          &middot; <a href=\"/healthz\">Health</a></p>\
          </body></html>",
         env!("CARGO_PKG_VERSION")
@@ -66,22 +71,19 @@ async fn landing(State(ex): State<Arc<Exporter>>) -> Html<String> {
 /// generator (JSON: phase, event = start|end, and optionally kind, run_id,
 /// source, monotonic_ns, unix_ns).
 async fn add_annotation(State(ex): State<Arc<Exporter>>, body: axum::body::Bytes) -> Response {
-    let now = {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid pointer.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    };
     let added = ex
         .annotations
         .lock()
         .map_err(|_| "poisoned".to_string())
-        .and_then(|mut a| a.add(&body, now));
+        .and_then(|mut a| a.add(&body, monotonic_ns()));
     match added {
-        Ok(a) => Json(json!({ "ok": true, "annotation": a })).into_response(),
+        Ok(a) => {
+            let idle_check = (a.kind == "silence")
+                .then(|| ex.silence(&a))
+                .flatten()
+                .map(|c| with_services(&ex, c));
+            Json(json!({ "ok": true, "annotation": a, "idle_check": idle_check })).into_response()
+        }
         Err(why) => bad_request(
             why,
             "post {\"phase\": \"cooldown\", \"kind\": \"silence\", \"event\": \"start\"} (monotonic_ns optional: CLOCK_MONOTONIC ns)",
@@ -94,6 +96,42 @@ async fn list_annotations(State(ex): State<Arc<Exporter>>) -> Response {
     Json(json!({ "annotations": list })).into_response()
 }
 
+/// `GET /api/v1/idle-checks`: every silent phase checked so far, oldest
+/// first, with the service of each process still holding GPU memory.
+async fn idle_checks(State(ex): State<Arc<Exporter>>) -> Response {
+    let (checks, down) = match ex.gpu.lock() {
+        Ok(g) => (
+            g.idle.done().cloned().collect::<Vec<_>>(),
+            g.down_reason.clone(),
+        ),
+        Err(_) => (Vec::new(), None),
+    };
+    let checks: Vec<Value> = checks.into_iter().map(|c| with_services(&ex, c)).collect();
+    Json(json!({ "nvml_down": down, "idle_checks": checks })).into_response()
+}
+
+/// An idle check as JSON, each GPU process with the service it belongs to
+/// (or null when gapscoped does not trace it).
+fn with_services(ex: &Exporter, check: IdleCheck) -> Value {
+    let traced = ex.targets.lock().map(|t| t.traced()).unwrap_or_default();
+    let mut v = serde_json::to_value(&check).unwrap_or_default();
+    if let Some(gpus) = v.get_mut("gpus").and_then(Value::as_array_mut) {
+        for p in gpus
+            .iter_mut()
+            .filter_map(|g| g.get_mut("processes").and_then(Value::as_array_mut))
+            .flatten()
+        {
+            let service = p
+                .get("pid")
+                .and_then(Value::as_u64)
+                .and_then(|pid| traced.get(&(pid as u32)))
+                .and_then(|s| ex.service_name(*s));
+            p["service"] = json!(service);
+        }
+    }
+    v
+}
+
 /// A 400 answer naming the problem and the fix, as JSON.
 fn bad_request(problem: String, fix: &str) -> Response {
     (
@@ -103,8 +141,7 @@ fn bad_request(problem: String, fix: &str) -> Response {
         .into_response()
 }
 
-const INTERVAL_PARAMS: &str =
-    "use service=NAME, kind=gil_wait|serialization, since_ns=CLOCK_MONOTONIC ns, limit=1..100000";
+const INTERVAL_PARAMS: &str = "use service=NAME, kind=gil_wait|serialization|host_sync, since_ns=CLOCK_MONOTONIC ns, limit=1..100000";
 
 /// `GET /api/v1/intervals?service=&kind=&since_ns=&limit=`: the long stalls
 /// in the timeline window, oldest first (the newest `limit` when more).
@@ -128,7 +165,7 @@ async fn intervals(
                 }
             },
             "kind" => match value.as_str() {
-                "gil_wait" | "serialization" => kind = Some(value.clone()),
+                "gil_wait" | "serialization" | "host_sync" => kind = Some(value.clone()),
                 _ => return bad_request(format!("unknown kind {value:?}"), INTERVAL_PARAMS),
             },
             "since_ns" => match value.parse() {
@@ -167,11 +204,16 @@ async fn intervals(
             let spec = (i.kind == gapscope_ebpf_common::interval_kind::SERIALIZATION)
                 .then(|| specs.as_ref().and_then(|s| s.get(i.detail as usize)))
                 .flatten();
+            let cuda = (i.kind == gapscope_ebpf_common::interval_kind::HOST_SYNC)
+                .then(|| ENTRY_POINTS.get(i.detail as usize))
+                .flatten();
             IntervalView {
                 kind: kind_name(i.kind),
                 service: ex.service_name(i.service).unwrap_or("").to_string(),
                 codec: spec.map(|s| s.codec.clone()),
                 op: spec.map(|s| s.op.clone()),
+                api: cuda.map(|e| e.library.api()),
+                call: cuda.map(|e| e.name),
                 pid: i.tgid,
                 tid: i.tid,
                 start_ns: i.start_ns,

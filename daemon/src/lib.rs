@@ -5,16 +5,21 @@
 //! `ebpf/programs` (aggregates in per-CPU maps) → `bpf` (loads, attaches,
 //! owns the maps) → `metrics` (decodes the maps at scrape time) → `http`.
 //! `discovery` decides which processes are traced; `python` finds their
-//! interpreters and GILs.
+//! interpreters and GILs; `cuda` probes the CUDA libraries they map;
+//! `gpu` reads the GPUs through NVML.
 
 pub mod annotations;
 pub mod bpf;
 pub mod check;
+pub mod clock;
 pub mod config;
+pub mod cuda;
 pub mod daemon;
 pub mod discovery;
 pub mod error;
+pub mod gpu;
 pub mod http;
+pub mod locate;
 pub mod metrics;
 pub mod notify;
 pub mod python;

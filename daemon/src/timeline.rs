@@ -14,6 +14,7 @@ pub fn kind_name(kind: u32) -> &'static str {
     match kind {
         interval_kind::GIL_WAIT => "gil_wait",
         interval_kind::SERIALIZATION => "serialization",
+        interval_kind::HOST_SYNC => "host_sync",
         _ => "unknown",
     }
 }
@@ -39,6 +40,11 @@ pub struct IntervalView {
     pub codec: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub op: Option<String>,
+    /// Host-sync intervals: the CUDA API and call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call: Option<&'static str>,
     pub pid: u32,
     pub tid: u32,
     pub start_ns: u64,

@@ -3,31 +3,15 @@
 //! annotations on its clock and counts them; bad bodies get a 400 naming
 //! the problem.
 
-use std::{
-    io::{Read, Write},
-    process::Command,
-};
+use std::process::Command;
 
 use gapscope_testkit::{
-    Daemon, http_get, loadgen_bin, serial,
+    Daemon, http_get, http_post, loadgen_bin, serial,
     stream_server::{ServerConfig, StreamServer},
 };
 
 fn post(port: u16, body: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "POST /api/v1/annotations HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    (
-        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        body.to_string(),
-    )
+    http_post(port, "/api/v1/annotations", body)
 }
 
 #[test]
@@ -94,6 +78,22 @@ fn a_loadgen_run_leaves_its_phases_in_gapscoped() {
         m.get("gapscope_annotations_total", &[("event", "start")]),
         Some(2.0)
     );
+    // The silent phase was checked: with readings on a GPU host, with the
+    // reason there are none here.
+    let checks: serde_json::Value =
+        serde_json::from_str(&http_get(daemon.port, "/api/v1/idle-checks").unwrap()).unwrap();
+    let check = &checks["idle_checks"][0];
+    assert_eq!(check["phase"], "cooldown", "{checks}");
+    assert_eq!(checks["idle_checks"].as_array().unwrap().len(), 1);
+    let span = check["end_ns"].as_u64().unwrap() - check["start_ns"].as_u64().unwrap();
+    assert!((900_000_000..1_500_000_000).contains(&span), "{checks}");
+    if checks["nvml_down"].is_null() {
+        assert!(!check["gpus"].as_array().unwrap().is_empty(), "{checks}");
+    } else {
+        println!("SKIP: no NVIDIA driver: the idle check only says why it has no readings");
+        assert!(check["gpus"].as_array().unwrap().is_empty());
+        assert_eq!(check["unavailable"], checks["nvml_down"], "{checks}");
+    }
     assert_eq!(
         m.get("gapscope_loadgen_phase_active", &[("phase", "cooldown")]),
         None

@@ -84,6 +84,31 @@ fn malformed_configs_exit_2_with_their_message() {
             "unknown field `retention`",
         ),
         (
+            "launch budget out of range",
+            format!("[cuda]\nlaunch_budget = 0\n{SERVICE}"),
+            "cuda.launch_budget = 0 is not a share of one core",
+        ),
+        (
+            "probe cost out of range",
+            format!("[cuda]\nprobe_cost_us = 0.0\n{SERVICE}"),
+            "cuda.probe_cost_us = 0 is out of range",
+        ),
+        (
+            "NVML interval too short",
+            format!("[nvml]\ninterval_ms = 10\n{SERVICE}"),
+            "nvml.interval_ms = 10 is out of range",
+        ),
+        (
+            "idle power nonsense",
+            format!("[nvml]\nidle_power_watts = -3.0\n{SERVICE}"),
+            "nvml.idle_power_watts = -3 is not a power",
+        ),
+        (
+            "unknown nvml key",
+            format!("[nvml]\nintervall_ms = 10\n{SERVICE}"),
+            "unknown field `intervall_ms`",
+        ),
+        (
             "bad regex",
             "[[service]]\nname = \"s\"\ncmdline = \"python(\"\n".into(),
             "cmdline regex \"python(\" is invalid",

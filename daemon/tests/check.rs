@@ -96,3 +96,35 @@ fn check_pid_of_a_non_python_process_says_so() {
         "{text}"
     );
 }
+
+#[test]
+fn check_pid_lists_the_cuda_entry_points_a_process_maps() {
+    let fake = gapscope_testkit::fake_cuda::FakeCuda::build();
+    let w = fake.caller("cuda_caller", &["busy", "1"]);
+    let out = Command::new(gapscoped_bin())
+        .args(["check", "--pid", &w.pid().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    drop(w);
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in\n{text}"))
+            .to_string()
+    };
+    let driver = line("OK       cuda driver");
+    assert!(
+        driver.contains(
+            "libcuda.so.1: cuLaunchKernel, cuLaunchKernelEx, cuGraphLaunch, cuStreamSynchronize"
+        ),
+        "{driver}"
+    );
+    let runtime = line("OK       cuda runtime");
+    assert!(
+        runtime.ends_with(
+            "cudaLaunchKernel, cudaGraphLaunch, cudaStreamSynchronize, cudaDeviceSynchronize"
+        ),
+        "{runtime}"
+    );
+}

@@ -1,9 +1,7 @@
 //! The HTTP surface: `/metrics` passes `promtool check metrics`, names
 //! follow the project's conventions, and the landing page links the rest.
 
-use std::{io::Write, process::Command};
-
-use gapscope_testkit::{Daemon, Workload, http_get, serial};
+use gapscope_testkit::{Daemon, Workload, http_get, promtool_check, serial};
 
 #[test]
 fn metrics_pass_promtool_and_conventions() {
@@ -15,29 +13,9 @@ fn metrics_pass_promtool_and_conventions() {
     let text = daemon.scrape().0;
     w.finish();
 
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is installed by scripts/setup.sh");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool: {report}\n{text}"
-    );
+    if let Err(report) = promtool_check(&text) {
+        panic!("promtool: {report}\n{text}");
+    }
 
     for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
         let mut parts = line.split_whitespace().skip(2);

@@ -101,8 +101,8 @@ pub struct RequestRecord {
     pub output_tokens: OutputTokens,
     /// Token-bearing events: (ns after `sent_ns`, tokens).
     pub events: Vec<(u64, u64)>,
-    /// Inter-chunk gaps of events that carried no text (role chunks,
-    /// usage-only chunks) are not counted.
+    /// Token-bearing events received: chunks with text. Role-only and
+    /// usage-only chunks are not counted.
     pub chunks: u64,
     /// A fixed output length was asked for: was it produced?
     pub length_honoured: Option<bool>,

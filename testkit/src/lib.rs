@@ -237,6 +237,66 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     (status == "200").then(|| body.to_string())
 }
 
+/// A tiny HTTP/1.0 POST of a JSON body: (status, body).
+pub fn http_post(port: u16, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_string(),
+    )
+}
+
+/// Lints a scrape with `promtool check metrics` (Debian's prometheus
+/// package): Err with promtool's report when it finds anything, except
+/// the camelCase warning on the GPU families: their `modelName` label is
+/// dcgm-exporter's, kept on purpose so dashboards can join the two.
+pub fn promtool_check(text: &str) -> Result<(), String> {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed by scripts/setup.sh");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dcgm_label = |l: &str| {
+        l.starts_with("gapscope_gpu_")
+            && l.ends_with("label names should be written in 'snake_case' not 'camelCase'")
+    };
+    let report: Vec<&str> = report
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !dcgm_label(l))
+        .collect();
+    let only_dcgm = !out.status.success() && report.is_empty();
+    let report = report.join("\n");
+    if (out.status.success() || only_dcgm) && report.is_empty() {
+        Ok(())
+    } else {
+        Err(report)
+    }
+}
+
 /// A scrape, with lookups by metric name and labels.
 pub struct Metrics(pub String);
 
@@ -343,6 +403,7 @@ impl Workload {
     }
 }
 
+pub mod fake_cuda;
 pub mod stream_server;
 
 /// The load generator binary, built by cargo next to the tests.

@@ -16,6 +16,15 @@ use gapscope_ebpf_common::{
 use super::{Hook, OBJECT, PROGRAMS, raise_memlock, tracefs};
 use crate::syscall_table;
 
+/// The uprobe programs, loaded at start and attached per library file
+/// later (serialization, CUDA).
+const UPROBE_PROGRAMS: [&str; 4] = [
+    "gs_ser_enter",
+    "gs_ser_exit",
+    "gs_cuda_enter",
+    "gs_cuda_exit",
+];
+
 /// The loaded, attached programs. Dropping this detaches and unloads them.
 pub struct Probes {
     ebpf: Ebpf,
@@ -32,7 +41,7 @@ impl Drop for Probes {
         std::thread::scope(|scope| {
             for (name, program) in self.ebpf.programs_mut() {
                 let ours = PROGRAMS.iter().any(|(attached, _)| *attached == name)
-                    || name.starts_with("gs_ser_");
+                    || UPROBE_PROGRAMS.contains(&name);
                 if !ours {
                     continue;
                 }
@@ -60,15 +69,18 @@ pub struct ProgramStats {
 }
 
 impl Probes {
-    /// The uprobe/uretprobe pair serialization probes attach (loaded, not
-    /// attached: `python::serialization` attaches them per library file).
-    pub fn serialization_programs(&mut self) -> Option<(&mut UProbe, &mut UProbe)> {
+    /// A uprobe/uretprobe pair by name (loaded, not attached:
+    /// `bpf::uprobes` attaches them per library file).
+    pub fn uprobe_pair(
+        &mut self,
+        (enter_name, exit_name): (&str, &str),
+    ) -> Option<(&mut UProbe, &mut UProbe)> {
         let (mut enter, mut exit) = (None, None);
         for (name, program) in self.ebpf.programs_mut() {
-            match name {
-                "gs_ser_enter" => enter = Some(program),
-                "gs_ser_exit" => exit = Some(program),
-                _ => {}
+            if name == enter_name {
+                enter = Some(program);
+            } else if name == exit_name {
+                exit = Some(program);
             }
         }
         Some((enter?.try_into().ok()?, exit?.try_into().ok()?))
@@ -85,7 +97,7 @@ impl Probes {
         PROGRAMS
             .iter()
             .map(|(name, _)| *name)
-            .chain(["gs_ser_enter", "gs_ser_exit"])
+            .chain(UPROBE_PROGRAMS.iter().copied())
             .filter_map(|name| {
                 let info = self.ebpf.program(name)?.info().ok()?;
                 Some(ProgramStats {
@@ -125,6 +137,12 @@ pub struct Attached {
     /// (tgid << 32 | probe) → serialization calls, owned by
     /// `python::serialization` for the per-process budget.
     pub ser_process_calls: HashMap<MapData, u64, u64>,
+    /// (tgid << 32 | slot) → CUDA launches, owned by `cuda` for the
+    /// launch budget.
+    pub cuda_process_calls: HashMap<MapData, u64, u64>,
+    /// `cuda_key(service, slot)` → CUDA call durations, read by `cuda`
+    /// (launch estimates) and the metrics.
+    pub cuda_calls: PerCpuHashMap<MapData, u32, Log2Hist>,
     /// tgid → GIL address range, owned by `python::GilTracker`.
     pub gil_ranges: HashMap<MapData, u32, GilRange>,
 }
@@ -171,7 +189,7 @@ pub fn attach_all(bpf_stats: bool, min_interval_ns: u64) -> anyhow::Result<Attac
         log::info!("attached {name} (BPF program id {})", id.unwrap_or(0));
     }
 
-    for name in ["gs_ser_enter", "gs_ser_exit"] {
+    for name in UPROBE_PROGRAMS {
         let program: &mut UProbe = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))?
@@ -209,6 +227,8 @@ pub fn attach_all(bpf_stats: bool, min_interval_ns: u64) -> anyhow::Result<Attac
         events: RingBuf::try_from(take(&mut ebpf, "PROC_EVENTS")?)?,
         intervals: RingBuf::try_from(take(&mut ebpf, "TIMELINE")?)?,
         ser_process_calls: HashMap::try_from(take(&mut ebpf, "SER_PROCESS_CALLS")?)?,
+        cuda_process_calls: HashMap::try_from(take(&mut ebpf, "CUDA_PROCESS_CALLS")?)?,
+        cuda_calls: PerCpuHashMap::try_from(take(&mut ebpf, "CUDA_CALLS")?)?,
         gil_ranges: HashMap::try_from(take(&mut ebpf, "GIL_RANGES")?)?,
         probes: Probes { ebpf, stats },
     })

@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod caps;
 pub mod tracefs;
+pub mod uprobes;
 
 pub use attach::{Attached, KernelMaps, Probes, attach_all};
 

@@ -16,6 +16,7 @@ use gapscope_ebpf_common::{NO_SERVICE, ProcEvent, proc_event};
 use super::procfs::{self, ProcessInfo};
 use crate::{
     config::ServiceConfig,
+    cuda::CudaTracker,
     python::{GilTracker, serialization::SerializationTracker},
 };
 
@@ -31,6 +32,9 @@ pub struct Targets {
     pub gil: GilTracker,
     /// Their serialization calls.
     pub serialization: SerializationTracker,
+    /// The CUDA calls of every traced process (None: `[cuda] enabled =
+    /// false`).
+    pub cuda: Option<CudaTracker>,
 }
 
 impl Targets {
@@ -39,6 +43,7 @@ impl Targets {
         generation: Array<MapData, u64>,
         gil: GilTracker,
         serialization: SerializationTracker,
+        cuda: Option<CudaTracker>,
         services: Arc<[ServiceConfig]>,
     ) -> Self {
         Self {
@@ -46,6 +51,7 @@ impl Targets {
             generation,
             gil,
             serialization,
+            cuda,
             services,
             own_tgid: std::process::id(),
         }
@@ -78,10 +84,14 @@ impl Targets {
         counts
     }
 
-    /// Forgets a process's interpreter: its GIL and its serialization probes.
-    fn untrack_python(&mut self, tgid: u32) {
+    /// Forgets what was found in a process's memory image: its GIL and
+    /// the libraries it shares probes on.
+    fn untrack_image(&mut self, tgid: u32) {
         self.gil.detach(tgid);
         self.serialization.forget(tgid);
+        if let Some(cuda) = &mut self.cuda {
+            cuda.forget(tgid);
+        }
     }
 
     /// Invalidates the kernel's lookup caches after a change to the map.
@@ -112,7 +122,7 @@ impl Targets {
         if self.map.remove(&tgid).is_ok() {
             self.changed();
         }
-        self.untrack_python(tgid);
+        self.untrack_image(tgid);
     }
 
     /// Matches every process in /proc and drops entries of dead ones.
@@ -141,14 +151,21 @@ impl Targets {
         }
     }
 
-    /// Once a second: keeps each serialization probe within its budget,
-    /// given the calls the kernel has counted so far per probe, then looks
-    /// at every Python process's mappings, attaching probes that resumed
-    /// and probes for codec modules imported since (they load lazily).
-    pub fn enforce_serialization_budget(&mut self) {
+    /// Once a second: keeps the serialization and CUDA launch probes
+    /// within their budgets, given the calls the kernel has counted so far,
+    /// then looks at the traced processes' mappings, attaching probes that
+    /// resumed and probes for libraries loaded since (codec modules and
+    /// CUDA both load lazily).
+    pub fn every_second(&mut self) {
         self.serialization.enforce_budget();
         for (tgid, service, interpreter) in self.gil.python_processes() {
             self.serialization.scan(tgid, service, &interpreter);
+        }
+        if let Some(cuda) = &mut self.cuda {
+            cuda.tick();
+            for (tgid, service) in self.map.iter().filter_map(Result::ok) {
+                cuda.scan(tgid, service);
+            }
         }
     }
 
@@ -164,7 +181,7 @@ impl Targets {
             }
             proc_event::EXEC => {
                 // A new program image: a new interpreter, or none.
-                self.untrack_python(ev.tgid);
+                self.untrack_image(ev.tgid);
                 self.gil.attach(ev.tgid, ev.service);
             }
             proc_event::FORK => {
@@ -189,7 +206,7 @@ impl Targets {
             }
             proc_event::EXIT => {
                 log::debug!("pid {} exited", ev.tgid);
-                self.untrack_python(ev.tgid);
+                self.untrack_image(ev.tgid);
             }
             _ => {}
         }

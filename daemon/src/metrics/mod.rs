@@ -2,7 +2,9 @@
 //! text format. Each source is timed, like node_exporter's collectors, and
 //! the times are part of the same scrape.
 
+mod cuda;
 mod family;
+mod gpu;
 mod kernel;
 mod python;
 mod selfmon;
@@ -16,8 +18,14 @@ use std::{
 use prometheus::{Encoder, TextEncoder, proto::MetricFamily};
 
 use crate::{
-    annotations::Annotations, bpf::KernelMaps, bpf::Probes, config::ServiceConfig,
-    discovery::Targets, timeline::Timeline,
+    annotations::{Annotation, Annotations},
+    bpf::KernelMaps,
+    bpf::Probes,
+    config::ServiceConfig,
+    discovery::Targets,
+    gpu::GpuState,
+    gpu::idle::IdleCheck,
+    timeline::Timeline,
 };
 pub use family::{Family, merged};
 
@@ -29,6 +37,8 @@ pub struct Exporter {
     pub targets: Arc<Mutex<Targets>>,
     pub timeline: Arc<Mutex<Timeline>>,
     pub annotations: Mutex<Annotations>,
+    /// The NVML collector's readings and idle checks.
+    pub gpu: Arc<Mutex<GpuState>>,
 }
 
 type Source = fn(&Exporter) -> Vec<Family>;
@@ -38,8 +48,25 @@ const SOURCES: &[(&str, Source)] = &[
     ("kernel", kernel::collect),
     ("python", python::collect),
     ("timeline", timeline::collect),
+    ("cuda", cuda::collect),
+    ("nvml", gpu::collect),
     ("self", selfmon::collect),
 ];
+
+/// Families in the Prometheus text format (0.0.4); empty ones are left
+/// out (the format has no way to write them).
+pub fn encode(families: Vec<Family>) -> String {
+    let built: Vec<MetricFamily> = families.into_iter().filter_map(Family::build).collect();
+    encode_families(&built)
+}
+
+fn encode_families(families: &[MetricFamily]) -> String {
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(families, &mut out) {
+        log::error!("encoding metrics failed: {e}");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
 
 impl Exporter {
     /// Renders one scrape in the Prometheus text format (0.0.4).
@@ -55,14 +82,29 @@ impl Exporter {
             durations.add_gauge(&[("collector", name)], start.elapsed().as_secs_f64());
         }
         families.extend(durations.build());
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
-            log::error!("encoding metrics failed: {e}");
-        }
-        String::from_utf8(out).unwrap_or_default()
+        encode_families(&families)
     }
 
     pub fn service_name(&self, id: u32) -> Option<&str> {
         self.services.get(id as usize).map(|s| s.name.as_str())
+    }
+
+    /// A silent phase started or ended: starts or finishes its idle check.
+    /// Returns the check when it finished.
+    pub fn silence(&self, a: &Annotation) -> Option<IdleCheck> {
+        let mut gpu = self.gpu.lock().ok()?;
+        if a.event == "start" {
+            gpu.idle.start(&a.phase, &a.run_id, a.monotonic_ns);
+            return None;
+        }
+        let down = gpu.down_reason.clone();
+        let check = gpu
+            .idle
+            .end(&a.phase, &a.run_id, a.monotonic_ns, down.as_deref())?
+            .clone();
+        for g in &check.gpus {
+            log::info!("idle check {} on GPU {}: {}", check.phase, g.gpu, g.finding);
+        }
+        Some(check)
     }
 }

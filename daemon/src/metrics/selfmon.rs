@@ -45,6 +45,10 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
     for collector in ["syscalls", "offcpu", "proc"] {
         up.add_gauge(&[("collector", collector)], 1.0);
     }
+    let cuda = ex.targets.lock().is_ok_and(|t| t.cuda.is_some());
+    up.add_gauge(&[("collector", "cuda")], if cuda { 1.0 } else { 0.0 });
+    let nvml = ex.gpu.lock().is_ok_and(|g| g.up);
+    up.add_gauge(&[("collector", "nvml")], if nvml { 1.0 } else { 0.0 });
 
     let mut stats_on = Family::gauge(
         "gapscope_bpf_stats_enabled",

@@ -3,7 +3,6 @@
 
 pub mod gil;
 pub mod interpreter;
-pub mod locate;
 pub mod memory;
 pub mod offsets;
 pub mod serialization;

@@ -16,19 +16,20 @@
 //! (Debian's) cannot be probed: that is reported per codec.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     fs,
-    os::unix::fs::MetadataExt,
     path::Path,
     sync::{Arc, Mutex},
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use gapscope_ebpf_common::MAX_SER_PROBES;
 
-pub use super::locate::{Locate, resolve};
-use crate::bpf::Probes;
+use crate::bpf::{
+    Probes,
+    uprobes::{FileKey, UprobeSet, file_key},
+};
+pub use crate::locate::{Locate, resolve};
 
 /// One function to probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,38 +142,16 @@ pub fn default_specs() -> Vec<ProbeSpec> {
 /// index is its attach cookie.
 pub const MAX_PROBES: usize = MAX_SER_PROBES as usize;
 
-type FileKey = (u64, u64);
-
-struct Attached {
-    links: Vec<(usize, UProbeLinkId, UProbeLinkId)>,
-    users: HashSet<u32>,
-}
-
-/// A probe's sampling: attached every second while every process's calls
-/// stay within the budget; above it, attached one second in `every`.
-#[derive(Debug, Clone, Copy)]
-struct Sampling {
-    every: u32,
-    /// Seconds since it was last attached.
-    idle: u32,
-}
+/// The probe programs, loaded by `bpf::attach_all`.
+pub const PROGRAMS: (&str, &str) = ("gs_ser_enter", "gs_ser_exit");
 
 pub struct SerializationTracker {
-    probes: Arc<Mutex<Probes>>,
     /// What to probe: the built-in specs, then the configured ones.
     specs: Arc<[ProbeSpec]>,
-    /// Calls per second, per process and probe, above which the probe is
-    /// sampled.
+    /// The attachments, one slot per spec, every one within the budget.
+    uprobes: UprobeSet,
+    /// Calls per second per process and probe probed in full.
     budget: u64,
-    sampling: Vec<Sampling>,
-    /// The kernel's (tgid << 32 | probe) → calls counts, and their values
-    /// when last looked at.
-    process_calls: BpfHashMap<MapData, u64, u64>,
-    last_process_calls: HashMap<u64, u64>,
-    /// Files probed, by (device, inode).
-    files: HashMap<FileKey, Attached>,
-    /// The files each traced process uses.
-    uses: HashMap<u32, HashSet<FileKey>>,
     /// (service, codec) → why it cannot be probed, per process.
     unavailable: HashMap<u32, (u32, BTreeMap<String, String>)>,
     /// Where each probe's functions are in a file: files are read once,
@@ -189,16 +168,17 @@ impl SerializationTracker {
         budget: u64,
         process_calls: BpfHashMap<MapData, u64, u64>,
     ) -> Self {
-        let sampling = vec![Sampling { every: 1, idle: 0 }; specs.len()];
-        Self {
+        let uprobes = UprobeSet::new(
             probes,
-            specs,
+            PROGRAMS,
+            vec![true; specs.len()],
             budget,
-            sampling,
             process_calls,
-            last_process_calls: HashMap::new(),
-            files: HashMap::new(),
-            uses: HashMap::new(),
+        );
+        Self {
+            specs,
+            uprobes,
+            budget,
             unavailable: HashMap::new(),
             resolved: HashMap::new(),
             symbols: HashMap::new(),
@@ -245,15 +225,8 @@ impl SerializationTracker {
     /// Attaches probe `index` to `file` unless it already is (or is
     /// paused by its sampling), and records that `tgid` uses it.
     fn probe(&mut self, tgid: u32, index: usize, file: &str) -> Result<(), String> {
-        let in_root = format!("/proc/{tgid}/root{file}");
-        let meta = fs::metadata(&in_root).map_err(|e| format!("{file}: {e}"))?;
-        let key = (meta.dev(), meta.ino());
-        let paused = self.sampling[index].idle > 0;
-        if let Some(a) = self.files.get_mut(&key)
-            && (paused || a.links.iter().any(|(i, _, _)| *i == index))
-        {
-            a.users.insert(tgid);
-            self.uses.entry(tgid).or_default().insert(key);
+        let (key, in_root) = file_key(tgid, file)?;
+        if !self.uprobes.needs(tgid, key, index) {
             return Ok(());
         }
         let spec = self.specs[index].clone();
@@ -274,44 +247,9 @@ impl SerializationTracker {
                 };
                 format!("{file}: {why}: {fix}")
             })?;
-        let mut probes = self
-            .probes
-            .lock()
-            .map_err(|_| "probes poisoned".to_string())?;
-        let (enter, exit) = probes
-            .serialization_programs()
-            .ok_or("serialization programs missing")?;
-        let mut links = Vec::new();
-        for offset in &offsets {
-            let point = || UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(*offset),
-                cookie: Some(index as u64),
-            };
-            let attached = enter
-                .attach(point(), &in_root, UProbeScope::AllProcesses)
-                .and_then(
-                    |e| match exit.attach(point(), &in_root, UProbeScope::AllProcesses) {
-                        Ok(x) => Ok((e, x)),
-                        Err(err) => {
-                            let _ = enter.detach(e);
-                            Err(err)
-                        }
-                    },
-                );
-            match attached {
-                Ok((e, x)) => links.push((index, e, x)),
-                Err(err) => {
-                    for (_, e, x) in links {
-                        let _ = enter.detach(e);
-                        let _ = exit.detach(x);
-                    }
-                    return Err(format!(
-                        "attaching to {file}+{offset:#x} ({}): {err}",
-                        spec.locate
-                    ));
-                }
-            }
-        }
+        self.uprobes
+            .attach(tgid, key, &in_root, index, &offsets, index as u64)
+            .map_err(|e| format!("{file} ({}): {e}", spec.locate))?;
         log::info!(
             "probing {} {} at {file}: {} ({} function{})",
             spec.codec,
@@ -320,132 +258,41 @@ impl SerializationTracker {
             offsets.len(),
             if offsets.len() == 1 { "" } else { "s" }
         );
-        let a = self.files.entry(key).or_insert_with(|| Attached {
-            links: Vec::new(),
-            users: HashSet::new(),
-        });
-        a.links.extend(links);
-        a.users.insert(tgid);
-        self.uses.entry(tgid).or_default().insert(key);
         Ok(())
     }
 
-    /// Each probe's calls in the last second by its busiest process, from
-    /// the kernel's per-process counts; forgets processes that are gone.
-    fn busiest_process_calls(&mut self) -> Vec<u64> {
-        let mut busiest = vec![0u64; self.specs.len()];
-        let mut seen = HashMap::new();
-        for (key, total) in self.process_calls.iter().filter_map(Result::ok) {
-            let probe = (key & 0xffff_ffff) as usize;
-            let recent =
-                total.saturating_sub(self.last_process_calls.get(&key).copied().unwrap_or(0));
-            if let Some(b) = busiest.get_mut(probe) {
-                *b = (*b).max(recent);
-            }
-            seen.insert(key, total);
-        }
-        let gone: Vec<u64> = seen
-            .keys()
-            .filter(|key| !self.uses.contains_key(&((*key >> 32) as u32)))
-            .copied()
-            .collect();
-        for key in gone {
-            let _ = self.process_calls.remove(&key);
-            seen.remove(&key);
-        }
-        self.last_process_calls = seen;
-        busiest
-    }
-
-    /// Once a second: compares each probe's calls in the last second by its
-    /// busiest process with the budget, and pauses or resumes the probe. A
-    /// paused probe is detached from every file; resuming lets the next
-    /// `scan` attach it again.
+    /// Once a second: keeps every probe within the budget (see
+    /// `UprobeSet::enforce_budget`).
     pub fn enforce_budget(&mut self) {
-        let calls = self.busiest_process_calls();
-        for (index, s) in self.sampling.iter_mut().enumerate() {
-            let recent = calls.get(index).copied().unwrap_or(0);
-            if s.idle == 0 {
-                // Attached this past second: set the duty cycle.
-                let every = recent.div_ceil(self.budget).clamp(1, 60) as u32;
-                if every != s.every {
-                    log::info!(
-                        "{} {}: {recent} calls/s in one process against a budget of {}: probing one second in {every}",
-                        self.specs[index].codec,
-                        self.specs[index].op,
-                        self.budget
-                    );
-                }
-                s.every = every;
-                if every > 1 {
-                    s.idle = 1;
-                }
-            } else if s.idle + 1 >= s.every {
-                s.idle = 0;
-            } else {
-                s.idle += 1;
-            }
-        }
-        let paused: Vec<usize> = (0..self.specs.len())
-            .filter(|i| self.sampling[*i].idle > 0)
-            .collect();
-        if paused.is_empty() {
-            return;
-        }
-        let Ok(mut probes) = self.probes.lock() else {
-            return;
-        };
-        let Some((enter, exit)) = probes.serialization_programs() else {
-            return;
-        };
-        for a in self.files.values_mut() {
-            let (pause, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut a.links)
-                .into_iter()
-                .partition(|(index, _, _)| paused.contains(index));
-            a.links = keep;
-            for (_, e, x) in pause {
-                let _ = enter.detach(e);
-                let _ = exit.detach(x);
-            }
+        let (_, changes) = self.uprobes.enforce_budget();
+        for c in changes {
+            let spec = &self.specs[c.slot];
+            log::info!(
+                "{} {}: {} calls/s in one process against a budget of {}: probing one second in {}",
+                spec.codec,
+                spec.op,
+                c.calls_per_second,
+                self.budget,
+                c.every
+            );
         }
     }
 
     /// The share of calls each probe sees: 1 when probed in full, 1/N when
     /// attached one second in N.
     pub fn sampling_ratios(&self) -> Vec<f64> {
-        self.sampling.iter().map(|s| 1.0 / s.every as f64).collect()
+        self.uprobes.sampling_ratios()
     }
 
     /// A process left: detach from files no traced process uses any more.
     pub fn forget(&mut self, tgid: u32) {
         self.unavailable.remove(&tgid);
-        let Some(keys) = self.uses.remove(&tgid) else {
-            return;
-        };
-        for key in keys {
-            let Some(a) = self.files.get_mut(&key) else {
-                continue;
-            };
-            a.users.remove(&tgid);
-            if !a.users.is_empty() {
-                continue;
-            }
-            if let Some(a) = self.files.remove(&key)
-                && let Ok(mut probes) = self.probes.lock()
-                && let Some((enter, exit)) = probes.serialization_programs()
-            {
-                for (_, e, x) in a.links {
-                    let _ = enter.detach(e);
-                    let _ = exit.detach(x);
-                }
-                log::debug!("detached serialization probes from file {key:?}");
-            }
-        }
+        self.uprobes.forget(tgid);
     }
 
     /// Files probed now.
     pub fn probed_files(&self) -> usize {
-        self.files.len()
+        self.uprobes.probed_files()
     }
 
     /// (service, codec) → processes whose codec cannot be probed.
@@ -468,10 +315,10 @@ impl SerializationTracker {
 impl SerializationTracker {
     /// `file_has_symbol`, cached per (device, inode): files are read once.
     fn has_symbol(&mut self, tgid: u32, file: &str, symbol: &str) -> bool {
-        let Ok(meta) = fs::metadata(format!("/proc/{tgid}/root{file}")) else {
+        let Ok((key, _)) = file_key(tgid, file) else {
             return false;
         };
-        let key = ((meta.dev(), meta.ino()), symbol.to_string());
+        let key = (key, symbol.to_string());
         *self
             .symbols
             .entry(key)

@@ -287,7 +287,9 @@ pub mod counter {
     pub const INTERVALS: u32 = 7;
     /// Long intervals lost because the timeline ring buffer was full.
     pub const INTERVALS_DROPPED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// CUDA API calls not recorded because the CUDA call map was full.
+    pub const CUDA_CALLS_DROPPED: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Kinds of `ProcEvent`.
@@ -363,6 +365,32 @@ pub mod interval_kind {
     pub const GIL_WAIT: u32 = 1;
     /// A serialization call; `detail` is the probe index.
     pub const SERIALIZATION: u32 = 2;
+    /// A CUDA call in which the CPU waited for the GPU (stream, context or
+    /// event synchronization, a synchronous copy); `detail` is the CUDA
+    /// probe slot.
+    pub const HOST_SYNC: u32 = 3;
+}
+
+/// CUDA API probe slots a daemon can attach (each one entry point and its
+/// variants, such as `_ptsz`); the attach cookie's low byte.
+pub const MAX_CUDA_PROBES: u32 = 32;
+
+/// Bits of a CUDA probe's attach cookie above the slot.
+pub mod cuda_cookie {
+    /// The low byte is the slot.
+    pub const SLOT_MASK: u64 = 0xff;
+    /// A kernel or graph launch: counted per process for the overhead
+    /// budget.
+    pub const LAUNCH: u64 = 1 << 8;
+    /// A call in which the CPU waits for the GPU: long ones go to the
+    /// timeline.
+    pub const HOST_SYNC: u64 = 1 << 9;
+}
+
+/// Key of the CUDA call statistics map: (service, slot).
+#[inline(always)]
+pub const fn cuda_key(service: u32, slot: u32) -> u32 {
+    service << 8 | slot
 }
 
 /// Name of the programs' read-only global holding the shortest interval

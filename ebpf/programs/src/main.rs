@@ -13,7 +13,9 @@
 //!   follows forks in the kernel and tells user space about execs and exits.
 //! * `serialization` — uprobe/uretprobe pairs on json, pickle and
 //!   user-defined serialization functions.
-//! * `timeline` — GIL waits and serialization calls longer than a
+//! * `cuda` — uprobe/uretprobe pairs on CUDA's launch and host-sync entry
+//!   points in libcuda and libcudart.
+//! * `timeline` — GIL waits, serialization calls and host syncs longer than a
 //!   threshold, sent to user space as intervals.
 //! * `floor` — empty programs for the overhead benchmark's floor.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -21,6 +23,8 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+#[cfg(target_arch = "bpf")]
+mod cuda;
 #[cfg(target_arch = "bpf")]
 mod floor;
 #[cfg(target_arch = "bpf")]

@@ -8,9 +8,9 @@ use aya_ebpf::{
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use gapscope_ebpf_common::{
-    CACHE_ADDRESS_MASK, CACHE_UNTRACED, GilRange, Log2Hist, MAX_SER_PROBES, MAX_SERVICES,
-    MAX_SYSCALL_KEYS, MAX_TARGETS, MAX_THREADS, OffCpuStats, SYSCALL_SLOTS, SyscallKey,
-    TargetCache, ThreadState, counter,
+    CACHE_ADDRESS_MASK, CACHE_UNTRACED, GilRange, Log2Hist, MAX_CUDA_PROBES, MAX_SER_PROBES,
+    MAX_SERVICES, MAX_SYSCALL_KEYS, MAX_TARGETS, MAX_THREADS, OffCpuStats, SYSCALL_SLOTS,
+    SyscallKey, TargetCache, ThreadState, counter,
 };
 
 /// tgid → service id. Filled by user space (scan, exec matching) and by
@@ -72,6 +72,21 @@ pub static SER_START: HashMap<u64, u64> = HashMap::with_max_entries(MAX_THREADS,
 #[map]
 pub static SER_CALLS: PerCpuArray<Log2Hist> =
     PerCpuArray::with_max_entries(MAX_SERVICES * MAX_SER_PROBES, 0);
+
+/// (tid << 32 | CUDA probe slot) → when the thread entered the call.
+#[map]
+pub static CUDA_START: HashMap<u64, u64> = HashMap::with_max_entries(MAX_THREADS, 0);
+
+/// `cuda_key(service, slot)` → call durations, per CPU. Not preallocated:
+/// a service uses a handful of the entry points.
+#[map]
+pub static CUDA_CALLS: PerCpuHashMap<u32, Log2Hist> =
+    PerCpuHashMap::with_max_entries(MAX_SERVICES * MAX_CUDA_PROBES, BPF_F_NO_PREALLOC);
+
+/// (tgid << 32 | slot) → launches the process made while the probe was
+/// attached: user space keeps each process within the launch budget.
+#[map]
+pub static CUDA_PROCESS_CALLS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
 /// syscall nr → `OffCpuReason` of a thread blocked inside it. Filled by user
 /// space from the x86-64 syscall table.
@@ -163,6 +178,38 @@ pub fn bump(index: u32, n: u64) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe { *c += n };
     }
+}
+
+/// Lives in .rodata, so inserting a new histogram copies from there
+/// instead of building 300-odd bytes on the 512-byte BPF stack.
+static ZERO_HIST: Log2Hist = Log2Hist::ZERO;
+
+/// This CPU's histogram for `key` in a per-CPU hash map, created empty on
+/// first use; None (and `dropped` counted) when the map is full.
+#[inline(always)]
+pub fn histogram<K>(
+    map: &PerCpuHashMap<K, Log2Hist>,
+    key: &K,
+    dropped: u32,
+) -> Option<*mut Log2Hist> {
+    if let Some(h) = map.get_ptr_mut(key) {
+        return Some(h);
+    }
+    // Fails harmlessly when another CPU inserted the key first.
+    let _ = map.insert(key, &ZERO_HIST, BPF_NOEXIST);
+    let h = map.get_ptr_mut(key);
+    if h.is_none() {
+        bump(dropped, 1);
+    }
+    h
+}
+
+/// A uprobe's attach cookie: which probe (and, for CUDA, which kind of
+/// call) fired.
+#[inline(always)]
+pub fn attach_cookie<C: aya_ebpf::EbpfContext>(ctx: &C) -> u64 {
+    // SAFETY: a probe context; the helper only reads the attach cookie.
+    unsafe { aya_ebpf::helpers::bpf_get_attach_cookie(ctx.as_ptr()) }
 }
 
 /// Adds one call to a per-process counter in a shared hash map.

@@ -5,20 +5,16 @@
 //! programs start from `TARGETS` like every other.
 
 use aya_ebpf::{
-    EbpfContext,
-    helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
 use gapscope_ebpf_common::{MAX_SER_PROBES, interval_kind};
 
-use crate::maps::{SER_CALLS, SER_PROCESS_CALLS, SER_START, count_call, current_ids, service_of};
-
-#[inline(always)]
-fn cookie<C: EbpfContext>(ctx: &C) -> u64 {
-    // SAFETY: a uprobe context; the helper only reads the attach cookie.
-    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
-}
+use crate::maps::{
+    SER_CALLS, SER_PROCESS_CALLS, SER_START, attach_cookie as cookie, count_call, current_ids,
+    service_of,
+};
 
 #[uprobe]
 pub fn gs_ser_enter(ctx: ProbeContext) -> u32 {

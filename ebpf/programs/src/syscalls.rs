@@ -5,14 +5,10 @@
 //! classic tracepoint makes, which is most of the per-syscall cost.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
-use gapscope_ebpf_common::{Log2Hist, NO_SYSCALL, SYS_FUTEX, SYS_URETPROBE, SyscallKey, counter};
-
-/// Lives in .rodata, so inserting a new key copies from there instead of
-/// building 300-odd bytes on the 512-byte BPF stack.
-static ZERO_HIST: Log2Hist = Log2Hist::ZERO;
+use gapscope_ebpf_common::{NO_SYSCALL, SYS_FUTEX, SYS_URETPROBE, SyscallKey, counter};
 
 use crate::gil;
-use crate::maps::{BPF_NOEXIST, SYSCALLS, bump, current_ids, service_of_current, thread_state};
+use crate::maps::{SYSCALLS, current_ids, histogram, service_of_current, thread_state};
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn gs_sys_enter(ctx: RawTracePointContext) -> i32 {
@@ -77,21 +73,9 @@ pub fn gs_sys_exit(ctx: RawTracePointContext) -> i32 {
         gil::add_wait(t, start, now);
     }
     let key = SyscallKey { service, nr };
-    let hist = match SYSCALLS.get_ptr_mut(&key) {
-        Some(h) => h,
-        None => {
-            // Fails harmlessly when another CPU inserted the key first.
-            let _ = SYSCALLS.insert(&key, &ZERO_HIST, BPF_NOEXIST);
-            match SYSCALLS.get_ptr_mut(&key) {
-                Some(h) => h,
-                None => {
-                    bump(counter::SYSCALLS_DROPPED, 1);
-                    return 0;
-                }
-            }
-        }
-    };
-    // SAFETY: per-CPU value; only this CPU writes it while we run.
-    unsafe { (*hist).record(elapsed) };
+    if let Some(hist) = histogram(&SYSCALLS, &key, counter::SYSCALLS_DROPPED) {
+        // SAFETY: per-CPU value; only this CPU writes it while we run.
+        unsafe { (*hist).record(elapsed) };
+    }
     0
 }

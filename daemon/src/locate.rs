@@ -1,7 +1,9 @@
-//! Where a serialization function is inside a library file, as offsets in
-//! the file (what a uprobe attaches to).
+//! Where a function is inside a library file, as offsets in the file (what
+//! a uprobe attaches to).
 //!
-//! Three ways, because codec libraries are built three ways:
+//! CUDA's entry points are exported symbols (`symbol_groups`). Serialization
+//! functions are found three ways, because codec libraries are built three
+//! ways:
 //!
 //! * by exact symbol (`_json`'s `encoder_call`, orjson's exported `dumps`,
 //!   protobuf's `PyUpb_Message_SerializeToString`);
@@ -147,6 +149,40 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The file offsets of each group of symbol names (an entry point and its
+/// variants, such as `cuLaunchKernel` and `cuLaunchKernel_ptsz`), parsing
+/// the file once: a driver library is tens of megabytes. A group none of
+/// whose names is defined gets no offsets.
+pub fn symbol_groups(data: &[u8], groups: &[&[&str]]) -> Result<Vec<Vec<u64>>, String> {
+    let file = object::File::parse(data).map_err(|e| format!("not an ELF file: {e}"))?;
+    let wanted: HashMap<&str, usize> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(i, names)| names.iter().map(move |n| (*n, i)))
+        .collect();
+    let mut found = vec![BTreeSet::new(); groups.len()];
+    for s in file.dynamic_symbols().chain(file.symbols()) {
+        if s.kind() != SymbolKind::Text || s.is_undefined() || s.address() == 0 {
+            continue;
+        }
+        if let Some(group) = s.name().ok().and_then(|n| wanted.get(n)) {
+            found[*group].insert(s.address());
+        }
+    }
+    found
+        .into_iter()
+        .map(|addresses| {
+            addresses
+                .into_iter()
+                .map(|a| {
+                    file_offset(&file, a)
+                        .ok_or_else(|| format!("address {a:#x} is in no loaded segment"))
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The file offset of virtual address `address`, through the loadable
 /// segment holding it.
 fn file_offset(file: &object::File, address: u64) -> Option<u64> {
@@ -173,6 +209,15 @@ mod tests {
         let pattern = resolve(&data, &Locate::SymbolPattern("ma[i]n".into())).unwrap();
         assert_eq!(exact, pattern);
         assert_eq!(exact.len(), 1);
+    }
+
+    #[test]
+    fn symbol_groups_find_each_group_once() {
+        let data = me();
+        let main = resolve(&data, &Locate::Symbol("main".into())).unwrap();
+        let groups =
+            symbol_groups(&data, &[&["main", "no_such_alias"], &["no_such_function"]]).unwrap();
+        assert_eq!(groups, vec![main, vec![]]);
     }
 
     #[test]

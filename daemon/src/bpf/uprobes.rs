@@ -1,0 +1,299 @@
+//! Uprobe/uretprobe pairs on library files, shared by the serialization
+//! probes and the CUDA API probes.
+//!
+//! A probe is attached once per library file (device, inode), whichever
+//! traced process maps it first, and detached when the last traced process
+//! using the file leaves: a hundred workers sharing one libcuda cost one
+//! attachment. The programs find the calling process in `TARGETS` like
+//! every other program, so untraced users of the file pay one lookup.
+//!
+//! Slots (a codec function, a CUDA entry point) can be kept within a calls
+//! budget: the kernel counts calls per (process, slot), and a slot whose
+//! busiest process goes over the budget is attached one second in N.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    os::unix::fs::MetadataExt,
+    sync::{Arc, Mutex},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
+
+use super::Probes;
+
+/// A library file, by (device, inode).
+pub type FileKey = (u64, u64);
+
+/// The (device, inode) of `file` as process `tgid` sees it (its mount
+/// namespace), and the path to open it by.
+pub fn file_key(tgid: u32, file: &str) -> Result<(FileKey, String), String> {
+    let in_root = format!("/proc/{tgid}/root{file}");
+    let meta = fs::metadata(&in_root).map_err(|e| format!("{file}: {e}"))?;
+    Ok(((meta.dev(), meta.ino()), in_root))
+}
+
+struct Link {
+    slot: usize,
+    enter: UProbeLinkId,
+    exit: UProbeLinkId,
+}
+
+#[derive(Default)]
+struct Attached {
+    links: Vec<Link>,
+    users: HashSet<u32>,
+}
+
+/// A slot's sampling: attached every second while every process's calls
+/// stay within the budget; above it, attached one second in `every`.
+#[derive(Debug, Clone, Copy)]
+struct Sampling {
+    every: u32,
+    /// Seconds since it was last attached.
+    idle: u32,
+}
+
+/// A slot over budget: what the caller may want to log.
+pub struct BudgetChange {
+    pub slot: usize,
+    pub calls_per_second: u64,
+    pub every: u32,
+}
+
+pub struct UprobeSet {
+    probes: Arc<Mutex<Probes>>,
+    /// The (uprobe, uretprobe) program names.
+    programs: (&'static str, &'static str),
+    /// Calls per second, per process and slot, attached in full.
+    budget: u64,
+    /// Which slots the budget applies to (the others stay attached).
+    budgeted: Vec<bool>,
+    sampling: Vec<Sampling>,
+    /// The kernel's (tgid << 32 | slot) → calls counts, and their values
+    /// when last looked at.
+    process_calls: BpfHashMap<MapData, u64, u64>,
+    last_process_calls: HashMap<u64, u64>,
+    files: HashMap<FileKey, Attached>,
+    /// The files each traced process uses.
+    uses: HashMap<u32, HashSet<FileKey>>,
+}
+
+impl UprobeSet {
+    pub fn new(
+        probes: Arc<Mutex<Probes>>,
+        programs: (&'static str, &'static str),
+        budgeted: Vec<bool>,
+        budget: u64,
+        process_calls: BpfHashMap<MapData, u64, u64>,
+    ) -> Self {
+        Self {
+            probes,
+            programs,
+            budget: budget.max(1),
+            sampling: vec![Sampling { every: 1, idle: 0 }; budgeted.len()],
+            budgeted,
+            process_calls,
+            last_process_calls: HashMap::new(),
+            files: HashMap::new(),
+            uses: HashMap::new(),
+        }
+    }
+
+    /// Whether `slot` still has to be attached to file `key` for `tgid`.
+    /// When it is attached already (or paused by its budget) this records
+    /// that `tgid` uses the file and says no.
+    pub fn needs(&mut self, tgid: u32, key: FileKey, slot: usize) -> bool {
+        let paused = self.sampling[slot].idle > 0;
+        if let Some(a) = self.files.get_mut(&key)
+            && (paused || a.links.iter().any(|l| l.slot == slot))
+        {
+            a.users.insert(tgid);
+            self.uses.entry(tgid).or_default().insert(key);
+            return false;
+        }
+        true
+    }
+
+    /// Attaches `slot` at each of `offsets` in the file (opened as
+    /// `in_root`) with `cookie`, all or none, and records that `tgid` uses
+    /// it. No offsets attaches nothing and is not an error.
+    pub fn attach(
+        &mut self,
+        tgid: u32,
+        key: FileKey,
+        in_root: &str,
+        slot: usize,
+        offsets: &[u64],
+        cookie: u64,
+    ) -> Result<(), String> {
+        let mut probes = self
+            .probes
+            .lock()
+            .map_err(|_| "probes poisoned".to_string())?;
+        let (enter, exit) = probes
+            .uprobe_pair(self.programs)
+            .ok_or_else(|| format!("programs {:?} missing", self.programs))?;
+        let mut links = Vec::new();
+        for offset in offsets {
+            let point = || UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(*offset),
+                cookie: Some(cookie),
+            };
+            let attached = enter
+                .attach(point(), in_root, UProbeScope::AllProcesses)
+                .and_then(
+                    |e| match exit.attach(point(), in_root, UProbeScope::AllProcesses) {
+                        Ok(x) => Ok((e, x)),
+                        Err(err) => {
+                            let _ = enter.detach(e);
+                            Err(err)
+                        }
+                    },
+                );
+            match attached {
+                Ok((enter, exit)) => links.push(Link { slot, enter, exit }),
+                Err(err) => {
+                    for l in links {
+                        let _ = enter.detach(l.enter);
+                        let _ = exit.detach(l.exit);
+                    }
+                    return Err(format!("attaching at {offset:#x}: {err}"));
+                }
+            }
+        }
+        let a = self.files.entry(key).or_default();
+        a.links.extend(links);
+        a.users.insert(tgid);
+        self.uses.entry(tgid).or_default().insert(key);
+        Ok(())
+    }
+
+    /// Each slot's calls in the last second by its busiest process, from
+    /// the kernel's per-process counts; forgets processes that are gone.
+    fn busiest_process_calls(&mut self) -> Vec<u64> {
+        let mut busiest = vec![0u64; self.sampling.len()];
+        let mut seen = HashMap::new();
+        for (key, total) in self.process_calls.iter().filter_map(Result::ok) {
+            let slot = (key & 0xffff_ffff) as usize;
+            let recent =
+                total.saturating_sub(self.last_process_calls.get(&key).copied().unwrap_or(0));
+            if let Some(b) = busiest.get_mut(slot) {
+                *b = (*b).max(recent);
+            }
+            seen.insert(key, total);
+        }
+        let gone: Vec<u64> = seen
+            .keys()
+            .filter(|key| !self.uses.contains_key(&((*key >> 32) as u32)))
+            .copied()
+            .collect();
+        for key in gone {
+            let _ = self.process_calls.remove(&key);
+            seen.remove(&key);
+        }
+        self.last_process_calls = seen;
+        busiest
+    }
+
+    /// Once a second: compares each budgeted slot's calls in the last
+    /// second by its busiest process with the budget, and pauses or
+    /// resumes the slot. A paused slot is detached from every file; the
+    /// caller's next look at the processes attaches resumed ones again.
+    ///
+    /// Returns whether each slot was attached during the second that just
+    /// ended, and the slots whose duty cycle changed.
+    pub fn enforce_budget(&mut self) -> (Vec<bool>, Vec<BudgetChange>) {
+        let calls = self.busiest_process_calls();
+        let mut attached = Vec::with_capacity(self.sampling.len());
+        let mut changes = Vec::new();
+        for (slot, s) in self.sampling.iter_mut().enumerate() {
+            attached.push(s.idle == 0);
+            if !self.budgeted[slot] {
+                continue;
+            }
+            let recent = calls.get(slot).copied().unwrap_or(0);
+            if s.idle == 0 {
+                // Attached this past second: set the duty cycle.
+                let every = recent.div_ceil(self.budget).clamp(1, 60) as u32;
+                if every != s.every {
+                    changes.push(BudgetChange {
+                        slot,
+                        calls_per_second: recent,
+                        every,
+                    });
+                }
+                s.every = every;
+                if every > 1 {
+                    s.idle = 1;
+                }
+            } else if s.idle + 1 >= s.every {
+                s.idle = 0;
+            } else {
+                s.idle += 1;
+            }
+        }
+        let paused: Vec<usize> = (0..self.sampling.len())
+            .filter(|i| self.sampling[*i].idle > 0)
+            .collect();
+        if !paused.is_empty()
+            && let Ok(mut probes) = self.probes.lock()
+            && let Some((enter, exit)) = probes.uprobe_pair(self.programs)
+        {
+            for a in self.files.values_mut() {
+                let (pause, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut a.links)
+                    .into_iter()
+                    .partition(|l| paused.contains(&l.slot));
+                a.links = keep;
+                for l in pause {
+                    let _ = enter.detach(l.enter);
+                    let _ = exit.detach(l.exit);
+                }
+            }
+        }
+        (attached, changes)
+    }
+
+    /// The share of calls each slot sees: 1 when probed in full, 1/N when
+    /// attached one second in N.
+    pub fn sampling_ratios(&self) -> Vec<f64> {
+        self.sampling.iter().map(|s| 1.0 / s.every as f64).collect()
+    }
+
+    /// A process left: detach from files no traced process uses any more.
+    pub fn forget(&mut self, tgid: u32) {
+        let Some(keys) = self.uses.remove(&tgid) else {
+            return;
+        };
+        for key in keys {
+            let Some(a) = self.files.get_mut(&key) else {
+                continue;
+            };
+            a.users.remove(&tgid);
+            if !a.users.is_empty() {
+                continue;
+            }
+            if let Some(a) = self.files.remove(&key)
+                && let Ok(mut probes) = self.probes.lock()
+                && let Some((enter, exit)) = probes.uprobe_pair(self.programs)
+            {
+                for l in a.links {
+                    let _ = enter.detach(l.enter);
+                    let _ = exit.detach(l.exit);
+                }
+                log::debug!("detached {:?} from file {key:?}", self.programs);
+            }
+        }
+    }
+
+    /// Files carrying probes now.
+    pub fn probed_files(&self) -> usize {
+        self.files.values().filter(|a| !a.links.is_empty()).count()
+    }
+
+    /// Whether `tgid` uses any probed file.
+    pub fn uses_any(&self, tgid: u32) -> bool {
+        self.uses.get(&tgid).is_some_and(|k| !k.is_empty())
+    }
+}

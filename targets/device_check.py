@@ -1,0 +1,192 @@
+"""The GPU half of scripts/device-check: a PyTorch workload with a known
+number of kernel launches, graph launches and synchronizations, checked
+against what gapscoped counted and against nvidia-smi.
+
+    python3 targets/device_check.py baseline
+        times the launch loop with nothing attached (prints ns per launch)
+    python3 targets/device_check.py traced PORT BASELINE_NS
+        the same loop and the known workload while gapscoped (on PORT)
+        traces this process; prints the table
+
+Only the standard library and torch: it runs on the GPU machine as is.
+"""
+
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+import torch
+
+LOOP = 50_000  # launches in the timed loop
+ADDS = 20_000  # known launches counted against gapscoped
+SYNCS = 500  # torch.cuda.synchronize() calls
+GRAPH_REPLAYS = 200  # replays of a captured 10-kernel graph
+BURN_S = 10.0  # matrix products for the energy check
+IDLE_S = 6.0  # the silent phase for the idle check
+
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
+
+
+def scrape(port):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = []
+    for line in text.splitlines():
+        m = SAMPLE.match(line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
+        out.append((m.group(1), labels, float(m.group(4))))
+    return out
+
+
+def total(samples, name, **labels):
+    return sum(v for n, l, v in samples if n == name and all(l.get(k) == w for k, w in labels.items()))
+
+
+def launch_loop(x, n):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        x.add_(1)
+    t1 = time.perf_counter_ns()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n
+
+
+def post(port, body):
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/annotations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    return json.loads(urllib.request.urlopen(req, timeout=10).read())
+
+
+def smi():
+    fields = "utilization.gpu,power.draw,clocks.sm,clocks.mem,temperature.gpu,memory.used,memory.total"
+    out = subprocess.run(
+        ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits", "-i", "0"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return [float(v) if v.strip() not in ("[N/A]", "N/A") else float("nan") for v in out.split(",")]
+
+
+def row(name, ours, reference, unit=""):
+    ratio = ours / reference if reference else float("nan")
+    print(f"| {name:<44} | {ours:>14.4g} | {reference:>14.4g} | {ratio:>7.3f} | {unit}")
+
+
+def main():
+    mode = sys.argv[1]
+    x = torch.zeros(1024, device="cuda")
+    for _ in range(1000):  # warm up: lazy module loading, the allocator
+        x.add_(1)
+    torch.cuda.synchronize()
+    if mode == "baseline":
+        print(json.dumps({"ns_per_launch": min(launch_loop(x, LOOP) for _ in range(3))}))
+        return
+    port, baseline_ns = int(sys.argv[2]), float(sys.argv[3])
+    # gapscoped picks up libcuda within a second of it being mapped.
+    deadline = time.time() + 10
+    while total(scrape(port), "gapscope_cuda_probed_files") < 1 and time.time() < deadline:
+        time.sleep(0.2)
+    before = scrape(port)
+    probed_ns = min(launch_loop(x, LOOP) for _ in range(3))
+
+    # Known work, counted between two scrapes.
+    start = scrape(port)
+    for _ in range(ADDS):
+        x.add_(1)
+    for _ in range(SYNCS):
+        torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        with torch.cuda.graph(g):
+            for _ in range(10):
+                x.add_(1)
+    torch.cuda.synchronize()
+    mid = scrape(port)
+    for _ in range(GRAPH_REPLAYS):
+        g.replay()
+    torch.cuda.synchronize()
+    time.sleep(1.5)  # one budget tick, so the estimate includes every second
+    end = scrape(port)
+
+    def delta(name, a=start, b=end, **labels):
+        return total(b, name, **labels) - total(a, name, **labels)
+
+    print("\n## CUDA calls: gapscoped against the workload's own count\n")
+    print(f"| {'quantity':<44} | {'gapscoped':>14} | {'workload':>14} | {'ratio':>7} |")
+    # The adds, and the 10 launches recorded (not run) by the graph capture.
+    known = ADDS + 10
+    row(
+        "runtime cudaLaunchKernel",
+        delta("gapscope_cuda_launches_total", start, mid, entry="cudaLaunchKernel"),
+        known,
+        "launches",
+    )
+    row(
+        "driver launches, all entries",
+        delta("gapscope_cuda_launches_total", start, mid, api="driver"),
+        known,
+        "launches (runtime launches reach the driver)",
+    )
+    row("runtime graph launches", delta("gapscope_cuda_graph_launches_total", mid, end, api="runtime"), GRAPH_REPLAYS, "replays")
+    row(
+        "cudaDeviceSynchronize calls",
+        delta("gapscope_cuda_host_sync_wait_seconds_count", call="cudaDeviceSynchronize"),
+        SYNCS + 2,
+        "calls (+2: after the capture and the replays; torch.cuda.graph may add its own)",
+    )
+    ratio = total(end, "gapscope_cuda_launch_sampling_ratio", entry="cudaLaunchKernel")
+    print(f"\nlaunch sampling ratio at the end: {ratio} (1: every launch counted)")
+    print(f"per launch: {baseline_ns:.0f} ns without gapscoped, {probed_ns:.0f} ns probed: "
+          f"{probed_ns - baseline_ns:.0f} ns per probed launch (both entry points)")
+    probed = delta("gapscope_cuda_launch_call_duration_seconds_count", before, start, service="device-check")
+    print(f"launch-probe hits during the timed loops: {probed:.0f}")
+
+    # NVML against nvidia-smi, read at the same moment, under load.
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    energy0 = total(scrape(port), "gapscope_gpu_energy_joules_total", gpu="0")
+    powers = []
+    t0 = time.time()
+    while time.time() - t0 < BURN_S:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize()
+        m = scrape(port)
+        ref = smi()
+        powers.append(ref[1])
+    elapsed = time.time() - t0
+    energy1 = total(scrape(port), "gapscope_gpu_energy_joules_total", gpu="0")
+    print("\n## NVML through gapscoped against nvidia-smi (same moment, under load)\n")
+    print(f"| {'quantity':<44} | {'gapscoped':>14} | {'nvidia-smi':>14} | {'ratio':>7} |")
+    g0 = lambda name: total(m, name, gpu="0")
+    row("utilization", g0("gapscope_gpu_utilization_ratio") * 100, ref[0], "%")
+    row("power", g0("gapscope_gpu_power_watts"), ref[1], "W")
+    row("SM clock", g0("gapscope_gpu_sm_clock_hertz") / 1e6, ref[2], "MHz")
+    row("memory clock", g0("gapscope_gpu_memory_clock_hertz") / 1e6, ref[3], "MHz")
+    row("temperature", g0("gapscope_gpu_temperature_celsius"), ref[4], "C")
+    row("memory used", g0("gapscope_gpu_memory_used_bytes") / 2**20, ref[5], "MiB")
+    row("memory total", g0("gapscope_gpu_memory_total_bytes") / 2**20, ref[6], "MiB")
+    row("energy counter delta vs mean power x time", energy1 - energy0, sum(powers) / len(powers) * elapsed, "J")
+
+    # The idle check: a silent phase with the model's memory still held.
+    del a
+    post(port, {"phase": "device-check-idle", "kind": "silence", "event": "start", "run_id": "dc"})
+    time.sleep(IDLE_S)
+    check = post(port, {"phase": "device-check-idle", "kind": "silence", "event": "end", "run_id": "dc"})
+    print("\n## idle check\n")
+    print(json.dumps(check.get("idle_check"), indent=1))
+
+    busy = [l for n, l, v in end if n == "gapscope_cuda_host_sync_wait_seconds_count" and v > 0]
+    print("\nhost-sync calls seen:", sorted({(l.get("api"), l.get("call")) for l in busy}))
+
+
+if __name__ == "__main__":
+    main()
