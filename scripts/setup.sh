@@ -77,4 +77,39 @@ if ! "$venv/bin/python" -c "import aiohttp" 2>/dev/null; then
   "$venv/bin/pip" install -q --disable-pip-version-check aiohttp==3.13.2
 fi
 
+# --- CUPTI headers (no CUDA here): the layout check of gapscope-cupti-sys ----
+# The real headers of three CUPTI releases, from NVIDIA's PyPI wheels,
+# unpacked into .cache/cuda-headers/NAME/include (cupti-sys/tests/layout.rs),
+# and their libcupti into NAME/lib (inject/tests/stand_down.rs).
+headers=.cache/cuda-headers
+fetch_headers() { # NAME WHEEL-SPEC...
+  local name=$1; shift
+  [ -f "$headers/$name/.done-with-lib" ] && return
+  say "fetching CUDA headers $name ($*)"
+  rm -rf "$headers/$name" && mkdir -p "$headers/$name/wheels" "$headers/$name/include"
+  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$headers/$name/wheels" "$@"
+  "$venv/bin/python" - "$headers/$name" <<'PY'
+import pathlib, sys, zipfile
+out = pathlib.Path(sys.argv[1])
+for wheel in (out / "wheels").glob("*.whl"):
+    with zipfile.ZipFile(wheel) as z:
+        for n in z.namelist():
+            parts = n.split("/")
+            if "include" in parts and not n.endswith("/"):
+                rel = parts[parts.index("include") + 1:]
+                dest = out / "include" / pathlib.Path(*rel)
+            elif "lib" in parts and parts[-1].startswith("libcupti.so"):
+                dest = out / "lib" / parts[-1]
+            else:
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(z.read(n))
+PY
+  rm -rf "$headers/$name/wheels"
+  touch "$headers/$name/.done-with-lib"
+}
+fetch_headers cupti-12.0 nvidia-cuda-cupti-cu12==12.0.146 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-crt==13.5.37
+fetch_headers cupti-12.9 nvidia-cuda-cupti-cu12==12.9.79 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-crt==13.5.37
+fetch_headers cupti-13.5 nvidia-cuda-cupti==13.5.25 nvidia-cuda-runtime==13.5.37 nvidia-cuda-crt==13.5.37
+
 say "setup complete"

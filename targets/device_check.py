@@ -7,6 +7,12 @@ against what gapscoped counted and against nvidia-smi.
     python3 targets/device_check.py traced PORT BASELINE_NS
         the same loop and the known workload while gapscoped (on PORT)
         traces this process; prints the table
+    python3 targets/device_check.py deep PORT
+        with CUDA_INJECTION64_PATH set: kernels recorded vs launched, busy
+        time vs CUDA events, CUPTI's clock against CLOCK_MONOTONIC
+    python3 targets/device_check.py decode
+        a decode-like loop of small kernels (steps per second), run with
+        and without the injection library to measure its cost
 
 Only the standard library and torch: it runs on the GPU machine as is.
 """
@@ -188,5 +194,84 @@ def main():
     print("\nhost-sync calls seen:", sorted({(l.get("api"), l.get("call")) for l in busy}))
 
 
+def decode_loop(seconds=3.0):
+    """A decode-like loop of small kernels: steps per second."""
+    x = torch.randn(4096, device="cuda")
+    w = torch.randn(64, 4096, device="cuda")
+    for _ in range(200):
+        torch.nn.functional.silu(w @ x)
+    torch.cuda.synchronize()
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(50):
+            torch.nn.functional.silu(w @ x) * 0.5 + 1.0
+        torch.cuda.synchronize()
+        steps += 50
+    return steps / (time.perf_counter() - t0)
+
+
+def deep(port):
+    """CUPTI deep mode: run with CUDA_INJECTION64_PATH set, gapscoped on PORT."""
+    x = torch.zeros(1024, device="cuda")
+    torch.cuda.synchronize()
+    deadline = time.time() + 10
+    while total(scrape(port), "gapscope_inject_connections") < 1 and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    before = scrape(port)
+    sleeps, adds = 200, 2000
+    cycles = 100_000  # a spin kernel of about 50 us at 2 GHz
+    start_evt, end_evt = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0 = time.monotonic_ns()
+    start_evt.record()
+    for _ in range(sleeps):
+        torch.cuda._sleep(cycles)
+    for _ in range(adds):
+        x.add_(1)
+    end_evt.record()
+    torch.cuda.synchronize()
+    t1 = time.monotonic_ns()
+    gpu_ms = start_evt.elapsed_time(end_evt)
+    time.sleep(1.5)  # flush (100 ms) + reorder window (500 ms)
+    after = scrape(port)
+
+    def d(name, **labels):
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    kernels = d("gapscope_gpu_kernel_duration_seconds_count", service="device-check")
+    busy = d("gapscope_gpu_busy_seconds_total", service="device-check")
+    print("\n## CUPTI deep mode\n")
+    print(f"| {'quantity':<44} | {'gapscoped':>14} | {'workload':>14} | {'ratio':>7} |")
+    row("kernels recorded vs launched", kernels, sleeps + adds, "kernels")
+    row("GPU busy vs CUDA events (same window)", busy * 1e3, gpu_ms, "ms")
+    # Clock alignment: one long kernel on an idle GPU, bracketed on the host.
+    time.sleep(0.5)
+    h0 = time.monotonic_ns()
+    torch.cuda._sleep(20_000_000)
+    torch.cuda.synchronize()
+    h1 = time.monotonic_ns()
+    time.sleep(1.5)
+    body = urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/api/v1/intervals?service=device-check&kind=gpu_busy&since_ns={h0}", timeout=10
+    ).read()
+    stretches = [i for i in json.loads(body)["intervals"] if i["start_ns"] >= h0 - 50_000_000]
+    if stretches:
+        s0 = stretches[0]
+        print(f"\nclock alignment: kernel started {(s0['start_ns'] - h0) / 1e3:.1f} us after the host's launch "
+              f"timestamp and ended {(h1 - s0['end_ns']) / 1e3:.1f} us before the host saw it end "
+              "(both must be >= 0; the first is launch latency plus clock offset)")
+    else:
+        print("\nclock alignment: no gpu_busy interval found after the bracket (deep mode not recording?)")
+    modes = {l.get("mode"): v for n, l, v in after if n == "gapscope_inject_clock_mode_connections"}
+    print(f"clock mode: {modes}")
+    top = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/kernels?service=device-check&limit=5", timeout=10).read())
+    print("top kernels:", [(k["class"], k["count"], k["name"][:60]) for k in top["kernels"]])
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "deep":
+        deep(int(sys.argv[2]))
+    elif sys.argv[1] == "decode":
+        print(json.dumps({"steps_per_second": decode_loop()}))
+    else:
+        main()

@@ -24,8 +24,22 @@ pub struct Config {
     pub timeline: TimelineConfig,
     pub cuda: CudaConfig,
     pub nvml: NvmlConfig,
+    pub inject: InjectConfig,
     pub services: Vec<ServiceConfig>,
 }
+
+/// CUPTI deep mode's socket.
+#[derive(Debug, Clone)]
+pub struct InjectConfig {
+    pub enabled: bool,
+    pub socket: crate::deep::socket::SocketConfig,
+    /// How late a record may arrive and still be placed in time: busy
+    /// stretches are made final this long after their end.
+    pub reorder_window: Duration,
+}
+
+/// Where the injection library looks for gapscoped unless told otherwise.
+pub const DEFAULT_INJECT_SOCKET: &str = "/run/gapscope/inject.sock";
 
 /// The CUDA API uprobes.
 #[derive(Debug, Clone, Copy)]
@@ -110,7 +124,23 @@ struct RawConfig {
     #[serde(default)]
     nvml: RawNvml,
     #[serde(default)]
+    inject: RawInject,
+    #[serde(default)]
     service: Vec<RawService>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInject {
+    enabled: Option<bool>,
+    socket: Option<String>,
+    #[serde(default)]
+    allowed_uids: Vec<u32>,
+    #[serde(default)]
+    allowed_gids: Vec<u32>,
+    max_peers: Option<usize>,
+    max_frames_per_second: Option<u32>,
+    reorder_window_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -259,6 +289,7 @@ impl Config {
             timeline: parse_timeline(raw.timeline)?,
             cuda: parse_cuda(raw.cuda)?,
             nvml: parse_nvml(raw.nvml)?,
+            inject: parse_inject(raw.inject)?,
             services,
         })
     }
@@ -321,6 +352,48 @@ fn parse_cuda(raw: RawCuda) -> Result<CudaConfig, UsageError> {
 /// What one probed launch (uprobe and uretprobe) cost on the development
 /// VM: 2.84 µs measured by `bench/cuda_probe_cost`, rounded up.
 const DEFAULT_PROBE_COST_US: f64 = 3.0;
+
+fn parse_inject(raw: RawInject) -> Result<InjectConfig, UsageError> {
+    let path = raw.socket.unwrap_or_else(|| DEFAULT_INJECT_SOCKET.into());
+    if !path.starts_with('/') || path.len() > 100 {
+        return Err(UsageError::new(
+            format!("inject.socket = {path:?} is not usable"),
+            "give an absolute path of at most 100 bytes (a Unix socket's limit is 108)",
+        ));
+    }
+    let max_peers = raw.max_peers.unwrap_or(256);
+    if !(1..=4096).contains(&max_peers) {
+        return Err(UsageError::new(
+            format!("inject.max_peers = {max_peers} is out of range"),
+            "use 1 to 4096 (default 256)",
+        ));
+    }
+    let rate = raw.max_frames_per_second.unwrap_or(2000);
+    if !(1..=1_000_000).contains(&rate) {
+        return Err(UsageError::new(
+            format!("inject.max_frames_per_second = {rate} is out of range"),
+            "use 1 to 1000000 (default 2000; a frame carries up to 26,000 records)",
+        ));
+    }
+    let window = raw.reorder_window_ms.unwrap_or(500);
+    if !(10..=60_000).contains(&window) {
+        return Err(UsageError::new(
+            format!("inject.reorder_window_ms = {window} is out of range"),
+            "use 10 to 60000 (default 500: the injection library flushes every 100 ms)",
+        ));
+    }
+    Ok(InjectConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        socket: crate::deep::socket::SocketConfig {
+            path: path.into(),
+            allowed_uids: raw.allowed_uids,
+            allowed_gids: raw.allowed_gids,
+            max_peers,
+            max_frames_per_second: rate,
+        },
+        reorder_window: Duration::from_millis(window),
+    })
+}
 
 fn parse_nvml(raw: RawNvml) -> Result<NvmlConfig, UsageError> {
     let interval_ms = raw.interval_ms.unwrap_or(1000);

@@ -11,8 +11,10 @@ use tokio::{
 
 use crate::{
     bpf::{self, caps},
+    clock::monotonic_ns,
     config::Config,
     cuda::CudaTracker,
+    deep::{self, Ingest},
     discovery::Targets,
     error::UsageError,
     gpu::{self, GpuState, IdleChecks},
@@ -51,6 +53,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     })?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    let inject_listener = if config.inject.enabled {
+        Some(deep::socket::bind(&config.inject.socket.path)?)
+    } else {
+        None
+    };
 
     let bpf::Attached {
         probes,
@@ -109,6 +116,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         lock_gpu(&gpu).down_reason = Some("disabled by [nvml] enabled = false".into());
         None
     };
+    let deep = inject_listener.map(|listener| {
+        let shared = deep::socket::Shared {
+            config: Arc::new(config.inject.socket.clone()),
+            ingest: Arc::new(Mutex::new(Ingest::new(
+                config.timeline.min_interval.as_nanos() as u64,
+            ))),
+            stats: Default::default(),
+            targets: targets.clone(),
+        };
+        log::info!(
+            "deep mode: listening on {} for the injection library",
+            config.inject.socket.path.display()
+        );
+        tokio::spawn(deep::socket::serve(listener, shared.clone()));
+        shared
+    });
     let exporter = Arc::new(Exporter {
         services,
         maps,
@@ -117,6 +140,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         timeline: timeline.clone(),
         annotations: Default::default(),
         gpu,
+        deep: deep.clone(),
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let server =
@@ -137,6 +161,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("watching the timeline ring buffer: {e}"))?;
     let mut rescan = tokio::time::interval(config.daemon.rescan_interval);
     let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
+    // Busy stretches settle once the reorder window has passed them.
+    let mut settle = tokio::time::interval(std::time::Duration::from_millis(100));
+    let reorder_ns = config.inject.reorder_window.as_nanos() as u64;
     let watchdog_every = notify::watchdog_interval();
     let mut watchdog =
         tokio::time::interval(watchdog_every.unwrap_or(std::time::Duration::from_secs(3600)));
@@ -149,6 +176,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             _ = sigint.recv() => { log::info!("SIGINT: detaching"); break; }
             _ = rescan.tick() => lock(&targets).rescan(),
             _ = every_second.tick() => lock(&targets).every_second(),
+            _ = settle.tick(), if deep.is_some() => {
+                if let Some(d) = &deep {
+                    let mut ingest = d.ingest.lock().unwrap_or_else(|p| p.into_inner());
+                    ingest.advance(monotonic_ns().saturating_sub(reorder_ns));
+                    if !ingest.timeline.is_empty() {
+                        let mut t = timeline.lock().unwrap_or_else(|p| p.into_inner());
+                        for i in ingest.timeline.drain(..) {
+                            t.push(i);
+                        }
+                    }
+                }
+            }
             _ = watchdog.tick(), if watchdog_every.is_some() => notify::send("WATCHDOG=1"),
             guard = events.readable_mut() => {
                 let mut guard = guard?;
@@ -187,6 +226,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     drop(intervals);
     drop(targets);
     drop(collector);
+    if deep.is_some() {
+        let _ = std::fs::remove_file(&config.inject.socket.path);
+    }
+    drop(deep);
     // The exporter owns the programs; the HTTP server held the only other
     // reference and has stopped, so this drop detaches and unloads them.
     match Arc::try_unwrap(exporter) {

@@ -27,6 +27,7 @@ pub fn router(exporter: Arc<Exporter>) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/v1/intervals", get(intervals))
         .route("/api/v1/idle-checks", get(idle_checks))
+        .route("/api/v1/kernels", get(kernels))
         .route(
             "/api/v1/annotations",
             get(list_annotations).post(add_annotation),
@@ -110,6 +111,46 @@ async fn idle_checks(State(ex): State<Arc<Exporter>>) -> Response {
     Json(json!({ "nvml_down": down, "idle_checks": checks })).into_response()
 }
 
+/// `GET /api/v1/kernels?service=NAME&limit=N`: the kernels CUPTI deep mode
+/// recorded for a service, by total GPU time, with their exact names
+/// (which metric labels never carry).
+async fn kernels(
+    State(ex): State<Arc<Exporter>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let fix = "use service=NAME (a [[service]] name) and optionally limit=1..1000";
+    let Some(name) = params.get("service") else {
+        return bad_request("service is missing".into(), fix);
+    };
+    let Some(service) = ex.services.iter().position(|s| &s.name == name) else {
+        return bad_request(format!("no service named {name:?}"), fix);
+    };
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => 20,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => return bad_request("limit is out of range".into(), fix),
+    };
+    if let Some(unknown) = params.keys().find(|k| *k != "service" && *k != "limit") {
+        return bad_request(format!("unknown parameter {unknown:?}"), fix);
+    }
+    let top = match &ex.deep {
+        Some(d) => d
+            .ingest
+            .lock()
+            .map(|i| i.top_kernels(service as u32, limit))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let list: Vec<Value> = top
+        .into_iter()
+        .map(|(name, t)| {
+            json!({ "name": name, "class": t.class, "count": t.count, "total_ns": t.total_ns })
+        })
+        .collect();
+    Json(json!({ "service": name, "deep_mode": ex.deep.is_some(), "kernels": list }))
+        .into_response()
+}
+
 /// An idle check as JSON, each GPU process with the service it belongs to
 /// (or null when gapscoped does not trace it).
 fn with_services(ex: &Exporter, check: IdleCheck) -> Value {
@@ -141,7 +182,7 @@ fn bad_request(problem: String, fix: &str) -> Response {
         .into_response()
 }
 
-const INTERVAL_PARAMS: &str = "use service=NAME, kind=gil_wait|serialization|host_sync, since_ns=CLOCK_MONOTONIC ns, limit=1..100000";
+const INTERVAL_PARAMS: &str = "use service=NAME, kind=gil_wait|serialization|host_sync|gpu_busy, since_ns=CLOCK_MONOTONIC ns, limit=1..100000";
 
 /// `GET /api/v1/intervals?service=&kind=&since_ns=&limit=`: the long stalls
 /// in the timeline window, oldest first (the newest `limit` when more).
@@ -165,7 +206,9 @@ async fn intervals(
                 }
             },
             "kind" => match value.as_str() {
-                "gil_wait" | "serialization" | "host_sync" => kind = Some(value.clone()),
+                "gil_wait" | "serialization" | "host_sync" | "gpu_busy" => {
+                    kind = Some(value.clone())
+                }
                 _ => return bad_request(format!("unknown kind {value:?}"), INTERVAL_PARAMS),
             },
             "since_ns" => match value.parse() {

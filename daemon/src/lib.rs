@@ -6,7 +6,8 @@
 //! owns the maps) → `metrics` (decodes the maps at scrape time) → `http`.
 //! `discovery` decides which processes are traced; `python` finds their
 //! interpreters and GILs; `cuda` probes the CUDA libraries they map;
-//! `gpu` reads the GPUs through NVML.
+//! `gpu` reads the GPUs through NVML; `deep` takes CUPTI records from the
+//! injection library.
 
 pub mod annotations;
 pub mod bpf;
@@ -15,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod cuda;
 pub mod daemon;
+pub mod deep;
 pub mod discovery;
 pub mod error;
 pub mod gpu;

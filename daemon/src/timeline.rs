@@ -15,6 +15,7 @@ pub fn kind_name(kind: u32) -> &'static str {
         interval_kind::GIL_WAIT => "gil_wait",
         interval_kind::SERIALIZATION => "serialization",
         interval_kind::HOST_SYNC => "host_sync",
+        interval_kind::GPU_BUSY => "gpu_busy",
         _ => "unknown",
     }
 }

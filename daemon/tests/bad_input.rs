@@ -109,6 +109,26 @@ fn malformed_configs_exit_2_with_their_message() {
             "unknown field `intervall_ms`",
         ),
         (
+            "relative socket path",
+            format!("[inject]\nsocket = \"inject.sock\"\n{SERVICE}"),
+            "inject.socket = \"inject.sock\" is not usable",
+        ),
+        (
+            "frame rate zero",
+            format!("[inject]\nmax_frames_per_second = 0\n{SERVICE}"),
+            "inject.max_frames_per_second = 0 is out of range",
+        ),
+        (
+            "reorder window too short",
+            format!("[inject]\nreorder_window_ms = 1\n{SERVICE}"),
+            "inject.reorder_window_ms = 1 is out of range",
+        ),
+        (
+            "uid not a number",
+            format!("[inject]\nallowed_uids = [\"www-data\"]\n{SERVICE}"),
+            "invalid type",
+        ),
+        (
             "bad regex",
             "[[service]]\nname = \"s\"\ncmdline = \"python(\"\n".into(),
             "cmdline regex \"python(\" is invalid",
@@ -231,6 +251,25 @@ fn port_in_use_exits_2_and_attaches_nothing() {
         "{stderr}"
     );
     assert!(stderr.contains("fix:"), "{stderr}");
+    assert_eq!(our_programs_loaded(), before, "nothing left attached");
+}
+
+#[test]
+fn a_file_where_the_socket_goes_exits_2_and_attaches_nothing() {
+    let _g = serial();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let before = our_programs_loaded();
+    let (code, stderr) = run_with(&format!(
+        "[daemon]\nlisten = \"127.0.0.1:{}\"\n[inject]\nsocket = \"{}\"\n{SERVICE}",
+        gapscope_testkit::free_port(),
+        file.path().display()
+    ));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("exists and is not a socket") && stderr.contains("fix:"),
+        "{stderr}"
+    );
+    assert!(file.path().is_file(), "the file is left alone");
     assert_eq!(our_programs_loaded(), before, "nothing left attached");
 }
 

@@ -138,8 +138,14 @@ impl Daemon {
 
     pub fn start_with(services: &str, daemon_extra: &str) -> Daemon {
         let port = free_port();
+        // Each daemon its own deep-mode socket, unless the test sets one.
+        let inject = if daemon_extra.contains("[inject]") || services.contains("[inject]") {
+            String::new()
+        } else {
+            format!("\n[inject]\nsocket = \"/tmp/gapscope-test-{port}.sock\"\n")
+        };
         let config = write_config(&format!(
-            "[daemon]\nlisten = \"127.0.0.1:{port}\"\n{daemon_extra}\n{services}"
+            "[daemon]\nlisten = \"127.0.0.1:{port}\"\n{daemon_extra}\n{services}{inject}"
         ));
         let log = std::env::temp_dir().join(format!("gapscoped-test-{port}.log"));
         let child = Command::new(gapscoped_bin())
@@ -336,12 +342,18 @@ pub struct Workload {
 
 impl Workload {
     pub fn spawn(program: &std::path::Path, args: &[&str]) -> Workload {
-        let mut child = Command::new(program)
-            .args(args)
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        Self::spawn_command(cmd)
+    }
+
+    /// Spawns a prepared command (another user, another environment).
+    pub fn spawn_command(mut cmd: Command) -> Workload {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let mut w = Workload {
@@ -405,6 +417,16 @@ impl Workload {
 
 pub mod fake_cuda;
 pub mod stream_server;
+
+/// The deep-mode test sender (`src/bin/wire_sender.rs`).
+pub fn wire_sender_bin() -> PathBuf {
+    built_binary("gapscope-wire-sender")
+}
+
+/// The injection library's transport driver (`inject/src/bin/transport_probe.rs`).
+pub fn transport_probe_bin() -> PathBuf {
+    built_binary("gapscope-inject-transport-probe")
+}
 
 /// The load generator binary, built by cargo next to the tests.
 pub fn loadgen_bin() -> PathBuf {

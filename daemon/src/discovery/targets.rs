@@ -73,6 +73,11 @@ impl Targets {
         self.map.iter().filter_map(Result::ok).collect()
     }
 
+    /// The service tracing `tgid`, if any (one map lookup).
+    pub fn service_of(&self, tgid: u32) -> Option<u32> {
+        self.map.get(&tgid, 0).ok()
+    }
+
     /// Processes traced per service id.
     pub fn counts(&self) -> Vec<u64> {
         let mut counts = vec![0u64; self.services.len()];

@@ -4,6 +4,8 @@
 //! readings taken during a phase the load generator marked silent into a
 //! measured answer to "did the GPU return to idle?".
 
+pub mod busy;
+pub mod classify;
 pub mod idle;
 pub mod nvml;
 pub mod sample;

@@ -3,6 +3,7 @@
 //! the times are part of the same scrape.
 
 mod cuda;
+mod deep;
 mod family;
 mod gpu;
 mod kernel;
@@ -39,6 +40,9 @@ pub struct Exporter {
     pub annotations: Mutex<Annotations>,
     /// The NVML collector's readings and idle checks.
     pub gpu: Arc<Mutex<GpuState>>,
+    /// CUPTI deep mode's socket and what it ingested (None: `[inject]
+    /// enabled = false`).
+    pub deep: Option<crate::deep::socket::Shared>,
 }
 
 type Source = fn(&Exporter) -> Vec<Family>;
@@ -50,6 +54,7 @@ const SOURCES: &[(&str, Source)] = &[
     ("timeline", timeline::collect),
     ("cuda", cuda::collect),
     ("nvml", gpu::collect),
+    ("deep", deep::collect),
     ("self", selfmon::collect),
 ];
 

@@ -369,6 +369,10 @@ pub mod interval_kind {
     /// event synchronization, a synchronous copy); `detail` is the CUDA
     /// probe slot.
     pub const HOST_SYNC: u32 = 3;
+    /// A stretch in which a GPU was busy (kernels, copies, memsets from
+    /// CUPTI deep mode, gaps shorter than the threshold bridged);
+    /// `detail` is the CUDA device. Not sent by the kernel programs.
+    pub const GPU_BUSY: u32 = 4;
 }
 
 /// CUDA API probe slots a daemon can attach (each one entry point and its

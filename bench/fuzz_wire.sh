@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Fuzzes the wire frame decoder (wire/fuzz, cargo-fuzz) for a bounded time
+# and writes bench/results/fuzz_wire.json. Installs cargo-fuzz when missing.
+# Usage: bench/fuzz_wire.sh [SECONDS]   (default 60)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-60}
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+mkdir -p bench/results
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+start=$(date +%s)
+status=0
+(cd wire/fuzz && cargo +nightly fuzz run decode -- -max_total_time="$seconds" -rss_limit_mb=2048) 2>&1 | tee "$log" || status=$?
+runs=$(grep -oE '#[0-9]+' "$log" | tail -1 | tr -d '#')
+cat >bench/results/fuzz_wire.json <<JSON
+{"benchmark": "fuzz_wire", "target": "decode", "seconds": $(( $(date +%s) - start )), "executions": ${runs:-0}, "crashed": $([ "$status" -eq 0 ] && echo false || echo true)}
+JSON
+cat bench/results/fuzz_wire.json
+exit "$status"

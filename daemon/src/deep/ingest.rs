@@ -1,0 +1,467 @@
+//! GPU activity records into statistics. One `Ingest` serves every
+//! connection; each connection (a process) has its own kernel names and
+//! correlation table, and statistics are kept per (service, device).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use gapscope_ebpf_common::{Interval, Log2Hist, interval_kind};
+use gapscope_wire::{ClockMode, Frame, Hello, Record, RecordKind, copy};
+
+use crate::gpu::{busy::BusyTracker, classify};
+
+/// Kernel names kept per connection (names beyond it count as unnamed).
+const MAX_NAMES: usize = 65_536;
+/// API calls remembered while their kernel is awaited, per connection.
+const MAX_CORRELATIONS: usize = 65_536;
+/// Distinct kernel names kept per service for the top list.
+const MAX_TOP_NAMES: usize = 4096;
+
+/// The `direction` label of a copy.
+pub fn direction(detail: u8) -> &'static str {
+    match detail {
+        copy::HOST_TO_DEVICE => "host_to_device",
+        copy::DEVICE_TO_HOST => "device_to_host",
+        copy::DEVICE_TO_DEVICE => "device_to_device",
+        copy::HOST_TO_HOST => "host_to_host",
+        copy::PEER_TO_PEER => "peer_to_peer",
+        _ => "other",
+    }
+}
+
+/// Statistics of one (service, device).
+#[derive(Debug)]
+pub struct DeviceStats {
+    /// Kernel durations by class (the counts are the kernels).
+    pub kernels: BTreeMap<&'static str, Log2Hist>,
+    pub busy: BusyTracker,
+    pub idle_gaps: Log2Hist,
+    /// API call start to kernel start.
+    pub launch_latency: Log2Hist,
+    /// Copy bytes by direction.
+    pub copy_bytes: BTreeMap<&'static str, u64>,
+    pub memset_bytes: u64,
+    pub sync_wait: Log2Hist,
+    /// A busy stretch being grown for the timeline: gaps shorter than
+    /// the timeline's threshold are not worth an interval boundary.
+    open_stretch: Option<(u64, u64)>,
+}
+
+impl Default for DeviceStats {
+    fn default() -> Self {
+        Self {
+            kernels: BTreeMap::new(),
+            busy: BusyTracker::default(),
+            idle_gaps: Log2Hist::ZERO,
+            launch_latency: Log2Hist::ZERO,
+            copy_bytes: BTreeMap::new(),
+            memset_bytes: 0,
+            sync_wait: Log2Hist::ZERO,
+            open_stretch: None,
+        }
+    }
+}
+
+/// A kernel's name and totals, for the explain API.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct KernelTotals {
+    pub class: &'static str,
+    pub count: u64,
+    pub total_ns: u64,
+}
+
+/// One connected process.
+#[derive(Debug, Default)]
+struct Peer {
+    hello: Option<Hello>,
+    /// Interned name id → (class, name).
+    names: HashMap<u32, (&'static str, String)>,
+    /// correlation → API call start, oldest first for eviction.
+    api_starts: HashMap<u32, u64>,
+    api_order: VecDeque<u32>,
+    /// correlation → (device, kernel start) of kernels whose API call
+    /// has not arrived yet.
+    kernel_starts: HashMap<u32, (u8, u64)>,
+    kernel_order: VecDeque<u32>,
+}
+
+/// What the ingestion has counted about itself.
+#[derive(Debug, Default, Clone)]
+pub struct IngestCounters {
+    pub frames: BTreeMap<&'static str, u64>,
+    pub records: u64,
+    /// Records the senders said they dropped, and buffers.
+    pub sender_dropped_records: u64,
+    pub sender_dropped_buffers: u64,
+    /// Records from processes no service traces.
+    pub untraced_records: u64,
+    /// Connections by clock mode, now.
+    pub clock_modes: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Default)]
+pub struct Ingest {
+    peers: HashMap<u64, Peer>,
+    pub stats: BTreeMap<(u32, u8), DeviceStats>,
+    pub top: BTreeMap<u32, HashMap<String, KernelTotals>>,
+    pub counters: IngestCounters,
+    /// Busy stretches for the timeline, taken by the daemon's loop.
+    pub timeline: Vec<Interval>,
+    /// Shortest idle gap that ends a timeline busy stretch.
+    min_gap_ns: u64,
+}
+
+impl Ingest {
+    pub fn new(min_gap_ns: u64) -> Self {
+        Self {
+            min_gap_ns,
+            ..Self::default()
+        }
+    }
+
+    /// A connection closed: forget its names and pending correlations.
+    pub fn disconnect(&mut self, peer: u64) {
+        if let Some(p) = self.peers.remove(&peer)
+            && let Some(h) = p.hello
+        {
+            let mode = clock_label(h.clock);
+            if let Some(n) = self.counters.clock_modes.get_mut(mode) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Takes one frame from connection `peer`, from process `tgid`, which
+    /// `service` traces (None: no service does).
+    pub fn frame(&mut self, peer: u64, tgid: u32, service: Option<u32>, frame: Frame) {
+        let kind = match &frame {
+            Frame::Hello(_) => "hello",
+            Frame::Records(_) => "records",
+            Frame::Names(_) => "names",
+            Frame::Dropped { .. } => "dropped",
+        };
+        *self.counters.frames.entry(kind).or_default() += 1;
+        let p = self.peers.entry(peer).or_default();
+        match frame {
+            Frame::Hello(h) => {
+                log::info!(
+                    "deep mode: pid {tgid} ({}) connected, CUDA {} CUPTI {}, clock {}{}",
+                    h.agent,
+                    h.cuda_version,
+                    h.cupti_version,
+                    clock_label(h.clock),
+                    if h.clock == ClockMode::Offset {
+                        format!(" (offset {} ns)", h.clock_offset_ns)
+                    } else {
+                        String::new()
+                    }
+                );
+                *self
+                    .counters
+                    .clock_modes
+                    .entry(clock_label(h.clock))
+                    .or_default() += 1;
+                p.hello = Some(h);
+            }
+            Frame::Names(names) => {
+                for n in names {
+                    if p.names.len() < MAX_NAMES || p.names.contains_key(&n.id) {
+                        p.names.insert(n.id, (classify::class_of(&n.text), n.text));
+                    }
+                }
+            }
+            Frame::Dropped { records, buffers } => {
+                self.counters.sender_dropped_records += records;
+                self.counters.sender_dropped_buffers += buffers;
+            }
+            Frame::Records(records) => {
+                self.counters.records += records.len() as u64;
+                let Some(service) = service else {
+                    self.counters.untraced_records += records.len() as u64;
+                    return;
+                };
+                for r in records {
+                    self.record(peer, service, &r);
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, peer: u64, service: u32, r: &Record) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let stats = self.stats.entry((service, r.device)).or_default();
+        let duration = r.end_ns - r.start_ns;
+        match r.kind {
+            RecordKind::Kernel => {
+                let (class, name) = p
+                    .names
+                    .get(&r.name)
+                    .map_or(("other", "(unnamed)"), |(c, n)| (*c, n.as_str()));
+                stats
+                    .kernels
+                    .entry(class)
+                    .or_insert(Log2Hist::ZERO)
+                    .record(duration);
+                stats.busy.add(r.start_ns, r.end_ns);
+                // A String only for a name not seen yet.
+                let top = self.top.entry(service).or_default();
+                if !top.contains_key(name) && top.len() < MAX_TOP_NAMES {
+                    top.insert(
+                        name.to_string(),
+                        KernelTotals {
+                            class,
+                            ..KernelTotals::default()
+                        },
+                    );
+                }
+                if let Some(t) = top.get_mut(name) {
+                    t.count += 1;
+                    t.total_ns += duration;
+                }
+                match p.api_starts.remove(&r.correlation) {
+                    Some(api_start) => stats
+                        .launch_latency
+                        .record(r.start_ns.saturating_sub(api_start)),
+                    None => remember(
+                        &mut p.kernel_starts,
+                        &mut p.kernel_order,
+                        r.correlation,
+                        (r.device, r.start_ns),
+                    ),
+                }
+            }
+            RecordKind::Memcpy => {
+                *stats.copy_bytes.entry(direction(r.detail)).or_default() += r.bytes;
+                stats.busy.add(r.start_ns, r.end_ns);
+            }
+            RecordKind::Memset => {
+                stats.memset_bytes += r.bytes;
+                stats.busy.add(r.start_ns, r.end_ns);
+            }
+            RecordKind::Sync => stats.sync_wait.record(duration),
+            RecordKind::RuntimeApi | RecordKind::DriverApi => {
+                match p.kernel_starts.remove(&r.correlation) {
+                    Some((device, kernel_start)) => self
+                        .stats
+                        .entry((service, device))
+                        .or_default()
+                        .launch_latency
+                        .record(kernel_start.saturating_sub(r.start_ns)),
+                    None => remember(
+                        &mut p.api_starts,
+                        &mut p.api_order,
+                        r.correlation,
+                        r.start_ns,
+                    ),
+                }
+            }
+            RecordKind::Overhead => {}
+        }
+    }
+
+    /// Makes final every busy stretch before `watermark_ns`: busy time,
+    /// idle gaps, and timeline intervals for stretches separated by gaps
+    /// of at least the timeline threshold.
+    pub fn advance(&mut self, watermark_ns: u64) {
+        for ((service, device), s) in &mut self.stats {
+            for stretch in s.busy.advance(watermark_ns) {
+                if let Some(gap) = stretch.gap_before_ns {
+                    s.idle_gaps.record(gap);
+                }
+                s.open_stretch = match s.open_stretch {
+                    Some((start, end))
+                        if stretch.start_ns.saturating_sub(end) < self.min_gap_ns =>
+                    {
+                        Some((start, stretch.end_ns))
+                    }
+                    Some((start, end)) => {
+                        self.timeline
+                            .push(busy_interval(*service, *device, start, end));
+                        Some((stretch.start_ns, stretch.end_ns))
+                    }
+                    None => Some((stretch.start_ns, stretch.end_ns)),
+                };
+            }
+            // A stretch nothing has followed for a threshold is closed.
+            if let Some((start, end)) = s.open_stretch
+                && watermark_ns.saturating_sub(end) >= self.min_gap_ns
+            {
+                self.timeline
+                    .push(busy_interval(*service, *device, start, end));
+                s.open_stretch = None;
+            }
+        }
+    }
+
+    /// The top `n` kernels of a service by total time.
+    pub fn top_kernels(&self, service: u32, n: usize) -> Vec<(String, KernelTotals)> {
+        let mut v: Vec<(String, KernelTotals)> = self
+            .top
+            .get(&service)
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns).then(a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+
+    /// Connections now.
+    pub fn peers(&self) -> usize {
+        self.peers.len()
+    }
+}
+
+fn busy_interval(service: u32, device: u8, start_ns: u64, end_ns: u64) -> Interval {
+    Interval {
+        kind: interval_kind::GPU_BUSY,
+        detail: device as u32,
+        service,
+        tgid: 0,
+        tid: 0,
+        _pad: 0,
+        start_ns,
+        end_ns,
+    }
+}
+
+pub fn clock_label(mode: ClockMode) -> &'static str {
+    match mode {
+        ClockMode::Callback => "callback",
+        ClockMode::Offset => "offset",
+    }
+}
+
+/// Remembers `value` under `key` in a bounded table, evicting the oldest.
+fn remember<V>(map: &mut HashMap<u32, V>, order: &mut VecDeque<u32>, key: u32, value: V) {
+    if map.len() >= MAX_CORRELATIONS {
+        while let Some(old) = order.pop_front() {
+            if map.remove(&old).is_some() {
+                break;
+            }
+        }
+    }
+    if map.insert(key, value).is_none() {
+        order.push_back(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gapscope_wire::Name;
+
+    fn rec(kind: RecordKind, correlation: u32, name: u32, start: u64, end: u64) -> Record {
+        Record {
+            kind,
+            device: 0,
+            detail: copy::DEVICE_TO_HOST,
+            stream: 1,
+            correlation,
+            name,
+            start_ns: start,
+            end_ns: end,
+            bytes: 4096,
+        }
+    }
+
+    fn hello() -> Frame {
+        Frame::Hello(Hello {
+            pid: 1,
+            cuda_version: 12080,
+            cupti_version: 24,
+            clock: ClockMode::Callback,
+            clock_offset_ns: 0,
+            agent: "test".into(),
+        })
+    }
+
+    #[test]
+    fn kernels_copies_and_launch_latency_per_service_and_device() {
+        let mut i = Ingest::new(1_000_000);
+        i.frame(7, 100, Some(0), hello());
+        i.frame(
+            7,
+            100,
+            Some(0),
+            Frame::Names(vec![
+                Name {
+                    id: 1,
+                    text: "ampere_bf16_s16816gemm_bf16_128x128".into(),
+                },
+                Name {
+                    id: 2,
+                    text: "void vllm::rms_norm_kernel<c10::BFloat16>".into(),
+                },
+            ]),
+        );
+        i.frame(
+            7,
+            100,
+            Some(0),
+            Frame::Records(vec![
+                // The API record first for kernel 1, after it for kernel 2.
+                rec(RecordKind::RuntimeApi, 11, 211, 1_000, 1_500),
+                rec(RecordKind::Kernel, 11, 1, 4_000, 10_000),
+                rec(RecordKind::Kernel, 12, 2, 10_000, 12_000),
+                rec(RecordKind::Memcpy, 13, 0, 20_000, 21_000),
+                rec(RecordKind::Sync, 0, 0, 12_000, 20_000),
+            ]),
+        );
+        i.frame(
+            7,
+            100,
+            Some(0),
+            Frame::Records(vec![rec(RecordKind::DriverApi, 12, 307, 9_000, 9_500)]),
+        );
+        i.advance(1_000_000_000);
+        let s = &i.stats[&(0, 0)];
+        assert_eq!(s.kernels["gemm"].count, 1);
+        assert_eq!(s.kernels["gemm"].sum_ns, 6_000);
+        assert_eq!(s.kernels["norm"].count, 1);
+        assert_eq!(s.launch_latency.count, 2);
+        assert_eq!(s.launch_latency.sum_ns, 3_000 + 1_000);
+        assert_eq!(s.copy_bytes["device_to_host"], 4096);
+        assert_eq!(s.sync_wait.sum_ns, 8_000);
+        // [4000,12000) and [20000,21000): one gap of 8000 ns.
+        assert_eq!(s.busy.busy_ns, 9_000);
+        assert_eq!(s.idle_gaps.count, 1);
+        assert_eq!(s.idle_gaps.sum_ns, 8_000);
+        // Gaps under 1 ms do not split the timeline stretch.
+        assert_eq!(i.timeline.len(), 1);
+        assert_eq!(
+            (i.timeline[0].start_ns, i.timeline[0].end_ns),
+            (4_000, 21_000)
+        );
+        let top = i.top_kernels(0, 10);
+        assert_eq!(top[0].0, "ampere_bf16_s16816gemm_bf16_128x128");
+        assert_eq!(top[0].1.total_ns, 6_000);
+    }
+
+    #[test]
+    fn records_of_untraced_processes_are_counted_not_kept() {
+        let mut i = Ingest::new(1_000_000);
+        i.frame(
+            1,
+            5,
+            None,
+            Frame::Records(vec![rec(RecordKind::Kernel, 1, 0, 0, 10)]),
+        );
+        assert!(i.stats.is_empty());
+        assert_eq!(i.counters.untraced_records, 1);
+    }
+
+    #[test]
+    fn correlation_tables_stay_bounded() {
+        let mut i = Ingest::new(1_000_000);
+        let calls: Vec<Record> = (0..MAX_CORRELATIONS as u32 + 100)
+            .map(|c| rec(RecordKind::RuntimeApi, c, 211, 0, 1))
+            .collect();
+        i.frame(3, 1, Some(0), Frame::Records(calls));
+        let p = &i.peers[&3];
+        assert_eq!(p.api_starts.len(), MAX_CORRELATIONS);
+        assert!(!p.api_starts.contains_key(&0), "the oldest went first");
+        i.disconnect(3);
+        assert_eq!(i.peers(), 0);
+    }
+}

@@ -1,0 +1,220 @@
+//! The socket the injection library connects to. Only allowed peers get
+//! in (SO_PEERCRED: root, gapscoped's own user, `allowed_uids`,
+//! `allowed_gids`; the socket file is mode 0660), and each peer is bounded:
+//! a frame is at most `gapscope_wire::MAX_PAYLOAD` bytes (the header is
+//! checked before the payload is waited for), frames beyond
+//! `max_frames_per_second` are dropped and counted, and a malformed frame
+//! ends that peer's connection — never anyone else's, and never what was
+//! already taken from it.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    os::unix::fs::{FileTypeExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use gapscope_wire::{Frame, FrameReader};
+use tokio::{io::AsyncReadExt, net::UnixStream};
+
+use super::Ingest;
+use crate::{discovery::Targets, error::UsageError};
+
+/// Who may connect, and how much each may send.
+#[derive(Debug, Clone)]
+pub struct SocketConfig {
+    pub path: PathBuf,
+    pub allowed_uids: Vec<u32>,
+    pub allowed_gids: Vec<u32>,
+    pub max_peers: usize,
+    pub max_frames_per_second: u32,
+}
+
+/// What the socket has seen, for the metrics.
+#[derive(Debug, Default)]
+pub struct SocketStats {
+    pub accepted: u64,
+    /// Connections refused or dropped, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub frames_over_rate: u64,
+    pub connected: usize,
+}
+
+/// Binds the socket: replaces a stale socket file, refuses to replace
+/// anything else or a socket someone still listens on.
+pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, UsageError> {
+    let fix = "set [inject] socket to a path gapscoped may create, or stop what holds it";
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| UsageError::new(format!("cannot create {}: {e}", dir.display()), fix))?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(UsageError::new(
+                format!("{} exists and is not a socket", path.display()),
+                fix,
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(UsageError::new(
+                format!("another process already listens on {}", path.display()),
+                "stop the other gapscoped, or give this one another [inject] socket",
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .map_err(|e| UsageError::new(format!("cannot listen on {}: {e}", path.display()), fix))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| UsageError::new(format!("chmod {}: {e}", path.display()), fix))?;
+    listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixListener::from_std(listener))
+        .map_err(|e| UsageError::new(format!("socket {}: {e}", path.display()), fix))
+}
+
+/// Everything a connection needs.
+#[derive(Clone)]
+pub struct Shared {
+    pub config: Arc<SocketConfig>,
+    pub ingest: Arc<Mutex<Ingest>>,
+    pub stats: Arc<Mutex<SocketStats>>,
+    pub targets: Arc<Mutex<Targets>>,
+}
+
+/// Accepts connections until the listener is dropped.
+pub async fn serve(listener: tokio::net::UnixListener, shared: Shared) {
+    let mut next_id = 0u64;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        next_id += 1;
+        let shared = shared.clone();
+        tokio::spawn(async move { connection(stream, next_id, shared).await });
+    }
+}
+
+/// Why a peer may not connect, if it may not.
+fn refuse(config: &SocketConfig, uid: u32, gid: u32) -> Option<&'static str> {
+    // SAFETY: geteuid has no preconditions.
+    let own = unsafe { libc::geteuid() };
+    let allowed = uid == 0
+        || uid == own
+        || config.allowed_uids.contains(&uid)
+        || config.allowed_gids.contains(&gid);
+    (!allowed).then_some("peer_credentials")
+}
+
+fn reject(shared: &Shared, reason: &'static str) {
+    let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+    *s.rejected.entry(reason).or_default() += 1;
+}
+
+async fn connection(mut stream: UnixStream, id: u64, shared: Shared) {
+    let Ok(cred) = stream.peer_cred() else {
+        return reject(&shared, "peer_credentials");
+    };
+    let (uid, gid) = (cred.uid(), cred.gid());
+    let pid = cred.pid().unwrap_or(0).max(0) as u32;
+    if let Some(reason) = refuse(&shared.config, uid, gid) {
+        log::warn!(
+            "deep mode: refused pid {pid} (uid {uid}, gid {gid}): not root, not gapscoped's user, not in [inject] allowed_uids/allowed_gids"
+        );
+        return reject(&shared, reason);
+    }
+    {
+        let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+        if s.connected >= shared.config.max_peers {
+            drop(s);
+            log::warn!(
+                "deep mode: refused pid {pid}: already {} connections ([inject] max_peers)",
+                shared.config.max_peers
+            );
+            return reject(&shared, "too_many_peers");
+        }
+        s.connected += 1;
+        s.accepted += 1;
+    }
+    let ended = read_frames(&mut stream, id, pid, &shared).await;
+    if let Err(reason) = ended {
+        reject(&shared, reason);
+    }
+    shared
+        .ingest
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .disconnect(id);
+    let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+    s.connected = s.connected.saturating_sub(1);
+}
+
+/// Reads until the peer closes (Ok) or breaks the rules (Err: why).
+async fn read_frames(
+    stream: &mut UnixStream,
+    id: u64,
+    pid: u32,
+    shared: &Shared,
+) -> Result<(), &'static str> {
+    let mut reader = FrameReader::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut hello = false;
+    let rate = shared.config.max_frames_per_second.max(1) as f64;
+    let mut tokens = rate;
+    let mut refilled = Instant::now();
+    let mut service = None;
+    let mut looked_up: Option<Instant> = None;
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Ok(()),
+        };
+        reader.push(&buf[..n]);
+        loop {
+            let frame = match reader.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!(
+                        "deep mode: pid {pid} sent a bad frame ({e}); dropping its connection"
+                    );
+                    return Err("malformed");
+                }
+            };
+            if !hello && !matches!(frame, Frame::Hello(_)) {
+                log::warn!(
+                    "deep mode: pid {pid} did not start with a hello; dropping its connection"
+                );
+                return Err("no_hello");
+            }
+            hello = true;
+            let now = Instant::now();
+            tokens = (tokens + now.duration_since(refilled).as_secs_f64() * rate).min(rate);
+            refilled = now;
+            if tokens < 1.0 {
+                shared
+                    .stats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .frames_over_rate += 1;
+                continue;
+            }
+            tokens -= 1.0;
+            // The process may be matched after it connected: look again
+            // every second until it is.
+            if service.is_none() && looked_up.is_none_or(|t| t.elapsed().as_secs() >= 1) {
+                service = shared.targets.lock().ok().and_then(|t| t.service_of(pid));
+                looked_up = Some(now);
+            }
+            shared
+                .ingest
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .frame(id, pid, service, frame);
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! Records to gapscoped over its Unix socket, from a thread of our own.
+//!
+//! The rules, because this runs inside someone else's process:
+//! * Never block a caller: `send_records` and `intern` only try to hand
+//!   work to the transport thread through a bounded channel; when it is
+//!   full the records are dropped and counted.
+//! * No daemon: stay dormant. Records are dropped and counted, a connect
+//!   is tried with a growing back-off (100 ms to 5 s), quietly.
+//! * Slow daemon: the socket is non-blocking; what does not fit waits in a
+//!   bounded buffer, and past it records are dropped and counted. Each
+//!   connection starts with `Hello` and every name interned so far, and
+//!   the drops are reported in `Dropped` frames.
+//! * Fork: the child has no transport thread; its copies of the handles
+//!   see the pid change and do nothing.
+
+use std::{
+    collections::HashMap,
+    io::{ErrorKind, Write},
+    os::unix::net::UnixStream,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use gapscope_wire::{Frame, Hello, MAX_NAME, Name, Record, encode, max_records_per_frame};
+
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub socket: PathBuf,
+    /// Batches waiting for the transport thread.
+    pub queue_batches: usize,
+    /// Bytes waiting for the socket; past it, records are dropped.
+    pub max_buffered_bytes: usize,
+    /// How often the thread wakes to write and to retry connecting.
+    pub tick: Duration,
+}
+
+impl TransportConfig {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+            queue_batches: 256,
+            max_buffered_bytes: 8 << 20,
+            tick: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What the transport did, readable from any thread.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    pub records_sent: AtomicU64,
+    pub records_dropped: AtomicU64,
+    /// Encoded and waiting for the socket (neither sent nor dropped yet).
+    pub records_buffered: AtomicU64,
+    pub connects: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub bytes_written: AtomicU64,
+}
+
+enum Work {
+    Records(Vec<Record>),
+    Name(u32, String),
+    Dropped(u64),
+}
+
+pub struct Transport {
+    tx: SyncSender<Work>,
+    names: Mutex<HashMap<String, u32>>,
+    stats: Arc<TransportStats>,
+    pid: u32,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Most kernel names interned; later ones are sent unnamed (id 0).
+const MAX_NAMES: usize = 65_536;
+
+impl Transport {
+    /// Starts the transport thread. `hello` opens every connection.
+    pub fn start(config: TransportConfig, hello: Hello) -> std::io::Result<Transport> {
+        let (tx, rx) = sync_channel(config.queue_batches.max(1));
+        let stats = Arc::new(TransportStats::default());
+        let thread_stats = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("gapscope-inject".into())
+            .spawn(move || Worker::new(config, hello, thread_stats).run(rx))?;
+        Ok(Transport {
+            tx,
+            names: Mutex::new(HashMap::new()),
+            stats,
+            pid: std::process::id(),
+            thread: Some(thread),
+        })
+    }
+
+    fn forked(&self) -> bool {
+        std::process::id() != self.pid
+    }
+
+    /// Hands records to the transport thread; never waits.
+    pub fn send_records(&self, records: Vec<Record>) {
+        if records.is_empty() || self.forked() {
+            return;
+        }
+        let n = records.len() as u64;
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send(Work::Records(records))
+        {
+            self.stats.records_dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Records lost before they reached us (CUPTI's own drops): reported
+    /// to gapscoped with ours.
+    pub fn report_dropped(&self, records: u64) {
+        if records == 0 || self.forked() {
+            return;
+        }
+        self.stats
+            .records_dropped
+            .fetch_add(records, Ordering::Relaxed);
+        let _ = self.tx.try_send(Work::Dropped(records));
+    }
+
+    /// The id of a kernel name (0 when the table is full or the name
+    /// could not be handed over).
+    pub fn intern(&self, name: &str) -> u32 {
+        if self.forked() {
+            return 0;
+        }
+        let name = gapscope_wire::truncate_utf8(name, MAX_NAME);
+        let Ok(mut names) = self.names.lock() else {
+            return 0;
+        };
+        if let Some(id) = names.get(name) {
+            return *id;
+        }
+        if names.len() >= MAX_NAMES {
+            return 0;
+        }
+        let id = names.len() as u32 + 1;
+        if self.tx.try_send(Work::Name(id, name.to_string())).is_err() {
+            return 0;
+        }
+        names.insert(name.to_string(), id);
+        id
+    }
+
+    pub fn stats(&self) -> &TransportStats {
+        &self.stats
+    }
+
+    /// Stops the thread after it wrote what it could (a second at most).
+    pub fn shutdown(mut self) {
+        let (tx, _) = sync_channel(1);
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    config: TransportConfig,
+    hello: Hello,
+    stats: Arc<TransportStats>,
+    conn: Option<UnixStream>,
+    /// Encoded bytes not yet written to `conn`.
+    out: Vec<u8>,
+    /// Where each records frame in `out` ends, and its records: counted
+    /// sent once written, dropped if the connection breaks first.
+    frames: std::collections::VecDeque<(usize, u64)>,
+    names: Vec<(u32, String)>,
+    next_connect: Instant,
+    backoff: Duration,
+    /// Drops not yet reported to the daemon.
+    unreported_drops: u64,
+}
+
+impl Worker {
+    fn new(config: TransportConfig, hello: Hello, stats: Arc<TransportStats>) -> Self {
+        Self {
+            config,
+            hello,
+            stats,
+            conn: None,
+            out: Vec::new(),
+            frames: std::collections::VecDeque::new(),
+            names: Vec::new(),
+            next_connect: Instant::now(),
+            backoff: Duration::from_millis(100),
+            unreported_drops: 0,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Work>) {
+        let mut pending: Vec<Record> = Vec::new();
+        let mut open = true;
+        while open || !pending.is_empty() {
+            let deadline = Instant::now() + self.config.tick;
+            // Gather what arrived during one tick.
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok(Work::Records(r)) => pending.extend(r),
+                    Ok(Work::Name(id, name)) => {
+                        if self.conn.is_some() {
+                            encode(
+                                &Frame::Names(vec![Name {
+                                    id,
+                                    text: name.clone(),
+                                }]),
+                                &mut self.out,
+                            );
+                        }
+                        self.names.push((id, name));
+                    }
+                    Ok(Work::Dropped(n)) => self.unreported_drops += n,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            self.connect_if_due();
+            self.queue(std::mem::take(&mut pending));
+            self.write();
+            if !open {
+                break;
+            }
+        }
+        // Last chance for what is buffered, without waiting long.
+        let until = Instant::now() + Duration::from_secs(1);
+        while !self.out.is_empty() && self.conn.is_some() && Instant::now() < until {
+            self.write();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn connect_if_due(&mut self) {
+        if self.conn.is_some() || Instant::now() < self.next_connect {
+            return;
+        }
+        match UnixStream::connect(&self.config.socket) {
+            Ok(s) => {
+                if s.set_nonblocking(true).is_err() {
+                    return;
+                }
+                self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                self.backoff = Duration::from_millis(100);
+                self.out.clear();
+                self.frames.clear();
+                encode(&Frame::Hello(self.hello.clone()), &mut self.out);
+                for chunk in self.names.chunks(512) {
+                    let names = chunk
+                        .iter()
+                        .map(|(id, text)| Name {
+                            id: *id,
+                            text: text.clone(),
+                        })
+                        .collect();
+                    encode(&Frame::Names(names), &mut self.out);
+                }
+                self.conn = Some(s);
+            }
+            Err(_) => {
+                self.next_connect = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// Encodes records into the outgoing buffer, or drops them when there
+    /// is no daemon or no room.
+    fn queue(&mut self, records: Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
+        let n = records.len() as u64;
+        if self.conn.is_none() || self.out.len() >= self.config.max_buffered_bytes {
+            self.stats.records_dropped.fetch_add(n, Ordering::Relaxed);
+            self.unreported_drops += n;
+            return;
+        }
+        if self.unreported_drops > 0 {
+            encode(
+                &Frame::Dropped {
+                    records: self.unreported_drops,
+                    buffers: 0,
+                },
+                &mut self.out,
+            );
+            self.unreported_drops = 0;
+        }
+        for chunk in records.chunks(max_records_per_frame()) {
+            encode(&Frame::Records(chunk.to_vec()), &mut self.out);
+            self.frames.push_back((self.out.len(), chunk.len() as u64));
+        }
+        self.count_buffered();
+    }
+
+    fn count_buffered(&self) {
+        let n = self.frames.iter().map(|(_, n)| n).sum();
+        self.stats.records_buffered.store(n, Ordering::Relaxed);
+    }
+
+    /// Counts the records of frames wholly within the first `written`
+    /// bytes as sent, and moves the rest's offsets.
+    fn account(&mut self, written: usize) {
+        while let Some((end, n)) = self.frames.front().copied() {
+            if end > written {
+                break;
+            }
+            self.frames.pop_front();
+            self.stats.records_sent.fetch_add(n, Ordering::Relaxed);
+        }
+        for f in &mut self.frames {
+            f.0 -= written.min(f.0);
+        }
+        self.count_buffered();
+    }
+
+    /// Writes what the socket takes now.
+    fn write(&mut self) {
+        let Some(conn) = &mut self.conn else {
+            return;
+        };
+        let mut written = 0;
+        while written < self.out.len() {
+            match conn.write(&self.out[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // The daemon went away: what was buffered is lost.
+                    self.conn = None;
+                    self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                    self.account(written);
+                    let lost: u64 = self.frames.drain(..).map(|(_, n)| n).sum();
+                    self.stats
+                        .records_dropped
+                        .fetch_add(lost, Ordering::Relaxed);
+                    self.unreported_drops += lost;
+                    self.out.clear();
+                    self.next_connect = Instant::now() + self.backoff;
+                    return;
+                }
+            }
+        }
+        self.account(written);
+        self.out.drain(..written);
+        self.stats
+            .bytes_written
+            .fetch_add(written as u64, Ordering::Relaxed);
+    }
+}
