@@ -200,6 +200,18 @@ pub fn copy_direction(copy_kind: u8) -> u8 {
 }
 
 impl Activity {
+    /// Its (start, end) timestamps, on whatever clock CUPTI used.
+    pub fn span(&self) -> (u64, u64) {
+        match *self {
+            Activity::Kernel { start, end, .. }
+            | Activity::Memcpy { start, end, .. }
+            | Activity::Memset { start, end, .. }
+            | Activity::Api { start, end, .. }
+            | Activity::Sync { start, end, .. }
+            | Activity::Overhead { start, end, .. } => (start, end),
+        }
+    }
+
     /// The wire record: timestamps moved by `offset_ns` (0 when CUPTI's
     /// timestamp callback already gave CLOCK_MONOTONIC), `name` the
     /// interned kernel name, `device_of_context` the device of a
@@ -383,6 +395,7 @@ mod tests {
             let b = record(ActivityKind::ConcurrentKernel, size, &fields);
             assert_eq!(decode(&b), Ok(want));
         }
+        assert_eq!(want.span(), (1_000, 3_500));
         let r = want.to_wire(-500, 4, |_| None).unwrap();
         assert_eq!((r.kind, r.device, r.name), (RecordKind::Kernel, 2, 4));
         assert_eq!((r.start_ns, r.end_ns, r.correlation), (500, 3_000, 77));

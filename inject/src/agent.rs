@@ -13,7 +13,7 @@ use std::{
     panic::catch_unwind,
     sync::{
         Mutex, OnceLock,
-        atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU8, Ordering},
     },
     time::Duration,
 };
@@ -43,8 +43,6 @@ struct Agent {
     /// `ClockMode` as u8, and the offset added in `Offset` mode.
     clock: AtomicU8,
     offset_ns: AtomicI64,
-    /// Kernel records seen with zero timestamps while in callback mode.
-    zero_timestamps: AtomicU64,
     /// Context id → device, from kernel records (synchronization records
     /// carry only the context).
     contexts: Mutex<HashMap<u32, u32>>,
@@ -90,26 +88,21 @@ fn measure_offset(api: &Api) -> i64 {
 }
 
 /// Puts CUPTI's timestamps on CLOCK_MONOTONIC: its callback when CUPTI
-/// takes it and honours it, else a measured offset.
+/// takes it (whether it honours it shows in the records: `Agent::drain`),
+/// else a measured offset.
 fn choose_clock(api: &Api) -> (ClockMode, i64) {
-    if let Some(register) = api.register_timestamp {
+    if let Some(register) = api.register_timestamp
         // SAFETY: a valid function pointer for the process's lifetime.
-        if unsafe { register(Some(timestamp)) } == CUPTI_SUCCESS {
-            let mut cupti = 0u64;
-            let before = monotonic_ns();
-            // SAFETY: a valid out pointer.
-            unsafe { (api.get_timestamp)(&mut cupti) };
-            let after = monotonic_ns();
-            if cupti >= before && cupti <= after {
-                return (ClockMode::Callback, 0);
-            }
-            // Registered but not honoured: back to CUPTI's own clock.
-            // SAFETY: as above.
-            unsafe { register(None) };
-        }
+        && unsafe { register(Some(timestamp)) } == CUPTI_SUCCESS
+    {
+        return (ClockMode::Callback, 0);
     }
     (ClockMode::Offset, measure_offset(api))
 }
+
+/// How far from now a record in callback mode may end before its clock is
+/// taken for not being CLOCK_MONOTONIC.
+const CLOCK_SANITY_NS: u64 = 60_000_000_000;
 
 unsafe extern "C" fn buffer_requested(buffer: *mut *mut u8, size: *mut usize, max: *mut usize) {
     let mut p: *mut c_void = std::ptr::null_mut();
@@ -149,6 +142,9 @@ impl Agent {
         let mut out: Vec<Record> = Vec::new();
         let mut record: *mut u8 = std::ptr::null_mut();
         let offset = self.offset_ns.load(Ordering::Relaxed);
+        let callback = self.clock.load(Ordering::Relaxed) == ClockMode::Callback as u8;
+        let now = monotonic_ns();
+        let mut off_clock = 0u64;
         let mut contexts = self.contexts.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             // SAFETY: the buffer CUPTI completed, and its valid size.
@@ -161,9 +157,15 @@ impl Agent {
             let Ok(activity) = decode(bytes) else {
                 continue;
             };
+            // Zero: incomplete, or the zero-timestamp bug of some releases
+            // with the callback; far from now: the callback ignored.
+            let (start, end) = activity.span();
+            if start == 0 || (callback && end.abs_diff(now) > CLOCK_SANITY_NS) {
+                off_clock += u64::from(callback);
+                continue;
+            }
             let mut name = 0;
             if let Activity::Kernel {
-                start,
                 device,
                 context,
                 name_ptr,
@@ -171,9 +173,6 @@ impl Agent {
             } = activity
             {
                 contexts.insert(context, device);
-                if start == 0 {
-                    self.zero_timestamps.fetch_add(1, Ordering::Relaxed);
-                }
                 if name_ptr != 0 {
                     // SAFETY: CUPTI's NUL-terminated name, alive with the buffer.
                     let text = unsafe { CStr::from_ptr(name_ptr as *const std::ffi::c_char) };
@@ -191,14 +190,17 @@ impl Agent {
             self.transport.report_dropped(dropped as u64);
         }
         self.transport.send_records(out);
-        self.check_clock();
+        if off_clock > 0 {
+            self.transport.report_dropped(off_clock);
+            self.leave_callback_clock();
+        }
     }
 
     /// Some CUPTI releases take the timestamp callback and then write
-    /// zeros: go back to CUPTI's clock plus a measured offset.
-    fn check_clock(&self) {
-        if self.clock.load(Ordering::Relaxed) != ClockMode::Callback as u8
-            || self.zero_timestamps.load(Ordering::Relaxed) == 0
+    /// zeros, or ignore it: go back to CUPTI's clock plus a measured
+    /// offset (once; the records on the unknown clock were dropped).
+    fn leave_callback_clock(&self) {
+        if self.clock.swap(ClockMode::Offset as u8, Ordering::Relaxed) != ClockMode::Callback as u8
         {
             return;
         }
@@ -208,9 +210,8 @@ impl Agent {
         }
         self.offset_ns
             .store(measure_offset(&self.api), Ordering::Relaxed);
-        self.clock.store(ClockMode::Offset as u8, Ordering::Relaxed);
         eprintln!(
-            "gapscope-inject: CUPTI wrote zero timestamps with the CLOCK_MONOTONIC callback; using a measured offset instead"
+            "gapscope-inject: CUPTI's records were not on CLOCK_MONOTONIC with the timestamp callback (zero or far-off timestamps); using its own clock and a measured offset instead"
         );
     }
 }
@@ -284,7 +285,6 @@ pub fn initialize() -> Result<String, String> {
         transport,
         clock: AtomicU8::new(clock as u8),
         offset_ns: AtomicI64::new(offset_ns),
-        zero_timestamps: AtomicU64::new(0),
         contexts: Mutex::new(HashMap::new()),
         pid: std::process::id(),
     };

@@ -89,6 +89,8 @@ pub async fn serve(listener: tokio::net::UnixListener, shared: Shared) {
     let mut next_id = 0u64;
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: let it pass rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         next_id += 1;

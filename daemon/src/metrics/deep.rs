@@ -43,7 +43,7 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "gapscope_inject_late_intervals_total",
         "Activity intervals that arrived after their time was already settled (clipped; a sender flushing slower than [inject] reorder_window_ms).",
     );
-    let (counters, peers) = {
+    let counters = {
         let ingest = deep.ingest.lock().unwrap_or_else(|p| p.into_inner());
         for ((service, device), s) in &ingest.stats {
             let Some(name) = ex.service_name(*service) else {
@@ -64,24 +64,20 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
             sync.add_log2_histogram(&l, &s.sync_wait);
             late.add_counter(&l, s.busy.late_intervals as f64);
         }
-        (ingest.counters.clone(), ingest.peers())
+        ingest.counters.clone()
     };
     let mut out = vec![kernels, busy, gaps, latency, copies, memset, sync, late];
-    out.extend(socket_families(deep, &counters, peers));
+    out.extend(socket_families(deep, &counters));
     out
 }
 
-fn socket_families(
-    deep: &crate::deep::socket::Shared,
-    c: &IngestCounters,
-    peers: usize,
-) -> Vec<Family> {
+fn socket_families(deep: &crate::deep::socket::Shared, c: &IngestCounters) -> Vec<Family> {
     let stats = deep.stats.lock().unwrap_or_else(|p| p.into_inner());
     let mut connections = Family::gauge(
         "gapscope_inject_connections",
         "Processes connected to the deep-mode socket now.",
     );
-    connections.add_gauge(&[], peers.max(stats.connected) as f64);
+    connections.add_gauge(&[], stats.connected as f64);
     let mut accepted = Family::counter(
         "gapscope_inject_connections_total",
         "Connections the deep-mode socket accepted.",
