@@ -291,9 +291,4 @@ impl UprobeSet {
     pub fn probed_files(&self) -> usize {
         self.files.values().filter(|a| !a.links.is_empty()).count()
     }
-
-    /// Whether `tgid` uses any probed file.
-    pub fn uses_any(&self, tgid: u32) -> bool {
-        self.uses.get(&tgid).is_some_and(|k| !k.is_empty())
-    }
 }

@@ -75,16 +75,6 @@ pub struct GpuState {
     pub idle: IdleChecks,
 }
 
-impl GpuState {
-    /// The state of a collector that will not run.
-    pub fn down(reason: impl Into<String>) -> Self {
-        Self {
-            down_reason: Some(reason.into()),
-            ..Self::default()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -321,7 +321,13 @@ mod tests {
 
     #[test]
     fn a_down_collector_exports_no_gpu_series() {
-        let text = super::super::encode(families(&GpuState::down("no driver"), &|_| None));
+        let text = super::super::encode(families(
+            &GpuState {
+                down_reason: Some("no driver".into()),
+                ..GpuState::default()
+            },
+            &|_| None,
+        ));
         assert!(!text.contains("gapscope_gpu_"), "{text}");
         assert!(!text.contains("gapscope_nvml_samples_total"), "{text}");
     }
