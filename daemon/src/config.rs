@@ -89,6 +89,12 @@ pub struct DaemonConfig {
     /// Turn on the kernel's BPF run-time statistics (costs ~20 ns per
     /// program run, host-wide, while on).
     pub bpf_stats: bool,
+    /// Give up every capability the daemon no longer needs once its
+    /// programs are loaded (see `bpf::caps::kept_after_attach`).
+    pub drop_capabilities: bool,
+    /// A Prometheus-style web config file (TLS, basic auth) for the HTTP
+    /// endpoints; plain HTTP without one.
+    pub web_config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -193,6 +199,8 @@ struct RawDaemon {
     listen: Option<String>,
     rescan_interval_ms: Option<u64>,
     bpf_stats: Option<bool>,
+    drop_capabilities: Option<bool>,
+    web_config: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -502,6 +510,11 @@ fn parse_daemon(raw: RawDaemon) -> Result<DaemonConfig, UsageError> {
         listen,
         rescan_interval: Duration::from_millis(rescan_ms),
         bpf_stats: raw.bpf_stats.unwrap_or(true),
+        drop_capabilities: raw.drop_capabilities.unwrap_or(true),
+        web_config: raw
+            .web_config
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from),
     })
 }
 

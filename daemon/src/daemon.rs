@@ -26,6 +26,7 @@ use crate::{
         serialization::{SerializationTracker, default_specs},
     },
     timeline::Timeline,
+    web,
 };
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -44,6 +45,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )
         .into());
     }
+    // Read before attaching: a bad certificate must leave nothing behind.
+    let web = web::Prepared::load(config.daemon.web_config.as_deref())?;
     // Bind before attaching: a taken port must leave nothing behind.
     let listener = std::net::TcpListener::bind(config.daemon.listen).map_err(|e| {
         UsageError::new(
@@ -74,6 +77,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.daemon.bpf_stats,
         config.timeline.min_interval.as_nanos() as u64,
     )?;
+    // Before any other thread starts: capabilities are per thread, and
+    // every thread started later inherits these.
+    if config.daemon.drop_capabilities {
+        let before = caps::effective();
+        match caps::drop_all_but(caps::kept_after_attach()) {
+            Ok(after) => log::info!(
+                "programs attached; capabilities kept: {} (dropped: {})",
+                caps::names(after),
+                caps::names(before & !after)
+            ),
+            Err(e) => log::warn!(
+                "could not drop capabilities after attaching ({e}); carrying on with {}",
+                caps::names(before)
+            ),
+        }
+    }
     let services: Arc<[_]> = config.services.into();
     let probes = Arc::new(Mutex::new(probes));
     let targets = Arc::new(Mutex::new(Targets::new(
@@ -143,13 +162,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         deep: deep.clone(),
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server =
-        axum::serve(listener, http::router(exporter.clone())).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
-    let server = tokio::spawn(async move { server.await });
+    let mut router = http::router(exporter.clone());
+    let mut tls = None;
+    let mut scheme = "http";
+    if let Some(web) = &web {
+        router = web::serve::secure(router, &web.config);
+        tls = web.tls.clone();
+        scheme = web.config.scheme();
+        log::info!("web config: {}", web.describe());
+    }
+    let server = tokio::spawn(web::serve::serve(listener, router, tls, stopped));
 
-    log::info!("listening on http://{}/metrics", config.daemon.listen);
+    log::info!("listening on {scheme}://{}/metrics", config.daemon.listen);
     notify::send("READY=1");
 
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,

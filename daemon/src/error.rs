@@ -18,6 +18,14 @@ impl UsageError {
             fix: fix.into(),
         }
     }
+
+    /// The same error, saying which file it is about.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        Self {
+            problem: format!("{}: {}", path.display(), self.problem),
+            fix: self.fix,
+        }
+    }
 }
 
 impl fmt::Display for UsageError {

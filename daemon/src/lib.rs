@@ -27,3 +27,4 @@ pub mod notify;
 pub mod python;
 pub mod syscall_table;
 pub mod timeline;
+pub mod web;

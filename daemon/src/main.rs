@@ -6,6 +6,7 @@ use gapscoped::{
     config::{self, Config},
     daemon,
     error::{EXIT_USAGE, UsageError},
+    web,
 };
 
 /// Gapscope's daemon: why is the GPU idle?
@@ -30,8 +31,15 @@ enum Command {
         #[arg(long)]
         pid: Option<u32>,
     },
-    /// Validate the configuration file and exit.
+    /// Validate the configuration file (and the web config it names) and exit.
     CheckConfig,
+    /// Read a password from stdin and print its bcrypt hash, for
+    /// `basic_auth_users` in the web config.
+    HashPassword {
+        /// bcrypt cost: each step doubles the work of every login.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=16))]
+        cost: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,14 +69,20 @@ fn main() -> ExitCode {
             };
         }
         Command::CheckConfig => Config::load(&cli.config)
-            .map(|c| {
+            .and_then(|c| {
+                let web = web::Prepared::load(c.daemon.web_config.as_deref())?;
                 println!(
                     "{}: OK ({} services)",
                     cli.config.display(),
                     c.services.len()
                 );
+                if let (Some(web), Some(path)) = (web, &c.daemon.web_config) {
+                    println!("{}: OK ({})", path.display(), web.describe());
+                }
+                Ok(())
             })
             .map_err(anyhow::Error::from),
+        Command::HashPassword { cost } => hash_password(cost),
         Command::Run => Config::load(&cli.config)
             .map_err(anyhow::Error::from)
             .and_then(daemon::run),
@@ -86,4 +100,23 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn hash_password(cost: u32) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        eprintln!("password (echoed; pipe it in to keep it out of the terminal):");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(UsageError::new(
+            "no password on stdin",
+            "pipe one in: printf %s 'secret' | gapscoped hash-password",
+        )
+        .into());
+    }
+    println!("{}", bcrypt::hash(password, cost)?);
+    Ok(())
 }

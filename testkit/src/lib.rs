@@ -137,6 +137,18 @@ impl Daemon {
     }
 
     pub fn start_with(services: &str, daemon_extra: &str) -> Daemon {
+        Self::start_checked(services, daemon_extra, |port| {
+            http_get(port, "/healthz").is_some()
+        })
+    }
+
+    /// As `start_with`, ready once `healthy(port)` says so (for a daemon
+    /// that serves HTTPS or asks for credentials).
+    pub fn start_checked(
+        services: &str,
+        daemon_extra: &str,
+        healthy: impl Fn(u16) -> bool,
+    ) -> Daemon {
         let port = free_port();
         // Each daemon its own deep-mode socket, unless the test sets one.
         let inject = if daemon_extra.contains("[inject]") || services.contains("[inject]") {
@@ -162,7 +174,7 @@ impl Daemon {
             _config: config,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while http_get(port, "/healthz").is_none() {
+        while !healthy(port) {
             if let Ok(Some(status)) = d.child.try_wait() {
                 panic!("gapscoped exited early ({status}):\n{}", d.log_text());
             }
@@ -416,6 +428,7 @@ impl Workload {
 }
 
 pub mod fake_cuda;
+pub mod prometheus;
 pub mod stream_server;
 
 /// The deep-mode test sender (`src/bin/wire_sender.rs`).

@@ -159,7 +159,7 @@ impl UprobeSet {
                         let _ = enter.detach(l.enter);
                         let _ = exit.detach(l.exit);
                     }
-                    return Err(format!("attaching at {offset:#x}: {err}"));
+                    return Err(format!("attaching at {offset:#x}: {}", with_sources(&err)));
                 }
             }
         }
@@ -291,4 +291,17 @@ impl UprobeSet {
     pub fn probed_files(&self) -> usize {
         self.files.values().filter(|a| !a.links.is_empty()).count()
     }
+}
+
+/// An error and its sources, one after another: aya's attach errors keep
+/// the errno in the source.
+fn with_sources(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
