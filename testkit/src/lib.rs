@@ -149,6 +149,23 @@ impl Daemon {
         daemon_extra: &str,
         healthy: impl Fn(u16) -> bool,
     ) -> Daemon {
+        Self::launch(services, daemon_extra, &[], healthy)
+    }
+
+    /// As `start_with`, run through `wrapper` (a command that execs the
+    /// rest of its arguments: `setpriv ... --`).
+    pub fn start_wrapped(services: &str, daemon_extra: &str, wrapper: &[String]) -> Daemon {
+        Self::launch(services, daemon_extra, wrapper, |port| {
+            http_get(port, "/healthz").is_some()
+        })
+    }
+
+    fn launch(
+        services: &str,
+        daemon_extra: &str,
+        wrapper: &[String],
+        healthy: impl Fn(u16) -> bool,
+    ) -> Daemon {
         let port = free_port();
         // Each daemon its own deep-mode socket, unless the test sets one.
         let inject = if daemon_extra.contains("[inject]") || services.contains("[inject]") {
@@ -160,7 +177,15 @@ impl Daemon {
             "[daemon]\nlisten = \"127.0.0.1:{port}\"\n{daemon_extra}\n{services}{inject}"
         ));
         let log = std::env::temp_dir().join(format!("gapscoped-test-{port}.log"));
-        let child = Command::new(gapscoped_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(gapscoped_bin());
+                c
+            }
+            None => Command::new(gapscoped_bin()),
+        };
+        let child = command
             .arg("--config")
             .arg(&*config)
             .stdout(Stdio::null())
