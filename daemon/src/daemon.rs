@@ -125,6 +125,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.timeline.retention.as_nanos() as u64,
     )));
     let gpu = Arc::new(Mutex::new(GpuState {
+        enabled: config.nvml.enabled,
         idle: IdleChecks::new(config.nvml.idle_power_watts),
         ..GpuState::default()
     }));

@@ -64,8 +64,20 @@ impl Prometheus {
 
     /// An instant query; the whole API response (status, data or error).
     pub fn query(&self, expr: &str) -> Value {
-        let path = format!("/api/v1/query?query={}", url_encode(expr));
-        let body = get_any_status(self.port, &path);
+        self.get_json(&format!("/api/v1/query?query={}", url_encode(expr)))
+    }
+
+    /// An instant query evaluated at `unix_seconds`.
+    pub fn query_at(&self, expr: &str, unix_seconds: f64) -> Value {
+        self.get_json(&format!(
+            "/api/v1/query?query={}&time={unix_seconds:.3}",
+            url_encode(expr)
+        ))
+    }
+
+    /// Any API path's JSON, whatever the HTTP status.
+    pub fn get_json(&self, path: &str) -> Value {
+        let body = get_any_status(self.port, path);
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
     }
 

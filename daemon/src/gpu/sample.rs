@@ -59,6 +59,8 @@ pub const THROTTLE_REASONS: [(u64, &str); 9] = [
 /// endpoint.
 #[derive(Debug, Default)]
 pub struct GpuState {
+    /// False when `[nvml] enabled = false`: down on purpose, not broken.
+    pub enabled: bool,
     /// True while NVML answers.
     pub up: bool,
     /// Why the collector is down (shown by `check` and the idle check).

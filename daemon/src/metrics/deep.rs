@@ -87,8 +87,10 @@ fn socket_families(deep: &crate::deep::socket::Shared, c: &IngestCounters) -> Ve
         "gapscope_inject_rejected_total",
         "Connections refused or dropped, by reason: peer_credentials, too_many_peers, malformed (a bad frame), no_hello.",
     );
-    for (reason, n) in &stats.rejected {
-        rejected.add_counter(&[("reason", reason)], *n as f64);
+    // Every reason from the start, so rate() and alerts see a 0, not nothing.
+    for reason in REJECT_REASONS {
+        let n = stats.rejected.get(reason).copied().unwrap_or(0);
+        rejected.add_counter(&[("reason", reason)], n as f64);
     }
     let mut over_rate = Family::counter(
         "gapscope_inject_frames_over_rate_total",
@@ -131,3 +133,11 @@ fn socket_families(deep: &crate::deep::socket::Shared, c: &IngestCounters) -> Ve
         clocks,
     ]
 }
+
+/// The reasons `deep::socket` refuses or drops a peer for.
+const REJECT_REASONS: [&str; 4] = [
+    "peer_credentials",
+    "too_many_peers",
+    "malformed",
+    "no_hello",
+];

@@ -42,13 +42,25 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "gapscope_collector_up",
         "1 when the collector is attached and working, 0 when it is not.",
     );
+    // Alerts need to tell "turned off" from "broken".
+    let mut configured = Family::gauge(
+        "gapscope_collector_enabled",
+        "1 when the configuration turns the collector on (alert on up == 0 only where this is 1).",
+    );
+    let flag = |on: bool| if on { 1.0 } else { 0.0 };
     for collector in ["syscalls", "offcpu", "proc"] {
         up.add_gauge(&[("collector", collector)], 1.0);
+        configured.add_gauge(&[("collector", collector)], 1.0);
     }
+    // The CUDA probes run whenever they are configured on.
     let cuda = ex.targets.lock().is_ok_and(|t| t.cuda.is_some());
-    up.add_gauge(&[("collector", "cuda")], if cuda { 1.0 } else { 0.0 });
-    let nvml = ex.gpu.lock().is_ok_and(|g| g.up);
-    up.add_gauge(&[("collector", "nvml")], if nvml { 1.0 } else { 0.0 });
+    up.add_gauge(&[("collector", "cuda")], flag(cuda));
+    configured.add_gauge(&[("collector", "cuda")], flag(cuda));
+    let (nvml_enabled, nvml_up) = ex.gpu.lock().map(|g| (g.enabled, g.up)).unwrap_or_default();
+    up.add_gauge(&[("collector", "nvml")], flag(nvml_up));
+    configured.add_gauge(&[("collector", "nvml")], flag(nvml_enabled));
+    configured.add_gauge(&[("collector", "deep")], flag(ex.deep.is_some()));
+    up.add_gauge(&[("collector", "deep")], flag(ex.deep.is_some()));
 
     let mut stats_on = Family::gauge(
         "gapscope_bpf_stats_enabled",
@@ -71,5 +83,7 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         run_time.add_counter(&[("program", p.name)], p.run_time_ns as f64 / 1e9);
         runs.add_counter(&[("program", p.name)], p.run_count as f64);
     }
-    vec![build, processes, entries, up, stats_on, run_time, runs]
+    vec![
+        build, processes, entries, up, configured, stats_on, run_time, runs,
+    ]
 }

@@ -1,0 +1,456 @@
+//! The Grafana dashboards and the alerting rules, proven by query: every
+//! panel's PromQL (template variables substituted) runs on a real
+//! Prometheus that scrapes a real gapscoped tracing real processes — a
+//! Python server under the load generator, a CUDA-calling process on the
+//! test fixture libraries, a deep-mode peer sending CUPTI-shaped records —
+//! and must return data. Panels that need NVML (a GPU) are named and
+//! skipped. Lint rules in the manner of Grafana's dashboard linter check
+//! every panel, and promtool tests the alerting rules.
+
+use std::{
+    collections::BTreeSet,
+    process::Command,
+    time::{Duration, Instant, SystemTime},
+};
+
+use gapscope_testkit::{
+    Daemon, Workload, fake_cuda::FakeCuda, free_port, http_get, loadgen_bin,
+    prometheus::Prometheus, repo_root, serial, target_python, wire_sender_bin,
+};
+use serde_json::Value;
+
+fn dashboards() -> Vec<(String, Value)> {
+    let dir = repo_root().join("grafana/dashboards");
+    let mut out: Vec<(String, Value)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let v = serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p.file_name().unwrap().to_string_lossy().into_owned(), v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(out.len() >= 6, "dashboards missing in {}", dir.display());
+    out
+}
+
+/// (dashboard, panel title, panel) for every panel that is not a row.
+fn panels(dashboards: &[(String, Value)]) -> Vec<(String, String, Value)> {
+    let mut out = Vec::new();
+    for (name, d) in dashboards {
+        let mut stack: Vec<Value> = d["panels"].as_array().cloned().unwrap_or_default();
+        while let Some(p) = stack.pop() {
+            if p["type"] == "row" {
+                stack.extend(p["panels"].as_array().cloned().unwrap_or_default());
+            } else {
+                out.push((
+                    name.clone(),
+                    p["title"].as_str().unwrap_or("").to_string(),
+                    p,
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn exprs(panel: &Value) -> Vec<String> {
+    panel["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// gapscope metric names a query reads (histogram suffixes included).
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = expr[i..].find("gapscope_") {
+        let start = i + pos;
+        let preceded =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b':');
+        let end = expr[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(expr.len(), |e| start + e);
+        if !preceded && !expr[end..].starts_with(':') {
+            names.insert(expr[start..end].to_string());
+        }
+        i = end;
+    }
+    names
+}
+
+/// Metrics only NVML produces: there is no GPU here.
+fn needs_nvml(metric: &str) -> bool {
+    const DEEP: [&str; 7] = [
+        "gapscope_gpu_kernel_duration_seconds",
+        "gapscope_gpu_busy_seconds_total",
+        "gapscope_gpu_idle_gap_seconds",
+        "gapscope_gpu_launch_latency_seconds",
+        "gapscope_gpu_copy_bytes_total",
+        "gapscope_gpu_memset_bytes_total",
+        "gapscope_gpu_sync_wait_seconds",
+    ];
+    metric.starts_with("gapscope_gpu_") && !DEEP.iter().any(|d| metric.starts_with(d))
+}
+
+#[test]
+fn the_dashboards_are_what_the_generator_writes() {
+    let out = Command::new("python3")
+        .arg(repo_root().join("grafana/generate.py"))
+        .arg("--check")
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The rules of Grafana's dashboard linter that apply, and ours.
+#[test]
+fn every_panel_passes_the_lint_rules() {
+    let ds = repo_root().join("grafana/dashboards");
+    let all = dashboards();
+    let mut problems = Vec::new();
+    for (name, d) in &all {
+        let vars = d["templating"]["list"].as_array().unwrap();
+        let datasource = vars.iter().find(|v| v["name"] == "datasource");
+        if datasource.is_none_or(|v| v["type"] != "datasource" || v["query"] != "prometheus") {
+            problems.push(format!("{name}: no Prometheus datasource variable"));
+        }
+        for v in vars.iter().filter(|v| v["type"] == "query") {
+            if v["datasource"]["uid"] != "${datasource}" {
+                problems.push(format!(
+                    "{name}: variable {} ignores $datasource",
+                    v["name"]
+                ));
+            }
+        }
+        if !vars.iter().any(|v| v["name"] == "instance") {
+            problems.push(format!("{name}: no instance variable"));
+        }
+        if d["uid"]
+            .as_str()
+            .is_none_or(|u| u.is_empty() || u.len() > 40)
+        {
+            problems.push(format!("{name}: a stable uid of at most 40 characters"));
+        }
+        let mut titles = BTreeSet::new();
+        let mut ids = BTreeSet::new();
+        for (_, title, p) in panels(&[(name.clone(), d.clone())]) {
+            let at = format!("{name} / {title}");
+            if !titles.insert(title.clone()) {
+                problems.push(format!("{at}: title used twice"));
+            }
+            if !ids.insert(p["id"].as_u64().unwrap_or(0)) {
+                problems.push(format!("{at}: id used twice"));
+            }
+            if p["datasource"]["uid"] != "${datasource}" {
+                problems.push(format!("{at}: datasource is not $datasource"));
+            }
+            if p["fieldConfig"]["defaults"]["unit"]
+                .as_str()
+                .is_none_or(str::is_empty)
+            {
+                problems.push(format!("{at}: no unit"));
+            }
+            if p["description"].as_str().is_none_or(|s| s.len() < 10) {
+                problems.push(format!("{at}: no description"));
+            }
+            let targets = p["targets"].as_array().cloned().unwrap_or_default();
+            if targets.is_empty() {
+                problems.push(format!("{at}: no query"));
+            }
+            for t in targets {
+                let expr = t["expr"].as_str().unwrap_or("");
+                if t["datasource"]["uid"] != "${datasource}" {
+                    problems.push(format!("{at}: a query ignores $datasource"));
+                }
+                for f in ["rate(", "irate(", "increase("] {
+                    for (i, _) in expr.match_indices(f) {
+                        let rest = &expr[i..];
+                        let window = rest.find('[').map(|s| &rest[s..]);
+                        if !window.is_some_and(|w| w.starts_with("[$__rate_interval]")) {
+                            problems
+                                .push(format!("{at}: {f}...) without [$__rate_interval]: {expr}"));
+                        }
+                    }
+                }
+                // Every selector filters by host, so one dashboard serves a fleet.
+                for m in metric_names(expr) {
+                    let filtered = expr.match_indices(&m).all(|(i, _)| {
+                        expr[i + m.len()..].starts_with('{')
+                            && expr[i + m.len()..]
+                                .split('}')
+                                .next()
+                                .unwrap()
+                                .contains("instance=~\"$instance\"")
+                    });
+                    if !filtered {
+                        problems.push(format!("{at}: {m} not filtered by $instance"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "in {}:\n{}",
+        ds.display(),
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn the_alerting_rules_pass_promtool() {
+    let dir = repo_root().join("grafana/prometheus");
+    for args in [
+        &["check", "rules", "gapscope-alerts.yml"][..],
+        &["test", "rules", "gapscope-alerts.test.yml"],
+        &["check", "config", "prometheus.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian package prometheus) is installed by scripts/setup.sh");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A server process that goes when the test does, passing or failing.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Replaces Grafana's variables the way Grafana would for "All" and the
+/// given services.
+fn substitute(expr: &str) -> String {
+    expr.replace("$__rate_interval", "30s")
+        .replace("$instance", ".*")
+        .replace("$service_a", "stack")
+        .replace("$service_b", "stack")
+        .replace("$service", ".*")
+        .replace("$gpu", ".*")
+}
+
+#[test]
+fn every_panel_query_returns_data_from_a_real_prometheus() {
+    let _g = serial();
+    let fixture = FakeCuda::build();
+    // One serving stack as the dashboards see it: the Python server, the
+    // process calling CUDA and the deep-mode peer all belong to it. An idle
+    // second service shows that the variables list more than one.
+    let daemon = Daemon::start(
+        "[[service]]\nname = \"stack\"\n\
+         cmdline = 'toy_server.py|cuda_caller \\S*gapscope-cuda-fixture|gapscope-wire-sender'\n\
+         [[service]]\nname = \"other\"\ncmdline = '^nothing-matches-this$'\n",
+    );
+    let socket = format!("/tmp/gapscope-test-{}.sock", daemon.port);
+    let rules = repo_root().join("grafana/prometheus/gapscope-alerts.yml");
+    let prom = Prometheus::start(
+        &format!(
+            "  - job_name: gapscope\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            daemon.port
+        ),
+        &[rules],
+        "1s",
+    );
+    prom.wait_target("gapscope", "up");
+
+    // The Python server under the load generator's three phases (which
+    // also announces them to gapscoped for the phase annotations).
+    let server_port = free_port();
+    let server = KillOnDrop(
+        Command::new(target_python())
+            .arg(repo_root().join("targets/toy_server.py"))
+            .args(["--port", &server_port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting targets/toy_server.py"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(server_port, "/health").is_none() {
+        assert!(Instant::now() < deadline, "toy_server never became healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let start = unix_now();
+    let loadgen = {
+        let url = format!("http://127.0.0.1:{server_port}/v1/completions");
+        let gapscoped = format!("http://127.0.0.1:{}", daemon.port);
+        let out = tempfile::tempdir().unwrap();
+        std::thread::spawn(move || {
+            let result = Command::new(loadgen_bin())
+                .args(["--url", &url, "--phase", "warmup=poisson:4:3s"])
+                .args([
+                    "--phase",
+                    "cooldown=silence:1s",
+                    "--phase",
+                    "stress=closed:4:6s",
+                ])
+                .args(["--max-tokens", "24", "--quiet", "--gapscoped", &gapscoped])
+                .arg("--out")
+                .arg(out.path())
+                .output()
+                .expect("gapscope-loadgen");
+            (result, out)
+        })
+    };
+
+    // CUDA launches and host syncs (uprobes), and CUPTI-shaped records on
+    // the deep-mode socket, while the load runs.
+    for _ in 0..3 {
+        let mut caller = fixture.caller("cuda_caller", &["exact", "300", "5", "2000"]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while daemon
+            .scrape()
+            .get_or_zero("gapscope_cuda_probed_files", &[])
+            < 2.0
+        {
+            assert!(Instant::now() < deadline, "{}", daemon.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        caller.go();
+        caller.finish();
+        // Records count once gapscoped traces the sender.
+        let before = daemon
+            .scrape()
+            .get_or_zero("gapscope_service_processes", &[("service", "stack")]);
+        let mut sender = Workload::spawn(&wire_sender_bin(), &[&socket, "known"]);
+        daemon.wait_processes("stack", before + 1.0);
+        sender.go();
+        sender.finish();
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let (result, _out) = loadgen.join().unwrap();
+    assert!(
+        result.status.code().is_some_and(|c| c <= 1),
+        "gapscope-loadgen: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    // Mid-stress: every phase, process and record is inside the 30 s window.
+    let at = start + 8.0;
+    std::thread::sleep(Duration::from_secs(3));
+    let exposed = daemon.scrape().0;
+    drop(server);
+
+    let all = dashboards();
+    let gpu_source =
+        std::fs::read_to_string(repo_root().join("daemon/src/metrics/gpu.rs")).unwrap();
+    let mut failures = Vec::new();
+    let mut proven = 0;
+    let mut skipped = Vec::new();
+    for (name, title, panel) in panels(&all) {
+        let queries = exprs(&panel);
+        let nvml: BTreeSet<String> = queries
+            .iter()
+            .flat_map(|q| metric_names(q))
+            .filter(|m| needs_nvml(m))
+            .collect();
+        if !nvml.is_empty() {
+            // Not exported here, but it must at least be a metric the
+            // NVML collector declares.
+            for m in &nvml {
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| m.strip_suffix(suffix))
+                    .unwrap_or(m);
+                if !gpu_source.contains(&format!("\"{family}\"")) {
+                    failures.push(format!(
+                        "{name} / {title}: {m} is not a metric the NVML collector exports"
+                    ));
+                }
+            }
+            skipped.push(format!(
+                "{name} / {title} (reads {})",
+                nvml.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+            continue;
+        }
+        for q in queries {
+            for m in metric_names(&q) {
+                let present = exposed
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{m}{{")) || l.starts_with(&format!("{m} ")));
+                if !present {
+                    failures.push(format!("{name} / {title}: {m} is not in /metrics"));
+                }
+            }
+            let expr = substitute(&q);
+            let r = prom.query_at(&expr, at);
+            if r["status"] != "success" {
+                failures.push(format!("{name} / {title}: {expr}: {}", r["error"]));
+            } else if r["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
+                failures.push(format!("{name} / {title}: no data for {expr}"));
+            } else {
+                proven += 1;
+            }
+        }
+    }
+    // The phase annotations every dashboard shows.
+    let annotation = all[0].1["annotations"]["list"][0]["expr"].as_str().unwrap();
+    let r = prom.query_at(&substitute(annotation), at);
+    if r["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
+        failures.push(format!("phase annotation: no data for {annotation}: {r}"));
+    }
+    // Query variables list the services.
+    let r = prom.get_json("/api/v1/label/service/values?match[]=gapscope_service_processes");
+    let services: Vec<&str> = r["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(services, ["other", "stack"], "{r}");
+    // Every alerting and recording rule evaluates without an error.
+    let rules = prom.get_json("/api/v1/rules");
+    for group in rules["data"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            if rule["health"] != "ok" {
+                failures.push(format!(
+                    "rule {}: {} {}",
+                    rule["name"], rule["health"], rule["lastError"]
+                ));
+            }
+        }
+    }
+    for s in &skipped {
+        println!("SKIP: {s}: needs an NVIDIA GPU (NVML)");
+    }
+    println!(
+        "{proven} panel queries returned data; {} panels skipped",
+        skipped.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{}\n\ngapscoped's log:\n{}",
+        failures.join("\n"),
+        daemon.log_text()
+    );
+    assert!(proven >= 50, "only {proven} queries proven");
+}
