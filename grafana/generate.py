@@ -15,7 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent / "dashboards"
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "grafana" / "dashboards"
+# The same dashboards as a ConfigMap for Grafana's dashboard sidecar
+# (kustomize may not read files outside deploy/kubernetes).
+CONFIGMAP = ROOT / "deploy" / "kubernetes" / "grafana-dashboards.yaml"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 RI = "$__rate_interval"
 SVC = 'instance=~"$instance", service=~"$service"'
@@ -396,17 +400,38 @@ def render(d):
     return json.dumps(d, indent=2, ensure_ascii=False) + "\n"
 
 
+def configmap():
+    lines = [
+        "# Written by grafana/generate.py from the same panels as grafana/dashboards/.",
+        "# Grafana's dashboard sidecar loads ConfigMaps labelled grafana_dashboard.",
+        "apiVersion: v1",
+        "kind: ConfigMap",
+        "metadata:",
+        "  name: gapscope-grafana-dashboards",
+        "  namespace: gapscope",
+        "  labels:",
+        '    grafana_dashboard: "1"',
+        "  annotations:",
+        "    grafana_folder: Gapscope",
+        "data:",
+    ]
+    for name, d in DASHBOARDS.items():
+        lines.append(f"  {name}: |")
+        lines.extend("    " + line for line in render(d).rstrip("\n").split("\n"))
+    return "\n".join(lines) + "\n"
+
+
 def main():
     check = "--check" in sys.argv[1:]
     stale = []
-    for name, d in DASHBOARDS.items():
-        path = OUT / name
-        text = render(d)
+    outputs = {OUT / name: render(d) for name, d in DASHBOARDS.items()}
+    outputs[CONFIGMAP] = configmap()
+    for path, text in outputs.items():
         if check:
             if not path.exists() or path.read_text() != text:
-                stale.append(name)
+                stale.append(str(path.relative_to(ROOT)))
         else:
-            OUT.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if stale:
         print(f"out of date: {', '.join(stale)}; run grafana/generate.py and commit the result", file=sys.stderr)

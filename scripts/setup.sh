@@ -16,7 +16,9 @@ die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 # prometheus: promtool for the exposition tests. bpftrace: the benchmark's
 # comparison. util-linux: setpriv for the privilege test. python3.11 (Debian's,
 # stripped) and gcc: the GIL tests and the offset check against CPython headers.
-packages=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev prometheus bpftrace util-linux curl python3.11 gcc)
+# openssl and curl: the web config tests. systemd: systemd-analyze for the
+# unit's tests. dpkg-dev: the Debian package test.
+packages=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev prometheus bpftrace util-linux curl python3.11 gcc openssl systemd dpkg-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -41,6 +43,13 @@ if ! command -v bpf-linker >/dev/null; then
   say "building bpf-linker against LLVM 22 (several minutes, once per machine)"
   LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
     cargo install bpf-linker --no-default-features --features llvm-22
+fi
+
+# --- cargo-deb: the Debian package (daemon/Cargo.toml [package.metadata.deb]) --
+cargo_deb_version=3.8.0
+if ! cargo deb --version 2>/dev/null | grep -q "$cargo_deb_version"; then
+  say "installing cargo-deb $cargo_deb_version (a few minutes, once per machine)"
+  cargo install cargo-deb --version "$cargo_deb_version" --locked
 fi
 
 # --- tracefs ------------------------------------------------------------------
@@ -111,5 +120,14 @@ PY
 fetch_headers cupti-12.0 nvidia-cuda-cupti-cu12==12.0.146 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-crt==13.5.37
 fetch_headers cupti-12.9 nvidia-cuda-cupti-cu12==12.9.79 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-crt==13.5.37
 fetch_headers cupti-13.5 nvidia-cuda-cupti==13.5.25 nvidia-cuda-runtime==13.5.37 nvidia-cuda-crt==13.5.37
+
+# --- Tools for the deployment tests: kubernetes-validate (with jsonschema) ---
+tools=.cache/tools-venv
+if ! "$tools/bin/python" -c "import kubernetes_validate, jsonschema" 2>/dev/null; then
+  say "installing kubernetes-validate into $tools"
+  rm -rf "$tools"
+  "$venv/bin/python" -m venv "$tools"
+  "$tools/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
+fi
 
 say "setup complete"

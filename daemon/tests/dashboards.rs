@@ -274,13 +274,13 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let rules = repo_root().join("grafana/prometheus/gapscope-alerts.yml");
     let prom = Prometheus::start(
         &format!(
-            "  - job_name: gapscope\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            "  - job_name: gapscoped\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
             daemon.port
         ),
         &[rules],
         "1s",
     );
-    prom.wait_target("gapscope", "up");
+    prom.wait_target("gapscoped", "up");
 
     // The Python server under the load generator's three phases (which
     // also announces them to gapscoped for the phase annotations).
