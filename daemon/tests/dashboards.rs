@@ -14,7 +14,7 @@ use std::{
 };
 
 use gapscope_testkit::{
-    Daemon, Workload, fake_cuda::FakeCuda, free_port, http_get, loadgen_bin,
+    Daemon, Workload, dashboard_picture, fake_cuda::FakeCuda, free_port, http_get, loadgen_bin,
     prometheus::Prometheus, repo_root, serial, target_python, wire_sender_bin,
 };
 use serde_json::Value;
@@ -230,6 +230,54 @@ fn the_alerting_rules_pass_promtool() {
     }
 }
 
+/// Pictures of every dashboard from this run's data (the README shows
+/// them): `target/dashboard-pictures/`, or `$GAPSCOPE_DASHBOARD_PICTURES`.
+fn draw_pictures(
+    prom: &Prometheus,
+    all: &[(String, Value)],
+    range: (f64, f64),
+    failures: &mut Vec<String>,
+) {
+    let dir = std::env::var_os("GAPSCOPE_DASHBOARD_PICTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/dashboard-pictures"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Finer rates than the proof's 30 s window: the curves show the phases.
+    let substitute = |q: &str| substitute(&q.replace("$__rate_interval", "5s"));
+    let note = |panel: &Value| {
+        if exprs(panel)
+            .iter()
+            .flat_map(|q| metric_names(q))
+            .any(|m| needs_nvml(&m))
+        {
+            "no data: NVML needs an NVIDIA GPU, and this host has none".to_string()
+        } else {
+            "no data in this run".to_string()
+        }
+    };
+    for (name, d) in all {
+        // SVG: small in the repository, sharp in the README.
+        let png = dir.join(name.replace(".json", ".svg"));
+        match dashboard_picture::draw(d, prom, range, &substitute, &note, &png) {
+            Ok(drawn) => {
+                let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+                let with_data = drawn.iter().filter(|p| p.series > 0).count();
+                println!(
+                    "{}: {with_data}/{} panels with data, {size} bytes",
+                    png.display(),
+                    drawn.len()
+                );
+                // Only the NVML dashboard may be empty here (no GPU).
+                let expected_empty = name == "gapscope-gpu.json";
+                if (with_data == 0 && !expected_empty) || (with_data > 0 && size < 20_000) {
+                    failures.push(format!("{name}: the picture is empty"));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: drawing failed: {e}")),
+        }
+    }
+}
+
 /// A server process that goes when the test does, passing or failing.
 struct KillOnDrop(std::process::Child);
 
@@ -442,6 +490,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     for s in &skipped {
         println!("SKIP: {s}: needs an NVIDIA GPU (NVML)");
     }
+    draw_pictures(&prom, &all, (start - 3.0, unix_now()), &mut failures);
     println!(
         "{proven} panel queries returned data; {} panels skipped",
         skipped.len()

@@ -452,6 +452,7 @@ impl Workload {
     }
 }
 
+pub mod dashboard_picture;
 pub mod fake_cuda;
 pub mod prometheus;
 pub mod stream_server;

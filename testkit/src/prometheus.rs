@@ -75,6 +75,14 @@ impl Prometheus {
         ))
     }
 
+    /// A range query: the API response (a matrix on success).
+    pub fn query_range(&self, expr: &str, start: f64, end: f64, step: f64) -> Value {
+        self.get_json(&format!(
+            "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step={step}",
+            url_encode(expr)
+        ))
+    }
+
     /// Any API path's JSON, whatever the HTTP status.
     pub fn get_json(&self, path: &str) -> Value {
         let body = get_any_status(self.port, path);
