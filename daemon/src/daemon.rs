@@ -29,9 +29,15 @@ use crate::{
     web,
 };
 
+/// Threads for blocking work (scrapes, bcrypt); the unit allows 64 tasks.
+const MAX_BLOCKING_THREADS: usize = 16;
+
 pub fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Scrapes and bcrypt checks run on blocking threads; a bounded pool
+        // keeps the daemon within the unit's TasksMax whatever the load.
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()?;
     runtime.block_on(serve(config))
 }

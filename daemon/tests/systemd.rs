@@ -222,3 +222,85 @@ fn the_units_capabilities_are_enough_and_the_daemon_keeps_no_more() {
         daemon.log_text()
     );
 }
+
+/// Each capability the unit keeps beyond CAP_BPF and CAP_PERFMON is there
+/// because tracing fails without it: a process of another user, calling
+/// CUDA libraries from its own 0700 directory, is traced exactly with the
+/// unit's set and not at all with any one of these taken away.
+#[test]
+fn each_capability_the_unit_adds_is_needed() {
+    let _g = serial();
+    let bounding = unit_values("CapabilityBoundingSet").join(" ");
+    const NOBODY: u32 = 65534;
+    const LAUNCHES: u64 = 200;
+    for removed in [
+        None,
+        Some("CAP_SYS_ADMIN"),
+        Some("CAP_SYS_PTRACE"),
+        Some("CAP_DAC_READ_SEARCH"),
+    ] {
+        let caps: String = bounding
+            .split_whitespace()
+            .filter(|c| Some(*c) != removed)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let wrapper: Vec<String> = [
+            "setpriv",
+            "--bounding-set",
+            &setpriv_caps(&caps),
+            "--inh-caps",
+            &setpriv_caps(&caps),
+            "--ambient-caps",
+            &setpriv_caps(&caps),
+            "--securebits",
+            "+noroot,+noroot_locked",
+            "--no-new-privs",
+            "--",
+        ]
+        .map(str::to_string)
+        .to_vec();
+        let fixture = FakeCuda::build();
+        let daemon = Daemon::start_wrapped(
+            "[[service]]\nname = \"cuda\"\ncmdline = 'cuda_caller \\S*gapscope-cuda-fixture'\n",
+            "[cuda]\nlaunch_budget = 1.0\n",
+            &wrapper,
+        );
+        let mut traced = fixture.caller_as(
+            NOBODY,
+            "cuda_caller",
+            &["exact", &LAUNCHES.to_string(), "1", "100"],
+        );
+        daemon.wait_processes("cuda", 1.0);
+        let deadline = Instant::now() + Duration::from_secs(4);
+        let probed = loop {
+            let n = daemon
+                .scrape()
+                .get_or_zero("gapscope_cuda_probed_files", &[]);
+            if n == 2.0 || Instant::now() > deadline {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        traced.go();
+        let launches = daemon.scrape().get_or_zero(
+            "gapscope_cuda_launches_total",
+            &[
+                ("service", "cuda"),
+                ("api", "runtime"),
+                ("entry", "cudaLaunchKernel"),
+            ],
+        );
+        traced.finish();
+        println!("without {removed:?}: {probed} files probed, {launches} launches counted");
+        match removed {
+            None => {
+                assert_eq!(probed, 2.0, "{}", daemon.log_text());
+                assert_eq!(launches, LAUNCHES as f64, "{}", daemon.log_text());
+            }
+            Some(cap) => {
+                assert_eq!(probed, 0.0, "probed without {cap}:\n{}", daemon.log_text());
+                assert_eq!(launches, 0.0, "counted without {cap}");
+            }
+        }
+    }
+}

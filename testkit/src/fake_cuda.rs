@@ -72,6 +72,41 @@ impl FakeCuda {
     }
 }
 
+impl FakeCuda {
+    /// Starts a caller as another user, with the fixture directory (mode
+    /// 0700) handed to that user: what a serving process in someone's
+    /// private virtualenv looks like to gapscoped.
+    pub fn caller_as(&self, uid: u32, program: &str, args: &[&str]) -> Workload {
+        let dir = self.dir.path();
+        let chown = |p: &std::path::Path| {
+            let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+            // SAFETY: a valid C string; plain chown(2).
+            assert_eq!(
+                unsafe { libc::chown(c.as_ptr(), uid, uid) },
+                0,
+                "chown {}",
+                p.display()
+            );
+        };
+        chown(dir);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            chown(&entry.unwrap().path());
+        }
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups")
+            .arg(self.path(program))
+            .arg(dir)
+            .args(args);
+        let mut w = Workload::spawn_command(cmd);
+        assert_eq!(w.go(), vec!["loaded"]);
+        w
+    }
+}
+
 /// The number after `key` in a caller's output lines.
 pub fn value(lines: &[String], key: &str) -> f64 {
     lines
