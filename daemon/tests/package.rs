@@ -63,6 +63,7 @@ fn build_package(dir: &Path) -> Option<PathBuf> {
             "--no-build",
             "--profile",
             "dev",
+            "--fast",
             "-o",
         ])
         .arg(&deb)
