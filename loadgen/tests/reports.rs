@@ -338,41 +338,22 @@ fn telemetry_through_a_real_prometheus_server() {
         token_ms: 2.0,
         ..ServerConfig::default()
     });
-    let dir = tempfile::tempdir().unwrap();
-    let port = gapscope_testkit::free_port();
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 500ms\n  evaluation_interval: 500ms\nscrape_configs:\n  - job_name: dcgm\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+    let prometheus = gapscope_testkit::prometheus::Prometheus::start(
+        &format!(
+            "  - job_name: dcgm\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
             server.port
         ),
-    )
-    .unwrap();
-    let mut prometheus = std::process::Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prometheus (Debian package prometheus) is installed by scripts/setup.sh");
+        &[],
+        "500ms",
+    );
+    let port = prometheus.port;
     // Ready once it has scraped the exporter at least twice.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let q = "/api/v1/query?query=count_over_time(DCGM_FI_DEV_POWER_USAGE%5B10s%5D)";
-        let n = gapscope_testkit::http_get(port, q)
-            .and_then(|b| serde_json::from_str::<Value>(&b).ok())
-            .and_then(|v| {
-                v["data"]["result"][0]["value"][1]
-                    .as_str()
-                    .and_then(|s| s.parse::<f64>().ok())
-            })
+        let v = prometheus.query("count_over_time(DCGM_FI_DEV_POWER_USAGE[10s])");
+        let n = v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
             .unwrap_or(0.0);
         if n >= 2.0 {
             break;
@@ -397,8 +378,7 @@ fn telemetry_through_a_real_prometheus_server() {
         "--gpu",
         "A40",
     ]);
-    let _ = prometheus.kill();
-    let _ = prometheus.wait();
+    drop(prometheus);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let p = run.phase("stress");
     let t = &p["telemetry"];
