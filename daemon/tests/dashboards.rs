@@ -223,9 +223,8 @@ fn the_alerting_rules_pass_promtool() {
             .expect("promtool (Debian package prometheus) is installed by scripts/setup.sh");
         assert!(
             out.status.success(),
-            "promtool {args:?}:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            "promtool {args:?}:\n{}",
+            gapscope_testkit::output_text(&out)
         );
     }
 }

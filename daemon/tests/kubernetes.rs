@@ -50,14 +50,7 @@ fn kubernetes_validate(python: &Path, files: &[PathBuf]) -> (bool, String) {
         .args(files)
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    (out.status.success(), gapscope_testkit::output_text(&out))
 }
 
 #[test]

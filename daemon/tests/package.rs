@@ -15,14 +15,7 @@ fn run(program: &str, args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{program}: {e}"));
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    (out.status.success(), gapscope_testkit::output_text(&out))
 }
 
 fn installed() -> bool {

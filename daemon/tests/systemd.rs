@@ -49,14 +49,7 @@ fn systemd_analyze(args: &[&str], unit: &Path) -> Option<(bool, String)> {
             return None;
         }
     };
-    Some((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+    Some((out.status.success(), gapscope_testkit::output_text(&out)))
 }
 
 #[test]
@@ -99,6 +92,28 @@ fn setpriv_caps(list: &str) -> String {
         .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase()))
         .collect();
     format!("-all,{}", caps.join(","))
+}
+
+/// setpriv arguments that start a program the way the unit does: `caps`
+/// as the bounding, inheritable and ambient sets, root without root's
+/// privileges (noroot securebits), no_new_privs.
+fn started_like_the_unit(caps: &str) -> Vec<String> {
+    let caps = setpriv_caps(caps);
+    [
+        "setpriv",
+        "--bounding-set",
+        &caps,
+        "--inh-caps",
+        &caps,
+        "--ambient-caps",
+        &caps,
+        "--securebits",
+        "+noroot,+noroot_locked",
+        "--no-new-privs",
+        "--",
+    ]
+    .map(str::to_string)
+    .to_vec()
 }
 
 fn cap_mask(list: &str) -> u64 {
@@ -146,21 +161,7 @@ fn the_units_capabilities_are_enough_and_the_daemon_keeps_no_more() {
     assert_eq!(bounding, ambient, "the unit grants what it bounds");
     assert_eq!(unit_values("SecureBits"), ["noroot-locked"]);
     assert_eq!(unit_values("NoNewPrivileges"), ["yes"]);
-    let wrapper: Vec<String> = [
-        "setpriv",
-        "--bounding-set",
-        &setpriv_caps(&bounding),
-        "--inh-caps",
-        &setpriv_caps(&ambient),
-        "--ambient-caps",
-        &setpriv_caps(&ambient),
-        "--securebits",
-        "+noroot,+noroot_locked",
-        "--no-new-privs",
-        "--",
-    ]
-    .map(str::to_string)
-    .to_vec();
+    let wrapper = started_like_the_unit(&bounding);
     let fixture = FakeCuda::build();
     let daemon = Daemon::start_wrapped(
         "[[service]]\nname = \"cuda\"\ncmdline = 'cuda_caller \\S*gapscope-cuda-fixture'\n",
@@ -244,21 +245,7 @@ fn each_capability_the_unit_adds_is_needed() {
             .filter(|c| Some(*c) != removed)
             .collect::<Vec<_>>()
             .join(" ");
-        let wrapper: Vec<String> = [
-            "setpriv",
-            "--bounding-set",
-            &setpriv_caps(&caps),
-            "--inh-caps",
-            &setpriv_caps(&caps),
-            "--ambient-caps",
-            &setpriv_caps(&caps),
-            "--securebits",
-            "+noroot,+noroot_locked",
-            "--no-new-privs",
-            "--",
-        ]
-        .map(str::to_string)
-        .to_vec();
+        let wrapper = started_like_the_unit(&caps);
         let fixture = FakeCuda::build();
         let daemon = Daemon::start_wrapped(
             "[[service]]\nname = \"cuda\"\ncmdline = 'cuda_caller \\S*gapscope-cuda-fixture'\n",

@@ -10,6 +10,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// A finished command's stdout and stderr, one after the other, for
+/// assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// One daemon at a time: tests compare timings and program lists.
 static SERIAL: Mutex<()> = Mutex::new(());
 
