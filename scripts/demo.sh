@@ -78,4 +78,7 @@ for c in d["idle_checks"]:
         print("  {}: no GPU readings: {}".format(c["phase"], c["unavailable"]))
     for g in c["gpus"]:
         print("  {} GPU {} ({}): {}".format(c["phase"], g["gpu"], g["modelName"], g["finding"]))'
+echo
+echo "==> gapscoped explain toy-python (the reference server launches no GPU work, so the GPU part says why it is empty)"
+./target/release/gapscoped explain toy-python --window 2m --url "http://127.0.0.1:$metrics_port"
 echo "Plots and per-request records: $out/"

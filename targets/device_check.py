@@ -13,6 +13,12 @@ against what gapscoped counted and against nvidia-smi.
     python3 targets/device_check.py decode
         a decode-like loop of small kernels (steps per second), run with
         and without the injection library to measure its cost
+    python3 targets/device_check.py explain PORT
+        with CUDA_INJECTION64_PATH set: a small model's steps with stalls
+        of known length between them (time.sleep, json.dumps of a large
+        object, a competing CPU-bound thread), each its own phase; prints
+        what the explain report attributed against what was injected, and
+        launches per "token" (step) eager vs replayed as a CUDA graph
 
 Only the standard library and torch: it runs on the GPU machine as is.
 """
@@ -268,9 +274,129 @@ def deep(port):
     print("top kernels:", [(k["class"], k["count"], k["name"][:60]) for k in top["kernels"]])
 
 
+STALL_S = 0.02  # each injected stall
+EXPLAIN_STEPS = 60  # steps per phase
+
+
+def explain(port):
+    """Stalls of known length between a model's steps, attributed by gapscoped."""
+    import threading
+
+    w1 = torch.randn(1024, 1024, device="cuda")
+    w2 = torch.randn(1024, 1024, device="cuda")
+    x = torch.randn(64, 1024, device="cuda")
+
+    def step(x):
+        # About twenty kernels: the shape of an unfused decoder layer.
+        for _ in range(4):
+            h = torch.nn.functional.silu(x @ w1)
+            h = torch.nn.functional.layer_norm(h, (1024,))
+            x = (h @ w2) * 0.5 + x
+        return x
+
+    for _ in range(20):
+        step(x)
+    torch.cuda.synchronize()
+    deadline = time.time() + 10
+    while total(scrape(port), "gapscope_inject_connections") < 1 and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    payload = [{"id": i, "text": "token " * 8, "logprobs": [0.1, -1.5, 3.25]} for i in range(20_000)]
+    t = time.perf_counter()
+    json.dumps(payload)
+    scale = STALL_S / max(time.perf_counter() - t, 1e-6)
+    payload = payload * max(1, round(scale)) if scale >= 1 else payload[: max(1, int(len(payload) * scale))]
+
+    graph = torch.cuda.CUDAGraph()
+    static_x = x.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step(static_x)
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(graph):
+        static_out = step(static_x)
+    del static_out
+
+    tokens = 0
+    injected = {}
+
+    def phase(name, stall, run_step=None):
+        nonlocal tokens
+        stop = threading.Event()
+        competitor = None
+        if name == "gil":
+            def hold():
+                v = 0
+                while not stop.is_set():
+                    for i in range(1000):
+                        v = (v * 31 + i) % 1_000_003
+            competitor = threading.Thread(target=hold)
+            competitor.start()
+        post(port, {"source": "device-check", "run_id": "explain", "phase": name, "kind": "test",
+                    "event": "start", "monotonic_ns": time.monotonic_ns(), "output_tokens": tokens})
+        measured = 0
+        for _ in range(EXPLAIN_STEPS):
+            (run_step or (lambda: step(x)))()
+            torch.cuda.synchronize()
+            tokens += 1
+            t0 = time.monotonic_ns()
+            stall()
+            measured += time.monotonic_ns() - t0
+        (run_step or (lambda: step(x)))()
+        torch.cuda.synchronize()
+        post(port, {"source": "device-check", "run_id": "explain", "phase": name, "kind": "test",
+                    "event": "end", "monotonic_ns": time.monotonic_ns(), "output_tokens": tokens})
+        stop.set()
+        if competitor:
+            competitor.join()
+        injected[name] = measured / 1e9
+        time.sleep(0.3)
+
+    phase("sleep", lambda: time.sleep(STALL_S))
+    phase("json", lambda: json.dumps(payload))
+    phase("gil", lambda: None)
+    phase("eager", lambda: None)
+    phase("graph", lambda: None, run_step=graph.replay)
+    time.sleep(1.5)  # flush (100 ms), reorder window (500 ms), settle (250 ms)
+    report = json.loads(urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/api/v1/explain?service=device-check&window=5m", timeout=30).read())
+    phases = {p["phase"]: p for p in report["phases"] if p["run_id"] == "explain"}
+
+    def seconds(p, cause):
+        return sum(c["seconds"] for g in p["gpu"] for c in g["idle_by_cause"] if c["cause"] == cause)
+
+    print("\n## Explain: injected stalls against what gapscoped attributed\n")
+    print(f"| {'phase':<8} | {'cause':<14} | {'injected s':>10} | {'attributed s':>12} | {'error':>7} | within 10 % |")
+    for name, cause in [("sleep", "syscall_sleep"), ("json", "serialization")]:
+        p = phases.get(name)
+        got = seconds(p, cause) if p else float("nan")
+        err = got / injected[name] - 1 if injected[name] else float("nan")
+        print(f"| {name:<8} | {cause:<14} | {injected[name]:>10.4f} | {got:>12.4f} | {100 * err:>6.1f}% | {abs(err) <= 0.10} |")
+    p = phases.get("gil")
+    if p:
+        idle = sum(g["idle_seconds"] for g in p["gpu"])
+        got = seconds(p, "gil_wait")
+        print(f"| gil      | gil_wait       | {'(unknown)':>10} | {got:>12.4f} | {'':>7} | share of idle {got / idle if idle else float('nan'):.2f} |")
+    for name in ["eager", "graph"]:
+        p = phases.get(name)
+        if p:
+            f = p["fusion"]
+            print(f"{name}: {f.get('launches_per_token')} launches/token, {f.get('kernels_per_token')} kernels/token, "
+                  f"graph share {f.get('graph_launch_share')}, median kernel {f.get('median_kernel_us')} us")
+    for name, p in phases.items():
+        for g in p["gpu"]:
+            causes = ", ".join(f"{c['cause']} {c['seconds']:.4f}" for c in g["idle_by_cause"][:4])
+            print(f"  {name} device {g['device']} ({g['source']}): busy {g['busy_seconds']:.3f} s, "
+                  f"idle {g['idle_seconds']:.3f} s in {g['gaps']} gaps: {causes}")
+    print("data quality:", json.dumps(report["data_quality"]))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "deep":
         deep(int(sys.argv[2]))
+    elif sys.argv[1] == "explain":
+        explain(int(sys.argv[2]))
     elif sys.argv[1] == "decode":
         print(json.dumps({"steps_per_second": decode_loop()}))
     else:

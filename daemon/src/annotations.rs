@@ -21,6 +21,10 @@ pub struct Annotation {
     pub event: String,
     pub monotonic_ns: u64,
     pub unix_ns: Option<u64>,
+    /// Output tokens the load generator had counted when it posted this
+    /// (cumulative over its run), for the per-token figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
 }
 
 #[derive(Default)]
@@ -30,7 +34,15 @@ pub struct Annotations {
     pub received: BTreeMap<String, u64>,
     /// (phase, kind) of phases started and not yet ended.
     pub active: BTreeMap<(String, String), String>,
+    /// Output tokens the load generator reported, summed over its runs
+    /// (the increase of each run's cumulative count).
+    pub output_tokens: u64,
+    /// run id → the last cumulative count seen (the newest runs).
+    run_tokens: VecDeque<(String, u64)>,
 }
+
+/// Runs whose token counts are remembered.
+const RUNS: usize = 64;
 
 /// A label-safe short string.
 fn label(v: &Value, key: &str, required: bool) -> Result<String, String> {
@@ -61,9 +73,9 @@ impl Annotations {
             return Err("the body is not a JSON object".into());
         }
         let event = label(&v, "event", true)?;
-        if event != "start" && event != "end" {
+        if !matches!(event.as_str(), "start" | "end" | "progress") {
             return Err(format!(
-                "event = {event:?} is neither \"start\" nor \"end\""
+                "event = {event:?} is not \"start\", \"end\" or \"progress\""
             ));
         }
         let a = Annotation {
@@ -79,8 +91,34 @@ impl Annotations {
                     .ok_or("monotonic_ns is not a whole number of nanoseconds")?,
             },
             unix_ns: v.get("unix_ns").and_then(Value::as_u64),
+            output_tokens: match v.get("output_tokens") {
+                None | Some(Value::Null) => None,
+                Some(t) => Some(
+                    t.as_u64()
+                        .ok_or("output_tokens is not a whole number of tokens")?,
+                ),
+            },
         };
         *self.received.entry(a.event.clone()).or_default() += 1;
+        if let Some(t) = a.output_tokens {
+            match self.run_tokens.iter_mut().find(|(run, _)| *run == a.run_id) {
+                Some((_, last)) => {
+                    self.output_tokens += t.saturating_sub(*last);
+                    *last = (*last).max(t);
+                }
+                None => {
+                    // A run first seen mid-way counts from here.
+                    if self.run_tokens.len() >= RUNS {
+                        self.run_tokens.pop_front();
+                    }
+                    self.run_tokens.push_back((a.run_id.clone(), t));
+                }
+            }
+        }
+        if a.event == "progress" {
+            // Only carries the token count: not a phase boundary.
+            return Ok(a);
+        }
         let key = (a.phase.clone(), a.kind.clone());
         if a.event == "start" {
             // Bounded: a client that never ends its phases cannot grow it.
@@ -118,16 +156,27 @@ mod tests {
         a.add(br#"{"phase":"cooldown","kind":"silence","event":"end"}"#, 9)
             .unwrap();
         assert!(a.active.is_empty());
+        for (run, tokens) in [("r1", 0), ("r1", 40), ("r2", 500), ("r1", 100), ("r2", 520)] {
+            let body = format!(
+                r#"{{"phase":"p","event":"end","run_id":"{run}","output_tokens":{tokens}}}"#
+            );
+            a.add(body.as_bytes(), 0).unwrap();
+        }
+        assert_eq!(a.output_tokens, 100 + 20);
         assert_eq!(a.list()[1].monotonic_ns, 9);
         for (body, says) in [
             (&b"nope"[..], "not JSON"),
             (br#"[1]"#, "not a JSON object"),
             (br#"{"phase":"a"}"#, "event is missing"),
-            (br#"{"phase":"a","event":"pause"}"#, "neither"),
+            (br#"{"phase":"a","event":"pause"}"#, "is not"),
             (br#"{"phase":"a b","event":"start"}"#, "is not 1-64"),
             (
                 br#"{"phase":"a","event":"start","monotonic_ns":-1}"#,
                 "whole number",
+            ),
+            (
+                br#"{"phase":"a","event":"end","output_tokens":"many"}"#,
+                "output_tokens",
             ),
         ] {
             let e = a.add(body, 0).unwrap_err();

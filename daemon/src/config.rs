@@ -22,6 +22,7 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub python: PythonConfig,
     pub timeline: TimelineConfig,
+    pub explain: crate::explain::ExplainConfig,
     pub cuda: CudaConfig,
     pub nvml: NvmlConfig,
     pub inject: InjectConfig,
@@ -126,6 +127,8 @@ struct RawConfig {
     #[serde(default)]
     timeline: RawTimeline,
     #[serde(default)]
+    explain: RawExplain,
+    #[serde(default)]
     cuda: RawCuda,
     #[serde(default)]
     nvml: RawNvml,
@@ -172,6 +175,15 @@ struct RawPython {
     serialization_budget: Option<u64>,
     #[serde(default)]
     probe: Vec<RawProbe>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawExplain {
+    window_s: Option<u64>,
+    max_states: Option<usize>,
+    no_work_after_ms: Option<u64>,
+    history_s: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -294,6 +306,7 @@ impl Config {
         Ok(Config {
             daemon,
             python,
+            explain: parse_explain(raw.explain, &raw.timeline)?,
             timeline: parse_timeline(raw.timeline)?,
             cuda: parse_cuda(raw.cuda)?,
             nvml: parse_nvml(raw.nvml)?,
@@ -331,6 +344,48 @@ fn parse_timeline(raw: RawTimeline) -> Result<TimelineConfig, UsageError> {
         min_interval: Duration::from_micros(min_us),
         retention: Duration::from_secs(retention_s),
         max_intervals,
+    })
+}
+
+/// `[explain]`: the attribution's window of thread states and history.
+fn parse_explain(
+    raw: RawExplain,
+    timeline: &RawTimeline,
+) -> Result<crate::explain::ExplainConfig, UsageError> {
+    let window_s = raw.window_s.unwrap_or(30);
+    if !(1..=600).contains(&window_s) {
+        return Err(UsageError::new(
+            format!("explain.window_s = {window_s} is out of range"),
+            "use 1 to 600 seconds (default 30): how long thread states are kept for attribution",
+        ));
+    }
+    let max_states = raw.max_states.unwrap_or(200_000);
+    if !(1000..=10_000_000).contains(&max_states) {
+        return Err(UsageError::new(
+            format!("explain.max_states = {max_states} is out of range"),
+            "use 1000 to 10000000 per service (default 200000, about 5 MB)",
+        ));
+    }
+    let no_work_ms = raw.no_work_after_ms.unwrap_or(100);
+    if !(1..=60_000).contains(&no_work_ms) {
+        return Err(UsageError::new(
+            format!("explain.no_work_after_ms = {no_work_ms} is out of range"),
+            "use 1 to 60000 (default 100): a poll, futex or network wait this long means no request to serve",
+        ));
+    }
+    let history_s = raw.history_s.unwrap_or(900);
+    if !(60..=86_400).contains(&history_s) {
+        return Err(UsageError::new(
+            format!("explain.history_s = {history_s} is out of range"),
+            "use 60 to 86400 seconds (default 900): how far back /api/v1/explain can look",
+        ));
+    }
+    Ok(crate::explain::ExplainConfig {
+        window_ns: window_s * 1_000_000_000,
+        max_states,
+        no_work_after_ns: no_work_ms * 1_000_000,
+        resolution_ns: timeline.min_interval_us.unwrap_or(1000) * 1000,
+        history_ns: history_s * 1_000_000_000,
     })
 }
 

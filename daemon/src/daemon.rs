@@ -17,6 +17,7 @@ use crate::{
     deep::{self, Ingest},
     discovery::Targets,
     error::UsageError,
+    explain::{Explainer, snapshot::Snapshots},
     gpu::{self, GpuState, IdleChecks},
     http,
     metrics::Exporter,
@@ -28,6 +29,10 @@ use crate::{
     timeline::Timeline,
     web,
 };
+
+/// How often the CPU-side counters are recorded for windowed explain
+/// reports (annotations and explain requests add their own).
+const SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Threads for blocking work (scrapes, bcrypt); the unit allows 64 tasks.
 const MAX_BLOCKING_THREADS: usize = 16;
@@ -158,6 +163,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::spawn(deep::socket::serve(listener, shared.clone()));
         shared
     });
+    let explainer = Arc::new(Mutex::new(Explainer::new(config.explain.clone())));
     let exporter = Arc::new(Exporter {
         services,
         maps,
@@ -167,6 +173,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         annotations: Default::default(),
         gpu,
         deep: deep.clone(),
+        explainer: explainer.clone(),
+        snapshots: Mutex::new(Snapshots::new(config.explain.history_ns)),
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut router = http::router(exporter.clone());
@@ -192,8 +200,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("watching the timeline ring buffer: {e}"))?;
     let mut rescan = tokio::time::interval(config.daemon.rescan_interval);
     let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
-    // Busy stretches settle once the reorder window has passed them.
+    // Busy stretches settle once the reorder window has passed them; idle
+    // gaps are attributed once their states have arrived.
     let mut settle = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut snapshot = tokio::time::interval(SNAPSHOT_EVERY);
     let reorder_ns = config.inject.reorder_window.as_nanos() as u64;
     let watchdog_every = notify::watchdog_interval();
     let mut watchdog =
@@ -207,17 +217,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             _ = sigint.recv() => { log::info!("SIGINT: detaching"); break; }
             _ = rescan.tick() => lock(&targets).rescan(),
             _ = every_second.tick() => lock(&targets).every_second(),
-            _ = settle.tick(), if deep.is_some() => {
+            _ = settle.tick() => {
+                let now = monotonic_ns();
+                let mut explain = explainer.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(d) = &deep {
                     let mut ingest = d.ingest.lock().unwrap_or_else(|p| p.into_inner());
-                    ingest.advance(monotonic_ns().saturating_sub(reorder_ns));
+                    ingest.advance(now.saturating_sub(reorder_ns));
                     if !ingest.timeline.is_empty() {
                         let mut t = timeline.lock().unwrap_or_else(|p| p.into_inner());
                         for i in ingest.timeline.drain(..) {
                             t.push(i);
                         }
                     }
+                    for (service, device, stretch) in ingest.stretches.drain(..) {
+                        explain.on_stretch(service, device, stretch);
+                    }
                 }
+                explain.tick(now);
+            }
+            _ = snapshot.tick() => {
+                let ex = exporter.clone();
+                tokio::task::spawn_blocking(move || ex.snapshot());
             }
             _ = watchdog.tick(), if watchdog_every.is_some() => notify::send("WATCHDOG=1"),
             guard = events.readable_mut() => {
@@ -237,10 +257,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();
                 let mut t = timeline.lock().unwrap_or_else(|p| p.into_inner());
+                let mut explain = explainer.lock().unwrap_or_else(|p| p.into_inner());
                 while let Some(item) = ring.next() {
                     if item.len() >= std::mem::size_of::<Interval>() {
                         // SAFETY: the kernel wrote an Interval; read unaligned.
-                        t.push(unsafe { (item.as_ptr() as *const Interval).read_unaligned() });
+                        let i = unsafe { (item.as_ptr() as *const Interval).read_unaligned() };
+                        explain.on_interval(&i);
+                        t.push(i);
                     }
                 }
                 guard.clear_ready();

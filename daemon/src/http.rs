@@ -1,5 +1,6 @@
-//! The HTTP endpoints: `/metrics`, `/healthz`, a landing page and the
-//! timeline's intervals (`/api/v1/intervals`).
+//! The HTTP endpoints: `/metrics`, `/healthz`, a landing page, the
+//! timeline's intervals (`/api/v1/intervals`), the explain report
+//! (`/api/v1/explain`), idle checks, kernels and annotations.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -28,6 +29,7 @@ pub fn router(exporter: Arc<Exporter>) -> Router {
         .route("/api/v1/intervals", get(intervals))
         .route("/api/v1/idle-checks", get(idle_checks))
         .route("/api/v1/kernels", get(kernels))
+        .route("/api/v1/explain", get(explain))
         .route(
             "/api/v1/annotations",
             get(list_annotations).post(add_annotation),
@@ -54,7 +56,12 @@ async fn landing(State(ex): State<Arc<Exporter>>) -> Html<String> {
     let services: String = ex
         .services
         .iter()
-        .map(|s| format!("<li>{}</li>", s.name))
+        .map(|s| {
+            format!(
+                "<li>{0} (<a href=\"/api/v1/explain?service={0}\">why is its GPU idle?</a>)</li>",
+                s.name
+            )
+        })
         .collect();
     Html(format!(
         "<!doctype html><html><head><title>gapscoped</title></head><body>\
@@ -69,8 +76,9 @@ async fn landing(State(ex): State<Arc<Exporter>>) -> Html<String> {
 }
 
 /// `POST /api/v1/annotations`: a phase start or end from the load
-/// generator (JSON: phase, event = start|end, and optionally kind, run_id,
-/// source, monotonic_ns, unix_ns).
+/// generator, or its progress (JSON: phase, event = start|end|progress,
+/// and optionally kind, run_id, source, monotonic_ns, unix_ns,
+/// output_tokens).
 async fn add_annotation(State(ex): State<Arc<Exporter>>, body: axum::body::Bytes) -> Response {
     let added = ex
         .annotations
@@ -79,6 +87,19 @@ async fn add_annotation(State(ex): State<Arc<Exporter>>, body: axum::body::Bytes
         .and_then(|mut a| a.add(&body, monotonic_ns()));
     match added {
         Ok(a) => {
+            // The counters where the phase starts or ends, for its report;
+            // an annotation from the past or the future gets the present.
+            let now = monotonic_ns();
+            let at = if a.monotonic_ns <= now && now - a.monotonic_ns < 1_000_000_000 {
+                a.monotonic_ns
+            } else {
+                now
+            };
+            if let Ok(mut e) = ex.explainer.lock() {
+                e.phase_event(&a);
+            }
+            let snap = ex.clone();
+            let _ = tokio::task::spawn_blocking(move || snap.snapshot_at(at)).await;
             let idle_check = (a.kind == "silence")
                 .then(|| ex.silence(&a))
                 .flatten()
@@ -182,7 +203,90 @@ fn bad_request(problem: String, fix: &str) -> Response {
         .into_response()
 }
 
-const INTERVAL_PARAMS: &str = "use service=NAME, kind=gil_wait|serialization|host_sync|gpu_busy, since_ns=CLOCK_MONOTONIC ns, limit=1..100000";
+const EXPLAIN_PARAMS: &str = "use service=NAME (a [[service]] name) and window=DURATION (60s by default; s, m or h, at most [explain] history_s)";
+
+/// `GET /api/v1/explain?service=NAME&window=60s`: where the GPU's time
+/// went over the window and each load-generator phase in it, what the CPU
+/// side did, and the data's quality (see `explain::report`).
+async fn explain(
+    State(ex): State<Arc<Exporter>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let mut service = None;
+    let mut window_ns = 60_000_000_000u64;
+    let history_ns = ex
+        .explainer
+        .lock()
+        .map(|e| e.config().history_ns)
+        .unwrap_or(0);
+    for (key, value) in &params {
+        match key.as_str() {
+            "service" => match ex.service_id(value) {
+                Some(id) => service = Some((id, value.clone())),
+                None => {
+                    return bad_request(
+                        format!("no service named {value:?}"),
+                        "use a [[service]] name from the configuration",
+                    );
+                }
+            },
+            "window" => match crate::explain::report::parse_window(value) {
+                Some(ns) if ns > 0 && ns <= history_ns => window_ns = ns,
+                _ => {
+                    return bad_request(
+                        format!("window={value:?} is not a duration within the history"),
+                        EXPLAIN_PARAMS,
+                    );
+                }
+            },
+            _ => return bad_request(format!("unknown parameter {key:?}"), EXPLAIN_PARAMS),
+        }
+    }
+    let Some((id, name)) = service else {
+        return bad_request("service is missing".into(), EXPLAIN_PARAMS);
+    };
+    let report = tokio::task::spawn_blocking(move || {
+        ex.snapshot();
+        let now = monotonic_ns();
+        let annotations = ex.annotations.lock().map(|a| a.list()).unwrap_or_default();
+        let top_kernels = ex
+            .deep
+            .as_ref()
+            .map(|d| {
+                d.ingest
+                    .lock()
+                    .map(|i| i.top_kernels(id, 10))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let explainer = ex.explainer.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshots = ex.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        crate::explain::report::build(
+            &crate::explain::report::Inputs {
+                service_id: id,
+                service: &name,
+                explainer: &explainer,
+                snapshots: &snapshots,
+                annotations: &annotations,
+                top_kernels,
+                deep_enabled: ex.deep.is_some(),
+            },
+            now.saturating_sub(window_ns),
+            now,
+        )
+    })
+    .await;
+    match report {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": format!("building the report failed: {e}") })),
+        )
+            .into_response(),
+    }
+}
+
+const INTERVAL_PARAMS: &str = "use service=NAME, kind=gil_wait|serialization|host_sync|gpu_busy|off_cpu|launch, since_ns=CLOCK_MONOTONIC ns, limit=1..100000";
 
 /// `GET /api/v1/intervals?service=&kind=&since_ns=&limit=`: the long stalls
 /// in the timeline window, oldest first (the newest `limit` when more).
@@ -206,7 +310,7 @@ async fn intervals(
                 }
             },
             "kind" => match value.as_str() {
-                "gil_wait" | "serialization" | "host_sync" | "gpu_busy" => {
+                "gil_wait" | "serialization" | "host_sync" | "gpu_busy" | "off_cpu" | "launch" => {
                     kind = Some(value.clone())
                 }
                 _ => return bad_request(format!("unknown kind {value:?}"), INTERVAL_PARAMS),
@@ -247,8 +351,19 @@ async fn intervals(
             let spec = (i.kind == gapscope_ebpf_common::interval_kind::SERIALIZATION)
                 .then(|| specs.as_ref().and_then(|s| s.get(i.detail as usize)))
                 .flatten();
-            let cuda = (i.kind == gapscope_ebpf_common::interval_kind::HOST_SYNC)
-                .then(|| ENTRY_POINTS.get(i.detail as usize))
+            let cuda = matches!(
+                i.kind,
+                gapscope_ebpf_common::interval_kind::HOST_SYNC
+                    | gapscope_ebpf_common::interval_kind::LAUNCH
+            )
+            .then(|| ENTRY_POINTS.get(i.detail as usize))
+            .flatten();
+            let reason = (i.kind == gapscope_ebpf_common::interval_kind::OFF_CPU)
+                .then(|| {
+                    gapscope_ebpf_common::OffCpuReason::ALL
+                        .get(i.detail as usize)
+                        .map(|r| r.label())
+                })
                 .flatten();
             IntervalView {
                 kind: kind_name(i.kind),
@@ -257,6 +372,7 @@ async fn intervals(
                 op: spec.map(|s| s.op.clone()),
                 api: cuda.map(|e| e.library.api()),
                 call: cuda.map(|e| e.name),
+                reason,
                 pid: i.tgid,
                 tid: i.tid,
                 start_ns: i.start_ns,

@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod deep;
 pub mod discovery;
 pub mod error;
+pub mod explain;
 pub mod gpu;
 pub mod http;
 pub mod locate;

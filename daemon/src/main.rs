@@ -33,6 +33,27 @@ enum Command {
     },
     /// Validate the configuration file (and the web config it names) and exit.
     CheckConfig,
+    /// Why was the GPU idle? The explain report of a running gapscoped:
+    /// GPU idle time by cause, the CPU side, kernels and launches per
+    /// token, per load-generator phase.
+    Explain {
+        /// A [[service]] name from the configuration.
+        #[arg(required_unless_present = "compare")]
+        service: Option<String>,
+        /// Two services side by side instead.
+        #[arg(long, num_args = 2, value_names = ["SERVICE_A", "SERVICE_B"], conflicts_with = "service")]
+        compare: Option<Vec<String>>,
+        /// How far back to look (s, m or h).
+        #[arg(long, default_value = "60s")]
+        window: String,
+        /// gapscoped's address; by default daemon.listen from the
+        /// configuration file.
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the report's JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read a password from stdin and print its bcrypt hash, for
     /// `basic_auth_users` in the web config.
     HashPassword {
@@ -83,6 +104,13 @@ fn main() -> ExitCode {
             })
             .map_err(anyhow::Error::from),
         Command::HashPassword { cost } => hash_password(cost),
+        Command::Explain {
+            service,
+            compare,
+            window,
+            url,
+            json,
+        } => explain_command(&cli.config, service, compare, &window, url, json),
         Command::Run => Config::load(&cli.config)
             .map_err(anyhow::Error::from)
             .and_then(daemon::run),
@@ -100,6 +128,51 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn explain_command(
+    config_path: &std::path::Path,
+    service: Option<String>,
+    compare: Option<Vec<String>>,
+    window: &str,
+    url: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use gapscoped::explain::{client, render};
+    if gapscoped::explain::report::parse_window(window).is_none() {
+        return Err(UsageError::new(
+            format!("--window {window:?} is not a duration"),
+            "use seconds, minutes or hours: --window 60s, --window 5m",
+        )
+        .into());
+    }
+    let base = match url {
+        Some(u) => u,
+        None => match Config::load(config_path) {
+            Ok(c) => format!("http://{}", c.daemon.listen),
+            Err(_) => format!("http://{}", config::DEFAULT_LISTEN),
+        },
+    };
+    let fetch = |name: &str| client::fetch_report(&base, name, window);
+    match compare {
+        Some(pair) => {
+            let (a, b) = (fetch(&pair[0])?, fetch(&pair[1])?);
+            if json {
+                println!("{}", serde_json::json!({ "a": a, "b": b }));
+            } else {
+                print!("{}", render::compare(&a, &b));
+            }
+        }
+        None => {
+            let r = fetch(service.as_deref().unwrap_or_default())?;
+            if json {
+                println!("{r}");
+            } else {
+                print!("{}", render::report(&r));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn hash_password(cost: u32) -> anyhow::Result<()> {

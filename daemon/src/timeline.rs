@@ -1,4 +1,5 @@
-//! The timeline: long stalls (GIL waits, serialization calls) the kernel
+//! The timeline: long stalls (GIL waits, serialization calls, host syncs,
+//! stretches off CPU) and launches after a quiet stretch, which the kernel
 //! sent as intervals, kept for a bounded time and number so the
 //! attribution work can ask what a service's threads were doing during a
 //! GPU idle gap. `/api/v1/intervals` serves them as JSON.
@@ -16,6 +17,8 @@ pub fn kind_name(kind: u32) -> &'static str {
         interval_kind::SERIALIZATION => "serialization",
         interval_kind::HOST_SYNC => "host_sync",
         interval_kind::GPU_BUSY => "gpu_busy",
+        interval_kind::OFF_CPU => "off_cpu",
+        interval_kind::LAUNCH => "launch",
         _ => "unknown",
     }
 }
@@ -46,6 +49,9 @@ pub struct IntervalView {
     pub api: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call: Option<&'static str>,
+    /// Off-CPU intervals: why (a syscall family, runqueue, blocked_other).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     pub pid: u32,
     pub tid: u32,
     pub start_ns: u64,

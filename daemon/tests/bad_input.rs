@@ -79,6 +79,21 @@ fn malformed_configs_exit_2_with_their_message() {
             "timeline.min_interval_us = 1",
         ),
         (
+            "explain window out of range",
+            format!("[explain]\nwindow_s = 0\n{SERVICE}"),
+            "explain.window_s = 0 is out of range",
+        ),
+        (
+            "no-work threshold out of range",
+            format!("[explain]\nno_work_after_ms = 0\n{SERVICE}"),
+            "explain.no_work_after_ms = 0",
+        ),
+        (
+            "explain history too short",
+            format!("[explain]\nhistory_s = 5\n{SERVICE}"),
+            "explain.history_s = 5",
+        ),
+        (
             "unknown timeline key",
             format!("[timeline]\nretention = 5\n{SERVICE}"),
             "unknown field `retention`",
@@ -333,4 +348,30 @@ fn bad_interval_queries_get_400_naming_the_problem() {
     let (status, body) = get_status(daemon.port, "/api/v1/intervals?service=s&limit=5");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"intervals\":[]"), "{body}");
+
+    for (query, says) in [
+        ("", "service is missing"),
+        ("service=nope", "no service named \\\"nope\\\""),
+        (
+            "service=s&window=soon",
+            "window=\\\"soon\\\" is not a duration",
+        ),
+        ("service=s&window=2d", "is not a duration"),
+        ("service=s&window=5h", "within the history"),
+        ("service=s&colour=red", "unknown parameter"),
+    ] {
+        let (status, body) = get_status(daemon.port, &format!("/api/v1/explain?{query}"));
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body.contains(says) && body.contains("\"fix\""),
+            "{query}: {body}"
+        );
+    }
+    // A service with nothing to show says why, rather than inventing numbers.
+    let (status, body) = get_status(daemon.port, "/api/v1/explain?service=s&window=30s");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["gpu"], serde_json::json!([]), "{body}");
+    let notes = v["data_quality"]["notes"].to_string();
+    assert!(notes.contains("no GPU timeline"), "{body}");
 }

@@ -85,9 +85,14 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
-/// Metrics only NVML produces: there is no GPU here.
+/// Metrics only NVML produces: there is no GPU here. (CUPTI deep mode's
+/// come from the test sender, the attribution's from it and the CUDA
+/// stand-in.)
 fn needs_nvml(metric: &str) -> bool {
-    const DEEP: [&str; 7] = [
+    const DEEP: [&str; 10] = [
+        "gapscope_gpu_idle_seconds_total",
+        "gapscope_gpu_timeline_busy_seconds_total",
+        "gapscope_gpu_idle_gaps_total",
         "gapscope_gpu_kernel_duration_seconds",
         "gapscope_gpu_busy_seconds_total",
         "gapscope_gpu_idle_gap_seconds",
@@ -237,8 +242,9 @@ fn draw_pictures(
     range: (f64, f64),
     failures: &mut Vec<String>,
 ) {
+    // A relative path is the repository's (tests run in daemon/).
     let dir = std::env::var_os("GAPSCOPE_DASHBOARD_PICTURES")
-        .map(std::path::PathBuf::from)
+        .map(|d| repo_root().join(d))
         .unwrap_or_else(|| repo_root().join("target/dashboard-pictures"));
     std::fs::create_dir_all(&dir).unwrap();
     // Finer rates than the proof's 30 s window: the curves show the phases.

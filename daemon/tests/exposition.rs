@@ -51,7 +51,7 @@ fn landing_page_and_healthz() {
     let daemon = Daemon::start("[[service]]\nname = \"web\"\ncmdline = \"nothing-matches\"\n");
     let page = http_get(daemon.port, "/").unwrap();
     assert!(page.contains("href=\"/metrics\"") && page.contains("href=\"/healthz\""));
-    assert!(page.contains("<li>web</li>"));
+    assert!(page.contains("<li>web (<a href=\"/api/v1/explain?service=web\">"));
     assert_eq!(http_get(daemon.port, "/healthz").unwrap(), "ok\n");
     assert!(http_get(daemon.port, "/nope").is_none());
 }

@@ -18,6 +18,7 @@ use crate::{
     clock::{Clock, monotonic_ns, unix_ns},
     http::SideClient,
     plan::PhaseKind,
+    runner::Live,
 };
 
 pub struct Annotator {
@@ -43,14 +44,37 @@ impl Annotator {
         }
     }
 
-    /// Posts `event` ("start" or "end") of a phase, in the background.
-    pub fn post(&self, phase: &str, kind: PhaseKind, event: &str) {
+    /// Posts a `progress` event with the tokens counted so far every
+    /// `period`, for the phase running then, until aborted.
+    pub async fn progress_every(self: Arc<Self>, period: Duration, live: Arc<Live>) {
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let phase = live.phase.lock().map(|p| p.clone()).unwrap_or_default();
+            if !phase.is_empty() {
+                self.post(
+                    &phase,
+                    None,
+                    "progress",
+                    live.tokens.load(Ordering::Relaxed),
+                );
+            }
+        }
+    }
+
+    /// Posts `event` ("start", "end" or "progress") of a phase, in the background,
+    /// with the output tokens counted so far in the run (gapscoped turns
+    /// the difference between a phase's start and end into per-token
+    /// figures: kernels and launches per generated token).
+    pub fn post(&self, phase: &str, kind: Option<PhaseKind>, event: &str, output_tokens: u64) {
         let body = json!({
             "source": "gapscope-loadgen",
             "run_id": self.run_id,
             "phase": phase,
             "kind": kind,
             "event": event,
+            "output_tokens": output_tokens,
             "monotonic_ns": monotonic_ns(),
             "unix_ns": unix_ns(),
         })

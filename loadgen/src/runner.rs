@@ -120,6 +120,9 @@ impl Shared {
     }
 }
 
+/// How often the output tokens counted so far are posted to gapscoped.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs every phase of `plan`. `jsonl` receives one line per request.
 pub async fn run(
     plan: &Plan,
@@ -192,6 +195,11 @@ pub async fn run(
     };
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Token counts between the phase annotations, so per-token figures in
+    // Prometheus have a denominator within a long phase too.
+    let progress = annotator
+        .clone()
+        .map(|a| tokio::spawn(a.progress_every(PROGRESS_EVERY, live.clone())));
     let mut interrupted = false;
     let mut runs = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -201,7 +209,12 @@ pub async fn run(
         sleep_until(&clock, start).await;
         *live.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase.name.clone();
         if let Some(a) = &annotator {
-            a.post(&phase.name, phase.kind, "start");
+            a.post(
+                &phase.name,
+                Some(phase.kind),
+                "start",
+                shared.live.tokens.load(Ordering::Relaxed),
+            );
         }
         let mut run = PhaseRun {
             name: phase.name.clone(),
@@ -236,7 +249,12 @@ pub async fn run(
         }
         run.max_in_flight = shared.max_in_flight[index].load(Ordering::SeqCst);
         if let Some(a) = &annotator {
-            a.post(&phase.name, phase.kind, "end");
+            a.post(
+                &phase.name,
+                Some(phase.kind),
+                "end",
+                shared.live.tokens.load(Ordering::Relaxed),
+            );
         }
         runs.push(run);
         if interrupted {
@@ -244,6 +262,9 @@ pub async fn run(
         }
     }
     stop.store(true, Ordering::SeqCst);
+    if let Some(p) = progress {
+        p.abort();
+    }
     // Replies still streaming finish, up to the request timeout; Ctrl-C
     // cancels them.
     let drain = async { while tasks.join_next().await.is_some() {} };

@@ -280,6 +280,26 @@ fn phases_are_announced_to_gapscoped() {
             assert_eq!(note["run_id"], run.results()["run"]["run_id"]);
         }
     }
+    // The output tokens counted so far ride along: none before the run,
+    // all of them once the silent phase has let the last replies finish.
+    let tokens = |phase: &str, event: &str| {
+        log.annotations
+            .iter()
+            .find(|n| n["phase"] == phase && n["event"] == event)
+            .unwrap()["output_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    let results = run.results();
+    let total: u64 = results["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["output_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(tokens("warm", "start"), 0);
+    assert!(total > 0);
+    assert_eq!(tokens("quiet", "end"), total, "{results}");
 }
 
 /// A word-level tokenizer: every whitespace-separated word is one token.

@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use gapscope_ebpf_common::{Interval, Log2Hist, interval_kind};
 use gapscope_wire::{ClockMode, Frame, Hello, Record, RecordKind, copy};
 
-use crate::gpu::{busy::BusyTracker, classify};
+use crate::gpu::{
+    busy::{BusyTracker, Stretch},
+    classify,
+};
 
 /// Kernel names kept per connection (names beyond it count as unnamed).
 const MAX_NAMES: usize = 65_536;
@@ -106,9 +109,17 @@ pub struct Ingest {
     pub counters: IngestCounters,
     /// Busy stretches for the timeline, taken by the daemon's loop.
     pub timeline: Vec<Interval>,
+    /// Every settled busy stretch, unbridged, for the explainer: (service,
+    /// device, stretch), taken by the daemon's loop.
+    pub stretches: Vec<(u32, u8, Stretch)>,
+    /// Stretches not kept because the explainer fell behind.
+    pub stretches_dropped: u64,
     /// Shortest idle gap that ends a timeline busy stretch.
     min_gap_ns: u64,
 }
+
+/// Most stretches waiting for the explainer.
+const MAX_STRETCHES: usize = 1_000_000;
 
 impl Ingest {
     pub fn new(min_gap_ns: u64) -> Self {
@@ -266,6 +277,11 @@ impl Ingest {
     pub fn advance(&mut self, watermark_ns: u64) {
         for ((service, device), s) in &mut self.stats {
             for stretch in s.busy.advance(watermark_ns) {
+                if self.stretches.len() < MAX_STRETCHES {
+                    self.stretches.push((*service, *device, stretch));
+                } else {
+                    self.stretches_dropped += 1;
+                }
                 if let Some(gap) = stretch.gap_before_ns {
                     s.idle_gaps.record(gap);
                 }

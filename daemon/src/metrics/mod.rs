@@ -4,6 +4,7 @@
 
 mod cuda;
 mod deep;
+mod explain;
 mod family;
 mod gpu;
 mod kernel;
@@ -43,6 +44,10 @@ pub struct Exporter {
     /// CUPTI deep mode's socket and what it ingested (None: `[inject]
     /// enabled = false`).
     pub deep: Option<crate::deep::socket::Shared>,
+    /// GPU idle time attributed to causes.
+    pub explainer: Arc<Mutex<crate::explain::Explainer>>,
+    /// CPU-side counters over time, for windowed explain reports.
+    pub snapshots: Mutex<crate::explain::snapshot::Snapshots>,
 }
 
 type Source = fn(&Exporter) -> Vec<Family>;
@@ -55,6 +60,7 @@ const SOURCES: &[(&str, Source)] = &[
     ("cuda", cuda::collect),
     ("nvml", gpu::collect),
     ("deep", deep::collect),
+    ("explain", explain::collect),
     ("self", selfmon::collect),
 ];
 
@@ -88,6 +94,35 @@ impl Exporter {
         }
         families.extend(durations.build());
         encode_families(&families)
+    }
+
+    /// Records the CPU-side counters as they are now, for windowed
+    /// explain reports (reads the kernel maps: call off the event loop).
+    pub fn snapshot(&self) {
+        self.snapshot_at(crate::clock::monotonic_ns());
+    }
+
+    /// As `snapshot`, filed under `t_ns` (an annotation's own time, a
+    /// moment ago, so a phase's counters start where the phase does).
+    pub fn snapshot_at(&self, t_ns: u64) {
+        let wanted = crate::explain::snapshot::FAMILIES;
+        let families: Vec<MetricFamily> = SOURCES
+            .iter()
+            .filter(|(name, _)| matches!(*name, "kernel" | "python" | "cuda" | "deep"))
+            .flat_map(|(_, source)| source(self))
+            .filter_map(Family::build)
+            .filter(|f| wanted.contains(&f.name()))
+            .collect();
+        if let Ok(mut s) = self.snapshots.lock() {
+            s.take(t_ns, &families);
+        }
+    }
+
+    pub fn service_id(&self, name: &str) -> Option<u32> {
+        self.services
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| i as u32)
     }
 
     pub fn service_name(&self, id: u32) -> Option<&str> {

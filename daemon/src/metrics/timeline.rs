@@ -12,7 +12,7 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
     };
     let mut intervals = Family::counter(
         "gapscope_timeline_intervals_total",
-        "Stalls longer than [timeline] min_interval_us recorded as timeline intervals (GIL waits, serialization calls); served by /api/v1/intervals.",
+        "Timeline intervals received: stalls longer than [timeline] min_interval_us (GIL waits, serialization calls, host syncs, stretches off CPU), launches after a quiet stretch and CUPTI busy stretches; served by /api/v1/intervals.",
     );
     for ((service, kind), n) in &received {
         if let Some(name) = ex.service_name(*service) {
@@ -29,10 +29,15 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "Intervals dropped from the window before retention_s because it held max_intervals.",
     );
     lost.add_counter(&[], evicted as f64);
-    let (received, active) = match ex.annotations.lock() {
-        Ok(a) => (a.received.clone(), a.active.clone()),
+    let (received, active, tokens) = match ex.annotations.lock() {
+        Ok(a) => (a.received.clone(), a.active.clone(), a.output_tokens),
         Err(_) => Default::default(),
     };
+    let mut output_tokens = Family::counter(
+        "gapscope_loadgen_output_tokens_total",
+        "Output tokens the load generator counted, from its phase annotations: the denominator of launches and kernels per token.",
+    );
+    output_tokens.add_counter(&[], tokens as f64);
     let mut notes = Family::counter(
         "gapscope_annotations_total",
         "Phase annotations received from the load generator (POST /api/v1/annotations), by event.",
@@ -47,5 +52,5 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
     for (phase_name, kind) in active.keys() {
         phase.add_gauge(&[("phase", phase_name), ("kind", kind)], 1.0);
     }
-    vec![intervals, held, lost, notes, phase]
+    vec![intervals, held, lost, notes, phase, output_tokens]
 }

@@ -208,6 +208,13 @@ pub struct ThreadState {
     /// acquisition's interval on the timeline.
     pub gil_wait_first_ns: u64,
     pub gil_wait_last_ns: u64,
+    /// When the thread's last launch call returned (0: none yet): a launch
+    /// after a quiet stretch goes to the timeline.
+    pub last_launch_ns: u64,
+    /// 1 once the thread launched since its last host sync: the sync that
+    /// follows waits for that work, so it marks where the GPU ran dry.
+    pub launched_since_sync: u32,
+    pub _pad: u32,
 }
 
 /// Where a Python process's GIL lives: the address range of its
@@ -373,6 +380,14 @@ pub mod interval_kind {
     /// CUPTI deep mode, gaps shorter than the threshold bridged);
     /// `detail` is the CUDA device. Not sent by the kernel programs.
     pub const GPU_BUSY: u32 = 4;
+    /// A thread off CPU: blocked (`detail` is the `OffCpuReason`: a
+    /// syscall family, or blocked outside a syscall) or waiting in the run
+    /// queue (`OffCpuReason::Runqueue`). GIL waits are `GIL_WAIT` instead.
+    pub const OFF_CPU: u32 = 5;
+    /// A launch call (`detail` is the CUDA probe slot) made after the
+    /// thread had launched nothing for the threshold, or one that lasted
+    /// that long: where work reached the GPU after a quiet stretch.
+    pub const LAUNCH: u32 = 6;
 }
 
 /// CUDA API probe slots a daemon can attach (each one entry point and its

@@ -6,8 +6,13 @@
 //! * a launch (`cuLaunchKernel`, `cudaGraphLaunch`, …): counted per
 //!   process, so user space can keep the probes within their overhead
 //!   budget;
+//!   A launch after a quiet stretch (no launch from the thread for the
+//!   timeline threshold) goes to the timeline: it is where work reached
+//!   an idle GPU again;
 //! * a host sync (`cuStreamSynchronize`, a synchronous `cuMemcpy`, …): the
-//!   CPU waits for the GPU, and long waits go to the timeline.
+//!   CPU waits for the GPU. Long waits, and the first sync after a
+//!   thread's launches (it returns when the GPU has run dry), go to the
+//!   timeline.
 //!
 //! Every call's duration goes into a log2 histogram per (service, slot).
 
@@ -18,9 +23,12 @@ use aya_ebpf::{
 };
 use gapscope_ebpf_common::{counter, cuda_cookie, cuda_key, interval_kind};
 
-use crate::maps::{
-    CUDA_CALLS, CUDA_PROCESS_CALLS, CUDA_START, attach_cookie as cookie, count_call, current_ids,
-    histogram, service_of,
+use crate::{
+    maps::{
+        CUDA_CALLS, CUDA_PROCESS_CALLS, CUDA_START, attach_cookie as cookie, count_call,
+        current_ids, histogram, service_of, thread_state,
+    },
+    timeline,
 };
 
 #[uprobe]
@@ -50,19 +58,47 @@ pub fn gs_cuda_exit(ctx: RetProbeContext) -> u32 {
     };
     let _ = CUDA_START.remove(&key);
     let now = unsafe { bpf_ktime_get_ns() };
+    let thread = thread_state(tid, tgid);
     if c & cuda_cookie::LAUNCH != 0 {
         count_call(&CUDA_PROCESS_CALLS, (tgid as u64) << 32 | slot);
+        if let Some(t) = thread {
+            // SAFETY: only the thread itself writes these fields.
+            unsafe {
+                let quiet = start.saturating_sub((*t).last_launch_ns);
+                if quiet >= timeline::threshold() || now - start >= timeline::threshold() {
+                    timeline::send(
+                        interval_kind::LAUNCH,
+                        slot as u32,
+                        service,
+                        tgid,
+                        tid,
+                        start,
+                        now,
+                    );
+                }
+                (*t).last_launch_ns = now;
+                (*t).launched_since_sync = 1;
+            }
+        }
     }
     if c & cuda_cookie::HOST_SYNC != 0 {
-        crate::timeline::offer(
-            interval_kind::HOST_SYNC,
-            slot as u32,
-            service,
-            tgid,
-            tid,
-            start,
-            now,
-        );
+        // SAFETY: as above.
+        let drains = thread.is_some_and(|t| unsafe { (*t).launched_since_sync != 0 });
+        if drains || now - start >= timeline::threshold() {
+            timeline::send(
+                interval_kind::HOST_SYNC,
+                slot as u32,
+                service,
+                tgid,
+                tid,
+                start,
+                now,
+            );
+        }
+        if let Some(t) = thread {
+            // SAFETY: as above.
+            unsafe { (*t).launched_since_sync = 0 };
+        }
     }
     let key = cuda_key(service, slot as u32);
     if let Some(hist) = histogram(&CUDA_CALLS, &key, counter::CUDA_CALLS_DROPPED) {

@@ -5,7 +5,9 @@
 //! (`sched_wakeup*`); getting the CPU back (`sched_switch`, next side)
 //! splits the gap into "blocked for <reason>" (switch-out → wakeup) and
 //! "run-queue wait" (wakeup → switch-in). A preempted thread never blocked,
-//! so its whole gap is run-queue wait.
+//! so its whole gap is run-queue wait. Either part longer than the
+//! timeline threshold also goes to the timeline, for the attribution of
+//! GPU idle time.
 //!
 //! Classic tracepoints: their records carry the pids we need
 //! (`sched_switch` has `next_pid`), whereas the raw ones only pass
@@ -15,11 +17,14 @@ use aya_ebpf::{
     EbpfContext, helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
 };
 use gapscope_ebpf_common::{
-    OffCpuReason, ThreadState, counter,
+    OffCpuReason, ThreadState, counter, interval_kind,
     tp_offsets::{SWITCH_NEXT_PID, SWITCH_PREV_STATE, WAKEUP_PID},
 };
 
-use crate::maps::{OFFCPU, SYSCALL_FAMILY, THREADS, bump, current_ids, service_of, thread_state};
+use crate::{
+    maps::{OFFCPU, SYSCALL_FAMILY, THREADS, bump, current_ids, service_of, thread_state},
+    timeline,
+};
 
 /// `prev_state` bits that mean "blocked"; 0 (or only the preempt bit 0x100)
 /// means the thread was still runnable when it lost the CPU.
@@ -119,11 +124,32 @@ fn switch_in(tid: u32, now: u64) {
             if let Some(slot) = (*stats).off_ns.get_mut(reason as usize) {
                 *slot += blocked_until - off_since;
             }
+            // GIL waits reach the timeline whole, from the GIL probes.
+            if reason != OffCpuReason::GilWait as u32 {
+                timeline::offer(
+                    interval_kind::OFF_CPU,
+                    reason,
+                    service,
+                    tgid,
+                    tid,
+                    off_since,
+                    blocked_until,
+                );
+            }
             blocked_until
         };
         let waited = now - runnable_since;
         (*stats).off_ns[OffCpuReason::Runqueue as usize] += waited;
         (*stats).runq.record(waited);
+        timeline::offer(
+            interval_kind::OFF_CPU,
+            OffCpuReason::Runqueue as u32,
+            service,
+            tgid,
+            tid,
+            runnable_since,
+            now,
+        );
     }
 }
 

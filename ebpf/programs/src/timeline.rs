@@ -1,5 +1,6 @@
-//! Long stalls as intervals for the timeline: a GIL acquisition or a
-//! serialization call longer than `LONG_INTERVAL_NS` goes through the
+//! Long stalls as intervals for the timeline: a GIL acquisition, a
+//! serialization call, a host sync or a stretch off CPU longer than
+//! `LONG_INTERVAL_NS` (and launches after a quiet stretch) go through the
 //! `TIMELINE` ring buffer to user space, which keeps a bounded window of
 //! them for the attribution work. Everything shorter is only aggregated in
 //! the kernel, so the ring buffer's traffic scales with stalls, not calls.
@@ -13,15 +14,28 @@ use crate::maps::{TIMELINE, bump};
 #[unsafe(no_mangle)]
 static LONG_INTERVAL_NS: u64 = u64::MAX;
 
+/// The threshold: the shortest interval worth sending.
+#[inline(always)]
+pub fn threshold() -> u64 {
+    // SAFETY: a plain read of a read-only global; volatile so the compiler
+    // does not fold the placeholder value in.
+    unsafe { core::ptr::read_volatile(&raw const LONG_INTERVAL_NS) }
+}
+
 /// Sends `[start, end)` of thread `tid` when it is long enough.
 #[inline(always)]
 pub fn offer(kind: u32, detail: u32, service: u32, tgid: u32, tid: u32, start: u64, end: u64) {
-    // SAFETY: a plain read of a read-only global; volatile so the compiler
-    // does not fold the placeholder value in.
-    let threshold = unsafe { core::ptr::read_volatile(&raw const LONG_INTERVAL_NS) };
-    if start == 0 || end.saturating_sub(start) < threshold {
+    if start == 0 || end.saturating_sub(start) < threshold() {
         return;
     }
+    send(kind, detail, service, tgid, tid, start, end);
+}
+
+/// Sends `[start, end)` of thread `tid` whatever its length: for events
+/// that matter because of where they are (a launch after a quiet
+/// stretch, the host sync that drains the GPU), not how long they last.
+#[inline(always)]
+pub fn send(kind: u32, detail: u32, service: u32, tgid: u32, tid: u32, start: u64, end: u64) {
     match TIMELINE.reserve::<Interval>(0) {
         Some(mut entry) => {
             entry.write(Interval {

@@ -1,0 +1,689 @@
+//! The explainer: keeps, per service, a bounded sliding window of what its
+//! threads were doing (from the timeline intervals the kernel sends), finds
+//! the GPU's idle gaps, splits each among causes (`attribute`) and adds
+//! the result to the service's history.
+//!
+//! Where the idle gaps come from:
+//! * **CUPTI deep mode** (`source = "cupti"`): the exact busy stretches of
+//!   each device, from the injection library's activity records.
+//! * **uprobes only** (`source = "uprobes"`, device `all`): a host sync's
+//!   return marks the GPU run dry, and the next launch (or the start of a
+//!   sync that had to wait) marks it fed again. Devices cannot be told
+//!   apart, kernels may finish before the sync returns and the launch's
+//!   own latency is unseen, so these gaps are a lower bound.
+//!
+//! A service in deep mode ignores its uprobe gaps, so nothing counts twice.
+//! A gap is attributed once it is settled: its end is `SETTLE_NS` old, so
+//! the states of the thread that ended it have arrived; states that arrive
+//! later than that, or fall out of the window first, are not seen (the
+//! window and the eviction count say how much that could be).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use gapscope_ebpf_common::{Interval, interval_kind};
+
+use super::{
+    attribute::{self, Context, Segment, ThreadState},
+    cause::Cause,
+    history::{History, Split},
+};
+use crate::{annotations::Annotation, gpu::busy::Stretch};
+
+/// How old a gap's end must be before it is attributed.
+pub const SETTLE_NS: u64 = 250_000_000;
+/// States at least this long are scanned for every gap; shorter ones are
+/// found by their start.
+const LONG_STATE_NS: u64 = 10_000_000;
+/// A service whose deep-mode stretches arrived this recently ignores its
+/// uprobe gaps.
+const DEEP_HOLD_NS: u64 = 10_000_000_000;
+/// Deep-mode stretches waiting to settle, per service (beyond: the oldest
+/// are attributed early).
+const MAX_PENDING_STRETCHES: usize = 200_000;
+
+/// The device label of gaps found without CUPTI.
+pub const ALL_DEVICES: &str = "all";
+
+#[derive(Debug, Clone)]
+pub struct ExplainConfig {
+    /// How long thread states are kept.
+    pub window_ns: u64,
+    /// Most thread states kept per service.
+    pub max_states: usize,
+    /// A poll, futex or network wait at least this long means no work.
+    pub no_work_after_ns: u64,
+    /// The timeline's threshold: shorter states are not seen, so a gap
+    /// shorter than this with nothing recorded is the launch path.
+    pub resolution_ns: u64,
+    /// How long the history keeps per-100 ms splits.
+    pub history_ns: u64,
+}
+
+/// Where a service's gaps came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    Cupti,
+    Uprobes,
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Cupti => "cupti",
+            Self::Uprobes => "uprobes",
+        }
+    }
+}
+
+/// The uprobe-only view of one service's GPU.
+#[derive(Debug, Default)]
+struct ZeroTouch {
+    /// A host sync returned here and nothing was launched since.
+    idle_since: Option<u64>,
+    /// Work was handed over here and no sync has drained it yet.
+    busy_since: Option<u64>,
+}
+
+/// A launch or a sync, for the uprobe-only view.
+#[derive(Debug, Clone, Copy)]
+enum Marker {
+    Launch { start_ns: u64 },
+    Sync { start_ns: u64, end_ns: u64 },
+}
+
+impl Marker {
+    fn at(&self) -> u64 {
+        match self {
+            Marker::Launch { start_ns } => *start_ns,
+            Marker::Sync { end_ns, .. } => *end_ns,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Service {
+    /// Thread states, in arrival order.
+    states: VecDeque<ThreadState>,
+    /// Threads that launched or synchronized, and when last.
+    launchers: HashMap<u32, u64>,
+    markers: Vec<Marker>,
+    zero_touch: ZeroTouch,
+    deep_seen_ns: Option<u64>,
+    stretches: Vec<(u8, Stretch)>,
+    /// Newest end of any state: the window's clock.
+    newest_ns: u64,
+}
+
+/// What the explainer counted about itself.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub states: u64,
+    /// States dropped before their time to keep within `max_states`.
+    pub evicted: u64,
+    /// Deep-mode stretches attributed early because too many waited.
+    pub early: u64,
+}
+
+/// Phases kept (the newest).
+const MAX_PHASES: usize = 64;
+
+/// What the GPU did during one load-generator phase, clipped exactly to
+/// the phase's annotations.
+#[derive(Debug, Clone)]
+pub struct PhaseSplit {
+    pub run_id: String,
+    pub phase: String,
+    pub kind: String,
+    pub start_ns: u64,
+    /// None while the phase runs.
+    pub end_ns: Option<u64>,
+    pub splits: BTreeMap<(u32, String), (Source, Split)>,
+}
+
+pub struct Explainer {
+    config: ExplainConfig,
+    services: BTreeMap<u32, Service>,
+    /// (service, device label) → what the GPU did.
+    pub histories: BTreeMap<(u32, String), (Source, History)>,
+    pub phases: VecDeque<PhaseSplit>,
+    pub counters: Counters,
+}
+
+impl Explainer {
+    pub fn new(config: ExplainConfig) -> Self {
+        Self {
+            config,
+            services: BTreeMap::new(),
+            histories: BTreeMap::new(),
+            phases: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &ExplainConfig {
+        &self.config
+    }
+
+    /// A load-generator phase started or ended (an annotation).
+    pub fn phase_event(&mut self, a: &Annotation) {
+        if a.event == "start" {
+            if self.phases.len() >= MAX_PHASES {
+                self.phases.pop_front();
+            }
+            self.phases.push_back(PhaseSplit {
+                run_id: a.run_id.clone(),
+                phase: a.phase.clone(),
+                kind: a.kind.clone(),
+                start_ns: a.monotonic_ns,
+                end_ns: None,
+                splits: BTreeMap::new(),
+            });
+        } else if a.event == "end"
+            && let Some(p) = self
+                .phases
+                .iter_mut()
+                .rev()
+                .find(|p| p.end_ns.is_none() && p.phase == a.phase && p.run_id == a.run_id)
+        {
+            p.end_ns = Some(a.monotonic_ns.max(p.start_ns));
+        }
+    }
+
+    fn account_busy(&mut self, key: &(u32, String), source: Source, start_ns: u64, end_ns: u64) {
+        let history_ns = self.config.history_ns;
+        self.histories
+            .entry(key.clone())
+            .or_insert_with(|| (source, History::new(history_ns)))
+            .1
+            .busy(start_ns, end_ns);
+        for p in &mut self.phases {
+            let ns = overlap(p, start_ns, end_ns);
+            if ns > 0 {
+                p.splits
+                    .entry(key.clone())
+                    .or_insert((source, Split::default()))
+                    .1
+                    .busy_ns += ns;
+            }
+        }
+    }
+
+    fn account_gap(&mut self, key: &(u32, String), source: Source, segments: &[Segment]) {
+        let history_ns = self.config.history_ns;
+        self.histories
+            .entry(key.clone())
+            .or_insert_with(|| (source, History::new(history_ns)))
+            .1
+            .gap(segments);
+        let Some(end) = segments.last().map(|s| s.end_ns) else {
+            return;
+        };
+        for p in &mut self.phases {
+            let mut split = Split::default();
+            for seg in segments {
+                split.idle_ns[seg.cause.index()] += overlap(p, seg.start_ns, seg.end_ns);
+            }
+            if end > p.start_ns && p.end_ns.is_none_or(|e| end <= e) {
+                split.gaps = 1;
+            }
+            if split != Split::default() {
+                p.splits
+                    .entry(key.clone())
+                    .or_insert((source, Split::default()))
+                    .1
+                    .add(&split);
+            }
+        }
+    }
+
+    /// Takes a timeline interval the kernel sent.
+    pub fn on_interval(&mut self, i: &Interval) {
+        let no_work_after = self.config.no_work_after_ns;
+        let cause = match i.kind {
+            interval_kind::GIL_WAIT => Cause::GilWait,
+            interval_kind::SERIALIZATION => Cause::Serialization,
+            interval_kind::HOST_SYNC => Cause::HostSync,
+            interval_kind::LAUNCH => Cause::LaunchOverhead,
+            interval_kind::OFF_CPU => match Cause::of_off_cpu(i.detail) {
+                Some(c) if c.can_mean_no_work() && i.end_ns - i.start_ns >= no_work_after => {
+                    Cause::NoWork
+                }
+                Some(c) => c,
+                None => return,
+            },
+            _ => return,
+        };
+        let s = self.services.entry(i.service).or_default();
+        match i.kind {
+            interval_kind::LAUNCH => {
+                s.launchers.insert(i.tid, i.end_ns);
+                s.markers.push(Marker::Launch {
+                    start_ns: i.start_ns,
+                });
+            }
+            interval_kind::HOST_SYNC => {
+                s.launchers.insert(i.tid, i.end_ns);
+                s.markers.push(Marker::Sync {
+                    start_ns: i.start_ns,
+                    end_ns: i.end_ns,
+                });
+            }
+            _ => {}
+        }
+        s.newest_ns = s.newest_ns.max(i.end_ns);
+        let horizon = s.newest_ns.saturating_sub(self.config.window_ns);
+        while s.states.front().is_some_and(|f| f.end_ns < horizon) {
+            s.states.pop_front();
+        }
+        if s.states.len() >= self.config.max_states {
+            s.states.pop_front();
+            self.counters.evicted += 1;
+        }
+        s.launchers.retain(|_, last| *last >= horizon);
+        s.states.push_back(ThreadState {
+            tid: i.tid,
+            start_ns: i.start_ns,
+            end_ns: i.end_ns,
+            cause,
+        });
+        self.counters.states += 1;
+    }
+
+    /// Takes a settled busy stretch of `device` from CUPTI deep mode.
+    pub fn on_stretch(&mut self, service: u32, device: u8, stretch: Stretch) {
+        let s = self.services.entry(service).or_default();
+        s.deep_seen_ns = Some(s.deep_seen_ns.unwrap_or(0).max(stretch.end_ns));
+        s.stretches.push((device, stretch));
+    }
+
+    /// Attributes every gap settled by `now_ns`.
+    pub fn tick(&mut self, now_ns: u64) {
+        let horizon = now_ns.saturating_sub(SETTLE_NS);
+        let ids: Vec<u32> = self.services.keys().copied().collect();
+        for id in ids {
+            self.deep_gaps(id, horizon);
+            self.zero_touch_gaps(id, horizon);
+        }
+    }
+
+    fn deep_gaps(&mut self, id: u32, horizon: u64) {
+        let s = self.services.get_mut(&id).expect("listed");
+        if s.stretches.is_empty() {
+            return;
+        }
+        s.stretches.sort_by_key(|(_, st)| st.start_ns);
+        let overflow = s.stretches.len().saturating_sub(MAX_PENDING_STRETCHES);
+        let ready = s
+            .stretches
+            .iter()
+            .enumerate()
+            .take_while(|(i, (_, st))| st.start_ns <= horizon || *i < overflow)
+            .count();
+        self.counters.early += overflow as u64;
+        let batch: Vec<(u8, Stretch)> = s.stretches.drain(..ready).collect();
+        let Some(lo) = batch
+            .iter()
+            .map(|(_, st)| st.start_ns - st.gap_before_ns.unwrap_or(0))
+            .min()
+        else {
+            return;
+        };
+        let hi = batch.iter().map(|(_, st)| st.start_ns).max().unwrap_or(lo);
+        let index = StateIndex::new(s, lo, hi);
+        let mut done = Vec::with_capacity(batch.len());
+        for (device, st) in &batch {
+            let segments = st.gap_before_ns.map(|gap| {
+                let (a, b) = (st.start_ns - gap, st.start_ns);
+                index.attribute(a, b, &self.config, true)
+            });
+            done.push((device.to_string(), *st, segments));
+        }
+        for (device, st, segments) in done {
+            let key = (id, device);
+            if let Some(segments) = segments {
+                self.account_gap(&key, Source::Cupti, &segments);
+            }
+            self.account_busy(&key, Source::Cupti, st.start_ns, st.end_ns);
+        }
+    }
+
+    fn zero_touch_gaps(&mut self, id: u32, horizon: u64) {
+        let s = self.services.get_mut(&id).expect("listed");
+        if s.markers.is_empty() {
+            return;
+        }
+        s.markers.sort_by_key(Marker::at);
+        let ready = s.markers.partition_point(|m| m.at() <= horizon);
+        let batch: Vec<Marker> = s.markers.drain(..ready).collect();
+        if batch.is_empty() {
+            return;
+        }
+        let deep_seen = s.deep_seen_ns;
+        let in_deep_mode =
+            |t: u64| deep_seen.is_some_and(|seen| t <= seen.saturating_add(DEEP_HOLD_NS));
+        let lo = s.zero_touch.idle_since.unwrap_or(batch[0].at());
+        let index = StateIndex::new(s, lo, batch[batch.len() - 1].at());
+        let resolution = self.config.resolution_ns;
+        let mut gaps = Vec::new();
+        let mut busy = Vec::new();
+        let zt = &mut s.zero_touch;
+        let fed = |zt: &mut ZeroTouch, at: u64, gaps: &mut Vec<(u64, u64)>| {
+            if let Some(idle) = zt.idle_since.take()
+                && at > idle
+            {
+                gaps.push((idle, at));
+            }
+            zt.busy_since.get_or_insert(at);
+        };
+        for m in &batch {
+            match *m {
+                Marker::Launch { start_ns } => fed(zt, start_ns, &mut gaps),
+                Marker::Sync { start_ns, end_ns } => {
+                    // A sync that had to wait means work was queued, even
+                    // if its launches went unseen (duty-cycled probes).
+                    if end_ns - start_ns >= resolution {
+                        fed(zt, start_ns, &mut gaps);
+                    }
+                    if let Some(b) = zt.busy_since.take() {
+                        busy.push((b, end_ns.max(b)));
+                    }
+                    if zt.idle_since.is_none() {
+                        zt.idle_since = Some(end_ns);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (a, b) in gaps {
+            if !in_deep_mode(b) {
+                out.push(index.attribute(a, b, &self.config, false));
+            }
+        }
+        busy.retain(|(_, e)| !in_deep_mode(*e));
+        if out.is_empty() && busy.is_empty() {
+            return;
+        }
+        let key = (id, ALL_DEVICES.to_string());
+        for segments in &out {
+            self.account_gap(&key, Source::Uprobes, segments);
+        }
+        for (b, e) in busy {
+            self.account_busy(&key, Source::Uprobes, b, e);
+        }
+    }
+
+    /// Threads currently counted as launching work, per service.
+    pub fn launchers(&self, service: u32) -> usize {
+        self.services.get(&service).map_or(0, |s| s.launchers.len())
+    }
+
+    /// Thread states held now, all services.
+    pub fn retained(&self) -> usize {
+        self.services.values().map(|s| s.states.len()).sum()
+    }
+}
+
+/// How much of `[start, end)` falls in the phase.
+fn overlap(p: &PhaseSplit, start_ns: u64, end_ns: u64) -> u64 {
+    let lo = start_ns.max(p.start_ns);
+    let hi = end_ns.min(p.end_ns.unwrap_or(u64::MAX));
+    hi.saturating_sub(lo)
+}
+
+/// The states of a service's launching threads that can touch a batch of
+/// gaps, arranged so each gap finds its own quickly.
+struct StateIndex {
+    launchers: Vec<u32>,
+    /// Shorter than `LONG_STATE_NS`, sorted by start.
+    short: Vec<ThreadState>,
+    long: Vec<ThreadState>,
+}
+
+impl StateIndex {
+    fn new(s: &Service, lo: u64, hi: u64) -> Self {
+        let mut launchers: Vec<u32> = s.launchers.keys().copied().collect();
+        launchers.sort_unstable();
+        let (mut short, mut long) = (Vec::new(), Vec::new());
+        for st in &s.states {
+            if st.end_ns <= lo || st.start_ns >= hi || launchers.binary_search(&st.tid).is_err() {
+                continue;
+            }
+            if st.end_ns - st.start_ns >= LONG_STATE_NS {
+                long.push(*st);
+            } else {
+                short.push(*st);
+            }
+        }
+        short.sort_unstable_by_key(|st| st.start_ns);
+        Self {
+            launchers,
+            short,
+            long,
+        }
+    }
+
+    /// Splits `[a, b)`; `exact` when the gap came from CUPTI, so a launch
+    /// call in it is the handoff of its work.
+    fn attribute(
+        &self,
+        a: u64,
+        b: u64,
+        config: &ExplainConfig,
+        exact: bool,
+    ) -> Vec<attribute::Segment> {
+        let from = self
+            .short
+            .partition_point(|st| st.start_ns + LONG_STATE_NS <= a);
+        let mut states: Vec<ThreadState> = self.short[from..]
+            .iter()
+            .take_while(|st| st.start_ns < b)
+            .chain(self.long.iter())
+            .filter(|st| st.end_ns > a && st.start_ns < b)
+            .copied()
+            .collect();
+        states.sort_unstable_by_key(|st| st.start_ns);
+        let handoff_ns = exact
+            .then(|| {
+                states
+                    .iter()
+                    .filter(|st| st.cause == Cause::LaunchOverhead)
+                    .map(|st| st.start_ns.max(a))
+                    .min()
+            })
+            .flatten();
+        let default = if b - a < config.resolution_ns {
+            Cause::LaunchOverhead
+        } else {
+            Cause::PythonCpu
+        };
+        attribute::attribute(
+            a,
+            b,
+            &Context {
+                launchers: &self.launchers,
+                states: &states,
+                handoff_ns,
+                default,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gapscope_ebpf_common::OffCpuReason;
+
+    const MS: u64 = 1_000_000;
+
+    fn config() -> ExplainConfig {
+        ExplainConfig {
+            window_ns: 30_000 * MS,
+            max_states: 1000,
+            no_work_after_ns: 100 * MS,
+            resolution_ns: MS,
+            history_ns: 900_000 * MS,
+        }
+    }
+
+    fn iv(kind: u32, detail: u32, tid: u32, start_ms: u64, end_ms: u64) -> Interval {
+        Interval {
+            kind,
+            detail,
+            service: 0,
+            tgid: 1,
+            tid,
+            _pad: 0,
+            start_ns: start_ms * MS,
+            end_ns: end_ms * MS,
+        }
+    }
+
+    fn idle_ms(e: &Explainer, device: &str, cause: Cause) -> u64 {
+        e.histories[&(0, device.to_string())].1.totals.idle_ns[cause.index()] / MS
+    }
+
+    #[test]
+    fn uprobe_gaps_run_from_a_sync_to_the_next_launch() {
+        let mut e = Explainer::new(config());
+        // Thread 10: launch, sync, sleep 20 ms, launch, sync, a 300 ms
+        // epoll wait, launch. Arrival order is not time order.
+        let ivs = [
+            iv(interval_kind::HOST_SYNC, 0, 10, 1, 5),
+            iv(interval_kind::LAUNCH, 0, 10, 0, 1),
+            iv(
+                interval_kind::OFF_CPU,
+                OffCpuReason::SyscallSleep as u32,
+                10,
+                5,
+                25,
+            ),
+            iv(interval_kind::LAUNCH, 0, 10, 25, 26),
+            iv(interval_kind::HOST_SYNC, 0, 10, 26, 30),
+            iv(
+                interval_kind::OFF_CPU,
+                OffCpuReason::SyscallPoll as u32,
+                10,
+                31,
+                331,
+            ),
+            iv(interval_kind::LAUNCH, 0, 10, 332, 333),
+            // Another thread's GIL wait is not the launcher's.
+            iv(interval_kind::GIL_WAIT, 0, 11, 0, 300),
+        ];
+        for i in &ivs {
+            e.on_interval(i);
+        }
+        // Nothing is settled yet.
+        e.tick(20 * MS);
+        assert!(e.histories.is_empty());
+        e.tick(333 * MS + SETTLE_NS);
+        let (source, h) = &e.histories[&(0, ALL_DEVICES.to_string())];
+        assert_eq!(*source, Source::Uprobes);
+        assert_eq!(h.totals.gaps, 2);
+        assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::SyscallSleep), 20);
+        assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::NoWork), 300);
+        assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::PythonCpu), 2);
+        assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::GilWait), 0);
+        // Busy: 0-5 and 25-30; the last launch is still busy (open).
+        assert_eq!(h.totals.busy_ns, 10 * MS);
+        assert_eq!(
+            h.totals.busy_ns + h.totals.idle_total_ns(),
+            h.last_ns - h.first_ns.unwrap()
+        );
+    }
+
+    #[test]
+    fn deep_gaps_use_exact_stretches_and_the_launch_handoff() {
+        let mut e = Explainer::new(config());
+        // The launching thread serializes 10-40 ms, launches at 45 ms; the
+        // kernel starts at 48 ms.
+        e.on_interval(&iv(interval_kind::SERIALIZATION, 0, 10, 10, 40));
+        e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 45, 46));
+        let st = |s: u64, e: u64, gap: Option<u64>| Stretch {
+            start_ns: s * MS,
+            end_ns: e * MS,
+            gap_before_ns: gap.map(|g| g * MS),
+        };
+        e.on_stretch(0, 1, st(0, 5, None));
+        e.on_stretch(0, 1, st(48, 60, Some(43)));
+        // A sub-resolution gap with nothing recorded: the launch path.
+        e.on_stretch(
+            0,
+            1,
+            Stretch {
+                start_ns: 60 * MS + 400_000,
+                end_ns: 61 * MS,
+                gap_before_ns: Some(400_000),
+            },
+        );
+        e.tick(2000 * MS);
+        assert_eq!(idle_ms(&e, "1", Cause::Serialization), 30);
+        assert_eq!(idle_ms(&e, "1", Cause::PythonCpu), 10);
+        let (source, h) = &e.histories[&(0, "1".to_string())];
+        assert_eq!(
+            h.totals.idle_ns[Cause::LaunchOverhead.index()],
+            3 * MS + 400_000
+        );
+        assert_eq!(*source, Source::Cupti);
+        assert_eq!(h.totals.gaps, 2);
+        assert_eq!(h.totals.busy_ns, 5 * MS + 12 * MS + 600_000);
+        assert_eq!(h.totals.busy_ns + h.totals.idle_total_ns(), 61 * MS);
+        // A service in deep mode ignores its uprobe gaps.
+        e.on_interval(&iv(interval_kind::HOST_SYNC, 0, 10, 50, 60));
+        e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 70, 71));
+        e.tick(2000 * MS);
+        assert!(!e.histories.contains_key(&(0, ALL_DEVICES.to_string())));
+    }
+
+    #[test]
+    fn phases_get_exactly_their_part() {
+        let mut e = Explainer::new(config());
+        let note = |event: &str, t_ms: u64| Annotation {
+            source: String::new(),
+            run_id: "r".into(),
+            phase: "stress".into(),
+            kind: "closed".into(),
+            event: event.into(),
+            monotonic_ns: t_ms * MS,
+            unix_ns: None,
+            output_tokens: None,
+        };
+        e.phase_event(&note("start", 15));
+        e.on_interval(&iv(interval_kind::HOST_SYNC, 0, 10, 0, 10));
+        e.on_interval(&iv(
+            interval_kind::OFF_CPU,
+            OffCpuReason::SyscallSleep as u32,
+            10,
+            10,
+            30,
+        ));
+        e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 30, 31));
+        e.phase_event(&note("end", 25));
+        e.tick(1000 * MS);
+        let p = &e.phases[0];
+        let (_, split) = &p.splits[&(0, ALL_DEVICES.to_string())];
+        // The gap 10-30 ms is all sleep; the phase holds 15-25 ms of it.
+        assert_eq!(split.idle_ns[Cause::SyscallSleep.index()], 10 * MS);
+        assert_eq!(split.idle_total_ns(), 10 * MS);
+        assert_eq!(split.gaps, 0, "the gap ended after the phase");
+    }
+
+    #[test]
+    fn the_window_is_bounded_and_evictions_are_counted() {
+        let mut e = Explainer::new(ExplainConfig {
+            max_states: 10,
+            window_ns: 100 * MS,
+            ..config()
+        });
+        for t in 0..50 {
+            e.on_interval(&iv(interval_kind::GIL_WAIT, 0, 1, t, t + 1));
+        }
+        assert_eq!(e.retained(), 10);
+        assert_eq!(e.counters.evicted, 40);
+        // Far later: everything older than the window goes, uncounted.
+        e.on_interval(&iv(interval_kind::GIL_WAIT, 0, 1, 10_000, 10_001));
+        assert_eq!(e.retained(), 1);
+        assert_eq!(e.counters.evicted, 40);
+    }
+}

@@ -1,0 +1,186 @@
+//! What a GPU did over time, in 100 ms buckets: busy time and idle time by
+//! cause. Bounded by age, so memory does not depend on the event rate;
+//! queries sum the buckets a window covers (so a window's edges are exact
+//! to a bucket).
+
+use std::collections::VecDeque;
+
+use super::{
+    attribute::Segment,
+    cause::{CAUSES, Cause},
+};
+
+pub const BUCKET_NS: u64 = 100_000_000;
+
+/// Busy and idle time in one bucket (or summed over many).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Split {
+    pub busy_ns: u64,
+    pub idle_ns: [u64; CAUSES],
+    /// Gaps that ended in the bucket.
+    pub gaps: u64,
+}
+
+impl Split {
+    pub fn idle_total_ns(&self) -> u64 {
+        self.idle_ns.iter().sum()
+    }
+
+    pub fn add(&mut self, other: &Split) {
+        self.busy_ns += other.busy_ns;
+        self.gaps += other.gaps;
+        for (a, b) in self.idle_ns.iter_mut().zip(other.idle_ns.iter()) {
+            *a += *b;
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct History {
+    /// (bucket index, split), oldest first, indexes increasing.
+    buckets: VecDeque<(u64, Split)>,
+    keep_ns: u64,
+    /// Everything since the start (the Prometheus counters).
+    pub totals: Split,
+    /// First and last instant accounted: busy + idle = last - first.
+    pub first_ns: Option<u64>,
+    pub last_ns: u64,
+}
+
+impl History {
+    pub fn new(keep_ns: u64) -> Self {
+        Self {
+            buckets: VecDeque::new(),
+            keep_ns,
+            totals: Split::default(),
+            first_ns: None,
+            last_ns: 0,
+        }
+    }
+
+    /// Adds busy time `[start, end)`.
+    pub fn busy(&mut self, start_ns: u64, end_ns: u64) {
+        self.spread(start_ns, end_ns, |s, ns| s.busy_ns += ns);
+        self.totals.busy_ns += end_ns.saturating_sub(start_ns);
+        self.seen(start_ns, end_ns);
+    }
+
+    /// Adds one attributed gap.
+    pub fn gap(&mut self, segments: &[Segment]) {
+        let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
+            return;
+        };
+        for seg in segments {
+            let i = seg.cause.index();
+            self.spread(seg.start_ns, seg.end_ns, |s, ns| s.idle_ns[i] += ns);
+            self.totals.idle_ns[i] += seg.end_ns - seg.start_ns;
+        }
+        self.bucket(last.end_ns.saturating_sub(1)).gaps += 1;
+        self.totals.gaps += 1;
+        self.seen(first.start_ns, last.end_ns);
+    }
+
+    fn seen(&mut self, start_ns: u64, end_ns: u64) {
+        self.first_ns = Some(self.first_ns.map_or(start_ns, |f| f.min(start_ns)));
+        self.last_ns = self.last_ns.max(end_ns);
+        let horizon = self.last_ns.saturating_sub(self.keep_ns) / BUCKET_NS;
+        while self.buckets.front().is_some_and(|(i, _)| *i < horizon) {
+            self.buckets.pop_front();
+        }
+    }
+
+    fn spread(&mut self, start_ns: u64, end_ns: u64, mut add: impl FnMut(&mut Split, u64)) {
+        let mut t = start_ns;
+        while t < end_ns {
+            let edge = (t / BUCKET_NS + 1) * BUCKET_NS;
+            let upto = edge.min(end_ns);
+            add(self.bucket(t), upto - t);
+            t = upto;
+        }
+    }
+
+    fn bucket(&mut self, t_ns: u64) -> &mut Split {
+        let index = t_ns / BUCKET_NS;
+        // Nearly always the newest bucket or one just before it.
+        let pos = self.buckets.iter().rposition(|(i, _)| *i <= index);
+        match pos {
+            Some(p) if self.buckets[p].0 == index => &mut self.buckets[p].1,
+            Some(p) => {
+                self.buckets.insert(p + 1, (index, Split::default()));
+                &mut self.buckets[p + 1].1
+            }
+            None => {
+                self.buckets.push_front((index, Split::default()));
+                &mut self.buckets[0].1
+            }
+        }
+    }
+
+    /// Sum of the buckets from `start_ns` to `end_ns` (bucket-aligned).
+    pub fn window(&self, start_ns: u64, end_ns: u64) -> Split {
+        let (from, to) = (start_ns / BUCKET_NS, end_ns.div_ceil(BUCKET_NS));
+        let mut total = Split::default();
+        for (i, s) in &self.buckets {
+            if *i >= from && *i < to {
+                total.add(s);
+            }
+        }
+        total
+    }
+
+    /// Oldest instant a window can still see.
+    pub fn oldest_ns(&self) -> Option<u64> {
+        self.buckets.front().map(|(i, _)| i * BUCKET_NS)
+    }
+}
+
+/// Idle seconds by cause label, leaving out causes with none.
+pub fn by_cause(split: &Split) -> Vec<(Cause, u64)> {
+    Cause::ALL
+        .iter()
+        .map(|c| (*c, split.idle_ns[c.index()]))
+        .filter(|(_, ns)| *ns > 0)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_over_buckets_sums_exactly_and_forgets_old_ones() {
+        let mut h = History::new(10 * BUCKET_NS);
+        h.busy(50_000_000, 250_000_000);
+        h.gap(&[
+            Segment {
+                start_ns: 250_000_000,
+                end_ns: 260_000_000,
+                cause: Cause::GilWait,
+            },
+            Segment {
+                start_ns: 260_000_000,
+                end_ns: 400_000_000,
+                cause: Cause::NoWork,
+            },
+        ]);
+        let all = h.window(0, 1_000_000_000);
+        assert_eq!(all.busy_ns, 200_000_000);
+        assert_eq!(all.idle_ns[Cause::GilWait.index()], 10_000_000);
+        assert_eq!(all.idle_ns[Cause::NoWork.index()], 140_000_000);
+        assert_eq!(all, h.totals);
+        assert_eq!(
+            h.totals.busy_ns + h.totals.idle_total_ns(),
+            h.last_ns - h.first_ns.unwrap()
+        );
+        // The bucket 200-300 ms holds 50 ms busy and 50 ms idle.
+        let b = h.window(200_000_000, 300_000_000);
+        assert_eq!((b.busy_ns, b.idle_total_ns()), (50_000_000, 50_000_000));
+        // Out of order: an earlier bucket is inserted in place.
+        h.busy(0, 10_000_000);
+        assert_eq!(h.window(0, BUCKET_NS).busy_ns, 60_000_000);
+        // Far later: the old buckets go, the totals stay.
+        h.busy(5_000_000_000, 5_100_000_000);
+        assert_eq!(h.window(0, 1_000_000_000), Split::default());
+        assert_eq!(h.totals.busy_ns, 310_000_000);
+    }
+}

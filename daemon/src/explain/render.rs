@@ -1,0 +1,399 @@
+//! `gapscoped explain`: the explain report as a person reads it in a
+//! terminal, and two services side by side (`--compare`).
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+fn bar(share: f64) -> String {
+    "█".repeat((share * 30.0).round().clamp(0.0, 30.0) as usize)
+}
+
+fn opt(v: &Value, digits: usize) -> String {
+    match v.as_f64() {
+        Some(x) => format!("{x:.digits$}"),
+        None => "—".into(),
+    }
+}
+
+/// One service's report.
+pub fn report(r: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "gapscope explain — service {}, the last {:.0} s",
+        r["service"].as_str().unwrap_or("?"),
+        f(&r["window"]["seconds"])
+    );
+    let gpus = r["gpu"].as_array().cloned().unwrap_or_default();
+    if gpus.is_empty() {
+        let _ = writeln!(out, "\nGPU: no idle gap closed in the window");
+    }
+    for g in &gpus {
+        gpu_block(&mut out, g, "");
+    }
+
+    let cpu = &r["cpu"];
+    let _ = writeln!(out, "\nCPU side");
+    let mut off: Vec<(String, f64)> = cpu["off_cpu_seconds"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), f(v))).collect())
+        .unwrap_or_default();
+    off.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let _ = writeln!(
+        out,
+        "  on CPU {:.2} s; off CPU: {}",
+        f(&cpu["on_cpu_seconds"]),
+        join(off.iter().take(5).map(|(k, v)| format!("{k} {v:.2} s")))
+    );
+    let sys = cpu["top_syscalls"].as_array().cloned().unwrap_or_default();
+    if !sys.is_empty() {
+        let _ = writeln!(
+            out,
+            "  top syscalls: {}",
+            join(sys.iter().take(5).map(|s| format!(
+                "{} {:.3} s ({:.0} calls)",
+                s["syscall"].as_str().unwrap_or("?"),
+                f(&s["seconds"]),
+                f(&s["calls"])
+            )))
+        );
+    }
+    let gil = &r["gil"];
+    let _ = writeln!(
+        out,
+        "  GIL: {:.0} contended waits, {:.3} s waiting, {:.2} s held",
+        f(&gil["waits"]),
+        f(&gil["wait_seconds"]),
+        f(&gil["held_seconds"])
+    );
+    let ser = r["serialization"].as_array().cloned().unwrap_or_default();
+    if !ser.is_empty() {
+        let _ = writeln!(
+            out,
+            "  serialization: {}",
+            join(ser.iter().take(4).map(|c| format!(
+                "{} {} {:.3} s ({:.0} calls)",
+                c["codec"].as_str().unwrap_or("?"),
+                c["op"].as_str().unwrap_or("?"),
+                f(&c["seconds"]),
+                f(&c["calls"])
+            )))
+        );
+    }
+
+    let fu = &r["fusion"];
+    let _ = writeln!(out, "\nKernels and launches");
+    let _ = writeln!(
+        out,
+        "  {:.0} launches ({:.0} graph launches), {:.0} kernels; per token: {} launches, {} kernels",
+        f(&fu["launches"]),
+        f(&fu["graph_launches"]),
+        f(&fu["kernels"]),
+        opt(&fu["launches_per_token"], 1),
+        opt(&fu["kernels_per_token"], 1)
+    );
+    if fu["median_kernel_us"].is_number() {
+        let _ = writeln!(
+            out,
+            "  median kernel {} µs; {} of kernels under 10 µs",
+            opt(&fu["median_kernel_us"], 1),
+            fu["tiny_kernel_share"].as_f64().map_or("—".into(), pct)
+        );
+    }
+    for k in r["kernels"]["top"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .take(5)
+    {
+        let _ = writeln!(
+            out,
+            "  {:>9.3} s {:>8} × [{}] {}",
+            f(&k["total_seconds"]),
+            k["count"],
+            k["class"].as_str().unwrap_or("?"),
+            k["name"].as_str().unwrap_or("?")
+        );
+    }
+
+    let phases = r["phases"].as_array().cloned().unwrap_or_default();
+    if !phases.is_empty() {
+        let _ = writeln!(out, "\nPhases (load generator)");
+        for p in &phases {
+            let secs = (p["end_ns"].as_u64().unwrap_or(0) - p["start_ns"].as_u64().unwrap_or(0))
+                as f64
+                / 1e9;
+            let _ = writeln!(
+                out,
+                "  {} ({}, {:.1} s){}",
+                p["phase"].as_str().unwrap_or("?"),
+                p["kind"].as_str().unwrap_or(""),
+                secs,
+                p["fusion"]["launches_per_token"]
+                    .as_f64()
+                    .map_or(String::new(), |l| format!(", {l:.1} launches/token"))
+            );
+            for g in p["gpu"].as_array().cloned().unwrap_or_default() {
+                gpu_block(&mut out, &g, "    ");
+            }
+        }
+    }
+
+    let q = &r["data_quality"];
+    let _ = writeln!(out, "\nData quality");
+    let dropped: f64 = q["events_dropped"]
+        .as_object()
+        .map(|m| m.values().map(f).sum())
+        .unwrap_or(0.0);
+    let _ = writeln!(
+        out,
+        "  {} launching thread(s); {:.0} events dropped in the window; {} thread states evicted since start",
+        q["launching_threads"], dropped, q["states_evicted"]
+    );
+    for g in &gpus {
+        let _ = writeln!(
+            out,
+            "  device {}: {}",
+            g["device"].as_str().unwrap_or("?"),
+            g["precision"].as_str().unwrap_or("")
+        );
+    }
+    for n in q["notes"].as_array().cloned().unwrap_or_default() {
+        let _ = writeln!(out, "  note: {}", n.as_str().unwrap_or(""));
+    }
+    out
+}
+
+fn gpu_block(out: &mut String, g: &Value, indent: &str) {
+    let _ = writeln!(
+        out,
+        "{indent}\n{indent}GPU {} ({}): busy {} · idle {:.3} s in {} gaps",
+        g["device"].as_str().unwrap_or("?"),
+        g["source"].as_str().unwrap_or("?"),
+        g["busy_ratio"].as_f64().map_or("—".into(), pct),
+        f(&g["idle_seconds"]),
+        g["gaps"]
+    );
+    for c in g["idle_by_cause"].as_array().cloned().unwrap_or_default() {
+        let _ = writeln!(
+            out,
+            "{indent}  {:<16} {:>9.3} s {:>6}  {}",
+            c["cause"].as_str().unwrap_or("?"),
+            f(&c["seconds"]),
+            pct(f(&c["share"])),
+            bar(f(&c["share"]))
+        );
+    }
+}
+
+fn join(items: impl Iterator<Item = String>) -> String {
+    let v: Vec<String> = items.collect();
+    if v.is_empty() {
+        "—".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Idle seconds of one cause over every device of a report.
+fn cause_seconds(r: &Value, cause: &str) -> f64 {
+    r["gpu"]
+        .as_array()
+        .map(|gs| {
+            gs.iter()
+                .flat_map(|g| g["idle_by_cause"].as_array().cloned().unwrap_or_default())
+                .filter(|c| c["cause"] == cause)
+                .map(|c| f(&c["seconds"]))
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
+
+fn gpu_sum(r: &Value, key: &str) -> f64 {
+    r["gpu"]
+        .as_array()
+        .map(|gs| gs.iter().map(|g| f(&g[key])).sum())
+        .unwrap_or(0.0)
+}
+
+/// Two services side by side: the seed's question in one screen.
+pub fn compare(a: &Value, b: &Value) -> String {
+    let name = |r: &Value| r["service"].as_str().unwrap_or("?").to_string();
+    let (na, nb) = (name(a), name(b));
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut row = |label: &str, fa: String, fb: String| rows.push((label.to_string(), fa, fb));
+    let busy_ratio = |r: &Value| {
+        let (busy, idle) = (gpu_sum(r, "busy_seconds"), gpu_sum(r, "idle_seconds"));
+        if busy + idle > 0.0 {
+            pct(busy / (busy + idle))
+        } else {
+            "—".into()
+        }
+    };
+    row("GPU busy", busy_ratio(a), busy_ratio(b));
+    row(
+        "GPU idle (s)",
+        format!("{:.3}", gpu_sum(a, "idle_seconds")),
+        format!("{:.3}", gpu_sum(b, "idle_seconds")),
+    );
+    row(
+        "idle gaps",
+        format!("{:.0}", gpu_sum(a, "gaps")),
+        format!("{:.0}", gpu_sum(b, "gaps")),
+    );
+    for cause in crate::explain::Cause::ALL {
+        let (x, y) = (
+            cause_seconds(a, cause.label()),
+            cause_seconds(b, cause.label()),
+        );
+        if x > 0.0 || y > 0.0 {
+            row(
+                &format!("  idle: {}", cause.label()),
+                format!("{x:.3}"),
+                format!("{y:.3}"),
+            );
+        }
+    }
+    for (label, key, digits) in [
+        ("launches per token", "launches_per_token", 1),
+        ("kernels per token", "kernels_per_token", 1),
+        ("median kernel (µs)", "median_kernel_us", 1),
+        ("kernels under 10 µs", "tiny_kernel_share", 3),
+        ("graph launch share", "graph_launch_share", 3),
+    ] {
+        row(
+            label,
+            opt(&a["fusion"][key], digits),
+            opt(&b["fusion"][key], digits),
+        );
+    }
+    row(
+        "launches",
+        format!("{:.0}", f(&a["fusion"]["launches"])),
+        format!("{:.0}", f(&b["fusion"]["launches"])),
+    );
+    row(
+        "GIL wait (s)",
+        format!("{:.3}", f(&a["gil"]["wait_seconds"])),
+        format!("{:.3}", f(&b["gil"]["wait_seconds"])),
+    );
+    let ser = |r: &Value| -> f64 {
+        r["serialization"]
+            .as_array()
+            .map(|v| v.iter().map(|c| f(&c["seconds"])).sum())
+            .unwrap_or(0.0)
+    };
+    row(
+        "serialization (s)",
+        format!("{:.3}", ser(a)),
+        format!("{:.3}", ser(b)),
+    );
+    row(
+        "on CPU (s)",
+        format!("{:.2}", f(&a["cpu"]["on_cpu_seconds"])),
+        format!("{:.2}", f(&b["cpu"]["on_cpu_seconds"])),
+    );
+    let top = |r: &Value| {
+        r["cpu"]["top_syscalls"][0]["syscall"]
+            .as_str()
+            .map_or("—".to_string(), |s| {
+                format!("{s} {:.2} s", f(&r["cpu"]["top_syscalls"][0]["seconds"]))
+            })
+    };
+    row("top syscall", top(a), top(b));
+    let source = |r: &Value| {
+        r["gpu"]
+            .as_array()
+            .map(|gs| {
+                gs.iter()
+                    .map(|g| g["source"].as_str().unwrap_or("?").to_string())
+                    .collect::<Vec<_>>()
+                    .join("+")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "—".into())
+    };
+    row("GPU timeline", source(a), source(b));
+
+    let w = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(10);
+    let wa = rows
+        .iter()
+        .map(|r| r.1.chars().count())
+        .chain([na.chars().count()])
+        .max()
+        .unwrap_or(8);
+    let wb = rows
+        .iter()
+        .map(|r| r.2.chars().count())
+        .chain([nb.chars().count()])
+        .max()
+        .unwrap_or(8);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "gapscope explain --compare, the last {:.0} s\n",
+        f(&a["window"]["seconds"])
+    );
+    let _ = writeln!(out, "{:<w$}  {:>wa$}  {:>wb$}", "", na, nb);
+    for (label, x, y) in rows {
+        let _ = writeln!(out, "{label:<w$}  {x:>wa$}  {y:>wb$}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample(name: &str, gil: f64) -> Value {
+        json!({
+            "service": name,
+            "window": {"seconds": 60.0},
+            "gpu": [{"device": "0", "source": "cupti", "precision": "exact", "busy_seconds": 30.0,
+                     "idle_seconds": 30.0, "busy_ratio": 0.5, "gaps": 10,
+                     "idle_by_cause": [{"cause": "gil_wait", "seconds": gil, "share": gil / 30.0}]}],
+            "cpu": {"on_cpu_seconds": 10.0, "off_cpu_seconds": {"syscall_poll": 2.0},
+                    "top_syscalls": [{"syscall": "futex", "calls": 10.0, "seconds": 1.5}]},
+            "gil": {"waits": 3.0, "wait_seconds": gil, "held_seconds": 9.0},
+            "serialization": [],
+            "kernels": {"top": []},
+            "fusion": {"launches": 100.0, "graph_launches": 0.0, "kernels": 0.0, "launches_per_token": 12.5},
+            "phases": [],
+            "data_quality": {"launching_threads": 1, "events_dropped": {}, "states_evicted": 0, "notes": ["n"]}
+        })
+    }
+
+    #[test]
+    fn the_report_and_the_comparison_carry_the_numbers() {
+        let text = report(&sample("a", 20.0));
+        for want in [
+            "service a",
+            "GPU 0 (cupti): busy 50.0%",
+            "gil_wait",
+            "20.000 s",
+            "futex 1.500 s",
+            "12.5 launches",
+            "note: n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from\n{text}");
+        }
+        let text = compare(&sample("bentoml", 20.0), &sample("engine", 1.0));
+        assert!(
+            text.contains("bentoml") && text.contains("engine"),
+            "{text}"
+        );
+        let line = text.lines().find(|l| l.contains("idle: gil_wait")).unwrap();
+        assert!(line.contains("20.000") && line.contains("1.000"), "{line}");
+    }
+}

@@ -1,0 +1,573 @@
+//! The explain report (`GET /api/v1/explain`): for one service and a
+//! window (and each load-generator phase in it), where the GPU's time
+//! went, what the CPU side did, and how much of that the data can vouch
+//! for.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{
+    engine::{Explainer, Source},
+    history::{Split, by_cause},
+    snapshot::{self, Delta, Snapshots},
+};
+use crate::{annotations::Annotation, deep::ingest::KernelTotals};
+
+/// Kernels shorter than this are "tiny" in the fusion diagnostics.
+pub const TINY_KERNEL_S: f64 = 10e-6;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub service: String,
+    pub window: Window,
+    pub gpu: Vec<GpuSplit>,
+    pub cpu: CpuSide,
+    pub gil: Gil,
+    pub serialization: Vec<Codec>,
+    pub kernels: Kernels,
+    pub fusion: Fusion,
+    pub phases: Vec<Phase>,
+    pub data_quality: DataQuality,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub seconds: f64,
+    /// The CPU-side numbers come from snapshots at these times (every
+    /// 5 s and at every annotation), so their window may be a little
+    /// wider or narrower.
+    pub cpu_start_ns: Option<u64>,
+    pub cpu_end_ns: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuSplit {
+    /// CUDA device ordinal, or "all" when only the uprobes saw the GPU.
+    pub device: String,
+    pub source: &'static str,
+    pub precision: &'static str,
+    pub busy_seconds: f64,
+    pub idle_seconds: f64,
+    /// Busy share of busy + idle.
+    pub busy_ratio: Option<f64>,
+    pub gaps: u64,
+    /// Largest first.
+    pub idle_by_cause: Vec<CauseShare>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CauseShare {
+    pub cause: &'static str,
+    pub seconds: f64,
+    /// Share of the idle time.
+    pub share: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuSide {
+    pub on_cpu_seconds: f64,
+    pub off_cpu_seconds: BTreeMap<String, f64>,
+    pub top_syscalls: Vec<Syscall>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Syscall {
+    pub syscall: String,
+    pub calls: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Gil {
+    pub waits: f64,
+    pub wait_seconds: f64,
+    pub held_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Codec {
+    pub codec: String,
+    pub op: String,
+    pub calls: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Kernels {
+    /// Exact names, by total time since the processes connected (deep
+    /// mode only).
+    pub top: Vec<TopKernel>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TopKernel {
+    pub name: String,
+    pub class: &'static str,
+    pub count: u64,
+    pub total_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Fusion {
+    /// Kernels the GPU ran (deep mode).
+    pub kernels: f64,
+    /// Kernel launch calls (uprobes; estimated when duty-cycled).
+    pub launches: f64,
+    pub graph_launches: f64,
+    /// Output tokens the load generator counted (its annotations).
+    pub tokens: Option<f64>,
+    pub kernels_per_token: Option<f64>,
+    pub launches_per_token: Option<f64>,
+    /// Share of kernels shorter than 10 µs.
+    pub tiny_kernel_share: Option<f64>,
+    pub median_kernel_us: Option<f64>,
+    /// Graph launches among all launches.
+    pub graph_launch_share: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub phase: String,
+    pub kind: String,
+    pub run_id: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub gpu: Vec<GpuSplit>,
+    pub fusion: Fusion,
+    pub gil: Gil,
+    pub serialization_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DataQuality {
+    /// Where the GPU timeline came from, per device.
+    pub gpu_timeline: BTreeMap<String, &'static str>,
+    /// Threads counted as launching GPU work now.
+    pub launching_threads: usize,
+    /// Events lost in the window, by source.
+    pub events_dropped: BTreeMap<String, f64>,
+    pub inject_records_dropped: f64,
+    /// Thread states dropped from the window before their time, since start.
+    pub states_evicted: u64,
+    pub notes: Vec<String>,
+}
+
+/// Everything a report is built from.
+pub struct Inputs<'a> {
+    pub service_id: u32,
+    pub service: &'a str,
+    pub explainer: &'a Explainer,
+    pub snapshots: &'a Snapshots,
+    pub annotations: &'a [Annotation],
+    pub top_kernels: Vec<(String, KernelTotals)>,
+    pub deep_enabled: bool,
+}
+
+pub fn build(inp: &Inputs, start_ns: u64, end_ns: u64) -> Report {
+    let gpu = gpu_split(inp, start_ns, end_ns);
+    let cpu_delta = inp.snapshots.delta(start_ns, end_ns);
+    let (delta, cpu_start, cpu_end) = match &cpu_delta {
+        Some((d, a, b)) => (Some(d), Some(*a), Some(*b)),
+        None => (None, None, None),
+    };
+    let empty = Delta::new();
+    let d = delta.unwrap_or(&empty);
+    let svc = [("service", inp.service)];
+    let tokens = tokens_between(inp.annotations, start_ns, end_ns);
+
+    let mut quality = DataQuality {
+        launching_threads: inp.explainer.launchers(inp.service_id),
+        events_dropped: snapshot::sum_by(d, "gapscope_events_dropped_total", &[], "source"),
+        inject_records_dropped: snapshot::sum(d, "gapscope_inject_records_dropped_total", &svc),
+        states_evicted: inp.explainer.counters.evicted,
+        ..DataQuality::default()
+    };
+    for g in &gpu {
+        quality.gpu_timeline.insert(g.device.clone(), g.source);
+    }
+    if gpu.is_empty() {
+        quality.notes.push(if inp.deep_enabled {
+            "no GPU timeline: no idle gap closed in the window (no CUDA launches and host syncs seen by the uprobes, no records from the injection library)".into()
+        } else {
+            "no GPU timeline: no idle gap closed in the window ([inject] is off, and the uprobes saw no CUDA launches and host syncs)".into()
+        });
+    }
+    if delta.is_none() {
+        quality
+            .notes
+            .push("no CPU-side snapshot covers the window yet".into());
+    }
+    if tokens.is_none() {
+        quality.notes.push(
+            "no token counts: per-token figures need gapscope-loadgen --gapscoped (its phase annotations carry output tokens)".into(),
+        );
+    }
+
+    let phases = phases(inp, start_ns, end_ns);
+    Report {
+        service: inp.service.to_string(),
+        window: Window {
+            start_ns,
+            end_ns,
+            seconds: (end_ns - start_ns) as f64 / 1e9,
+            cpu_start_ns: cpu_start,
+            cpu_end_ns: cpu_end,
+        },
+        gpu,
+        cpu: cpu_side(d, inp.service),
+        gil: gil(d, inp.service),
+        serialization: codecs(d, inp.service),
+        kernels: Kernels {
+            top: inp
+                .top_kernels
+                .iter()
+                .map(|(name, t)| TopKernel {
+                    name: name.clone(),
+                    class: t.class,
+                    count: t.count,
+                    total_seconds: t.total_ns as f64 / 1e9,
+                })
+                .collect(),
+        },
+        fusion: fusion(d, inp.service, tokens),
+        phases,
+        data_quality: quality,
+    }
+}
+
+fn gpu_split(inp: &Inputs, start_ns: u64, end_ns: u64) -> Vec<GpuSplit> {
+    let mut out = Vec::new();
+    for ((service, device), (source, history)) in &inp.explainer.histories {
+        if *service != inp.service_id {
+            continue;
+        }
+        let split = history.window(start_ns, end_ns);
+        if split == Split::default() {
+            continue;
+        }
+        out.push(describe(device, *source, &split));
+    }
+    out
+}
+
+fn describe(device: &str, source: Source, split: &Split) -> GpuSplit {
+    let idle = split.idle_total_ns();
+    let mut causes: Vec<CauseShare> = by_cause(split)
+        .into_iter()
+        .map(|(c, ns)| CauseShare {
+            cause: c.label(),
+            seconds: ns as f64 / 1e9,
+            share: ns as f64 / idle.max(1) as f64,
+        })
+        .collect();
+    causes.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    let wall = split.busy_ns + idle;
+    GpuSplit {
+        device: device.to_string(),
+        source: source.label(),
+        precision: match source {
+            Source::Cupti => {
+                "exact GPU busy intervals from CUPTI; CPU states shorter than [timeline] min_interval_us are not seen (short gaps without one are launch overhead)"
+            }
+            Source::Uprobes => {
+                "no CUPTI: a gap runs from a host sync's return to the next launch, all devices together; a lower bound on idle time"
+            }
+        },
+        busy_seconds: split.busy_ns as f64 / 1e9,
+        idle_seconds: idle as f64 / 1e9,
+        busy_ratio: (wall > 0).then(|| split.busy_ns as f64 / wall as f64),
+        gaps: split.gaps,
+        idle_by_cause: causes,
+    }
+}
+
+fn cpu_side(d: &Delta, service: &str) -> CpuSide {
+    let svc = [("service", service)];
+    let calls = snapshot::sum_by(
+        d,
+        "gapscope_syscall_duration_seconds_count",
+        &svc,
+        "syscall",
+    );
+    let secs = snapshot::sum_by(d, "gapscope_syscall_duration_seconds_sum", &svc, "syscall");
+    let mut top: Vec<Syscall> = secs
+        .iter()
+        .map(|(name, s)| Syscall {
+            syscall: name.clone(),
+            calls: calls.get(name).copied().unwrap_or(0.0),
+            seconds: *s,
+        })
+        .collect();
+    top.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    top.truncate(10);
+    CpuSide {
+        on_cpu_seconds: snapshot::sum(d, "gapscope_oncpu_seconds_total", &svc),
+        off_cpu_seconds: snapshot::sum_by(d, "gapscope_offcpu_seconds_total", &svc, "reason"),
+        top_syscalls: top,
+    }
+}
+
+fn gil(d: &Delta, service: &str) -> Gil {
+    let svc = [("service", service)];
+    Gil {
+        waits: snapshot::sum(d, "gapscope_gil_wait_seconds_count", &svc),
+        wait_seconds: snapshot::sum(d, "gapscope_gil_wait_seconds_sum", &svc),
+        held_seconds: snapshot::sum(d, "gapscope_gil_held_seconds_total", &svc),
+    }
+}
+
+fn codecs(d: &Delta, service: &str) -> Vec<Codec> {
+    let mut out: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
+    for (s, v) in d {
+        if s.label("service") != Some(service) {
+            continue;
+        }
+        let key = (
+            s.label("codec").unwrap_or("").to_string(),
+            s.label("op").unwrap_or("").to_string(),
+        );
+        match s.name.as_str() {
+            "gapscope_serialization_duration_seconds_count" => out.entry(key).or_default().0 += v,
+            "gapscope_serialization_duration_seconds_sum" => out.entry(key).or_default().1 += v,
+            _ => {}
+        }
+    }
+    let mut v: Vec<Codec> = out
+        .into_iter()
+        .map(|((codec, op), (calls, seconds))| Codec {
+            codec,
+            op,
+            calls,
+            seconds,
+        })
+        .collect();
+    v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    v
+}
+
+fn fusion(d: &Delta, service: &str, tokens: Option<f64>) -> Fusion {
+    let svc = [("service", service)];
+    // A runtime launch also reaches the driver: count one API's launches,
+    // the driver's where it saw any.
+    let by_api = snapshot::sum_by(d, "gapscope_cuda_launches_total", &svc, "api");
+    let launches = by_api
+        .get("driver")
+        .copied()
+        .filter(|n| *n > 0.0)
+        .or_else(|| by_api.get("runtime").copied())
+        .unwrap_or(0.0);
+    let graphs_by_api = snapshot::sum_by(d, "gapscope_cuda_graph_launches_total", &svc, "api");
+    let graph_launches = graphs_by_api
+        .get("driver")
+        .copied()
+        .filter(|n| *n > 0.0)
+        .or_else(|| graphs_by_api.get("runtime").copied())
+        .unwrap_or(0.0);
+    let kernels = snapshot::sum(d, "gapscope_gpu_kernel_duration_seconds_count", &svc);
+    // Kernel durations over every class and device: (upper bound s, cumulative).
+    let mut buckets: BTreeMap<u64, f64> = BTreeMap::new();
+    for (s, v) in d {
+        if s.name == "gapscope_gpu_kernel_duration_seconds_bucket"
+            && s.label("service") == Some(service)
+            && let Some(le) = s.label("le").and_then(|l| l.parse::<f64>().ok())
+        {
+            *buckets.entry((le * 1e9).round() as u64).or_default() += v;
+        }
+    }
+    let cdf: Vec<(f64, f64)> = buckets
+        .into_iter()
+        .map(|(ns, n)| (ns as f64 / 1e9, n))
+        .collect();
+    let per = |n: f64| tokens.filter(|t| *t > 0.0).map(|t| n / t);
+    let all_launches = launches + graph_launches;
+    Fusion {
+        kernels,
+        launches,
+        graph_launches,
+        tokens,
+        kernels_per_token: (kernels > 0.0).then(|| per(kernels)).flatten(),
+        launches_per_token: (all_launches > 0.0).then(|| per(all_launches)).flatten(),
+        tiny_kernel_share: (kernels > 0.0).then(|| fraction_below(&cdf, TINY_KERNEL_S, kernels)),
+        median_kernel_us: (kernels > 0.0)
+            .then(|| quantile(&cdf, 0.5, kernels).map(|s| s * 1e6))
+            .flatten(),
+        graph_launch_share: (all_launches > 0.0).then(|| graph_launches / all_launches),
+    }
+}
+
+/// Share of observations below `x`, interpolating inside the bucket that
+/// holds it (log2 buckets: `(le/2, le]`).
+fn fraction_below(cdf: &[(f64, f64)], x: f64, total: f64) -> f64 {
+    let mut below_prev = 0.0;
+    let mut lower = 0.0;
+    for &(le, cum) in cdf {
+        if x <= le {
+            let within = if le > lower {
+                (x - lower) / (le - lower)
+            } else {
+                1.0
+            };
+            return ((below_prev + (cum - below_prev) * within.clamp(0.0, 1.0)) / total).min(1.0);
+        }
+        below_prev = cum;
+        lower = le;
+    }
+    (below_prev / total).min(1.0)
+}
+
+/// The `q` quantile, interpolated inside its bucket.
+fn quantile(cdf: &[(f64, f64)], q: f64, total: f64) -> Option<f64> {
+    let rank = q * total;
+    let mut prev = 0.0;
+    let mut lower = 0.0;
+    for &(le, cum) in cdf {
+        if cum >= rank && cum > prev {
+            return Some(lower + (le - lower) * (rank - prev) / (cum - prev));
+        }
+        prev = cum;
+        lower = le;
+    }
+    None
+}
+
+/// Output tokens the load generator counted between two instants: the
+/// difference of the cumulative counts its annotations carry.
+fn tokens_between(annotations: &[Annotation], start_ns: u64, end_ns: u64) -> Option<f64> {
+    let inside: Vec<&Annotation> = annotations
+        .iter()
+        .filter(|a| {
+            a.output_tokens.is_some() && a.monotonic_ns >= start_ns && a.monotonic_ns <= end_ns
+        })
+        .collect();
+    let mut by_run: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for a in inside {
+        let t = a.output_tokens.unwrap_or(0);
+        let e = by_run.entry(a.run_id.as_str()).or_insert((t, t));
+        e.0 = e.0.min(t);
+        e.1 = e.1.max(t);
+    }
+    let total: u64 = by_run.values().map(|(lo, hi)| hi - lo).sum();
+    (total > 0).then_some(total as f64)
+}
+
+/// The phases the window holds (ended inside it), each with its own
+/// split, clipped exactly to its annotations.
+fn phases(inp: &Inputs, start_ns: u64, end_ns: u64) -> Vec<Phase> {
+    let mut out = Vec::new();
+    for p in &inp.explainer.phases {
+        let Some(e) = p.end_ns else {
+            continue;
+        };
+        let s = p.start_ns;
+        if s < start_ns || e > end_ns {
+            continue;
+        }
+        let token_count = |event: &str, t: u64| {
+            inp.annotations
+                .iter()
+                .find(|a| {
+                    a.event == event
+                        && a.phase == p.phase
+                        && a.run_id == p.run_id
+                        && a.monotonic_ns == t
+                })
+                .and_then(|a| a.output_tokens)
+        };
+        let delta = inp
+            .snapshots
+            .delta(s, e)
+            .map(|(d, ..)| d)
+            .unwrap_or_default();
+        let tokens = match (token_count("start", s), token_count("end", e)) {
+            (Some(x), Some(y)) if y > x => Some((y - x) as f64),
+            _ => None,
+        };
+        out.push(Phase {
+            phase: p.phase.clone(),
+            kind: p.kind.clone(),
+            run_id: p.run_id.clone(),
+            start_ns: s,
+            end_ns: e,
+            gpu: p
+                .splits
+                .iter()
+                .filter(|((service, _), _)| *service == inp.service_id)
+                .map(|((_, device), (source, split))| describe(device, *source, split))
+                .collect(),
+            fusion: fusion(&delta, inp.service, tokens),
+            gil: gil(&delta, inp.service),
+            serialization_seconds: snapshot::sum(
+                &delta,
+                "gapscope_serialization_duration_seconds_sum",
+                &[("service", inp.service)],
+            ),
+        });
+    }
+    out
+}
+
+/// A window such as `60s`, `5m`, `1h` or `90` (seconds), in ns.
+pub fn parse_window(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, "s"),
+    };
+    let n: f64 = num.parse().ok()?;
+    let scale = match unit {
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" => 60e9,
+        "h" => 3600e9,
+        _ => return None,
+    };
+    let ns = n * scale;
+    (ns.is_finite() && ns >= 1e8).then_some(ns as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_and_shares_interpolate_inside_log2_buckets() {
+        // 10 kernels in (4, 8] µs, 10 in (8, 16] µs.
+        let cdf = [(4e-6, 0.0), (8e-6, 10.0), (16e-6, 20.0)];
+        assert!((fraction_below(&cdf, 10e-6, 20.0) - 0.625).abs() < 1e-9);
+        assert!((quantile(&cdf, 0.5, 20.0).unwrap() - 8e-6).abs() < 1e-12);
+        assert!((quantile(&cdf, 0.75, 20.0).unwrap() - 12e-6).abs() < 1e-12);
+        assert_eq!(fraction_below(&cdf, 1.0, 20.0), 1.0);
+    }
+
+    #[test]
+    fn windows_parse_with_units() {
+        assert_eq!(parse_window("60s"), Some(60_000_000_000));
+        assert_eq!(parse_window("5m"), Some(300_000_000_000));
+        assert_eq!(parse_window("90"), Some(90_000_000_000));
+        assert_eq!(parse_window("1.5h"), Some(5_400_000_000_000));
+        for bad in ["", "s", "10x", "-5s", "1ms"] {
+            assert_eq!(parse_window(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_come_from_cumulative_annotation_counts() {
+        let a = |t: u64, tokens: u64| Annotation {
+            source: String::new(),
+            run_id: "r".into(),
+            phase: "stress".into(),
+            kind: String::new(),
+            event: "start".into(),
+            monotonic_ns: t,
+            unix_ns: None,
+            output_tokens: Some(tokens),
+        };
+        let list = [a(10, 100), a(20, 150), a(30, 400)];
+        assert_eq!(tokens_between(&list, 0, 100), Some(300.0));
+        assert_eq!(tokens_between(&list, 15, 25), None);
+        assert_eq!(tokens_between(&list, 15, 35), Some(250.0));
+    }
+}

@@ -1,0 +1,58 @@
+//! The attribution's counters: GPU idle time by cause and its busy
+//! counterpart per (service, device), so that busy + idle by cause is the
+//! wall time since the service's GPU work was first seen; and the
+//! explainer's own health.
+
+use super::{Exporter, Family};
+use crate::explain::Cause;
+
+pub fn collect(ex: &Exporter) -> Vec<Family> {
+    let mut idle = Family::counter(
+        "gapscope_gpu_idle_seconds_total",
+        "GPU idle time by cause: what the service's launching threads were doing during each idle gap (launch_overhead, host_sync, gil_wait, serialization, python_cpu, runqueue, syscall_<family>, blocked_other, no_work); source cupti is exact, uprobes a lower bound (device all). Counted when a gap closes.",
+    );
+    let mut busy = Family::counter(
+        "gapscope_gpu_timeline_busy_seconds_total",
+        "GPU busy time on the attribution's timeline: with gapscope_gpu_idle_seconds_total it adds up to the wall time since the service's GPU work was first seen.",
+    );
+    let mut gaps = Family::counter("gapscope_gpu_idle_gaps_total", "Idle gaps attributed.");
+    let mut launchers = Family::gauge(
+        "gapscope_explain_launching_threads",
+        "Threads seen launching GPU work or waiting on it within [explain] window_s: the threads whose states explain an idle gap.",
+    );
+    let mut states = Family::counter(
+        "gapscope_explain_states_total",
+        "Thread states (timeline intervals) the attribution received.",
+    );
+    let mut evicted = Family::counter(
+        "gapscope_explain_states_evicted_total",
+        "Thread states dropped before [explain] window_s to stay within [explain] max_states.",
+    );
+    let Ok(e) = ex.explainer.lock() else {
+        return Vec::new();
+    };
+    for ((service, device), (source, h)) in &e.histories {
+        let Some(name) = ex.service_name(*service) else {
+            continue;
+        };
+        let l = [
+            ("service", name),
+            ("device", device.as_str()),
+            ("source", source.label()),
+        ];
+        for c in Cause::ALL {
+            idle.add_counter(
+                &[l[0], l[1], l[2], ("cause", c.label())],
+                h.totals.idle_ns[c.index()] as f64 / 1e9,
+            );
+        }
+        busy.add_counter(&l, h.totals.busy_ns as f64 / 1e9);
+        gaps.add_counter(&l, h.totals.gaps as f64);
+    }
+    for (id, s) in ex.services.iter().enumerate() {
+        launchers.add_gauge(&[("service", &s.name)], e.launchers(id as u32) as f64);
+    }
+    states.add_counter(&[], e.counters.states as f64);
+    evicted.add_counter(&[], e.counters.evicted as f64);
+    vec![idle, busy, gaps, launchers, states, evicted]
+}
