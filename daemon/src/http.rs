@@ -99,7 +99,7 @@ async fn add_annotation(State(ex): State<Arc<Exporter>>, body: axum::body::Bytes
                 e.phase_event(&a);
             }
             let snap = ex.clone();
-            let _ = tokio::task::spawn_blocking(move || snap.snapshot_at(at)).await;
+            let _ = tokio::task::spawn_blocking(move || snap.snapshot_at(at, false)).await;
             let idle_check = (a.kind == "silence")
                 .then(|| ex.silence(&a))
                 .flatten()
@@ -108,7 +108,7 @@ async fn add_annotation(State(ex): State<Arc<Exporter>>, body: axum::body::Bytes
         }
         Err(why) => bad_request(
             why,
-            "post {\"phase\": \"cooldown\", \"kind\": \"silence\", \"event\": \"start\"} (monotonic_ns optional: CLOCK_MONOTONIC ns)",
+            "post {\"phase\": \"cooldown\", \"kind\": \"silence\", \"event\": \"start\"} (event: start, end or progress; monotonic_ns optional: CLOCK_MONOTONIC ns; output_tokens optional: the run's tokens so far)",
         ),
     }
 }
@@ -246,8 +246,8 @@ async fn explain(
         return bad_request("service is missing".into(), EXPLAIN_PARAMS);
     };
     let report = tokio::task::spawn_blocking(move || {
-        ex.snapshot();
         let now = monotonic_ns();
+        ex.snapshot_at(now, true);
         let annotations = ex.annotations.lock().map(|a| a.list()).unwrap_or_default();
         let top_kernels = ex
             .deep

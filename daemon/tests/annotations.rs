@@ -101,7 +101,10 @@ fn a_loadgen_run_leaves_its_phases_in_gapscoped() {
 
     for (body, says) in [
         ("{", "not JSON"),
-        ("{\"phase\": \"x\", \"event\": \"pause\"}", "neither"),
+        (
+            "{\"phase\": \"x\", \"event\": \"pause\"}",
+            "is not \\\"start\\\"",
+        ),
         ("{\"event\": \"start\"}", "phase is missing"),
     ] {
         let (status, text) = post(daemon.port, body);

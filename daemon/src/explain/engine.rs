@@ -34,9 +34,9 @@ pub const SETTLE_NS: u64 = 250_000_000;
 /// States at least this long are scanned for every gap; shorter ones are
 /// found by their start.
 const LONG_STATE_NS: u64 = 10_000_000;
-/// A service whose deep-mode stretches arrived this recently ignores its
-/// uprobe gaps.
-const DEEP_HOLD_NS: u64 = 10_000_000_000;
+/// A service whose deep-mode stretches reached this close to the start of
+/// an uprobe gap (or busy stretch) ignores it: CUPTI saw the same time.
+const DEEP_HOLD_NS: u64 = 60_000_000_000;
 /// Deep-mode stretches waiting to settle, per service (beyond: the oldest
 /// are attributed early).
 const MAX_PENDING_STRETCHES: usize = 200_000;
@@ -394,12 +394,14 @@ impl Explainer {
             }
         }
         let mut out = Vec::new();
+        // Judged at the start: a long idle stretch after deep-mode work is
+        // CUPTI's to count, however long it lasts.
         for (a, b) in gaps {
-            if !in_deep_mode(b) {
+            if !in_deep_mode(a) {
                 out.push(index.attribute(a, b, &self.config, false));
             }
         }
-        busy.retain(|(_, e)| !in_deep_mode(*e));
+        busy.retain(|(b, _)| !in_deep_mode(*b));
         if out.is_empty() && busy.is_empty() {
             return;
         }
@@ -629,10 +631,11 @@ mod tests {
         assert_eq!(h.totals.gaps, 2);
         assert_eq!(h.totals.busy_ns, 5 * MS + 12 * MS + 600_000);
         assert_eq!(h.totals.busy_ns + h.totals.idle_total_ns(), 61 * MS);
-        // A service in deep mode ignores its uprobe gaps.
+        // A service in deep mode ignores its uprobe gaps, even one that
+        // ends long after the last CUPTI record (an idle minute).
         e.on_interval(&iv(interval_kind::HOST_SYNC, 0, 10, 50, 60));
-        e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 70, 71));
-        e.tick(2000 * MS);
+        e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 50_060, 50_061));
+        e.tick(60_000 * MS);
         assert!(!e.histories.contains_key(&(0, ALL_DEVICES.to_string())));
     }
 

@@ -45,9 +45,14 @@ impl Series {
     }
 }
 
+/// Most snapshots kept, whatever the history (annotations can come fast).
+const MAX_SNAPSHOTS: usize = 4096;
+
 #[derive(Debug, Clone)]
 struct Snapshot {
     t_ns: u64,
+    /// Taken for one report: replaced by the next such snapshot.
+    transient: bool,
     /// (series id, value), ids ascending.
     values: Vec<(u32, f64)>,
 }
@@ -72,8 +77,13 @@ impl Snapshots {
         }
     }
 
-    /// Records the families as they were at `t_ns`.
-    pub fn take(&mut self, t_ns: u64, families: &[MetricFamily]) {
+    /// Records the families as they were at `t_ns`. A `transient` one
+    /// (taken for a report) replaces the previous transient one, so
+    /// reports cannot grow the list.
+    pub fn take(&mut self, t_ns: u64, families: &[MetricFamily], transient: bool) {
+        if transient {
+            self.list.retain(|s| !s.transient);
+        }
         let mut values = Vec::new();
         for f in families {
             for (series, v) in flatten(f) {
@@ -91,12 +101,22 @@ impl Snapshots {
         }
         values.sort_unstable_by_key(|(id, _)| *id);
         let at = self.list.partition_point(|s| s.t_ns <= t_ns);
-        self.list.insert(at, Snapshot { t_ns, values });
+        self.list.insert(
+            at,
+            Snapshot {
+                t_ns,
+                transient,
+                values,
+            },
+        );
         let horizon = self
             .list
             .back()
             .map_or(0, |s| s.t_ns.saturating_sub(self.keep_ns));
-        while self.list.len() > 2 && self.list.front().is_some_and(|s| s.t_ns < horizon) {
+        while self.list.len() > 2
+            && (self.list.len() > MAX_SNAPSHOTS
+                || self.list.front().is_some_and(|s| s.t_ns < horizon))
+        {
             self.list.pop_front();
         }
     }
@@ -214,9 +234,9 @@ mod tests {
     #[test]
     fn deltas_between_the_nearest_snapshots() {
         let mut s = Snapshots::new(100);
-        s.take(10, &families(1.0, 1000));
-        s.take(20, &families(3.0, 1000));
-        s.take(15, &families(2.0, 1000));
+        s.take(10, &families(1.0, 1000), false);
+        s.take(20, &families(3.0, 1000), false);
+        s.take(15, &families(2.0, 1000), false);
         let (d, a, b) = s.delta(16, 25).unwrap();
         assert_eq!((a, b), (15, 20));
         assert_eq!(
@@ -227,9 +247,13 @@ mod tests {
         assert_eq!(sum(&d, "gapscope_gil_wait_seconds_count", &[]), 0.0);
         let (d, ..) = s.delta(0, 25).unwrap();
         assert_eq!(sum(&d, "gapscope_oncpu_seconds_total", &[]), 2.0);
+        // A report's snapshot replaces the previous report's.
+        s.take(21, &families(9.0, 1000), true);
+        s.take(22, &families(9.0, 1000), true);
+        assert_eq!(s.len(), 4);
         // Old snapshots go.
-        s.take(500, &families(0.5, 1000));
-        assert_eq!(s.oldest_ns(), Some(20));
+        s.take(500, &families(0.5, 1000), false);
+        assert_eq!(s.oldest_ns(), Some(22));
         // A reset counter counts from zero.
         let (d, ..) = s.delta(20, 500).unwrap();
         assert_eq!(sum(&d, "gapscope_oncpu_seconds_total", &[]), 0.5);

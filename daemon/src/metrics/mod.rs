@@ -99,12 +99,13 @@ impl Exporter {
     /// Records the CPU-side counters as they are now, for windowed
     /// explain reports (reads the kernel maps: call off the event loop).
     pub fn snapshot(&self) {
-        self.snapshot_at(crate::clock::monotonic_ns());
+        self.snapshot_at(crate::clock::monotonic_ns(), false);
     }
 
     /// As `snapshot`, filed under `t_ns` (an annotation's own time, a
-    /// moment ago, so a phase's counters start where the phase does).
-    pub fn snapshot_at(&self, t_ns: u64) {
+    /// moment ago, so a phase's counters start where the phase does);
+    /// `transient` for one report's "now".
+    pub fn snapshot_at(&self, t_ns: u64, transient: bool) {
         let wanted = crate::explain::snapshot::FAMILIES;
         let families: Vec<MetricFamily> = SOURCES
             .iter()
@@ -114,7 +115,7 @@ impl Exporter {
             .filter(|f| wanted.contains(&f.name()))
             .collect();
         if let Ok(mut s) = self.snapshots.lock() {
-            s.take(t_ns, &families);
+            s.take(t_ns, &families, transient);
         }
     }
 
