@@ -9,6 +9,12 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0)
 }
 
+/// A sum that is +0 when empty (`Iterator::sum` of no floats is -0,
+/// which prints as "-0").
+pub fn fsum(values: impl Iterator<Item = f64>) -> f64 {
+    values.fold(0.0, |a, b| a + b)
+}
+
 fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
@@ -153,7 +159,7 @@ pub fn report(r: &Value) -> String {
     let _ = writeln!(out, "\nData quality");
     let dropped: f64 = q["events_dropped"]
         .as_object()
-        .map(|m| m.values().map(f).sum())
+        .map(|m| fsum(m.values().map(f)))
         .unwrap_or(0.0);
     let _ = writeln!(
         out,
@@ -175,9 +181,12 @@ pub fn report(r: &Value) -> String {
 }
 
 fn gpu_block(out: &mut String, g: &Value, indent: &str) {
+    if indent.is_empty() {
+        out.push('\n');
+    }
     let _ = writeln!(
         out,
-        "{indent}\n{indent}GPU {} ({}): busy {} · idle {:.3} s in {} gaps",
+        "{indent}GPU {} ({}): busy {} · idle {:.3} s in {} gaps",
         g["device"].as_str().unwrap_or("?"),
         g["source"].as_str().unwrap_or("?"),
         g["busy_ratio"].as_f64().map_or("—".into(), pct),
@@ -210,11 +219,12 @@ fn cause_seconds(r: &Value, cause: &str) -> f64 {
     r["gpu"]
         .as_array()
         .map(|gs| {
-            gs.iter()
-                .flat_map(|g| g["idle_by_cause"].as_array().cloned().unwrap_or_default())
-                .filter(|c| c["cause"] == cause)
-                .map(|c| f(&c["seconds"]))
-                .sum()
+            fsum(
+                gs.iter()
+                    .flat_map(|g| g["idle_by_cause"].as_array().cloned().unwrap_or_default())
+                    .filter(|c| c["cause"] == cause)
+                    .map(|c| f(&c["seconds"])),
+            )
         })
         .unwrap_or(0.0)
 }
@@ -222,7 +232,7 @@ fn cause_seconds(r: &Value, cause: &str) -> f64 {
 fn gpu_sum(r: &Value, key: &str) -> f64 {
     r["gpu"]
         .as_array()
-        .map(|gs| gs.iter().map(|g| f(&g[key])).sum())
+        .map(|gs| fsum(gs.iter().map(|g| f(&g[key]))))
         .unwrap_or(0.0)
 }
 
@@ -290,7 +300,7 @@ pub fn compare(a: &Value, b: &Value) -> String {
     let ser = |r: &Value| -> f64 {
         r["serialization"]
             .as_array()
-            .map(|v| v.iter().map(|c| f(&c["seconds"])).sum())
+            .map(|v| fsum(v.iter().map(|c| f(&c["seconds"]))))
             .unwrap_or(0.0)
     };
     row(
@@ -395,5 +405,12 @@ mod tests {
         );
         let line = text.lines().find(|l| l.contains("idle: gil_wait")).unwrap();
         assert!(line.contains("20.000") && line.contains("1.000"), "{line}");
+        // A service with nothing to show prints zeros and dashes, never "-0".
+        let empty = json!({"service": "quiet", "window": {"seconds": 60.0}, "gpu": [],
+                           "cpu": {}, "gil": {}, "serialization": [], "kernels": {"top": []},
+                           "fusion": {}, "phases": [], "data_quality": {"events_dropped": {}}});
+        for text in [report(&empty), compare(&sample("a", 1.0), &empty)] {
+            assert!(!text.contains("-0"), "{text}");
+        }
     }
 }

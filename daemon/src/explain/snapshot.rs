@@ -201,7 +201,8 @@ pub fn sum(delta: &Delta, name: &str, with: &[(&str, &str)]) -> f64 {
         .iter()
         .filter(|(s, _)| s.name == name && with.iter().all(|(k, v)| s.label(k) == Some(*v)))
         .map(|(_, v)| v)
-        .sum()
+        // From +0: `sum` of no floats is -0.
+        .fold(0.0, |a, b| a + b)
 }
 
 /// Sums of the series of `name` matching `with`, grouped by label `by`.
