@@ -640,6 +640,27 @@ mod tests {
     }
 
     #[test]
+    fn late_states_count_until_the_gap_settles_and_never_twice() {
+        let mut e = Explainer::new(config());
+        e.on_interval(&iv(interval_kind::HOST_SYNC, 0, 10, 0, 10));
+        e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 50, 51));
+        // Not settled yet (the gap ended at 50 ms): a late state still counts.
+        e.tick(100 * MS);
+        assert!(e.histories.is_empty());
+        e.on_interval(&iv(interval_kind::SERIALIZATION, 0, 10, 20, 40));
+        e.tick(50 * MS + SETTLE_NS);
+        assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::Serialization), 20);
+        assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::PythonCpu), 20);
+        // Once attributed, a state arriving later changes nothing.
+        e.on_interval(&iv(interval_kind::GIL_WAIT, 0, 10, 10, 20));
+        e.tick(2000 * MS);
+        assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::GilWait), 0);
+        let (_, h) = &e.histories[&(0, ALL_DEVICES.to_string())];
+        assert_eq!(h.totals.gaps, 1);
+        assert_eq!(h.totals.idle_total_ns(), 40 * MS);
+    }
+
+    #[test]
     fn phases_get_exactly_their_part() {
         let mut e = Explainer::new(config());
         let note = |event: &str, t_ms: u64| Annotation {
