@@ -154,6 +154,38 @@ fn known(d: &Deep) -> Workload {
     let i = v["intervals"].as_array().unwrap();
     assert_eq!(i.len(), 1, "{body}");
     assert_eq!(i[0]["duration_ns"], 10_910_000);
+
+    // The attribution books the same stretches: every gap, unbridged.
+    // The sender launches through no probed library, so no launching
+    // thread is known, and gaps under the 1 ms resolution with nothing
+    // recorded are the launch path: all 109 go to launch_overhead.
+    let a = [s[0], s[1], ("source", "cupti")];
+    let m = wait_for(&d.daemon, "the gaps were never attributed", |m| {
+        m.get_or_zero("gapscope_gpu_idle_gaps_total", &a) == 109.0
+    });
+    let idle = |cause: &str| {
+        m.get_or_zero(
+            "gapscope_gpu_idle_seconds_total",
+            &[a[0], a[1], a[2], ("cause", cause)],
+        )
+    };
+    assert!(close(idle("launch_overhead"), gaps), "{}", m.0);
+    assert_eq!(idle("python_cpu"), 0.0);
+    let timeline_busy = m.get_or_zero("gapscope_gpu_timeline_busy_seconds_total", &a);
+    assert!(close(timeline_busy, busy), "{timeline_busy} vs {busy}");
+    // Busy + idle by cause = the wall time from the first kernel's start
+    // to the last copy's end.
+    assert!(close(
+        timeline_busy + idle("launch_overhead"),
+        10_910.0 * US
+    ));
+    let body = http_get(d.daemon.port, "/api/v1/explain?service=deep&window=60s").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["gpu"][0]["device"], "0", "{body}");
+    assert_eq!(v["gpu"][0]["source"], "cupti", "{body}");
+    assert_eq!(v["gpu"][0]["gaps"], 109, "{body}");
+    assert_eq!(v["gpu"][0]["idle_by_cause"][0]["cause"], "launch_overhead");
+    assert_eq!(v["kernels"]["top"][0]["class"], "gemm", "{body}");
     w
 }
 
