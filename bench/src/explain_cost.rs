@@ -105,10 +105,10 @@ fn main() -> anyhow::Result<()> {
         }
         // The daemon ticks every 100 ms.
         if step % (STEPS_PER_S / 10).max(1) == 0 {
-            e.tick(t);
+            e.tick(t, &|_| None);
         }
     }
-    e.tick(t + 10_000 * MS);
+    e.tick(t + 10_000 * MS, &|_| None);
     let cpu = started.elapsed().as_secs_f64();
     let (_, h) = &e.histories[&(0, "0".to_string())];
     let wall = h.last_ns - h.first_ns.unwrap_or(0);

@@ -17,7 +17,7 @@ use crate::{
     deep::{self, Ingest},
     discovery::Targets,
     error::UsageError,
-    explain::{Explainer, snapshot::Snapshots},
+    explain::{Explainer, engine::Ongoing, snapshot::Snapshots},
     gpu::{self, GpuState, IdleChecks},
     http,
     metrics::Exporter,
@@ -233,7 +233,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                         explain.on_stretch(service, device, stretch);
                     }
                 }
-                explain.tick(now);
+                // A launching thread's wait still in progress, from the
+                // kernel's thread map (one lookup per launching thread).
+                let threads = &exporter.maps.threads;
+                explain.tick(now, &|tid| {
+                    let t = threads.get(&tid, 0).ok()?;
+                    (t.off_cpu_since_ns != 0).then_some(Ongoing {
+                        since_ns: t.off_cpu_since_ns,
+                        woken_ns: (t.woken_ns != 0).then_some(t.woken_ns),
+                        reason: t.off_reason,
+                    })
+                });
             }
             _ = snapshot.tick() => {
                 let ex = exporter.clone();

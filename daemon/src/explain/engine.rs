@@ -14,13 +14,15 @@
 //!
 //! A service in deep mode ignores its uprobe gaps, so nothing counts twice.
 //! A gap is attributed once it is settled: its end is `SETTLE_NS` old, so
-//! the states of the thread that ended it have arrived; states that arrive
-//! later than that, or fall out of the window first, are not seen (the
-//! window and the eviction count say how much that could be).
+//! the states of the thread that ended it have arrived; a launching thread
+//! still off CPU then has sent nothing yet, so its wait in progress comes
+//! from the kernel's thread state (`Ongoing`). States that arrive later
+//! than that, or fall out of the window first, are not seen (the window
+//! and the eviction count say how much that could be).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use gapscope_ebpf_common::{Interval, interval_kind};
+use gapscope_ebpf_common::{Interval, OffCpuReason, interval_kind};
 
 use super::{
     attribute::{self, Context, Segment, ThreadState},
@@ -57,6 +59,17 @@ pub struct ExplainConfig {
     pub resolution_ns: u64,
     /// How long the history keeps per-100 ms splits.
     pub history_ns: u64,
+}
+
+/// A thread off CPU right now, from the kernel's per-thread state.
+#[derive(Debug, Clone, Copy)]
+pub struct Ongoing {
+    /// When it left the CPU.
+    pub since_ns: u64,
+    /// When it was woken (then it waits in the run queue), if it was.
+    pub woken_ns: Option<u64>,
+    /// Why it left: an `OffCpuReason`.
+    pub reason: u32,
 }
 
 /// Where a service's gaps came from.
@@ -296,17 +309,68 @@ impl Explainer {
         s.stretches.push((device, stretch));
     }
 
-    /// Attributes every gap settled by `now_ns`.
-    pub fn tick(&mut self, now_ns: u64) {
+    /// Attributes every gap settled by `now_ns`. `ongoing` says whether a
+    /// thread is off CPU right now (the kernel's thread state): a wait
+    /// still in progress has sent no interval yet, but it covers the gap.
+    pub fn tick(&mut self, now_ns: u64, ongoing: &dyn Fn(u32) -> Option<Ongoing>) {
         let horizon = now_ns.saturating_sub(SETTLE_NS);
         let ids: Vec<u32> = self.services.keys().copied().collect();
         for id in ids {
-            self.deep_gaps(id, horizon);
-            self.zero_touch_gaps(id, horizon);
+            let extra = self.ongoing_states(id, now_ns, ongoing);
+            self.deep_gaps(id, horizon, &extra);
+            self.zero_touch_gaps(id, horizon, &extra);
         }
     }
 
-    fn deep_gaps(&mut self, id: u32, horizon: u64) {
+    /// The launching threads' waits in progress, as states up to now.
+    fn ongoing_states(
+        &self,
+        id: u32,
+        now_ns: u64,
+        ongoing: &dyn Fn(u32) -> Option<Ongoing>,
+    ) -> Vec<ThreadState> {
+        let Some(s) = self.services.get(&id) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for &tid in s.launchers.keys() {
+            let Some(o) = ongoing(tid) else { continue };
+            if o.since_ns == 0 || o.since_ns >= now_ns {
+                continue;
+            }
+            let blocked_until = o.woken_ns.filter(|w| *w > o.since_ns && *w <= now_ns);
+            let cause = if o.reason == OffCpuReason::GilWait as u32 {
+                Some(Cause::GilWait)
+            } else {
+                Cause::of_off_cpu(o.reason).map(|c| {
+                    if c.can_mean_no_work() && now_ns - o.since_ns >= self.config.no_work_after_ns {
+                        Cause::NoWork
+                    } else {
+                        c
+                    }
+                })
+            };
+            let Some(cause) = cause else { continue };
+            let end = blocked_until.unwrap_or(now_ns);
+            out.push(ThreadState {
+                tid,
+                start_ns: o.since_ns,
+                end_ns: end,
+                cause,
+            });
+            if end < now_ns {
+                out.push(ThreadState {
+                    tid,
+                    start_ns: end,
+                    end_ns: now_ns,
+                    cause: Cause::Runqueue,
+                });
+            }
+        }
+        out
+    }
+
+    fn deep_gaps(&mut self, id: u32, horizon: u64, extra: &[ThreadState]) {
         let s = self.services.get_mut(&id).expect("listed");
         if s.stretches.is_empty() {
             return;
@@ -329,7 +393,7 @@ impl Explainer {
             return;
         };
         let hi = batch.iter().map(|(_, st)| st.start_ns).max().unwrap_or(lo);
-        let index = StateIndex::new(s, lo, hi);
+        let index = StateIndex::new(s, extra, lo, hi);
         let mut done = Vec::with_capacity(batch.len());
         for (device, st) in &batch {
             let segments = st.gap_before_ns.map(|gap| {
@@ -347,7 +411,7 @@ impl Explainer {
         }
     }
 
-    fn zero_touch_gaps(&mut self, id: u32, horizon: u64) {
+    fn zero_touch_gaps(&mut self, id: u32, horizon: u64, extra: &[ThreadState]) {
         let s = self.services.get_mut(&id).expect("listed");
         if s.markers.is_empty() {
             return;
@@ -362,7 +426,7 @@ impl Explainer {
         let in_deep_mode =
             |t: u64| deep_seen.is_some_and(|seen| t <= seen.saturating_add(DEEP_HOLD_NS));
         let lo = s.zero_touch.idle_since.unwrap_or(batch[0].at());
-        let index = StateIndex::new(s, lo, batch[batch.len() - 1].at());
+        let index = StateIndex::new(s, extra, lo, batch[batch.len() - 1].at());
         let resolution = self.config.resolution_ns;
         let mut gaps = Vec::new();
         let mut busy = Vec::new();
@@ -442,11 +506,11 @@ struct StateIndex {
 }
 
 impl StateIndex {
-    fn new(s: &Service, lo: u64, hi: u64) -> Self {
+    fn new(s: &Service, extra: &[ThreadState], lo: u64, hi: u64) -> Self {
         let mut launchers: Vec<u32> = s.launchers.keys().copied().collect();
         launchers.sort_unstable();
         let (mut short, mut long) = (Vec::new(), Vec::new());
-        for st in &s.states {
+        for st in s.states.iter().chain(extra) {
             if st.end_ns <= lo || st.start_ns >= hi || launchers.binary_search(&st.tid).is_err() {
                 continue;
             }
@@ -577,9 +641,9 @@ mod tests {
             e.on_interval(i);
         }
         // Nothing is settled yet.
-        e.tick(20 * MS);
+        e.tick(20 * MS, &|_| None);
         assert!(e.histories.is_empty());
-        e.tick(333 * MS + SETTLE_NS);
+        e.tick(333 * MS + SETTLE_NS, &|_| None);
         let (source, h) = &e.histories[&(0, ALL_DEVICES.to_string())];
         assert_eq!(*source, Source::Uprobes);
         assert_eq!(h.totals.gaps, 2);
@@ -619,7 +683,7 @@ mod tests {
                 gap_before_ns: Some(400_000),
             },
         );
-        e.tick(2000 * MS);
+        e.tick(2000 * MS, &|_| None);
         assert_eq!(idle_ms(&e, "1", Cause::Serialization), 30);
         assert_eq!(idle_ms(&e, "1", Cause::PythonCpu), 10);
         let (source, h) = &e.histories[&(0, "1".to_string())];
@@ -635,7 +699,7 @@ mod tests {
         // ends long after the last CUPTI record (an idle minute).
         e.on_interval(&iv(interval_kind::HOST_SYNC, 0, 10, 50, 60));
         e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 50_060, 50_061));
-        e.tick(60_000 * MS);
+        e.tick(60_000 * MS, &|_| None);
         assert!(!e.histories.contains_key(&(0, ALL_DEVICES.to_string())));
     }
 
@@ -645,19 +709,50 @@ mod tests {
         e.on_interval(&iv(interval_kind::HOST_SYNC, 0, 10, 0, 10));
         e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 50, 51));
         // Not settled yet (the gap ended at 50 ms): a late state still counts.
-        e.tick(100 * MS);
+        e.tick(100 * MS, &|_| None);
         assert!(e.histories.is_empty());
         e.on_interval(&iv(interval_kind::SERIALIZATION, 0, 10, 20, 40));
-        e.tick(50 * MS + SETTLE_NS);
+        e.tick(50 * MS + SETTLE_NS, &|_| None);
         assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::Serialization), 20);
         assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::PythonCpu), 20);
         // Once attributed, a state arriving later changes nothing.
         e.on_interval(&iv(interval_kind::GIL_WAIT, 0, 10, 10, 20));
-        e.tick(2000 * MS);
+        e.tick(2000 * MS, &|_| None);
         assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::GilWait), 0);
         let (_, h) = &e.histories[&(0, ALL_DEVICES.to_string())];
         assert_eq!(h.totals.gaps, 1);
         assert_eq!(h.totals.idle_total_ns(), 40 * MS);
+    }
+
+    #[test]
+    fn a_wait_still_in_progress_covers_the_gap() {
+        let mut e = Explainer::new(config());
+        // Thread 10 launches and syncs; thread 11 (a launcher too) has sat
+        // in epoll since 5 ms and still does; thread 10 then waits on a
+        // socket 20-40 ms before launching again.
+        e.on_interval(&iv(interval_kind::HOST_SYNC, 0, 11, 0, 4));
+        e.on_interval(&iv(interval_kind::HOST_SYNC, 0, 10, 0, 10));
+        e.on_interval(&iv(
+            interval_kind::OFF_CPU,
+            OffCpuReason::SyscallNet as u32,
+            10,
+            20,
+            40,
+        ));
+        e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 50, 51));
+        let in_epoll = |tid: u32| {
+            (tid == 11).then_some(Ongoing {
+                since_ns: 5 * MS,
+                woken_ns: None,
+                reason: OffCpuReason::SyscallPoll as u32,
+            })
+        };
+        e.tick(50 * MS + SETTLE_NS, &in_epoll);
+        // Without the ongoing wait thread 11 would count as running
+        // Python and hide thread 10's network wait.
+        assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::SyscallNet), 20);
+        assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::PythonCpu), 20);
+        assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::NoWork), 0);
     }
 
     #[test]
@@ -684,7 +779,7 @@ mod tests {
         ));
         e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 30, 31));
         e.phase_event(&note("end", 25));
-        e.tick(1000 * MS);
+        e.tick(1000 * MS, &|_| None);
         let p = &e.phases[0];
         let (_, split) = &p.splits[&(0, ALL_DEVICES.to_string())];
         // The gap 10-30 ms is all sleep; the phase holds 15-25 ms of it.
