@@ -95,11 +95,15 @@ async fn add_annotation(State(ex): State<Arc<Exporter>>, body: axum::body::Bytes
             } else {
                 now
             };
-            if let Ok(mut e) = ex.explainer.lock() {
-                e.phase_event(&a);
+            // A progress event only carries a token count: no boundary
+            // to remember, no counters to file.
+            if a.event != "progress" {
+                if let Ok(mut e) = ex.explainer.lock() {
+                    e.phase_event(&a);
+                }
+                let snap = ex.clone();
+                let _ = tokio::task::spawn_blocking(move || snap.snapshot_at(at, false)).await;
             }
-            let snap = ex.clone();
-            let _ = tokio::task::spawn_blocking(move || snap.snapshot_at(at, false)).await;
             let idle_check = (a.kind == "silence")
                 .then(|| ex.silence(&a))
                 .flatten()

@@ -249,18 +249,32 @@ impl Explainer {
         }
     }
 
+    /// The cause a thread off CPU for `duration_ns` with `reason` (an
+    /// `OffCpuReason`) stands for: a long enough wait for an event is
+    /// `no_work`.
+    fn wait_cause(&self, reason: u32, duration_ns: u64) -> Option<Cause> {
+        let c = if reason == OffCpuReason::GilWait as u32 {
+            Cause::GilWait
+        } else {
+            Cause::of_off_cpu(reason)?
+        };
+        Some(
+            if c.can_mean_no_work() && duration_ns >= self.config.no_work_after_ns {
+                Cause::NoWork
+            } else {
+                c
+            },
+        )
+    }
+
     /// Takes a timeline interval the kernel sent.
     pub fn on_interval(&mut self, i: &Interval) {
-        let no_work_after = self.config.no_work_after_ns;
         let cause = match i.kind {
             interval_kind::GIL_WAIT => Cause::GilWait,
             interval_kind::SERIALIZATION => Cause::Serialization,
             interval_kind::HOST_SYNC => Cause::HostSync,
             interval_kind::LAUNCH => Cause::LaunchOverhead,
-            interval_kind::OFF_CPU => match Cause::of_off_cpu(i.detail) {
-                Some(c) if c.can_mean_no_work() && i.end_ns - i.start_ns >= no_work_after => {
-                    Cause::NoWork
-                }
+            interval_kind::OFF_CPU => match self.wait_cause(i.detail, i.end_ns - i.start_ns) {
                 Some(c) => c,
                 None => return,
             },
@@ -339,18 +353,9 @@ impl Explainer {
                 continue;
             }
             let blocked_until = o.woken_ns.filter(|w| *w > o.since_ns && *w <= now_ns);
-            let cause = if o.reason == OffCpuReason::GilWait as u32 {
-                Some(Cause::GilWait)
-            } else {
-                Cause::of_off_cpu(o.reason).map(|c| {
-                    if c.can_mean_no_work() && now_ns - o.since_ns >= self.config.no_work_after_ns {
-                        Cause::NoWork
-                    } else {
-                        c
-                    }
-                })
+            let Some(cause) = self.wait_cause(o.reason, now_ns - o.since_ns) else {
+                continue;
             };
-            let Some(cause) = cause else { continue };
             let end = blocked_until.unwrap_or(now_ns);
             out.push(ThreadState {
                 tid,

@@ -127,11 +127,6 @@ impl History {
         }
         total
     }
-
-    /// Oldest instant a window can still see.
-    pub fn oldest_ns(&self) -> Option<u64> {
-        self.buckets.front().map(|(i, _)| i * BUCKET_NS)
-    }
 }
 
 /// Idle seconds by cause label, leaving out causes with none.

@@ -352,20 +352,17 @@ fn fusion(d: &Delta, service: &str, tokens: Option<f64>) -> Fusion {
     let svc = [("service", service)];
     // A runtime launch also reaches the driver: count one API's launches,
     // the driver's where it saw any.
-    let by_api = snapshot::sum_by(d, "gapscope_cuda_launches_total", &svc, "api");
-    let launches = by_api
-        .get("driver")
-        .copied()
-        .filter(|n| *n > 0.0)
-        .or_else(|| by_api.get("runtime").copied())
-        .unwrap_or(0.0);
-    let graphs_by_api = snapshot::sum_by(d, "gapscope_cuda_graph_launches_total", &svc, "api");
-    let graph_launches = graphs_by_api
-        .get("driver")
-        .copied()
-        .filter(|n| *n > 0.0)
-        .or_else(|| graphs_by_api.get("runtime").copied())
-        .unwrap_or(0.0);
+    let one_api = |name: &str| {
+        let by_api = snapshot::sum_by(d, name, &svc, "api");
+        by_api
+            .get("driver")
+            .copied()
+            .filter(|n| *n > 0.0)
+            .or_else(|| by_api.get("runtime").copied())
+            .unwrap_or(0.0)
+    };
+    let launches = one_api("gapscope_cuda_launches_total");
+    let graph_launches = one_api("gapscope_cuda_graph_launches_total");
     let kernels = snapshot::sum(d, "gapscope_gpu_kernel_duration_seconds_count", &svc);
     // Kernel durations over every class and device: (upper bound s, cumulative).
     let mut buckets: BTreeMap<u64, f64> = BTreeMap::new();

@@ -143,18 +143,6 @@ impl Snapshots {
         }
         Some((out, a.t_ns, b.t_ns))
     }
-
-    pub fn oldest_ns(&self) -> Option<u64> {
-        self.list.front().map(|s| s.t_ns)
-    }
-
-    pub fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
 }
 
 fn flatten(f: &MetricFamily) -> Vec<(Series, f64)> {
@@ -251,10 +239,10 @@ mod tests {
         // A report's snapshot replaces the previous report's.
         s.take(21, &families(9.0, 1000), true);
         s.take(22, &families(9.0, 1000), true);
-        assert_eq!(s.len(), 4);
+        assert_eq!(s.list.len(), 4);
         // Old snapshots go.
         s.take(500, &families(0.5, 1000), false);
-        assert_eq!(s.oldest_ns(), Some(22));
+        assert_eq!(s.list.front().map(|s| s.t_ns), Some(22));
         // A reset counter counts from zero.
         let (d, ..) = s.delta(20, 500).unwrap();
         assert_eq!(sum(&d, "gapscope_oncpu_seconds_total", &[]), 0.5);

@@ -24,6 +24,10 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "gapscope_explain_states_total",
         "Thread states (timeline intervals) the attribution received.",
     );
+    let mut stretches = Family::counter(
+        "gapscope_explain_stretches_lost_total",
+        "CUPTI busy stretches the attribution could not use in full: explainer_behind (the daemon's loop did not take them before a million waited; their gaps are not attributed), attributed_early (too many waited to settle: attributed before late states could arrive).",
+    );
     let mut evicted = Family::counter(
         "gapscope_explain_states_evicted_total",
         "Thread states dropped before [explain] window_s to stay within [explain] max_states.",
@@ -53,6 +57,14 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         launchers.add_gauge(&[("service", &s.name)], e.launchers(id as u32) as f64);
     }
     states.add_counter(&[], e.counters.states as f64);
+    let behind = ex.deep.as_ref().map_or(0, |d| {
+        d.ingest
+            .lock()
+            .map(|i| i.stretches_dropped)
+            .unwrap_or_default()
+    });
+    stretches.add_counter(&[("why", "explainer_behind")], behind as f64);
+    stretches.add_counter(&[("why", "attributed_early")], e.counters.early as f64);
     evicted.add_counter(&[], e.counters.evicted as f64);
-    vec![idle, busy, gaps, launchers, states, evicted]
+    vec![idle, busy, gaps, launchers, states, evicted, stretches]
 }
