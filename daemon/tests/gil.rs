@@ -196,12 +196,26 @@ fn contended_acquisitions_become_timeline_intervals() {
     assert!(durations.iter().all(|d| *d >= 1_000_000));
     assert!(intervals.iter().all(|i| i["pid"] == w.pid()));
     // A forced switch makes the waiter wait about one switch interval
-    // (5 ms): nearly all of the waiting is in long acquisitions. An
-    // interval spans its waits and the moments between them, so it is
-    // a little longer than the waits alone.
+    // (5 ms): nearly all of the waiting is in long acquisitions.
     assert!(
-        (0.8 * waited..=1.1 * waited).contains(&summed),
-        "intervals {summed} s vs waits {waited} s"
+        summed >= 0.8 * waited,
+        "intervals {summed} s vs waits {waited} s: long acquisitions went missing"
+    );
+    // An interval spans its waits and the moments between them (the
+    // thread relocking the GIL's mutex in user space). Those moments are
+    // microseconds, unless the thread is preempted there: on a loaded
+    // machine the excess is run-queue time, which the daemon measures too.
+    let runqueue = d.after.get_or_zero(
+        "gapscope_offcpu_seconds_total",
+        &[("service", "gil"), ("reason", "runqueue")],
+    ) - d.before.get_or_zero(
+        "gapscope_offcpu_seconds_total",
+        &[("service", "gil"), ("reason", "runqueue")],
+    );
+    eprintln!("run-queue time {runqueue:.3} s");
+    assert!(
+        summed - waited <= 0.05 * waited + runqueue,
+        "intervals {summed} s exceed waits {waited} s by more than the run-queue time {runqueue} s"
     );
     w.finish();
 }
