@@ -1,84 +1,141 @@
 #!/usr/bin/env bash
-# The demo: build gapscoped and gapscope-loadgen, trace the reference Python
-# server in targets/ while the load generator runs the experiment's three
-# phases against it (shortened), then print what both measured.
-# Run as root.
+# The demo: the seed's experiment on this machine. Two stacks serve the same
+# tiny Llama — the Python wrapper (BentoML + transformers) and the compiled
+# engine (llama.cpp's llama-server, continuous batching) — while gapscoped
+# traces both; gapscope-loadgen runs the experiment's three phases against
+# each in turn (shortened), then the demo prints the comparison table, what
+# gapscoped measured in each stack and the side-by-side explain report.
+# Run as root. Leaves nothing running or attached, also when interrupted.
+#
+# Scale: WARMUP_S (4), COOLDOWN_S (2), DURATION (stress seconds, 10),
+# CONCURRENCY (8), MAX_TOKENS (32), STACKS ("bentoml llama-server"),
+# PROFILE (release; debug reuses the test build), OUT (demo-results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
+WARMUP_S=${WARMUP_S:-4}
+COOLDOWN_S=${COOLDOWN_S:-2}
 DURATION=${DURATION:-10}
 CONCURRENCY=${CONCURRENCY:-8}
+MAX_TOKENS=${MAX_TOKENS:-32}
+STACKS=${STACKS:-bentoml llama-server}
+PROFILE=${PROFILE:-release}
+out=${OUT:-demo-results}
 
-echo "==> building gapscoped and gapscope-loadgen (release)"
-cargo build --release --quiet
+case "$PROFILE" in
+  release) echo "==> building gapscoped and gapscope-loadgen (release)"; cargo build --release --quiet ;;
+  debug) echo "==> building gapscoped and gapscope-loadgen (debug)"; cargo build --quiet ;;
+  *) echo "demo: PROFILE=$PROFILE: use release or debug" >&2; exit 2 ;;
+esac
+bin=target/$PROFILE
+py=targets/.venv/bin/python
 
 work=$(mktemp -d)
-server_pid="" daemon_pid=""
+stack_pid="" daemon_pid=""
+stop_stack() {
+  if [ -n "$stack_pid" ]; then
+    kill -TERM "$stack_pid" 2>/dev/null || true
+    wait "$stack_pid" 2>/dev/null || true
+    stack_pid=""
+  fi
+}
 cleanup() {
+  stop_stack
+  # gapscoped detaches every BPF program on SIGTERM.
   [ -n "$daemon_pid" ] && kill -TERM "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-py=targets/.venv/bin/python
 free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-server_port=$(free_port)
 metrics_port=$(free_port)
+daemon_url="http://127.0.0.1:$metrics_port"
 
+# The services: BentoML's server process and the workers it forks; the
+# llama-server serving the tiny Llama.
 cat >"$work/gapscoped.toml" <<TOML
 [daemon]
 listen = "127.0.0.1:$metrics_port"
 
 [[service]]
-name = "toy-python"
-cmdline = "targets/toy_server.py"
+name = "bentoml"
+cmdline = "bento_service:LlamaService"
+
+[[service]]
+name = "llama-server"
+cmdline = "llama-server .*--alias tiny-llama"
 TOML
 
 echo "==> starting gapscoped on 127.0.0.1:$metrics_port"
-./target/release/gapscoped --config "$work/gapscoped.toml" 2>"$work/gapscoped.log" &
+"$bin/gapscoped" --config "$work/gapscoped.toml" 2>"$work/gapscoped.log" &
 daemon_pid=$!
-until curl -sf "http://127.0.0.1:$metrics_port/healthz" >/dev/null; do
+until curl -sf "$daemon_url/healthz" >/dev/null; do
   kill -0 "$daemon_pid" 2>/dev/null || { cat "$work/gapscoped.log"; exit 1; }
   sleep 0.1
 done
 
-echo "==> starting the reference server (targets/toy_server.py) on 127.0.0.1:$server_port"
-"$py" targets/toy_server.py --port "$server_port" >"$work/server.log" 2>&1 &
-server_pid=$!
-until curl -sf "http://127.0.0.1:$server_port/health" >/dev/null; do
-  kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log"; exit 1; }
-  sleep 0.1
+mkdir -p "$out"
+started=$(date +%s)
+for stack in $STACKS; do
+  port=$(free_port)
+  echo "==> starting $stack on 127.0.0.1:$port (targets/stacks/serve.py)"
+  "$py" targets/stacks/serve.py "$stack" --port "$port" --parallel "$CONCURRENCY" \
+    --log "$work/$stack.log" >"$work/$stack.serve" 2>&1 &
+  stack_pid=$!
+  until grep -q '^ready' "$work/$stack.serve" 2>/dev/null; do
+    kill -0 "$stack_pid" 2>/dev/null || { cat "$work/$stack.serve"; exit 1; }
+    sleep 0.2
+  done
+  # gapscoped finds new processes within its rescan interval.
+  for _ in $(seq 100); do
+    curl -sf "$daemon_url/metrics" | grep -q "^gapscope_service_processes{service=\"$stack\"} [1-9]" && break
+    sleep 0.1
+  done
+  curl -sf "$daemon_url/metrics" >"$work/$stack.before.prom"
+  echo "==> gapscope-loadgen against $stack: Poisson warmup ${WARMUP_S} s, silent cooldown ${COOLDOWN_S} s, closed loop at $CONCURRENCY for ${DURATION} s"
+  set +e
+  "$bin/gapscope-loadgen" --url "http://127.0.0.1:$port/v1/completions" --model tiny-llama \
+    --tokenizer .cache/tiny-llama/hf/tokenizer.json \
+    --phase "warmup=poisson:2:${WARMUP_S}s" --phase "cooldown=silence:${COOLDOWN_S}s" \
+    --phase "stress=closed:$CONCURRENCY:${DURATION}s" \
+    --max-tokens "$MAX_TOKENS" --input-tokens 64 --model-config .cache/tiny-llama/hf/config.json \
+    --gapscoped "$daemon_url" --quiet --out "$out/$stack"
+  status=$?
+  set -e
+  [ "$status" -le 1 ] || { echo "gapscope-loadgen failed against $stack ($status)"; exit 1; }
+  curl -sf "$daemon_url/metrics" >"$work/$stack.after.prom"
+  stop_stack
 done
+elapsed=$(($(date +%s) - started + 5))
 
-curl -sf "http://127.0.0.1:$metrics_port/metrics" >"$work/before.prom"
-out=${OUT:-demo-results}
-echo "==> gapscope-loadgen: Poisson warmup 4 s, silent cooldown 2 s, closed loop at $CONCURRENCY for ${DURATION}s"
-set +e
-./target/release/gapscope-loadgen --url "http://127.0.0.1:$server_port/v1/completions" \
-  --phase "warmup=poisson:4:4s" --phase "cooldown=silence:2s" --phase "stress=closed:$CONCURRENCY:${DURATION}s" \
-  --max-tokens 32 --input-tokens 64 --gapscoped "http://127.0.0.1:$metrics_port" --quiet --out "$out"
-status=$?
-set -e
-[ "$status" -le 1 ] || { echo "gapscope-loadgen failed ($status)"; exit 1; }
-curl -sf "http://127.0.0.1:$metrics_port/metrics" >"$work/after.prom"
-
-"$py" scripts/demo_report.py "$work/before.prom" "$work/after.prom" "$out/results.json" toy-python
+set -- $STACKS
+echo
+echo "==================== Comparison (gapscope-loadgen compare, stress phase) ===================="
+if [ $# -ge 2 ]; then
+  "$bin/gapscope-loadgen" compare "$out/$1/results.json" "$out/$2/results.json" --labels "$1,$2" --phase stress
+fi
+for stack in $STACKS; do
+  echo
+  echo "==================== What gapscoped measured in $stack ===================="
+  "$py" scripts/demo_report.py "$work/$stack.before.prom" "$work/$stack.after.prom" "$out/$stack/results.json" "$stack"
+done
+echo
+echo "==================== gapscoped explain ===================="
+if [ $# -ge 2 ]; then
+  "$bin/gapscoped" explain --compare "$1" "$2" --window "${elapsed}s" --url "$daemon_url"
+else
+  "$bin/gapscoped" explain "$1" --window "${elapsed}s" --url "$daemon_url"
+fi
 echo
 echo "Phase annotations gapscoped received:"
-curl -sf "http://127.0.0.1:$metrics_port/api/v1/annotations" | "$py" -c 'import json, sys
+curl -sf "$daemon_url/api/v1/annotations" | "$py" -c 'import json, sys
 for a in json.load(sys.stdin)["annotations"]:
-    print("  {:<9} {:<5} at {:.3f} s (CLOCK_MONOTONIC)".format(a["phase"], a["event"], a["monotonic_ns"] / 1e9))'
-echo "GPU idle check of the silent phase:"
-curl -sf "http://127.0.0.1:$metrics_port/api/v1/idle-checks" | "$py" -c 'import json, sys
-d = json.load(sys.stdin)
-for c in d["idle_checks"]:
-    if c["unavailable"]:
-        print("  {}: no GPU readings: {}".format(c["phase"], c["unavailable"]))
-    for g in c["gpus"]:
-        print("  {} GPU {} ({}): {}".format(c["phase"], g["gpu"], g["modelName"], g["finding"]))'
+    if a["event"] != "progress":
+        print("  {:<9} {:<5} at {:.3f} s (CLOCK_MONOTONIC)".format(a["phase"], a["event"], a["monotonic_ns"] / 1e9))'
 echo
-echo "==> gapscoped explain toy-python (the reference server launches no GPU work, so the GPU part says why it is empty)"
-./target/release/gapscoped explain toy-python --window 2m --url "http://127.0.0.1:$metrics_port"
-echo "Plots and per-request records: $out/"
+echo "Results, per-request records and plots:"
+for stack in $STACKS; do
+  echo "  $out/$stack/ ($(cd "$out/$stack" && ls | tr '\n' ' '))"
+done

@@ -17,8 +17,9 @@ die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 # comparison. util-linux: setpriv for the privilege test. python3.11 (Debian's,
 # stripped) and gcc: the GIL tests and the offset check against CPython headers.
 # openssl and curl: the web config tests. systemd: systemd-analyze for the
-# unit's tests. dpkg-dev: the Debian package test.
-packages=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev prometheus bpftrace util-linux curl python3.11 gcc openssl systemd dpkg-dev)
+# unit's tests. dpkg-dev: the Debian package test. cmake and g++: llama.cpp's
+# llama-server, the reference compiled engine.
+packages=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev prometheus bpftrace util-linux curl python3.11 gcc openssl systemd dpkg-dev cmake g++)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -129,5 +130,8 @@ if ! "$tools/bin/python" -c "import kubernetes_validate, jsonschema" 2>/dev/null
   "$venv/bin/python" -m venv "$tools"
   "$tools/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
 fi
+
+# --- The reference serving stacks: BentoML, llama-server, the tiny Llama ----
+bash targets/stacks/setup.sh
 
 say "setup complete"

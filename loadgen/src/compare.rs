@@ -80,6 +80,41 @@ pub fn pick<'a>(
         })
 }
 
+/// Why a run has no MFU: what the load generator was not told.
+fn mfu_absent(r: &Results) -> Option<String> {
+    let Some(model) = &r.model else {
+        return Some(
+            "no model shape and no GPU peak (--model-config or --params, and --gpu)".into(),
+        );
+    };
+    if model.shape.is_none() {
+        return Some("no model shape (--model-config or --params)".into());
+    }
+    if model.peak_tflops_per_gpu.is_none() {
+        return Some(match &model.gpu {
+            Some(gpu) => format!("no peak FLOPS known for GPU {gpu:?} (--peak-tflops)"),
+            None => "no GPU named and none seen by telemetry: MFU needs a GPU's peak (--gpu or --peak-tflops)".into(),
+        });
+    }
+    None
+}
+
+/// Why a phase has no energy figures: no telemetry, or no power readings.
+fn energy_absent(r: &Results, p: &PhaseResult) -> Option<String> {
+    if r.telemetry.is_none() {
+        return Some(
+            "no GPU telemetry (--telemetry gapscoped=URL, dcgm=URL or prometheus=URL)".into(),
+        );
+    }
+    match &p.telemetry {
+        None => Some("the telemetry source returned no samples in the phase".into()),
+        Some(t) if t.avg_power_w.is_none() && t.energy_j.is_none() => {
+            Some("the telemetry source has no GPU power readings (no NVIDIA driver there?)".into())
+        }
+        Some(_) => None,
+    }
+}
+
 pub struct Options<'a> {
     pub labels: (String, String),
     pub phase: Option<&'a str>,
@@ -97,6 +132,14 @@ pub fn markdown(a_path: &Path, b_path: &Path, opts: &Options) -> Result<String, 
     let mut o = String::new();
     let _ = writeln!(o, "| metric | {la} | {lb} | {lb} vs {la} |");
     let _ = writeln!(o, "|---|---:|---:|---:|");
+    // A figure neither run has gets the reason in its row, not a blank.
+    let absent = |name: &str| match name {
+        "MFU" => Some(mfu_absent(&ra).or_else(|| mfu_absent(&rb))?),
+        "tokens per joule" | "average power" => {
+            Some(energy_absent(&ra, a).or_else(|| energy_absent(&rb, b))?)
+        }
+        _ => None,
+    };
     let row = |o: &mut String,
                name: &str,
                va: Option<f64>,
@@ -104,6 +147,10 @@ pub fn markdown(a_path: &Path, b_path: &Path, opts: &Options) -> Result<String, 
                fmt: &dyn Fn(f64) -> String,
                higher_better: bool| {
         let rel = match (va, vb) {
+            (None, None) => match absent(name) {
+                Some(why) => format!("absent: {why}"),
+                None => "-".into(),
+            },
             (Some(x), Some(y)) if x != 0.0 => {
                 let change = (y / x - 1.0) * 100.0;
                 let better = if (change > 0.0) == higher_better {

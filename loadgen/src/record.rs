@@ -106,6 +106,11 @@ pub struct RequestRecord {
     pub chunks: u64,
     /// A fixed output length was asked for: was it produced?
     pub length_honoured: Option<bool>,
+    /// Sent a second time: the first attempt's kept-alive connection was
+    /// closed by the server before any reply (latencies count from the
+    /// first attempt).
+    #[serde(default)]
+    pub resent: u32,
 }
 
 impl RequestRecord {

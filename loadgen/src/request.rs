@@ -125,6 +125,31 @@ impl Client {
         }
     }
 
+    /// The POST for one attempt at a request.
+    fn request(
+        &self,
+        body: Bytes,
+        id: &str,
+        trace: &str,
+    ) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
+        let mut builder = Request::post(self.uri.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(
+                header::ACCEPT,
+                if self.endpoint.stream {
+                    "text/event-stream, application/json"
+                } else {
+                    "application/json"
+                },
+            )
+            .header("x-request-id", id)
+            .header("traceparent", trace);
+        for (k, v) in &self.endpoint.headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        builder.body(Full::new(body))
+    }
+
     /// Sends `p` and reads the whole reply; `cancel` ends it early.
     pub async fn send(
         &self,
@@ -155,6 +180,7 @@ impl Client {
             events: Vec::new(),
             chunks: 0,
             length_honoured: None,
+            resent: 0,
         };
         let trace = format!(
             "00-{:016x}{:016x}-{:016x}-01",
@@ -162,52 +188,47 @@ impl Client {
             p.seq,
             rand::random::<u64>() | 1
         );
-        let mut builder = Request::post(self.uri.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(
-                header::ACCEPT,
-                if self.endpoint.stream {
-                    "text/event-stream, application/json"
-                } else {
-                    "application/json"
-                },
-            )
-            .header("x-request-id", &rec.id)
-            .header("traceparent", trace);
-        for (k, v) in &self.endpoint.headers {
-            builder = builder.header(k.as_str(), v.as_str());
-        }
-        let request = match builder.body(Full::new(Bytes::from(body))) {
-            Ok(r) => r,
-            Err(e) => {
-                rec.sent_ns = self.clock.now();
-                return self.fail(
-                    rec,
-                    ErrorKind::MalformedStream,
-                    format!("cannot build the request: {e}"),
-                );
-            }
-        };
+        let body = Bytes::from(body);
         rec.sent_ns = self.clock.now();
         let total = Duration::from_secs_f64(self.endpoint.timeout_s);
         let deadline = tokio::time::Instant::now() + total;
-        let result = tokio::select! {
-            r = tokio::time::timeout_at(deadline, self.http.request(request)) => r,
-            _ = cancel.changed() => return self.fail(rec, ErrorKind::Cancelled, "stopped before the reply".into()),
-        };
-        let response = match result {
-            Err(_) => {
-                return self.fail(
-                    rec,
-                    ErrorKind::Timeout,
-                    format!("no reply within {total:?}"),
-                );
+        let response = loop {
+            let request = match self.request(body.clone(), &rec.id, &trace) {
+                Ok(r) => r,
+                Err(e) => {
+                    return self.fail(
+                        rec,
+                        ErrorKind::MalformedStream,
+                        format!("cannot build the request: {e}"),
+                    );
+                }
+            };
+            let result = tokio::select! {
+                r = tokio::time::timeout_at(deadline, self.http.request(request)) => r,
+                _ = cancel.changed() => return self.fail(rec, ErrorKind::Cancelled, "stopped before the reply".into()),
+            };
+            match result {
+                Err(_) => {
+                    return self.fail(
+                        rec,
+                        ErrorKind::Timeout,
+                        format!("no reply within {total:?}"),
+                    );
+                }
+                Ok(Err(e)) => {
+                    let kind = classify_client_error(&e);
+                    // A server that closes a kept-alive connection after a
+                    // stream without saying so (llama-server does) fails the
+                    // next request sent on it before any reply: send it once
+                    // more on a fresh connection, and record that it was.
+                    if kind == ErrorKind::EarlyClose && rec.resent == 0 {
+                        rec.resent = 1;
+                        continue;
+                    }
+                    return self.fail(rec, kind, error_chain(&e));
+                }
+                Ok(Ok(r)) => break r,
             }
-            Ok(Err(e)) => {
-                let kind = classify_client_error(&e);
-                return self.fail(rec, kind, error_chain(&e));
-            }
-            Ok(Ok(r)) => r,
         };
         rec.headers_ns = Some(self.clock.now());
         let status = response.status().as_u16();

@@ -328,6 +328,7 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
             avg_in_flight: Some(p.avg_in_flight),
             completions_per_s: Some(p.throughput.requests_per_s),
             mean_e2e_s: p.latency.get("e2e").map(|l| l.mean),
+            window_s: Some(p.duration_s),
         })
         .collect();
     let checks = audit::audit(&figures);

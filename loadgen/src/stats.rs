@@ -352,6 +352,7 @@ mod tests {
             events,
             chunks: 0,
             length_honoured: None,
+            resent: 0,
         }
     }
 

@@ -1,0 +1,150 @@
+//! The README's main command, `scripts/demo.sh`, end to end at its smallest
+//! scale: both reference stacks traced by gapscoped and loaded by
+//! gapscope-loadgen. Its output must hold every section with measured,
+//! non-zero values, and nothing may be left running when it ends.
+
+use std::process::Command;
+
+use gapscope_testkit::{output_text, repo_root, require_root};
+
+/// The numbers in a Markdown table row `| name | a | b | ... |`.
+fn row(out: &str, name: &str) -> Vec<String> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("| {name} |")))
+        .unwrap_or_else(|| panic!("no row {name:?} in:\n{out}"));
+    line.split('|').map(|c| c.trim().to_string()).collect()
+}
+
+fn leading_number(cell: &str) -> f64 {
+    let n: String = cell
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    n.parse()
+        .unwrap_or_else(|_| panic!("{cell:?} is not a number"))
+}
+
+/// Processes whose command line mentions `needle`.
+fn running(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) {
+            found.push(cmd);
+        }
+    }
+    found
+}
+
+#[test]
+fn demo_runs_end_to_end_and_leaves_nothing_behind() {
+    require_root();
+    let root = repo_root();
+    if !root.join(".cache/tiny-llama/recipe.json").exists()
+        || !root.join(".cache/llama.cpp/bin/llama-server").exists()
+    {
+        println!("SKIP: the reference stacks are not installed: run scripts/setup.sh");
+        return;
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(root.join("scripts/demo.sh"))
+        .envs([
+            ("PROFILE", "debug"),
+            ("WARMUP_S", "2"),
+            ("COOLDOWN_S", "1"),
+            ("DURATION", "4"),
+            ("CONCURRENCY", "4"),
+            ("MAX_TOKENS", "16"),
+        ])
+        .env("OUT", out_dir.path())
+        .output()
+        .expect("run scripts/demo.sh");
+    let text = output_text(&out);
+    println!("{text}");
+    assert!(out.status.success(), "demo.sh failed: {}", out.status);
+
+    // The comparison table, both stacks measured; MFU and energy say why
+    // they are absent on a machine without a GPU.
+    for name in [
+        "output tokens/s",
+        "requests/s",
+        "P99 TTFT",
+        "P99 inter-token latency",
+    ] {
+        let cells = row(&text, name);
+        assert!(leading_number(&cells[2]) > 0.0, "{name}: {cells:?}");
+        assert!(leading_number(&cells[3]) > 0.0, "{name}: {cells:?}");
+    }
+    let failed = row(&text, "failed requests");
+    assert_eq!(
+        (failed[2].as_str(), failed[3].as_str()),
+        ("0", "0"),
+        "{text}"
+    );
+    assert!(row(&text, "MFU")[4].starts_with("absent: "), "{text}");
+    assert!(row(&text, "tokens per joule")[4].starts_with("absent: "));
+
+    // What gapscoped measured in each stack: threads, syscalls, run queue;
+    // GIL and serialization in the Python one.
+    for stack in ["bentoml", "llama-server"] {
+        let section = text
+            .split(&format!("What gapscoped measured in {stack} "))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no section for {stack}"));
+        // Up to the next section's banner.
+        let section = section.trim_start_matches('=');
+        let section = section.split("\n====").next().unwrap();
+        let procs = section
+            .lines()
+            .find(|l| l.starts_with(&format!("Service '{stack}'")))
+            .unwrap_or_else(|| panic!("{stack}: no process line"));
+        assert!(!procs.contains(": 0 process"), "{stack}: {procs}");
+        let on_cpu = section
+            .lines()
+            .find(|l| l.trim_start().starts_with("on CPU"))
+            .unwrap_or_else(|| panic!("{stack}: no on-CPU line"));
+        let secs = leading_number(on_cpu.trim_start().trim_start_matches("on CPU").trim());
+        assert!(secs > 0.0, "{stack}: {on_cpu}");
+        assert!(section.contains("Top syscalls by time"), "{stack}");
+        assert!(section.contains("Run-queue wait"), "{stack}");
+        if stack == "bentoml" {
+            assert!(section.contains("GIL (CPython 3.11"), "{section}");
+        }
+    }
+
+    // The side-by-side explain report names both stacks.
+    let explain = text
+        .split("gapscoped explain ====")
+        .nth(1)
+        .expect("explain section");
+    assert!(
+        explain.contains("bentoml") && explain.contains("llama-server"),
+        "{explain}"
+    );
+
+    // The results it points at exist.
+    for stack in ["bentoml", "llama-server"] {
+        let dir = out_dir.path().join(stack);
+        assert!(dir.join("results.json").exists(), "{}", dir.display());
+        assert!(text.contains(&dir.display().to_string()));
+    }
+
+    // Nothing left running.
+    for needle in [
+        "bento_service:LlamaService",
+        "llama-server -m",
+        "stacks/serve.py",
+        "gapscoped --config",
+    ] {
+        let left = running(needle);
+        assert!(left.is_empty(), "left running: {left:?}");
+    }
+}

@@ -1,0 +1,322 @@
+//! The reference serving stacks (`targets/stacks`): each starts with one
+//! command, serves streaming and whole completions whose token counts
+//! match the `usage` it reports, and stops leaving no process behind.
+//!
+//! scripts/setup.sh installs both stacks and builds the tiny Llama; without
+//! them these tests say SKIP and why.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use gapscope_testkit::{free_port, repo_root, serial, target_python};
+use serde_json::{Value, json};
+
+/// Why `stack` cannot run here, if it cannot.
+fn missing(stack: &str) -> Option<String> {
+    let root = repo_root();
+    if !root.join(".cache/tiny-llama/recipe.json").exists() {
+        return Some(
+            "the tiny Llama is not built (.cache/tiny-llama): run scripts/setup.sh".into(),
+        );
+    }
+    let needed = match stack {
+        "bentoml" => root.join("targets/.venv/bin/bentoml"),
+        _ => root.join(".cache/llama.cpp/bin/llama-server"),
+    };
+    (!needed.exists()).then(|| format!("{} is missing: run scripts/setup.sh", needed.display()))
+}
+
+/// A stack started by `targets/stacks/serve.py`.
+struct Stack {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    port: u16,
+    /// The server's pid, which is also its session id.
+    session: u32,
+    /// Every process of the stack seen while it ran.
+    members: Vec<u32>,
+}
+
+impl Stack {
+    fn start(stack: &str) -> Stack {
+        let port = free_port();
+        let mut child = Command::new(target_python())
+            .arg(repo_root().join("targets/stacks/serve.py"))
+            .args([
+                stack,
+                "--port",
+                &port.to_string(),
+                "--parallel",
+                "4",
+                "--stdin-stops",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start serve.py");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("ready "),
+            "{stack} did not become ready: {line:?} (serve.py printed its log on stderr)"
+        );
+        let session = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+        Stack {
+            child,
+            stdin,
+            stdout,
+            port,
+            session,
+            members: stack_members(session),
+        }
+    }
+
+    /// Closes serve.py's stdin and checks that it stops the whole stack.
+    fn stop(mut self) {
+        for pid in stack_members(self.session) {
+            if !self.members.contains(&pid) {
+                self.members.push(pid);
+            }
+        }
+        assert!(
+            self.members.contains(&self.session),
+            "the server {} is gone before it was stopped",
+            self.session
+        );
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "serve.py did not stop in 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        assert!(status.success(), "serve.py exited {status}: {rest}");
+        assert!(rest.contains("stopped"), "{rest:?}");
+        let alive: Vec<u32> = process_table().iter().map(|(pid, ..)| *pid).collect();
+        let left: Vec<&u32> = self.members.iter().filter(|p| alive.contains(p)).collect();
+        assert!(left.is_empty(), "processes {left:?} of the stack survived");
+        assert!(
+            TcpStream::connect(("127.0.0.1", self.port)).is_err(),
+            "port {} still answers",
+            self.port
+        );
+    }
+}
+
+/// Live (non-zombie) processes: pid -> (parent pid, session id).
+fn process_table() -> Vec<(u32, u32, u32)> {
+    let mut table = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        if f[0] != "Z" {
+            table.push((pid, f[1].parse().unwrap(), f[3].parse().unwrap()));
+        }
+    }
+    table
+}
+
+/// The server, its session and its descendants (BentoML puts each worker
+/// in a session of its own).
+fn stack_members(root: u32) -> Vec<u32> {
+    let table = process_table();
+    let mut found: Vec<u32> = table
+        .iter()
+        .filter(|(pid, _, sid)| *sid == root || *pid == root)
+        .map(|(pid, ..)| *pid)
+        .collect();
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        for (pid, ppid, _) in &table {
+            if *ppid == parent && !found.contains(pid) {
+                found.push(*pid);
+            }
+        }
+        i += 1;
+    }
+    found
+}
+
+/// POSTs a JSON body over HTTP/1.0: (status, body), the body de-chunked.
+fn post(port: u16, path: &str, body: &Value) -> (u16, String) {
+    let body = body.to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let resp = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    (status, if chunked { dechunk(body) } else { body.into() })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A stream's documents, in order, up to `[DONE]` (which must come).
+fn events(body: &str) -> Vec<Value> {
+    let mut docs = Vec::new();
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            return docs;
+        }
+        docs.push(serde_json::from_str(data).unwrap_or_else(|e| panic!("{data:?}: {e}")));
+    }
+    panic!("the stream ended without [DONE]: {body}")
+}
+
+/// Tokens a stream delivered: a chunk's `tokens` when the server lists them
+/// (llama-server, asked with `return_tokens`), else one per chunk with text.
+fn streamed_tokens(docs: &[Value], chat: bool) -> (u64, String) {
+    let mut tokens = 0;
+    let mut text = String::new();
+    for d in docs {
+        let Some(c) = d["choices"].get(0) else {
+            continue;
+        };
+        let piece = if chat {
+            &c["delta"]["content"]
+        } else {
+            &c["text"]
+        };
+        if let Some(ids) = d["tokens"].as_array().or(c["tokens"].as_array()) {
+            tokens += ids.len() as u64;
+        } else if piece.is_string() && c["finish_reason"].is_null() {
+            tokens += 1;
+        }
+        text.push_str(piece.as_str().unwrap_or(""));
+    }
+    (tokens, text)
+}
+
+fn usage(docs: &[Value]) -> Value {
+    docs.iter()
+        .rev()
+        .find(|d| d["usage"].is_object())
+        .map(|d| d["usage"].clone())
+        .expect("a chunk with usage")
+}
+
+fn exercise(stack: &str) {
+    let _g = serial();
+    if let Some(why) = missing(stack) {
+        println!("SKIP: {why}");
+        return;
+    }
+    let s = Stack::start(stack);
+    if stack == "bentoml" {
+        // The server and the worker it forks: stopping must reach both.
+        assert!(s.members.len() >= 2, "bentoml processes: {:?}", s.members);
+    }
+    let want = 24;
+
+    // A streamed completion: exactly `want` tokens (EOS ignored), each
+    // counted once, and usage says the same.
+    let (status, body) = post(
+        s.port,
+        "/v1/completions",
+        &json!({"model": "tiny-llama", "prompt": "def fibonacci(n):", "max_tokens": want,
+                "stream": true, "temperature": 0, "ignore_eos": true, "return_tokens": true,
+                "stream_options": {"include_usage": true}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let docs = events(&body);
+    let (tokens, text) = streamed_tokens(&docs, false);
+    let u = usage(&docs);
+    eprintln!("{stack}: streamed {tokens} tokens, usage {u}, text {text:?}");
+    assert_eq!(u["completion_tokens"], want, "{stack}: usage {u}");
+    assert_eq!(tokens, want, "{stack}: counted {tokens} streamed tokens");
+    assert!(u["prompt_tokens"].as_u64().unwrap() >= 4, "{u}");
+
+    // A streamed chat completion.
+    let (status, body) = post(
+        s.port,
+        "/v1/chat/completions",
+        &json!({"model": "tiny-llama", "messages": [{"role": "user", "content": "Say hello."}],
+                "max_tokens": 12, "stream": true, "temperature": 0, "ignore_eos": true, "return_tokens": true,
+                "stream_options": {"include_usage": true}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let docs = events(&body);
+    let (tokens, _) = streamed_tokens(&docs, true);
+    let u = usage(&docs);
+    assert_eq!(u["completion_tokens"], 12, "{stack} chat: usage {u}");
+    assert_eq!(tokens, 12, "{stack} chat: counted {tokens}");
+
+    // A whole completion.
+    let (status, body) = post(
+        s.port,
+        "/v1/completions",
+        &json!({"model": "tiny-llama", "prompt": "import os", "max_tokens": 8, "ignore_eos": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 8, "{v}");
+    assert!(v["choices"][0]["text"].is_string(), "{v}");
+
+    // Bad input gets a 4xx naming the field, and the stack keeps serving.
+    let (status, body) = post(
+        s.port,
+        "/v1/completions",
+        &json!({"model": "tiny-llama", "prompt": "x", "max_tokens": "many"}),
+    );
+    assert!((400..500).contains(&status), "{stack}: {status} {body}");
+    assert!(body.contains("max_tokens"), "{stack}: {body}");
+    let (status, _) = post(
+        s.port,
+        "/v1/completions",
+        &json!({"model": "tiny-llama", "prompt": "x", "max_tokens": 2}),
+    );
+    assert_eq!(status, 200);
+
+    s.stop();
+}
+
+#[test]
+fn bentoml_serves_streams_whose_tokens_match_usage_and_stops_clean() {
+    exercise("bentoml");
+}
+
+#[test]
+fn llama_server_serves_streams_whose_tokens_match_usage_and_stops_clean() {
+    exercise("llama-server");
+}
