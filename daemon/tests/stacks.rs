@@ -6,13 +6,13 @@
 //! them these tests say SKIP and why.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Read},
     net::TcpStream,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use gapscope_testkit::{free_port, repo_root, serial, target_python};
+use gapscope_testkit::{free_port, http_post_waiting, repo_root, serial, target_python};
 use serde_json::{Value, json};
 
 /// Why `stack` cannot run here, if it cannot.
@@ -154,39 +154,9 @@ fn stack_members(root: u32) -> Vec<u32> {
     found
 }
 
-/// POSTs a JSON body over HTTP/1.0: (status, body), the body de-chunked.
+/// POSTs a JSON body over HTTP/1.0 (so the reply is never chunked).
 fn post(port: u16, path: &str, body: &Value) -> (u16, String) {
-    let body = body.to_string();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let resp = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    (status, if chunked { dechunk(body) } else { body.into() })
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    http_post_waiting(port, path, &body.to_string(), Duration::from_secs(120))
 }
 
 /// A stream's documents, in order, up to `[DONE]` (which must come).

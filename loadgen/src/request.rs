@@ -40,6 +40,9 @@ pub struct Planned {
 
 pub struct Client {
     http: HyperClient<HttpConnector, Full<Bytes>>,
+    /// No pooling: a resend must not land on another dead kept-alive
+    /// connection.
+    fresh: HyperClient<HttpConnector, Full<Bytes>>,
     endpoint: Arc<Endpoint>,
     uri: Uri,
     /// Ask for exactly `max_tokens` and check it was honoured.
@@ -64,10 +67,14 @@ impl Client {
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(usize::MAX)
             .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector.clone());
+        let fresh = HyperClient::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
             .build(connector);
         let uri = endpoint.url.parse().unwrap_or_default();
         Self {
             http,
+            fresh,
             endpoint,
             uri,
             fixed,
@@ -203,8 +210,13 @@ impl Client {
                     );
                 }
             };
+            let http = if rec.resent == 0 {
+                &self.http
+            } else {
+                &self.fresh
+            };
             let result = tokio::select! {
-                r = tokio::time::timeout_at(deadline, self.http.request(request)) => r,
+                r = tokio::time::timeout_at(deadline, http.request(request)) => r,
                 _ = cancel.changed() => return self.fail(rec, ErrorKind::Cancelled, "stopped before the reply".into()),
             };
             match result {

@@ -277,3 +277,37 @@ fn bad_input_is_one_line_with_the_fix() {
         );
     }
 }
+
+#[test]
+fn a_request_on_a_connection_the_server_closed_silently_is_resent_once() {
+    let _g = serial();
+    let server = StreamServer::start(ServerConfig {
+        token_ms: 2.0,
+        drop_reused_connections: true,
+        ..ServerConfig::default()
+    });
+    let url = server.url("/v1/completions");
+    let run = loadgen(&[
+        "--url",
+        &url,
+        "--phase",
+        "s=closed:2:1s",
+        "--max-tokens",
+        "6",
+    ]);
+    let (errs, sent, failed) = errors(&run);
+    let requests = run.requests();
+    assert_eq!(failed, 0, "{errs}");
+    let resent = requests.iter().filter(|r| r["resent"] == 1).count();
+    eprintln!("{sent} requests, {resent} resent");
+    // Every connection serves one reply. A pooled connection is reused by
+    // the next request, which is cut and resent on a connection of its own
+    // (not pooled); the one after opens a new pooled connection: every
+    // second request is resent.
+    assert!(sent > 10, "{sent}");
+    assert!(
+        (sent / 2 - 2..=sent / 2 + 2).contains(&(resent as u64)),
+        "{resent} of {sent} resent"
+    );
+    assert!(requests.iter().all(|r| r["error"].is_null()));
+}

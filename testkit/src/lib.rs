@@ -292,16 +292,23 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
 
 /// A tiny HTTP/1.0 POST of a JSON body: (status, body).
 pub fn http_post(port: u16, path: &str, body: &str) -> (u16, String) {
+    http_post_waiting(port, path, body, Duration::from_secs(10))
+}
+
+/// [`http_post`] that waits up to `timeout` for each read (a whole
+/// generated reply, say).
+pub fn http_post_waiting(port: u16, path: &str, body: &str, timeout: Duration) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
     write!(
         s,
         "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let resp = String::from_utf8_lossy(&raw);
     let (head, body) = resp.split_once("\r\n\r\n").unwrap();
     (
         head.split_whitespace().nth(1).unwrap().parse().unwrap(),

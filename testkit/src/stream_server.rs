@@ -54,6 +54,10 @@ pub struct ServerConfig {
     pub utilization_pct: f64,
     pub power_w: f64,
     pub energy_w: f64,
+    /// Close a kept-alive connection, without a reply or a word, when a
+    /// second request arrives on it (what llama-server's HTTP layer does
+    /// after a stream).
+    pub drop_reused_connections: bool,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +70,7 @@ impl Default for ServerConfig {
             utilization_pct: 80.0,
             power_w: 200.0,
             energy_w: 200.0,
+            drop_reused_connections: false,
         }
     }
 }
@@ -224,10 +229,34 @@ impl StreamServer {
                     let _ = stream.set_nodelay(true);
                     let state = state.clone();
                     tokio::spawn(async move {
-                        let svc = service_fn(move |req| handle(state.clone(), req));
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
+                        let drop_reused = state.cfg.drop_reused_connections;
+                        let cut = Arc::new(tokio::sync::Notify::new());
+                        let served = std::sync::atomic::AtomicU32::new(0);
+                        let svc = {
+                            let cut = cut.clone();
+                            service_fn(move |req| {
+                                let before =
+                                    served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let cutting = drop_reused && before > 0;
+                                if cutting {
+                                    cut.notify_one();
+                                }
+                                let state = state.clone();
+                                async move {
+                                    if cutting {
+                                        // No reply at all: the connection goes.
+                                        std::future::pending::<()>().await;
+                                    }
+                                    handle(state, req).await
+                                }
+                            })
+                        };
+                        let conn =
+                            http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                        tokio::select! {
+                            _ = conn => {}
+                            _ = cut.notified() => {}
+                        }
                     });
                 }
             });
