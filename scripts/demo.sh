@@ -5,13 +5,17 @@
 # traces both; gapscope-loadgen runs the experiment's three phases against
 # each in turn (shortened), then the demo prints the comparison table, what
 # gapscoped measured in each stack and the side-by-side explain report.
-# Run as root. Leaves nothing running or attached, also when interrupted.
+# Needs root: as another user it runs itself again with sudo
+# (scripts/lib/common.sh). Leaves nothing running or attached, also when
+# interrupted.
 #
 # Scale: WARMUP_S (4), COOLDOWN_S (2), DURATION (stress seconds, 10),
 # CONCURRENCY (8), MAX_TOKENS (32), STACKS ("bentoml llama-server"),
 # PROFILE (release; debug reuses the test build), OUT (demo-results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
+need_root "$0" "$@"
 bash scripts/setup.sh
 
 WARMUP_S=${WARMUP_S:-4}
@@ -113,9 +117,35 @@ elapsed=$(($(date +%s) - started + 5))
 set -- $STACKS
 echo
 echo "==================== Comparison (gapscope-loadgen compare, stress phase) ===================="
+cat <<TEXT
+What is compared: the same tiny Llama (5 M parameters, seeded random weights,
+so every reply is exactly $MAX_TOKENS tokens) served two ways on this machine's CPU:
+bentoml is a Python wrapper (BentoML + transformers generate(), one request
+per thread, every token passed through Python); llama-server is a compiled
+engine (llama.cpp, continuous batching, no Python). Both got the same load:
+Poisson warmup, ${COOLDOWN_S} s of silence, then $CONCURRENCY requests at a time
+for ${DURATION} s. Below, one column per stack for the stress phase: output tokens
+per second (higher is better), then TTFT (time to the first token), ITL
+(time between tokens) and E2E (whole request) percentiles in ms (lower is
+better); the last column is the ratio. Rows that need a GPU (MFU, tokens
+per joule, power) say why they are empty here.
+
+TEXT
 if [ $# -ge 2 ]; then
   "$bin/gapscope-loadgen" compare "$out/$1/results.json" "$out/$2/results.json" --labels "$1,$2" --phase stress
 fi
+echo
+cat <<'TEXT'
+How to read what gapscoped measured: it watched every thread of each stack
+from the kernel (eBPF), without changing the stack. "on CPU" is time spent
+running; the other reasons are why a thread was not running. In the GIL
+line, "held" is how long some thread held CPython's global interpreter lock
+and "waited" is how long threads waited for it (another thread held it):
+time the server could not spend producing tokens. Run-queue
+time is a thread ready to run but waiting for a CPU. In explain, "idle" is
+the GPU's idle time split by what the launching threads did meanwhile; on
+this machine there is no GPU, so that part says why it is empty.
+TEXT
 for stack in $STACKS; do
   echo
   echo "==================== What gapscoped measured in $stack ===================="

@@ -3,13 +3,24 @@
 # packages, the nightly toolchain's rust-src, bpf-linker built against LLVM 22,
 # tracefs, and the Python venv for the reference targets. Safe to run again:
 # every step checks first and does nothing when its part is already there.
+#
+# As root it runs as it is; as another user it runs itself again with sudo
+# (scripts/lib/common.sh). At the end it prints the time of every step that
+# did work this time, so a first run on a fresh machine says where it went.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
+need_root "$0" "$@"
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 
-[ "$(id -u)" = 0 ] || die "run as root (sudo $0): it installs packages and mounts tracefs"
+# One log of step times for this script and the stacks' setup it calls; the
+# outermost caller (test.sh, demo.sh) may have opened it already.
+if [ -z "${GAPSCOPE_STEP_LOG:-}" ]; then
+  GAPSCOPE_STEP_LOG=$(mktemp)
+  export GAPSCOPE_STEP_LOG
+  trap 'rm -f "$GAPSCOPE_STEP_LOG"' EXIT
+fi
 
 # --- Debian packages ---------------------------------------------------------
 # llvm-22-dev & co: bpf-linker links against the nightly's LLVM (22).
@@ -25,7 +36,7 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  say "installing Debian packages: ${missing[*]}"
+  step "installing Debian packages: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
@@ -35,13 +46,13 @@ command -v cargo >/dev/null || die "cargo not found: install Rust with rustup fi
 rustup toolchain list | grep -q '^nightly' \
   || die "the nightly toolchain is missing; it builds the BPF programs: rustup toolchain install nightly"
 if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
-  say "adding rust-src to the nightly toolchain"
+  step "adding rust-src to the nightly toolchain"
   rustup component add rust-src --toolchain nightly
 fi
 
 # --- bpf-linker, matching the nightly's LLVM 22 -------------------------------
 if ! command -v bpf-linker >/dev/null; then
-  say "building bpf-linker against LLVM 22 (several minutes, once per machine)"
+  step "building bpf-linker against LLVM 22 (several minutes, once per machine)"
   LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
     cargo install bpf-linker --no-default-features --features llvm-22
 fi
@@ -49,13 +60,13 @@ fi
 # --- cargo-deb: the Debian package (daemon/Cargo.toml [package.metadata.deb]) --
 cargo_deb_version=3.8.0
 if ! cargo deb --version 2>/dev/null | grep -q "$cargo_deb_version"; then
-  say "installing cargo-deb $cargo_deb_version (a few minutes, once per machine)"
+  step "installing cargo-deb $cargo_deb_version (a few minutes, once per machine)"
   cargo install cargo-deb --version "$cargo_deb_version" --locked
 fi
 
 # --- tracefs ------------------------------------------------------------------
 if [ ! -d /sys/kernel/tracing/events ] && [ ! -d /sys/kernel/debug/tracing/events ]; then
-  say "mounting tracefs at /sys/kernel/tracing"
+  step "mounting tracefs at /sys/kernel/tracing"
   mount -t tracefs nodev /sys/kernel/tracing
 fi
 
@@ -67,23 +78,23 @@ if [ ! -x "$venv/bin/python" ]; then
     [ -x "$candidate" ] && { py=$candidate; break; }
   done
   [ -n "$py" ] || die "pyenv's CPython 3.11 not found (Debian's python3.11 is stripped of the symbols later probes need): pyenv install 3.11"
-  say "creating $venv from $py"
+  step "creating $venv from $py"
   "$py" -m venv "$venv"
 fi
 # py-spy: the GIL benchmark's cross-check.
 if [ ! -x "$venv/bin/py-spy" ]; then
-  say "installing py-spy into $venv"
+  step "installing py-spy into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check py-spy==0.4.3
 fi
 # The third-party codecs the serialization probes find by default.
 codecs="orjson==3.13.0 msgpack==1.2.4 pydantic-core==2.50.5 protobuf==7.36.2"
 if ! "$venv/bin/python" -c "import orjson, msgpack, pydantic_core, google.protobuf" 2>/dev/null; then
-  say "installing $codecs into $venv"
+  step "installing $codecs into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check $codecs
 fi
 # aiohttp: the Python client the load generator's benchmark compares against.
 if ! "$venv/bin/python" -c "import aiohttp" 2>/dev/null; then
-  say "installing aiohttp into $venv"
+  step "installing aiohttp into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check aiohttp==3.13.2
 fi
 
@@ -95,7 +106,7 @@ headers=.cache/cuda-headers
 fetch_headers() { # NAME WHEEL-SPEC...
   local name=$1; shift
   [ -f "$headers/$name/.done-with-lib" ] && return
-  say "fetching CUDA headers $name ($*)"
+  step "fetching CUDA headers $name ($*)"
   rm -rf "$headers/$name" && mkdir -p "$headers/$name/wheels" "$headers/$name/include"
   "$venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$headers/$name/wheels" "$@"
   "$venv/bin/python" - "$headers/$name" <<'PY'
@@ -125,13 +136,15 @@ fetch_headers cupti-13.5 nvidia-cuda-cupti==13.5.25 nvidia-cuda-runtime==13.5.37
 # --- Tools for the deployment tests: kubernetes-validate (with jsonschema) ---
 tools=.cache/tools-venv
 if ! "$tools/bin/python" -c "import kubernetes_validate, jsonschema" 2>/dev/null; then
-  say "installing kubernetes-validate into $tools"
+  step "installing kubernetes-validate into $tools"
   rm -rf "$tools"
   "$venv/bin/python" -m venv "$tools"
   "$tools/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
 fi
 
 # --- The reference serving stacks: BentoML, llama-server, the tiny Llama ----
+step_end
 bash targets/stacks/setup.sh
 
+steps_report "setup: what this run installed, and how long each step took"
 say "setup complete"

@@ -50,7 +50,7 @@ fn demo_runs_end_to_end_and_leaves_nothing_behind() {
     if !root.join(".cache/tiny-llama/recipe.json").exists()
         || !root.join(".cache/llama.cpp/bin/llama-server").exists()
     {
-        println!("SKIP: the reference stacks are not installed: run scripts/setup.sh");
+        gapscope_testkit::skip("the reference stacks are not installed: run scripts/setup.sh");
         return;
     }
     let out_dir = tempfile::tempdir().unwrap();

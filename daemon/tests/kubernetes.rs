@@ -24,7 +24,7 @@ fn tools_python() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        println!("SKIP: {} missing: run scripts/setup.sh", p.display());
+        gapscope_testkit::skip(&format!("{} missing: run scripts/setup.sh", p.display()));
         None
     }
 }

@@ -40,7 +40,7 @@ const ENABLED: &str = "/etc/systemd/system/multi-user.target.wants/gapscoped.ser
 fn build_package(dir: &Path) -> Option<PathBuf> {
     let (ok, version) = run("cargo", &["deb", "--version"]);
     if !ok {
-        println!("SKIP: cargo-deb is missing: run scripts/setup.sh");
+        gapscope_testkit::skip("cargo-deb is missing: run scripts/setup.sh");
         return None;
     }
     println!("{}", version.trim());
@@ -74,8 +74,8 @@ fn build_package(dir: &Path) -> Option<PathBuf> {
 fn the_package_installs_enables_without_starting_and_purges_cleanly() {
     let _g = serial();
     if installed() {
-        println!(
-            "SKIP: a gapscope package is installed on this host; this test installs and purges its own and leaves that one alone"
+        gapscope_testkit::skip(
+            "a gapscope package is installed on this host; this test installs and purges its own and leaves that one alone: dpkg --purge gapscope to run it",
         );
         return;
     }

@@ -209,7 +209,7 @@ fn usage(docs: &[Value]) -> Value {
 fn exercise(stack: &str) {
     let _g = serial();
     if let Some(why) = missing(stack) {
-        println!("SKIP: {why}");
+        gapscope_testkit::skip(&why);
         return;
     }
     let s = Stack::start(stack);

@@ -45,7 +45,9 @@ fn systemd_analyze(args: &[&str], unit: &Path) -> Option<(bool, String)> {
     {
         Ok(out) => out,
         Err(e) => {
-            println!("SKIP: systemd-analyze cannot run ({e}); install systemd");
+            gapscope_testkit::skip(&format!(
+                "systemd-analyze cannot run ({e}): apt-get install systemd"
+            ));
             return None;
         }
     };

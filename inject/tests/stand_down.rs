@@ -52,7 +52,9 @@ fn cupti(release: &str, file: &str) -> PathBuf {
 #[test]
 fn no_libcupti_means_standing_down_with_the_fix() {
     if std::path::Path::new("/dev/nvidiactl").exists() {
-        println!("SKIP: an NVIDIA driver is present; the device check covers this host");
+        gapscope_testkit::skip(
+            "an NVIDIA driver is present: this host is checked by scripts/device-check instead",
+        );
         return;
     }
     let (out, err) = host(None);
@@ -69,7 +71,9 @@ fn no_libcupti_means_standing_down_with_the_fix() {
 #[test]
 fn a_real_libcupti_without_a_driver_stands_down_cleanly() {
     if std::path::Path::new("/dev/nvidiactl").exists() {
-        println!("SKIP: an NVIDIA driver is present; the device check covers this host");
+        gapscope_testkit::skip(
+            "an NVIDIA driver is present: this host is checked by scripts/device-check instead",
+        );
         return;
     }
     for (release, file) in [

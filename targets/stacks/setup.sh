@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+. scripts/lib/common.sh
+need_root "$0" "$@"
 die() { printf 'stacks setup: %s\n' "$*" >&2; exit 1; }
 
 venv=targets/.venv
@@ -21,7 +22,7 @@ py=$venv/bin/python
 # OpenAI-style routes; sentencepiece and numpy for the GGUF converter.
 stack_pkgs="torch==2.11.0 transformers==4.57.6 tokenizers==0.22.1 safetensors==0.7.0 bentoml==1.4.40 fastapi==0.165.0 sentencepiece==0.2.1 numpy==2.2.6"
 if ! "$py" -c "import torch, transformers, bentoml, fastapi, sentencepiece" 2>/dev/null; then
-  say "installing the Python serving stack into $venv (torch ~3 GB, a few minutes once)"
+  step "installing the Python serving stack into $venv (torch ~3 GB, a few minutes once)"
   "$venv/bin/pip" install -q --disable-pip-version-check $stack_pkgs
 fi
 
@@ -38,7 +39,7 @@ cache_root=${GAPSCOPE_CACHE:-/var/cache/gapscope}
 engine=$cache_root/llama.cpp-$llama_version-$key
 if [ ! -x "$engine/bin/llama-server" ]; then
   command -v cmake >/dev/null || die "cmake is missing: apt-get install cmake"
-  say "building llama-server $llama_version into $engine (about 12 CPU-minutes, once per machine)"
+  step "building llama-server $llama_version into $engine (about 12 CPU-minutes, once per machine)"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
@@ -63,6 +64,7 @@ ln -sfn "$engine" .cache/llama.cpp
 
 # --- The tiny Llama, built offline (seeded; rebuilt only when missing) -------
 if ! "$py" targets/stacks/tiny_model.py --check .cache/tiny-llama 2>/dev/null; then
-  say "building the tiny Llama and its tokenizer into .cache/tiny-llama"
+  step "building the tiny Llama and its tokenizer into .cache/tiny-llama"
   "$py" targets/stacks/tiny_model.py --out .cache/tiny-llama --converter .cache/llama.cpp/convert
 fi
+step_end

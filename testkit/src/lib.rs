@@ -33,7 +33,7 @@ pub fn require_root() {
     assert_eq!(
         unsafe { libc::geteuid() },
         0,
-        "these tests load and attach BPF programs and must run as root: sudo scripts/test.sh"
+        "these tests load and attach BPF programs and must run as root: scripts/test.sh (it runs itself again with sudo when you are not root)"
     );
 }
 
@@ -469,9 +469,11 @@ impl Workload {
     }
 }
 
+pub use skip::{not_checked, skip};
 pub mod dashboard_picture;
 pub mod fake_cuda;
 pub mod prometheus;
+pub mod skip;
 pub mod stream_server;
 
 /// The deep-mode test sender (`src/bin/wire_sender.rs`).

@@ -99,6 +99,8 @@ pub struct ServerLog {
     pub in_flight: Vec<(u64, usize)>,
     pub now_in_flight: usize,
     pub max_in_flight: usize,
+    /// Requests cut without a reply (`drop_reused_connections`).
+    pub cut_reused: usize,
 }
 
 impl ServerLog {
@@ -239,6 +241,7 @@ impl StreamServer {
                                     served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 let cutting = drop_reused && before > 0;
                                 if cutting {
+                                    state.log.lock().unwrap().cut_reused += 1;
                                     cut.notify_one();
                                 }
                                 let state = state.clone();

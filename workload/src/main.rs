@@ -11,7 +11,7 @@
 //! daemon traces it first; it prints `done` when finished and then waits
 //! for stdin to close. `--tag` is ignored: tests match on it. Before
 //! `done` it prints `asleep_ns <n>`: the time spent in nanosleep by its own
-//! clock.
+//! clock, and `asleep_each_ns <n> <n> …`: each sleep's.
 //!
 //! `spin` prints `ns_per_call <f64>` measured around a tight getppid loop
 //! (the overhead benchmark); with `--wait` it first waits for "go" like
@@ -67,12 +67,12 @@ fn getppid_n(n: u64) {
     }
 }
 
-/// Sleeps `n` times and returns the total time asleep by the workload's own
+/// Sleeps `n` times and returns each sleep's length by the workload's own
 /// clock. Timer slack is cut to 1 ns so each sleep lasts what was asked.
-fn nanosleep_n(n: u64, us: u64) -> Duration {
+fn nanosleep_n(n: u64, us: u64) -> Vec<Duration> {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
-    let mut asleep = Duration::ZERO;
+    let mut asleep = Vec::with_capacity(n as usize);
     let ts = libc::timespec {
         tv_sec: (us / 1_000_000) as libc::time_t,
         tv_nsec: ((us % 1_000_000) * 1000) as libc::c_long,
@@ -89,7 +89,7 @@ fn nanosleep_n(n: u64, us: u64) -> Duration {
                 std::ptr::null_mut::<libc::timespec>(),
             )
         };
-        asleep += start.elapsed();
+        asleep.push(start.elapsed());
     }
     asleep
 }
@@ -169,7 +169,11 @@ fn run() -> Result<(), String> {
                 None => {
                     getppid_n(a.getppid);
                     let asleep = nanosleep_n(a.nanosleep, a.sleep_us);
-                    println!("asleep_ns {}", asleep.as_nanos());
+                    let total: Duration = asleep.iter().sum();
+                    println!("asleep_ns {}", total.as_nanos());
+                    let each: Vec<String> =
+                        asleep.iter().map(|d| d.as_nanos().to_string()).collect();
+                    println!("asleep_each_ns {}", each.join(" "));
                 }
             }
             if !a.no_wait {

@@ -1,0 +1,52 @@
+# Sourced by the project's scripts: messages, root, and timed setup steps.
+#
+# Root: the scripts that need it call `need_root "$0" "$@"` first. As root
+# (a container, CI, a cloud VM's root shell) it does nothing. As another user
+# with sudo it says so and runs the script again under sudo, keeping that
+# user's toolchains (PATH, HOME, CARGO_HOME, RUSTUP_HOME, PYENV_ROOT), and
+# when the script ends gives back to that user every file it made under the
+# checkout and the user's cargo home, so that a later plain `cargo build`
+# still owns its tree. Without root and without sudo it stops, naming both fixes.
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+need_root() { # SCRIPT ARGS...
+  [ "$(id -u)" = 0 ] && return 0
+  local script=$1; shift
+  if ! command -v sudo >/dev/null 2>&1; then
+    printf '%s: needs root (it loads BPF programs and installs packages) and sudo is not installed: run it as root, or install sudo\n' \
+      "$(basename "$script")" >&2
+    exit 1
+  fi
+  say "$(basename "$script") needs root: running it again with sudo (you may be asked for your password)"
+  local lib
+  lib=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+  exec sudo -- env PATH="$PATH" HOME="$HOME" \
+    CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" \
+    PYENV_ROOT="${PYENV_ROOT:-$HOME/.pyenv}" ${CI:+CI="$CI"} \
+    GAPSCOPE_GIVE_BACK="$(id -u):$(id -g)" \
+    bash "$lib/as-root" "$script" "$@"
+}
+
+# --- Timed steps: what a first run on a fresh machine spends its time on -----
+# `step NAME` before a step that does work; `steps_report` at the end prints
+# each step that ran this time with its seconds. Nested scripts share the log
+# through GAPSCOPE_STEP_LOG.
+step_name="" step_start=0
+step() {
+  step_end
+  step_name=$1 step_start=$SECONDS
+  say "$1"
+}
+step_end() {
+  if [ -n "$step_name" ] && [ -n "${GAPSCOPE_STEP_LOG:-}" ]; then
+    printf '%s\t%s\n' "$((SECONDS - step_start))" "$step_name" >>"$GAPSCOPE_STEP_LOG"
+  fi
+  step_name=""
+}
+steps_report() { # TITLE
+  step_end
+  [ -s "${GAPSCOPE_STEP_LOG:-/nonexistent}" ] || return 0
+  printf '\n%s\n' "$1"
+  awk -F'\t' '{ printf "  %6d s  %s\n", $1, $2; s += $1 } END { printf "  %6d s  in all (%d min)\n", s, (s + 30) / 60 }' "$GAPSCOPE_STEP_LOG"
+}
