@@ -3,7 +3,8 @@
 # Root: the scripts that need it call `need_root "$0" "$@"` first. As root
 # (a container, CI, a cloud VM's root shell) it does nothing. As another user
 # with sudo it says so and runs the script again under sudo, keeping that
-# user's toolchains (PATH, HOME, CARGO_HOME, RUSTUP_HOME, PYENV_ROOT), and
+# user's toolchains (PATH, HOME, CARGO_HOME, RUSTUP_HOME, PYENV_ROOT; pip
+# caches in root's home, as pip refuses a cache root does not own), and
 # when the script ends gives back to that user every file it made under the
 # checkout and the user's cargo home, so that a later plain `cargo build`
 # still owns its tree. Without root and without sudo it stops, naming both fixes.
@@ -24,6 +25,7 @@ need_root() { # SCRIPT ARGS...
   exec sudo -- env PATH="$PATH" HOME="$HOME" \
     CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" \
     PYENV_ROOT="${PYENV_ROOT:-$HOME/.pyenv}" ${CI:+CI="$CI"} \
+    PIP_CACHE_DIR=/root/.cache/pip \
     GAPSCOPE_GIVE_BACK="$(id -u):$(id -g)" \
     bash "$lib/as-root" "$script" "$@"
 }
