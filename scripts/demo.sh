@@ -126,8 +126,9 @@ engine (llama.cpp, continuous batching, no Python). Both got the same load:
 Poisson warmup, ${COOLDOWN_S} s of silence, then $CONCURRENCY requests at a time
 for ${DURATION} s. Below, one column per stack for the stress phase: output tokens
 per second (higher is better), then TTFT (time to the first token), ITL
-(time between tokens) and E2E (whole request) percentiles in ms (lower is
-better); the last column is the ratio. Rows that need a GPU (MFU, tokens
+per token and per chunk (time between tokens, and between the chunks that
+carry them) and E2E (whole request) percentiles in ms (lower is better);
+the last column is the ratio. Rows that need a GPU (MFU, tokens
 per joule, power) say why they are empty here.
 
 TEXT

@@ -38,6 +38,9 @@ fn a_loadgen_run_leaves_its_phases_in_gapscoped() {
             "--no-plots",
             "--gapscoped",
             &format!("http://127.0.0.1:{}", daemon.port),
+            // The README's GPU recipe: gapscoped's base URL for telemetry.
+            "--telemetry",
+            &format!("gapscoped=http://127.0.0.1:{}", daemon.port),
             "--out",
         ])
         .arg(out.path())
@@ -102,6 +105,22 @@ fn a_loadgen_run_leaves_its_phases_in_gapscoped() {
     );
     let silence = t(3) - t(2);
     assert!(silence < lifetime, "{silence} ns of {lifetime}");
+    // Telemetry went to gapscoped's /metrics, not its landing page: with
+    // NVML it has readings; without, the scrape found the exporter and
+    // says which series it lacks.
+    let source = &results["telemetry"]["source"];
+    assert_eq!(
+        source["url"],
+        format!("http://127.0.0.1:{}/metrics", daemon.port)
+    );
+    if source["samples"].as_u64() == Some(0) {
+        assert!(
+            source["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("gapscope_gpu_power_watts")),
+            "{source}"
+        );
+    }
     let m = daemon.scrape();
     assert_eq!(
         m.get("gapscope_annotations_total", &[("event", "start")]),

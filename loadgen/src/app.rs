@@ -29,7 +29,9 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_REQUEST_ERRORS: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_CHECK_FAILED: i32 = 3;
-pub const EXIT_INTERRUPTED: i32 = 130;
+/// Stopped by a signal: 128 + its number (130 SIGINT, 143 SIGTERM, 129
+/// SIGHUP), as a shell reports it.
+pub const EXIT_SIGNAL_BASE: i32 = 128;
 
 pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
     let plan = args.plan()?;
@@ -96,19 +98,20 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
 
     let (outcome, telemetry, clock, annotations) = runtime.block_on(async {
         let clock = Clock::start();
+        let live = Arc::new(Live::default());
         let client = Arc::new(Client::new(
             Arc::new(plan.endpoint.clone()),
             plan.output.fixed,
             tokenizer,
             clock,
             u64::from_str_radix(&run_id, 16).unwrap_or(0),
+            live.tokens.clone(),
         ));
         let scraper = plan.telemetry.as_ref().map(|t| Scraper::start(t, clock));
         let annotator = plan
             .gapscoped
             .as_deref()
             .map(|g| Arc::new(Annotator::new(g, run_id.clone(), clock)));
-        let live = Arc::new(Live::default());
         let progress = (!quiet).then(|| progress_bar(&plan, live.clone(), clock));
         let outcome = runner::run(
             &plan,
@@ -162,7 +165,7 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
             .phases
             .iter()
             .zip(&outcome.stats.phases)
-            .map(|(r, s)| (r.name.clone(), [&s.ttft, &s.itl, &s.e2e]))
+            .map(|(r, s)| (r.name.clone(), [&s.ttft, &s.itl_token, &s.e2e]))
             .collect();
         match plot::all(&results, &latencies, &out) {
             Ok(f) => files.extend(f),
@@ -193,8 +196,8 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
             "gapscope-loadgen: FAILED: the self-audit found inconsistent figures (see 'audit' lines above)"
         );
     }
-    Ok(if outcome.interrupted {
-        EXIT_INTERRUPTED
+    Ok(if let Some(signal) = outcome.interrupted {
+        EXIT_SIGNAL_BASE + signal
     } else if violations > 0 || !audit_ok {
         EXIT_CHECK_FAILED
     } else if results.had_errors() {
@@ -233,7 +236,7 @@ fn progress_bar(
             let now = clock.now();
             let tokens = live.tokens.load(Ordering::Relaxed);
             if now - last.1 >= 1_000_000_000 {
-                rate = (tokens - last.0) as f64 / ((now - last.1) as f64 / 1e9);
+                rate = tokens.saturating_sub(last.0) as f64 / ((now - last.1) as f64 / 1e9);
                 last = (tokens, now);
             }
             b.set_position(now / 1_000_000);

@@ -2,10 +2,15 @@
 //! printed with every result (and `gapscope-loadgen audit` for figures
 //! someone else published).
 //!
-//! * MFU scales with throughput: for the same model and GPUs, MFU divided
-//!   by token throughput is the FLOPs per token over the peak, the same in
-//!   every phase (up to the attention term's dependence on context).
-//! * Tokens per joule × average power = token throughput.
+//! Every check compares figures that were measured (or published)
+//! independently; none can pass by construction.
+//!
+//! * Published figures (`audit --claim`): MFU against the throughput and
+//!   the model; MFU / throughput the same in every claim; tokens per joule
+//!   × average power = token throughput. A run computes its own MFU and
+//!   tokens per joule from its throughput, so these are not run on it.
+//! * The energy counter against the power gauge: two readings of the GPU,
+//!   compared over each phase when both moved.
 //! * Little's law in a closed loop: requests in flight = completion rate ×
 //!   mean latency. Separately, a warning when that is well under the
 //!   configured concurrency (the client, not the server, set the pace).
@@ -88,7 +93,17 @@ pub struct Figures {
     pub mean_e2e_s: Option<f64>,
     /// The phase's length (s): a window's edges cut requests in two.
     pub window_s: Option<f64>,
+    /// The window's energy from the counter and from integrated power,
+    /// and how often the counter moved in it.
+    pub energy_counter_j: Option<f64>,
+    pub energy_power_j: Option<f64>,
+    pub counter_updates: usize,
 }
+
+/// The counter and integrated power agree within this share.
+const ENERGY_TOLERANCE: f64 = 0.15;
+/// Fewer moves of the counter than this in a window: too coarse to judge.
+const MIN_COUNTER_UPDATES: usize = 2;
 
 /// Relative difference of `a` from `b`.
 fn off(a: f64, b: f64) -> f64 {
@@ -143,7 +158,7 @@ pub fn audit(phases: &[Figures]) -> Vec<Check> {
                 ),
             ));
         }
-    } else if !phases.is_empty() {
+    } else if phases.iter().any(|f| f.mfu.is_some()) {
         out.push(Check::skipped(
             "mfu_scales_with_throughput",
             None,
@@ -162,12 +177,35 @@ pub fn audit(phases: &[Figures]) -> Vec<Check> {
                     f.tokens_per_s
                 ),
             )),
-            _ if f.tokens_per_s > 0.0 => out.push(Check::skipped(
+            (Some(_), None) | (None, Some(_)) => out.push(Check::skipped(
                 "energy_matches_throughput",
                 Some(&f.phase),
-                "no energy or power telemetry",
+                "needs both tokens per joule and power",
             )),
             _ => {}
+        }
+        match (f.energy_counter_j, f.energy_power_j) {
+            (Some(counter), Some(power)) if f.counter_updates >= MIN_COUNTER_UPDATES => {
+                out.push(Check::new(
+                    "energy_counter_matches_power",
+                    Some(&f.phase),
+                    off(counter, power) <= ENERGY_TOLERANCE,
+                    format!(
+                        "energy counter {counter:.1} J; power gauge integrated {power:.1} J ({:+.1} %, tolerance {:.0} %)",
+                        (counter / power - 1.0) * 100.0,
+                        ENERGY_TOLERANCE * 100.0
+                    ),
+                ))
+            }
+            (None, None) => {}
+            _ => out.push(Check::skipped(
+                "energy_counter_matches_power",
+                Some(&f.phase),
+                &format!(
+                    "needs the energy counter (moving at least {MIN_COUNTER_UPDATES} times in the phase; it moved {}) and the power gauge",
+                    f.counter_updates
+                ),
+            )),
         }
         if let (Some(c), Some(inflight), Some(rate), Some(w)) = (
             f.concurrency,
@@ -239,6 +277,46 @@ mod tests {
         // Consistent figures pass.
         let checks = audit(&[f("a", 870.0, 0.0934), f("b", 1515.0, 0.1626)]);
         assert!(all_passed(&checks), "{checks:?}");
+    }
+
+    #[test]
+    fn a_claimed_mfu_is_checked_against_its_throughput() {
+        let f = Figures {
+            phase: "bentoml".into(),
+            tokens_per_s: 870.0,
+            mfu: Some(0.068),
+            mfu_expected: Some(0.0934),
+            ..Figures::default()
+        };
+        let checks = audit(&[f]);
+        let c = checks
+            .iter()
+            .find(|c| c.check == "mfu_matches_throughput")
+            .unwrap();
+        assert_eq!(c.status, Status::Fail, "{}", c.detail);
+    }
+
+    #[test]
+    fn the_energy_counter_is_checked_against_the_power_gauge() {
+        let f = |counter: f64, updates: usize| Figures {
+            phase: "stress".into(),
+            tokens_per_s: 100.0,
+            energy_counter_j: Some(counter),
+            energy_power_j: Some(1000.0),
+            counter_updates: updates,
+            ..Figures::default()
+        };
+        let status = |f: Figures| {
+            audit(&[f])
+                .into_iter()
+                .find(|c| c.check == "energy_counter_matches_power")
+                .unwrap()
+                .status
+        };
+        assert_eq!(status(f(1050.0, 10)), Status::Pass);
+        assert_eq!(status(f(2000.0, 10)), Status::Fail);
+        // A counter that barely moved is not judged.
+        assert_eq!(status(f(2000.0, 2)), Status::Skipped);
     }
 
     #[test]

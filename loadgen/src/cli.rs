@@ -100,6 +100,14 @@ pub struct RunArgs {
     /// prometheus=URL (a Prometheus server).
     #[arg(long, value_name = "KIND=URL")]
     pub telemetry: Option<String>,
+    /// Only these GPUs of the telemetry (its `gpu` label), e.g. 0,1:
+    /// power, energy, utilization and the GPU count for MFU and cost
+    /// come from them alone. Default: every GPU that reports.
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    pub gpu_ids: Vec<String>,
+    /// Only the GPU with this UUID (the `UUID` label); repeatable.
+    #[arg(long = "gpu-uuid", value_name = "UUID", value_delimiter = ',')]
+    pub gpu_uuids: Vec<String>,
     #[command(flatten)]
     pub mfu: ModelArgs,
     /// Dollars per GPU-hour, for cost per million tokens.
@@ -313,7 +321,34 @@ impl RunArgs {
                 utilization: None,
                 power: None,
                 energy: None,
+                gpu_ids: Vec::new(),
+                gpu_uuids: Vec::new(),
             });
+        }
+        if !self.gpu_ids.is_empty() || !self.gpu_uuids.is_empty() {
+            let Some(t) = plan.telemetry.as_mut() else {
+                return Err(UsageError::new(
+                    "--gpu-ids/--gpu-uuid select telemetry series, and no telemetry is read",
+                    "add --telemetry dcgm=http://HOST:9400/metrics (or gapscoped=…, prometheus=…)",
+                ));
+            };
+            if let Some(bad) = self
+                .gpu_ids
+                .iter()
+                .chain(&self.gpu_uuids)
+                .find(|g| g.trim().is_empty() || g.contains(['"', '\\', '{', '}']))
+            {
+                return Err(UsageError::new(
+                    format!("GPU selection {bad:?} is empty or has quotes or braces"),
+                    "write --gpu-ids 0,1 or --gpu-uuid GPU-…",
+                ));
+            }
+            t.gpu_ids = self.gpu_ids.iter().map(|g| g.trim().to_string()).collect();
+            t.gpu_uuids = self
+                .gpu_uuids
+                .iter()
+                .map(|g| g.trim().to_string())
+                .collect();
         }
         self.mfu.apply(&mut plan.model);
         plan.cost.gpu_hour_usd = self.gpu_hour_usd.or(plan.cost.gpu_hour_usd);

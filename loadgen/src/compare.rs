@@ -9,7 +9,7 @@ use crate::{
     error::UsageError,
     flops,
     plan::PhaseKind,
-    results::{PhaseResult, Results, SCHEMA, SCHEMA_VERSION},
+    results::{PhaseResult, Results, SCHEMA, SCHEMA_VERSIONS_READ, latency_aliases},
 };
 
 /// Reads a results file and checks its schema.
@@ -26,10 +26,13 @@ pub fn load(path: &Path) -> Result<Results, UsageError> {
             "give a results.json written by gapscope-loadgen",
         )
     })?;
-    if value["schema"] != SCHEMA || value["schema_version"] != SCHEMA_VERSION {
+    let readable = value["schema_version"]
+        .as_u64()
+        .is_some_and(|v| SCHEMA_VERSIONS_READ.contains(&(v as u32)));
+    if value["schema"] != SCHEMA || !readable {
         return Err(UsageError::new(
             format!(
-                "{} is not a gapscope-loadgen results file of schema version {SCHEMA_VERSION} (schema {}, version {})",
+                "{} is not a gapscope-loadgen results file of schema version {SCHEMA_VERSIONS_READ:?} (schema {}, version {})",
                 path.display(),
                 value["schema"],
                 value["schema_version"]
@@ -37,12 +40,16 @@ pub fn load(path: &Path) -> Result<Results, UsageError> {
             "compare results written by this version of gapscope-loadgen",
         ));
     }
-    serde_json::from_value(value).map_err(|e| {
+    let mut results: Results = serde_json::from_value(value).map_err(|e| {
         UsageError::new(
             format!("{} does not match the results schema: {e}", path.display()),
             "regenerate it with gapscope-loadgen",
         )
-    })
+    })?;
+    for p in &mut results.phases {
+        latency_aliases(&mut p.latency);
+    }
+    Ok(results)
 }
 
 /// The phase to compare: the named one, else the last closed-loop phase,
@@ -216,9 +223,17 @@ pub fn markdown(a_path: &Path, b_path: &Path, opts: &Options) -> Result<String, 
     );
     row(
         &mut o,
-        "P99 inter-token latency",
-        p99(a, "itl"),
-        p99(b, "itl"),
+        "P99 inter-token latency (per token)",
+        p99(a, "itl_token"),
+        p99(b, "itl_token"),
+        &ms,
+        false,
+    );
+    row(
+        &mut o,
+        "P99 inter-token latency (per chunk)",
+        p99(a, "itl_chunk"),
+        p99(b, "itl_chunk"),
         &ms,
         false,
     );

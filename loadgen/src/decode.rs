@@ -23,8 +23,11 @@ pub const MAX_BODY_BYTES: usize = 16 << 20;
 /// Something the server said, in order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Update {
-    /// Generated text in this event (may be empty).
+    /// Generated answer text in this event (may be empty).
     pub text: String,
+    /// Generated reasoning text (`reasoning_content` or `reasoning` of a
+    /// reasoning model), kept apart from the answer.
+    pub reasoning: String,
     /// Tokens in this event when the server says (a cumulative
     /// `usage.completion_tokens` in every chunk); None: count it as one.
     pub tokens: Option<u64>,
@@ -105,8 +108,12 @@ struct Choice<'a> {
 struct Message<'a> {
     #[serde(default, borrow)]
     content: Option<Cow<'a, str>>,
+    /// DeepSeek's and vLLM's name for reasoning text.
     #[serde(default, borrow)]
     reasoning_content: Option<Cow<'a, str>>,
+    /// The name newer vLLM and OpenRouter use.
+    #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -325,16 +332,16 @@ impl Reader {
                     return Err(server_error(&err));
                 }
                 if let Some(c) = doc.choices.into_iter().next() {
-                    for part in [
-                        c.text,
-                        c.delta.as_ref().and_then(|d| d.content.clone()),
-                        c.delta.as_ref().and_then(|d| d.reasoning_content.clone()),
-                    ]
-                    .into_iter()
-                    .chain([c.message.as_ref().and_then(|m| m.content.clone())])
-                    .flatten()
-                    {
-                        u.text.push_str(&part);
+                    for m in [&c.delta, &c.message].into_iter().flatten() {
+                        for part in [&m.reasoning_content, &m.reasoning].into_iter().flatten() {
+                            u.reasoning.push_str(part);
+                        }
+                        if let Some(part) = &m.content {
+                            u.text.push_str(part);
+                        }
+                    }
+                    if let Some(part) = &c.text {
+                        u.text.push_str(part);
                     }
                     u.finish_reason = c.finish_reason.map(Cow::into_owned);
                 }
@@ -369,7 +376,7 @@ impl Reader {
         // A chunk that carries text and a cumulative usage: the difference
         // is the number of tokens in this chunk.
         if let Some(total) = u.usage_completion
-            && !u.text.is_empty()
+            && !(u.text.is_empty() && u.reasoning.is_empty())
         {
             u.tokens = Some(total.saturating_sub(self.last_cumulative.unwrap_or(0)));
             self.last_cumulative = Some(total);
@@ -431,6 +438,26 @@ mod tests {
         assert_eq!((u[2].text.as_str(), u[2].tokens), ("c", Some(1)));
         // Cut before [DONE] or a finish reason: not complete.
         assert!(!d.complete());
+    }
+
+    #[test]
+    fn reasoning_is_read_apart_from_the_answer() {
+        let mut d = Decoder::new(&endpoint(Api::Chat, true));
+        let u = d
+            .feed(b"data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hm\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"reasoning\":\" so\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"ok\"}}]}\n\n")
+            .unwrap();
+        let parts: Vec<(&str, &str)> = u
+            .iter()
+            .map(|u| (u.reasoning.as_str(), u.text.as_str()))
+            .collect();
+        assert_eq!(parts, [("hm", ""), (" so", ""), ("", "ok")]);
+        let mut d = Decoder::new(&endpoint(Api::Chat, false));
+        d.feed(b"{\"choices\":[{\"message\":{\"reasoning_content\":\"think\",\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}").unwrap();
+        let u = d.finish().unwrap();
+        assert_eq!(
+            (u[0].reasoning.as_str(), u[0].text.as_str()),
+            ("think", "hi")
+        );
     }
 
     #[test]

@@ -126,38 +126,131 @@ pub fn format_params(p: f64) -> String {
 /// Dense (no sparsity) FP16/BF16 tensor-core peaks, TFLOPS per GPU, from
 /// the vendors' data sheets. Matched against the GPU name
 /// (dcgm-exporter's `modelName`, e.g. "NVIDIA A40").
-pub const PEAKS: &[(&str, &str, f64)] = &[
-    // (canonical name, name fragment to match, TFLOPS)
-    ("A40", "A40", 149.7),
-    ("A100", "A100", 312.0),
-    ("A10", "A10 ", 125.0),
-    ("L4", "L4 ", 121.0),
-    ("L40S", "L40S", 362.05),
-    ("L40", "L40 ", 181.05),
-    ("H100-PCIe", "H100 PCIE", 756.0),
-    ("H100-SXM", "H100", 989.4),
-    ("H200", "H200", 989.4),
-    ("GH200", "GH200", 989.4),
-    ("B200", "B200", 2250.0),
-    ("V100", "V100", 125.0),
-    ("T4", "T4 ", 65.0),
-    ("RTX-4090", "4090", 165.2),
-    ("MI300X", "MI300X", 1307.4),
+pub const PEAKS: &[(&str, &str, f64, &str)] = &[
+    // (canonical name, name fragment to match, dense TFLOPS, source). The
+    // vendors' sheets give sparse figures beside dense ones: dense is half.
+    (
+        "A40",
+        "A40",
+        149.7,
+        "NVIDIA A40 datasheet: BF16 tensor 149.7 (299.4 sparse)",
+    ),
+    (
+        "A100",
+        "A100",
+        312.0,
+        "NVIDIA A100 datasheet: BF16 tensor 312 (624 sparse), SXM and PCIe alike",
+    ),
+    (
+        "A10",
+        "A10 ",
+        125.0,
+        "NVIDIA A10 datasheet: BF16 tensor 125 (250 sparse)",
+    ),
+    (
+        "L4",
+        "L4 ",
+        121.0,
+        "NVIDIA L4 datasheet: BF16 tensor 242 sparse",
+    ),
+    (
+        "L40S",
+        "L40S",
+        362.05,
+        "NVIDIA L40S datasheet: BF16 tensor 362.05 (733 sparse)",
+    ),
+    (
+        "L40",
+        "L40 ",
+        181.05,
+        "NVIDIA L40 datasheet: BF16 tensor 181.05 (362.1 sparse)",
+    ),
+    (
+        "H100-PCIe",
+        "H100 PCIE",
+        756.0,
+        "NVIDIA H100 datasheet, PCIe: BF16 tensor 1,513 sparse",
+    ),
+    (
+        "H100-NVL",
+        "H100 NVL",
+        835.5,
+        "NVIDIA H100 datasheet, NVL: BF16 tensor 1,671 sparse",
+    ),
+    (
+        "H100-SXM",
+        "H100",
+        989.4,
+        "NVIDIA H100 datasheet, SXM: BF16 tensor 1,979 sparse",
+    ),
+    (
+        "H200-NVL",
+        "H200 NVL",
+        835.5,
+        "NVIDIA H200 datasheet, NVL: BF16 tensor 1,671 sparse",
+    ),
+    (
+        "H200",
+        "H200",
+        989.4,
+        "NVIDIA H200 datasheet, SXM: BF16 tensor 1,979 sparse",
+    ),
+    (
+        "GH200",
+        "GH200",
+        989.4,
+        "NVIDIA GH200 datasheet: BF16 tensor 1,979 sparse",
+    ),
+    (
+        "B200",
+        "B200",
+        2250.0,
+        "NVIDIA HGX B200 datasheet: BF16 tensor 4.5 PFLOPS sparse per GPU",
+    ),
+    (
+        "V100",
+        "V100",
+        125.0,
+        "NVIDIA V100 datasheet, SXM2: FP16 tensor 125 (no BF16)",
+    ),
+    (
+        "T4",
+        "T4 ",
+        65.0,
+        "NVIDIA T4 datasheet: FP16 tensor 65 (no BF16)",
+    ),
+    (
+        "RTX-4090",
+        "4090",
+        165.2,
+        "NVIDIA Ada whitepaper: BF16 tensor with FP32 accumulate 165.2 (330.4 sparse)",
+    ),
+    (
+        "MI300X",
+        "MI300X",
+        1307.4,
+        "AMD Instinct MI300X datasheet: BF16 dense 1,307.4",
+    ),
 ];
 
 /// The peak for a GPU name, and the table entry it matched.
 pub fn peak_for(gpu: &str) -> Option<(&'static str, f64)> {
     let name = format!("{} ", gpu.to_uppercase().replace(['-', '_'], " "));
     // Longer fragments first: "H100 PCIE" before "H100", "GH200" before "H200".
-    let mut table: Vec<&(&str, &str, f64)> = PEAKS.iter().collect();
-    table.sort_by_key(|(_, frag, _)| std::cmp::Reverse(frag.len()));
+    let mut table: Vec<&(&str, &str, f64, &str)> = PEAKS.iter().collect();
+    table.sort_by_key(|(_, frag, _, _)| std::cmp::Reverse(frag.len()));
     table
         .into_iter()
-        .find(|(canon, frag, _)| {
+        .find(|(canon, frag, _, _)| {
             name.contains(&frag.to_uppercase())
                 || name.trim() == canon.to_uppercase().replace('-', " ")
         })
-        .map(|(canon, _, tf)| (*canon, *tf))
+        .map(|(canon, _, tf, _)| (*canon, *tf))
+}
+
+/// Where a table row's figure comes from.
+pub fn peak_source(canon: &str) -> Option<&'static str> {
+    PEAKS.iter().find(|r| r.0 == canon).map(|r| r.3)
 }
 
 /// MFU of `tokens_per_s` at `flops_per_token` on `gpus` GPUs of `peak_tflops`.
@@ -199,6 +292,10 @@ mod tests {
     fn gpu_names_match_the_right_row() {
         assert_eq!(peak_for("NVIDIA H100 PCIe").unwrap().0, "H100-PCIe");
         assert_eq!(peak_for("NVIDIA H100 80GB HBM3").unwrap().0, "H100-SXM");
+        assert_eq!(peak_for("NVIDIA H100 NVL").unwrap(), ("H100-NVL", 835.5));
+        assert_eq!(peak_for("NVIDIA H200 NVL").unwrap(), ("H200-NVL", 835.5));
+        assert_eq!(peak_for("NVIDIA H200").unwrap(), ("H200", 989.4));
+        assert_eq!(peak_for("H100-NVL").unwrap().0, "H100-NVL");
         assert_eq!(peak_for("NVIDIA GH200 480GB").unwrap().0, "GH200");
         assert_eq!(peak_for("NVIDIA L40S").unwrap().0, "L40S");
         assert_eq!(peak_for("NVIDIA L40").unwrap().0, "L40");

@@ -336,6 +336,35 @@ pub struct Telemetry {
     pub power: Option<String>,
     #[serde(default)]
     pub energy: Option<String>,
+    /// Only these GPUs (the exporter's `gpu` label, its index); empty: all.
+    #[serde(default)]
+    pub gpu_ids: Vec<String>,
+    /// Only these GPUs (the `UUID` label); empty: all.
+    #[serde(default)]
+    pub gpu_uuids: Vec<String>,
+}
+
+impl Telemetry {
+    /// The URL to scrape: an exporter's base URL (`http://host:9400`, as
+    /// gapscoped's is usually written) means its `/metrics`.
+    pub fn scrape_url(&self) -> String {
+        if self.source == TelemetrySource::Prometheus {
+            return self.url.clone();
+        }
+        match self.url.parse::<hyper::Uri>() {
+            Ok(u) if matches!(u.path(), "" | "/") && u.query().is_none() => {
+                format!("{}/metrics", self.url.trim_end_matches('/'))
+            }
+            _ => self.url.clone(),
+        }
+    }
+
+    /// Whether a series' labels pass the GPU selection.
+    pub fn selects(&self, gpu: Option<&str>, uuid: Option<&str>) -> bool {
+        (self.gpu_ids.is_empty() || gpu.is_some_and(|g| self.gpu_ids.iter().any(|x| x == g)))
+            && (self.gpu_uuids.is_empty()
+                || uuid.is_some_and(|u| self.gpu_uuids.iter().any(|x| x == u)))
+    }
 }
 
 fn default_interval() -> u64 {
@@ -482,6 +511,22 @@ impl Plan {
                 "remove them, or set api = \"template\"",
             );
         }
+        for (name, value) in &self.endpoint.headers {
+            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return bad(
+                    format!("header name {name:?} is not a valid HTTP header name"),
+                    "use letters, digits and '-' before the ':', e.g. --header 'Authorization: Bearer TOKEN'",
+                );
+            }
+            if hyper::header::HeaderValue::from_str(value).is_err() {
+                return bad(
+                    format!(
+                        "header {name:?} has a value that cannot be sent (control characters or non-ASCII)"
+                    ),
+                    "give printable ASCII after the ':'",
+                );
+            }
+        }
         for p in [
             &self.endpoint.text_pointer,
             &self.endpoint.finish_pointer,
@@ -541,6 +586,12 @@ impl Plan {
                 return bad(
                     format!("telemetry url {:?} is not an http:// URL", t.url),
                     "give e.g. http://127.0.0.1:9400/metrics (dcgm-exporter) or http://127.0.0.1:9090 (Prometheus)",
+                );
+            }
+            if t.url.parse::<hyper::Uri>().is_err() {
+                return bad(
+                    format!("telemetry url {:?} does not parse", t.url),
+                    "check it for typos",
                 );
             }
             if !(100..=60_000).contains(&t.interval_ms) {

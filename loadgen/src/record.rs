@@ -64,6 +64,33 @@ pub struct OutputTokens {
     pub counted: u64,
     /// The tokenizer's count of the generated text, when one is given.
     pub tokenizer: Option<u64>,
+    /// Of `best()`, the tokens of reasoning (`reasoning_content` /
+    /// `reasoning` deltas), by the same provenance; the rest is the answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<u64>,
+}
+
+/// Where a request's output token count came from, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSource {
+    /// The server's `usage.completion_tokens`.
+    Usage,
+    /// The given tokenizer's count of the generated text.
+    Tokenizer,
+    /// Token-bearing chunks, one token each unless the server said
+    /// (approximate).
+    Chunks,
+}
+
+impl TokenSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenSource::Usage => "usage",
+            TokenSource::Tokenizer => "tokenizer",
+            TokenSource::Chunks => "chunks",
+        }
+    }
 }
 
 impl OutputTokens {
@@ -71,6 +98,64 @@ impl OutputTokens {
     pub fn best(&self) -> u64 {
         self.usage.or(self.tokenizer).unwrap_or(self.counted)
     }
+
+    /// Which of the three `best()` is.
+    pub fn source(&self) -> TokenSource {
+        match (self.usage, self.tokenizer) {
+            (Some(_), _) => TokenSource::Usage,
+            (None, Some(_)) => TokenSource::Tokenizer,
+            (None, None) => TokenSource::Chunks,
+        }
+    }
+}
+
+/// Splits `total` over `weights` in proportion, in whole tokens that sum
+/// to `total` exactly (largest remainder; ties to the earlier event). With
+/// weights that already sum to `total`, each keeps its own.
+pub fn apportion(weights: &[u64], total: u64) -> Vec<u64> {
+    let sum: u64 = weights.iter().sum();
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    if sum == total {
+        return weights.to_vec();
+    }
+    // Zero weights everywhere: spread evenly.
+    let (w, sum): (Vec<u128>, u128) = if sum == 0 {
+        (vec![1; weights.len()], weights.len() as u128)
+    } else {
+        (
+            weights.iter().map(|&x| u128::from(x)).collect(),
+            u128::from(sum),
+        )
+    };
+    let total = u128::from(total);
+    let mut out: Vec<u64> = w.iter().map(|x| (x * total / sum) as u64).collect();
+    let mut left = total as u64 - out.iter().sum::<u64>();
+    let mut order: Vec<usize> = (0..w.len()).collect();
+    // Largest remainder first; the sort is stable, so ties keep their order.
+    order.sort_by_key(|&i| std::cmp::Reverse(w[i] * total % sum));
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        out[i] += 1;
+        left -= 1;
+    }
+    out
+}
+
+/// One token-bearing event of a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TokenEvent {
+    /// ns after `sent_ns`.
+    pub at_ns: u64,
+    /// Tokens it carried: exact when the server said (cumulative usage),
+    /// else its share of the request's best count.
+    pub tokens: u64,
+    /// A reasoning delta (`reasoning_content` / `reasoning`), not answer.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reasoning: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,8 +184,15 @@ pub struct RequestRecord {
     pub prompt_tokens: Option<u32>,
     pub usage_prompt_tokens: Option<u64>,
     pub output_tokens: OutputTokens,
-    /// Token-bearing events: (ns after `sent_ns`, tokens).
-    pub events: Vec<(u64, u64)>,
+    /// Token-bearing events, in arrival order. Once the request is done
+    /// their tokens sum to `output_tokens.best()` (`settle_tokens`).
+    pub events: Vec<TokenEvent>,
+    /// The first reasoning token and the first answer token (run clock),
+    /// for replies that stream both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_reasoning_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_answer_ns: Option<u64>,
     /// Token-bearing events received: chunks with text. Role-only and
     /// usage-only chunks are not counted.
     pub chunks: u64,
@@ -126,10 +218,62 @@ impl RequestRecord {
         self.done_ns.saturating_sub(self.sent_ns)
     }
 
+    /// Gives the request's best output count to its events, where they
+    /// arrived: each event's weight is the tokens it carried (as the
+    /// server said, else one per chunk, or the tokenizer's count of its
+    /// text when `weights` are given), scaled so the events sum to
+    /// `output_tokens.best()`. Reasoning tokens are those that fell on
+    /// reasoning events.
+    pub fn settle_tokens(&mut self, weights: Option<&[u64]>) {
+        let own: Vec<u64> = match weights {
+            Some(w) if w.len() == self.events.len() => w.to_vec(),
+            _ => self.events.iter().map(|e| e.tokens).collect(),
+        };
+        let shares = apportion(&own, self.output_tokens.best());
+        for (e, k) in self.events.iter_mut().zip(shares) {
+            e.tokens = k;
+        }
+        if self.events.iter().any(|e| e.reasoning) {
+            self.output_tokens.reasoning = Some(
+                self.events
+                    .iter()
+                    .filter(|e| e.reasoning)
+                    .map(|e| e.tokens)
+                    .sum(),
+            );
+        }
+    }
+
+    /// Time to the first reasoning token / the first answer token.
+    pub fn ttft_reasoning_ns(&self) -> Option<u64> {
+        self.first_reasoning_ns
+            .map(|t| t.saturating_sub(self.sent_ns))
+    }
+
+    pub fn ttft_answer_ns(&self) -> Option<u64> {
+        self.first_answer_ns.map(|t| t.saturating_sub(self.sent_ns))
+    }
+
     /// Time per output token after the first.
     pub fn tpot_ns(&self) -> Option<u64> {
         let tokens = self.output_tokens.best();
         let (first, last) = (self.first_token_ns?, self.last_token_ns?);
         (tokens > 1).then(|| last.saturating_sub(first) / (tokens - 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::apportion;
+
+    #[test]
+    fn apportion_keeps_the_total_and_the_shape() {
+        assert_eq!(apportion(&[1, 1, 1], 9), vec![3, 3, 3]);
+        assert_eq!(apportion(&[2, 1, 3], 6), vec![2, 1, 3]);
+        assert_eq!(apportion(&[1, 1, 1], 4), vec![2, 1, 1]);
+        assert_eq!(apportion(&[1, 1, 1, 1], 2).iter().sum::<u64>(), 2);
+        assert_eq!(apportion(&[0, 0], 3), vec![2, 1]);
+        assert_eq!(apportion(&[], 3), Vec::<u64>::new());
+        assert_eq!(apportion(&[5, 1], 0), vec![0, 0]);
     }
 }

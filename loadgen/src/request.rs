@@ -5,7 +5,13 @@
 //! Times are taken on the run clock when bytes arrive; every failure ends
 //! in one `ErrorKind` and the record keeps what arrived before it.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -21,8 +27,8 @@ use crate::{
     clock::Clock,
     decode::{DecodeError, Decoder},
     plan::{Api, Endpoint},
-    prompts::{Ask, count_tokens},
-    record::{ErrorKind, OutputTokens, RequestError, RequestRecord},
+    prompts::Ask,
+    record::{ErrorKind, OutputTokens, RequestError, RequestRecord, TokenEvent},
 };
 
 /// Generated text kept per request for the tokenizer's count; beyond it
@@ -51,6 +57,9 @@ pub struct Client {
     clock: Clock,
     /// Random per run: request ids and trace ids stay unique across runs.
     run_id: u64,
+    /// Output tokens of the run so far, counted as they arrive (the
+    /// progress line and gapscoped's per-phase token counts read it).
+    arrived: Arc<AtomicU64>,
 }
 
 impl Client {
@@ -60,6 +69,7 @@ impl Client {
         tokenizer: Option<Arc<Tokenizer>>,
         clock: Clock,
         run_id: u64,
+        arrived: Arc<AtomicU64>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -81,6 +91,7 @@ impl Client {
             tokenizer,
             clock,
             run_id,
+            arrived,
         }
     }
 
@@ -185,6 +196,8 @@ impl Client {
             usage_prompt_tokens: None,
             output_tokens: OutputTokens::default(),
             events: Vec::new(),
+            first_reasoning_ns: None,
+            first_answer_ns: None,
             chunks: 0,
             length_honoured: None,
             resent: 0,
@@ -262,7 +275,7 @@ impl Client {
     ) -> RequestRecord {
         let mut decoder = Decoder::new(&self.endpoint);
         let idle = Duration::from_secs_f64(self.endpoint.idle_timeout_s);
-        let mut text = self.tokenizer.as_ref().map(|_| String::new());
+        let mut text = self.tokenizer.as_ref().map(|_| Generated::default());
         loop {
             let wait = (tokio::time::Instant::now() + idle).min(deadline);
             let frame = tokio::select! {
@@ -314,13 +327,29 @@ impl Client {
             self.apply(&mut rec, updates, now, &mut text);
         }
         rec.done_ns = self.clock.now();
+        let mut weights = None;
         if let (Some(tok), Some(text)) = (&self.tokenizer, &text)
-            && text.len() < MAX_TEXT_KEPT
+            && text.text.len() < MAX_TEXT_KEPT
+            && let Some(per_event) = text.tokens_per_event(tok)
         {
-            rec.output_tokens.tokenizer = count_tokens(tok, text).map(u64::from);
+            rec.output_tokens.tokenizer = Some(per_event.iter().sum());
+            weights = Some(per_event);
+        }
+        // The server's own per-chunk counts beat the tokenizer's split.
+        if rec.events.iter().any(|e| e.tokens != 1) || self.endpoint.continuous_usage {
+            weights = None;
+        }
+        let counted: u64 = rec.events.iter().map(|e| e.tokens).sum();
+        rec.settle_tokens(weights.as_deref());
+        let best = rec.output_tokens.best();
+        // The live count took each chunk as it came; now it takes the truth.
+        if best >= counted {
+            self.arrived.fetch_add(best - counted, Ordering::Relaxed);
+        } else {
+            self.arrived.fetch_sub(counted - best, Ordering::Relaxed);
         }
         if self.fixed {
-            rec.length_honoured = Some(rec.output_tokens.best() == u64::from(rec.max_tokens));
+            rec.length_honoured = Some(best == u64::from(rec.max_tokens));
         }
         rec
     }
@@ -331,7 +360,7 @@ impl Client {
         rec: &mut RequestRecord,
         updates: Vec<crate::decode::Update>,
         now: u64,
-        text: &mut Option<String>,
+        text: &mut Option<Generated>,
     ) {
         for u in updates {
             if let Some(n) = u.usage_completion {
@@ -343,19 +372,39 @@ impl Client {
             if u.finish_reason.is_some() {
                 rec.finish_reason = u.finish_reason;
             }
-            if u.text.is_empty() {
-                continue;
-            }
-            let tokens = u.tokens.unwrap_or(1);
-            rec.chunks += 1;
-            rec.output_tokens.counted += tokens;
-            rec.first_token_ns.get_or_insert(now);
-            rec.last_token_ns = Some(now);
-            rec.events.push((now.saturating_sub(rec.sent_ns), tokens));
-            if let Some(t) = text
-                && t.len() < MAX_TEXT_KEPT
-            {
-                t.push_str(&u.text);
+            // Reasoning first: a chunk carrying both is the end of the
+            // reasoning and the start of the answer. The server's own count
+            // for the chunk goes to the part that carries text, the answer
+            // when both do.
+            let parts = [(true, &u.reasoning), (false, &u.text)];
+            let with_text = parts.iter().filter(|(_, t)| !t.is_empty()).count();
+            for (i, (reasoning, part)) in parts.into_iter().enumerate() {
+                if part.is_empty() {
+                    continue;
+                }
+                let tokens = match u.tokens {
+                    Some(n) if with_text == 1 || i == 1 => n,
+                    Some(_) => 0,
+                    None => 1,
+                };
+                rec.chunks += 1;
+                rec.output_tokens.counted += tokens;
+                rec.first_token_ns.get_or_insert(now);
+                rec.last_token_ns = Some(now);
+                if reasoning {
+                    rec.first_reasoning_ns.get_or_insert(now);
+                } else {
+                    rec.first_answer_ns.get_or_insert(now);
+                }
+                rec.events.push(TokenEvent {
+                    at_ns: now.saturating_sub(rec.sent_ns),
+                    tokens,
+                    reasoning,
+                });
+                self.arrived.fetch_add(tokens, Ordering::Relaxed);
+                if let Some(t) = text {
+                    t.push(part);
+                }
             }
         }
     }
@@ -371,6 +420,40 @@ impl Client {
         rec.done_ns = self.clock.now();
         rec.error = Some(RequestError { kind, detail });
         rec
+    }
+}
+
+/// The generated text kept for the tokenizer, with where each
+/// token-bearing event ended in it.
+#[derive(Default)]
+struct Generated {
+    text: String,
+    /// Byte offset just past each event's text, in event order.
+    ends: Vec<usize>,
+}
+
+impl Generated {
+    fn push(&mut self, part: &str) {
+        if self.text.len() < MAX_TEXT_KEPT {
+            self.text.push_str(part);
+        }
+        self.ends.push(self.text.len());
+    }
+
+    /// The tokenizer's tokens of the whole text, each given to the event
+    /// in which its first byte arrived (a token that spans two chunks
+    /// counts where it began).
+    fn tokens_per_event(&self, tok: &Tokenizer) -> Option<Vec<u64>> {
+        let encoding = tok.encode(self.text.as_str(), false).ok()?;
+        let mut per_event = vec![0u64; self.ends.len()];
+        let Some(last) = per_event.len().checked_sub(1) else {
+            return Some(per_event);
+        };
+        for &(start, _) in encoding.get_offsets() {
+            let i = self.ends.partition_point(|&end| end <= start);
+            per_event[i.min(last)] += 1;
+        }
+        Some(per_event)
     }
 }
 

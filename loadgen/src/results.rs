@@ -1,5 +1,5 @@
 //! The results document (JSON, versioned schema in
-//! `loadgen/schema/results.v1.schema.json`) and the terminal summary.
+//! `loadgen/schema/results.v2.schema.json`) and the terminal summary.
 //!
 //! Times are seconds on the run clock (CLOCK_MONOTONIC since the run
 //! started; `run.clock_origin_monotonic_ns` gives the origin, so they can be
@@ -13,13 +13,17 @@ use crate::{
     audit::{self, Check, Figures},
     flops::{self, ModelShape},
     plan::{PhaseKind, Plan},
+    record::TokenSource,
     runner::RunOutcome,
     stats::{PhaseStats, Summary, TokenAgreement},
     telemetry::{self, Sample, Source, WindowTelemetry},
 };
 
 pub const SCHEMA: &str = "gapscope-loadgen/results";
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+/// Version 1 named the per-token ITL `itl` and the per-chunk one
+/// `inter_chunk`; `compare` still reads it (`latency_aliases`).
+pub const SCHEMA_VERSIONS_READ: [u32; 2] = [1, 2];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
@@ -32,6 +36,37 @@ pub struct Results {
     pub phases: Vec<PhaseResult>,
     pub audit: Vec<Check>,
     pub timeseries: TimeSeries,
+    /// How each figure is defined, in words (output token count, both
+    /// ITLs, goodput, energy): the results say what they mean.
+    #[serde(default)]
+    pub definitions: BTreeMap<String, String>,
+}
+
+/// Version-1 latency names and what they are now.
+pub fn latency_aliases(latency: &mut BTreeMap<String, Summary>) {
+    for (old, new) in [("itl", "itl_token"), ("inter_chunk", "itl_chunk")] {
+        if let Some(v) = latency.remove(old) {
+            latency.entry(new.to_string()).or_insert(v);
+        }
+    }
+}
+
+/// The definitions written into every results file.
+pub fn definitions() -> BTreeMap<String, String> {
+    [
+        ("output_tokens", "per request, the best count available: usage.completion_tokens when the server sends it, else the given tokenizer's count of the generated text, else token-bearing chunks (one token each unless the server said; a phase counted so is marked tokens_approximate). Throughput, goodput, MFU, tokens per joule and cost all use this one count."),
+        ("tokens_in_time", "a request's tokens are placed where they arrived: its count is spread over its token-bearing chunks in proportion to what each carried (the server's per-chunk usage, else the tokenizer's tokens of each chunk's text, else one per chunk), so per-phase and per-second figures count what arrived inside the window, whichever phase sent it"),
+        ("itl_chunk", "inter-token latency per chunk (vLLM bench serve): the time between two successive token-bearing chunks of a reply, whatever they carried"),
+        ("itl_token", "inter-token latency per token: the time before a chunk carrying k tokens counts as k gaps of time/k; the tokens of the first chunk have none"),
+        ("tpot", "per request, (last token - first token) / (output tokens - 1)"),
+        ("ttft_reasoning", "time to the first reasoning token (delta.reasoning_content or delta.reasoning), for reasoning models"),
+        ("ttft_answer", "time to the first answer token of a reply that reasoned first"),
+        ("goodput", "requests completed in the window that met every SLO, and the tokens that arrived in the window from requests that met every SLO (counted as throughput counts them, so never above it)"),
+        ("energy", "the energy counter's increase over the window when the counter moved at least twice in it; else power integrated over the window (a counter that did not move, e.g. dcgm-exporter's 30 s collection, is not trusted)"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +81,9 @@ pub struct RunInfo {
     pub started_unix_ns: u64,
     pub clock_origin_monotonic_ns: u64,
     pub interrupted: bool,
+    /// The signal that stopped the run early, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
     pub seed: u64,
     pub time_scale: f64,
     pub endpoint: serde_json::Value,
@@ -121,6 +159,17 @@ pub struct PhaseResult {
     pub tokens: TokenAgreement,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `output_tokens`, those of reasoning (reasoning models).
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+    /// Ok requests by where their output count came from: usage,
+    /// tokenizer or chunks.
+    #[serde(default)]
+    pub output_token_sources: BTreeMap<String, u64>,
+    /// Some request's count came from its chunks alone: every figure built
+    /// on output tokens is approximate.
+    #[serde(default)]
+    pub tokens_approximate: bool,
     pub mean_context_tokens: Option<f64>,
     pub telemetry: Option<WindowTelemetry>,
     pub tokens_per_joule: Option<f64>,
@@ -187,7 +236,8 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
         match (plan.model.peak_tflops, flops::peak_for(g)) {
             (Some(p), _) => assumptions.push(format!("peak {p} TFLOPS given")),
             (None, Some((row, p))) => assumptions.push(format!(
-                "peak {p} TFLOPS from the table row {row} for {g:?}"
+                "peak {p} TFLOPS from the table row {row} for {g:?} ({})",
+                flops::peak_source(row).unwrap_or("no source noted")
             )),
             (None, None) => assumptions.push(format!(
                 "no peak known for {g:?}: give --peak-tflops for MFU"
@@ -214,9 +264,11 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
         let latency: BTreeMap<String, Summary> = [
             ("ttft", &st.ttft),
             ("ttft_from_schedule", &st.ttft_from_schedule),
+            ("ttft_reasoning", &st.ttft_reasoning),
+            ("ttft_answer", &st.ttft_answer),
             ("tpot", &st.tpot),
-            ("itl", &st.itl),
-            ("inter_chunk", &st.inter_chunk),
+            ("itl_chunk", &st.itl_chunk),
+            ("itl_token", &st.itl_token),
             ("e2e", &st.e2e),
             ("e2e_from_schedule", &st.e2e_from_schedule),
             ("queue", &st.queue),
@@ -288,6 +340,13 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
             tokens: st.agreement.clone(),
             input_tokens: st.input_tokens,
             output_tokens: st.output_tokens,
+            reasoning_tokens: st.reasoning_tokens,
+            output_token_sources: st
+                .token_sources
+                .iter()
+                .map(|(k, v)| (k.name().to_string(), *v))
+                .collect(),
+            tokens_approximate: st.token_sources.contains_key(&TokenSource::Chunks),
             mean_context_tokens: mean_context,
             telemetry: tw,
             tokens_per_joule,
@@ -312,16 +371,14 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
         idle_utilization: idle.as_ref().and_then(|w| w.avg_utilization),
     });
 
+    // The run's own MFU and tokens per joule follow from its throughput:
+    // the audit compares only what was measured apart.
     let figures: Vec<Figures> = phases
         .iter()
         .filter(|p| p.output_tokens > 0 || p.throughput.output_tokens_per_s > 0.0)
         .map(|p| Figures {
             phase: p.name.clone(),
             tokens_per_s: p.throughput.output_tokens_per_s,
-            mfu: p.mfu,
-            mfu_expected: None,
-            tokens_per_joule: p.tokens_per_joule,
-            avg_power_w: p.telemetry.as_ref().and_then(|t| t.avg_power_w),
             concurrency: (p.kind == PhaseKind::ClosedLoop)
                 .then_some(p.concurrency)
                 .flatten(),
@@ -329,6 +386,10 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
             completions_per_s: Some(p.throughput.requests_per_s),
             mean_e2e_s: p.latency.get("e2e").map(|l| l.mean),
             window_s: Some(p.duration_s),
+            energy_counter_j: p.telemetry.as_ref().and_then(|t| t.energy_counter_j),
+            energy_power_j: p.telemetry.as_ref().and_then(|t| t.energy_power_j),
+            counter_updates: p.telemetry.as_ref().map_or(0, |t| t.counter_updates),
+            ..Figures::default()
         })
         .collect();
     let checks = audit::audit(&figures);
@@ -357,7 +418,10 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
             run_id: ctx.run_id,
             started_unix_ns: ctx.started_unix_ns,
             clock_origin_monotonic_ns: ctx.clock_origin_monotonic_ns,
-            interrupted: outcome.interrupted,
+            interrupted: outcome.interrupted.is_some(),
+            stopped_by: outcome
+                .interrupted
+                .map(|s| crate::runner::signal_name(s).to_string()),
             seed: plan.seed,
             time_scale: plan.time_scale,
             endpoint: serde_json::json!({
@@ -387,6 +451,7 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
             per_second,
             telemetry: samples,
         },
+        definitions: definitions(),
     }
 }
 
@@ -431,7 +496,7 @@ impl Results {
             "tok/s",
             "TTFT p50",
             "TTFT p99",
-            "ITL p99",
+            "ITLtok p99",
             "E2E p99",
             "MFU",
             "tok/J"
@@ -449,7 +514,7 @@ impl Results {
                 p.throughput.output_tokens_per_s,
                 ms(p.latency.get("ttft"), |l| l.p50),
                 ms(p.latency.get("ttft"), |l| l.p99),
-                ms(p.latency.get("itl"), |l| l.p99),
+                ms(p.latency.get("itl_token"), |l| l.p99),
                 ms(p.latency.get("e2e"), |l| l.p99),
                 p.mfu
                     .map(|m| format!("{:.2}%", m * 100.0))
@@ -459,8 +524,46 @@ impl Results {
                     .unwrap_or_else(|| "-".into()),
             );
         }
-        let _ = writeln!(o, "(latencies in ms)");
+        let _ = writeln!(
+            o,
+            "(latencies in ms; ITLtok is per token, per chunk below; tok/s from usage, else the tokenizer, else chunks)"
+        );
         for p in &self.phases {
+            if let Some(c) = p.latency.get("itl_chunk") {
+                let _ = writeln!(
+                    o,
+                    "{}: ITL per chunk p50 {:.1} ms, p99 {:.1} ms",
+                    p.name,
+                    c.p50 * 1e3,
+                    c.p99 * 1e3
+                );
+            }
+            if p.tokens_approximate {
+                let _ = writeln!(
+                    o,
+                    "{}: approximate: counted chunks (no usage from the server and no --tokenizer) for {} of {} requests; tok/s, goodput, MFU, tok/J and cost count chunks as tokens",
+                    p.name,
+                    p.output_token_sources.get("chunks").copied().unwrap_or(0),
+                    p.ok
+                );
+            }
+            if p.reasoning_tokens > 0 {
+                let t = |k: &str| {
+                    p.latency
+                        .get(k)
+                        .map(|l| format!("{:.1} ms", l.p50 * 1e3))
+                        .unwrap_or("-".into())
+                };
+                let _ = writeln!(
+                    o,
+                    "{}: reasoning {} of {} output tokens; TTFT p50 to reasoning {}, to the answer {}",
+                    p.name,
+                    p.reasoning_tokens,
+                    p.output_tokens,
+                    t("ttft_reasoning"),
+                    t("ttft_answer")
+                );
+            }
             if let (Some(target), Some(achieved)) = (p.target_rate, p.achieved_rate) {
                 let lag = p
                     .latency
@@ -512,5 +615,33 @@ impl Results {
             let _ = writeln!(o, "audit {c}");
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_1_latency_names_are_read_as_their_version_2_names() {
+        let s = |p50: f64| Summary {
+            count: 1,
+            mean: p50,
+            p50,
+            p90: p50,
+            p95: p50,
+            p99: p50,
+            p999: p50,
+            max: p50,
+        };
+        let mut latency: BTreeMap<String, Summary> = [
+            ("itl".to_string(), s(0.002)),
+            ("inter_chunk".to_string(), s(0.006)),
+        ]
+        .into();
+        latency_aliases(&mut latency);
+        assert_eq!(latency["itl_token"].p50, 0.002);
+        assert_eq!(latency["itl_chunk"].p50, 0.006);
+        assert!(!latency.contains_key("itl") && !latency.contains_key("inter_chunk"));
     }
 }

@@ -32,7 +32,7 @@ use crate::{
     clock::{Clock, PreciseTimer},
     plan::{Arrival, Phase, PhaseKind, Plan},
     prompts::{Ask, PromptGen},
-    record::RequestRecord,
+    record::{ErrorKind, RequestRecord},
     request::{Client, Planned},
     stats::RunStats,
 };
@@ -43,7 +43,9 @@ pub struct Live {
     pub in_flight: AtomicUsize,
     pub completed: AtomicU64,
     pub failed: AtomicU64,
-    pub tokens: AtomicU64,
+    /// Output tokens as they arrive (the client counts them), settled to
+    /// each request's best count when it ends.
+    pub tokens: Arc<AtomicU64>,
     pub phase: Mutex<String>,
 }
 
@@ -65,7 +67,8 @@ pub struct PhaseRun {
 pub struct RunOutcome {
     pub stats: RunStats,
     pub phases: Vec<PhaseRun>,
-    pub interrupted: bool,
+    /// Stopped early by this signal (SIGINT, SIGTERM or SIGHUP).
+    pub interrupted: Option<i32>,
     /// When the last request finished (run clock).
     pub last_done_ns: u64,
 }
@@ -88,7 +91,8 @@ impl Shared {
         self.asks.lock().await.recv().await
     }
 
-    /// Sends one request and hands its record to the collector.
+    /// Sends one request and hands its record to the collector; says
+    /// whether the server could not be reached at all.
     async fn send(
         self: Arc<Self>,
         phase_index: usize,
@@ -96,7 +100,7 @@ impl Shared {
         scheduled_ns: Option<u64>,
         ask: Ask,
         queue_ns: Option<u64>,
-    ) {
+    ) -> bool {
         let now = self.live.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight[phase_index].fetch_max(now, Ordering::SeqCst);
         let p = Planned {
@@ -113,15 +117,24 @@ impl Shared {
         } else {
             self.live.failed.fetch_add(1, Ordering::Relaxed);
         }
-        self.live
-            .tokens
-            .fetch_add(rec.output_tokens.counted, Ordering::Relaxed);
+        let refused = rec
+            .error
+            .as_ref()
+            .is_some_and(|e| e.kind == ErrorKind::Connect);
         let _ = self.records.send(rec);
+        refused
     }
 }
 
-/// How often the output tokens counted so far are posted to gapscoped.
-const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often the output tokens counted so far are posted to gapscoped:
+/// each phase's tokens reach the daemon at least once a second.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A closed-loop worker whose server refuses connections waits before
+/// its next try: from `BACKOFF_MIN` doubling to `BACKOFF_MAX`, with jitter
+/// (half to all of the step), and back to none after a success.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Runs every phase of `plan`. `jsonl` receives one line per request.
 pub async fn run(
@@ -200,10 +213,11 @@ pub async fn run(
     let progress = annotator
         .clone()
         .map(|a| tokio::spawn(a.progress_every(PROGRESS_EVERY, live.clone())));
-    let mut interrupted = false;
+    let mut interrupted = None;
     let mut runs = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut signals = StopSignals::new();
+    let mut ctrl_c = std::pin::pin!(signals.next());
     for (index, phase) in plan.phases.iter().enumerate() {
         let (start, end) = windows[index];
         sleep_until(&clock, start).await;
@@ -239,12 +253,15 @@ pub async fn run(
         );
         tokio::select! {
             _ = work => {}
-            _ = &mut ctrl_c => {
-                interrupted = true;
+            signal = &mut ctrl_c => {
+                interrupted = Some(signal);
                 stop.store(true, Ordering::SeqCst);
                 let _ = cancel_tx.send(true);
                 run.end_ns = clock.now().max(start);
-                eprintln!("\ngapscope-loadgen: interrupted; writing what was measured so far");
+                eprintln!(
+                    "\ngapscope-loadgen: {}; writing what was measured so far",
+                    signal_name(signal)
+                );
             }
         }
         run.max_in_flight = shared.max_in_flight[index].load(Ordering::SeqCst);
@@ -257,7 +274,7 @@ pub async fn run(
             );
         }
         runs.push(run);
-        if interrupted {
+        if interrupted.is_some() {
             break;
         }
     }
@@ -270,8 +287,9 @@ pub async fn run(
     let drain = async { while tasks.join_next().await.is_some() {} };
     tokio::select! {
         _ = drain => {}
-        _ = &mut ctrl_c, if !interrupted => {
-            interrupted = true;
+        signal = &mut ctrl_c, if interrupted.is_none() => {
+            interrupted = Some(signal);
+            eprintln!("\ngapscope-loadgen: {}; cancelling the replies still streaming", signal_name(signal));
             let _ = cancel_tx.send(true);
             while tasks.join_next().await.is_some() {}
         }
@@ -371,16 +389,75 @@ async fn run_phase(
                 let name = phase.name.clone();
                 let stop = stop.clone();
                 tasks.spawn(async move {
+                    let mut backoff = Duration::ZERO;
                     while s.clock.now() < end && !stop.load(Ordering::SeqCst) {
                         let Some(ask) = s.next_ask().await else {
                             break;
                         };
-                        s.clone().send(index, name.clone(), None, ask, None).await;
+                        if s.clone().send(index, name.clone(), None, ask, None).await {
+                            backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                            let jittered = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                            let left = end.saturating_sub(s.clock.now());
+                            let mut cancel = s.cancel.clone();
+                            tokio::select! {
+                                _ = tokio::time::sleep(jittered.min(Duration::from_nanos(left))) => {}
+                                _ = cancel.changed() => break,
+                            }
+                        } else {
+                            backoff = Duration::ZERO;
+                        }
                     }
                 });
             }
             sleep_until(&clock, end).await;
         }
+    }
+}
+
+/// SIGINT (Ctrl-C), SIGTERM (a supervisor, `timeout`) and SIGHUP (the
+/// terminal went away) all stop the run the same way: what is in flight
+/// is cancelled and everything measured is written. Each is caught from
+/// the start of the run, so none kills the process half-way.
+struct StopSignals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
+            hup: signal(SignalKind::hangup()).ok(),
+        }
+    }
+
+    /// The first of them to arrive.
+    async fn next(&mut self) -> i32 {
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+            if let Some(s) = s
+                && s.recv().await.is_some()
+            {
+                return;
+            }
+            std::future::pending().await
+        }
+        tokio::select! {
+            _ = one(&mut self.int) => libc::SIGINT,
+            _ = one(&mut self.term) => libc::SIGTERM,
+            _ = one(&mut self.hup) => libc::SIGHUP,
+        }
+    }
+}
+
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "interrupted (SIGINT)",
+        libc::SIGTERM => "terminated (SIGTERM)",
+        libc::SIGHUP => "hung up (SIGHUP)",
+        _ => "stopped by a signal",
     }
 }
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::{
     plan::Slo,
-    record::{ErrorKind, RequestRecord},
+    record::{ErrorKind, RequestRecord, TokenSource},
 };
 
 /// A latency histogram in ns: 1 µs to 1 h at three significant digits.
@@ -99,9 +99,17 @@ pub struct PhaseStats {
     pub end_ns: u64,
     pub ttft: Latency,
     pub ttft_from_schedule: Latency,
+    /// Time to the first reasoning token and to the first answer token,
+    /// for replies of reasoning models that stream both.
+    pub ttft_reasoning: Latency,
+    pub ttft_answer: Latency,
     pub tpot: Latency,
-    pub itl: Latency,
-    pub inter_chunk: Latency,
+    /// Inter-token latency per chunk (vLLM's `bench serve`): the gap
+    /// between two successive token-bearing chunks, whatever they carried.
+    pub itl_chunk: Latency,
+    /// Inter-token latency per token: the gap before a chunk of k tokens
+    /// is k gaps of gap/k (the first chunk's tokens have none).
+    pub itl_token: Latency,
     pub e2e: Latency,
     pub e2e_from_schedule: Latency,
     pub queue: Latency,
@@ -116,6 +124,8 @@ pub struct PhaseStats {
     pub chunks_in_window: u64,
     pub completed_in_window: u64,
     pub good_in_window: u64,
+    /// Tokens that arrived inside the window from requests that met the
+    /// SLO: counted as `tokens_in_window` is, so never above it.
     pub good_tokens_in_window: u64,
     /// Request-nanoseconds in flight inside the window.
     pub in_flight_ns: u128,
@@ -125,6 +135,9 @@ pub struct PhaseStats {
     pub agreement: TokenAgreement,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// Ok requests by where their output count came from.
+    pub token_sources: BTreeMap<TokenSource, u64>,
     /// Sum of (prompt + output/2) over ok requests: the mean context for
     /// the attention term of the FLOPs.
     pub context_tokens: f64,
@@ -137,9 +150,11 @@ impl PhaseStats {
             end_ns,
             ttft: Latency::new(),
             ttft_from_schedule: Latency::new(),
+            ttft_reasoning: Latency::new(),
+            ttft_answer: Latency::new(),
             tpot: Latency::new(),
-            itl: Latency::new(),
-            inter_chunk: Latency::new(),
+            itl_chunk: Latency::new(),
+            itl_token: Latency::new(),
             e2e: Latency::new(),
             e2e_from_schedule: Latency::new(),
             queue: Latency::new(),
@@ -159,6 +174,8 @@ impl PhaseStats {
             agreement: TokenAgreement::default(),
             input_tokens: 0,
             output_tokens: 0,
+            reasoning_tokens: 0,
+            token_sources: BTreeMap::new(),
             context_tokens: 0.0,
         }
     }
@@ -232,18 +249,19 @@ impl RunStats {
         }
         // Time-based figures, in whichever window they fall.
         for p in &mut self.phases {
-            for (t, k) in &r.events {
-                let at = r.sent_ns + t;
-                if p.contains(at) {
-                    p.tokens_in_window += k;
+            for e in &r.events {
+                if p.contains(r.sent_ns + e.at_ns) {
+                    p.tokens_in_window += e.tokens;
                     p.chunks_in_window += 1;
+                    if meets_slo {
+                        p.good_tokens_in_window += e.tokens;
+                    }
                 }
             }
             if r.ok() && p.contains(r.done_ns) {
                 p.completed_in_window += 1;
                 if meets_slo {
                     p.good_in_window += 1;
-                    p.good_tokens_in_window += r.output_tokens.counted;
                 }
             }
             let (a, b) = (r.sent_ns.max(p.start_ns), r.done_ns.min(p.end_ns));
@@ -251,8 +269,8 @@ impl RunStats {
                 p.in_flight_ns += (b - a) as u128;
             }
         }
-        for (t, k) in &r.events {
-            self.second(r.sent_ns + t).0 += k;
+        for e in &r.events {
+            self.second(r.sent_ns + e.at_ns).0 += e.tokens;
         }
         let done = self.second(r.done_ns);
         if r.ok() {
@@ -291,11 +309,27 @@ fn record_latencies(p: &mut PhaseStats, r: &RequestRecord) {
     if let Some(s) = r.scheduled_ns {
         p.e2e_from_schedule.record(r.done_ns.saturating_sub(s));
     }
+    if let Some(t) = r.ttft_reasoning_ns() {
+        p.ttft_reasoning.record(t);
+    }
+    if r.first_reasoning_ns.is_some()
+        && let Some(t) = r.ttft_answer_ns()
+    {
+        p.ttft_answer.record(t);
+    }
     for w in r.events.windows(2) {
-        let (gap, k) = (w[1].0.saturating_sub(w[0].0), w[1].1.max(1));
-        p.inter_chunk.record(gap);
-        // A chunk carrying k tokens is k inter-token gaps of gap/k.
-        p.itl.record_n(gap / k, k);
+        p.itl_chunk.record(w[1].at_ns.saturating_sub(w[0].at_ns));
+    }
+    // Per token: only events that carry tokens (a chunk given none of the
+    // request's count, e.g. a byte of a split character, merges its gap
+    // into the next).
+    let mut last = None;
+    for e in r.events.iter().filter(|e| e.tokens > 0) {
+        if let Some(before) = last {
+            let gap = e.at_ns.saturating_sub(before);
+            p.itl_token.record_n(gap / e.tokens, e.tokens);
+        }
+        last = Some(e.at_ns);
     }
     let out = &r.output_tokens;
     let a = &mut p.agreement;
@@ -317,16 +351,26 @@ fn record_latencies(p: &mut PhaseStats, r: &RequestRecord) {
         .unwrap_or(0);
     p.input_tokens += input;
     p.output_tokens += out.best();
+    p.reasoning_tokens += out.reasoning.unwrap_or(0);
+    *p.token_sources.entry(out.source()).or_default() += 1;
     p.context_tokens += input as f64 + out.best() as f64 / 2.0;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::OutputTokens;
+    use crate::record::{OutputTokens, TokenEvent};
 
     fn rec(phase: usize, sent: u64, events: Vec<(u64, u64)>, done: u64) -> RequestRecord {
         let counted = events.iter().map(|e| e.1).sum();
+        let events: Vec<TokenEvent> = events
+            .into_iter()
+            .map(|(at_ns, tokens)| TokenEvent {
+                at_ns,
+                tokens,
+                reasoning: false,
+            })
+            .collect();
         RequestRecord {
             id: "r".into(),
             phase: "p".into(),
@@ -335,8 +379,8 @@ mod tests {
             queue_ns: None,
             sent_ns: sent,
             headers_ns: None,
-            first_token_ns: events.first().map(|e| sent + e.0),
-            last_token_ns: events.last().map(|e| sent + e.0),
+            first_token_ns: events.first().map(|e| sent + e.at_ns),
+            last_token_ns: events.last().map(|e| sent + e.at_ns),
             done_ns: done,
             status: Some(200),
             error: None,
@@ -348,8 +392,11 @@ mod tests {
                 usage: Some(counted),
                 counted,
                 tokenizer: None,
+                reasoning: None,
             },
             events,
+            first_reasoning_ns: None,
+            first_answer_ns: None,
             chunks: 0,
             length_honoured: None,
             resent: 0,
@@ -371,9 +418,10 @@ mod tests {
             1_300_000_000,
         ));
         let (a, b) = (&s.phases[0], &s.phases[1]);
-        assert_eq!(a.itl.summary().unwrap().count, 3);
-        assert!((a.itl.summary().unwrap().p50 - 0.1).abs() < 0.001);
-        assert_eq!(a.inter_chunk.summary().unwrap().count, 1);
+        assert_eq!(a.itl_token.summary().unwrap().count, 3);
+        assert!((a.itl_token.summary().unwrap().p50 - 0.1).abs() < 0.001);
+        assert_eq!(a.itl_chunk.summary().unwrap().count, 1);
+        assert!((a.itl_chunk.summary().unwrap().p50 - 0.3).abs() < 0.001);
         assert!((a.tpot.summary().unwrap().mean - 0.1).abs() < 0.001);
         assert_eq!((a.tokens_in_window, b.tokens_in_window), (1, 3));
         assert_eq!((a.completed_in_window, b.completed_in_window), (0, 1));

@@ -2,9 +2,12 @@
 //! counter, read once per interval from gapscoped's or dcgm-exporter's
 //! `/metrics`, or from a Prometheus server's query API.
 //!
-//! Utilization is averaged over the GPUs, power and energy summed. Energy
-//! comes from the exporter's counter when there is one (exact) and from
-//! integrating power otherwise; the results say which.
+//! Utilization is averaged over the GPUs, power and energy summed, over
+//! the GPUs selected (`--gpu-ids`, `--gpu-uuid`; all by default, with a
+//! warning when more than one reports: a one-GPU server on an eight-GPU
+//! host would otherwise get eight GPUs' power and an MFU 8× too low).
+//! Energy comes from the exporter's counter when it moved inside the window
+//! (exact) and from integrating power otherwise; the results say which.
 
 use std::{
     collections::BTreeMap,
@@ -39,9 +42,17 @@ pub struct Source {
     pub kind: String,
     pub url: String,
     pub queries: BTreeMap<String, String>,
-    /// The GPU model (`modelName` label) and how many GPUs were seen.
+    /// The GPU model (`modelName` label) and how many GPUs were used.
     pub gpu_model: Option<String>,
     pub gpus: usize,
+    /// The GPUs used, as `gpu=ID UUID=…` (exporters); the selection asked
+    /// for, if any; every GPU that reported.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpus_used: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_selection: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus_reporting: Option<usize>,
     pub samples: usize,
     pub failed_scrapes: u64,
     pub last_error: Option<String>,
@@ -52,9 +63,28 @@ struct Queries {
     utilization: (String, f64),
     power: (String, f64),
     energy: (String, f64),
+    /// Prometheus: how many GPUs the power query sums.
+    gpus: Option<String>,
+}
+
+/// A PromQL label matcher for the GPU selection (empty: all GPUs).
+fn matcher(t: &Telemetry) -> String {
+    let mut parts = Vec::new();
+    if !t.gpu_ids.is_empty() {
+        parts.push(format!("gpu=~\"{}\"", t.gpu_ids.join("|")));
+    }
+    if !t.gpu_uuids.is_empty() {
+        parts.push(format!("UUID=~\"{}\"", t.gpu_uuids.join("|")));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
 }
 
 fn queries(t: &Telemetry) -> Queries {
+    let m = matcher(t);
     let (u, p, e, us, es) = match t.source {
         TelemetrySource::Gapscoped => (
             "gapscope_gpu_utilization_ratio",
@@ -71,19 +101,36 @@ fn queries(t: &Telemetry) -> Queries {
             0.01,
             0.001,
         ),
-        // PromQL, already scaled.
-        TelemetrySource::Prometheus => (
-            "avg(DCGM_FI_DEV_GPU_UTIL) / 100",
-            "sum(DCGM_FI_DEV_POWER_USAGE)",
-            "sum(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION) / 1000",
-            1.0,
-            1.0,
-        ),
+        // PromQL, already scaled; the selection as a label matcher.
+        TelemetrySource::Prometheus => {
+            return Queries {
+                utilization: (
+                    t.utilization
+                        .clone()
+                        .unwrap_or(format!("avg(DCGM_FI_DEV_GPU_UTIL{m}) / 100")),
+                    1.0,
+                ),
+                power: (
+                    t.power
+                        .clone()
+                        .unwrap_or(format!("sum(DCGM_FI_DEV_POWER_USAGE{m})")),
+                    1.0,
+                ),
+                energy: (
+                    t.energy.clone().unwrap_or(format!(
+                        "sum(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{m}) / 1000"
+                    )),
+                    1.0,
+                ),
+                gpus: Some(format!("count(DCGM_FI_DEV_POWER_USAGE{m})")),
+            };
+        }
     };
     Queries {
         utilization: (t.utilization.clone().unwrap_or(u.into()), us),
         power: (t.power.clone().unwrap_or(p.into()), 1.0),
         energy: (t.energy.clone().unwrap_or(e.into()), es),
+        gpus: None,
     }
 }
 
@@ -97,9 +144,18 @@ impl Scraper {
     /// Starts scraping in the background.
     pub fn start(cfg: &Telemetry, clock: Clock) -> Self {
         let q = queries(cfg);
+        let url = cfg.scrape_url();
+        let selection = [
+            (!cfg.gpu_ids.is_empty()).then(|| format!("gpu in {}", cfg.gpu_ids.join(","))),
+            (!cfg.gpu_uuids.is_empty()).then(|| format!("UUID in {}", cfg.gpu_uuids.join(","))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>();
         let source = Arc::new(Mutex::new(Source {
             kind: format!("{:?}", cfg.source).to_lowercase(),
-            url: cfg.url.clone(),
+            url: url.clone(),
+            gpu_selection: (!selection.is_empty()).then(|| selection.join(" and ")),
             queries: [
                 ("utilization".to_string(), q.utilization.0.clone()),
                 ("power".to_string(), q.power.0.clone()),
@@ -119,18 +175,33 @@ impl Scraper {
                 tick.tick().await;
                 let t_ns = clock.now();
                 let result = match cfg.source {
-                    TelemetrySource::Prometheus => scrape_api(&client, &cfg.url, &q, every).await,
-                    _ => scrape_text(&client, &cfg.url, &q, every).await,
+                    TelemetrySource::Prometheus => scrape_api(&client, &url, &q, every).await,
+                    _ => scrape_text(&client, &url, &q, &cfg, every).await,
                 };
                 let mut info = src.lock().unwrap_or_else(|p| p.into_inner());
                 match result {
-                    Ok((mut sample, model, gpus)) => {
+                    Ok(read) => {
+                        let mut sample = read.sample;
                         sample.t_ns = t_ns;
                         info.samples += 1;
-                        if model.is_some() {
-                            info.gpu_model = model;
+                        if read.model.is_some() {
+                            info.gpu_model = read.model;
                         }
-                        info.gpus = info.gpus.max(gpus);
+                        info.gpus = info.gpus.max(read.used.len().max(read.count));
+                        for g in read.used {
+                            if !info.gpus_used.contains(&g) {
+                                info.gpus_used.push(g);
+                            }
+                        }
+                        if let Some(n) = read.reporting {
+                            let before = info.gpus_reporting.unwrap_or(0);
+                            info.gpus_reporting = Some(before.max(n));
+                            if n > 1 && before <= 1 && info.gpu_selection.is_none() {
+                                eprintln!(
+                                    "gapscope-loadgen: warning: {n} GPUs report to {url}; power, energy and the GPU count for MFU and cost add up all of them (select the server's with --gpu-ids or --gpu-uuid)"
+                                );
+                            }
+                        }
                         s.lock().unwrap_or_else(|p| p.into_inner()).push(sample);
                     }
                     Err(e) => {
@@ -162,22 +233,68 @@ impl Scraper {
     }
 }
 
+/// One scrape's reading and what it says about the GPUs.
+struct Reading {
+    sample: Sample,
+    model: Option<String>,
+    /// The GPUs the reading covers (`gpu=ID UUID=…`), when labelled.
+    used: Vec<String>,
+    /// How many GPUs the reading covers, labelled or not.
+    count: usize,
+    /// How many GPUs reported before the selection (exporters).
+    reporting: Option<usize>,
+}
+
 async fn scrape_text(
     client: &SideClient,
     url: &str,
     q: &Queries,
+    cfg: &Telemetry,
     timeout: Duration,
-) -> Result<(Sample, Option<String>, usize), String> {
+) -> Result<Reading, String> {
     let (status, body) = client.get(url, timeout).await?;
     if status != 200 {
         return Err(format!("HTTP {status}"));
     }
     let series = parse_text(&body);
-    let pick = |name: &str| series.iter().filter(|s| s.name == name).collect::<Vec<_>>();
+    let label = |s: &Series, k: &str| s.labels.get(k).cloned();
+    let id = |s: &Series| {
+        format!(
+            "gpu={} UUID={}",
+            label(s, "gpu").unwrap_or_default(),
+            label(s, "UUID").unwrap_or_default()
+        )
+    };
+    fn named<'a>(series: &'a [Series], name: &'a str) -> impl Iterator<Item = &'a Series> {
+        series.iter().filter(move |s| s.name == name)
+    }
+    let reporting: std::collections::BTreeSet<String> = [&q.utilization.0, &q.power.0, &q.energy.0]
+        .into_iter()
+        .flat_map(|n| named(&series, n).map(id))
+        .collect();
+    let pick = |name: &String| {
+        series
+            .iter()
+            .filter(|s| &s.name == name)
+            .filter(|s| {
+                cfg.selects(
+                    s.labels.get("gpu").map(String::as_str),
+                    s.labels.get("UUID").map(String::as_str),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
     let util = pick(&q.utilization.0);
     let power = pick(&q.power.0);
     let energy = pick(&q.energy.0);
     if util.is_empty() && power.is_empty() && energy.is_empty() {
+        if !reporting.is_empty() {
+            return Err(format!(
+                "no GPU there matches the selection ({} report: {})",
+                reporting.len(),
+                reporting.into_iter().collect::<Vec<_>>().join("; ")
+            ));
+        }
         return Err(format!(
             "none of {}, {}, {} is exported there",
             q.utilization.0, q.power.0, q.energy.0
@@ -193,17 +310,24 @@ async fn scrape_text(
         .iter()
         .chain(&power)
         .find_map(|s| s.labels.get("modelName").cloned());
-    let gpus = util.len().max(power.len()).max(energy.len());
-    Ok((
-        Sample {
+    let used: std::collections::BTreeSet<String> = util
+        .iter()
+        .chain(&power)
+        .chain(&energy)
+        .map(|s| id(s))
+        .collect();
+    Ok(Reading {
+        sample: Sample {
             t_ns: 0,
             utilization: mean(&util, q.utilization.1),
             power_w: sum(&power, q.power.1),
             energy_j: sum(&energy, q.energy.1),
         },
         model,
-        gpus,
-    ))
+        count: util.len().max(power.len()).max(energy.len()),
+        used: used.into_iter().collect(),
+        reporting: Some(reporting.len()),
+    })
 }
 
 async fn scrape_api(
@@ -211,10 +335,14 @@ async fn scrape_api(
     base: &str,
     q: &Queries,
     timeout: Duration,
-) -> Result<(Sample, Option<String>, usize), String> {
+) -> Result<Reading, String> {
     let base = base.trim_end_matches('/');
     let mut values = Vec::new();
-    for (query, scale) in [&q.utilization, &q.power, &q.energy] {
+    let count = q.gpus.clone().map(|c| (c, 1.0));
+    for (query, scale) in [&q.utilization, &q.power, &q.energy]
+        .into_iter()
+        .chain(count.as_ref())
+    {
         let url = format!("{base}/api/v1/query?query={}", encode_query(query));
         let (status, body) = client.get(&url, timeout).await?;
         let v: serde_json::Value =
@@ -232,16 +360,18 @@ async fn scrape_api(
             .reduce(|a, b| a + b);
         values.push(total.map(|t| t * scale));
     }
-    Ok((
-        Sample {
+    Ok(Reading {
+        sample: Sample {
             t_ns: 0,
             utilization: values[0],
             power_w: values[1],
             energy_j: values[2],
         },
-        None,
-        0,
-    ))
+        model: None,
+        used: Vec::new(),
+        count: values.get(3).copied().flatten().unwrap_or(0.0) as usize,
+        reporting: None,
+    })
 }
 
 /// One sample of the Prometheus text format.
@@ -317,9 +447,26 @@ pub struct WindowTelemetry {
     pub energy_j: Option<f64>,
     /// "counter" (the energy counter's increase) or "power_integral".
     pub energy_source: Option<String>,
+    /// Both energies, where each could be had (the audit compares them).
+    #[serde(default)]
+    pub energy_counter_j: Option<f64>,
+    #[serde(default)]
+    pub energy_power_j: Option<f64>,
+    /// Times the counter moved inside the window.
+    #[serde(default)]
+    pub counter_updates: usize,
+    /// Why the counter was not used, when there was one.
+    #[serde(default)]
+    pub energy_note: Option<String>,
 }
 
 /// Telemetry between run times `start` and `end`.
+///
+/// The energy counter is read where it *moved*: the first reading that
+/// shows each new value. Between its first and last move it measured what
+/// the GPU used, scaled then to the window. A counter that moved fewer
+/// than twice (dcgm-exporter collects every 30 s by default) says nothing
+/// about the window, and power integrated over it stands in.
 pub fn window(samples: &[Sample], start: u64, end: u64) -> WindowTelemetry {
     let inside: Vec<&Sample> = samples
         .iter()
@@ -335,26 +482,37 @@ pub fn window(samples: &[Sample], start: u64, end: u64) -> WindowTelemetry {
         avg_power_w: avg(&|s| s.power_w),
         ..WindowTelemetry::default()
     };
+    let span = (end - start) as f64;
+    w.energy_power_j = w.avg_power_w.map(|p| p * span / 1e9);
     let counter: Vec<(u64, f64)> = inside
         .iter()
         .filter_map(|s| Some((s.t_ns, s.energy_j?)))
         .collect();
-    if counter.len() >= 2 {
-        let (t0, e0) = counter[0];
-        let (t1, e1) = counter[counter.len() - 1];
-        if e1 >= e0 && t1 > t0 {
-            // Scale the counter's increase from its first to last reading
-            // to the whole window.
-            w.energy_j = Some((e1 - e0) * (end - start) as f64 / (t1 - t0) as f64);
-            w.energy_source = Some("counter".into());
+    let moves: Vec<(u64, f64)> = counter
+        .windows(2)
+        .filter(|p| p[1].1 != p[0].1)
+        .map(|p| p[1])
+        .collect();
+    w.counter_updates = moves.len();
+    if moves.len() >= 2 {
+        let ((t0, e0), (t1, e1)) = (moves[0], moves[moves.len() - 1]);
+        if e1 > e0 && t1 > t0 {
+            w.energy_counter_j = Some((e1 - e0) * span / (t1 - t0) as f64);
+        } else {
+            w.energy_note = Some("the energy counter went backwards (reset?)".into());
         }
+    } else if !counter.is_empty() {
+        w.energy_note = Some(format!(
+            "the energy counter moved {} time(s) in {} readings: too coarse or lagging for this window",
+            moves.len(),
+            counter.len()
+        ));
     }
-    if w.energy_j.is_none()
-        && let Some(p) = w.avg_power_w
-    {
-        w.energy_j = Some(p * (end - start) as f64 / 1e9);
-        w.energy_source = Some("power_integral".into());
-    }
+    (w.energy_j, w.energy_source) = match (w.energy_counter_j, w.energy_power_j) {
+        (Some(e), _) => (Some(e), Some("counter".into())),
+        (None, Some(e)) => (Some(e), Some("power_integral".into())),
+        (None, None) => (None, None),
+    };
     w
 }
 
@@ -395,6 +553,32 @@ mod tests {
         assert_eq!(
             (w.energy_j, w.energy_source.as_deref()),
             (Some(200.0), Some("counter"))
+        );
+        // A counter that lags (the exporter's 30 s collection): it did not
+        // move in this window, so power stands in, and the note says why.
+        let lagging = [
+            s(0, 100.0, Some(1000.0)),
+            s(1, 100.0, Some(1000.0)),
+            s(2, 100.0, Some(1000.0)),
+        ];
+        let w = window(&lagging, 0, 2_000_000_000);
+        assert_eq!(
+            (w.energy_j, w.energy_source.as_deref()),
+            (Some(200.0), Some("power_integral"))
+        );
+        assert!(w.energy_note.unwrap().contains("moved 0 time(s)"));
+        // A coarse counter: moves every other reading; read where it moved.
+        let coarse = [
+            s(0, 100.0, Some(1000.0)),
+            s(1, 100.0, Some(1200.0)),
+            s(2, 100.0, Some(1200.0)),
+            s(3, 100.0, Some(1400.0)),
+            s(4, 100.0, Some(1400.0)),
+        ];
+        let w = window(&coarse, 0, 4_000_000_000);
+        assert_eq!(
+            (w.energy_j, w.energy_source.as_deref()),
+            (Some(400.0), Some("counter"))
         );
         let without = [s(0, 100.0, None), s(1, 300.0, None)];
         let w = window(&without, 0, 2_000_000_000);

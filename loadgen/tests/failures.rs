@@ -142,6 +142,51 @@ fn a_server_that_is_down_is_counted_as_connect_errors() {
     let p = run.phase("w");
     assert_eq!(p["sent"], 20);
     assert_eq!(p["errors"]["connect"], 20, "{p}");
+    // Summarised, not a line each.
+    assert_eq!(
+        run.stdout.matches("connect errors").count(),
+        1,
+        "{}",
+        run.stdout
+    );
+}
+
+/// Closed-loop workers facing a refused connection back off (10 ms
+/// doubling to 1 s, with jitter) instead of spinning: in 2 s each of 4
+/// workers tries at most 1 + log2(1 s / 10 ms) + a few times.
+#[test]
+fn closed_loop_workers_back_off_from_a_server_that_refuses() {
+    let _g = serial();
+    let port = gapscope_testkit::free_port();
+    let url = format!("http://127.0.0.1:{port}/v1/completions");
+    let run = loadgen(&[
+        "--url",
+        &url,
+        "--phase",
+        "s=closed:4:2s",
+        "--max-tokens",
+        "4",
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let p = run.phase("s");
+    let sent = p["sent"].as_u64().unwrap();
+    assert_eq!(p["errors"]["connect"].as_u64(), Some(sent), "{p}");
+    // Jittered steps of at least half of 10, 20, 40, … ms: a worker's
+    // tries within 2 s are bounded by the doubling (the bound holds
+    // however fast the machine; a spinning worker makes thousands).
+    let mut per_worker = 0;
+    let mut waited = 0.0;
+    let mut step = 0.010_f64;
+    while waited < 2.0 {
+        per_worker += 1;
+        waited += step / 2.0;
+        step = (step * 2.0).min(1.0);
+    }
+    assert!(
+        (4..=4 * (per_worker + 1)).contains(&sent),
+        "{sent} tries by 4 workers in 2 s (at most {} each)",
+        per_worker + 1
+    );
 }
 
 #[test]
@@ -169,6 +214,18 @@ fn a_fixed_length_that_is_not_honoured_fails_the_run() {
 
 #[test]
 fn ctrl_c_stops_cleanly_and_keeps_what_was_measured() {
+    stops_cleanly_on(libc::SIGINT, "SIGINT");
+}
+
+/// A supervisor's stop (systemd, `timeout`, Kubernetes) and a closed
+/// terminal stop the run as Ctrl-C does, with the shell's status for them.
+#[test]
+fn sigterm_and_sighup_stop_like_ctrl_c() {
+    stops_cleanly_on(libc::SIGTERM, "SIGTERM");
+    stops_cleanly_on(libc::SIGHUP, "SIGHUP");
+}
+
+fn stops_cleanly_on(signal: i32, name: &str) {
     let _g = serial();
     let server = StreamServer::start(ServerConfig {
         token_ms: 20.0,
@@ -210,14 +267,30 @@ fn ctrl_c_stops_cleanly_and_keeps_what_was_measured() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.id() as i32, signal) };
     let status = child.wait().unwrap();
     let lifetime = started.elapsed();
-    assert_eq!(status.code(), Some(130));
+    assert_eq!(status.code(), Some(128 + signal), "{name}");
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap())
             .unwrap();
     assert_eq!(results["run"]["interrupted"], true);
+    assert!(
+        results["run"]["stopped_by"]
+            .as_str()
+            .unwrap()
+            .contains(name),
+        "{}",
+        results["run"]
+    );
+    // Every line of the per-request file is whole, the cancelled ones too.
+    let lines = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap();
+    assert!(lines.ends_with('\n'));
+    let cancelled = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["error"]["kind"] == "cancelled")
+        .count();
     let p = &results["phases"][0];
     // What the server finished and what it was still streaming when the
     // client went are the client's ok and cancelled, exactly: it stopped
@@ -228,6 +301,7 @@ fn ctrl_c_stops_cleanly_and_keeps_what_was_measured() {
     let cut = log.requests.len() as u64 - finished;
     assert_eq!(p["ok"].as_u64().unwrap(), finished, "{p}");
     assert_eq!(p["errors"]["cancelled"].as_u64().unwrap_or(0), cut, "{p}");
+    assert_eq!(cancelled as u64, cut);
     assert!(
         (1..=4).contains(&cut),
         "{cut} in flight at the interruption: {p}"
@@ -268,6 +342,33 @@ fn bad_input_is_one_line_with_the_fix() {
         (
             vec!["--url", "http://x/", "--header", "novalue"],
             "has no ':'",
+        ),
+        (
+            vec!["--url", "http://x/", "--header", "X Bad: v"],
+            "is not a valid HTTP header name",
+        ),
+        (
+            vec!["--url", "http://x/", "--header", "X-Token: a\u{1}b"],
+            "a value that cannot be sent",
+        ),
+        (
+            vec!["--url", "http://x/", "--gpu-ids", "0"],
+            "no telemetry is read",
+        ),
+        (
+            vec![
+                "--url",
+                "http://x/",
+                "--telemetry",
+                "dcgm=http://x/metrics",
+                "--gpu-ids",
+                "0,\"1",
+            ],
+            "has quotes or braces",
+        ),
+        (
+            vec!["--url", "http://x/", "--telemetry", "dcgm=http://x y/"],
+            "does not parse",
         ),
         (
             vec!["--workload", bad_toml.to_str().unwrap()],

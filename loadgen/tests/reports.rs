@@ -73,16 +73,23 @@ fn tokens_per_joule_mfu_and_cost_follow_from_the_telemetry() {
     for c in results["audit"].as_array().unwrap() {
         assert_ne!(c["status"], "fail", "{c}");
     }
+    // The counter and the power gauge agree (both 200 W): the audit's
+    // one energy check, comparing two readings of the GPU.
     assert!(
         run.stdout
-            .contains("audit energy_matches_throughput    PASS"),
+            .contains("audit energy_counter_matches_power PASS     [stress]"),
         "{}",
         run.stdout
     );
+    // The run's own MFU and tokens per joule follow from its throughput:
+    // no check of them against it, which could not fail.
+    for c in ["mfu_scales_with_throughput", "energy_matches_throughput"] {
+        assert!(!run.stdout.contains(c), "{}", run.stdout);
+    }
 
     // The results validate against the published schema.
     let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_file("loadgen/schema/results.v1.schema.json")).unwrap(),
+        &std::fs::read_to_string(repo_file("loadgen/schema/results.v2.schema.json")).unwrap(),
     )
     .unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
@@ -133,7 +140,7 @@ fn inconsistent_telemetry_fails_the_audit() {
     assert!(
         audit
             .iter()
-            .any(|c| c["check"] == "energy_matches_throughput" && c["status"] == "fail"),
+            .any(|c| c["check"] == "energy_counter_matches_power" && c["status"] == "fail"),
         "{audit:?}"
     );
 }
@@ -260,13 +267,22 @@ fn phases_are_announced_to_gapscoped() {
         &server.url(""),
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
+    // Start and end of each phase, and the tokens once a second.
+    let log = server.log.lock().unwrap();
     assert!(
-        run.stdout
-            .contains("phase annotations posted to gapscoped: 4 (0 failed)"),
+        run.stdout.contains(&format!(
+            "phase annotations posted to gapscoped: {} (0 failed)",
+            log.annotations.len()
+        )),
         "{}",
         run.stdout
     );
-    let log = server.log.lock().unwrap();
+    let edges = log
+        .annotations
+        .iter()
+        .filter(|n| n["event"] != "progress")
+        .count();
+    assert_eq!(edges, 4);
     for phase in ["warm", "quiet"] {
         let (a, b) = run.window(phase);
         for (event, at) in [("start", a), ("end", b)] {
@@ -413,4 +429,82 @@ fn telemetry_through_a_real_prometheus_server() {
         (energy / (200.0 * window) - 1.0).abs() < 0.15,
         "{energy} J in {window} s"
     );
+}
+
+/// A one-GPU server on a four-GPU host: `--gpu-ids` reads its GPU alone
+/// (power 200 W, not 800 W; MFU and cost for one GPU); without it, all four
+/// are summed and the run warns.
+#[test]
+fn telemetry_reads_the_selected_gpus_alone() {
+    let _g = serial();
+    let server = StreamServer::start(ServerConfig {
+        token_ms: 2.0,
+        gpus: 4,
+        ..ServerConfig::default()
+    });
+    let one = telemetry_run(&server, &["--gpu-ids", "2", "--gpu", "A40"]);
+    assert_eq!(one.code, 0, "{}\n{}", one.stdout, one.stderr);
+    let all = telemetry_run(&server, &["--gpu", "A40"]);
+    assert_eq!(all.code, 0, "{}\n{}", all.stdout, all.stderr);
+    let (r1, r4) = (one.results(), all.results());
+    let source = &r1["telemetry"]["source"];
+    assert_eq!(source["gpus"], 1, "{source}");
+    assert_eq!(source["gpus_reporting"], 4, "{source}");
+    assert_eq!(source["gpu_selection"], "gpu in 2", "{source}");
+    assert_eq!(
+        source["gpus_used"],
+        serde_json::json!(["gpu=2 UUID=GPU-00000000-test-2"])
+    );
+    assert_eq!(r1["model"]["gpus"], 1);
+    assert_eq!(r4["model"]["gpus"], 4);
+    assert!(!one.stderr.contains("GPUs report"), "{}", one.stderr);
+    assert!(
+        all.stderr.contains("4 GPUs report to") && all.stderr.contains("--gpu-ids"),
+        "{}",
+        all.stderr
+    );
+    let power = |r: &Value| r["phases"][1]["telemetry"]["avg_power_w"].as_f64().unwrap();
+    assert_eq!((power(&r1), power(&r4)), (200.0, 800.0));
+    // MFU per GPU: the same throughput on one GPU is 4× the MFU on four.
+    let mfu_per_tps = |r: &Value| {
+        let p = &r["phases"][1];
+        p["mfu"].as_f64().unwrap() / p["throughput"]["output_tokens_per_s"].as_f64().unwrap()
+    };
+    assert!((mfu_per_tps(&r1) / mfu_per_tps(&r4) - 4.0).abs() < 1e-9);
+    // A selection that matches nothing says what does report.
+    let none = telemetry_run(&server, &["--gpu-uuid", "GPU-nope"]);
+    let error = none.results()["telemetry"]["source"]["last_error"].clone();
+    assert!(
+        error.as_str().unwrap().contains("no GPU there matches")
+            && error.as_str().unwrap().contains("GPU-00000000-test-3"),
+        "{error}"
+    );
+}
+
+/// An exporter's base URL (as gapscoped's is usually written) means its
+/// `/metrics`.
+#[test]
+fn telemetry_takes_an_exporters_base_url() {
+    let _g = serial();
+    let server = StreamServer::start(ServerConfig {
+        token_ms: 2.0,
+        ..ServerConfig::default()
+    });
+    let url = server.url("/v1/completions");
+    let base = format!("dcgm={}", server.url(""));
+    let run = loadgen(&[
+        "--url",
+        &url,
+        "--phase",
+        "s=closed:2:2s",
+        "--max-tokens",
+        "8",
+        "--telemetry",
+        &base,
+    ]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let source = &run.results()["telemetry"]["source"];
+    assert_eq!(source["url"], server.url("/metrics"));
+    assert_eq!(source["failed_scrapes"], 0, "{source}");
+    assert!(source["samples"].as_u64().unwrap() >= 2, "{source}");
 }

@@ -60,7 +60,7 @@ fn token_times_are_what_the_server_did_on_one_clock() {
         assert_eq!(r["output_tokens"]["counted"], 12);
         let client: Vec<i64> = events
             .iter()
-            .map(|e| (sent + e[0].as_u64().unwrap()) as i64)
+            .map(|e| (sent + e["at_ns"].as_u64().unwrap()) as i64)
             .collect();
         let server: Vec<i64> = seen.chunks_ns.iter().map(|t| *t as i64).collect();
         assert_eq!(client.len(), server.len(), "{id}: chunks");
@@ -121,7 +121,7 @@ fn token_times_are_what_the_server_did_on_one_clock() {
     server_gaps.sort();
     let median = |v: &[u64]| v[(v.len() - 1) / 2] as f64 / 1e9;
     let p = run.phase("stress");
-    let chunk = p["latency"]["inter_chunk"]["p50"].as_f64().unwrap();
+    let chunk = p["latency"]["itl_chunk"]["p50"].as_f64().unwrap();
     let ours = median(&client_gaps);
     assert!(
         (chunk - ours).abs() <= 0.002 * ours,
@@ -134,7 +134,7 @@ fn token_times_are_what_the_server_did_on_one_clock() {
         "inter-chunk p50 {chunk} vs the server's {theirs} (largest gap difference {worst})"
     );
     // ITL is per token: a chunk of two tokens is two gaps of half its gap.
-    let itl = p["latency"]["itl"]["p50"].as_f64().unwrap();
+    let itl = p["latency"]["itl_token"]["p50"].as_f64().unwrap();
     assert!(
         (itl - chunk / 2.0).abs() <= 0.002 * chunk,
         "ITL p50 {itl} vs {chunk} / 2"

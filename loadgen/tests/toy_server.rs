@@ -90,7 +90,7 @@ fn the_toy_server_streams_every_token_it_promised() {
         assert_eq!(p["tokens"]["usage_vs_counted"], 0);
         if stream {
             // Each token waits for the model lock and a 2 ms step.
-            let itl = p["latency"]["itl"]["p50"].as_f64().unwrap();
+            let itl = p["latency"]["itl_token"]["p50"].as_f64().unwrap();
             assert!(itl >= 0.002, "ITL p50 {itl}");
         }
         eprintln!(

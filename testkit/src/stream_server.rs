@@ -18,6 +18,11 @@
 //! multi-byte text cut between writes; must succeed), `badutf8`,
 //! `hugeline` (a 2 MiB event), `short` (one token fewer than asked),
 //! `slowheaders` (headers after 3 s).
+//!
+//! Token truth: each chunk carries the tokens `chunk_pattern` says (cycled;
+//! else `tokens_per_chunk`), every token the text " t", the first
+//! `reasoning_tokens` of a chat reply as `delta.reasoning_content`; the log
+//! keeps each chunk's token count; `usage = false` never sends usage.
 
 use std::{
     convert::Infallible,
@@ -47,6 +52,13 @@ pub struct ServerConfig {
     pub first_token_ms: f64,
     pub token_ms: f64,
     pub tokens_per_chunk: u32,
+    /// Tokens per chunk, cycled (e.g. 1, 2, 3, 4); empty: `tokens_per_chunk`.
+    pub chunk_pattern: Vec<u32>,
+    /// Send `usage` when asked (false: never, as some servers do).
+    pub usage: bool,
+    /// Chat replies: the first N tokens are reasoning
+    /// (`delta.reasoning_content`), the rest the answer.
+    pub reasoning_tokens: u32,
     /// Keep a log of every request (off for the benchmark).
     pub log_requests: bool,
     /// `/metrics`: GPU utilization (%), power (W), and the rate at which
@@ -54,6 +66,9 @@ pub struct ServerConfig {
     pub utilization_pct: f64,
     pub power_w: f64,
     pub energy_w: f64,
+    /// GPUs on `/metrics` (gpu="0".., UUID GPU-…-N), each with the power,
+    /// energy and utilization above.
+    pub gpus: u32,
     /// Close a kept-alive connection, without a reply or a word, when a
     /// second request arrives on it (what llama-server's HTTP layer does
     /// after a stream).
@@ -66,10 +81,14 @@ impl Default for ServerConfig {
             first_token_ms: 0.0,
             token_ms: 0.0,
             tokens_per_chunk: 1,
+            chunk_pattern: Vec::new(),
+            usage: true,
+            reasoning_tokens: 0,
             log_requests: true,
             utilization_pct: 80.0,
             power_w: 200.0,
             energy_w: 200.0,
+            gpus: 1,
             drop_reused_connections: false,
         }
     }
@@ -87,6 +106,8 @@ pub struct Seen {
     pub headers_ns: Option<u64>,
     /// When each chunk with tokens was handed to the connection.
     pub chunks_ns: Vec<u64>,
+    /// How many tokens each of those chunks carried.
+    pub chunk_tokens: Vec<u64>,
     /// When the last byte was handed over.
     pub done_ns: Option<u64>,
 }
@@ -340,6 +361,7 @@ async fn handle(
             body: body.clone(),
             headers_ns: None,
             chunks_ns: Vec::new(),
+            chunk_tokens: Vec::new(),
             done_ns: None,
         });
         Some(log.requests.len() - 1)
@@ -362,12 +384,20 @@ async fn handle(
         max_tokens
     };
     let stream = body["stream"].as_bool().unwrap_or(false) || api == "/raw";
-    let usage = body["stream_options"]["include_usage"]
-        .as_bool()
-        .unwrap_or(false);
-    let continuous = body["stream_options"]["continuous_usage_stats"]
-        .as_bool()
-        .unwrap_or(false);
+    let usage = s.cfg.usage
+        && body["stream_options"]["include_usage"]
+            .as_bool()
+            .unwrap_or(false);
+    let continuous = s.cfg.usage
+        && body["stream_options"]["continuous_usage_stats"]
+            .as_bool()
+            .unwrap_or(false);
+    let sizes = chunk_sizes(&s.cfg, tokens);
+    let reasoning = if chat {
+        u64::from(s.cfg.reasoning_tokens)
+    } else {
+        0
+    };
     let prompt_tokens = body["prompt"]
         .as_str()
         .or(body["messages"][0]["content"].as_str())
@@ -378,8 +408,13 @@ async fn handle(
         let start = tokio::time::Instant::now();
         let wait = s.cfg.first_token_ms + s.cfg.token_ms * (tokens.saturating_sub(1)) as f64;
         tokio::time::sleep_until(start + Duration::from_secs_f64(wait / 1e3)).await;
-        let text: String = (0..tokens).map(|_| " t").collect();
-        let choice = if chat {
+        let text: String = (0..tokens.saturating_sub(reasoning))
+            .map(|_| " t")
+            .collect();
+        let thought: String = (0..tokens.min(reasoning)).map(|_| " t").collect();
+        let choice = if chat && reasoning > 0 {
+            json!({"index": 0, "message": {"role": "assistant", "reasoning_content": thought, "content": text}, "finish_reason": "length"})
+        } else if chat {
             json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"})
         } else {
             json!({"index": 0, "text": text, "finish_reason": "length"})
@@ -388,10 +423,14 @@ async fn handle(
         if let Some(i) = index {
             let mut log = s.log.lock().unwrap();
             log.requests[i].chunks_ns.push(now);
+            log.requests[i].chunk_tokens.push(tokens);
             log.requests[i].done_ns = Some(now);
         }
         drop(guard);
-        let reply = json!({"choices": [choice], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens}});
+        let mut reply = json!({"choices": [choice]});
+        if s.cfg.usage {
+            reply["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": tokens});
+        }
         return Ok(full(200, reply.to_string()));
     }
 
@@ -400,14 +439,13 @@ async fn handle(
         && s.cfg.first_token_ms == 0.0
         && s.cfg.token_ms == 0.0
         && !continuous
+        && reasoning == 0
     {
         // Zero delay: every chunk is ready at once, so the reply goes out
         // in as few writes as the connection takes (the benchmark's server).
-        let k = s.cfg.tokens_per_chunk.max(1) as u64;
         let mut body = Vec::with_capacity(tokens as usize * 96);
         let mut sent_tokens = 0;
-        while sent_tokens < tokens {
-            let n = k.min(tokens - sent_tokens);
+        for &n in &sizes {
             sent_tokens += n;
             let text: String = (0..n).map(|_| " t").collect();
             body.extend(event(
@@ -425,7 +463,8 @@ async fn handle(
             let now = monotonic_ns();
             let mut log = s.log.lock().unwrap();
             log.requests[i].headers_ns = Some(now);
-            log.requests[i].chunks_ns = vec![now; tokens.div_ceil(k) as usize];
+            log.requests[i].chunks_ns = vec![now; sizes.len()];
+            log.requests[i].chunk_tokens = sizes.clone();
             log.requests[i].done_ns = Some(now);
         }
         drop(guard);
@@ -451,25 +490,27 @@ async fn handle(
         let _guard = guard;
         let cfg = &state.cfg;
         let start = tokio::time::Instant::now();
-        let k = cfg.tokens_per_chunk.max(1) as u64;
-        let chunks = tokens.div_ceil(k);
         let mut sent_tokens = 0u64;
-        let stamp = |state: &State, last: bool| {
+        let stamp = |state: &State, n: u64, last: bool| {
             let now = monotonic_ns();
             if let Some(i) = index {
                 let mut log = state.log.lock().unwrap();
                 log.requests[i].chunks_ns.push(now);
+                log.requests[i].chunk_tokens.push(n);
                 if last {
                     log.requests[i].done_ns = Some(now);
                 }
             }
         };
-        for c in 0..chunks {
-            let due = cfg.first_token_ms + c as f64 * cfg.token_ms * k as f64;
+        for (c, &n) in sizes.iter().enumerate() {
+            // A chunk goes when its last token is made: the first token
+            // at first_token_ms, each next one token_ms later.
+            let due = cfg.first_token_ms + (sent_tokens + n - 1) as f64 * cfg.token_ms;
             if due > 0.0 {
                 tokio::time::sleep_until(start + Duration::from_secs_f64(due / 1e3)).await;
             }
-            let n = k.min(tokens - sent_tokens);
+            // Reasoning tokens and answer tokens never share a chunk.
+            let thinking = sent_tokens < reasoning;
             sent_tokens += n;
             let last = sent_tokens == tokens;
             let text: String = (0..n).map(|_| " t").collect();
@@ -500,6 +541,7 @@ async fn handle(
                     ]
                 }
                 "nodone" => vec![event(chat, &text, None)],
+                _ if thinking => vec![reasoning_event(&text)],
                 _ => {
                     let mut ev = event(chat, &text, if last { Some("length") } else { None });
                     if continuous {
@@ -520,7 +562,7 @@ async fn handle(
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
-            stamp(&state, last && raw);
+            stamp(&state, n, last && raw);
             if c + 1 == 2 {
                 match mode.as_str() {
                     "close2" => {
@@ -563,6 +605,41 @@ async fn handle(
         .unwrap())
 }
 
+/// How many tokens each chunk of a `tokens`-token reply carries: the
+/// pattern cycled (or `tokens_per_chunk`), the last chunk cut to fit, and
+/// no chunk across the end of the reasoning.
+fn chunk_sizes(cfg: &ServerConfig, tokens: u64) -> Vec<u64> {
+    let pattern: Vec<u64> = if cfg.chunk_pattern.is_empty() {
+        vec![u64::from(cfg.tokens_per_chunk.max(1))]
+    } else {
+        cfg.chunk_pattern
+            .iter()
+            .map(|&k| u64::from(k.max(1)))
+            .collect()
+    };
+    let reasoning = u64::from(cfg.reasoning_tokens);
+    let mut sizes = Vec::new();
+    let mut sent = 0;
+    while sent < tokens {
+        let mut n = pattern[sizes.len() % pattern.len()].min(tokens - sent);
+        if sent < reasoning {
+            n = n.min(reasoning - sent);
+        }
+        sizes.push(n);
+        sent += n;
+    }
+    sizes
+}
+
+fn reasoning_event(text: &str) -> Vec<u8> {
+    let choice = json!({"index": 0, "delta": {"reasoning_content": text}, "finish_reason": null});
+    format!(
+        "data: {}\n\n",
+        json!({"object": "chunk", "choices": [choice]})
+    )
+    .into_bytes()
+}
+
 fn event(chat: bool, text: &str, finish: Option<&str>) -> Vec<u8> {
     let choice = if chat {
         json!({"index": 0, "delta": {"content": text}, "finish_reason": finish})
@@ -576,19 +653,39 @@ fn event(chat: bool, text: &str, finish: Option<&str>) -> Vec<u8> {
     .into_bytes()
 }
 
-/// dcgm-exporter-style telemetry: one GPU, constant utilization and power,
-/// an energy counter (mJ) growing at `energy_w`.
+/// dcgm-exporter-style telemetry: `gpus` GPUs, constant utilization and
+/// power, an energy counter (mJ) growing at `energy_w`, each.
 fn metrics(s: &State) -> Response<Body> {
     let elapsed = (monotonic_ns() - s.started_ns) as f64 / 1e9;
-    let labels = "gpu=\"0\",UUID=\"GPU-00000000-test\",modelName=\"NVIDIA A40\"";
-    let text = format!(
-        "# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).\n# TYPE DCGM_FI_DEV_GPU_UTIL gauge\nDCGM_FI_DEV_GPU_UTIL{{{labels}}} {}\n\
-         # HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).\n# TYPE DCGM_FI_DEV_POWER_USAGE gauge\nDCGM_FI_DEV_POWER_USAGE{{{labels}}} {}\n\
-         # HELP DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION Total energy consumption since boot (in mJ).\n# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter\nDCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{labels}}} {:.0}\n",
-        s.cfg.utilization_pct,
-        s.cfg.power_w,
-        1e9 + s.cfg.energy_w * elapsed * 1000.0
-    );
+    let c = &s.cfg;
+    let mut text = String::new();
+    for (name, help, kind, value) in [
+        (
+            "DCGM_FI_DEV_GPU_UTIL",
+            "GPU utilization (in %).",
+            "gauge",
+            c.utilization_pct,
+        ),
+        (
+            "DCGM_FI_DEV_POWER_USAGE",
+            "Power draw (in W).",
+            "gauge",
+            c.power_w,
+        ),
+        (
+            "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+            "Total energy consumption since boot (in mJ).",
+            "counter",
+            (1e9 + c.energy_w * elapsed * 1000.0).round(),
+        ),
+    ] {
+        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for g in 0..c.gpus.max(1) {
+            text.push_str(&format!(
+                "{name}{{gpu=\"{g}\",UUID=\"GPU-00000000-test-{g}\",modelName=\"NVIDIA A40\"}} {value}\n"
+            ));
+        }
+    }
     Response::builder()
         .status(200)
         .header("content-type", "text/plain; version=0.0.4")
