@@ -14,7 +14,12 @@
 //! every 5 ms while the thread still waits) — at the latest the wake on
 //! `switch_cond` that ends a forced switch, or the wake on `cond` with
 //! which the thread later hands the GIL on. Not at preemption: a preempted
-//! thread may be in the middle of `take_gil`.
+//! thread may be in the middle of `take_gil`. A wake finds no waiter at
+//! times and makes no syscall; then the thread's next syscall may be its
+//! next GIL wait, after it held the GIL and ran Python: a wait that begins
+//! more than `NEW_ACQUISITION_GAP_NS` after the last one ended starts a new
+//! acquisition (inside one, the gaps are the microseconds it takes to
+//! relock a mutex).
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use gapscope_ebpf_common::{GIL_MUTEX_SIZE, PT_REGS_SI, ThreadState, interval_kind};
@@ -99,6 +104,21 @@ pub fn flush(t: *mut ThreadState, service: u32, tid: u32) {
             first,
             last,
         );
+    }
+}
+
+/// Longer than this between two GIL waits of a thread, it held the GIL in
+/// between: the second wait is a new acquisition.
+pub const NEW_ACQUISITION_GAP_NS: u64 = 1_000_000;
+
+/// A GIL wait begins at `now`: the acquisition accumulated so far ends
+/// first when the thread ran for a while since its last wait.
+#[inline(always)]
+pub fn wait_begins(t: *mut ThreadState, service: u32, tid: u32, now: u64) {
+    // SAFETY: the caller's thread entry.
+    let (first, last) = unsafe { ((*t).gil_wait_first_ns, (*t).gil_wait_last_ns) };
+    if first != 0 && now.saturating_sub(last) > NEW_ACQUISITION_GAP_NS {
+        flush(t, service, tid);
     }
 }
 

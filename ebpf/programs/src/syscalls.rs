@@ -31,14 +31,18 @@ pub fn gs_sys_enter(ctx: RawTracePointContext) -> i32 {
         gil::GilFutex::Elsewhere
     };
     let gil_wait = gil == gil::GilFutex::Wait;
+    // SAFETY: a BPF helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     if matches!(gil, gil::GilFutex::Elsewhere | gil::GilFutex::CondWake) {
         gil::flush(t, service, tid);
+    } else if gil_wait {
+        gil::wait_begins(t, service, tid, now);
     }
     // SAFETY: the entry belongs to this thread; only it writes these fields.
     unsafe {
         (*t).syscall_nr = nr;
         (*t).in_gil_wait = gil_wait as u32;
-        (*t).syscall_start_ns = bpf_ktime_get_ns();
+        (*t).syscall_start_ns = now;
     }
     0
 }
