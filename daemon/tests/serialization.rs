@@ -122,12 +122,29 @@ fn third_party_codecs_are_found_and_counted_exactly() {
         ],
     );
     daemon.wait_processes("ser", 1.0);
-    // orjson, msgpack, protobuf's upb and pydantic-core: four wheels; json
-    // and pickle are imported too (by the libraries) and add their own.
-    wait_until(&daemon, "third-party probes never attached", |m| {
-        m.get_or_zero("gapscope_serialization_probed_files", &[]) >= 4.0
-    });
+    // orjson, msgpack, protobuf's upb and pydantic-core: four wheels, each
+    // probed once a rescan has seen it; json and pickle are imported too
+    // (by the libraries) and add files of their own, so a count of files
+    // can be reached before the last wheel's probes are attached: wait for
+    // each codec's probes by name.
     let codecs = ["orjson", "msgpack", "protobuf", "pydantic"];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = daemon.log_text();
+        let attached = |codec: &str| {
+            ["encode", "decode"]
+                .iter()
+                .all(|op| log.contains(&format!("probing {codec} {op} at")))
+        };
+        if codecs.iter().all(|c| attached(c)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "third-party probes never attached:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     run_and_compare(&daemon, &mut w, &codecs, "venv 3.11");
     let log = daemon.log_text();
     assert!(
