@@ -77,7 +77,8 @@ fn demo_runs_end_to_end_and_leaves_nothing_behind() {
         "output tokens/s",
         "requests/s",
         "P99 TTFT",
-        "P99 inter-token latency",
+        "P99 inter-token latency (per token)",
+        "P99 inter-token latency (per chunk)",
     ] {
         let cells = row(&text, name);
         assert!(leading_number(&cells[2]) > 0.0, "{name}: {cells:?}");

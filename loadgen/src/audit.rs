@@ -103,7 +103,7 @@ pub struct Figures {
 /// The counter and integrated power agree within this share.
 const ENERGY_TOLERANCE: f64 = 0.15;
 /// Fewer moves of the counter than this in a window: too coarse to judge.
-const MIN_COUNTER_UPDATES: usize = 2;
+const MIN_COUNTER_UPDATES: usize = 3;
 
 /// Relative difference of `a` from `b`.
 fn off(a: f64, b: f64) -> f64 {

@@ -332,14 +332,17 @@ impl RunArgs {
                     "add --telemetry dcgm=http://HOST:9400/metrics (or gapscoped=…, prometheus=…)",
                 ));
             };
-            if let Some(bad) = self
-                .gpu_ids
-                .iter()
-                .chain(&self.gpu_uuids)
-                .find(|g| g.trim().is_empty() || g.contains(['"', '\\', '{', '}']))
-            {
+            if let Some(bad) = self.gpu_ids.iter().chain(&self.gpu_uuids).find(|g| {
+                let g = g.trim();
+                g.is_empty()
+                    || !g
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            }) {
                 return Err(UsageError::new(
-                    format!("GPU selection {bad:?} is empty or has quotes or braces"),
+                    format!(
+                        "GPU selection {bad:?} is not a GPU index or UUID (letters, digits, '-' and '_' only)"
+                    ),
                     "write --gpu-ids 0,1 or --gpu-uuid GPU-…",
                 ));
             }

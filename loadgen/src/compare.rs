@@ -259,6 +259,14 @@ pub fn markdown(a_path: &Path, b_path: &Path, opts: &Options) -> Result<String, 
         "Phases compared: {la} `{}` ({:.0} s), {lb} `{}` ({:.0} s).",
         a.name, a.duration_s, b.name, b.duration_s
     );
+    for (label, p) in [(la, a), (lb, b)] {
+        if p.tokens_approximate {
+            let _ = writeln!(
+                o,
+                "{label}: approximate: counted chunks (the server sent no usage and no --tokenizer was given); its token figures count chunks as tokens."
+            );
+        }
+    }
 
     let usd = opts
         .gpu_hour_usd

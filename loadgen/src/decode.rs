@@ -34,6 +34,8 @@ pub struct Update {
     pub finish_reason: Option<String>,
     pub usage_completion: Option<u64>,
     pub usage_prompt: Option<u64>,
+    /// `usage.completion_tokens_details.reasoning_tokens`, when given.
+    pub usage_reasoning: Option<u64>,
 }
 
 /// Why a reply could not be read.
@@ -120,6 +122,13 @@ struct Message<'a> {
 struct Usage {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(serde::Deserialize)]
+struct CompletionDetails {
+    reasoning_tokens: Option<u64>,
 }
 
 /// Turns one JSON document (an event, a line, a whole reply) into an
@@ -128,6 +137,12 @@ struct Reader {
     /// None: the OpenAI shape.
     pointers: Option<Pointers>,
     done_marker: Option<String>,
+    /// The server sends a cumulative usage in every chunk (vLLM's
+    /// `continuous_usage_stats`, asked for with `--continuous-usage`): each
+    /// chunk's tokens are the difference; and a whole reply, the one chunk.
+    /// Otherwise a usage that rides on a streamed text chunk is the reply's
+    /// total, not that chunk's.
+    per_chunk_usage: bool,
     last_cumulative: Option<u64>,
     /// The end-of-stream marker or a finish reason was seen.
     complete: bool,
@@ -183,6 +198,8 @@ impl Decoder {
             reader: Reader {
                 pointers,
                 done_marker,
+                // A whole reply is one chunk: its usage is that chunk's.
+                per_chunk_usage: endpoint.continuous_usage || framing == Framing::Json,
                 last_cumulative: None,
                 complete: false,
             },
@@ -348,6 +365,9 @@ impl Reader {
                 if let Some(usage) = doc.usage {
                     u.usage_completion = usage.completion_tokens;
                     u.usage_prompt = usage.prompt_tokens;
+                    u.usage_reasoning = usage
+                        .completion_tokens_details
+                        .and_then(|d| d.reasoning_tokens);
                 }
             }
             Some(p) => {
@@ -375,7 +395,8 @@ impl Reader {
         }
         // A chunk that carries text and a cumulative usage: the difference
         // is the number of tokens in this chunk.
-        if let Some(total) = u.usage_completion
+        if self.per_chunk_usage
+            && let Some(total) = u.usage_completion
             && !(u.text.is_empty() && u.reasoning.is_empty())
         {
             u.tokens = Some(total.saturating_sub(self.last_cumulative.unwrap_or(0)));
@@ -429,7 +450,9 @@ mod tests {
 
     #[test]
     fn chat_stream_with_cumulative_usage_counts_tokens_per_chunk() {
-        let mut d = Decoder::new(&endpoint(Api::Chat, true));
+        let mut e = endpoint(Api::Chat, true);
+        e.continuous_usage = true;
+        let mut d = Decoder::new(&e);
         let u = d
             .feed(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"ab\"}}],\"usage\":{\"completion_tokens\":2}}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"c\"}}],\"usage\":{\"completion_tokens\":3}}\n\n")
             .unwrap();
@@ -438,6 +461,14 @@ mod tests {
         assert_eq!((u[2].text.as_str(), u[2].tokens), ("c", Some(1)));
         // Cut before [DONE] or a finish reason: not complete.
         assert!(!d.complete());
+        // Without continuous usage, a usage on the last text chunk is the
+        // reply's total, not that chunk's.
+        let mut d = Decoder::new(&endpoint(Api::Chat, true));
+        let u = d
+            .feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"b\"},\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":7,\"completion_tokens_details\":{\"reasoning_tokens\":4}}}\n\n")
+            .unwrap();
+        assert_eq!((u[1].tokens, u[1].usage_completion), (None, Some(7)));
+        assert_eq!(u[1].usage_reasoning, Some(4));
     }
 
     #[test]

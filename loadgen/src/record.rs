@@ -68,6 +68,10 @@ pub struct OutputTokens {
     /// `reasoning` deltas), by the same provenance; the rest is the answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<u64>,
+    /// The server's own split: `usage.completion_tokens_details
+    /// .reasoning_tokens`, which `reasoning` takes when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_reasoning: Option<u64>,
 }
 
 /// Where a request's output token count came from, best first.
@@ -156,6 +160,10 @@ pub struct TokenEvent {
     /// A reasoning delta (`reasoning_content` / `reasoning`), not answer.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reasoning: bool,
+    /// The answer part of a chunk whose reasoning part is the event
+    /// before: the same chunk, not a chunk of its own (no ITL between).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub continues: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -229,9 +237,33 @@ impl RequestRecord {
             Some(w) if w.len() == self.events.len() => w.to_vec(),
             _ => self.events.iter().map(|e| e.tokens).collect(),
         };
-        let shares = apportion(&own, self.output_tokens.best());
-        for (e, k) in self.events.iter_mut().zip(shares) {
-            e.tokens = k;
+        let best = self.output_tokens.best();
+        let split = self
+            .output_tokens
+            .usage_reasoning
+            .filter(|r| *r <= best && self.events.iter().any(|e| e.reasoning));
+        match split {
+            // The server said how many were reasoning: each part gets its
+            // own share, spread over its own events.
+            Some(reasoning) => {
+                for (part, total) in [(true, reasoning), (false, best - reasoning)] {
+                    let (index, w): (Vec<usize>, Vec<u64>) = self
+                        .events
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| e.reasoning == part)
+                        .map(|(i, _)| (i, own[i]))
+                        .unzip();
+                    for (i, k) in index.into_iter().zip(apportion(&w, total)) {
+                        self.events[i].tokens = k;
+                    }
+                }
+            }
+            None => {
+                for (e, k) in self.events.iter_mut().zip(apportion(&own, best)) {
+                    e.tokens = k;
+                }
+            }
         }
         if self.events.iter().any(|e| e.reasoning) {
             self.output_tokens.reasoning = Some(

@@ -336,12 +336,22 @@ impl Client {
             weights = Some(per_event);
         }
         // The server's own per-chunk counts beat the tokenizer's split.
-        if rec.events.iter().any(|e| e.tokens != 1) || self.endpoint.continuous_usage {
+        if self.endpoint.continuous_usage {
             weights = None;
         }
         let counted: u64 = rec.events.iter().map(|e| e.tokens).sum();
         rec.settle_tokens(weights.as_deref());
         let best = rec.output_tokens.best();
+        // A reply with tokens but no text (tool calls, an empty answer):
+        // its tokens arrived when it ended.
+        if rec.events.is_empty() && best > 0 {
+            rec.events.push(TokenEvent {
+                at_ns: rec.done_ns.saturating_sub(rec.sent_ns),
+                tokens: best,
+                reasoning: false,
+                continues: false,
+            });
+        }
         // The live count took each chunk as it came; now it takes the truth.
         if best >= counted {
             self.arrived.fetch_add(best - counted, Ordering::Relaxed);
@@ -369,6 +379,9 @@ impl Client {
             if let Some(n) = u.usage_prompt {
                 rec.usage_prompt_tokens = Some(n);
             }
+            if let Some(n) = u.usage_reasoning {
+                rec.output_tokens.usage_reasoning = Some(n);
+            }
             if u.finish_reason.is_some() {
                 rec.finish_reason = u.finish_reason;
             }
@@ -378,6 +391,9 @@ impl Client {
             // when both do.
             let parts = [(true, &u.reasoning), (false, &u.text)];
             let with_text = parts.iter().filter(|(_, t)| !t.is_empty()).count();
+            if with_text > 0 {
+                rec.chunks += 1;
+            }
             for (i, (reasoning, part)) in parts.into_iter().enumerate() {
                 if part.is_empty() {
                     continue;
@@ -387,7 +403,6 @@ impl Client {
                     Some(_) => 0,
                     None => 1,
                 };
-                rec.chunks += 1;
                 rec.output_tokens.counted += tokens;
                 rec.first_token_ns.get_or_insert(now);
                 rec.last_token_ns = Some(now);
@@ -400,6 +415,7 @@ impl Client {
                     at_ns: now.saturating_sub(rec.sent_ns),
                     tokens,
                     reasoning,
+                    continues: with_text == 2 && !reasoning,
                 });
                 self.arrived.fetch_add(tokens, Ordering::Relaxed);
                 if let Some(t) = text {
@@ -416,8 +432,19 @@ impl Client {
         }
     }
 
+    /// Ends a request that failed; what arrived before stays, its tokens
+    /// settled as far as the reply told them (usage, if it came, else the
+    /// chunks: approximate, and the phase says so).
     fn fail(&self, mut rec: RequestRecord, kind: ErrorKind, detail: String) -> RequestRecord {
         rec.done_ns = self.clock.now();
+        let counted: u64 = rec.events.iter().map(|e| e.tokens).sum();
+        rec.settle_tokens(None);
+        let settled: u64 = rec.events.iter().map(|e| e.tokens).sum();
+        if settled >= counted {
+            self.arrived.fetch_add(settled - counted, Ordering::Relaxed);
+        } else {
+            self.arrived.fetch_sub(counted - settled, Ordering::Relaxed);
+        }
         rec.error = Some(RequestError { kind, detail });
         rec
     }

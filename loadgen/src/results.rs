@@ -162,8 +162,8 @@ pub struct PhaseResult {
     /// Of `output_tokens`, those of reasoning (reasoning models).
     #[serde(default)]
     pub reasoning_tokens: u64,
-    /// Ok requests by where their output count came from: usage,
-    /// tokenizer or chunks.
+    /// Requests whose tokens count (ok, or failed after some arrived) by
+    /// where their output count came from: usage, tokenizer or chunks.
     #[serde(default)]
     pub output_token_sources: BTreeMap<String, u64>,
     /// Some request's count came from its chunks alone: every figure built
@@ -544,7 +544,7 @@ impl Results {
                     "{}: approximate: counted chunks (no usage from the server and no --tokenizer) for {} of {} requests; tok/s, goodput, MFU, tok/J and cost count chunks as tokens",
                     p.name,
                     p.output_token_sources.get("chunks").copied().unwrap_or(0),
-                    p.ok
+                    p.output_token_sources.values().sum::<u64>()
                 );
             }
             if p.reasoning_tokens > 0 {

@@ -430,7 +430,10 @@ impl StopSignals {
         Self {
             int: signal(SignalKind::interrupt()).ok(),
             term: signal(SignalKind::terminate()).ok(),
-            hup: signal(SignalKind::hangup()).ok(),
+            // Under `nohup` SIGHUP is ignored, and stays so.
+            hup: (!ignored(libc::SIGHUP))
+                .then(|| signal(SignalKind::hangup()).ok())
+                .flatten(),
         }
     }
 
@@ -449,6 +452,17 @@ impl StopSignals {
             _ = one(&mut self.term) => libc::SIGTERM,
             _ = one(&mut self.hup) => libc::SIGHUP,
         }
+    }
+}
+
+/// Whether the process was started with `signal` ignored.
+fn ignored(signal: i32) -> bool {
+    // SAFETY: a zeroed sigaction is valid to be written; a null new action
+    // only reads the current one.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
     }
 }
 

@@ -136,7 +136,8 @@ pub struct PhaseStats {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub reasoning_tokens: u64,
-    /// Ok requests by where their output count came from.
+    /// Requests whose tokens count (ok, or failed after some arrived), by
+    /// where their output count came from.
     pub token_sources: BTreeMap<TokenSource, u64>,
     /// Sum of (prompt + output/2) over ok requests: the mean context for
     /// the attention term of the FLOPs.
@@ -233,6 +234,10 @@ impl RunStats {
                 // The client's own lag behind the schedule, queueing aside.
                 p.send_lag.record(r.sent_ns.saturating_sub(s + queued));
             }
+            // Every request whose tokens count, failed ones too.
+            if r.ok() || !r.events.is_empty() {
+                *p.token_sources.entry(r.output_tokens.source()).or_default() += 1;
+            }
             match &r.error {
                 Some(e) => {
                     *p.errors.entry(e.kind).or_default() += 1;
@@ -252,7 +257,7 @@ impl RunStats {
             for e in &r.events {
                 if p.contains(r.sent_ns + e.at_ns) {
                     p.tokens_in_window += e.tokens;
-                    p.chunks_in_window += 1;
+                    p.chunks_in_window += u64::from(!e.continues);
                     if meets_slo {
                         p.good_tokens_in_window += e.tokens;
                     }
@@ -317,19 +322,27 @@ fn record_latencies(p: &mut PhaseStats, r: &RequestRecord) {
     {
         p.ttft_answer.record(t);
     }
-    for w in r.events.windows(2) {
-        p.itl_chunk.record(w[1].at_ns.saturating_sub(w[0].at_ns));
+    // Chunks: an answer that continues its chunk's reasoning is part of
+    // that chunk, not a chunk of its own.
+    let mut chunks: Vec<(u64, u64)> = Vec::with_capacity(r.events.len());
+    for e in &r.events {
+        match chunks.last_mut() {
+            Some(last) if e.continues => last.1 += e.tokens,
+            _ => chunks.push((e.at_ns, e.tokens)),
+        }
     }
-    // Per token: only events that carry tokens (a chunk given none of the
+    for w in chunks.windows(2) {
+        p.itl_chunk.record(w[1].0.saturating_sub(w[0].0));
+    }
+    // Per token: only chunks that carry tokens (a chunk given none of the
     // request's count, e.g. a byte of a split character, merges its gap
     // into the next).
     let mut last = None;
-    for e in r.events.iter().filter(|e| e.tokens > 0) {
+    for &(at, k) in chunks.iter().filter(|c| c.1 > 0) {
         if let Some(before) = last {
-            let gap = e.at_ns.saturating_sub(before);
-            p.itl_token.record_n(gap / e.tokens, e.tokens);
+            p.itl_token.record_n(at.saturating_sub(before) / k, k);
         }
-        last = Some(e.at_ns);
+        last = Some(at);
     }
     let out = &r.output_tokens;
     let a = &mut p.agreement;
@@ -352,7 +365,6 @@ fn record_latencies(p: &mut PhaseStats, r: &RequestRecord) {
     p.input_tokens += input;
     p.output_tokens += out.best();
     p.reasoning_tokens += out.reasoning.unwrap_or(0);
-    *p.token_sources.entry(out.source()).or_default() += 1;
     p.context_tokens += input as f64 + out.best() as f64 / 2.0;
 }
 
@@ -369,6 +381,7 @@ mod tests {
                 at_ns,
                 tokens,
                 reasoning: false,
+                continues: false,
             })
             .collect();
         RequestRecord {
@@ -393,6 +406,7 @@ mod tests {
                 counted,
                 tokenizer: None,
                 reasoning: None,
+                usage_reasoning: None,
             },
             events,
             first_reasoning_ns: None,

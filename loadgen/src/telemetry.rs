@@ -65,6 +65,8 @@ struct Queries {
     energy: (String, f64),
     /// Prometheus: how many GPUs the power query sums.
     gpus: Option<String>,
+    /// A GPU selection is in the queries.
+    selected: bool,
 }
 
 /// A PromQL label matcher for the GPU selection (empty: all GPUs).
@@ -122,7 +124,13 @@ fn queries(t: &Telemetry) -> Queries {
                     )),
                     1.0,
                 ),
-                gpus: Some(format!("count(DCGM_FI_DEV_POWER_USAGE{m})")),
+                // The default power series, counted: a custom power query
+                // says nothing about how many GPUs it sums.
+                gpus: t
+                    .power
+                    .is_none()
+                    .then(|| format!("count(DCGM_FI_DEV_POWER_USAGE{m})")),
+                selected: !m.is_empty(),
             };
         }
     };
@@ -131,6 +139,7 @@ fn queries(t: &Telemetry) -> Queries {
         power: (t.power.clone().unwrap_or(p.into()), 1.0),
         energy: (t.energy.clone().unwrap_or(e.into()), es),
         gpus: None,
+        selected: false,
     }
 }
 
@@ -370,7 +379,9 @@ async fn scrape_api(
         model: None,
         used: Vec::new(),
         count: values.get(3).copied().flatten().unwrap_or(0.0) as usize,
-        reporting: None,
+        // Without a selection the count is every GPU that reports.
+        reporting: (q.gpus.is_some() && !q.selected)
+            .then(|| values.get(3).copied().flatten().unwrap_or(0.0) as usize),
     })
 }
 
@@ -484,8 +495,15 @@ pub fn window(samples: &[Sample], start: u64, end: u64) -> WindowTelemetry {
     };
     let span = (end - start) as f64;
     w.energy_power_j = w.avg_power_w.map(|p| p * span / 1e9);
-    let counter: Vec<(u64, f64)> = inside
+    // The counter's readings in the window, after the last one before it
+    // (so a move at the window's first reading counts).
+    let before = samples
         .iter()
+        .rev()
+        .find(|s| s.t_ns < start && s.energy_j.is_some());
+    let counter: Vec<(u64, f64)> = before
+        .into_iter()
+        .chain(inside.iter().copied())
         .filter_map(|s| Some((s.t_ns, s.energy_j?)))
         .collect();
     let moves: Vec<(u64, f64)> = counter
@@ -505,7 +523,7 @@ pub fn window(samples: &[Sample], start: u64, end: u64) -> WindowTelemetry {
         w.energy_note = Some(format!(
             "the energy counter moved {} time(s) in {} readings: too coarse or lagging for this window",
             moves.len(),
-            counter.len()
+            inside.iter().filter(|s| s.energy_j.is_some()).count()
         ));
     }
     (w.energy_j, w.energy_source) = match (w.energy_counter_j, w.energy_power_j) {

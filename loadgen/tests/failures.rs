@@ -364,7 +364,7 @@ fn bad_input_is_one_line_with_the_fix() {
                 "--gpu-ids",
                 "0,\"1",
             ],
-            "has quotes or braces",
+            "is not a GPU index or UUID",
         ),
         (
             vec!["--url", "http://x/", "--telemetry", "dcgm=http://x y/"],

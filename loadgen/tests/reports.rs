@@ -20,7 +20,7 @@ fn telemetry_run(server: &StreamServer, extra: &[&str]) -> Run {
         "--phase",
         "warm=poisson:30:2s",
         "--phase",
-        "stress=closed:4:3s",
+        "stress=closed:4:4s",
         "--max-tokens",
         "16",
         "--telemetry",

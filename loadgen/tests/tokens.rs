@@ -254,6 +254,50 @@ fn reasoning_and_answer_are_counted_and_timed_apart() {
     );
 }
 
+/// Whole (non-streamed) replies of a reasoning model: the reasoning split
+/// comes from `usage.completion_tokens_details`, and reasoning and answer
+/// of the one reply are one chunk, not two.
+#[test]
+fn a_whole_reasoning_reply_takes_the_servers_split() {
+    let _g = serial();
+    let server = server(true, 6);
+    let run = run(
+        &server,
+        "/v1/chat/completions",
+        &["--api", "chat", "--no-stream"],
+    );
+    let n = run.requests().len() as u64;
+    let p = run.phase("s");
+    assert_eq!(p["output_tokens"].as_u64(), Some(TOKENS * n), "{p}");
+    assert_eq!(p["reasoning_tokens"].as_u64(), Some(6 * n), "{p}");
+    for r in run.requests() {
+        assert_eq!(r["chunks"], 1, "{r}");
+        assert_eq!(r["output_tokens"]["reasoning"], 6, "{r}");
+    }
+    // One chunk per reply: no inter-chunk gap at all.
+    assert!(p["latency"]["itl_chunk"].is_null(), "{p}");
+}
+
+/// vLLM's continuous usage gives each chunk its own count: every chunk's
+/// tokens are what the server put in it, without a tokenizer.
+#[test]
+fn continuous_usage_counts_each_chunk_exactly() {
+    let _g = serial();
+    let server = server(true, 0);
+    let run = run(&server, "/v1/completions", &["--continuous-usage"]);
+    assert_totals(&run, "usage");
+    let log = server.log.lock().unwrap();
+    for r in run.requests() {
+        let seen = log
+            .requests
+            .iter()
+            .find(|s| s.request_id.as_deref() == r["id"].as_str())
+            .unwrap();
+        let k: Vec<u64> = events(&r).iter().map(|e| e.1).collect();
+        assert_eq!(k, seen.chunk_tokens, "{r}");
+    }
+}
+
 /// Goodput counts tokens as throughput does: when every request meets the
 /// SLO they are equal, never above.
 #[test]

@@ -429,7 +429,7 @@ async fn handle(
         drop(guard);
         let mut reply = json!({"choices": [choice]});
         if s.cfg.usage {
-            reply["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": tokens});
+            reply["usage"] = usage_of(prompt_tokens, tokens, reasoning);
         }
         return Ok(full(200, reply.to_string()));
     }
@@ -455,7 +455,7 @@ async fn handle(
             ));
         }
         if usage {
-            let u = json!({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens}});
+            let u = json!({"choices": [], "usage": usage_of(prompt_tokens, tokens, reasoning)});
             body.extend(format!("data: {u}\n\n").into_bytes());
         }
         body.extend(b"data: [DONE]\n\n");
@@ -581,7 +581,7 @@ async fn handle(
             return;
         }
         if usage {
-            let u = json!({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens}});
+            let u = json!({"choices": [], "usage": usage_of(prompt_tokens, tokens, reasoning)});
             let _ = tx
                 .send(Ok(Frame::data(Bytes::from(format!("data: {u}\n\n")))))
                 .await;
@@ -629,6 +629,15 @@ fn chunk_sizes(cfg: &ServerConfig, tokens: u64) -> Vec<u64> {
         sent += n;
     }
     sizes
+}
+
+/// `usage`, with OpenAI's reasoning split when the reply reasoned.
+fn usage_of(prompt: usize, tokens: u64, reasoning: u64) -> Value {
+    let mut u = json!({"prompt_tokens": prompt, "completion_tokens": tokens});
+    if reasoning > 0 {
+        u["completion_tokens_details"] = json!({"reasoning_tokens": reasoning.min(tokens)});
+    }
+    u
 }
 
 fn reasoning_event(text: &str) -> Vec<u8> {
