@@ -125,20 +125,19 @@ fn split_characters_and_plain_text_streams_are_fine() {
     );
 }
 
+/// One phase against a port where nothing listens.
+fn against_nothing(phase: &str) -> Run {
+    let port = gapscope_testkit::free_port();
+    let url = format!("http://127.0.0.1:{port}/v1/completions");
+    let run = loadgen(&["--url", &url, "--phase", phase, "--max-tokens", "4"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    run
+}
+
 #[test]
 fn a_server_that_is_down_is_counted_as_connect_errors() {
     let _g = serial();
-    let port = gapscope_testkit::free_port();
-    let url = format!("http://127.0.0.1:{port}/v1/completions");
-    let run = loadgen(&[
-        "--url",
-        &url,
-        "--phase",
-        "w=constant:20:1s",
-        "--max-tokens",
-        "4",
-    ]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
+    let run = against_nothing("w=constant:20:1s");
     let p = run.phase("w");
     assert_eq!(p["sent"], 20);
     assert_eq!(p["errors"]["connect"], 20, "{p}");
@@ -157,17 +156,7 @@ fn a_server_that_is_down_is_counted_as_connect_errors() {
 #[test]
 fn closed_loop_workers_back_off_from_a_server_that_refuses() {
     let _g = serial();
-    let port = gapscope_testkit::free_port();
-    let url = format!("http://127.0.0.1:{port}/v1/completions");
-    let run = loadgen(&[
-        "--url",
-        &url,
-        "--phase",
-        "s=closed:4:2s",
-        "--max-tokens",
-        "4",
-    ]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
+    let run = against_nothing("s=closed:4:2s");
     let p = run.phase("s");
     let sent = p["sent"].as_u64().unwrap();
     assert_eq!(p["errors"]["connect"].as_u64(), Some(sent), "{p}");
