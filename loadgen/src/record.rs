@@ -231,7 +231,7 @@ impl RequestRecord {
     /// server said, else one per chunk, or the tokenizer's count of its
     /// text when `weights` are given), scaled so the events sum to
     /// `output_tokens.best()`. Reasoning tokens are those that fell on
-    /// reasoning events.
+    /// reasoning events. Call it once `done_ns` is set.
     pub fn settle_tokens(&mut self, weights: Option<&[u64]>) {
         let own: Vec<u64> = match weights {
             Some(w) if w.len() == self.events.len() => w.to_vec(),
@@ -264,6 +264,16 @@ impl RequestRecord {
                     e.tokens = k;
                 }
             }
+        }
+        // A reply with tokens but no text (tool calls, an empty answer):
+        // its tokens arrived when it ended.
+        if self.events.is_empty() && best > 0 {
+            self.events.push(TokenEvent {
+                at_ns: self.done_ns.saturating_sub(self.sent_ns),
+                tokens: best,
+                reasoning: false,
+                continues: false,
+            });
         }
         if self.events.iter().any(|e| e.reasoning) {
             self.output_tokens.reasoning = Some(

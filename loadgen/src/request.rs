@@ -339,25 +339,8 @@ impl Client {
         if self.endpoint.continuous_usage {
             weights = None;
         }
-        let counted: u64 = rec.events.iter().map(|e| e.tokens).sum();
-        rec.settle_tokens(weights.as_deref());
+        self.settle(&mut rec, weights.as_deref());
         let best = rec.output_tokens.best();
-        // A reply with tokens but no text (tool calls, an empty answer):
-        // its tokens arrived when it ended.
-        if rec.events.is_empty() && best > 0 {
-            rec.events.push(TokenEvent {
-                at_ns: rec.done_ns.saturating_sub(rec.sent_ns),
-                tokens: best,
-                reasoning: false,
-                continues: false,
-            });
-        }
-        // The live count took each chunk as it came; now it takes the truth.
-        if best >= counted {
-            self.arrived.fetch_add(best - counted, Ordering::Relaxed);
-        } else {
-            self.arrived.fetch_sub(counted - best, Ordering::Relaxed);
-        }
         if self.fixed {
             rec.length_honoured = Some(best == u64::from(rec.max_tokens));
         }
@@ -432,19 +415,26 @@ impl Client {
         }
     }
 
-    /// Ends a request that failed; what arrived before stays, its tokens
-    /// settled as far as the reply told them (usage, if it came, else the
-    /// chunks: approximate, and the phase says so).
-    fn fail(&self, mut rec: RequestRecord, kind: ErrorKind, detail: String) -> RequestRecord {
-        rec.done_ns = self.clock.now();
-        let counted: u64 = rec.events.iter().map(|e| e.tokens).sum();
-        rec.settle_tokens(None);
-        let settled: u64 = rec.events.iter().map(|e| e.tokens).sum();
+    /// Settles the request's tokens (`RequestRecord::settle_tokens`); the
+    /// live count, which took each chunk as it came, takes the difference.
+    fn settle(&self, rec: &mut RequestRecord, weights: Option<&[u64]>) {
+        let sum = |rec: &RequestRecord| rec.events.iter().map(|e| e.tokens).sum::<u64>();
+        let counted = sum(rec);
+        rec.settle_tokens(weights);
+        let settled = sum(rec);
         if settled >= counted {
             self.arrived.fetch_add(settled - counted, Ordering::Relaxed);
         } else {
             self.arrived.fetch_sub(counted - settled, Ordering::Relaxed);
         }
+    }
+
+    /// Ends a request that failed; what arrived before stays, its tokens
+    /// settled as far as the reply told them (usage, if it came, else the
+    /// chunks: approximate, and the phase says so).
+    fn fail(&self, mut rec: RequestRecord, kind: ErrorKind, detail: String) -> RequestRecord {
+        rec.done_ns = self.clock.now();
+        self.settle(&mut rec, None);
         rec.error = Some(RequestError { kind, detail });
         rec
     }
