@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 need_root "$0" "$@"
 bash scripts/setup.sh
+pinned_toolchains
 
 WARMUP_S=${WARMUP_S:-4}
 COOLDOWN_S=${COOLDOWN_S:-2}

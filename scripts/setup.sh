@@ -41,13 +41,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# --- Rust: stable for the workspace, nightly + rust-src for the BPF side ------
-command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first"
-rustup toolchain list | grep -q '^nightly' \
-  || die "the nightly toolchain is missing; it builds the BPF programs: rustup toolchain install nightly"
-if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
-  step "adding rust-src to the nightly toolchain"
-  rustup component add rust-src --toolchain nightly
+# --- Rust: 1.95 for the workspace, a nightly with LLVM 22 for the BPF side ----
+# A newcomer's rustup today installs a newer stable (whose new clippy lints
+# fail `-D warnings`) and a newer nightly (whose LLVM writes bitcode
+# bpf-linker's LLVM 22 cannot read). When the ones found are not those, the
+# pinned ones are installed beside them and the scripts use them
+# (pinned_toolchains in scripts/lib/common.sh; daemon/build.rs picks the same
+# nightly for a plain `cargo build`).
+command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first (https://rustup.rs)"
+command -v rustup >/dev/null || die "rustup not found: the BPF programs are built with a nightly toolchain that rustup manages; install Rust with rustup (https://rustup.rs)"
+if ! rustc +"$GAPSCOPE_STABLE" -V >/dev/null 2>&1 && ! rustc -V | grep -q "^rustc $GAPSCOPE_STABLE"; then
+  step "installing Rust $GAPSCOPE_STABLE (the workspace's toolchain; the default one is $(rustc -V | cut -d' ' -f2))"
+  rustup toolchain install "$GAPSCOPE_STABLE" --profile minimal --component clippy,rustfmt
+fi
+if ! rustc +nightly -vV 2>/dev/null | grep -q "^LLVM version: 22\." \
+  && ! rustc +"$GAPSCOPE_NIGHTLY" -V >/dev/null 2>&1; then
+  step "installing $GAPSCOPE_NIGHTLY (the BPF programs need a nightly with LLVM 22, bpf-linker's; nightly has $(rustc +nightly -vV 2>/dev/null | sed -n 's/^LLVM version: //p' || echo none))"
+  rustup toolchain install "$GAPSCOPE_NIGHTLY" --profile minimal --component rust-src
+fi
+pinned_toolchains
+if ! rustup component list --toolchain "$GAPSCOPE_BPF_TOOLCHAIN" --installed | grep -q '^rust-src'; then
+  step "adding rust-src to the $GAPSCOPE_BPF_TOOLCHAIN toolchain"
+  rustup component add rust-src --toolchain "$GAPSCOPE_BPF_TOOLCHAIN"
 fi
 
 # --- bpf-linker, matching the nightly's LLVM 22 -------------------------------

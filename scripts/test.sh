@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 need_root "$0" "$@"
 
 bash scripts/setup.sh
+pinned_toolchains
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check

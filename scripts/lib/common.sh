@@ -6,7 +6,7 @@
 # user's toolchains (PATH, HOME, CARGO_HOME, RUSTUP_HOME, PYENV_ROOT; pip
 # caches in root's home, as pip refuses a cache root does not own), and
 # when the script ends gives back to that user every file it made under the
-# checkout and the user's cargo home, so that a later plain `cargo build`
+# checkout and the user's cargo and rustup homes, so that a later plain `cargo build`
 # still owns its tree. Without root and without sudo it stops, naming both fixes.
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -28,6 +28,25 @@ need_root() { # SCRIPT ARGS...
     PIP_CACHE_DIR=/root/.cache/pip \
     GAPSCOPE_GIVE_BACK="$(id -u):$(id -g)" \
     bash "$lib/as-root" "$script" "$@"
+}
+
+# --- Toolchains: the workspace's Rust and the BPF programs' nightly ----------
+# The versions this tree is built and linted with. scripts/setup.sh installs
+# them beside the user's own when those differ; `pinned_toolchains` (after
+# setup) exports RUSTUP_TOOLCHAIN only when the default Rust is not 1.95, and
+# GAPSCOPE_BPF_TOOLCHAIN (read by daemon/build.rs) for the nightly.
+GAPSCOPE_STABLE=1.95.0
+GAPSCOPE_NIGHTLY=nightly-2026-05-20
+pinned_toolchains() {
+  if ! rustc -V 2>/dev/null | grep -q "^rustc ${GAPSCOPE_STABLE%.*}\." \
+    && rustc +"$GAPSCOPE_STABLE" -V >/dev/null 2>&1; then
+    export RUSTUP_TOOLCHAIN=$GAPSCOPE_STABLE
+  fi
+  if rustc +nightly -vV 2>/dev/null | grep -q '^LLVM version: 22\.'; then
+    export GAPSCOPE_BPF_TOOLCHAIN=nightly
+  else
+    export GAPSCOPE_BPF_TOOLCHAIN=$GAPSCOPE_NIGHTLY
+  fi
 }
 
 # --- Timed steps: what a first run on a fresh machine spends its time on -----
