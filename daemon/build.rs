@@ -32,10 +32,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn bpf_toolchain() -> String {
-    if let Ok(chosen) = std::env::var("GAPSCOPE_BPF_TOOLCHAIN") {
-        if !chosen.is_empty() {
-            return chosen;
-        }
+    if let Ok(chosen) = std::env::var("GAPSCOPE_BPF_TOOLCHAIN")
+        && !chosen.is_empty()
+    {
+        return chosen;
     }
     let nightly_llvm = Command::new("rustup")
         .args(["run", "nightly", "rustc", "-vV"])

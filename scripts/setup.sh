@@ -50,13 +50,14 @@ fi
 # nightly for a plain `cargo build`).
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first (https://rustup.rs)"
 command -v rustup >/dev/null || die "rustup not found: the BPF programs are built with a nightly toolchain that rustup manages; install Rust with rustup (https://rustup.rs)"
-if ! rustc +"$GAPSCOPE_STABLE" -V >/dev/null 2>&1 && ! rustc -V | grep -q "^rustc $GAPSCOPE_STABLE"; then
+if ! has_toolchain "$GAPSCOPE_STABLE" && ! rustc -V | grep -q "^rustc ${GAPSCOPE_STABLE%.*}\."; then
   step "installing Rust $GAPSCOPE_STABLE (the workspace's toolchain; the default one is $(rustc -V | cut -d' ' -f2))"
   rustup toolchain install "$GAPSCOPE_STABLE" --profile minimal --component clippy,rustfmt
 fi
-if ! rustc +nightly -vV 2>/dev/null | grep -q "^LLVM version: 22\." \
-  && ! rustc +"$GAPSCOPE_NIGHTLY" -V >/dev/null 2>&1; then
-  step "installing $GAPSCOPE_NIGHTLY (the BPF programs need a nightly with LLVM 22, bpf-linker's; nightly has $(rustc +nightly -vV 2>/dev/null | sed -n 's/^LLVM version: //p' || echo none))"
+nightly_llvm=none
+has_toolchain nightly && nightly_llvm=$(rustc +nightly -vV | sed -n 's/^LLVM version: //p')
+if [ "${nightly_llvm%%.*}" != 22 ] && ! has_toolchain "$GAPSCOPE_NIGHTLY"; then
+  step "installing $GAPSCOPE_NIGHTLY (the BPF programs need a nightly with LLVM 22, bpf-linker's; nightly's LLVM: $nightly_llvm)"
   rustup toolchain install "$GAPSCOPE_NIGHTLY" --profile minimal --component rust-src
 fi
 pinned_toolchains

@@ -37,12 +37,15 @@ need_root() { # SCRIPT ARGS...
 # GAPSCOPE_BPF_TOOLCHAIN (read by daemon/build.rs) for the nightly.
 GAPSCOPE_STABLE=1.95.0
 GAPSCOPE_NIGHTLY=nightly-2026-05-20
+# Installed, by exact name (`rustup toolchain list`, not `rustc +X`, which
+# makes rustup install X).
+has_toolchain() { rustup toolchain list 2>/dev/null | grep -qE "^$1-[a-z0-9_]+-unknown-linux"; }
 pinned_toolchains() {
   if ! rustc -V 2>/dev/null | grep -q "^rustc ${GAPSCOPE_STABLE%.*}\." \
-    && rustc +"$GAPSCOPE_STABLE" -V >/dev/null 2>&1; then
+    && has_toolchain "$GAPSCOPE_STABLE"; then
     export RUSTUP_TOOLCHAIN=$GAPSCOPE_STABLE
   fi
-  if rustc +nightly -vV 2>/dev/null | grep -q '^LLVM version: 22\.'; then
+  if has_toolchain nightly && rustc +nightly -vV 2>/dev/null | grep -q '^LLVM version: 22\.'; then
     export GAPSCOPE_BPF_TOOLCHAIN=nightly
   else
     export GAPSCOPE_BPF_TOOLCHAIN=$GAPSCOPE_NIGHTLY
