@@ -12,12 +12,9 @@
 
 use std::time::Instant;
 
-use gapscope_ebpf_common::{Interval, OffCpuReason, interval_kind};
+use gapscope_ebpf_common::{Interval, IntervalKind, OffCpuReason};
 use gapscope_testkit::repo_root;
-use gapscoped::{
-    explain::{ExplainConfig, Explainer},
-    gpu::busy::Stretch,
-};
+use gapscoped::{config::ExplainConfig, explain::Explainer, gpu::busy::Stretch};
 
 const MS: u64 = 1_000_000;
 const SIMULATED_S: u64 = 60;
@@ -60,10 +57,16 @@ fn main() -> anyhow::Result<()> {
         // The stall before the step: each launcher does something known.
         let stall_start = t;
         let kinds = [
-            (interval_kind::GIL_WAIT, 0),
-            (interval_kind::SERIALIZATION, 0),
-            (interval_kind::OFF_CPU, OffCpuReason::SyscallSleep as u32),
-            (interval_kind::OFF_CPU, OffCpuReason::SyscallPoll as u32),
+            (IntervalKind::GilWait as u32, 0),
+            (IntervalKind::Serialization as u32, 0),
+            (
+                IntervalKind::OffCpu as u32,
+                OffCpuReason::SyscallSleep as u32,
+            ),
+            (
+                IntervalKind::OffCpu as u32,
+                OffCpuReason::SyscallPoll as u32,
+            ),
         ];
         for tid in 1..=LAUNCHERS {
             let (kind, detail) = kinds[(step as usize + tid as usize) % kinds.len()];
@@ -77,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         }
         t += stall_ns;
         e.on_interval(&interval(
-            interval_kind::LAUNCH,
+            IntervalKind::Launch as u32,
             0,
             1,
             t - 50_000,

@@ -26,6 +26,7 @@ pub mod locate;
 pub mod metrics;
 pub mod notify;
 pub mod python;
+pub mod state;
 pub mod syscall_table;
 pub mod timeline;
 pub mod web;

@@ -6,22 +6,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use gapscope_ebpf_common::{Interval, interval_kind};
+use gapscope_ebpf_common::Interval;
 use serde::Serialize;
-
-/// What kind of stall an interval is (the `kind` in the JSON API and the
-/// `source` label of the counters).
-pub fn kind_name(kind: u32) -> &'static str {
-    match kind {
-        interval_kind::GIL_WAIT => "gil_wait",
-        interval_kind::SERIALIZATION => "serialization",
-        interval_kind::HOST_SYNC => "host_sync",
-        interval_kind::GPU_BUSY => "gpu_busy",
-        interval_kind::OFF_CPU => "off_cpu",
-        interval_kind::LAUNCH => "launch",
-        _ => "unknown",
-    }
-}
 
 /// A bounded, time-ordered window of intervals from every service.
 pub struct Timeline {
@@ -113,10 +99,11 @@ impl Timeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gapscope_ebpf_common::IntervalKind;
 
     fn at(end_ns: u64) -> Interval {
         Interval {
-            kind: interval_kind::GIL_WAIT,
+            kind: IntervalKind::GilWait as u32,
             detail: 0,
             service: 0,
             tgid: 1,
@@ -138,8 +125,11 @@ mod tests {
         // 200 - 100 retention: everything before 100 goes.
         t.push(at(200));
         assert_eq!(t.retained(), 1);
-        assert_eq!(t.received()[&(0, interval_kind::GIL_WAIT)], 5);
+        assert_eq!(t.received()[&(0, IntervalKind::GilWait as u32)], 5);
         assert_eq!(t.query(150, |_| true).len(), 1);
-        assert_eq!(t.query(0, |i| i.kind != interval_kind::GIL_WAIT).len(), 0);
+        assert_eq!(
+            t.query(0, |i| i.kind != IntervalKind::GilWait as u32).len(),
+            0
+        );
     }
 }

@@ -51,15 +51,7 @@ struct Agent {
 
 static AGENT: OnceLock<Agent> = OnceLock::new();
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+use gapscope_clock::monotonic_ns;
 
 /// CUPTI's timestamp callback: CLOCK_MONOTONIC, the clock of every other
 /// event in Gapscope.

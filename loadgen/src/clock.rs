@@ -3,16 +3,7 @@
 //! to the daemon's intervals without conversion. Times in records are
 //! offsets from the run's start; the start itself is recorded too.
 
-/// CLOCK_MONOTONIC now, in ns.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use gapscope_clock::monotonic_ns;
 
 /// Wall-clock time now, in ns since the Unix epoch.
 pub fn unix_ns() -> u64 {

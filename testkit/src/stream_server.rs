@@ -36,16 +36,7 @@ use hyper::{Request, Response, body::Frame, server::conn::http1, service::servic
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
-/// CLOCK_MONOTONIC now, in ns.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use gapscope_clock::monotonic_ns;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use gapscope_ebpf_common::{Interval, Log2Hist, interval_kind};
+use gapscope_ebpf_common::{Interval, IntervalKind, Log2Hist};
 use gapscope_wire::{ClockMode, Frame, Hello, Record, RecordKind, copy};
 
 use crate::gpu::{
@@ -330,7 +330,7 @@ impl Ingest {
 
 fn busy_interval(service: u32, device: u8, start_ns: u64, end_ns: u64) -> Interval {
     Interval {
-        kind: interval_kind::GPU_BUSY,
+        kind: IntervalKind::GpuBusy as u32,
         detail: device as u32,
         service,
         tgid: 0,

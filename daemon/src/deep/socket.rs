@@ -11,7 +11,7 @@ use std::{
     collections::BTreeMap,
     io,
     os::unix::fs::{FileTypeExt, PermissionsExt},
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -20,17 +20,7 @@ use gapscope_wire::{Frame, FrameReader};
 use tokio::{io::AsyncReadExt, net::UnixStream};
 
 use super::Ingest;
-use crate::{discovery::Targets, error::UsageError};
-
-/// Who may connect, and how much each may send.
-#[derive(Debug, Clone)]
-pub struct SocketConfig {
-    pub path: PathBuf,
-    pub allowed_uids: Vec<u32>,
-    pub allowed_gids: Vec<u32>,
-    pub max_peers: usize,
-    pub max_frames_per_second: u32,
-}
+use crate::{config::SocketConfig, discovery::Targets, error::UsageError};
 
 /// What the socket has seen, for the metrics.
 #[derive(Debug, Default)]

@@ -22,13 +22,14 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use gapscope_ebpf_common::{Interval, OffCpuReason, interval_kind};
+use gapscope_ebpf_common::{Interval, IntervalKind, OffCpuReason};
 
 use super::{
     attribute::{self, Context, Segment, ThreadState},
     cause::Cause,
     history::{History, Split},
 };
+use crate::config::ExplainConfig;
 use crate::{annotations::Annotation, gpu::busy::Stretch};
 
 /// How old a gap's end must be before it is attributed.
@@ -45,21 +46,6 @@ const MAX_PENDING_STRETCHES: usize = 200_000;
 
 /// The device label of gaps found without CUPTI.
 pub const ALL_DEVICES: &str = "all";
-
-#[derive(Debug, Clone)]
-pub struct ExplainConfig {
-    /// How long thread states are kept.
-    pub window_ns: u64,
-    /// Most thread states kept per service.
-    pub max_states: usize,
-    /// A poll, futex or network wait at least this long means no work.
-    pub no_work_after_ns: u64,
-    /// The timeline's threshold: shorter states are not seen, so a gap
-    /// shorter than this with nothing recorded is the launch path.
-    pub resolution_ns: u64,
-    /// How long the history keeps per-100 ms splits.
-    pub history_ns: u64,
-}
 
 /// A thread off CPU right now, from the kernel's per-thread state.
 #[derive(Debug, Clone, Copy)]
@@ -269,26 +255,27 @@ impl Explainer {
 
     /// Takes a timeline interval the kernel sent.
     pub fn on_interval(&mut self, i: &Interval) {
-        let cause = match i.kind {
-            interval_kind::GIL_WAIT => Cause::GilWait,
-            interval_kind::SERIALIZATION => Cause::Serialization,
-            interval_kind::HOST_SYNC => Cause::HostSync,
-            interval_kind::LAUNCH => Cause::LaunchOverhead,
-            interval_kind::OFF_CPU => match self.wait_cause(i.detail, i.end_ns - i.start_ns) {
+        let Some(kind) = i.kind() else { return };
+        let cause = match kind {
+            IntervalKind::GilWait => Cause::GilWait,
+            IntervalKind::Serialization => Cause::Serialization,
+            IntervalKind::HostSync => Cause::HostSync,
+            IntervalKind::Launch => Cause::LaunchOverhead,
+            IntervalKind::OffCpu => match self.wait_cause(i.detail, i.end_ns - i.start_ns) {
                 Some(c) => c,
                 None => return,
             },
-            _ => return,
+            IntervalKind::GpuBusy => return,
         };
         let s = self.services.entry(i.service).or_default();
-        match i.kind {
-            interval_kind::LAUNCH => {
+        match kind {
+            IntervalKind::Launch => {
                 s.launchers.insert(i.tid, i.end_ns);
                 s.markers.push(Marker::Launch {
                     start_ns: i.start_ns,
                 });
             }
-            interval_kind::HOST_SYNC => {
+            IntervalKind::HostSync => {
                 s.launchers.insert(i.tid, i.end_ns);
                 s.markers.push(Marker::Sync {
                     start_ns: i.start_ns,
@@ -597,9 +584,9 @@ mod tests {
         }
     }
 
-    fn iv(kind: u32, detail: u32, tid: u32, start_ms: u64, end_ms: u64) -> Interval {
+    fn iv(kind: IntervalKind, detail: u32, tid: u32, start_ms: u64, end_ms: u64) -> Interval {
         Interval {
-            kind,
+            kind: kind as u32,
             detail,
             service: 0,
             tgid: 1,
@@ -620,27 +607,27 @@ mod tests {
         // Thread 10: launch, sync, sleep 20 ms, launch, sync, a 300 ms
         // epoll wait, launch. Arrival order is not time order.
         let ivs = [
-            iv(interval_kind::HOST_SYNC, 0, 10, 1, 5),
-            iv(interval_kind::LAUNCH, 0, 10, 0, 1),
+            iv(IntervalKind::HostSync, 0, 10, 1, 5),
+            iv(IntervalKind::Launch, 0, 10, 0, 1),
             iv(
-                interval_kind::OFF_CPU,
+                IntervalKind::OffCpu,
                 OffCpuReason::SyscallSleep as u32,
                 10,
                 5,
                 25,
             ),
-            iv(interval_kind::LAUNCH, 0, 10, 25, 26),
-            iv(interval_kind::HOST_SYNC, 0, 10, 26, 30),
+            iv(IntervalKind::Launch, 0, 10, 25, 26),
+            iv(IntervalKind::HostSync, 0, 10, 26, 30),
             iv(
-                interval_kind::OFF_CPU,
+                IntervalKind::OffCpu,
                 OffCpuReason::SyscallPoll as u32,
                 10,
                 31,
                 331,
             ),
-            iv(interval_kind::LAUNCH, 0, 10, 332, 333),
+            iv(IntervalKind::Launch, 0, 10, 332, 333),
             // Another thread's GIL wait is not the launcher's.
-            iv(interval_kind::GIL_WAIT, 0, 11, 0, 300),
+            iv(IntervalKind::GilWait, 0, 11, 0, 300),
         ];
         for i in &ivs {
             e.on_interval(i);
@@ -669,8 +656,8 @@ mod tests {
         let mut e = Explainer::new(config());
         // The launching thread serializes 10-40 ms, launches at 45 ms; the
         // kernel starts at 48 ms.
-        e.on_interval(&iv(interval_kind::SERIALIZATION, 0, 10, 10, 40));
-        e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 45, 46));
+        e.on_interval(&iv(IntervalKind::Serialization, 0, 10, 10, 40));
+        e.on_interval(&iv(IntervalKind::Launch, 0, 10, 45, 46));
         let st = |s: u64, e: u64, gap: Option<u64>| Stretch {
             start_ns: s * MS,
             end_ns: e * MS,
@@ -702,8 +689,8 @@ mod tests {
         assert_eq!(h.totals.busy_ns + h.totals.idle_total_ns(), 61 * MS);
         // A service in deep mode ignores its uprobe gaps, even one that
         // ends long after the last CUPTI record (an idle minute).
-        e.on_interval(&iv(interval_kind::HOST_SYNC, 0, 10, 50, 60));
-        e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 50_060, 50_061));
+        e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 50, 60));
+        e.on_interval(&iv(IntervalKind::Launch, 0, 10, 50_060, 50_061));
         e.tick(60_000 * MS, &|_| None);
         assert!(!e.histories.contains_key(&(0, ALL_DEVICES.to_string())));
     }
@@ -711,17 +698,17 @@ mod tests {
     #[test]
     fn late_states_count_until_the_gap_settles_and_never_twice() {
         let mut e = Explainer::new(config());
-        e.on_interval(&iv(interval_kind::HOST_SYNC, 0, 10, 0, 10));
-        e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 50, 51));
+        e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 0, 10));
+        e.on_interval(&iv(IntervalKind::Launch, 0, 10, 50, 51));
         // Not settled yet (the gap ended at 50 ms): a late state still counts.
         e.tick(100 * MS, &|_| None);
         assert!(e.histories.is_empty());
-        e.on_interval(&iv(interval_kind::SERIALIZATION, 0, 10, 20, 40));
+        e.on_interval(&iv(IntervalKind::Serialization, 0, 10, 20, 40));
         e.tick(50 * MS + SETTLE_NS, &|_| None);
         assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::Serialization), 20);
         assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::PythonCpu), 20);
         // Once attributed, a state arriving later changes nothing.
-        e.on_interval(&iv(interval_kind::GIL_WAIT, 0, 10, 10, 20));
+        e.on_interval(&iv(IntervalKind::GilWait, 0, 10, 10, 20));
         e.tick(2000 * MS, &|_| None);
         assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::GilWait), 0);
         let (_, h) = &e.histories[&(0, ALL_DEVICES.to_string())];
@@ -735,16 +722,16 @@ mod tests {
         // Thread 10 launches and syncs; thread 11 (a launcher too) has sat
         // in epoll since 5 ms and still does; thread 10 then waits on a
         // socket 20-40 ms before launching again.
-        e.on_interval(&iv(interval_kind::HOST_SYNC, 0, 11, 0, 4));
-        e.on_interval(&iv(interval_kind::HOST_SYNC, 0, 10, 0, 10));
+        e.on_interval(&iv(IntervalKind::HostSync, 0, 11, 0, 4));
+        e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 0, 10));
         e.on_interval(&iv(
-            interval_kind::OFF_CPU,
+            IntervalKind::OffCpu,
             OffCpuReason::SyscallNet as u32,
             10,
             20,
             40,
         ));
-        e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 50, 51));
+        e.on_interval(&iv(IntervalKind::Launch, 0, 10, 50, 51));
         let in_epoll = |tid: u32| {
             (tid == 11).then_some(Ongoing {
                 since_ns: 5 * MS,
@@ -774,15 +761,15 @@ mod tests {
             output_tokens: None,
         };
         e.phase_event(&note("start", 15));
-        e.on_interval(&iv(interval_kind::HOST_SYNC, 0, 10, 0, 10));
+        e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 0, 10));
         e.on_interval(&iv(
-            interval_kind::OFF_CPU,
+            IntervalKind::OffCpu,
             OffCpuReason::SyscallSleep as u32,
             10,
             10,
             30,
         ));
-        e.on_interval(&iv(interval_kind::LAUNCH, 0, 10, 30, 31));
+        e.on_interval(&iv(IntervalKind::Launch, 0, 10, 30, 31));
         e.phase_event(&note("end", 25));
         e.tick(1000 * MS, &|_| None);
         let p = &e.phases[0];
@@ -801,12 +788,12 @@ mod tests {
             ..config()
         });
         for t in 0..50 {
-            e.on_interval(&iv(interval_kind::GIL_WAIT, 0, 1, t, t + 1));
+            e.on_interval(&iv(IntervalKind::GilWait, 0, 1, t, t + 1));
         }
         assert_eq!(e.retained(), 10);
         assert_eq!(e.counters.evicted, 40);
         // Far later: everything older than the window goes, uncounted.
-        e.on_interval(&iv(interval_kind::GIL_WAIT, 0, 1, 10_000, 10_001));
+        e.on_interval(&iv(IntervalKind::GilWait, 0, 1, 10_000, 10_001));
         assert_eq!(e.retained(), 1);
         assert_eq!(e.counters.evicted, 40);
     }

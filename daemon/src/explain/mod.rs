@@ -7,6 +7,8 @@
 //! * `engine`: the per-service window of thread states, gap discovery
 //!   (CUPTI stretches, or host syncs and launches from the uprobes) and
 //!   attribution as gaps settle;
+//! * `feed`: what the event loop hands the engine (ring-buffer intervals,
+//!   deep-mode stretches, waits in progress);
 //! * `history`: busy and idle-by-cause time in 100 ms buckets;
 //! * `snapshot`: the CPU-side counters at points in time, so a report can
 //!   say what happened within a window or a load-generator phase;
@@ -17,10 +19,11 @@ pub mod attribute;
 pub mod cause;
 pub mod client;
 pub mod engine;
+pub mod feed;
 pub mod history;
 pub mod render;
 pub mod report;
 pub mod snapshot;
 
 pub use cause::Cause;
-pub use engine::{ExplainConfig, Explainer};
+pub use engine::Explainer;

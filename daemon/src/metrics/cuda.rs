@@ -2,11 +2,12 @@
 //! kernel and graph launches by entry point (estimated when the launch
 //! probes are duty-cycled), launch call durations, and host-sync waits.
 
-use super::{Exporter, Family};
+use super::Family;
 use crate::cuda::{ENTRY_POINTS, Role};
+use crate::state::DaemonState;
 
-pub fn collect(ex: &Exporter) -> Vec<Family> {
-    let Ok(t) = ex.targets.lock() else {
+pub fn collect(state: &DaemonState) -> Vec<Family> {
+    let Ok(t) = state.targets.lock() else {
         return Vec::new();
     };
     let Some(cuda) = &t.cuda else {
@@ -29,7 +30,8 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "Time the CPU waited for the GPU inside a synchronizing CUDA call (stream, context or event synchronize, a synchronous copy); every call is probed.",
     );
     for c in cuda.slot_calls() {
-        let (Some(service), Some(entry)) = (ex.service_name(c.service), ENTRY_POINTS.get(c.slot))
+        let (Some(service), Some(entry)) =
+            (state.service_name(c.service), ENTRY_POINTS.get(c.slot))
         else {
             continue;
         };
@@ -75,7 +77,7 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "Traced processes mapping a CUDA library, by api (driver: libcuda, runtime: libcudart).",
     );
     for ((service, library), n) in cuda.processes() {
-        if let Some(name) = ex.service_name(service) {
+        if let Some(name) = state.service_name(service) {
             processes.add_gauge(&[("service", name), ("api", library.api())], n as f64);
         }
     }
@@ -84,7 +86,7 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "Traced processes whose CUDA library cannot be probed (it exports none of the entry points, or attaching failed); the log says why.",
     );
     for ((service, library), n) in cuda.unavailable() {
-        if let Some(name) = ex.service_name(service) {
+        if let Some(name) = state.service_name(service) {
             unavailable.add_gauge(&[("service", name), ("api", library.api())], n as f64);
         }
     }

@@ -4,11 +4,12 @@
 //! `device` is the CUDA device ordinal the process saw (with
 //! CUDA_VISIBLE_DEVICES it need not be NVML's `gpu` index).
 
-use super::{Exporter, Family};
+use super::Family;
 use crate::deep::ingest::IngestCounters;
+use crate::state::DaemonState;
 
-pub fn collect(ex: &Exporter) -> Vec<Family> {
-    let Some(deep) = &ex.deep else {
+pub fn collect(state: &DaemonState) -> Vec<Family> {
+    let Some(deep) = &state.deep else {
         return Vec::new();
     };
     let mut kernels = Family::histogram(
@@ -46,7 +47,7 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
     let counters = {
         let ingest = deep.ingest.lock().unwrap_or_else(|p| p.into_inner());
         for ((service, device), s) in &ingest.stats {
-            let Some(name) = ex.service_name(*service) else {
+            let Some(name) = state.service_name(*service) else {
                 continue;
             };
             let device = device.to_string();

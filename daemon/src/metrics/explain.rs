@@ -3,10 +3,11 @@
 //! wall time since the service's GPU work was first seen; and the
 //! explainer's own health.
 
-use super::{Exporter, Family};
+use super::Family;
 use crate::explain::Cause;
+use crate::state::DaemonState;
 
-pub fn collect(ex: &Exporter) -> Vec<Family> {
+pub fn collect(state: &DaemonState) -> Vec<Family> {
     let mut idle = Family::counter(
         "gapscope_gpu_idle_seconds_total",
         "GPU idle time by cause: what the service's launching threads were doing during each idle gap (launch_overhead, host_sync, gil_wait, serialization, python_cpu, runqueue, syscall_<family>, blocked_other, no_work); source cupti is exact, uprobes a lower bound (device all). Counted when a gap closes.",
@@ -32,11 +33,11 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "gapscope_explain_states_evicted_total",
         "Thread states dropped before [explain] window_s to stay within [explain] max_states.",
     );
-    let Ok(e) = ex.explainer.lock() else {
+    let Ok(e) = state.explainer.lock() else {
         return Vec::new();
     };
     for ((service, device), (source, h)) in &e.histories {
-        let Some(name) = ex.service_name(*service) else {
+        let Some(name) = state.service_name(*service) else {
             continue;
         };
         let l = [
@@ -53,11 +54,11 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         busy.add_counter(&l, h.totals.busy_ns as f64 / 1e9);
         gaps.add_counter(&l, h.totals.gaps as f64);
     }
-    for (id, s) in ex.services.iter().enumerate() {
+    for (id, s) in state.services.iter().enumerate() {
         launchers.add_gauge(&[("service", &s.name)], e.launchers(id as u32) as f64);
     }
     states.add_counter(&[], e.counters.states as f64);
-    let behind = ex.deep.as_ref().map_or(0, |d| {
+    let behind = state.deep.as_ref().map_or(0, |d| {
         d.ingest
             .lock()
             .map(|i| i.stretches_dropped)

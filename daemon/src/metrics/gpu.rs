@@ -5,18 +5,19 @@
 
 use std::collections::BTreeMap;
 
-use super::{Exporter, Family};
+use super::Family;
 use crate::gpu::{GpuSample, GpuState, sample::THROTTLE_REASONS};
+use crate::state::DaemonState;
 
-pub fn collect(ex: &Exporter) -> Vec<Family> {
-    let traced = ex.targets.lock().map(|t| t.traced()).unwrap_or_default();
+pub fn collect(state: &DaemonState) -> Vec<Family> {
+    let traced = state.targets.lock().map(|t| t.traced()).unwrap_or_default();
     let service_of = |pid: u32| {
         traced
             .get(&pid)
-            .and_then(|s| ex.service_name(*s))
+            .and_then(|s| state.service_name(*s))
             .map(str::to_string)
     };
-    match ex.gpu.lock() {
+    match state.gpu.lock() {
         Ok(state) => families(&state, &service_of),
         Err(_) => Vec::new(),
     }

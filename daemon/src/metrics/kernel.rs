@@ -5,23 +5,24 @@ use std::collections::BTreeMap;
 
 use gapscope_ebpf_common::{Log2Hist, OffCpuReason, OffCpuStats, counter};
 
-use super::{Exporter, Family};
+use super::Family;
+use crate::state::DaemonState;
 use crate::syscall_table;
 
-pub fn collect(ex: &Exporter) -> Vec<Family> {
-    let mut out = syscalls(ex);
-    out.extend(cpu_time(ex));
+pub fn collect(state: &DaemonState) -> Vec<Family> {
+    let mut out = syscalls(state);
+    out.extend(cpu_time(state));
     out
 }
 
-fn syscalls(ex: &Exporter) -> Vec<Family> {
+fn syscalls(state: &DaemonState) -> Vec<Family> {
     let mut hist = Family::histogram(
         "gapscope_syscall_duration_seconds",
         "Syscall latency from entry to return, per service and syscall (the _count is the number of calls).",
     );
     // Sorted so the output is stable between scrapes.
     let mut merged: BTreeMap<(u32, u32), Log2Hist> = BTreeMap::new();
-    for entry in ex.maps.syscalls.iter() {
+    for entry in state.maps.syscalls.iter() {
         let Ok((key, per_cpu)) = entry else { continue };
         let total = merged
             .entry((key.service, key.nr))
@@ -32,7 +33,7 @@ fn syscalls(ex: &Exporter) -> Vec<Family> {
     }
     let mut seen = 0u64;
     for ((service, nr), h) in &merged {
-        let Some(service) = ex.service_name(*service) else {
+        let Some(service) = state.service_name(*service) else {
             continue;
         };
         seen += h.count;
@@ -41,7 +42,8 @@ fn syscalls(ex: &Exporter) -> Vec<Family> {
     }
 
     let count = |index: u32| -> f64 {
-        ex.maps
+        state
+            .maps
             .counters
             .get(&index, 0)
             .map(|v| v.iter().sum::<u64>() as f64)
@@ -74,7 +76,7 @@ fn syscalls(ex: &Exporter) -> Vec<Family> {
     vec![hist, events, dropped, misses]
 }
 
-fn cpu_time(ex: &Exporter) -> Vec<Family> {
+fn cpu_time(state: &DaemonState) -> Vec<Family> {
     let mut on = Family::counter(
         "gapscope_oncpu_seconds_total",
         "Time the service's threads spent running on a CPU.",
@@ -87,8 +89,8 @@ fn cpu_time(ex: &Exporter) -> Vec<Family> {
         "gapscope_runqueue_latency_seconds",
         "How long the service's threads waited for a CPU once runnable.",
     );
-    for (id, service) in ex.services.iter().enumerate() {
-        let Ok(per_cpu) = ex.maps.offcpu.get(&(id as u32), 0) else {
+    for (id, service) in state.services.iter().enumerate() {
+        let Ok(per_cpu) = state.maps.offcpu.get(&(id as u32), 0) else {
             continue;
         };
         let mut total = OffCpuStats::ZERO;

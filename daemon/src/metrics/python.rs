@@ -6,11 +6,12 @@ use std::collections::BTreeSet;
 
 use gapscope_ebpf_common::MAX_SER_PROBES;
 
-use super::{Exporter, Family, merged};
+use super::{Family, merged};
+use crate::state::DaemonState;
 
-pub fn collect(ex: &Exporter) -> Vec<Family> {
+pub fn collect(state: &DaemonState) -> Vec<Family> {
     let (processes, unavailable, stats, ser_missing, probed_files, ratios, specs) =
-        match ex.targets.lock() {
+        match state.targets.lock() {
             Ok(t) => (
                 t.gil.processes(),
                 t.gil.unavailable(),
@@ -27,7 +28,7 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "Traced processes running CPython whose GIL is traced, by interpreter version.",
     );
     for ((service, version), n) in &processes {
-        if let Some(name) = ex.service_name(*service) {
+        if let Some(name) = state.service_name(*service) {
             python.add_gauge(&[("service", name), ("version", version)], *n as f64);
         }
     }
@@ -36,7 +37,7 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "Traced Python processes whose GIL cannot be traced, by reason (free_threaded, unsupported_version, no_runtime_symbol, starting); the log says how to fix it.",
     );
     for ((service, reason), n) in &unavailable {
-        if let Some(name) = ex.service_name(*service) {
+        if let Some(name) = state.service_name(*service) {
             missing.add_gauge(&[("service", name), ("reason", reason)], *n as f64);
         }
     }
@@ -59,10 +60,10 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         .chain(stats.keys().copied())
         .collect();
     for service in services {
-        let Some(name) = ex.service_name(service) else {
+        let Some(name) = state.service_name(service) else {
             continue;
         };
-        wait.add_log2_histogram(&[("service", name)], &merged(&ex.maps.gil_wait, service));
+        wait.add_log2_histogram(&[("service", name)], &merged(&state.maps.gil_wait, service));
         let s = stats.get(&service).copied().unwrap_or_default();
         held.add_counter(&[("service", name)], s.held_ns as f64 / 1e9);
         switches.add_counter(&[("service", name)], s.switches as f64);
@@ -73,14 +74,14 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
     );
     let python_services: BTreeSet<u32> = processes.keys().map(|(s, _)| *s).collect();
     for service in &python_services {
-        let Some(name) = ex.service_name(*service) else {
+        let Some(name) = state.service_name(*service) else {
             continue;
         };
         for (index, spec) in specs.iter().enumerate() {
             let slot = service * MAX_SER_PROBES + index as u32;
             calls.add_log2_histogram(
                 &[("service", name), ("codec", &spec.codec), ("op", &spec.op)],
-                &merged(&ex.maps.ser_calls, slot),
+                &merged(&state.maps.ser_calls, slot),
             );
         }
     }
@@ -89,7 +90,7 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "Traced Python processes whose codec cannot be probed (its functions are not in the symbol table: a stripped build); the log says how to fix it.",
     );
     for ((service, codec), n) in &ser_missing {
-        if let Some(name) = ex.service_name(*service) {
+        if let Some(name) = state.service_name(*service) {
             ser_unavailable.add_gauge(&[("service", name), ("codec", codec)], *n as f64);
         }
     }

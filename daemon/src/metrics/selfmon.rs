@@ -1,8 +1,9 @@
 //! Gapscope's own health: build, processes matched, BPF program cost.
 
-use super::{Exporter, Family};
+use super::Family;
+use crate::state::DaemonState;
 
-pub fn collect(ex: &Exporter) -> Vec<Family> {
+pub fn collect(state: &DaemonState) -> Vec<Family> {
     let mut build = Family::gauge(
         "gapscope_build_info",
         "Always 1; the labels say which gapscoped this is.",
@@ -22,8 +23,8 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "gapscope_service_processes",
         "Processes currently traced for each service.",
     );
-    let counts = ex.targets.lock().map(|t| t.counts()).unwrap_or_default();
-    for (service, n) in ex.services.iter().zip(&counts) {
+    let counts = state.targets.lock().map(|t| t.counts()).unwrap_or_default();
+    for (service, n) in state.services.iter().zip(&counts) {
         processes.add_gauge(&[("service", &service.name)], *n as f64);
     }
 
@@ -32,10 +33,13 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "Entries in each of gapscoped's BPF maps (bounded: dead processes and threads are removed).",
     );
     entries.add_gauge(&[("map", "targets")], counts.iter().sum::<u64>() as f64);
-    entries.add_gauge(&[("map", "threads")], ex.maps.threads.keys().count() as f64);
+    entries.add_gauge(
+        &[("map", "threads")],
+        state.maps.threads.keys().count() as f64,
+    );
     entries.add_gauge(
         &[("map", "syscalls")],
-        ex.maps.syscalls.keys().count() as f64,
+        state.maps.syscalls.keys().count() as f64,
     );
 
     let mut up = Family::gauge(
@@ -53,20 +57,24 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         configured.add_gauge(&[("collector", collector)], 1.0);
     }
     // The CUDA probes run whenever they are configured on.
-    let cuda = ex.targets.lock().is_ok_and(|t| t.cuda.is_some());
+    let cuda = state.targets.lock().is_ok_and(|t| t.cuda.is_some());
     up.add_gauge(&[("collector", "cuda")], flag(cuda));
     configured.add_gauge(&[("collector", "cuda")], flag(cuda));
-    let (nvml_enabled, nvml_up) = ex.gpu.lock().map(|g| (g.enabled, g.up)).unwrap_or_default();
+    let (nvml_enabled, nvml_up) = state
+        .gpu
+        .lock()
+        .map(|g| (g.enabled, g.up))
+        .unwrap_or_default();
     up.add_gauge(&[("collector", "nvml")], flag(nvml_up));
     configured.add_gauge(&[("collector", "nvml")], flag(nvml_enabled));
-    configured.add_gauge(&[("collector", "deep")], flag(ex.deep.is_some()));
-    up.add_gauge(&[("collector", "deep")], flag(ex.deep.is_some()));
+    configured.add_gauge(&[("collector", "deep")], flag(state.deep.is_some()));
+    up.add_gauge(&[("collector", "deep")], flag(state.deep.is_some()));
 
     let mut stats_on = Family::gauge(
         "gapscope_bpf_stats_enabled",
         "1 when the kernel collects BPF run-time statistics for gapscoped's programs.",
     );
-    let (enabled, programs) = match ex.probes.lock() {
+    let (enabled, programs) = match state.probes.lock() {
         Ok(p) => (p.stats_enabled(), p.program_stats()),
         Err(_) => (false, Vec::new()),
     };

@@ -2,11 +2,12 @@
 //! kind, and what the window holds. (Intervals the kernel could not send
 //! are `gapscope_events_dropped_total{source="timeline"}`.)
 
-use super::{Exporter, Family};
-use crate::timeline::kind_name;
+use super::Family;
+use crate::state::DaemonState;
+use gapscope_ebpf_common::IntervalKind;
 
-pub fn collect(ex: &Exporter) -> Vec<Family> {
-    let (received, retained, evicted) = match ex.timeline.lock() {
+pub fn collect(state: &DaemonState) -> Vec<Family> {
+    let (received, retained, evicted) = match state.timeline.lock() {
         Ok(t) => (t.received().clone(), t.retained(), t.evicted()),
         Err(_) => return Vec::new(),
     };
@@ -15,8 +16,17 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "Timeline intervals received: stalls longer than [timeline] min_interval_us (GIL waits, serialization calls, host syncs, stretches off CPU), launches after a quiet stretch and CUPTI busy stretches; served by /api/v1/intervals.",
     );
     for ((service, kind), n) in &received {
-        if let Some(name) = ex.service_name(*service) {
-            intervals.add_counter(&[("service", name), ("kind", kind_name(*kind))], *n as f64);
+        if let Some(name) = state.service_name(*service) {
+            intervals.add_counter(
+                &[
+                    ("service", name),
+                    (
+                        "kind",
+                        IntervalKind::from_raw(*kind).map_or("unknown", IntervalKind::label),
+                    ),
+                ],
+                *n as f64,
+            );
         }
     }
     let mut held = Family::gauge(
@@ -29,7 +39,7 @@ pub fn collect(ex: &Exporter) -> Vec<Family> {
         "Intervals dropped from the window before retention_s because it held max_intervals.",
     );
     lost.add_counter(&[], evicted as f64);
-    let (received, active, tokens) = match ex.annotations.lock() {
+    let (received, active, tokens) = match state.annotations.lock() {
         Ok(a) => (a.received.clone(), a.active.clone(), a.output_tokens),
         Err(_) => Default::default(),
     };

@@ -21,7 +21,7 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use gapscope_ebpf_common::{counter, cuda_cookie, cuda_key, interval_kind};
+use gapscope_ebpf_common::{IntervalKind, counter, cuda_cookie, cuda_key};
 
 use crate::{
     maps::{
@@ -67,7 +67,7 @@ pub fn gs_cuda_exit(ctx: RetProbeContext) -> u32 {
                 let quiet = start.saturating_sub((*t).last_launch_ns);
                 if quiet >= timeline::threshold() || now - start >= timeline::threshold() {
                     timeline::send(
-                        interval_kind::LAUNCH,
+                        IntervalKind::Launch as u32,
                         slot as u32,
                         service,
                         tgid,
@@ -86,7 +86,7 @@ pub fn gs_cuda_exit(ctx: RetProbeContext) -> u32 {
         let drains = thread.is_some_and(|t| unsafe { (*t).launched_since_sync != 0 });
         if drains || now - start >= timeline::threshold() {
             timeline::send(
-                interval_kind::HOST_SYNC,
+                IntervalKind::HostSync as u32,
                 slot as u32,
                 service,
                 tgid,

@@ -22,7 +22,7 @@
 //! relock a mutex).
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use gapscope_ebpf_common::{GIL_MUTEX_SIZE, PT_REGS_SI, ThreadState, interval_kind};
+use gapscope_ebpf_common::{GIL_MUTEX_SIZE, IntervalKind, PT_REGS_SI, ThreadState};
 
 use crate::{
     maps::{GIL_RANGES, GIL_WAIT},
@@ -96,7 +96,7 @@ pub fn flush(t: *mut ThreadState, service: u32, tid: u32) {
         let (first, last) = ((*t).gil_wait_first_ns, (*t).gil_wait_last_ns);
         (*t).gil_wait_first_ns = 0;
         timeline::offer(
-            interval_kind::GIL_WAIT,
+            IntervalKind::GilWait as u32,
             0,
             service,
             (*t).tgid,

@@ -17,7 +17,7 @@ use aya_ebpf::{
     EbpfContext, helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
 };
 use gapscope_ebpf_common::{
-    OffCpuReason, ThreadState, counter, interval_kind,
+    IntervalKind, OffCpuReason, ThreadState, counter,
     tp_offsets::{SWITCH_NEXT_PID, SWITCH_PREV_STATE, WAKEUP_PID},
 };
 
@@ -127,7 +127,7 @@ fn switch_in(tid: u32, now: u64) {
             // GIL waits reach the timeline whole, from the GIL probes.
             if reason != OffCpuReason::GilWait as u32 {
                 timeline::offer(
-                    interval_kind::OFF_CPU,
+                    IntervalKind::OffCpu as u32,
                     reason,
                     service,
                     tgid,
@@ -142,7 +142,7 @@ fn switch_in(tid: u32, now: u64) {
         (*stats).off_ns[OffCpuReason::Runqueue as usize] += waited;
         (*stats).runq.record(waited);
         timeline::offer(
-            interval_kind::OFF_CPU,
+            IntervalKind::OffCpu as u32,
             OffCpuReason::Runqueue as u32,
             service,
             tgid,

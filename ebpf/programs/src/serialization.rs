@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use gapscope_ebpf_common::{MAX_SER_PROBES, interval_kind};
+use gapscope_ebpf_common::{IntervalKind, MAX_SER_PROBES};
 
 use crate::maps::{
     SER_CALLS, SER_PROCESS_CALLS, SER_START, attach_cookie as cookie, count_call, current_ids,
@@ -48,7 +48,7 @@ pub fn gs_ser_exit(ctx: RetProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let elapsed = now.saturating_sub(start);
     crate::timeline::offer(
-        interval_kind::SERIALIZATION,
+        IntervalKind::Serialization as u32,
         probe as u32,
         service,
         tgid,

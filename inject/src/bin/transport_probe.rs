@@ -15,15 +15,7 @@ use std::{
 use gapscope_inject::{Transport, TransportConfig};
 use gapscope_wire::{ClockMode, Hello, Record, RecordKind};
 
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+use gapscope_clock::monotonic_ns as now_ns;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -1,0 +1,275 @@
+//! The configuration file (TOML). Every key is documented in README.md
+//! ("Configuration"); unknown keys are errors, not silently ignored.
+
+//!
+//! Every section's type is here; `raw` is the file as TOML gives it and
+//! `sections` checks each section into its type.
+
+mod raw;
+mod sections;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use regex::Regex;
+
+use crate::{error::UsageError, python::serialization::ProbeSpec};
+use raw::RawConfig;
+use sections::*;
+
+/// Where the daemon looks when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/gapscope/gapscoped.toml";
+
+/// The default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9478";
+
+#[derive(Debug)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub python: PythonConfig,
+    pub timeline: TimelineConfig,
+    pub explain: ExplainConfig,
+    pub cuda: CudaConfig,
+    pub nvml: NvmlConfig,
+    pub inject: InjectConfig,
+    pub services: Vec<ServiceConfig>,
+}
+
+/// CUPTI deep mode's socket.
+#[derive(Debug, Clone)]
+pub struct InjectConfig {
+    pub enabled: bool,
+    pub socket: SocketConfig,
+    /// How late a record may arrive and still be placed in time: busy
+    /// stretches are made final this long after their end.
+    pub reorder_window: Duration,
+}
+
+/// Where the injection library looks for gapscoped unless told otherwise.
+pub const DEFAULT_INJECT_SOCKET: &str = "/run/gapscope/inject.sock";
+
+/// The CUDA API uprobes.
+#[derive(Debug, Clone, Copy)]
+pub struct CudaConfig {
+    pub enabled: bool,
+    /// Launches per second, per process and entry point, probed in full:
+    /// `launch_budget` (a share of one core) over `probe_cost`.
+    pub launch_budget_calls: u64,
+}
+
+/// The NVML collector.
+#[derive(Debug, Clone, Copy)]
+pub struct NvmlConfig {
+    pub enabled: bool,
+    pub interval: Duration,
+    /// What the GPU draws with nothing to do, for the idle check; None: the
+    /// lowest power seen since gapscoped started.
+    pub idle_power_watts: Option<f64>,
+}
+
+/// What gapscoped looks at inside Python processes.
+#[derive(Debug)]
+pub struct PythonConfig {
+    /// Trace the GIL (waits in the kernel, held time sampled).
+    pub gil: bool,
+    /// Serialization calls per second, per codec function, probed in full;
+    /// above it a probe is attached only one second in N.
+    pub serialization_budget: u64,
+    /// User-defined serialization probes, after the built-in ones.
+    pub probes: Vec<ProbeSpec>,
+}
+
+/// Which stalls become timeline intervals, and how long they are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct TimelineConfig {
+    /// Shorter stalls are only aggregated in the kernel.
+    pub min_interval: Duration,
+    pub retention: Duration,
+    pub max_intervals: usize,
+}
+
+#[derive(Debug)]
+pub struct DaemonConfig {
+    pub listen: SocketAddr,
+    /// How often /proc is rescanned to catch what events missed.
+    pub rescan_interval: Duration,
+    /// Turn on the kernel's BPF run-time statistics (costs ~20 ns per
+    /// program run, host-wide, while on).
+    pub bpf_stats: bool,
+    /// Give up every capability the daemon no longer needs once its
+    /// programs are loaded (see `bpf::caps::kept_after_attach`).
+    pub drop_capabilities: bool,
+    /// A Prometheus-style web config file (TLS, basic auth) for the HTTP
+    /// endpoints; plain HTTP without one.
+    pub web_config: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub matcher: Matcher,
+    /// Processes forked by a matched process belong to the same service.
+    pub follow_children: bool,
+}
+
+/// What a process must look like to belong to a service. Every field that
+/// is set must match (they are ANDed); at least one must be set.
+#[derive(Debug, Default)]
+pub struct Matcher {
+    pub pids: Vec<u32>,
+    pub exe: Option<String>,
+    pub cmdline: Option<Regex>,
+    pub cgroup: Option<String>,
+    pub systemd_unit: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExplainConfig {
+    /// How long thread states are kept.
+    pub window_ns: u64,
+    /// Most thread states kept per service.
+    pub max_states: usize,
+    /// A poll, futex or network wait at least this long means no work.
+    pub no_work_after_ns: u64,
+    /// The timeline's threshold: shorter states are not seen, so a gap
+    /// shorter than this with nothing recorded is the launch path.
+    pub resolution_ns: u64,
+    /// How long the history keeps per-100 ms splits.
+    pub history_ns: u64,
+}
+
+/// Who may connect, and how much each may send.
+#[derive(Debug, Clone)]
+pub struct SocketConfig {
+    pub path: PathBuf,
+    pub allowed_uids: Vec<u32>,
+    pub allowed_gids: Vec<u32>,
+    pub max_peers: usize,
+    pub max_frames_per_second: u32,
+}
+
+const SEE_README: &str = "see README.md, section Configuration";
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, UsageError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            UsageError::new(
+                format!("cannot read config file {}: {e}", path.display()),
+                format!(
+                    "create it (an example is in deploy/gapscoped.toml) or pass --config PATH; {SEE_README}"
+                ),
+            )
+        })?;
+        Self::parse(&text).map_err(|e| UsageError {
+            problem: format!("config file {}: {}", path.display(), e.problem),
+            fix: e.fix,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, UsageError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {column}: ")
+                }
+                None => String::new(),
+            };
+            UsageError::new(
+                format!("{at}{}", e.message().trim().replace('\n', " ")),
+                format!("correct the key or value named above; {SEE_README}"),
+            )
+        })?;
+        let daemon = parse_daemon(raw.daemon)?;
+        if raw.service.is_empty() {
+            return Err(UsageError::new(
+                "no [[service]] is defined, so there is nothing to trace",
+                format!("add a [[service]] with a name and a matcher; {SEE_README}"),
+            ));
+        }
+        if raw.service.len() > gapscope_ebpf_common::MAX_SERVICES as usize {
+            return Err(UsageError::new(
+                format!(
+                    "{} services are defined, more than the {} supported",
+                    raw.service.len(),
+                    gapscope_ebpf_common::MAX_SERVICES
+                ),
+                "merge services that belong together",
+            ));
+        }
+        let mut services = Vec::with_capacity(raw.service.len());
+        for s in raw.service {
+            if services.iter().any(|o: &ServiceConfig| o.name == s.name) {
+                return Err(UsageError::new(
+                    format!("service name {:?} is used twice", s.name),
+                    "give every [[service]] its own name",
+                ));
+            }
+            services.push(parse_service(s)?);
+        }
+        let budget = raw.python.serialization_budget.unwrap_or(1000);
+        if budget == 0 {
+            return Err(UsageError::new(
+                "python.serialization_budget = 0 would never probe anything",
+                "give the calls per second to probe in full (default 1000)",
+            ));
+        }
+        let python = PythonConfig {
+            gil: raw.python.gil.unwrap_or(true),
+            serialization_budget: budget,
+            probes: parse_probes(raw.python.probe)?,
+        };
+        Ok(Config {
+            daemon,
+            python,
+            explain: parse_explain(raw.explain, &raw.timeline)?,
+            timeline: parse_timeline(raw.timeline)?,
+            cuda: parse_cuda(raw.cuda)?,
+            nvml: parse_nvml(raw.nvml)?,
+            inject: parse_inject(raw.inject)?,
+            services,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse("[[service]]\nname = \"a\"\ncmdline = \"python\"\n").unwrap();
+        assert_eq!(c.daemon.listen.to_string(), DEFAULT_LISTEN);
+        assert!(c.daemon.listen.ip().is_loopback());
+        assert_eq!(c.services.len(), 1);
+        assert!(c.services[0].follow_children);
+        // 1% of a core at 3 µs a probed call.
+        assert_eq!(c.cuda.launch_budget_calls, 3333);
+        assert!(c.cuda.enabled && c.nvml.enabled);
+        assert_eq!(c.nvml.interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let c = Config::parse(include_str!("../../../deploy/gapscoped.toml")).unwrap();
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.cuda.launch_budget_calls, 3333);
+    }
+
+    #[test]
+    fn cgroup_trailing_slash_is_trimmed() {
+        let c = Config::parse("[[service]]\nname = \"a\"\ncgroup = \"/system.slice/x.service/\"\n")
+            .unwrap();
+        assert_eq!(
+            c.services[0].matcher.cgroup.as_deref(),
+            Some("/system.slice/x.service")
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! The daemon's one event loop: process events and timeline intervals as
+//! the kernel's ring buffers deliver them, rescans, per-second bookkeeping,
+//! the explainer's settle tick, snapshots and the systemd watchdog, until
+//! SIGTERM or SIGINT.
+
+use std::time::Duration;
+
+use gapscope_ebpf_common::ProcEvent;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::start::Running;
+use crate::{clock::monotonic_ns, explain::feed, notify};
+
+/// How often the CPU-side counters are recorded for windowed explain
+/// reports (annotations and explain requests add their own).
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
+
+/// Busy stretches settle once the reorder window has passed them; idle
+/// gaps are attributed once their states have arrived.
+const SETTLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Runs until a signal asks the daemon to stop (Ok) or a ring buffer
+/// fails (Err).
+pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
+    let state = running.state.clone();
+    let mut rescan = tokio::time::interval(running.rescan_every);
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    let mut settle = tokio::time::interval(SETTLE_EVERY);
+    let mut snapshot = tokio::time::interval(SNAPSHOT_EVERY);
+    let watchdog_every = notify::watchdog_interval();
+    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let targets = || state.targets.lock().unwrap_or_else(|p| p.into_inner());
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); return Ok(()); }
+            _ = sigint.recv() => { log::info!("SIGINT: detaching"); return Ok(()); }
+            _ = rescan.tick() => targets().rescan(),
+            _ = every_second.tick() => targets().every_second(),
+            _ = settle.tick() => feed::settle(&state, monotonic_ns(), running.reorder_ns),
+            _ = snapshot.tick() => {
+                let state = state.clone();
+                tokio::task::spawn_blocking(move || state.snapshot());
+            }
+            _ = watchdog.tick(), if watchdog_every.is_some() => notify::send("WATCHDOG=1"),
+            guard = running.events.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                let mut t = targets();
+                while let Some(item) = ring.next() {
+                    if item.len() >= std::mem::size_of::<ProcEvent>() {
+                        // SAFETY: the kernel wrote a ProcEvent; read unaligned.
+                        let ev = unsafe { (item.as_ptr() as *const ProcEvent).read_unaligned() };
+                        t.on_event(&ev);
+                    }
+                }
+                guard.clear_ready();
+            }
+            guard = running.intervals.readable_mut() => {
+                let mut guard = guard?;
+                feed::drain_intervals(&state, guard.get_inner_mut());
+                guard.clear_ready();
+            }
+        }
+    }
+}

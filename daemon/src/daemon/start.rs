@@ -1,0 +1,256 @@
+//! Everything before the daemon's first event, in an order that leaves
+//! nothing behind when a step fails: privileges, the web config, the port
+//! and the deep-mode socket are checked before any program is attached;
+//! capabilities are dropped before any other thread starts.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::{
+    bpf::{self, caps},
+    config::Config,
+    cuda::CudaTracker,
+    deep::{self, Ingest},
+    discovery::Targets,
+    error::UsageError,
+    explain::{Explainer, snapshot::Snapshots},
+    gpu::{self, GpuState, IdleChecks},
+    http, notify,
+    python::{
+        GilTracker,
+        serialization::{SerializationTracker, default_specs},
+    },
+    state::DaemonState,
+    timeline::Timeline,
+    web,
+};
+
+/// A started daemon: its state, what its loop reads, and what its
+/// shutdown closes.
+pub(super) struct Running {
+    pub state: Arc<DaemonState>,
+    pub events: AsyncFd<RingBuf<MapData>>,
+    pub intervals: AsyncFd<RingBuf<MapData>>,
+    pub collector: Option<gpu::nvml::Collector>,
+    pub stop_http: tokio::sync::oneshot::Sender<()>,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The deep-mode socket's path, removed at shutdown.
+    pub deep_socket: Option<PathBuf>,
+    pub rescan_every: Duration,
+    pub reorder_ns: u64,
+}
+
+/// The checks that must pass before anything is attached.
+struct Bound {
+    web: Option<web::Prepared>,
+    listener: tokio::net::TcpListener,
+    inject_listener: Option<tokio::net::UnixListener>,
+}
+
+pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
+    let bound = bind(&config)?;
+    let attached = bpf::attach_all(
+        config.daemon.bpf_stats,
+        config.timeline.min_interval.as_nanos() as u64,
+    )?;
+    // Before any other thread starts: capabilities are per thread, and
+    // every thread started later inherits these.
+    if config.daemon.drop_capabilities {
+        drop_capabilities();
+    }
+    let rescan_every = config.daemon.rescan_interval;
+    let reorder_ns = config.inject.reorder_window.as_nanos() as u64;
+    let listen = config.daemon.listen;
+    let deep_socket = bound
+        .inject_listener
+        .is_some()
+        .then(|| config.inject.socket.path.clone());
+    let (state, collector, events, intervals) =
+        build_state(config, attached, bound.inject_listener);
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut router = http::router(state.clone());
+    let mut tls = None;
+    let mut scheme = "http";
+    if let Some(web) = &bound.web {
+        router = web::serve::secure(router, &web.config);
+        tls = web.tls.clone();
+        scheme = web.config.scheme();
+        log::info!("web config: {}", web.describe());
+    }
+    let server = tokio::spawn(web::serve::serve(bound.listener, router, tls, stopped));
+    log::info!("listening on {scheme}://{listen}/metrics");
+    notify::send("READY=1");
+
+    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
+    // for as long as it lives, which is as long as the AsyncFd.
+    let events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the process event ring buffer: {e}"))?;
+    // SAFETY: as above.
+    let intervals = unsafe { AsyncFd::register_with_interest(intervals, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the timeline ring buffer: {e}"))?;
+    Ok(Running {
+        state,
+        events,
+        intervals,
+        collector,
+        stop_http,
+        server,
+        deep_socket,
+        rescan_every,
+        reorder_ns,
+    })
+}
+
+/// Privileges, the web config, the port and the deep-mode socket: each a
+/// usage error naming its fix, before anything is attached.
+fn bind(config: &Config) -> anyhow::Result<Bound> {
+    if !caps::can_trace() {
+        return Err(UsageError::new(
+            "gapscoped lacks the privileges to load BPF programs (needs CAP_BPF and CAP_PERFMON, or root)",
+            "run it as root, through deploy/gapscoped.service, or grant them: \
+             setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep $(command -v gapscoped)",
+        )
+        .into());
+    }
+    let web = web::Prepared::load(config.daemon.web_config.as_deref())?;
+    let listener = std::net::TcpListener::bind(config.daemon.listen).map_err(|e| {
+        UsageError::new(
+            format!("cannot listen on {}: {e}", config.daemon.listen),
+            "stop whatever holds the port or set daemon.listen to a free address",
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let inject_listener = if config.inject.enabled {
+        Some(deep::socket::bind(&config.inject.socket.path)?)
+    } else {
+        None
+    };
+    Ok(Bound {
+        web,
+        listener,
+        inject_listener,
+    })
+}
+
+fn drop_capabilities() {
+    let before = caps::effective();
+    match caps::drop_all_but(caps::kept_after_attach()) {
+        Ok(after) => log::info!(
+            "programs attached; capabilities kept: {} (dropped: {})",
+            caps::names(after),
+            caps::names(before & !after)
+        ),
+        Err(e) => log::warn!(
+            "could not drop capabilities after attaching ({e}); carrying on with {}",
+            caps::names(before)
+        ),
+    }
+}
+
+type Built = (
+    Arc<DaemonState>,
+    Option<gpu::nvml::Collector>,
+    RingBuf<MapData>,
+    RingBuf<MapData>,
+);
+
+/// The state from the attached programs and the configuration; starts the
+/// NVML collector and the deep-mode socket's task.
+fn build_state(
+    config: Config,
+    attached: bpf::Attached,
+    inject_listener: Option<tokio::net::UnixListener>,
+) -> Built {
+    let bpf::Attached {
+        probes,
+        maps,
+        targets,
+        generation,
+        events,
+        intervals,
+        ser_process_calls,
+        cuda_process_calls,
+        cuda_calls,
+        gil_ranges,
+    } = attached;
+    let services: Arc<[_]> = config.services.into();
+    let probes = Arc::new(Mutex::new(probes));
+    let targets = Arc::new(Mutex::new(Targets::new(
+        targets,
+        generation,
+        GilTracker::new(gil_ranges, config.python.gil),
+        SerializationTracker::new(
+            probes.clone(),
+            default_specs()
+                .into_iter()
+                .chain(config.python.probes)
+                .collect(),
+            config.python.serialization_budget,
+            ser_process_calls,
+        ),
+        config.cuda.enabled.then(|| {
+            CudaTracker::new(
+                probes.clone(),
+                config.cuda.launch_budget_calls,
+                cuda_process_calls,
+                cuda_calls,
+            )
+        }),
+        services.clone(),
+    )));
+    targets.lock().unwrap_or_else(|p| p.into_inner()).rescan();
+
+    let timeline = Arc::new(Mutex::new(Timeline::new(
+        config.timeline.max_intervals,
+        config.timeline.retention.as_nanos() as u64,
+    )));
+    let gpu = Arc::new(Mutex::new(GpuState {
+        enabled: config.nvml.enabled,
+        idle: IdleChecks::new(config.nvml.idle_power_watts),
+        ..GpuState::default()
+    }));
+    // Says itself, in the state and the log, when it cannot run.
+    let collector = if config.nvml.enabled {
+        Some(gpu::nvml::start(config.nvml.interval, gpu.clone()))
+    } else {
+        gpu.lock().unwrap_or_else(|p| p.into_inner()).down_reason =
+            Some("disabled by [nvml] enabled = false".into());
+        None
+    };
+    let deep = inject_listener.map(|listener| {
+        let shared = deep::socket::Shared {
+            config: Arc::new(config.inject.socket.clone()),
+            ingest: Arc::new(Mutex::new(Ingest::new(
+                config.timeline.min_interval.as_nanos() as u64,
+            ))),
+            stats: Default::default(),
+            targets: targets.clone(),
+        };
+        log::info!(
+            "deep mode: listening on {} for the injection library",
+            config.inject.socket.path.display()
+        );
+        tokio::spawn(deep::socket::serve(listener, shared.clone()));
+        shared
+    });
+    let state = Arc::new(DaemonState {
+        services,
+        maps,
+        probes,
+        targets,
+        timeline,
+        annotations: Default::default(),
+        gpu,
+        deep,
+        explainer: Arc::new(Mutex::new(Explainer::new(config.explain.clone()))),
+        snapshots: Mutex::new(Snapshots::new(config.explain.history_ns)),
+    });
+    (state, collector, events, intervals)
+}

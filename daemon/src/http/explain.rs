@@ -1,0 +1,142 @@
+//! What the GPU's time went to: the explain report (`/api/v1/explain`)
+//! and the kernels deep mode recorded (`/api/v1/kernels`).
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Json,
+    extract::{Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+use super::bad_request;
+use crate::{clock::monotonic_ns, state::DaemonState};
+
+const EXPLAIN_PARAMS: &str = "use service=NAME (a [[service]] name) and window=DURATION (60s by default; s, m or h, at most [explain] history_s)";
+
+/// `GET /api/v1/explain?service=NAME&window=60s`: where the GPU's time
+/// went over the window and each load-generator phase in it, what the CPU
+/// side did, and the data's quality (see `explain::report`).
+pub(super) async fn explain(
+    State(state): State<Arc<DaemonState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let mut service = None;
+    let mut window_ns = 60_000_000_000u64;
+    let history_ns = state
+        .explainer
+        .lock()
+        .map(|e| e.config().history_ns)
+        .unwrap_or(0);
+    for (key, value) in &params {
+        match key.as_str() {
+            "service" => match state.service_id(value) {
+                Some(id) => service = Some((id, value.clone())),
+                None => {
+                    return bad_request(
+                        format!("no service named {value:?}"),
+                        "use a [[service]] name from the configuration",
+                    );
+                }
+            },
+            "window" => match crate::explain::report::parse_window(value) {
+                Some(ns) if ns > 0 && ns <= history_ns => window_ns = ns,
+                _ => {
+                    return bad_request(
+                        format!("window={value:?} is not a duration within the history"),
+                        EXPLAIN_PARAMS,
+                    );
+                }
+            },
+            _ => return bad_request(format!("unknown parameter {key:?}"), EXPLAIN_PARAMS),
+        }
+    }
+    let Some((id, name)) = service else {
+        return bad_request("service is missing".into(), EXPLAIN_PARAMS);
+    };
+    let report = tokio::task::spawn_blocking(move || {
+        let now = monotonic_ns();
+        state.snapshot_at(now, true);
+        let annotations = state
+            .annotations
+            .lock()
+            .map(|a| a.list())
+            .unwrap_or_default();
+        let top_kernels = state
+            .deep
+            .as_ref()
+            .map(|d| {
+                d.ingest
+                    .lock()
+                    .map(|i| i.top_kernels(id, 10))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let explainer = state.explainer.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshots = state.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        crate::explain::report::build(
+            &crate::explain::report::Inputs {
+                service_id: id,
+                service: &name,
+                explainer: &explainer,
+                snapshots: &snapshots,
+                annotations: &annotations,
+                top_kernels,
+                deep_enabled: state.deep.is_some(),
+            },
+            now.saturating_sub(window_ns),
+            now,
+        )
+    })
+    .await;
+    match report {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": format!("building the report failed: {e}") })),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /api/v1/kernels?service=NAME&limit=N`: the kernels CUPTI deep mode
+/// recorded for a service, by total GPU time, with their exact names
+/// (which metric labels never carry).
+pub(super) async fn kernels(
+    State(state): State<Arc<DaemonState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let fix = "use service=NAME (a [[service]] name) and optionally limit=1..1000";
+    let Some(name) = params.get("service") else {
+        return bad_request("service is missing".into(), fix);
+    };
+    let Some(service) = state.services.iter().position(|s| &s.name == name) else {
+        return bad_request(format!("no service named {name:?}"), fix);
+    };
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => 20,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => return bad_request("limit is out of range".into(), fix),
+    };
+    if let Some(unknown) = params.keys().find(|k| *k != "service" && *k != "limit") {
+        return bad_request(format!("unknown parameter {unknown:?}"), fix);
+    }
+    let top = match &state.deep {
+        Some(d) => d
+            .ingest
+            .lock()
+            .map(|i| i.top_kernels(service as u32, limit))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let list: Vec<Value> = top
+        .into_iter()
+        .map(|(name, t)| {
+            json!({ "name": name, "class": t.class, "count": t.count, "total_ns": t.total_ns })
+        })
+        .collect();
+    Json(json!({ "service": name, "deep_mode": state.deep.is_some(), "kernels": list }))
+        .into_response()
+}

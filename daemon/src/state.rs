@@ -1,0 +1,117 @@
+//! The daemon's state: everything gapscoped holds while it runs — the
+//! kernel maps and the probes that feed them, the traced targets, the
+//! timeline, the load generator's annotations, the NVML readings and idle
+//! checks, CUPTI deep mode's ingest, the explainer and its snapshots.
+//!
+//! `daemon` builds it and drives it; `http` and `metrics` only read it
+//! (the one exception: an annotation files itself here, `annotate`).
+
+use std::sync::{Arc, Mutex};
+
+use crate::{
+    annotations::{Annotation, Annotations},
+    bpf::{KernelMaps, Probes},
+    config::ServiceConfig,
+    deep,
+    discovery::Targets,
+    explain::{Explainer, snapshot::Snapshots},
+    gpu::{GpuState, idle::IdleCheck},
+    timeline::Timeline,
+};
+
+pub struct DaemonState {
+    pub services: Arc<[ServiceConfig]>,
+    pub maps: KernelMaps,
+    pub probes: Arc<Mutex<Probes>>,
+    pub targets: Arc<Mutex<Targets>>,
+    pub timeline: Arc<Mutex<Timeline>>,
+    pub annotations: Mutex<Annotations>,
+    /// The NVML collector's readings and idle checks.
+    pub gpu: Arc<Mutex<GpuState>>,
+    /// CUPTI deep mode's socket and what it ingested (None: `[inject]
+    /// enabled = false`).
+    pub deep: Option<deep::socket::Shared>,
+    /// GPU idle time attributed to causes.
+    pub explainer: Arc<Mutex<Explainer>>,
+    /// CPU-side counters over time, for windowed explain reports.
+    pub snapshots: Mutex<Snapshots>,
+}
+
+impl DaemonState {
+    /// Records the CPU-side counters as they are now, for windowed
+    /// explain reports (reads the kernel maps: call off the event loop).
+    pub fn snapshot(&self) {
+        self.snapshot_at(crate::clock::monotonic_ns(), false);
+    }
+
+    /// As `snapshot`, filed under `t_ns` (an annotation's own time, a
+    /// moment ago, so a phase's counters start where the phase does);
+    /// `transient` for one report's "now".
+    pub fn snapshot_at(&self, t_ns: u64, transient: bool) {
+        let families = crate::metrics::snapshot_families(self);
+        if let Ok(mut s) = self.snapshots.lock() {
+            s.take(t_ns, &families, transient);
+        }
+    }
+
+    pub fn service_id(&self, name: &str) -> Option<u32> {
+        self.services
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| i as u32)
+    }
+
+    pub fn service_name(&self, id: u32) -> Option<&str> {
+        self.services.get(id as usize).map(|s| s.name.as_str())
+    }
+
+    /// Files an annotation posted by the load generator (JSON, see
+    /// `annotations`): a phase's edge goes to the explainer and gets the
+    /// counters of its moment; a silent phase's edge starts or finishes its
+    /// idle check, returned when finished. Reads the kernel maps: call off
+    /// the event loop.
+    pub fn annotate(&self, body: &[u8]) -> Result<(Annotation, Option<IdleCheck>), String> {
+        let a = self
+            .annotations
+            .lock()
+            .map_err(|_| "poisoned".to_string())
+            .and_then(|mut a| a.add(body, crate::clock::monotonic_ns()))?;
+        // A progress event only carries a token count: no boundary to
+        // remember, no counters to file.
+        if a.event != "progress" {
+            if let Ok(mut e) = self.explainer.lock() {
+                e.phase_event(&a);
+            }
+            // The counters where the phase starts or ends; an annotation
+            // from the past or the future gets the present.
+            let now = crate::clock::monotonic_ns();
+            let at = if a.monotonic_ns <= now && now - a.monotonic_ns < 1_000_000_000 {
+                a.monotonic_ns
+            } else {
+                now
+            };
+            self.snapshot_at(at, false);
+        }
+        let idle_check = (a.kind == "silence").then(|| self.silence(&a)).flatten();
+        Ok((a, idle_check))
+    }
+
+    /// A silent phase started or ended: starts or finishes its idle check.
+    /// Returns the check when it finished.
+    pub fn silence(&self, a: &Annotation) -> Option<IdleCheck> {
+        let mut gpu = self.gpu.lock().ok()?;
+        if a.event == "start" {
+            gpu.idle.start(&a.phase, &a.run_id, a.monotonic_ns);
+            return None;
+        }
+        let down = gpu.down_reason.clone();
+        let check = gpu
+            .idle
+            .end(&a.phase, &a.run_id, a.monotonic_ns, down.as_deref())?
+            .clone();
+        for g in &check.gpus {
+            log::info!("idle check {} on GPU {}: {}", check.phase, g.gpu, g.finding);
+        }
+        Some(check)
+    }
+}
