@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use gapscope_ebpf_common::{Interval, IntervalKind, OffCpuReason};
 use gapscope_testkit::repo_root;
-use gapscoped::{config::ExplainConfig, explain::Explainer, gpu::busy::Stretch};
+use gapscoped::{config::ExplainConfig, cupti::busy::Stretch, explain::Explainer};
 
 const MS: u64 = 1_000_000;
 const SIMULATED_S: u64 = 60;

@@ -69,7 +69,7 @@ fn baseline() -> anyhow::Result<f64> {
 }
 
 fn floor() -> anyhow::Result<f64> {
-    let mut ebpf = EbpfLoader::new().load(gapscoped::bpf::OBJECT)?;
+    let mut ebpf = EbpfLoader::new().load(gapscoped::bpf::FLOOR_OBJECT)?;
     for (name, tp) in [
         ("gs_floor_enter", "sys_enter"),
         ("gs_floor_exit", "sys_exit"),

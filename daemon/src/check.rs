@@ -200,7 +200,7 @@ fn nvml() -> Item {
                 n.sys_driver_version().unwrap_or_default()
             ),
         ),
-        Err(e) => (false, crate::gpu::nvml::explain(&e)),
+        Err(e) => (false, crate::nvml::collector::explain(&e)),
     };
     Item {
         name: "nvml",

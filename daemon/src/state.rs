@@ -12,10 +12,10 @@ use crate::{
     annotations::{Annotation, Annotations},
     bpf::{KernelMaps, Probes},
     config::ServiceConfig,
-    deep,
+    cupti,
     discovery::Targets,
     explain::{Explainer, snapshot::Snapshots},
-    gpu::{GpuState, idle::IdleCheck},
+    nvml::{GpuState, idle::IdleCheck},
     timeline::Timeline,
 };
 
@@ -27,10 +27,10 @@ pub struct DaemonState {
     pub timeline: Arc<Mutex<Timeline>>,
     pub annotations: Mutex<Annotations>,
     /// The NVML collector's readings and idle checks.
-    pub gpu: Arc<Mutex<GpuState>>,
+    pub nvml: Arc<Mutex<GpuState>>,
     /// CUPTI deep mode's socket and what it ingested (None: `[inject]
     /// enabled = false`).
-    pub deep: Option<deep::socket::Shared>,
+    pub cupti: Option<cupti::socket::Shared>,
     /// GPU idle time attributed to causes.
     pub explainer: Arc<Mutex<Explainer>>,
     /// CPU-side counters over time, for windowed explain reports.
@@ -99,7 +99,7 @@ impl DaemonState {
     /// A silent phase started or ended: starts or finishes its idle check.
     /// Returns the check when it finished.
     pub fn silence(&self, a: &Annotation) -> Option<IdleCheck> {
-        let mut gpu = self.gpu.lock().ok()?;
+        let mut gpu = self.nvml.lock().ok()?;
         if a.event == "start" {
             gpu.idle.start(&a.phase, &a.run_id, a.monotonic_ns);
             return None;

@@ -11,6 +11,7 @@ use aya::{
 use gapscope_ebpf_common::{
     GilRange, LONG_INTERVAL_GLOBAL, Log2Hist, OffCpuStats, SyscallKey, ThreadState,
     USER_GENERATION_MAP,
+    names::{map, program},
 };
 
 use super::{Hook, OBJECT, PROGRAMS, raise_memlock, tracefs};
@@ -18,12 +19,7 @@ use crate::syscall_table;
 
 /// The uprobe programs, loaded at start and attached per library file
 /// later (serialization, CUDA).
-const UPROBE_PROGRAMS: [&str; 4] = [
-    "gs_ser_enter",
-    "gs_ser_exit",
-    "gs_cuda_enter",
-    "gs_cuda_exit",
-];
+const UPROBE_PROGRAMS: [&str; 4] = program::UPROBES;
 
 /// The loaded, attached programs. Dropping this detaches and unloads them.
 pub struct Probes {
@@ -159,7 +155,7 @@ pub fn attach_all(bpf_stats: bool, min_interval_ns: u64) -> anyhow::Result<Attac
         .load(OBJECT)
         .context("loading the BPF object into the kernel")?;
 
-    let mut family: Array<_, u32> = Array::try_from(take(&mut ebpf, "SYSCALL_FAMILY")?)?;
+    let mut family: Array<_, u32> = Array::try_from(take(&mut ebpf, map::SYSCALL_FAMILY)?)?;
     for (nr, fam) in syscall_table::family_table().into_iter().enumerate() {
         family.set(nr as u32, fam, 0)?;
     }
@@ -213,23 +209,23 @@ pub fn attach_all(bpf_stats: bool, min_interval_ns: u64) -> anyhow::Result<Attac
     };
 
     let maps = KernelMaps {
-        threads: HashMap::try_from(take(&mut ebpf, "THREADS")?)?,
-        syscalls: PerCpuHashMap::try_from(take(&mut ebpf, "SYSCALLS")?)?,
-        offcpu: PerCpuArray::try_from(take(&mut ebpf, "OFFCPU")?)?,
-        gil_wait: PerCpuArray::try_from(take(&mut ebpf, "GIL_WAIT")?)?,
-        ser_calls: PerCpuArray::try_from(take(&mut ebpf, "SER_CALLS")?)?,
-        counters: PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?,
+        threads: HashMap::try_from(take(&mut ebpf, map::THREADS)?)?,
+        syscalls: PerCpuHashMap::try_from(take(&mut ebpf, map::SYSCALLS)?)?,
+        offcpu: PerCpuArray::try_from(take(&mut ebpf, map::OFFCPU)?)?,
+        gil_wait: PerCpuArray::try_from(take(&mut ebpf, map::GIL_WAIT)?)?,
+        ser_calls: PerCpuArray::try_from(take(&mut ebpf, map::SER_CALLS)?)?,
+        counters: PerCpuArray::try_from(take(&mut ebpf, map::COUNTERS)?)?,
     };
     Ok(Attached {
         maps,
-        targets: HashMap::try_from(take(&mut ebpf, "TARGETS")?)?,
+        targets: HashMap::try_from(take(&mut ebpf, map::TARGETS)?)?,
         generation: Array::try_from(take(&mut ebpf, USER_GENERATION_MAP)?)?,
-        events: RingBuf::try_from(take(&mut ebpf, "PROC_EVENTS")?)?,
-        intervals: RingBuf::try_from(take(&mut ebpf, "TIMELINE")?)?,
-        ser_process_calls: HashMap::try_from(take(&mut ebpf, "SER_PROCESS_CALLS")?)?,
-        cuda_process_calls: HashMap::try_from(take(&mut ebpf, "CUDA_PROCESS_CALLS")?)?,
-        cuda_calls: PerCpuHashMap::try_from(take(&mut ebpf, "CUDA_CALLS")?)?,
-        gil_ranges: HashMap::try_from(take(&mut ebpf, "GIL_RANGES")?)?,
+        events: RingBuf::try_from(take(&mut ebpf, map::PROC_EVENTS)?)?,
+        intervals: RingBuf::try_from(take(&mut ebpf, map::TIMELINE)?)?,
+        ser_process_calls: HashMap::try_from(take(&mut ebpf, map::SER_PROCESS_CALLS)?)?,
+        cuda_process_calls: HashMap::try_from(take(&mut ebpf, map::CUDA_PROCESS_CALLS)?)?,
+        cuda_calls: PerCpuHashMap::try_from(take(&mut ebpf, map::CUDA_CALLS)?)?,
+        gil_ranges: HashMap::try_from(take(&mut ebpf, map::GIL_RANGES)?)?,
         probes: Probes { ebpf, stats },
     })
 }

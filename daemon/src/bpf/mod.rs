@@ -10,28 +10,44 @@ pub mod tracefs;
 pub mod uprobes;
 
 pub use attach::{Attached, KernelMaps, Probes, attach_all};
+use gapscope_ebpf_common::names::program;
 
 /// The BPF object built from `ebpf/programs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gapscope"));
 
+/// The overhead benchmark's empty programs (`gs_floor_enter`,
+/// `gs_floor_exit`), an object of their own; the daemon never loads it.
+#[doc(hidden)]
+pub static FLOOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gapscope-floor"));
+
 /// What each program attaches to, in attach order: process following first,
 /// so nothing forked between the /proc scan and the attach is missed.
 pub const PROGRAMS: &[(&str, Hook)] = &[
-    ("gs_task_newtask", Hook::Tracepoint("task", "task_newtask")),
     (
-        "gs_process_exec",
+        program::TASK_NEWTASK,
+        Hook::Tracepoint("task", "task_newtask"),
+    ),
+    (
+        program::PROCESS_EXEC,
         Hook::Tracepoint("sched", "sched_process_exec"),
     ),
     (
-        "gs_process_exit",
+        program::PROCESS_EXIT,
         Hook::Tracepoint("sched", "sched_process_exit"),
     ),
-    ("gs_sys_enter", Hook::RawTracepoint("sys_enter")),
-    ("gs_sys_exit", Hook::RawTracepoint("sys_exit")),
-    ("gs_sched_switch", Hook::Tracepoint("sched", "sched_switch")),
-    ("gs_sched_wakeup", Hook::Tracepoint("sched", "sched_wakeup")),
+    (program::SYS_ENTER, Hook::RawTracepoint("sys_enter")),
+    (program::SYS_EXIT, Hook::RawTracepoint("sys_exit")),
     (
-        "gs_sched_wakeup_new",
+        program::SCHED_SWITCH,
+        Hook::Tracepoint("sched", "sched_switch"),
+    ),
+    (
+        program::SCHED_WAKEUP,
+        Hook::Tracepoint("sched", "sched_wakeup"),
+    ),
+    (
+        program::SCHED_WAKEUP_NEW,
         Hook::Tracepoint("sched", "sched_wakeup_new"),
     ),
 ];
@@ -58,5 +74,35 @@ pub fn raise_memlock() {
             "could not raise RLIMIT_MEMLOCK ({}); fine on kernels >= 5.11",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gapscope_ebpf_common::names::{map, program};
+    use object::{Object, ObjectSymbol};
+
+    /// Every map the daemon takes and every program it loads is in the
+    /// built object under the name `ebpf/common` spells.
+    #[test]
+    fn the_object_carries_every_shared_name() {
+        let file = object::File::parse(super::OBJECT).expect("the BPF object is ELF");
+        let symbols: std::collections::HashSet<&str> =
+            file.symbols().filter_map(|s| s.name().ok()).collect();
+        let programs = super::PROGRAMS.iter().map(|(name, _)| *name);
+        for name in map::ALL.into_iter().chain(programs).chain(program::UPROBES) {
+            assert!(symbols.contains(name), "{name} missing from the BPF object");
+        }
+        assert!(
+            !symbols.contains("gs_floor_enter"),
+            "the benchmark's programs ship"
+        );
+    }
+
+    #[test]
+    fn the_benchmark_floor_is_an_object_of_its_own() {
+        let file = object::File::parse(super::FLOOR_OBJECT).expect("the floor object is ELF");
+        let names: Vec<&str> = file.symbols().filter_map(|s| s.name().ok()).collect();
+        assert!(names.contains(&"gs_floor_enter") && names.contains(&"gs_floor_exit"));
     }
 }

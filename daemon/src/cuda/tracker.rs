@@ -29,7 +29,10 @@ use crate::{
 };
 
 /// The probe programs, loaded by `bpf::attach_all`.
-pub const PROGRAMS: (&str, &str) = ("gs_cuda_enter", "gs_cuda_exit");
+pub const PROGRAMS: (&str, &str) = (
+    gapscope_ebpf_common::names::program::CUDA_ENTER,
+    gapscope_ebpf_common::names::program::CUDA_EXIT,
+);
 
 /// Seconds a process counts as new: its mappings are read every second
 /// until it maps CUDA.

@@ -16,12 +16,12 @@ use crate::{
     bpf::{self, caps},
     config::Config,
     cuda::CudaTracker,
-    deep::{self, Ingest},
+    cupti::{self, Ingest},
     discovery::Targets,
     error::UsageError,
     explain::{Explainer, snapshot::Snapshots},
-    gpu::{self, GpuState, IdleChecks},
     http, notify,
+    nvml::{self, GpuState, IdleChecks},
     python::{
         GilTracker,
         serialization::{SerializationTracker, default_specs},
@@ -37,7 +37,7 @@ pub(super) struct Running {
     pub state: Arc<DaemonState>,
     pub events: AsyncFd<RingBuf<MapData>>,
     pub intervals: AsyncFd<RingBuf<MapData>>,
-    pub collector: Option<gpu::nvml::Collector>,
+    pub collector: Option<nvml::collector::Collector>,
     pub stop_http: tokio::sync::oneshot::Sender<()>,
     pub server: tokio::task::JoinHandle<std::io::Result<()>>,
     /// The deep-mode socket's path, removed at shutdown.
@@ -128,7 +128,7 @@ fn bind(config: &Config) -> anyhow::Result<Bound> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let inject_listener = if config.inject.enabled {
-        Some(deep::socket::bind(&config.inject.socket.path)?)
+        Some(cupti::socket::bind(&config.inject.socket.path)?)
     } else {
         None
     };
@@ -156,7 +156,7 @@ fn drop_capabilities() {
 
 type Built = (
     Arc<DaemonState>,
-    Option<gpu::nvml::Collector>,
+    Option<nvml::collector::Collector>,
     RingBuf<MapData>,
     RingBuf<MapData>,
 );
@@ -211,21 +211,21 @@ fn build_state(
         config.timeline.max_intervals,
         config.timeline.retention.as_nanos() as u64,
     )));
-    let gpu = Arc::new(Mutex::new(GpuState {
+    let nvml = Arc::new(Mutex::new(GpuState {
         enabled: config.nvml.enabled,
         idle: IdleChecks::new(config.nvml.idle_power_watts),
         ..GpuState::default()
     }));
     // Says itself, in the state and the log, when it cannot run.
     let collector = if config.nvml.enabled {
-        Some(gpu::nvml::start(config.nvml.interval, gpu.clone()))
+        Some(nvml::collector::start(config.nvml.interval, nvml.clone()))
     } else {
-        gpu.lock().unwrap_or_else(|p| p.into_inner()).down_reason =
+        nvml.lock().unwrap_or_else(|p| p.into_inner()).down_reason =
             Some("disabled by [nvml] enabled = false".into());
         None
     };
-    let deep = inject_listener.map(|listener| {
-        let shared = deep::socket::Shared {
+    let cupti = inject_listener.map(|listener| {
+        let shared = cupti::socket::Shared {
             config: Arc::new(config.inject.socket.clone()),
             ingest: Arc::new(Mutex::new(Ingest::new(
                 config.timeline.min_interval.as_nanos() as u64,
@@ -237,7 +237,7 @@ fn build_state(
             "deep mode: listening on {} for the injection library",
             config.inject.socket.path.display()
         );
-        tokio::spawn(deep::socket::serve(listener, shared.clone()));
+        tokio::spawn(cupti::socket::serve(listener, shared.clone()));
         shared
     });
     let state = Arc::new(DaemonState {
@@ -247,8 +247,8 @@ fn build_state(
         targets,
         timeline,
         annotations: Default::default(),
-        gpu,
-        deep,
+        nvml,
+        cupti,
         explainer: Arc::new(Mutex::new(Explainer::new(config.explain.clone()))),
         snapshots: Mutex::new(Snapshots::new(config.explain.history_ns)),
     });

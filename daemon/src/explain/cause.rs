@@ -11,7 +11,7 @@
 //! in a syscall; `no_work` (every launching thread idle-waiting for
 //! requests) only applies when nothing else does.
 
-use gapscope_ebpf_common::OffCpuReason;
+use gapscope_ebpf_common::{IntervalKind, OffCpuReason};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -63,22 +63,23 @@ impl Cause {
         Self::NoWork,
     ];
 
-    /// The `cause` label and JSON key.
+    /// The `cause` label and JSON key. A cause that is an off-CPU reason
+    /// or an interval kind is spelled as that one is (`gapscope-ebpf-common`).
     pub const fn label(self) -> &'static str {
         match self {
             Self::LaunchOverhead => "launch_overhead",
-            Self::HostSync => "host_sync",
-            Self::GilWait => "gil_wait",
-            Self::Serialization => "serialization",
+            Self::HostSync => IntervalKind::HostSync.label(),
+            Self::GilWait => IntervalKind::GilWait.label(),
+            Self::Serialization => IntervalKind::Serialization.label(),
             Self::PythonCpu => "python_cpu",
-            Self::Runqueue => "runqueue",
-            Self::SyscallFutex => "syscall_futex",
-            Self::SyscallPoll => "syscall_poll",
-            Self::SyscallNet => "syscall_net",
-            Self::SyscallFile => "syscall_file",
-            Self::SyscallSleep => "syscall_sleep",
-            Self::SyscallOther => "syscall_other",
-            Self::BlockedOther => "blocked_other",
+            Self::Runqueue => OffCpuReason::Runqueue.label(),
+            Self::SyscallFutex => OffCpuReason::SyscallFutex.label(),
+            Self::SyscallPoll => OffCpuReason::SyscallPoll.label(),
+            Self::SyscallNet => OffCpuReason::SyscallNet.label(),
+            Self::SyscallFile => OffCpuReason::SyscallFile.label(),
+            Self::SyscallSleep => OffCpuReason::SyscallSleep.label(),
+            Self::SyscallOther => OffCpuReason::SyscallOther.label(),
+            Self::BlockedOther => OffCpuReason::BlockedOther.label(),
             Self::NoWork => "no_work",
         }
     }

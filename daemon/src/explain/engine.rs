@@ -30,7 +30,7 @@ use super::{
     history::{History, Split},
 };
 use crate::config::ExplainConfig;
-use crate::{annotations::Annotation, gpu::busy::Stretch};
+use crate::{annotations::Annotation, cupti::busy::Stretch};
 
 /// How old a gap's end must be before it is attributed.
 pub const SETTLE_NS: u64 = 250_000_000;
@@ -76,7 +76,7 @@ impl Source {
 
 /// The uprobe-only view of one service's GPU.
 #[derive(Debug, Default)]
-struct ZeroTouch {
+struct UprobeView {
     /// A host sync returned here and nothing was launched since.
     idle_since: Option<u64>,
     /// Work was handed over here and no sync has drained it yet.
@@ -106,8 +106,8 @@ struct Service {
     /// Threads that launched or synchronized, and when last.
     launchers: HashMap<u32, u64>,
     markers: Vec<Marker>,
-    zero_touch: ZeroTouch,
-    deep_seen_ns: Option<u64>,
+    uprobe_view: UprobeView,
+    cupti_seen_ns: Option<u64>,
     stretches: Vec<(u8, Stretch)>,
     /// Newest end of any state: the window's clock.
     newest_ns: u64,
@@ -306,7 +306,7 @@ impl Explainer {
     /// Takes a settled busy stretch of `device` from CUPTI deep mode.
     pub fn on_stretch(&mut self, service: u32, device: u8, stretch: Stretch) {
         let s = self.services.entry(service).or_default();
-        s.deep_seen_ns = Some(s.deep_seen_ns.unwrap_or(0).max(stretch.end_ns));
+        s.cupti_seen_ns = Some(s.cupti_seen_ns.unwrap_or(0).max(stretch.end_ns));
         s.stretches.push((device, stretch));
     }
 
@@ -319,7 +319,7 @@ impl Explainer {
         for id in ids {
             let extra = self.ongoing_states(id, now_ns, ongoing);
             self.deep_gaps(id, horizon, &extra);
-            self.zero_touch_gaps(id, horizon, &extra);
+            self.uprobe_gaps(id, horizon, &extra);
         }
     }
 
@@ -403,7 +403,7 @@ impl Explainer {
         }
     }
 
-    fn zero_touch_gaps(&mut self, id: u32, horizon: u64, extra: &[ThreadState]) {
+    fn uprobe_gaps(&mut self, id: u32, horizon: u64, extra: &[ThreadState]) {
         let s = self.services.get_mut(&id).expect("listed");
         if s.markers.is_empty() {
             return;
@@ -414,16 +414,16 @@ impl Explainer {
         if batch.is_empty() {
             return;
         }
-        let deep_seen = s.deep_seen_ns;
+        let deep_seen = s.cupti_seen_ns;
         let in_deep_mode =
             |t: u64| deep_seen.is_some_and(|seen| t <= seen.saturating_add(DEEP_HOLD_NS));
-        let lo = s.zero_touch.idle_since.unwrap_or(batch[0].at());
+        let lo = s.uprobe_view.idle_since.unwrap_or(batch[0].at());
         let index = StateIndex::new(s, extra, lo, batch[batch.len() - 1].at());
         let resolution = self.config.resolution_ns;
         let mut gaps = Vec::new();
         let mut busy = Vec::new();
-        let zt = &mut s.zero_touch;
-        let fed = |zt: &mut ZeroTouch, at: u64, gaps: &mut Vec<(u64, u64)>| {
+        let zt = &mut s.uprobe_view;
+        let fed = |zt: &mut UprobeView, at: u64, gaps: &mut Vec<(u64, u64)>| {
             if let Some(idle) = zt.idle_since.take()
                 && at > idle
             {

@@ -31,7 +31,7 @@ pub fn drain_intervals(state: &DaemonState, ring: &mut RingBuf<MapData>) {
 /// timeline); gaps whose states have arrived are attributed.
 pub fn settle(state: &DaemonState, now_ns: u64, reorder_ns: u64) {
     let mut explain = state.explainer.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(d) = &state.deep {
+    if let Some(d) = &state.cupti {
         let mut ingest = d.ingest.lock().unwrap_or_else(|p| p.into_inner());
         ingest.advance(now_ns.saturating_sub(reorder_ns));
         if !ingest.timeline.is_empty() {

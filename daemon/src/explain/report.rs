@@ -12,7 +12,7 @@ use super::{
     history::{Split, by_cause},
     snapshot::{self, Delta, Snapshots},
 };
-use crate::{annotations::Annotation, deep::ingest::KernelTotals};
+use crate::{annotations::Annotation, cupti::ingest::KernelTotals};
 
 /// Kernels shorter than this are "tiny" in the fusion diagnostics.
 pub const TINY_KERNEL_S: f64 = 10e-6;

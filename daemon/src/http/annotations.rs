@@ -11,7 +11,7 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::bad_request;
-use crate::{gpu::idle::IdleCheck, state::DaemonState};
+use crate::{nvml::idle::IdleCheck, state::DaemonState};
 
 /// `POST /api/v1/annotations`: a phase start or end from the load
 /// generator, or its progress (JSON: phase, event = start|end|progress,
@@ -49,7 +49,7 @@ pub(super) async fn list(State(state): State<Arc<DaemonState>>) -> Response {
 /// `GET /api/v1/idle-checks`: every silent phase checked so far, oldest
 /// first, with the service of each process still holding GPU memory.
 pub(super) async fn idle_checks(State(state): State<Arc<DaemonState>>) -> Response {
-    let (checks, down) = match state.gpu.lock() {
+    let (checks, down) = match state.nvml.lock() {
         Ok(g) => (
             g.idle.done().cloned().collect::<Vec<_>>(),
             g.down_reason.clone(),

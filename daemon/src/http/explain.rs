@@ -65,7 +65,7 @@ pub(super) async fn explain(
             .map(|a| a.list())
             .unwrap_or_default();
         let top_kernels = state
-            .deep
+            .cupti
             .as_ref()
             .map(|d| {
                 d.ingest
@@ -84,7 +84,7 @@ pub(super) async fn explain(
                 snapshots: &snapshots,
                 annotations: &annotations,
                 top_kernels,
-                deep_enabled: state.deep.is_some(),
+                deep_enabled: state.cupti.is_some(),
             },
             now.saturating_sub(window_ns),
             now,
@@ -123,7 +123,7 @@ pub(super) async fn kernels(
     if let Some(unknown) = params.keys().find(|k| *k != "service" && *k != "limit") {
         return bad_request(format!("unknown parameter {unknown:?}"), fix);
     }
-    let top = match &state.deep {
+    let top = match &state.cupti {
         Some(d) => d
             .ingest
             .lock()
@@ -137,6 +137,6 @@ pub(super) async fn kernels(
             json!({ "name": name, "class": t.class, "count": t.count, "total_ns": t.total_ns })
         })
         .collect();
-    Json(json!({ "service": name, "deep_mode": state.deep.is_some(), "kernels": list }))
+    Json(json!({ "service": name, "deep_mode": state.cupti.is_some(), "kernels": list }))
         .into_response()
 }

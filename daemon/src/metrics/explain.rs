@@ -58,7 +58,7 @@ pub fn collect(state: &DaemonState) -> Vec<Family> {
         launchers.add_gauge(&[("service", &s.name)], e.launchers(id as u32) as f64);
     }
     states.add_counter(&[], e.counters.states as f64);
-    let behind = state.deep.as_ref().map_or(0, |d| {
+    let behind = state.cupti.as_ref().map_or(0, |d| {
         d.ingest
             .lock()
             .map(|i| i.stretches_dropped)

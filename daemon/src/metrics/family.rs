@@ -3,17 +3,17 @@
 //! is copied in between).
 
 use aya::maps::{MapData, PerCpuArray};
-use gapscope_ebpf_common::{HIST_BUCKETS, Log2Hist};
+use gapscope_ebpf_common::{HIST_BUCKETS, Log2Hist, PerCpuSum};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 
 /// Log2 buckets below this one are folded into it: sub-microsecond
 /// resolution is noise for "why is the GPU idle".
 const FIRST_EXPORTED_BUCKET: usize = 9;
 
-/// One slot of a per-CPU histogram array, summed over the CPUs (zero when
-/// the slot cannot be read).
-pub fn merged(array: &PerCpuArray<MapData, Log2Hist>, index: u32) -> Log2Hist {
-    let mut total = Log2Hist::ZERO;
+/// One slot of a per-CPU array, summed over the CPUs (zero when the slot
+/// cannot be read).
+pub fn merged<T: PerCpuSum + aya::Pod>(array: &PerCpuArray<MapData, T>, index: u32) -> T {
+    let mut total = T::ZERO;
     if let Ok(per_cpu) = array.get(&index, 0) {
         for h in per_cpu.iter() {
             total.merge(h);

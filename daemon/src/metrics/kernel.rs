@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use gapscope_ebpf_common::{Log2Hist, OffCpuReason, OffCpuStats, counter};
 
-use super::Family;
+use super::{Family, merged};
 use crate::state::DaemonState;
 use crate::syscall_table;
 
@@ -90,17 +90,7 @@ fn cpu_time(state: &DaemonState) -> Vec<Family> {
         "How long the service's threads waited for a CPU once runnable.",
     );
     for (id, service) in state.services.iter().enumerate() {
-        let Ok(per_cpu) = state.maps.offcpu.get(&(id as u32), 0) else {
-            continue;
-        };
-        let mut total = OffCpuStats::ZERO;
-        for s in per_cpu.iter() {
-            total.on_cpu_ns += s.on_cpu_ns;
-            for (a, b) in total.off_ns.iter_mut().zip(s.off_ns.iter()) {
-                *a += b;
-            }
-            total.runq.merge(&s.runq);
-        }
+        let total: OffCpuStats = merged(&state.maps.offcpu, id as u32);
         let name = service.name.as_str();
         on.add_counter(&[("service", name)], total.on_cpu_ns as f64 / 1e9);
         for reason in OffCpuReason::ALL {

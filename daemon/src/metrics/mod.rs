@@ -3,11 +3,11 @@
 //! the times are part of the same scrape.
 
 mod cuda;
-mod deep;
+mod cupti;
 mod explain;
 mod family;
-mod gpu;
 mod kernel;
+mod nvml;
 mod python;
 mod selfmon;
 mod timeline;
@@ -27,8 +27,8 @@ const SOURCES: &[(&str, Source)] = &[
     ("python", python::collect),
     ("timeline", timeline::collect),
     ("cuda", cuda::collect),
-    ("nvml", gpu::collect),
-    ("deep", deep::collect),
+    ("nvml", nvml::collect),
+    ("deep", cupti::collect),
     ("explain", explain::collect),
     ("self", selfmon::collect),
 ];

@@ -61,14 +61,14 @@ pub fn collect(state: &DaemonState) -> Vec<Family> {
     up.add_gauge(&[("collector", "cuda")], flag(cuda));
     configured.add_gauge(&[("collector", "cuda")], flag(cuda));
     let (nvml_enabled, nvml_up) = state
-        .gpu
+        .nvml
         .lock()
         .map(|g| (g.enabled, g.up))
         .unwrap_or_default();
     up.add_gauge(&[("collector", "nvml")], flag(nvml_up));
     configured.add_gauge(&[("collector", "nvml")], flag(nvml_enabled));
-    configured.add_gauge(&[("collector", "deep")], flag(state.deep.is_some()));
-    up.add_gauge(&[("collector", "deep")], flag(state.deep.is_some()));
+    configured.add_gauge(&[("collector", "deep")], flag(state.cupti.is_some()));
+    up.add_gauge(&[("collector", "deep")], flag(state.cupti.is_some()));
 
     let mut stats_on = Family::gauge(
         "gapscope_bpf_stats_enabled",

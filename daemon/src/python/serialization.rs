@@ -143,7 +143,10 @@ pub fn default_specs() -> Vec<ProbeSpec> {
 pub const MAX_PROBES: usize = MAX_SER_PROBES as usize;
 
 /// The probe programs, loaded by `bpf::attach_all`.
-pub const PROGRAMS: (&str, &str) = ("gs_ser_enter", "gs_ser_exit");
+pub const PROGRAMS: (&str, &str) = (
+    gapscope_ebpf_common::names::program::SER_ENTER,
+    gapscope_ebpf_common::names::program::SER_EXIT,
+);
 
 pub struct SerializationTracker {
     /// What to probe: the built-in specs, then the configured ones.

@@ -7,6 +7,8 @@
 //! user space.
 #![cfg_attr(not(test), no_std)]
 
+pub mod names;
+
 /// Most services a configuration may define. Service ids index per-CPU arrays.
 pub const MAX_SERVICES: u32 = 64;
 
@@ -178,6 +180,35 @@ impl OffCpuStats {
         off_ns: [0; OFFCPU_REASONS],
         runq: Log2Hist::ZERO,
     };
+
+    /// Adds another CPU's copy into this one (user space, at scrape time).
+    pub fn merge(&mut self, other: &Self) {
+        self.on_cpu_ns += other.on_cpu_ns;
+        for (a, b) in self.off_ns.iter_mut().zip(other.off_ns.iter()) {
+            *a += *b;
+        }
+        self.runq.merge(&other.runq);
+    }
+}
+
+/// A value kept one copy per CPU that user space sums at scrape time.
+pub trait PerCpuSum: Copy {
+    const ZERO: Self;
+    fn merge(&mut self, other: &Self);
+}
+
+impl PerCpuSum for Log2Hist {
+    const ZERO: Self = Log2Hist::ZERO;
+    fn merge(&mut self, other: &Self) {
+        Log2Hist::merge(self, other)
+    }
+}
+
+impl PerCpuSum for OffCpuStats {
+    const ZERO: Self = OffCpuStats::ZERO;
+    fn merge(&mut self, other: &Self) {
+        OffCpuStats::merge(self, other)
+    }
 }
 
 /// What the kernel remembers about one thread of a traced process.

@@ -17,7 +17,9 @@
 //!   points in libcuda and libcudart.
 //! * `timeline` — GIL waits, serialization calls and host syncs longer than a
 //!   threshold, sent to user space as intervals.
-//! * `floor` — empty programs for the overhead benchmark's floor.
+//!
+//! The overhead benchmark's empty programs are a separate object
+//! (`src/bin/floor.rs`), not part of this one.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
@@ -25,8 +27,6 @@
 
 #[cfg(target_arch = "bpf")]
 mod cuda;
-#[cfg(target_arch = "bpf")]
-mod floor;
 #[cfg(target_arch = "bpf")]
 mod gil;
 #[cfg(target_arch = "bpf")]

@@ -1,13 +1,11 @@
 //! The GPU's own telemetry, read through NVML: `sample` is what one
-//! reading of a GPU holds, `nvml` reads them on a timer in a thread of its
+//! reading of a GPU holds, `collector` reads them on a timer in a thread of its
 //! own (NVML calls block, some for milliseconds), and `idle` turns the
 //! readings taken during a phase the load generator marked silent into a
 //! measured answer to "did the GPU return to idle?".
 
-pub mod busy;
-pub mod classify;
+pub mod collector;
 pub mod idle;
-pub mod nvml;
 pub mod sample;
 
 pub use idle::IdleChecks;

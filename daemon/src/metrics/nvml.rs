@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::Family;
-use crate::gpu::{GpuSample, GpuState, sample::THROTTLE_REASONS};
+use crate::nvml::{GpuSample, GpuState, sample::THROTTLE_REASONS};
 use crate::state::DaemonState;
 
 pub fn collect(state: &DaemonState) -> Vec<Family> {
@@ -17,7 +17,7 @@ pub fn collect(state: &DaemonState) -> Vec<Family> {
             .and_then(|s| state.service_name(*s))
             .map(str::to_string)
     };
-    match state.gpu.lock() {
+    match state.nvml.lock() {
         Ok(state) => families(&state, &service_of),
         Err(_) => Vec::new(),
     }
@@ -248,7 +248,7 @@ pub fn families(state: &GpuState, service_of: &dyn Fn(u32) -> Option<String>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::sample::GpuProcess;
+    use crate::nvml::sample::GpuProcess;
 
     #[test]
     fn constructed_readings_render_with_dcgm_labels() {

@@ -5,11 +5,11 @@
 //! CUDA_VISIBLE_DEVICES it need not be NVML's `gpu` index).
 
 use super::Family;
-use crate::deep::ingest::IngestCounters;
+use crate::cupti::ingest::IngestCounters;
 use crate::state::DaemonState;
 
 pub fn collect(state: &DaemonState) -> Vec<Family> {
-    let Some(deep) = &state.deep else {
+    let Some(deep) = &state.cupti else {
         return Vec::new();
     };
     let mut kernels = Family::histogram(
@@ -72,7 +72,7 @@ pub fn collect(state: &DaemonState) -> Vec<Family> {
     out
 }
 
-fn socket_families(deep: &crate::deep::socket::Shared, c: &IngestCounters) -> Vec<Family> {
+fn socket_families(deep: &crate::cupti::socket::Shared, c: &IngestCounters) -> Vec<Family> {
     let stats = deep.stats.lock().unwrap_or_else(|p| p.into_inner());
     let mut connections = Family::gauge(
         "gapscope_inject_connections",

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use gapscope_ebpf_common::{Interval, IntervalKind, Log2Hist};
 use gapscope_wire::{ClockMode, Frame, Hello, Record, RecordKind, copy};
 
-use crate::gpu::{
+use super::{
     busy::{BusyTracker, Stretch},
     classify,
 };

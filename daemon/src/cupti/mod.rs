@@ -4,8 +4,12 @@
 //! each may send, `ingest` turns records into per-service, per-GPU
 //! statistics — kernels by class, busy time as the union of activity,
 //! idle gaps, launch latency, copies, synchronization — and busy stretches
-//! for the timeline.
+//! for the timeline; `busy` keeps a GPU's busy time as the union of its
+//! activity and cuts it into stretches; `classify` names a kernel's class
+//! (gemm, attention, …) from its name.
 
+pub mod busy;
+pub mod classify;
 pub mod ingest;
 pub mod socket;
 
