@@ -225,7 +225,8 @@ impl Activity {
         device_of_context: impl Fn(u32) -> Option<u32>,
     ) -> Option<Record> {
         let shift = |t: u64| t.checked_add_signed(offset_ns);
-        let (kind, device, detail, stream, correlation, name, start, end, bytes) = match *self {
+        // (CUDA device, the record on CUPTI's clock)
+        let (device, raw) = match *self {
             Activity::Kernel {
                 start,
                 end,
@@ -234,15 +235,13 @@ impl Activity {
                 correlation,
                 ..
             } => (
-                RecordKind::Kernel,
                 device,
-                0,
-                stream,
-                correlation,
-                name,
-                start,
-                end,
-                0,
+                Record {
+                    stream,
+                    correlation,
+                    name,
+                    ..span(RecordKind::Kernel, start, end)
+                },
             ),
             Activity::Memcpy {
                 copy_kind,
@@ -253,15 +252,14 @@ impl Activity {
                 stream,
                 correlation,
             } => (
-                RecordKind::Memcpy,
                 device,
-                copy_direction(copy_kind),
-                stream,
-                correlation,
-                0,
-                start,
-                end,
-                bytes,
+                Record {
+                    detail: copy_direction(copy_kind),
+                    stream,
+                    correlation,
+                    bytes,
+                    ..span(RecordKind::Memcpy, start, end)
+                },
             ),
             Activity::Memset {
                 bytes,
@@ -271,15 +269,13 @@ impl Activity {
                 stream,
                 correlation,
             } => (
-                RecordKind::Memset,
                 device,
-                0,
-                stream,
-                correlation,
-                0,
-                start,
-                end,
-                bytes,
+                Record {
+                    stream,
+                    correlation,
+                    bytes,
+                    ..span(RecordKind::Memset, start, end)
+                },
             ),
             Activity::Api {
                 driver,
@@ -288,21 +284,22 @@ impl Activity {
                 end,
                 correlation,
                 ..
-            } => (
-                if driver {
+            } => {
+                let kind = if driver {
                     RecordKind::DriverApi
                 } else {
                     RecordKind::RuntimeApi
-                },
-                0,
-                0,
-                0,
-                correlation,
-                cbid,
-                start,
-                end,
-                0,
-            ),
+                };
+                let name = cbid;
+                (
+                    0,
+                    Record {
+                        correlation,
+                        name,
+                        ..span(kind, start, end)
+                    },
+                )
+            }
             Activity::Sync {
                 sync_type,
                 start,
@@ -311,46 +308,50 @@ impl Activity {
                 context,
                 stream,
             } => (
-                RecordKind::Sync,
                 device_of_context(context).unwrap_or(0),
-                sync_type.min(255) as u8,
-                stream,
-                correlation,
-                0,
-                start,
-                end,
-                0,
+                Record {
+                    detail: sync_type.min(255) as u8,
+                    stream,
+                    correlation,
+                    ..span(RecordKind::Sync, start, end)
+                },
             ),
             Activity::Overhead {
                 overhead_kind,
                 start,
                 end,
             } => (
-                RecordKind::Overhead,
                 0,
-                0,
-                0,
-                0,
-                overhead_kind,
-                start,
-                end,
-                0,
+                Record {
+                    name: overhead_kind,
+                    ..span(RecordKind::Overhead, start, end)
+                },
             ),
         };
-        if end < start || device >= MAX_DEVICES as u32 {
+        if raw.end_ns < raw.start_ns || device >= MAX_DEVICES as u32 {
             return None;
         }
         Some(Record {
-            kind,
             device: device as u8,
-            detail,
-            stream,
-            correlation,
-            name,
-            start_ns: shift(start)?,
-            end_ns: shift(end)?,
-            bytes,
+            start_ns: shift(raw.start_ns)?,
+            end_ns: shift(raw.end_ns)?,
+            ..raw
         })
+    }
+}
+
+/// A record of `kind` from `start` to `end` with every other field zero.
+fn span(kind: RecordKind, start: u64, end: u64) -> Record {
+    Record {
+        kind,
+        device: 0,
+        detail: 0,
+        stream: 0,
+        correlation: 0,
+        name: 0,
+        start_ns: start,
+        end_ns: end,
+        bytes: 0,
     }
 }
 

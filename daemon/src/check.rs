@@ -229,17 +229,28 @@ fn kernel() -> Item {
 }
 
 fn btf() -> Item {
-    let ok = Path::new("/sys/kernel/btf/vmlinux").exists();
+    file_item(
+        "btf",
+        "/sys/kernel/btf/vmlinux",
+        ("/sys/kernel/btf/vmlinux present", "no kernel BTF"),
+        "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+    )
+}
+
+/// An optional feature the kernel shows as a file: present or not.
+fn file_item(
+    name: &'static str,
+    path: &str,
+    (present, absent): (&str, &str),
+    fix: &'static str,
+) -> Item {
+    let ok = Path::new(path).exists();
     Item {
-        name: "btf",
+        name,
         ok,
         core: false,
-        detail: if ok {
-            "/sys/kernel/btf/vmlinux present".into()
-        } else {
-            "no kernel BTF".into()
-        },
-        fix: "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        detail: if ok { present } else { absent }.into(),
+        fix,
     }
 }
 
@@ -382,18 +393,15 @@ fn perf_event() -> Item {
 }
 
 fn uprobes() -> Item {
-    let ok = Path::new("/sys/bus/event_source/devices/uprobe/type").exists();
-    Item {
-        name: "uprobes",
-        ok,
-        core: false,
-        detail: if ok {
-            "uprobe PMU present (for GIL, serialization and CUDA probes)".into()
-        } else {
-            "no uprobe PMU".into()
-        },
-        fix: "use a kernel built with CONFIG_UPROBE_EVENTS=y",
-    }
+    file_item(
+        "uprobes",
+        "/sys/bus/event_source/devices/uprobe/type",
+        (
+            "uprobe PMU present (for GIL, serialization and CUDA probes)",
+            "no uprobe PMU",
+        ),
+        "use a kernel built with CONFIG_UPROBE_EVENTS=y",
+    )
 }
 
 fn programs() -> Item {

@@ -46,7 +46,16 @@ pub fn report(r: &Value) -> String {
     for g in &gpus {
         gpu_block(&mut out, g, "");
     }
+    cpu_section(&mut out, r);
+    kernels_section(&mut out, r);
+    phases_section(&mut out, r);
+    quality_section(&mut out, r, &gpus);
+    out
+}
 
+/// Where the service's threads spent the window: on and off CPU, top
+/// syscalls, the GIL, serialization.
+fn cpu_section(out: &mut String, r: &Value) {
     let cpu = &r["cpu"];
     let _ = writeln!(out, "\nCPU side");
     let mut off: Vec<(String, f64)> = cpu["off_cpu_seconds"]
@@ -95,7 +104,10 @@ pub fn report(r: &Value) -> String {
             )))
         );
     }
+}
 
+/// Launches and kernels, per token, and the heaviest kernels.
+fn kernels_section(out: &mut String, r: &Value) {
     let fu = &r["fusion"];
     let _ = writeln!(out, "\nKernels and launches");
     let _ = writeln!(
@@ -131,7 +143,10 @@ pub fn report(r: &Value) -> String {
             k["name"].as_str().unwrap_or("?")
         );
     }
+}
 
+/// Each load-generator phase in the window, with its GPU split.
+fn phases_section(out: &mut String, r: &Value) {
     let phases = r["phases"].as_array().cloned().unwrap_or_default();
     if !phases.is_empty() {
         let _ = writeln!(out, "\nPhases (load generator)");
@@ -150,11 +165,14 @@ pub fn report(r: &Value) -> String {
                     .map_or(String::new(), |l| format!(", {l:.1} launches/token"))
             );
             for g in p["gpu"].as_array().cloned().unwrap_or_default() {
-                gpu_block(&mut out, &g, "    ");
+                gpu_block(out, &g, "    ");
             }
         }
     }
+}
 
+/// Drops, evictions, each device's precision and the report's notes.
+fn quality_section(out: &mut String, r: &Value, gpus: &[Value]) {
     let q = &r["data_quality"];
     let _ = writeln!(out, "\nData quality");
     let dropped: f64 = q["events_dropped"]
@@ -166,7 +184,7 @@ pub fn report(r: &Value) -> String {
         "  {} launching thread(s); {:.0} events dropped in the window; {} thread states evicted since start",
         q["launching_threads"], dropped, q["states_evicted"]
     );
-    for g in &gpus {
+    for g in gpus {
         let _ = writeln!(
             out,
             "  device {}: {}",
@@ -177,7 +195,6 @@ pub fn report(r: &Value) -> String {
     for n in q["notes"].as_array().cloned().unwrap_or_default() {
         let _ = writeln!(out, "  note: {}", n.as_str().unwrap_or(""));
     }
-    out
 }
 
 fn gpu_block(out: &mut String, g: &Value, indent: &str) {
@@ -240,114 +257,19 @@ fn gpu_sum(r: &Value, key: &str) -> f64 {
 pub fn compare(a: &Value, b: &Value) -> String {
     let name = |r: &Value| r["service"].as_str().unwrap_or("?").to_string();
     let (na, nb) = (name(a), name(b));
-    let mut rows: Vec<(String, String, String)> = Vec::new();
-    let mut row = |label: &str, fa: String, fb: String| rows.push((label.to_string(), fa, fb));
-    let busy_ratio = |r: &Value| {
-        let (busy, idle) = (gpu_sum(r, "busy_seconds"), gpu_sum(r, "idle_seconds"));
-        if busy + idle > 0.0 {
-            pct(busy / (busy + idle))
-        } else {
-            "—".into()
-        }
+    let rows = compare_rows(a, b);
+    let width = |column: &dyn Fn(&(String, String, String)) -> &String, head: &str| {
+        rows.iter()
+            .map(|r| column(r).chars().count())
+            .chain([head.chars().count()])
+            .max()
+            .unwrap_or(8)
     };
-    row("GPU busy", busy_ratio(a), busy_ratio(b));
-    row(
-        "GPU idle (s)",
-        format!("{:.3}", gpu_sum(a, "idle_seconds")),
-        format!("{:.3}", gpu_sum(b, "idle_seconds")),
+    let (w, wa, wb) = (
+        width(&|r| &r.0, ""),
+        width(&|r| &r.1, &na),
+        width(&|r| &r.2, &nb),
     );
-    row(
-        "idle gaps",
-        format!("{:.0}", gpu_sum(a, "gaps")),
-        format!("{:.0}", gpu_sum(b, "gaps")),
-    );
-    for cause in crate::explain::Cause::ALL {
-        let (x, y) = (
-            cause_seconds(a, cause.label()),
-            cause_seconds(b, cause.label()),
-        );
-        if x > 0.0 || y > 0.0 {
-            row(
-                &format!("  idle: {}", cause.label()),
-                format!("{x:.3}"),
-                format!("{y:.3}"),
-            );
-        }
-    }
-    for (label, key, digits) in [
-        ("launches per token", "launches_per_token", 1),
-        ("kernels per token", "kernels_per_token", 1),
-        ("median kernel (µs)", "median_kernel_us", 1),
-        ("kernels under 10 µs", "tiny_kernel_share", 3),
-        ("graph launch share", "graph_launch_share", 3),
-    ] {
-        row(
-            label,
-            opt(&a["fusion"][key], digits),
-            opt(&b["fusion"][key], digits),
-        );
-    }
-    row(
-        "launches",
-        format!("{:.0}", f(&a["fusion"]["launches"])),
-        format!("{:.0}", f(&b["fusion"]["launches"])),
-    );
-    row(
-        "GIL wait (s)",
-        format!("{:.3}", f(&a["gil"]["wait_seconds"])),
-        format!("{:.3}", f(&b["gil"]["wait_seconds"])),
-    );
-    let ser = |r: &Value| -> f64 {
-        r["serialization"]
-            .as_array()
-            .map(|v| fsum(v.iter().map(|c| f(&c["seconds"]))))
-            .unwrap_or(0.0)
-    };
-    row(
-        "serialization (s)",
-        format!("{:.3}", ser(a)),
-        format!("{:.3}", ser(b)),
-    );
-    row(
-        "on CPU (s)",
-        format!("{:.2}", f(&a["cpu"]["on_cpu_seconds"])),
-        format!("{:.2}", f(&b["cpu"]["on_cpu_seconds"])),
-    );
-    let top = |r: &Value| {
-        r["cpu"]["top_syscalls"][0]["syscall"]
-            .as_str()
-            .map_or("—".to_string(), |s| {
-                format!("{s} {:.2} s", f(&r["cpu"]["top_syscalls"][0]["seconds"]))
-            })
-    };
-    row("top syscall", top(a), top(b));
-    let source = |r: &Value| {
-        r["gpu"]
-            .as_array()
-            .map(|gs| {
-                gs.iter()
-                    .map(|g| g["source"].as_str().unwrap_or("?").to_string())
-                    .collect::<Vec<_>>()
-                    .join("+")
-            })
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "—".into())
-    };
-    row("GPU timeline", source(a), source(b));
-
-    let w = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(10);
-    let wa = rows
-        .iter()
-        .map(|r| r.1.chars().count())
-        .chain([na.chars().count()])
-        .max()
-        .unwrap_or(8);
-    let wb = rows
-        .iter()
-        .map(|r| r.2.chars().count())
-        .chain([nb.chars().count()])
-        .max()
-        .unwrap_or(8);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -359,6 +281,78 @@ pub fn compare(a: &Value, b: &Value) -> String {
         let _ = writeln!(out, "{label:<w$}  {x:>wa$}  {y:>wb$}");
     }
     out
+}
+
+/// The comparison's rows: (label, first service, second service).
+fn compare_rows(a: &Value, b: &Value) -> Vec<(String, String, String)> {
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut both = |label: &str, show: &dyn Fn(&Value) -> String| {
+        rows.push((label.to_string(), show(a), show(b)))
+    };
+    both("GPU busy", &|r| {
+        let (busy, idle) = (gpu_sum(r, "busy_seconds"), gpu_sum(r, "idle_seconds"));
+        if busy + idle > 0.0 {
+            pct(busy / (busy + idle))
+        } else {
+            "—".into()
+        }
+    });
+    both("GPU idle (s)", &|r| {
+        format!("{:.3}", gpu_sum(r, "idle_seconds"))
+    });
+    both("idle gaps", &|r| format!("{:.0}", gpu_sum(r, "gaps")));
+    for cause in crate::explain::Cause::ALL {
+        let label = cause.label();
+        if cause_seconds(a, label) > 0.0 || cause_seconds(b, label) > 0.0 {
+            both(&format!("  idle: {label}"), &|r| {
+                format!("{:.3}", cause_seconds(r, label))
+            });
+        }
+    }
+    for (label, key, digits) in [
+        ("launches per token", "launches_per_token", 1),
+        ("kernels per token", "kernels_per_token", 1),
+        ("median kernel (µs)", "median_kernel_us", 1),
+        ("kernels under 10 µs", "tiny_kernel_share", 3),
+        ("graph launch share", "graph_launch_share", 3),
+    ] {
+        both(label, &|r| opt(&r["fusion"][key], digits));
+    }
+    both("launches", &|r| {
+        format!("{:.0}", f(&r["fusion"]["launches"]))
+    });
+    both("GIL wait (s)", &|r| {
+        format!("{:.3}", f(&r["gil"]["wait_seconds"]))
+    });
+    both("serialization (s)", &|r| {
+        let total = r["serialization"]
+            .as_array()
+            .map(|v| fsum(v.iter().map(|c| f(&c["seconds"]))))
+            .unwrap_or(0.0);
+        format!("{total:.3}")
+    });
+    both("on CPU (s)", &|r| {
+        format!("{:.2}", f(&r["cpu"]["on_cpu_seconds"]))
+    });
+    both("top syscall", &|r| {
+        let top = &r["cpu"]["top_syscalls"][0];
+        top["syscall"].as_str().map_or("—".to_string(), |s| {
+            format!("{s} {:.2} s", f(&top["seconds"]))
+        })
+    });
+    both("GPU timeline", &|r| {
+        r["gpu"]
+            .as_array()
+            .map(|gs| {
+                gs.iter()
+                    .map(|g| g["source"].as_str().unwrap_or("?").to_string())
+                    .collect::<Vec<_>>()
+                    .join("+")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "—".into())
+    });
+    rows
 }
 
 #[cfg(test)]

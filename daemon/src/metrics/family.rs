@@ -78,6 +78,15 @@ impl Family {
         });
     }
 
+    /// A counter or a gauge sample, as the family's type says.
+    pub fn add(&mut self, labels: &[(&str, &str)], value: f64) {
+        if self.0.get_field_type() == MetricType::COUNTER {
+            self.add_counter(labels, value);
+        } else {
+            self.add_gauge(labels, value);
+        }
+    }
+
     /// Adds a kernel log2 histogram (nanoseconds) as a histogram in seconds.
     /// Bucket `i` of the kernel histogram holds durations below `2^(i+1)` ns,
     /// which becomes the `le` bound; the last kernel bucket is open-ended

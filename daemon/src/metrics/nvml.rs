@@ -82,37 +82,39 @@ const FIELDS: &[Field] = &[
 /// service tracing a pid.
 pub fn families(state: &GpuState, service_of: &dyn Fn(u32) -> Option<String>) -> Vec<Family> {
     let mut out = Vec::new();
-    let labels = |s: &GpuSample| -> [(&'static str, String); 3] {
-        [
-            ("gpu", s.index.to_string()),
-            ("UUID", s.uuid.clone()),
-            ("modelName", s.model.clone()),
-        ]
-    };
-    let add = |f: &mut Family,
-               l: &[(&'static str, String)],
-               extra: &[(&'static str, &str)],
-               v: f64,
-               counter: bool| {
-        let mut all: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        all.extend_from_slice(extra);
-        if counter {
-            f.add_counter(&all, v);
-        } else {
-            f.add_gauge(&all, v);
-        }
-    };
-
     for field in FIELDS {
         let mut f = Family::gauge(field.name, field.help);
         for s in &state.devices {
             if let Some(v) = (field.value)(s) {
-                add(&mut f, &labels(s), &[], v, false);
+                add(&mut f, &labels(s), &[], v);
             }
         }
         out.push(f);
     }
+    out.extend(device_families(state, service_of));
+    out.extend(idle_check_families(state));
+    out.extend(collector_families(state));
+    out
+}
 
+/// dcgm-exporter's labels of one GPU.
+fn labels(s: &GpuSample) -> [(&'static str, String); 3] {
+    [
+        ("gpu", s.index.to_string()),
+        ("UUID", s.uuid.clone()),
+        ("modelName", s.model.clone()),
+    ]
+}
+
+/// One series of `f`: a GPU's labels, then `extra`.
+fn add(f: &mut Family, gpu: &[(&'static str, String)], extra: &[(&'static str, &str)], v: f64) {
+    let mut all: Vec<(&str, &str)> = gpu.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend_from_slice(extra);
+    f.add(&all, v);
+}
+
+/// Energy, PCIe, throttle reasons and the compute processes by service.
+fn device_families(state: &GpuState, service_of: &dyn Fn(u32) -> Option<String>) -> [Family; 5] {
     let mut energy = Family::counter(
         "gapscope_gpu_energy_joules_total",
         "Energy the GPU used since the driver was loaded (NVML's total energy counter).",
@@ -136,20 +138,20 @@ pub fn families(state: &GpuState, service_of: &dyn Fn(u32) -> Option<String>) ->
     for s in &state.devices {
         let l = labels(s);
         if let Some(j) = s.energy_joules {
-            add(&mut energy, &l, &[], j, true);
+            add(&mut energy, &l, &[], j);
         }
         for (direction, v) in [
             ("tx", s.pcie_tx_bytes_per_second),
             ("rx", s.pcie_rx_bytes_per_second),
         ] {
             if let Some(v) = v {
-                add(&mut pcie, &l, &[("direction", direction)], v, false);
+                add(&mut pcie, &l, &[("direction", direction)], v);
             }
         }
         if let Some(bits) = s.throttle_reasons {
             for (bit, reason) in THROTTLE_REASONS {
                 let on = if bits & bit != 0 { 1.0 } else { 0.0 };
-                add(&mut throttle, &l, &[("reason", reason)], on, false);
+                add(&mut throttle, &l, &[("reason", reason)], on);
             }
         }
         let mut by_service: BTreeMap<String, (u64, u64)> = BTreeMap::new();
@@ -162,24 +164,20 @@ pub fn families(state: &GpuState, service_of: &dyn Fn(u32) -> Option<String>) ->
         }
         for (service, (n, bytes)) in &by_service {
             // An empty label value is the same as no label.
-            add(
-                &mut processes,
-                &l,
-                &[("service", service)],
-                *n as f64,
-                false,
-            );
+            add(&mut processes, &l, &[("service", service)], *n as f64);
             add(
                 &mut process_memory,
                 &l,
                 &[("service", service)],
                 *bytes as f64,
-                false,
             );
         }
     }
-    out.extend([energy, pcie, throttle, processes, process_memory]);
+    [energy, pcie, throttle, processes, process_memory]
+}
 
+/// The last idle check of each silent phase, per GPU.
+fn idle_check_families(state: &GpuState) -> [Family; 4] {
     let mut idle = Family::gauge(
         "gapscope_gpu_idle_check_idle",
         "1 when the GPU was idle during the last silent phase of this name (no kernel ran, power near the idle baseline), 0 when not; /api/v1/idle-checks says why.",
@@ -204,24 +202,21 @@ pub fn families(state: &GpuState, service_of: &dyn Fn(u32) -> Option<String>) ->
                 ("modelName", g.model.clone()),
             ];
             let extra = [("phase", phase)];
-            add(&mut idle, &l, &extra, if g.idle { 1.0 } else { 0.0 }, false);
+            add(&mut idle, &l, &extra, if g.idle { 1.0 } else { 0.0 });
             if let Some(u) = g.utilization_max {
-                add(&mut idle_util, &l, &extra, u, false);
+                add(&mut idle_util, &l, &extra, u);
             }
             if let Some(w) = g.power_excess_watts {
-                add(&mut idle_power, &l, &extra, w, false);
+                add(&mut idle_power, &l, &extra, w);
             }
-            add(
-                &mut idle_holders,
-                &l,
-                &extra,
-                g.processes.len() as f64,
-                false,
-            );
+            add(&mut idle_holders, &l, &extra, g.processes.len() as f64);
         }
     }
-    out.extend([idle, idle_util, idle_power, idle_holders]);
+    [idle, idle_util, idle_power, idle_holders]
+}
 
+/// The NVML collector's own rounds, their time and the refused readings.
+fn collector_families(state: &GpuState) -> [Family; 3] {
     let mut rounds = Family::counter(
         "gapscope_nvml_samples_total",
         "Rounds of NVML readings taken (every GPU each round).",
@@ -241,8 +236,7 @@ pub fn families(state: &GpuState, service_of: &dyn Fn(u32) -> Option<String>) ->
             refused.add_counter(&[("field", field)], *n as f64);
         }
     }
-    out.extend([rounds, round_time, refused]);
-    out
+    [rounds, round_time, refused]
 }
 
 #[cfg(test)]
