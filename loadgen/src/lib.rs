@@ -28,4 +28,5 @@ pub mod results;
 pub mod runner;
 pub mod sse;
 pub mod stats;
+mod summary;
 pub mod telemetry;

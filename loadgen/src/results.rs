@@ -14,7 +14,7 @@ use crate::{
     flops::{self, ModelShape},
     plan::{PhaseKind, Plan},
     record::TokenSource,
-    runner::RunOutcome,
+    runner::{PhaseRun, RunOutcome},
     stats::{PhaseStats, Summary, TokenAgreement},
     telemetry::{self, Sample, Source, WindowTelemetry},
 };
@@ -203,16 +203,63 @@ fn s(ns: u64) -> f64 {
 }
 
 pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
-    let plan = ctx.plan;
     let (samples, source) = match &ctx.telemetry {
         Some((s, src)) => (s.clone(), Some(src.clone())),
         None => (Vec::new(), None),
     };
+    let (model_info, peak, gpus) = model_info(&ctx, source.as_ref());
+    let phases: Vec<PhaseResult> = outcome
+        .stats
+        .phases
+        .iter()
+        .zip(&outcome.phases)
+        .map(|(st, run)| phase_result(&ctx, st, run, &samples, peak, gpus))
+        .collect();
+
+    // Idle: the silent phases, once the replies of the phase before are in.
+    let idle = idle_window(&outcome.stats.phases, &outcome.phases).and_then(|(a, b)| {
+        let w = telemetry::window(&samples, a, b);
+        (w.samples > 0).then_some(w)
+    });
+    let telemetry_info = source.map(|src| TelemetryInfo {
+        source: serde_json::to_value(src).unwrap_or_default(),
+        idle_power_w: idle.as_ref().and_then(|w| w.avg_power_w),
+        idle_utilization: idle.as_ref().and_then(|w| w.avg_utilization),
+    });
+    let checks = audit::audit(&figures(&phases));
+    let per_second = outcome
+        .stats
+        .per_second
+        .iter()
+        .enumerate()
+        .map(|(i, (tok, ok, bad))| [i as u64, *tok, *ok, *bad])
+        .collect();
+    Results {
+        schema: SCHEMA.into(),
+        schema_version: SCHEMA_VERSION,
+        tool: Tool {
+            name: "gapscope-loadgen".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        run: run_info(ctx, outcome),
+        model: model_info,
+        telemetry: telemetry_info,
+        phases,
+        audit: checks,
+        timeseries: TimeSeries {
+            per_second,
+            telemetry: samples,
+        },
+        definitions: definitions(),
+    }
+}
+
+/// The model, GPU and cost the figures are computed against, with the
+/// assumptions made; the peak TFLOPS of one GPU and the GPU count.
+fn model_info(ctx: &Context, source: Option<&Source>) -> (Option<ModelInfo>, Option<f64>, u32) {
+    let plan = ctx.plan;
     // The GPU: given, else the telemetry's modelName.
-    let (gpu, gpu_source) = match (
-        &plan.model.gpu,
-        source.as_ref().and_then(|s| s.gpu_model.clone()),
-    ) {
+    let (gpu, gpu_source) = match (&plan.model.gpu, source.and_then(|s| s.gpu_model.clone())) {
         (Some(g), _) => (Some(g.clone()), Some("given".to_string())),
         (None, Some(g)) => (Some(g), Some("telemetry modelName".into())),
         _ => (None, None),
@@ -224,7 +271,7 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
     let gpus = plan
         .model
         .gpus
-        .or_else(|| source.as_ref().map(|s| s.gpus as u32).filter(|n| *n > 0))
+        .or_else(|| source.map(|s| s.gpus as u32).filter(|n| *n > 0))
         .unwrap_or(1);
     let mut assumptions = vec![
         "FLOPs per output token = 2·N + 2·layers·context·hidden (context = prompt + half the output, averaged over the phase's requests)".to_string(),
@@ -258,122 +305,121 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
             assumptions: assumptions.clone(),
         });
 
-    let mut phases = Vec::new();
-    for (i, (st, run)) in outcome.stats.phases.iter().zip(&outcome.phases).enumerate() {
-        let window = st.window_s().max(1e-9);
-        let latency: BTreeMap<String, Summary> = [
-            ("ttft", &st.ttft),
-            ("ttft_from_schedule", &st.ttft_from_schedule),
-            ("ttft_reasoning", &st.ttft_reasoning),
-            ("ttft_answer", &st.ttft_answer),
-            ("tpot", &st.tpot),
-            ("itl_chunk", &st.itl_chunk),
-            ("itl_token", &st.itl_token),
-            ("e2e", &st.e2e),
-            ("e2e_from_schedule", &st.e2e_from_schedule),
-            ("queue", &st.queue),
-            ("send_lag", &st.send_lag),
-        ]
-        .into_iter()
-        .filter_map(|(k, h)| Some((k.to_string(), h.summary()?)))
-        .collect();
-        let tokens_per_s = st.tokens_in_window as f64 / window;
-        let tw = (!samples.is_empty()).then(|| telemetry::window(&samples, st.start_ns, st.end_ns));
-        let tokens_per_joule = tw
-            .as_ref()
-            .and_then(|t| t.energy_j)
-            .filter(|e| *e > 0.0 && st.tokens_in_window > 0)
-            .map(|e| st.tokens_in_window as f64 / e);
-        let mean_context = (st.ok > 0).then(|| st.context_tokens / st.ok as f64);
-        let flops_per_token = ctx
-            .model
-            .as_ref()
-            .map(|m| m.flops_per_token(mean_context.unwrap_or(0.0)));
-        let mfu = match (flops_per_token, peak) {
-            (Some(f), Some(p)) if st.tokens_in_window > 0 => {
-                Some(flops::mfu(tokens_per_s, f, gpus, p))
-            }
-            _ => None,
-        };
-        let failed: u64 = st.errors.values().sum();
-        phases.push(PhaseResult {
-            name: run.name.clone(),
-            kind: run.kind,
-            start_s: s(st.start_ns),
-            end_s: s(st.end_ns),
-            duration_s: window,
-            target_rate: run.target_rate,
-            achieved_rate: (run.kind == PhaseKind::OpenLoop).then(|| st.sent as f64 / window),
-            scheduled: (run.kind == PhaseKind::OpenLoop).then_some(run.scheduled),
-            sent: st.sent,
-            ok: st.ok,
-            failed,
-            errors: st
-                .errors
-                .iter()
-                .map(|(k, v)| (k.name().to_string(), *v))
-                .collect(),
-            error_examples: st
-                .error_examples
-                .iter()
-                .map(|(k, v)| (k.name().to_string(), v.clone()))
-                .collect(),
-            concurrency: run.concurrency,
-            max_concurrency: run.max_concurrency,
-            max_in_flight: st.max_in_flight,
-            avg_in_flight: st.in_flight_ns as f64 / (window * 1e9),
-            throughput: Throughput {
-                requests_per_s: st.completed_in_window as f64 / window,
-                output_tokens_per_s: tokens_per_s,
-                chunks_per_s: st.chunks_in_window as f64 / window,
+    (model_info, peak, gpus)
+}
+
+/// One phase's figures from its statistics, its run and the telemetry.
+fn phase_result(
+    ctx: &Context,
+    st: &PhaseStats,
+    run: &PhaseRun,
+    samples: &[Sample],
+    peak: Option<f64>,
+    gpus: u32,
+) -> PhaseResult {
+    let plan = ctx.plan;
+    let window = st.window_s().max(1e-9);
+    let latency: BTreeMap<String, Summary> = [
+        ("ttft", &st.ttft),
+        ("ttft_from_schedule", &st.ttft_from_schedule),
+        ("ttft_reasoning", &st.ttft_reasoning),
+        ("ttft_answer", &st.ttft_answer),
+        ("tpot", &st.tpot),
+        ("itl_chunk", &st.itl_chunk),
+        ("itl_token", &st.itl_token),
+        ("e2e", &st.e2e),
+        ("e2e_from_schedule", &st.e2e_from_schedule),
+        ("queue", &st.queue),
+        ("send_lag", &st.send_lag),
+    ]
+    .into_iter()
+    .filter_map(|(k, h)| Some((k.to_string(), h.summary()?)))
+    .collect();
+    let tokens_per_s = st.tokens_in_window as f64 / window;
+    let tw = (!samples.is_empty()).then(|| telemetry::window(samples, st.start_ns, st.end_ns));
+    let tokens_per_joule = tw
+        .as_ref()
+        .and_then(|t| t.energy_j)
+        .filter(|e| *e > 0.0 && st.tokens_in_window > 0)
+        .map(|e| st.tokens_in_window as f64 / e);
+    let mean_context = (st.ok > 0).then(|| st.context_tokens / st.ok as f64);
+    let flops_per_token = ctx
+        .model
+        .as_ref()
+        .map(|m| m.flops_per_token(mean_context.unwrap_or(0.0)));
+    let mfu = match (flops_per_token, peak) {
+        (Some(f), Some(p)) if st.tokens_in_window > 0 => Some(flops::mfu(tokens_per_s, f, gpus, p)),
+        _ => None,
+    };
+    let failed: u64 = st.errors.values().sum();
+    PhaseResult {
+        name: run.name.clone(),
+        kind: run.kind,
+        start_s: s(st.start_ns),
+        end_s: s(st.end_ns),
+        duration_s: window,
+        target_rate: run.target_rate,
+        achieved_rate: (run.kind == PhaseKind::OpenLoop).then(|| st.sent as f64 / window),
+        scheduled: (run.kind == PhaseKind::OpenLoop).then_some(run.scheduled),
+        sent: st.sent,
+        ok: st.ok,
+        failed,
+        errors: st
+            .errors
+            .iter()
+            .map(|(k, v)| (k.name().to_string(), *v))
+            .collect(),
+        error_examples: st
+            .error_examples
+            .iter()
+            .map(|(k, v)| (k.name().to_string(), v.clone()))
+            .collect(),
+        concurrency: run.concurrency,
+        max_concurrency: run.max_concurrency,
+        max_in_flight: st.max_in_flight,
+        avg_in_flight: st.in_flight_ns as f64 / (window * 1e9),
+        throughput: Throughput {
+            requests_per_s: st.completed_in_window as f64 / window,
+            output_tokens_per_s: tokens_per_s,
+            chunks_per_s: st.chunks_in_window as f64 / window,
+        },
+        goodput: Goodput {
+            requests_per_s: st.good_in_window as f64 / window,
+            output_tokens_per_s: st.good_tokens_in_window as f64 / window,
+            fraction: if st.completed_in_window > 0 {
+                st.good_in_window as f64 / st.completed_in_window as f64
+            } else {
+                0.0
             },
-            goodput: Goodput {
-                requests_per_s: st.good_in_window as f64 / window,
-                output_tokens_per_s: st.good_tokens_in_window as f64 / window,
-                fraction: if st.completed_in_window > 0 {
-                    st.good_in_window as f64 / st.completed_in_window as f64
-                } else {
-                    0.0
-                },
-            },
-            latency,
-            tokens: st.agreement.clone(),
-            input_tokens: st.input_tokens,
-            output_tokens: st.output_tokens,
-            reasoning_tokens: st.reasoning_tokens,
-            output_token_sources: st
-                .token_sources
-                .iter()
-                .map(|(k, v)| (k.name().to_string(), *v))
-                .collect(),
-            tokens_approximate: st.token_sources.contains_key(&TokenSource::Chunks),
-            mean_context_tokens: mean_context,
-            telemetry: tw,
-            tokens_per_joule,
-            flops_per_token,
-            mfu,
-            cost_per_million_tokens_usd: plan
-                .cost
-                .gpu_hour_usd
-                .and_then(|usd| flops::cost_per_million(tokens_per_s, gpus, usd)),
-        });
-        let _ = i;
+        },
+        latency,
+        tokens: st.agreement.clone(),
+        input_tokens: st.input_tokens,
+        output_tokens: st.output_tokens,
+        reasoning_tokens: st.reasoning_tokens,
+        output_token_sources: st
+            .token_sources
+            .iter()
+            .map(|(k, v)| (k.name().to_string(), *v))
+            .collect(),
+        tokens_approximate: st.token_sources.contains_key(&TokenSource::Chunks),
+        mean_context_tokens: mean_context,
+        telemetry: tw,
+        tokens_per_joule,
+        flops_per_token,
+        mfu,
+        cost_per_million_tokens_usd: plan
+            .cost
+            .gpu_hour_usd
+            .and_then(|usd| flops::cost_per_million(tokens_per_s, gpus, usd)),
     }
+}
 
-    // Idle: the silent phases, once the replies of the phase before are in.
-    let idle = idle_window(&outcome.stats.phases, &outcome.phases).and_then(|(a, b)| {
-        let w = telemetry::window(&samples, a, b);
-        (w.samples > 0).then_some(w)
-    });
-    let telemetry_info = source.map(|src| TelemetryInfo {
-        source: serde_json::to_value(src).unwrap_or_default(),
-        idle_power_w: idle.as_ref().and_then(|w| w.avg_power_w),
-        idle_utilization: idle.as_ref().and_then(|w| w.avg_utilization),
-    });
-
+/// What the audit compares: each phase's figures measured apart.
+fn figures(phases: &[PhaseResult]) -> Vec<Figures> {
     // The run's own MFU and tokens per joule follow from its throughput:
     // the audit compares only what was measured apart.
-    let figures: Vec<Figures> = phases
+    phases
         .iter()
         .filter(|p| p.output_tokens > 0 || p.throughput.output_tokens_per_s > 0.0)
         .map(|p| Figures {
@@ -391,67 +437,46 @@ pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
             counter_updates: p.telemetry.as_ref().map_or(0, |t| t.counter_updates),
             ..Figures::default()
         })
-        .collect();
-    let checks = audit::audit(&figures);
+        .collect()
+}
 
-    let per_second = outcome
-        .stats
-        .per_second
-        .iter()
-        .enumerate()
-        .map(|(i, (tok, ok, bad))| [i as u64, *tok, *ok, *bad])
-        .collect();
+/// The run: its identity, settings and how it ended.
+fn run_info(ctx: Context, outcome: &RunOutcome) -> RunInfo {
+    let plan = ctx.plan;
     let violations = outcome
         .stats
         .phases
         .iter()
         .map(|p| p.agreement.length_not_honoured)
         .sum();
-    Results {
-        schema: SCHEMA.into(),
-        schema_version: SCHEMA_VERSION,
-        tool: Tool {
-            name: "gapscope-loadgen".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        },
-        run: RunInfo {
-            run_id: ctx.run_id,
-            started_unix_ns: ctx.started_unix_ns,
-            clock_origin_monotonic_ns: ctx.clock_origin_monotonic_ns,
-            interrupted: outcome.interrupted.is_some(),
-            stopped_by: outcome
-                .interrupted
-                .map(|s| crate::runner::signal_name(s).to_string()),
-            seed: plan.seed,
-            time_scale: plan.time_scale,
-            endpoint: serde_json::json!({
-                "url": plan.endpoint.url,
-                "api": plan.endpoint.api,
-                "stream": plan.endpoint.stream,
-                "model": plan.endpoint.model,
-            }),
-            prompts: serde_json::json!({
-                "source": plan.prompts.source,
-                "path": plan.prompts.path,
-                "input_tokens": plan.prompts.input_tokens,
-                "tokenizer": plan.prompts.tokenizer,
-                "exact_lengths": ctx.exact_prompts,
-            }),
-            output: serde_json::to_value(&plan.output).unwrap_or_default(),
-            slo: serde_json::to_value(&plan.slo).unwrap_or_default(),
-            last_request_done_s: s(outcome.last_done_ns),
-            requests_jsonl: ctx.requests_jsonl,
-            fixed_length_violations: violations,
-        },
-        model: model_info,
-        telemetry: telemetry_info,
-        phases,
-        audit: checks,
-        timeseries: TimeSeries {
-            per_second,
-            telemetry: samples,
-        },
-        definitions: definitions(),
+    RunInfo {
+        run_id: ctx.run_id,
+        started_unix_ns: ctx.started_unix_ns,
+        clock_origin_monotonic_ns: ctx.clock_origin_monotonic_ns,
+        interrupted: outcome.interrupted.is_some(),
+        stopped_by: outcome
+            .interrupted
+            .map(|s| crate::runner::signal_name(s).to_string()),
+        seed: plan.seed,
+        time_scale: plan.time_scale,
+        endpoint: serde_json::json!({
+            "url": plan.endpoint.url,
+            "api": plan.endpoint.api,
+            "stream": plan.endpoint.stream,
+            "model": plan.endpoint.model,
+        }),
+        prompts: serde_json::json!({
+            "source": plan.prompts.source,
+            "path": plan.prompts.path,
+            "input_tokens": plan.prompts.input_tokens,
+            "tokenizer": plan.prompts.tokenizer,
+            "exact_lengths": ctx.exact_prompts,
+        }),
+        output: serde_json::to_value(&plan.output).unwrap_or_default(),
+        slo: serde_json::to_value(&plan.slo).unwrap_or_default(),
+        last_request_done_s: s(outcome.last_done_ns),
+        requests_jsonl: ctx.requests_jsonl,
+        fixed_length_violations: violations,
     }
 }
 
@@ -476,145 +501,9 @@ impl Results {
         self.phases.iter().any(|p| p.failed > 0)
     }
 
-    /// The terminal summary.
+    /// The terminal summary (`summary::render`).
     pub fn summary(&self) -> String {
-        use std::fmt::Write;
-        let mut o = String::new();
-        let ms = |l: Option<&Summary>, f: fn(&Summary) -> f64| {
-            l.map(|l| format!("{:.1}", f(l) * 1e3))
-                .unwrap_or_else(|| "-".into())
-        };
-        let _ = writeln!(
-            o,
-            "{:<10} {:<11} {:>6} {:>6} {:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
-            "phase",
-            "kind",
-            "secs",
-            "ok",
-            "err",
-            "req/s",
-            "tok/s",
-            "TTFT p50",
-            "TTFT p99",
-            "ITLtok p99",
-            "E2E p99",
-            "MFU",
-            "tok/J"
-        );
-        for p in &self.phases {
-            let _ = writeln!(
-                o,
-                "{:<10} {:<11} {:>6.1} {:>6} {:>5} {:>8.2} {:>9.1} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
-                p.name,
-                p.kind.name(),
-                p.duration_s,
-                p.ok,
-                p.failed,
-                p.throughput.requests_per_s,
-                p.throughput.output_tokens_per_s,
-                ms(p.latency.get("ttft"), |l| l.p50),
-                ms(p.latency.get("ttft"), |l| l.p99),
-                ms(p.latency.get("itl_token"), |l| l.p99),
-                ms(p.latency.get("e2e"), |l| l.p99),
-                p.mfu
-                    .map(|m| format!("{:.2}%", m * 100.0))
-                    .unwrap_or_else(|| "-".into()),
-                p.tokens_per_joule
-                    .map(|t| format!("{t:.3}"))
-                    .unwrap_or_else(|| "-".into()),
-            );
-        }
-        let _ = writeln!(
-            o,
-            "(latencies in ms; ITLtok is per token, per chunk below; tok/s from usage, else the tokenizer, else chunks)"
-        );
-        for p in &self.phases {
-            if let Some(c) = p.latency.get("itl_chunk") {
-                let _ = writeln!(
-                    o,
-                    "{}: ITL per chunk p50 {:.1} ms, p99 {:.1} ms",
-                    p.name,
-                    c.p50 * 1e3,
-                    c.p99 * 1e3
-                );
-            }
-            if p.tokens_approximate {
-                let _ = writeln!(
-                    o,
-                    "{}: approximate: counted chunks (no usage from the server and no --tokenizer) for {} of {} requests; tok/s, goodput, MFU, tok/J and cost count chunks as tokens",
-                    p.name,
-                    p.output_token_sources.get("chunks").copied().unwrap_or(0),
-                    p.output_token_sources.values().sum::<u64>()
-                );
-            }
-            if p.reasoning_tokens > 0 {
-                let t = |k: &str| {
-                    p.latency
-                        .get(k)
-                        .map(|l| format!("{:.1} ms", l.p50 * 1e3))
-                        .unwrap_or("-".into())
-                };
-                let _ = writeln!(
-                    o,
-                    "{}: reasoning {} of {} output tokens; TTFT p50 to reasoning {}, to the answer {}",
-                    p.name,
-                    p.reasoning_tokens,
-                    p.output_tokens,
-                    t("ttft_reasoning"),
-                    t("ttft_answer")
-                );
-            }
-            if let (Some(target), Some(achieved)) = (p.target_rate, p.achieved_rate) {
-                let lag = p
-                    .latency
-                    .get("send_lag")
-                    .map(|l| format!("{:.3} ms", l.p99 * 1e3))
-                    .unwrap_or("-".into());
-                let queue = p
-                    .latency
-                    .get("queue")
-                    .map(|l| format!("{:.1} ms", l.p99 * 1e3))
-                    .unwrap_or("-".into());
-                let _ = writeln!(
-                    o,
-                    "{}: open loop at {target} req/s: sent {achieved:.2} req/s; P99 send lag {lag}; P99 queueing {queue}",
-                    p.name
-                );
-            }
-            if let Some(c) = p.concurrency {
-                let _ = writeln!(
-                    o,
-                    "{}: closed loop at {c}: {:.2} in flight on average, at most {}",
-                    p.name, p.avg_in_flight, p.max_in_flight
-                );
-            }
-            for (kind, n) in &p.errors {
-                let example = p
-                    .error_examples
-                    .get(kind)
-                    .and_then(|e| e.first())
-                    .cloned()
-                    .unwrap_or_default();
-                let _ = writeln!(o, "{}: {n} {kind} errors (e.g. {example})", p.name);
-            }
-            let t = &p.tokens;
-            if t.usage_vs_counted + t.usage_vs_tokenizer + t.prompt_vs_usage > 0 {
-                let _ = writeln!(
-                    o,
-                    "{}: token counts disagree: usage vs chunks in {} requests, usage vs tokenizer in {}, prompt vs usage in {}",
-                    p.name, t.usage_vs_counted, t.usage_vs_tokenizer, t.prompt_vs_usage
-                );
-            }
-        }
-        if let Some(t) = &self.telemetry
-            && let Some(idle) = t.idle_power_w
-        {
-            let _ = writeln!(o, "idle power (silent phase): {idle:.1} W");
-        }
-        for c in &self.audit {
-            let _ = writeln!(o, "audit {c}");
-        }
-        o
+        crate::summary::render(self)
     }
 }
 
