@@ -46,44 +46,10 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
     let exact_prompts = prompts.exact();
     let model = ModelShape::from_spec(&plan.model)?;
     let run_id = format!("{:016x}", rand::random::<u64>());
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("loadgen-results").join(&run_id));
-    std::fs::create_dir_all(&out).map_err(|e| {
-        UsageError::new(
-            format!("cannot create {}: {e}", out.display()),
-            "give --out a writable directory",
-        )
-    })?;
-    let jsonl_path = out.join("requests.jsonl");
-    let jsonl = std::fs::File::create(&jsonl_path).map_err(|e| {
-        UsageError::new(
-            format!("cannot create {}: {e}", jsonl_path.display()),
-            "give --out a writable directory",
-        )
-    })?;
-
+    let (out, jsonl_path, jsonl) = output_files(args, &run_id)?;
     // Timers to the microsecond on every thread that runs requests.
     precise_timers();
-    let runtime = if args.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads)
-            .on_thread_start(precise_timers)
-            .enable_all()
-            .build()
-    }
-    .map_err(|e| {
-        UsageError::new(
-            format!("cannot start the async runtime: {e}"),
-            "check the system's thread limits",
-        )
-    })?;
-
+    let runtime = runtime(args.threads)?;
     // The bar only on a terminal; the opening line unless asked for quiet.
     let quiet = args.quiet || !std::io::stderr().is_terminal();
     if !args.quiet {
@@ -151,8 +117,78 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
         },
         &outcome,
     );
+    write_outputs(
+        &results,
+        &outcome,
+        annotations,
+        &out,
+        jsonl_path,
+        args.no_plots,
+    )?;
+
+    Ok(exit_code(&results, &outcome))
+}
+
+/// The results directory (`--out`, else `loadgen-results/RUN_ID`), and
+/// the per-request JSONL file opened in it.
+fn output_files(
+    args: &RunArgs,
+    run_id: &str,
+) -> Result<(PathBuf, PathBuf, std::fs::File), UsageError> {
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("loadgen-results").join(run_id));
+    std::fs::create_dir_all(&out).map_err(|e| {
+        UsageError::new(
+            format!("cannot create {}: {e}", out.display()),
+            "give --out a writable directory",
+        )
+    })?;
+    let jsonl_path = out.join("requests.jsonl");
+    let jsonl = std::fs::File::create(&jsonl_path).map_err(|e| {
+        UsageError::new(
+            format!("cannot create {}: {e}", jsonl_path.display()),
+            "give --out a writable directory",
+        )
+    })?;
+
+    Ok((out, jsonl_path, jsonl))
+}
+
+/// The async runtime: one thread, or `threads` workers, each with
+/// microsecond timers.
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, UsageError> {
+    if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .on_thread_start(precise_timers)
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| {
+        UsageError::new(
+            format!("cannot start the async runtime: {e}"),
+            "check the system's thread limits",
+        )
+    })
+}
+
+/// results.json, the plots, and the terminal report naming every file.
+fn write_outputs(
+    results: &results::Results,
+    outcome: &runner::RunOutcome,
+    annotations: Option<(u64, u64)>,
+    out: &std::path::Path,
+    jsonl_path: PathBuf,
+    no_plots: bool,
+) -> Result<(), UsageError> {
     let results_path = out.join("results.json");
-    let text = serde_json::to_string_pretty(&results).unwrap_or_default();
+    let text = serde_json::to_string_pretty(results).unwrap_or_default();
     std::fs::write(&results_path, text).map_err(|e| {
         UsageError::new(
             format!("cannot write {}: {e}", results_path.display()),
@@ -160,14 +196,14 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
         )
     })?;
     let mut files = vec![results_path, jsonl_path];
-    if !args.no_plots {
+    if !no_plots {
         let latencies: Vec<_> = outcome
             .phases
             .iter()
             .zip(&outcome.stats.phases)
             .map(|(r, s)| (r.name.clone(), [&s.ttft, &s.itl_token, &s.e2e]))
             .collect();
-        match plot::all(&results, &latencies, &out) {
+        match plot::all(results, &latencies, out) {
             Ok(f) => files.extend(f),
             Err(e) => eprintln!("gapscope-loadgen: plotting failed ({e}); the results are written"),
         }
@@ -183,6 +219,12 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
     }
     out_text(&report);
 
+    Ok(())
+}
+
+/// The exit status: a signal's, a failed check's, request errors', or 0;
+/// a failed check is said on stderr.
+fn exit_code(results: &results::Results, outcome: &runner::RunOutcome) -> i32 {
     let violations = results.run.fixed_length_violations;
     if violations > 0 {
         eprintln!(
@@ -196,7 +238,7 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
             "gapscope-loadgen: FAILED: the self-audit found inconsistent figures (see 'audit' lines above)"
         );
     }
-    Ok(if let Some(signal) = outcome.interrupted {
+    if let Some(signal) = outcome.interrupted {
         EXIT_SIGNAL_BASE + signal
     } else if violations > 0 || !audit_ok {
         EXIT_CHECK_FAILED
@@ -204,7 +246,7 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
         EXIT_REQUEST_ERRORS
     } else {
         EXIT_OK
-    })
+    }
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error worth a crash.

@@ -147,112 +147,16 @@ pub fn markdown(a_path: &Path, b_path: &Path, opts: &Options) -> Result<String, 
         }
         _ => None,
     };
-    let row = |o: &mut String,
-               name: &str,
-               va: Option<f64>,
-               vb: Option<f64>,
-               fmt: &dyn Fn(f64) -> String,
-               higher_better: bool| {
+    for row in ROWS {
+        let (va, vb) = ((row.value)(a), (row.value)(b));
         let rel = match (va, vb) {
-            (None, None) => match absent(name) {
-                Some(why) => format!("absent: {why}"),
-                None => "-".into(),
-            },
-            (Some(x), Some(y)) if x != 0.0 => {
-                let change = (y / x - 1.0) * 100.0;
-                let better = if (change > 0.0) == higher_better {
-                    "better"
-                } else {
-                    "worse"
-                };
-                if change.abs() < 0.05 {
-                    "same".to_string()
-                } else {
-                    format!("{change:+.1} % ({better}, {:.2}×)", y / x)
-                }
-            }
+            (None, None) => absent(row.name).map_or("-".into(), |why| format!("absent: {why}")),
+            (Some(x), Some(y)) => relative(x, y, row.higher_better),
             _ => "-".into(),
         };
-        let show = |v: Option<f64>| v.map(fmt).unwrap_or_else(|| "-".into());
-        let _ = writeln!(o, "| {name} | {} | {} | {rel} |", show(va), show(vb));
-    };
-    let tok = |v: f64| format!("{v:.1}");
-    let pct = |v: f64| format!("{:.2} %", v * 100.0);
-    let ms = |v: f64| format!("{:.1} ms", v * 1e3);
-    let p99 = |p: &PhaseResult, k: &str| p.latency.get(k).map(|l| l.p99);
-    row(
-        &mut o,
-        "output tokens/s",
-        Some(a.throughput.output_tokens_per_s),
-        Some(b.throughput.output_tokens_per_s),
-        &tok,
-        true,
-    );
-    row(
-        &mut o,
-        "requests/s",
-        Some(a.throughput.requests_per_s),
-        Some(b.throughput.requests_per_s),
-        &|v| format!("{v:.2}"),
-        true,
-    );
-    row(&mut o, "MFU", a.mfu, b.mfu, &pct, true);
-    row(
-        &mut o,
-        "tokens per joule",
-        a.tokens_per_joule,
-        b.tokens_per_joule,
-        &|v| format!("{v:.3}"),
-        true,
-    );
-    row(
-        &mut o,
-        "average power",
-        a.telemetry.as_ref().and_then(|t| t.avg_power_w),
-        b.telemetry.as_ref().and_then(|t| t.avg_power_w),
-        &|v| format!("{v:.1} W"),
-        false,
-    );
-    row(
-        &mut o,
-        "P99 TTFT",
-        p99(a, "ttft"),
-        p99(b, "ttft"),
-        &ms,
-        false,
-    );
-    row(
-        &mut o,
-        "P99 inter-token latency (per token)",
-        p99(a, "itl_token"),
-        p99(b, "itl_token"),
-        &ms,
-        false,
-    );
-    row(
-        &mut o,
-        "P99 inter-token latency (per chunk)",
-        p99(a, "itl_chunk"),
-        p99(b, "itl_chunk"),
-        &ms,
-        false,
-    );
-    row(
-        &mut o,
-        "P99 end-to-end latency",
-        p99(a, "e2e"),
-        p99(b, "e2e"),
-        &ms,
-        false,
-    );
-    row(
-        &mut o,
-        "failed requests",
-        Some(a.failed as f64),
-        Some(b.failed as f64),
-        &|v| format!("{v:.0}"),
-        false,
-    );
+        let show = |v: Option<f64>| v.map(row.show).unwrap_or_else(|| "-".into());
+        let _ = writeln!(o, "| {} | {} | {} | {rel} |", row.name, show(va), show(vb));
+    }
     let _ = writeln!(o);
     let _ = writeln!(
         o,
@@ -267,7 +171,118 @@ pub fn markdown(a_path: &Path, b_path: &Path, opts: &Options) -> Result<String, 
             );
         }
     }
+    cost_section(&mut o, (&ra, a), (&rb, b), opts);
+    Ok(o)
+}
 
+/// One row of the comparison: a figure of a phase, how it is shown, and
+/// which way is better.
+struct Row {
+    name: &'static str,
+    value: fn(&PhaseResult) -> Option<f64>,
+    show: fn(f64) -> String,
+    higher_better: bool,
+}
+
+fn ms(v: f64) -> String {
+    format!("{:.1} ms", v * 1e3)
+}
+
+fn p99(p: &PhaseResult, k: &str) -> Option<f64> {
+    p.latency.get(k).map(|l| l.p99)
+}
+
+const ROWS: &[Row] = &[
+    Row {
+        name: "output tokens/s",
+        value: |p| Some(p.throughput.output_tokens_per_s),
+        show: |v| format!("{v:.1}"),
+        higher_better: true,
+    },
+    Row {
+        name: "requests/s",
+        value: |p| Some(p.throughput.requests_per_s),
+        show: |v| format!("{v:.2}"),
+        higher_better: true,
+    },
+    Row {
+        name: "MFU",
+        value: |p| p.mfu,
+        show: |v| format!("{:.2} %", v * 100.0),
+        higher_better: true,
+    },
+    Row {
+        name: "tokens per joule",
+        value: |p| p.tokens_per_joule,
+        show: |v| format!("{v:.3}"),
+        higher_better: true,
+    },
+    Row {
+        name: "average power",
+        value: |p| p.telemetry.as_ref().and_then(|t| t.avg_power_w),
+        show: |v| format!("{v:.1} W"),
+        higher_better: false,
+    },
+    Row {
+        name: "P99 TTFT",
+        value: |p| p99(p, "ttft"),
+        show: ms,
+        higher_better: false,
+    },
+    Row {
+        name: "P99 inter-token latency (per token)",
+        value: |p| p99(p, "itl_token"),
+        show: ms,
+        higher_better: false,
+    },
+    Row {
+        name: "P99 inter-token latency (per chunk)",
+        value: |p| p99(p, "itl_chunk"),
+        show: ms,
+        higher_better: false,
+    },
+    Row {
+        name: "P99 end-to-end latency",
+        value: |p| p99(p, "e2e"),
+        show: ms,
+        higher_better: false,
+    },
+    Row {
+        name: "failed requests",
+        value: |p| Some(p.failed as f64),
+        show: |v| format!("{v:.0}"),
+        higher_better: false,
+    },
+];
+
+/// The second run against the first: "same", or the change in percent,
+/// better or worse, and the ratio.
+fn relative(x: f64, y: f64, higher_better: bool) -> String {
+    if x == 0.0 {
+        return "-".into();
+    }
+    let change = (y / x - 1.0) * 100.0;
+    let better = if (change > 0.0) == higher_better {
+        "better"
+    } else {
+        "worse"
+    };
+    if change.abs() < 0.05 {
+        "same".to_string()
+    } else {
+        format!("{change:+.1} % ({better}, {:.2}×)", y / x)
+    }
+}
+
+/// What each run's throughput costs a day at the GPU-hour price, with the
+/// formula and its numbers.
+fn cost_section(
+    o: &mut String,
+    (ra, a): (&Results, &PhaseResult),
+    (rb, b): (&Results, &PhaseResult),
+    opts: &Options,
+) {
+    let (la, lb) = (&opts.labels.0, &opts.labels.1);
     let usd = opts
         .gpu_hour_usd
         .or(ra.model.as_ref().and_then(|m| m.gpu_hour_usd));
@@ -278,8 +293,8 @@ pub fn markdown(a_path: &Path, b_path: &Path, opts: &Options) -> Result<String, 
             b.throughput.output_tokens_per_s,
         );
         if let (Some(ca), Some(cb)) = (
-            flops::cost_per_million(ta, gpus(&ra), usd),
-            flops::cost_per_million(tb, gpus(&rb), usd),
+            flops::cost_per_million(ta, gpus(ra), usd),
+            flops::cost_per_million(tb, gpus(rb), usd),
         ) {
             let millions = opts.daily_tokens / 1e6;
             let (da, db) = (ca * millions, cb * millions);
@@ -307,15 +322,14 @@ pub fn markdown(a_path: &Path, b_path: &Path, opts: &Options) -> Result<String, 
                 o,
                 "Formula: $/M tokens = $/GPU-hour × GPUs ÷ (output tokens/s × 3600) × 10⁶; $/day = $/M tokens × daily tokens ÷ 10⁶. \
                  {la}: {usd} × {} ÷ ({ta:.1} × 3600) × 10⁶ = {ca:.4}; {lb}: {usd} × {} ÷ ({tb:.1} × 3600) × 10⁶ = {cb:.4}.",
-                gpus(&ra),
-                gpus(&rb)
+                gpus(ra),
+                gpus(rb)
             );
         }
     } else {
         let _ = writeln!(o);
         let _ = writeln!(o, "(No cost: give --gpu-hour-usd.)");
     }
-    Ok(o)
 }
 
 fn human(n: f64) -> String {

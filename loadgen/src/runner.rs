@@ -64,6 +64,22 @@ pub struct PhaseRun {
     pub max_in_flight: usize,
 }
 
+impl PhaseRun {
+    fn new(phase: &Phase, (start_ns, end_ns): (u64, u64)) -> Self {
+        Self {
+            name: phase.name.clone(),
+            kind: phase.kind,
+            start_ns,
+            end_ns,
+            scheduled: 0,
+            target_rate: phase.rate,
+            concurrency: phase.concurrency,
+            max_concurrency: phase.max_concurrency,
+            max_in_flight: 0,
+        }
+    }
+}
+
 pub struct RunOutcome {
     pub stats: RunStats,
     pub phases: Vec<PhaseRun>,
@@ -144,19 +160,10 @@ pub async fn run(
     clock: Clock,
     live: Arc<Live>,
     annotator: Option<Arc<Annotator>>,
-    mut jsonl: Option<Box<dyn Write + Send>>,
+    jsonl: Option<Box<dyn Write + Send>>,
 ) -> RunOutcome {
-    // Phase windows, back to back from a short lead-in.
-    let lead = 100_000_000u64;
-    let mut windows = Vec::new();
-    let mut t = clock.now() + lead;
-    for p in &plan.phases {
-        let d = plan.duration(p).as_nanos() as u64;
-        windows.push((t, t + d));
-        t += d;
-    }
-    let mut stats = RunStats::new(&windows, plan.slo.clone());
-
+    let windows = phase_windows(plan, &clock);
+    let stats = RunStats::new(&windows, plan.slo.clone());
     // Prompts are made ahead of need on their own thread.
     let (ask_tx, ask_rx) = mpsc::channel::<Ask>(1024);
     let prompt_thread = std::thread::Builder::new()
@@ -167,7 +174,7 @@ pub async fn run(
         })
         .ok();
 
-    let (rec_tx, mut rec_rx) = mpsc::unbounded_channel::<RequestRecord>();
+    let (rec_tx, rec_rx) = mpsc::unbounded_channel::<RequestRecord>();
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         client,
@@ -181,31 +188,7 @@ pub async fn run(
     });
 
     // The collector: statistics and JSONL, one record at a time.
-    let collector = {
-        let mut stats_out = std::mem::replace(&mut stats, RunStats::new(&[], plan.slo.clone()));
-        tokio::spawn(async move {
-            let mut last_done = 0u64;
-            while let Some(rec) = rec_rx.recv().await {
-                stats_out.add(&rec);
-                last_done = last_done.max(rec.done_ns);
-                if let Some(w) = jsonl.as_mut() {
-                    let written = serde_json::to_writer(&mut *w, &rec)
-                        .map_err(std::io::Error::from)
-                        .and_then(|()| w.write_all(b"\n"));
-                    if written.is_err() {
-                        eprintln!(
-                            "gapscope-loadgen: cannot write the per-request JSONL any more; the run goes on"
-                        );
-                        jsonl = None;
-                    }
-                }
-            }
-            if let Some(w) = jsonl.as_mut() {
-                let _ = w.flush();
-            }
-            (stats_out, last_done)
-        })
-    };
+    let collector = tokio::spawn(collect(stats, rec_rx, jsonl));
 
     let stop = Arc::new(AtomicBool::new(false));
     // Token counts between the phase annotations, so per-token figures in
@@ -227,20 +210,10 @@ pub async fn run(
                 &phase.name,
                 Some(phase.kind),
                 "start",
-                shared.live.tokens.load(Ordering::Relaxed),
+                live.tokens.load(Ordering::Relaxed),
             );
         }
-        let mut run = PhaseRun {
-            name: phase.name.clone(),
-            kind: phase.kind,
-            start_ns: start,
-            end_ns: end,
-            scheduled: 0,
-            target_rate: phase.rate,
-            concurrency: phase.concurrency,
-            max_concurrency: phase.max_concurrency,
-            max_in_flight: 0,
-        };
+        let mut run = PhaseRun::new(phase, (start, end));
         let work = run_phase(
             &shared,
             index,
@@ -270,7 +243,7 @@ pub async fn run(
                 &phase.name,
                 Some(phase.kind),
                 "end",
-                shared.live.tokens.load(Ordering::Relaxed),
+                live.tokens.load(Ordering::Relaxed),
             );
         }
         runs.push(run);
@@ -284,15 +257,10 @@ pub async fn run(
     }
     // Replies still streaming finish, up to the request timeout; Ctrl-C
     // cancels them.
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    tokio::select! {
-        _ = drain => {}
-        signal = &mut ctrl_c, if interrupted.is_none() => {
-            interrupted = Some(signal);
-            eprintln!("\ngapscope-loadgen: {}; cancelling the replies still streaming", signal_name(signal));
-            let _ = cancel_tx.send(true);
-            while tasks.join_next().await.is_some() {}
-        }
+    if interrupted.is_none() {
+        interrupted = drain(&mut tasks, &mut ctrl_c, &cancel_tx).await;
+    } else {
+        while tasks.join_next().await.is_some() {}
     }
     drop(shared);
     let (mut stats, last_done_ns) = collector
@@ -315,6 +283,67 @@ pub async fn run(
         interrupted,
         last_done_ns,
     }
+}
+
+/// Waits for the replies still streaming; a signal meanwhile cancels them
+/// (and is returned).
+async fn drain(
+    tasks: &mut tokio::task::JoinSet<()>,
+    signal: &mut (impl std::future::Future<Output = i32> + Unpin),
+    cancel: &watch::Sender<bool>,
+) -> Option<i32> {
+    tokio::select! {
+        _ = async { while tasks.join_next().await.is_some() {} } => None,
+        signal = signal => {
+            eprintln!("\ngapscope-loadgen: {}; cancelling the replies still streaming", signal_name(signal));
+            let _ = cancel.send(true);
+            while tasks.join_next().await.is_some() {}
+            Some(signal)
+        }
+    }
+}
+
+/// Phase windows on the run's clock, back to back from a short lead-in.
+fn phase_windows(plan: &Plan, clock: &Clock) -> Vec<(u64, u64)> {
+    let lead = 100_000_000u64;
+    let mut windows = Vec::new();
+    let mut t = clock.now() + lead;
+    for p in &plan.phases {
+        let d = plan.duration(p).as_nanos() as u64;
+        windows.push((t, t + d));
+        t += d;
+    }
+    windows
+}
+
+/// Takes every finished request into the statistics and the JSONL (which
+/// stops, saying so once, when it cannot be written); returns the
+/// statistics and when the last request finished.
+async fn collect(
+    mut stats: RunStats,
+    mut records: mpsc::UnboundedReceiver<RequestRecord>,
+    mut jsonl: Option<Box<dyn Write + Send>>,
+) -> (RunStats, u64) {
+    let mut last_done = 0u64;
+    while let Some(rec) = records.recv().await {
+        stats.add(&rec);
+        last_done = last_done.max(rec.done_ns);
+        if let Some(w) = jsonl.as_mut() {
+            let written = serde_json::to_writer(&mut *w, &rec)
+                .map_err(std::io::Error::from)
+                .and_then(|()| w.write_all(b"\n"));
+            if written.is_err() {
+                eprintln!(
+                    "gapscope-loadgen: cannot write the per-request JSONL any more; the run goes on"
+                );
+                jsonl = None;
+            }
+        }
+    }
+    if let Some(w) = jsonl.as_mut() {
+        let _ = w.flush();
+    }
+    (stats, last_done)
 }
 
 #[allow(clippy::too_many_arguments)]
