@@ -116,8 +116,18 @@ fn off(a: f64, b: f64) -> f64 {
 
 /// Every check over every phase's figures.
 pub fn audit(phases: &[Figures]) -> Vec<Check> {
+    let mut out = mfu_checks(phases);
+    for f in phases {
+        energy_checks(&mut out, f);
+        closed_loop_checks(&mut out, f);
+    }
+    out
+}
+
+/// MFU against the model's FLOPs for the claimed throughput, and MFU per
+/// token the same in every phase.
+fn mfu_checks(phases: &[Figures]) -> Vec<Check> {
     let mut out = Vec::new();
-    // MFU against the model's FLOPs for the claimed throughput.
     for f in phases {
         if let (Some(claimed), Some(expected)) = (f.mfu, f.mfu_expected) {
             out.push(Check::new(
@@ -165,87 +175,94 @@ pub fn audit(phases: &[Figures]) -> Vec<Check> {
             "fewer than two phases with an MFU",
         ));
     }
-    for f in phases {
-        match (f.tokens_per_joule, f.avg_power_w) {
-            (Some(tpj), Some(p)) if f.tokens_per_s > 0.0 => out.push(Check::new(
-                "energy_matches_throughput",
-                Some(&f.phase),
-                off(tpj * p, f.tokens_per_s) <= 0.05,
-                format!(
-                    "{tpj:.3} tok/J × {p:.1} W = {:.1} tok/s; measured {:.1} tok/s",
-                    tpj * p,
-                    f.tokens_per_s
-                ),
-            )),
-            (Some(_), None) | (None, Some(_)) => out.push(Check::skipped(
-                "energy_matches_throughput",
-                Some(&f.phase),
-                "needs both tokens per joule and power",
-            )),
-            _ => {}
-        }
-        match (f.energy_counter_j, f.energy_power_j) {
-            (Some(counter), Some(power)) if f.counter_updates >= MIN_COUNTER_UPDATES => {
-                out.push(Check::new(
-                    "energy_counter_matches_power",
-                    Some(&f.phase),
-                    off(counter, power) <= ENERGY_TOLERANCE,
-                    format!(
-                        "energy counter {counter:.1} J; power gauge integrated {power:.1} J ({:+.1} %, tolerance {:.0} %)",
-                        (counter / power - 1.0) * 100.0,
-                        ENERGY_TOLERANCE * 100.0
-                    ),
-                ))
-            }
-            (None, None) => {}
-            _ => out.push(Check::skipped(
+    out
+}
+
+/// Tokens per joule against power and throughput; the energy counter
+/// against the integrated power gauge.
+fn energy_checks(out: &mut Vec<Check>, f: &Figures) {
+    match (f.tokens_per_joule, f.avg_power_w) {
+        (Some(tpj), Some(p)) if f.tokens_per_s > 0.0 => out.push(Check::new(
+            "energy_matches_throughput",
+            Some(&f.phase),
+            off(tpj * p, f.tokens_per_s) <= 0.05,
+            format!(
+                "{tpj:.3} tok/J × {p:.1} W = {:.1} tok/s; measured {:.1} tok/s",
+                tpj * p,
+                f.tokens_per_s
+            ),
+        )),
+        (Some(_), None) | (None, Some(_)) => out.push(Check::skipped(
+            "energy_matches_throughput",
+            Some(&f.phase),
+            "needs both tokens per joule and power",
+        )),
+        _ => {}
+    }
+    match (f.energy_counter_j, f.energy_power_j) {
+        (Some(counter), Some(power)) if f.counter_updates >= MIN_COUNTER_UPDATES => {
+            out.push(Check::new(
                 "energy_counter_matches_power",
                 Some(&f.phase),
-                &format!(
-                    "needs the energy counter (moving at least {MIN_COUNTER_UPDATES} times in the phase; it moved {}) and the power gauge",
-                    f.counter_updates
-                ),
-            )),
-        }
-        if let (Some(c), Some(inflight), Some(rate), Some(w)) = (
-            f.concurrency,
-            f.avg_in_flight,
-            f.completions_per_s,
-            f.mean_e2e_s,
-        ) {
-            let little = rate * w;
-            // Little's law holds over a long window; the requests still in
-            // flight when a window ends count in flight but not completed,
-            // which moves the product by up to a mean latency over the
-            // window's length.
-            let edge = f.window_s.filter(|t| *t > 0.0).map_or(0.0, |t| w / t);
-            let tolerance = 0.10 + edge;
-            out.push(Check::new(
-                "littles_law",
-                Some(&f.phase),
-                off(little, inflight) <= tolerance,
+                off(counter, power) <= ENERGY_TOLERANCE,
                 format!(
-                    "completion rate {rate:.2}/s × mean latency {w:.3} s = {little:.2} in flight; measured {inflight:.2}; configured {c}; tolerance {:.0} %",
-                    tolerance * 100.0
+                    "energy counter {counter:.1} J; power gauge integrated {power:.1} J ({:+.1} %, tolerance {:.0} %)",
+                    (counter / power - 1.0) * 100.0,
+                    ENERGY_TOLERANCE * 100.0
                 ),
-            ));
-            let full = inflight >= 0.9 * c as f64;
-            out.push(Check {
-                check: "closed_loop_saturated".into(),
-                phase: Some(f.phase.clone()),
-                status: if full { Status::Pass } else { Status::Warn },
-                detail: format!(
-                    "{inflight:.2} of {c} requests in flight on average{}",
-                    if full {
-                        ""
-                    } else {
-                        ": replies are short next to the client's turnaround, or the client is the bottleneck"
-                    }
-                ),
-            });
+            ))
         }
+        (None, None) => {}
+        _ => out.push(Check::skipped(
+            "energy_counter_matches_power",
+            Some(&f.phase),
+            &format!(
+                "needs the energy counter (moving at least {MIN_COUNTER_UPDATES} times in the phase; it moved {}) and the power gauge",
+                f.counter_updates
+            ),
+        )),
     }
-    out
+}
+
+/// Little's law and saturation of a closed loop.
+fn closed_loop_checks(out: &mut Vec<Check>, f: &Figures) {
+    if let (Some(c), Some(inflight), Some(rate), Some(w)) = (
+        f.concurrency,
+        f.avg_in_flight,
+        f.completions_per_s,
+        f.mean_e2e_s,
+    ) {
+        let little = rate * w;
+        // Little's law holds over a long window; the requests still in
+        // flight when a window ends count in flight but not completed,
+        // which moves the product by up to a mean latency over the
+        // window's length.
+        let edge = f.window_s.filter(|t| *t > 0.0).map_or(0.0, |t| w / t);
+        let tolerance = 0.10 + edge;
+        out.push(Check::new(
+            "littles_law",
+            Some(&f.phase),
+            off(little, inflight) <= tolerance,
+            format!(
+                "completion rate {rate:.2}/s × mean latency {w:.3} s = {little:.2} in flight; measured {inflight:.2}; configured {c}; tolerance {:.0} %",
+                tolerance * 100.0
+            ),
+        ));
+        let full = inflight >= 0.9 * c as f64;
+        out.push(Check {
+            check: "closed_loop_saturated".into(),
+            phase: Some(f.phase.clone()),
+            status: if full { Status::Pass } else { Status::Warn },
+            detail: format!(
+                "{inflight:.2} of {c} requests in flight on average{}",
+                if full {
+                    ""
+                } else {
+                    ": replies are short next to the client's turnaround, or the client is the bottleneck"
+                }
+            ),
+        });
+    }
 }
 
 /// Whether every check passed or was skipped.

@@ -6,7 +6,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     error::UsageError,
-    plan::{Api, Length, ModelSpec, Plan, PromptSource, Telemetry, TelemetrySource, parse_phase},
+    plan::{
+        Api, Endpoint, Length, ModelSpec, Plan, PromptSource, Telemetry, TelemetrySource,
+        parse_phase,
+    },
 };
 
 #[derive(Parser, Debug)]
@@ -213,52 +216,8 @@ impl RunArgs {
     /// The workload file (or the default plan for --url) with every flag
     /// applied, validated.
     pub fn plan(&self) -> Result<Plan, UsageError> {
-        let mut plan = match (&self.workload, &self.url) {
-            (Some(path), _) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    UsageError::new(
-                        format!("cannot read workload file {}: {e}", path.display()),
-                        "check the path given to --workload",
-                    )
-                })?;
-                Plan::from_toml(&text, &path.display().to_string())?
-            }
-            (None, Some(url)) => Plan::for_url(url),
-            (None, None) => {
-                return Err(UsageError::new(
-                    "no endpoint",
-                    "give --url http://HOST:PORT/v1/completions or --workload FILE (see --help)",
-                ));
-            }
-        };
-        let e = &mut plan.endpoint;
-        if let Some(u) = &self.url {
-            e.url = u.clone();
-        }
-        if let Some(a) = self.api {
-            e.api = a;
-        }
-        if let Some(m) = &self.model {
-            e.model = Some(m.clone());
-        }
-        if self.no_stream {
-            e.stream = false;
-        }
-        if self.continuous_usage {
-            e.continuous_usage = true;
-        }
-        if let Some(t) = self.timeout {
-            e.timeout_s = t;
-        }
-        for h in &self.headers {
-            let (k, v) = h.split_once(':').ok_or_else(|| {
-                UsageError::new(
-                    format!("--header {h:?} has no ':'"),
-                    "write --header 'Authorization: Bearer TOKEN'",
-                )
-            })?;
-            e.headers.insert(k.trim().to_string(), v.trim().to_string());
-        }
+        let mut plan = self.base_plan()?;
+        self.override_endpoint(&mut plan.endpoint)?;
         if !self.phases.is_empty() {
             plan.phases = self
                 .phases
@@ -295,6 +254,76 @@ impl RunArgs {
         plan.slo.ttft_ms = self.slo_ttft_ms.or(plan.slo.ttft_ms);
         plan.slo.tpot_ms = self.slo_tpot_ms.or(plan.slo.tpot_ms);
         plan.slo.e2e_ms = self.slo_e2e_ms.or(plan.slo.e2e_ms);
+        self.override_telemetry(&mut plan)?;
+        self.mfu.apply(&mut plan.model);
+        plan.cost.gpu_hour_usd = self.gpu_hour_usd.or(plan.cost.gpu_hour_usd);
+        plan.gapscoped = self.gapscoped.clone().or(plan.gapscoped);
+        if self.threads == 0 || self.threads > 256 {
+            return Err(UsageError::new(
+                format!("--threads {} is out of range", self.threads),
+                "use 1 to 256",
+            ));
+        }
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    /// The workload file's plan, else the experiment's for `--url`.
+    fn base_plan(&self) -> Result<Plan, UsageError> {
+        Ok(match (&self.workload, &self.url) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    UsageError::new(
+                        format!("cannot read workload file {}: {e}", path.display()),
+                        "check the path given to --workload",
+                    )
+                })?;
+                Plan::from_toml(&text, &path.display().to_string())?
+            }
+            (None, Some(url)) => Plan::for_url(url),
+            (None, None) => {
+                return Err(UsageError::new(
+                    "no endpoint",
+                    "give --url http://HOST:PORT/v1/completions or --workload FILE (see --help)",
+                ));
+            }
+        })
+    }
+
+    /// The endpoint flags over the file's endpoint.
+    fn override_endpoint(&self, e: &mut Endpoint) -> Result<(), UsageError> {
+        if let Some(u) = &self.url {
+            e.url = u.clone();
+        }
+        if let Some(a) = self.api {
+            e.api = a;
+        }
+        if let Some(m) = &self.model {
+            e.model = Some(m.clone());
+        }
+        if self.no_stream {
+            e.stream = false;
+        }
+        if self.continuous_usage {
+            e.continuous_usage = true;
+        }
+        if let Some(t) = self.timeout {
+            e.timeout_s = t;
+        }
+        for h in &self.headers {
+            let (k, v) = h.split_once(':').ok_or_else(|| {
+                UsageError::new(
+                    format!("--header {h:?} has no ':'"),
+                    "write --header 'Authorization: Bearer TOKEN'",
+                )
+            })?;
+            e.headers.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        Ok(())
+    }
+
+    /// `--telemetry` and the GPU selection over the file's telemetry.
+    fn override_telemetry(&self, plan: &mut Plan) -> Result<(), UsageError> {
         if let Some(t) = &self.telemetry {
             let (kind, url) = t.split_once('=').ok_or_else(|| {
                 UsageError::new(format!("--telemetry {t:?} has no KIND="), "write --telemetry dcgm=http://HOST:9400/metrics (or gapscoped=…, prometheus=…)")
@@ -353,16 +382,6 @@ impl RunArgs {
                 .map(|g| g.trim().to_string())
                 .collect();
         }
-        self.mfu.apply(&mut plan.model);
-        plan.cost.gpu_hour_usd = self.gpu_hour_usd.or(plan.cost.gpu_hour_usd);
-        plan.gapscoped = self.gapscoped.clone().or(plan.gapscoped);
-        if self.threads == 0 || self.threads > 256 {
-            return Err(UsageError::new(
-                format!("--threads {} is out of range", self.threads),
-                "use 1 to 256",
-            ));
-        }
-        plan.validate()?;
-        Ok(plan)
+        Ok(())
     }
 }

@@ -164,15 +164,7 @@ pub async fn run(
 ) -> RunOutcome {
     let windows = phase_windows(plan, &clock);
     let stats = RunStats::new(&windows, plan.slo.clone());
-    // Prompts are made ahead of need on their own thread.
-    let (ask_tx, ask_rx) = mpsc::channel::<Ask>(1024);
-    let prompt_thread = std::thread::Builder::new()
-        .name("prompts".into())
-        .spawn(move || {
-            let mut prompts = prompts;
-            while ask_tx.blocking_send(prompts.next_ask()).is_ok() {}
-        })
-        .ok();
+    let (ask_rx, prompt_thread) = spawn_prompts(prompts);
 
     let (rec_tx, rec_rx) = mpsc::unbounded_channel::<RequestRecord>();
     let (cancel_tx, cancel_rx) = watch::channel(false);
@@ -201,18 +193,21 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     let mut signals = StopSignals::new();
     let mut ctrl_c = std::pin::pin!(signals.next());
-    for (index, phase) in plan.phases.iter().enumerate() {
-        let (start, end) = windows[index];
-        sleep_until(&clock, start).await;
-        *live.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase.name.clone();
+    let annotate = |phase: &Phase, event: &str| {
         if let Some(a) = &annotator {
             a.post(
                 &phase.name,
                 Some(phase.kind),
-                "start",
+                event,
                 live.tokens.load(Ordering::Relaxed),
             );
         }
+    };
+    for (index, phase) in plan.phases.iter().enumerate() {
+        let (start, end) = windows[index];
+        sleep_until(&clock, start).await;
+        *live.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase.name.clone();
+        annotate(phase, "start");
         let mut run = PhaseRun::new(phase, (start, end));
         let work = run_phase(
             &shared,
@@ -238,14 +233,7 @@ pub async fn run(
             }
         }
         run.max_in_flight = shared.max_in_flight[index].load(Ordering::SeqCst);
-        if let Some(a) = &annotator {
-            a.post(
-                &phase.name,
-                Some(phase.kind),
-                "end",
-                live.tokens.load(Ordering::Relaxed),
-            );
-        }
+        annotate(phase, "end");
         runs.push(run);
         if interrupted.is_some() {
             break;
@@ -301,6 +289,19 @@ async fn drain(
             Some(signal)
         }
     }
+}
+
+/// Prompts are made ahead of need on a thread of their own; it ends when
+/// the receiver is dropped.
+fn spawn_prompts(
+    mut prompts: PromptGen,
+) -> (mpsc::Receiver<Ask>, Option<std::thread::JoinHandle<()>>) {
+    let (ask_tx, ask_rx) = mpsc::channel::<Ask>(1024);
+    let thread = std::thread::Builder::new()
+        .name("prompts".into())
+        .spawn(move || while ask_tx.blocking_send(prompts.next_ask()).is_ok() {})
+        .ok();
+    (ask_rx, thread)
 }
 
 /// Phase windows on the run's clock, back to back from a short lead-in.
