@@ -222,7 +222,18 @@ fn stops_cleanly_on(signal: i32, name: &str) {
     });
     let dir = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
-    let mut child = std::process::Command::new(gapscope_testkit::loadgen_bin())
+    let mut command = std::process::Command::new(gapscope_testkit::loadgen_bin());
+    // The load generator leaves an ignored SIGHUP ignored (nohup); a test
+    // run started under nohup would pass that on. The child starts with
+    // the default, as from a terminal.
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = command
         .args([
             "--url",
             &server.url("/v1/completions"),

@@ -31,12 +31,14 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::{Request, Response, body::Frame, server::conn::http1, service::service_fn};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{Request, Response, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 pub use gapscope_clock::monotonic_ns;
+
+mod reply;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -289,18 +291,6 @@ impl StreamServer {
     }
 }
 
-fn full(status: u16, body: String) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(
-            Full::new(Bytes::from(body))
-                .map_err(|never: Infallible| match never {})
-                .boxed(),
-        )
-        .unwrap()
-}
-
 async fn handle(
     s: Arc<State>,
     req: Request<hyper::body::Incoming>,
@@ -335,14 +325,16 @@ async fn handle(
         },
         None => (String::new(), path.clone()),
     };
-    let chat = api == "/v1/chat/completions";
-    if !(api == "/v1/completions" || chat || api == "/raw") {
+    if !matches!(
+        api.as_str(),
+        "/v1/completions" | "/v1/chat/completions" | "/raw"
+    ) {
         return Ok(full(
             404,
             json!({"error": {"message": format!("no route {path}")}}).to_string(),
         ));
     }
-    let index = if s.cfg.log_requests {
+    let index = s.cfg.log_requests.then(|| {
         let mut log = s.log.lock().unwrap();
         log.requests.push(Seen {
             path: path.clone(),
@@ -355,10 +347,8 @@ async fn handle(
             chunk_tokens: Vec::new(),
             done_ns: None,
         });
-        Some(log.requests.len() - 1)
-    } else {
-        None
-    };
+        log.requests.len() - 1
+    });
     if mode == "status503" {
         return Ok(full(
             503,
@@ -368,289 +358,27 @@ async fn handle(
     if mode == "slowheaders" {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    let max_tokens = body["max_tokens"].as_u64().unwrap_or(16).max(1);
-    let tokens = if mode == "short" {
-        max_tokens - 1
-    } else {
-        max_tokens
-    };
-    let stream = body["stream"].as_bool().unwrap_or(false) || api == "/raw";
-    let usage = s.cfg.usage
-        && body["stream_options"]["include_usage"]
-            .as_bool()
-            .unwrap_or(false);
-    let continuous = s.cfg.usage
-        && body["stream_options"]["continuous_usage_stats"]
-            .as_bool()
-            .unwrap_or(false);
-    let sizes = chunk_sizes(&s.cfg, tokens);
-    let reasoning = if chat {
-        u64::from(s.cfg.reasoning_tokens)
-    } else {
-        0
-    };
-    let prompt_tokens = body["prompt"]
-        .as_str()
-        .or(body["messages"][0]["content"].as_str())
-        .map(|p| p.split_whitespace().count())
-        .unwrap_or(0);
+    let r = reply::Reply::new(&s.cfg, &body, &api, mode, index);
     let guard = InFlight::new(s.clone());
-    if !stream {
-        let start = tokio::time::Instant::now();
-        let wait = s.cfg.first_token_ms + s.cfg.token_ms * (tokens.saturating_sub(1)) as f64;
-        tokio::time::sleep_until(start + Duration::from_secs_f64(wait / 1e3)).await;
-        let text: String = (0..tokens.saturating_sub(reasoning))
-            .map(|_| " t")
-            .collect();
-        let thought: String = (0..tokens.min(reasoning)).map(|_| " t").collect();
-        let choice = if chat && reasoning > 0 {
-            json!({"index": 0, "message": {"role": "assistant", "reasoning_content": thought, "content": text}, "finish_reason": "length"})
-        } else if chat {
-            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"})
-        } else {
-            json!({"index": 0, "text": text, "finish_reason": "length"})
-        };
-        let now = monotonic_ns();
-        if let Some(i) = index {
-            let mut log = s.log.lock().unwrap();
-            log.requests[i].chunks_ns.push(now);
-            log.requests[i].chunk_tokens.push(tokens);
-            log.requests[i].done_ns = Some(now);
-        }
-        drop(guard);
-        let mut reply = json!({"choices": [choice]});
-        if s.cfg.usage {
-            reply["usage"] = usage_of(prompt_tokens, tokens, reasoning);
-        }
-        return Ok(full(200, reply.to_string()));
-    }
-
-    if mode.is_empty()
-        && api != "/raw"
-        && s.cfg.first_token_ms == 0.0
-        && s.cfg.token_ms == 0.0
-        && !continuous
-        && reasoning == 0
-    {
-        // Zero delay: every chunk is ready at once, so the reply goes out
-        // in as few writes as the connection takes (the benchmark's server).
-        let mut body = Vec::with_capacity(tokens as usize * 96);
-        let mut sent_tokens = 0;
-        for &n in &sizes {
-            sent_tokens += n;
-            let text: String = (0..n).map(|_| " t").collect();
-            body.extend(event(
-                chat,
-                &text,
-                (sent_tokens == tokens).then_some("length"),
-            ));
-        }
-        if usage {
-            let u = json!({"choices": [], "usage": usage_of(prompt_tokens, tokens, reasoning)});
-            body.extend(format!("data: {u}\n\n").into_bytes());
-        }
-        body.extend(b"data: [DONE]\n\n");
-        if let Some(i) = index {
-            let now = monotonic_ns();
-            let mut log = s.log.lock().unwrap();
-            log.requests[i].headers_ns = Some(now);
-            log.requests[i].chunks_ns = vec![now; sizes.len()];
-            log.requests[i].chunk_tokens = sizes.clone();
-            log.requests[i].done_ns = Some(now);
-        }
-        drop(guard);
-        return Ok(Response::builder()
-            .status(200)
-            .header("content-type", "text/event-stream")
-            .body(
-                Full::new(Bytes::from(body))
-                    .map_err(|never: Infallible| match never {})
-                    .boxed(),
-            )
-            .unwrap());
-    }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
-    let state = s.clone();
-    let raw = api == "/raw";
-    let content_type = if raw {
-        "text/plain; charset=utf-8"
+    Ok(if !r.stream {
+        reply::whole(&s, &r, guard).await
+    } else if r.instant(&s.cfg) {
+        reply::instant(&s, &r, guard)
     } else {
-        "text/event-stream"
-    };
-    tokio::spawn(async move {
-        let _guard = guard;
-        let cfg = &state.cfg;
-        let start = tokio::time::Instant::now();
-        let mut sent_tokens = 0u64;
-        let stamp = |state: &State, n: u64, last: bool| {
-            let now = monotonic_ns();
-            if let Some(i) = index {
-                let mut log = state.log.lock().unwrap();
-                log.requests[i].chunks_ns.push(now);
-                log.requests[i].chunk_tokens.push(n);
-                if last {
-                    log.requests[i].done_ns = Some(now);
-                }
-            }
-        };
-        for (c, &n) in sizes.iter().enumerate() {
-            // A chunk goes when its last token is made: the first token
-            // at first_token_ms, each next one token_ms later.
-            let due = cfg.first_token_ms + (sent_tokens + n - 1) as f64 * cfg.token_ms;
-            if due > 0.0 {
-                tokio::time::sleep_until(start + Duration::from_secs_f64(due / 1e3)).await;
-            }
-            // Reasoning tokens and answer tokens never share a chunk.
-            let thinking = sent_tokens < reasoning;
-            sent_tokens += n;
-            let last = sent_tokens == tokens;
-            let text: String = (0..n).map(|_| " t").collect();
-            let frames: Vec<Vec<u8>> = match mode.as_str() {
-                _ if raw => vec![text.into_bytes()],
-                "malformed2" if c == 2 => vec![b"data: {not json\n\n".to_vec()],
-                "errorevent" if c == 2 => {
-                    vec![b"data: {\"error\": {\"message\": \"boom\"}}\n\n".to_vec()]
-                }
-                "badutf8" if c == 2 => {
-                    vec![b"data: {\"choices\":[{\"text\":\"\xff\xfe\"}]}\n\n".to_vec()]
-                }
-                "hugeline" if c == 2 => vec![
-                    format!(
-                        "data: {{\"choices\":[{{\"text\":\"{}\"}}]}}\n\n",
-                        "x".repeat(2 << 20)
-                    )
-                    .into_bytes(),
-                ],
-                "splitutf8" => {
-                    let ev = event(chat, " é世界", if last { Some("length") } else { None });
-                    // Cut inside the multi-byte characters.
-                    let cut = ev.iter().position(|b| *b >= 0x80).unwrap_or(1) + 1;
-                    vec![
-                        ev[..cut].to_vec(),
-                        ev[cut..cut + 2].to_vec(),
-                        ev[cut + 2..].to_vec(),
-                    ]
-                }
-                "nodone" => vec![event(chat, &text, None)],
-                _ if thinking => vec![reasoning_event(&text)],
-                _ => {
-                    let mut ev = event(chat, &text, if last { Some("length") } else { None });
-                    if continuous {
-                        // vLLM's continuous usage: cumulative counts in every chunk.
-                        let mut v: Value = serde_json::from_slice(&ev[6..ev.len() - 2]).unwrap();
-                        v["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": sent_tokens});
-                        ev = format!("data: {v}\n\n").into_bytes();
-                    }
-                    vec![ev]
-                }
-            };
-            for f in frames {
-                if tx.send(Ok(Frame::data(Bytes::from(f)))).await.is_err() {
-                    return;
-                }
-                // Separate writes, so the client sees separate reads.
-                if mode == "splitutf8" {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-            stamp(&state, n, last && raw);
-            if c + 1 == 2 {
-                match mode.as_str() {
-                    "close2" => {
-                        let _ = tx.send(Err(std::io::Error::other("cut"))).await;
-                        return;
-                    }
-                    "stall2" => {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                        return;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if raw || mode == "nodone" {
-            return;
-        }
-        if usage {
-            let u = json!({"choices": [], "usage": usage_of(prompt_tokens, tokens, reasoning)});
-            let _ = tx
-                .send(Ok(Frame::data(Bytes::from(format!("data: {u}\n\n")))))
-                .await;
-        }
-        let _ = tx
-            .send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))))
-            .await;
-        if let Some(i) = index {
-            state.log.lock().unwrap().requests[i].done_ns = Some(monotonic_ns());
-        }
-    });
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
-    if let Some(i) = index {
-        s.log.lock().unwrap().requests[i].headers_ns = Some(monotonic_ns());
-    }
-    Ok(Response::builder()
-        .status(200)
-        .header("content-type", content_type)
-        .body(StreamBody::new(stream).boxed())
-        .unwrap())
+        reply::timed(s, r, guard)
+    })
 }
 
-/// How many tokens each chunk of a `tokens`-token reply carries: the
-/// pattern cycled (or `tokens_per_chunk`), the last chunk cut to fit, and
-/// no chunk across the end of the reasoning.
-fn chunk_sizes(cfg: &ServerConfig, tokens: u64) -> Vec<u64> {
-    let pattern: Vec<u64> = if cfg.chunk_pattern.is_empty() {
-        vec![u64::from(cfg.tokens_per_chunk.max(1))]
-    } else {
-        cfg.chunk_pattern
-            .iter()
-            .map(|&k| u64::from(k.max(1)))
-            .collect()
-    };
-    let reasoning = u64::from(cfg.reasoning_tokens);
-    let mut sizes = Vec::new();
-    let mut sent = 0;
-    while sent < tokens {
-        let mut n = pattern[sizes.len() % pattern.len()].min(tokens - sent);
-        if sent < reasoning {
-            n = n.min(reasoning - sent);
-        }
-        sizes.push(n);
-        sent += n;
-    }
-    sizes
-}
-
-/// `usage`, with OpenAI's reasoning split when the reply reasoned.
-fn usage_of(prompt: usize, tokens: u64, reasoning: u64) -> Value {
-    let mut u = json!({"prompt_tokens": prompt, "completion_tokens": tokens});
-    if reasoning > 0 {
-        u["completion_tokens_details"] = json!({"reasoning_tokens": reasoning.min(tokens)});
-    }
-    u
-}
-
-fn reasoning_event(text: &str) -> Vec<u8> {
-    let choice = json!({"index": 0, "delta": {"reasoning_content": text}, "finish_reason": null});
-    format!(
-        "data: {}\n\n",
-        json!({"object": "chunk", "choices": [choice]})
-    )
-    .into_bytes()
-}
-
-fn event(chat: bool, text: &str, finish: Option<&str>) -> Vec<u8> {
-    let choice = if chat {
-        json!({"index": 0, "delta": {"content": text}, "finish_reason": finish})
-    } else {
-        json!({"index": 0, "text": text, "finish_reason": finish})
-    };
-    format!(
-        "data: {}\n\n",
-        json!({"object": "chunk", "choices": [choice]})
-    )
-    .into_bytes()
+pub(super) fn full(status: u16, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        )
+        .unwrap()
 }
 
 /// dcgm-exporter-style telemetry: `gpus` GPUs, constant utilization and
