@@ -17,8 +17,8 @@ use serde_json::json;
 use crate::{
     clock::{Clock, monotonic_ns, unix_ns},
     http::SideClient,
+    live::Live,
     plan::PhaseKind,
-    runner::Live,
 };
 
 pub struct Annotator {

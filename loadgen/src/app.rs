@@ -15,12 +15,13 @@ use crate::{
     clock::{Clock, precise_timers},
     error::UsageError,
     flops::{self, ModelShape},
+    live::Live,
     plan::ModelSpec,
     plot,
     prompts::{PromptGen, load_tokenizer},
     request::Client,
     results::{self, Context},
-    runner::{self, Live},
+    runner,
     telemetry::Scraper,
 };
 

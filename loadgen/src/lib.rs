@@ -6,27 +6,34 @@
 //! requests) → `request` (one HTTP request, every token timed;
 //! `decode` and `sse` read the reply) → `stats` (per-phase HDR histograms
 //! and windows) → `results` (the JSON document, with `telemetry`, `flops`
-//! and `audit`) → `plot` and `compare`.
+//! and `audit`; `summary` prints it) → `plot` and `compare`. `live` is
+//! what the run is doing now (progress line, `annotate`'s posts to
+//! gapscoped).
+//!
+//! Modules are private (oha's habit) but for what the binary uses (`app`,
+//! `cli`, `compare`, `error`) and the arrival statistics the timing tests
+//! check (`arrivals`).
 
-pub mod annotate;
+mod annotate;
 pub mod app;
 pub mod arrivals;
-pub mod audit;
+mod audit;
 pub mod cli;
-pub mod clock;
+mod clock;
 pub mod compare;
-pub mod decode;
+mod decode;
 pub mod error;
-pub mod flops;
-pub mod http;
-pub mod plan;
-pub mod plot;
-pub mod prompts;
-pub mod record;
-pub mod request;
-pub mod results;
-pub mod runner;
-pub mod sse;
-pub mod stats;
+mod flops;
+mod http;
+mod live;
+mod plan;
+mod plot;
+mod prompts;
+mod record;
+mod request;
+mod results;
+mod runner;
+mod sse;
+mod stats;
 mod summary;
-pub mod telemetry;
+mod telemetry;

@@ -25,16 +25,6 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 7] = [
-        ErrorKind::Connect,
-        ErrorKind::Timeout,
-        ErrorKind::HttpStatus,
-        ErrorKind::MalformedStream,
-        ErrorKind::EarlyClose,
-        ErrorKind::ServerError,
-        ErrorKind::Cancelled,
-    ];
-
     pub fn name(self) -> &'static str {
         match self {
             ErrorKind::Connect => "connect",

@@ -18,7 +18,7 @@
 use std::{
     io::Write,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -30,6 +30,7 @@ use crate::{
     annotate::Annotator,
     arrivals,
     clock::{Clock, PreciseTimer},
+    live::Live,
     plan::{Arrival, Phase, PhaseKind, Plan},
     prompts::{Ask, PromptGen},
     record::{ErrorKind, RequestRecord},
@@ -37,24 +38,11 @@ use crate::{
     stats::RunStats,
 };
 
-/// Live counters for the progress line.
-#[derive(Default)]
-pub struct Live {
-    pub in_flight: AtomicUsize,
-    pub completed: AtomicU64,
-    pub failed: AtomicU64,
-    /// Output tokens as they arrive (the client counts them), settled to
-    /// each request's best count when it ends.
-    pub tokens: Arc<AtomicU64>,
-    pub phase: Mutex<String>,
-}
-
 /// What happened in one phase, beyond the statistics.
 #[derive(Debug, Clone)]
 pub struct PhaseRun {
     pub name: String,
     pub kind: PhaseKind,
-    pub start_ns: u64,
     pub end_ns: u64,
     /// Open loop: requests the schedule held.
     pub scheduled: u64,
@@ -65,11 +53,10 @@ pub struct PhaseRun {
 }
 
 impl PhaseRun {
-    fn new(phase: &Phase, (start_ns, end_ns): (u64, u64)) -> Self {
+    fn new(phase: &Phase, end_ns: u64) -> Self {
         Self {
             name: phase.name.clone(),
             kind: phase.kind,
-            start_ns,
             end_ns,
             scheduled: 0,
             target_rate: phase.rate,
@@ -208,7 +195,7 @@ pub async fn run(
         sleep_until(&clock, start).await;
         *live.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase.name.clone();
         annotate(phase, "start");
-        let mut run = PhaseRun::new(phase, (start, end));
+        let mut run = PhaseRun::new(phase, end);
         let work = run_phase(
             &shared,
             index,

@@ -11,7 +11,7 @@ use crate::error::UsageError;
 mod flags;
 mod validate;
 
-pub use flags::{parse_duration, parse_phase};
+pub use flags::parse_phase;
 
 /// The whole run, as read from the workload file and the flags.
 #[derive(Debug, Clone, Deserialize, Serialize)]

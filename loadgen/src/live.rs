@@ -1,0 +1,20 @@
+//! What a run is doing now, shared by the runner (which counts), the
+//! progress line (which shows it) and the annotator (which posts the
+//! token count to gapscoped every second).
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, AtomicUsize},
+};
+
+/// Live counters for the progress line.
+#[derive(Default)]
+pub struct Live {
+    pub in_flight: AtomicUsize,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    /// Output tokens as they arrive (the client counts them), settled to
+    /// each request's best count when it ends.
+    pub tokens: Arc<AtomicU64>,
+    pub phase: Mutex<String>,
+}
