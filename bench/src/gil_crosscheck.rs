@@ -17,7 +17,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{Context, bail};
+use anyhow::{Context as _, bail};
 use gapscope_testkit::{Daemon, Workload, repo_root, require_root, target_python};
 
 const SECONDS: u32 = 6;

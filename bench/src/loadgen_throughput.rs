@@ -15,11 +15,11 @@
 //! bench/results/loadgen_throughput.json.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
 };
 
-use anyhow::{Context, bail};
+use anyhow::{Context as _, bail};
 use gapscope_testkit::{loadgen_bin, repo_root, target_python};
 use serde_json::{Value, json};
 
@@ -59,7 +59,7 @@ fn server() -> anyhow::Result<Server> {
 
 /// Runs a client alone on core 0: (stdout, CPU seconds it used).
 fn pinned(program: &std::path::Path, args: &[String]) -> anyhow::Result<(String, f64)> {
-    use std::io::Read;
+    use std::io::Read as _;
     let mut child = Command::new("taskset")
         .args(["-c", "0"])
         .arg(program)
@@ -100,7 +100,7 @@ fn rust(url: &str, phase: &str) -> anyhow::Result<(Value, f64)> {
         "16",
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(std::string::ToString::to_string)
     .chain([
         "--quiet".into(),
         "--no-plots".into(),
@@ -157,7 +157,7 @@ fn main() -> anyhow::Result<()> {
     for rate in [200, 1000] {
         let (p, cpu) = rust(&url, &format!("o=poisson:{rate}:{SECONDS}s"))?;
         let achieved = p["achieved_rate"].as_f64().unwrap_or(0.0);
-        let scheduled = p["scheduled"].as_f64().unwrap_or(0.0) / SECONDS as f64;
+        let scheduled = p["scheduled"].as_f64().unwrap_or(0.0) / f64::from(SECONDS);
         let entry = json!({
             "target_rate": rate,
             "schedule_rate": scheduled,
@@ -187,7 +187,7 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_default();
         let entry = json!({
             "target_rate": rate,
-            "achieved_rate": p["sent"].as_f64().unwrap_or(0.0) / SECONDS as f64,
+            "achieved_rate": p["sent"].as_f64().unwrap_or(0.0) / f64::from(SECONDS),
             "completed_per_s": p["completed"].as_f64().unwrap_or(0.0) / p["seconds"].as_f64().unwrap_or(1.0),
             "p99_send_lag_ms": p99(lags) * 1e3,
             "cpu_seconds": cpu,

@@ -15,7 +15,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
     process::{Child, Command, Stdio},
     sync::{
@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::{Context as _, bail};
 use gapscope_testkit::{Daemon, free_port, repo_root, require_root, target_python};
 
 const ROUNDS: usize = 3;

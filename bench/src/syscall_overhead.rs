@@ -22,12 +22,12 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
+    io::{BufRead as _, BufReader},
     process::{Command, Stdio},
     time::Duration,
 };
 
-use anyhow::{Context, bail};
+use anyhow::{Context as _, bail};
 use aya::{EbpfLoader, programs::RawTracePoint};
 use gapscope_testkit::{Daemon, Workload, require_root};
 

@@ -328,7 +328,7 @@ impl Activity {
                 },
             ),
         };
-        if raw.end_ns < raw.start_ns || device >= MAX_DEVICES as u32 {
+        if raw.end_ns < raw.start_ns || device >= u32::from(MAX_DEVICES) {
             return None;
         }
         Some(Record {

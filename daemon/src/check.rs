@@ -182,7 +182,7 @@ fn serialization(pid: u32, interpreter: &std::path::Path) {
                     }
                     None => "set a [[python.probe]] naming this release's function",
                 };
-                println!("MISSING  {label:<16} {file}: {why}; fix: {fix}")
+                println!("MISSING  {label:<16} {file}: {why}; fix: {fix}");
             }
         }
     }

@@ -20,8 +20,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use object::{
-    Object, ObjectSection, ObjectSegment, ObjectSymbol, RelocationFlags, SectionKind, SymbolKind,
-    elf,
+    Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, RelocationFlags,
+    SectionKind, SymbolKind, elf,
 };
 use regex::Regex;
 

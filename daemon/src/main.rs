@@ -176,7 +176,7 @@ fn explain_command(
 }
 
 fn hash_password(cost: u32) -> anyhow::Result<()> {
-    use std::io::{BufRead, IsTerminal};
+    use std::io::{BufRead as _, IsTerminal as _};
     if std::io::stdin().is_terminal() {
         eprintln!("password (echoed; pipe it in to keep it out of the terminal):");
     }

@@ -11,7 +11,7 @@ pub fn send(state: &str) {
     let result = UnixDatagram::unbound().and_then(|sock| {
         let bytes = path.as_encoded_bytes();
         if let Some(abstract_name) = bytes.strip_prefix(b"@") {
-            use std::os::linux::net::SocketAddrExt;
+            use std::os::linux::net::SocketAddrExt as _;
             let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?;
             sock.send_to_addr(state.as_bytes(), &addr)
         } else {

@@ -317,7 +317,7 @@ fn no_privileges_exits_2() {
 
 /// GET `path`; (status code, body).
 fn get_status(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
+    use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
     let mut resp = String::new();

@@ -49,7 +49,7 @@ fn launches_and_host_syncs_are_counted_exactly_and_timed() {
         &SYNCS.to_string(),
         &SYNC_US.to_string(),
     ]
-    .map(|s| s.to_string());
+    .map(std::string::ToString::to_string);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut traced = fixture.caller("cuda_caller", &args);
     daemon.wait_processes("cuda", 1.0);

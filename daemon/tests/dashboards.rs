@@ -460,12 +460,18 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             }
             let expr = substitute(&q);
             let mut r = prom.query_at(&expr, at);
-            if r["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
+            if r["data"]["result"]
+                .as_array()
+                .is_none_or(std::vec::Vec::is_empty)
+            {
                 r = prom.query_at(&expr, end);
             }
             if r["status"] != "success" {
                 failures.push(format!("{name} / {title}: {expr}: {}", r["error"]));
-            } else if r["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
+            } else if r["data"]["result"]
+                .as_array()
+                .is_none_or(std::vec::Vec::is_empty)
+            {
                 failures.push(format!("{name} / {title}: no data for {expr}"));
             } else {
                 proven += 1;
@@ -475,7 +481,10 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     // The phase annotations every dashboard shows.
     let annotation = all[0].1["annotations"]["list"][0]["expr"].as_str().unwrap();
     let r = prom.query_at(&substitute(annotation), at);
-    if r["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
+    if r["data"]["result"]
+        .as_array()
+        .is_none_or(std::vec::Vec::is_empty)
+    {
         failures.push(format!("phase annotation: no data for {annotation}: {r}"));
     }
     // Query variables list the services.

@@ -4,7 +4,7 @@
 //! counted without harm to what was taken or to other peers, and peers
 //! are admitted by their credentials.
 
-use std::{os::unix::fs::PermissionsExt, process::Command, time::Duration};
+use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
 
 use gapscope_testkit::{
     Daemon, Metrics, Workload, http_get, promtool_check, serial, wire_sender_bin,

@@ -11,7 +11,7 @@ use std::{
 };
 
 use gapscope_testkit::{gapscoped_bin, repo_root};
-use serde::Deserialize;
+use serde::Deserialize as _;
 use serde_yaml::Value;
 
 fn dir() -> PathBuf {
@@ -136,7 +136,7 @@ fn the_servicemonitor_matches_the_operators_schema() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        use std::io::Write;
+        use std::io::Write as _;
         child
             .stdin
             .take()

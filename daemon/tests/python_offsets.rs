@@ -42,7 +42,7 @@ fn offsets_match_each_versions_headers() {
         let v = format!("{major}.{minor}");
         match ours.gil {
             GilPath::InRuntime { runtime_ceval_gil } => {
-                assert_eq!(said["runtime_ceval_gil"], runtime_ceval_gil, "{v}")
+                assert_eq!(said["runtime_ceval_gil"], runtime_ceval_gil, "{v}");
             }
             GilPath::ViaMainInterpreter {
                 interpreters_main,

@@ -6,7 +6,7 @@
 //! them these tests say SKIP and why.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::{BufRead as _, BufReader, Read as _},
     net::TcpStream,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     time::{Duration, Instant},

@@ -154,7 +154,7 @@ fn forks_and_execs_are_followed() {
         let m = daemon.scrape();
         assert_eq!(
             calls(&m, "family", "getppid"),
-            (2 + 4 * round) as f64 * K as f64,
+            f64::from(2 + 4 * round) * K as f64,
             "round {round}: four threads, K calls each"
         );
     }

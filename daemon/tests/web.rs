@@ -82,7 +82,7 @@ fn make_certificates(dir: &Path) {
 
 /// `gapscoped hash-password`, as a user would run it.
 fn hash_password(password: &str) -> String {
-    use std::io::Write;
+    use std::io::Write as _;
     let mut child = Command::new(gapscoped_bin())
         .args(["hash-password", "--cost", "6"])
         .stdin(std::process::Stdio::piped())

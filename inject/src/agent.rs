@@ -137,7 +137,10 @@ impl Agent {
         let callback = self.clock.load(Ordering::Relaxed) == ClockMode::Callback as u8;
         let now = monotonic_ns();
         let mut off_clock = 0u64;
-        let mut contexts = self.contexts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut contexts = self
+            .contexts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             // SAFETY: the buffer CUPTI completed, and its valid size.
             if unsafe { (self.api.get_next_record)(buffer, valid, &mut record) } != CUPTI_SUCCESS {

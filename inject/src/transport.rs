@@ -15,7 +15,7 @@
 
 use std::{
     collections::HashMap,
-    io::{ErrorKind, Write},
+    io::{ErrorKind, Write as _},
     os::unix::net::UnixStream,
     path::PathBuf,
     sync::{

@@ -21,7 +21,7 @@ use crate::{
     plan::PhaseKind,
 };
 
-pub struct Annotator {
+pub(crate) struct Annotator {
     url: String,
     run_id: String,
     client: SideClient,
@@ -32,7 +32,7 @@ pub struct Annotator {
 }
 
 impl Annotator {
-    pub fn new(base: &str, run_id: String, clock: Clock) -> Self {
+    pub(crate) fn new(base: &str, run_id: String, clock: Clock) -> Self {
         Self {
             url: format!("{}/api/v1/annotations", base.trim_end_matches('/')),
             run_id,
@@ -46,7 +46,7 @@ impl Annotator {
 
     /// Posts a `progress` event with the tokens counted so far every
     /// `period`, for the phase running then, until aborted.
-    pub async fn progress_every(self: Arc<Self>, period: Duration, live: Arc<Live>) {
+    pub(crate) async fn progress_every(self: Arc<Self>, period: Duration, live: Arc<Live>) {
         let mut tick = tokio::time::interval(period);
         tick.tick().await;
         loop {
@@ -67,7 +67,13 @@ impl Annotator {
     /// with the output tokens counted so far in the run (gapscoped turns
     /// the difference between a phase's start and end into per-token
     /// figures: kernels and launches per generated token).
-    pub fn post(&self, phase: &str, kind: Option<PhaseKind>, event: &str, output_tokens: u64) {
+    pub(crate) fn post(
+        &self,
+        phase: &str,
+        kind: Option<PhaseKind>,
+        event: &str,
+        output_tokens: u64,
+    ) {
         let body = json!({
             "source": "gapscope-loadgen",
             "run_id": self.run_id,

@@ -76,7 +76,7 @@ impl std::fmt::Display for Check {
 
 /// A phase's figures as the audit sees them (measured or claimed).
 #[derive(Debug, Clone, Default)]
-pub struct Figures {
+pub(crate) struct Figures {
     pub phase: String,
     pub tokens_per_s: f64,
     pub mfu: Option<f64>,
@@ -115,7 +115,7 @@ fn off(a: f64, b: f64) -> f64 {
 }
 
 /// Every check over every phase's figures.
-pub fn audit(phases: &[Figures]) -> Vec<Check> {
+pub(crate) fn audit(phases: &[Figures]) -> Vec<Check> {
     let mut out = mfu_checks(phases);
     for f in phases {
         energy_checks(&mut out, f);
@@ -210,7 +210,7 @@ fn energy_checks(out: &mut Vec<Check>, f: &Figures) {
                     (counter / power - 1.0) * 100.0,
                     ENERGY_TOLERANCE * 100.0
                 ),
-            ))
+            ));
         }
         (None, None) => {}
         _ => out.push(Check::skipped(
@@ -266,7 +266,7 @@ fn closed_loop_checks(out: &mut Vec<Check>, f: &Figures) {
 }
 
 /// Whether every check passed or was skipped.
-pub fn all_passed(checks: &[Check]) -> bool {
+pub(crate) fn all_passed(checks: &[Check]) -> bool {
     checks.iter().all(|c| c.status != Status::Fail)
 }
 

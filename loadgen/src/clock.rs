@@ -3,10 +3,10 @@
 //! to the daemon's intervals without conversion. Times in records are
 //! offsets from the run's start; the start itself is recorded too.
 
-pub use gapscope_clock::monotonic_ns;
+pub(crate) use gapscope_clock::monotonic_ns;
 
 /// Wall-clock time now, in ns since the Unix epoch.
-pub fn unix_ns() -> u64 {
+pub(crate) fn unix_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -15,27 +15,27 @@ pub fn unix_ns() -> u64 {
 
 /// The run's clock: nanoseconds since the run started.
 #[derive(Debug, Clone, Copy)]
-pub struct Clock {
+pub(crate) struct Clock {
     pub origin_monotonic_ns: u64,
     pub origin_unix_ns: u64,
 }
 
 impl Clock {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self {
             origin_monotonic_ns: monotonic_ns(),
             origin_unix_ns: unix_ns(),
         }
     }
 
-    pub fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         monotonic_ns().saturating_sub(self.origin_monotonic_ns)
     }
 }
 
 /// Makes this thread's timers fire within a microsecond of their deadline
 /// instead of after the default 50 µs of slack.
-pub fn precise_timers() {
+pub(crate) fn precise_timers() {
     // SAFETY: prctl with plain integer arguments.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
 }
@@ -49,13 +49,13 @@ const SPIN_NS: u64 = 100_000;
 /// in milliseconds, which would be most of an open-loop send's lag; a
 /// separate sleeping thread would have to wake the runtime, which costs a
 /// context switch and, on a single core, a preemption.
-pub struct PreciseTimer {
+pub(crate) struct PreciseTimer {
     fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
     clock: Clock,
 }
 
 impl PreciseTimer {
-    pub fn new(clock: Clock) -> std::io::Result<Self> {
+    pub(crate) fn new(clock: Clock) -> std::io::Result<Self> {
         use std::os::fd::FromRawFd;
         // SAFETY: plain syscall; the fd is owned from here on.
         let raw = unsafe {
@@ -81,7 +81,7 @@ impl PreciseTimer {
     /// yielding to other tasks until the moment comes. Waking an idle CPU
     /// (worse, an idle virtual CPU) takes tens to hundreds of
     /// microseconds; this way that delay is not the send's.
-    pub async fn sleep_until(&mut self, at_ns: u64) -> std::io::Result<()> {
+    pub(crate) async fn sleep_until(&mut self, at_ns: u64) -> std::io::Result<()> {
         let target = self.clock.origin_monotonic_ns + at_ns;
         if target > monotonic_ns() + SPIN_NS {
             self.wait_fd(target - SPIN_NS).await?;

@@ -17,12 +17,12 @@ use crate::{
 };
 
 /// Longest SSE line or NDJSON line accepted, and largest whole reply.
-pub const MAX_EVENT_BYTES: usize = 1 << 20;
-pub const MAX_BODY_BYTES: usize = 16 << 20;
+pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
+pub(crate) const MAX_BODY_BYTES: usize = 16 << 20;
 
 /// Something the server said, in order.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Update {
+pub(crate) struct Update {
     /// Generated answer text in this event (may be empty).
     pub text: String,
     /// Generated reasoning text (`reasoning_content` or `reasoning` of a
@@ -40,7 +40,7 @@ pub struct Update {
 
 /// Why a reply could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// Not what the protocol says: bad JSON, bad UTF-8, an endless line.
     Malformed(String),
     /// The server reported an error inside the stream.
@@ -148,7 +148,7 @@ struct Reader {
     complete: bool,
 }
 
-pub struct Decoder {
+pub(crate) struct Decoder {
     framing: Framing,
     reader: Reader,
     sse: SseParser,
@@ -162,7 +162,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(endpoint: &Endpoint) -> Self {
+    pub(crate) fn new(endpoint: &Endpoint) -> Self {
         let (framing, pointers, done_marker, end_is_complete) = match endpoint.api {
             Api::Completions | Api::Chat => (
                 if endpoint.stream {
@@ -212,7 +212,7 @@ impl Decoder {
     }
 
     /// Decodes the next bytes of the body.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Update>, DecodeError> {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Update>, DecodeError> {
         let mut out = Vec::new();
         match self.framing {
             Framing::Sse => {
@@ -289,7 +289,7 @@ impl Decoder {
 
     /// The body ended. Returns what was still buffered, or an error when
     /// the reply was cut short (`Ok(None)`: complete, nothing more).
-    pub fn finish(&mut self) -> Result<Vec<Update>, DecodeError> {
+    pub(crate) fn finish(&mut self) -> Result<Vec<Update>, DecodeError> {
         let mut out = Vec::new();
         match self.framing {
             Framing::Json => {
@@ -326,7 +326,7 @@ impl Decoder {
 
     /// Whether the reply said it was complete (or, for framings without a
     /// marker, simply ended).
-    pub fn complete(&self) -> bool {
+    pub(crate) fn complete(&self) -> bool {
         self.reader.complete || self.end_is_complete
     }
 }

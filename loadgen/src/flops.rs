@@ -55,13 +55,13 @@ impl ModelShape {
 
     /// FLOPs for one generated token with `context` tokens before it.
     pub fn flops_per_token(&self, context: f64) -> f64 {
-        2.0 * self.params + 2.0 * self.layers as f64 * context * self.hidden as f64
+        2.0 * self.params + 2.0 * f64::from(self.layers) * context * f64::from(self.hidden)
     }
 }
 
 /// Reads a Hugging Face `config.json` (Llama, Mistral, Qwen, Mixtral and
 /// other decoder-only layouts).
-pub fn from_config(path: &Path) -> Result<ModelShape, UsageError> {
+pub(crate) fn from_config(path: &Path) -> Result<ModelShape, UsageError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         UsageError::new(
             format!("cannot read model config {}: {e}", path.display()),
@@ -74,7 +74,7 @@ pub fn from_config(path: &Path) -> Result<ModelShape, UsageError> {
             "give the model's config.json",
         )
     })?;
-    let get = |k: &str| v.get(k).and_then(|x| x.as_f64());
+    let get = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
     let need = |k: &str| {
         get(k).ok_or_else(|| {
             UsageError::new(
@@ -92,7 +92,7 @@ pub fn from_config(path: &Path) -> Result<ModelShape, UsageError> {
     let head_dim = get("head_dim").unwrap_or(d / heads);
     let tied = v
         .get("tie_word_embeddings")
-        .and_then(|x| x.as_bool())
+        .and_then(serde_json::Value::as_bool)
         .unwrap_or(false);
     let experts = get("num_local_experts").unwrap_or(1.0);
     let active = get("num_experts_per_tok").unwrap_or(experts).min(experts);
@@ -115,7 +115,7 @@ pub fn from_config(path: &Path) -> Result<ModelShape, UsageError> {
     })
 }
 
-pub fn format_params(p: f64) -> String {
+pub(crate) fn format_params(p: f64) -> String {
     if p >= 1e9 {
         format!("{:.2}B", p / 1e9)
     } else {
@@ -126,7 +126,7 @@ pub fn format_params(p: f64) -> String {
 /// Dense (no sparsity) FP16/BF16 tensor-core peaks, TFLOPS per GPU, from
 /// the vendors' data sheets. Matched against the GPU name
 /// (dcgm-exporter's `modelName`, e.g. "NVIDIA A40").
-pub const PEAKS: &[(&str, &str, f64, &str)] = &[
+pub(crate) const PEAKS: &[(&str, &str, f64, &str)] = &[
     // (canonical name, name fragment to match, dense TFLOPS, source). The
     // vendors' sheets give sparse figures beside dense ones: dense is half.
     (
@@ -234,7 +234,7 @@ pub const PEAKS: &[(&str, &str, f64, &str)] = &[
 ];
 
 /// The peak for a GPU name, and the table entry it matched.
-pub fn peak_for(gpu: &str) -> Option<(&'static str, f64)> {
+pub(crate) fn peak_for(gpu: &str) -> Option<(&'static str, f64)> {
     let name = format!("{} ", gpu.to_uppercase().replace(['-', '_'], " "));
     // Longer fragments first: "H100 PCIE" before "H100", "GH200" before "H200".
     let mut table: Vec<&(&str, &str, f64, &str)> = PEAKS.iter().collect();
@@ -249,18 +249,19 @@ pub fn peak_for(gpu: &str) -> Option<(&'static str, f64)> {
 }
 
 /// Where a table row's figure comes from.
-pub fn peak_source(canon: &str) -> Option<&'static str> {
+pub(crate) fn peak_source(canon: &str) -> Option<&'static str> {
     PEAKS.iter().find(|r| r.0 == canon).map(|r| r.3)
 }
 
 /// MFU of `tokens_per_s` at `flops_per_token` on `gpus` GPUs of `peak_tflops`.
-pub fn mfu(tokens_per_s: f64, flops_per_token: f64, gpus: u32, peak_tflops: f64) -> f64 {
-    tokens_per_s * flops_per_token / (gpus.max(1) as f64 * peak_tflops * 1e12)
+pub(crate) fn mfu(tokens_per_s: f64, flops_per_token: f64, gpus: u32, peak_tflops: f64) -> f64 {
+    tokens_per_s * flops_per_token / (f64::from(gpus.max(1)) * peak_tflops * 1e12)
 }
 
 /// Dollars per million output tokens at `tokens_per_s` on `gpus` GPUs.
-pub fn cost_per_million(tokens_per_s: f64, gpus: u32, gpu_hour_usd: f64) -> Option<f64> {
-    (tokens_per_s > 0.0).then(|| gpu_hour_usd * gpus.max(1) as f64 / (tokens_per_s * 3600.0) * 1e6)
+pub(crate) fn cost_per_million(tokens_per_s: f64, gpus: u32, gpu_hour_usd: f64) -> Option<f64> {
+    (tokens_per_s > 0.0)
+        .then(|| gpu_hour_usd * f64::from(gpus.max(1)) / (tokens_per_s * 3600.0) * 1e6)
 }
 
 #[cfg(test)]
@@ -269,7 +270,7 @@ mod tests {
 
     /// Meta-Llama-3-8B-Instruct's config.json, the published experiment's
     /// model.
-    pub const LLAMA3_8B: &str = r#"{"architectures":["LlamaForCausalLM"],"hidden_size":4096,"intermediate_size":14336,
+    pub(super) const LLAMA3_8B: &str = r#"{"architectures":["LlamaForCausalLM"],"hidden_size":4096,"intermediate_size":14336,
         "num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":8,"vocab_size":128256,
         "tie_word_embeddings":false}"#;
 

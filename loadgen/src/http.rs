@@ -16,7 +16,7 @@ use hyper_util::{
 const MAX_REPLY: usize = 32 << 20;
 
 #[derive(Clone)]
-pub struct SideClient(Client<HttpConnector, Full<Bytes>>);
+pub(crate) struct SideClient(Client<HttpConnector, Full<Bytes>>);
 
 impl Default for SideClient {
     fn default() -> Self {
@@ -28,12 +28,12 @@ impl Default for SideClient {
 
 impl SideClient {
     /// GET `url`: (status, body).
-    pub async fn get(&self, url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    pub(crate) async fn get(&self, url: &str, timeout: Duration) -> Result<(u16, String), String> {
         self.call(Method::GET, url, None, timeout).await
     }
 
     /// POST a JSON body to `url`: (status, body).
-    pub async fn post_json(
+    pub(crate) async fn post_json(
         &self,
         url: &str,
         body: String,
@@ -77,7 +77,7 @@ impl SideClient {
 }
 
 /// Percent-encodes a query parameter value.
-pub fn encode_query(value: &str) -> String {
+pub(crate) fn encode_query(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {

@@ -9,7 +9,7 @@ use std::sync::{
 
 /// Live counters for the progress line.
 #[derive(Default)]
-pub struct Live {
+pub(crate) struct Live {
     pub in_flight: AtomicUsize,
     pub completed: AtomicU64,
     pub failed: AtomicU64,

@@ -1,6 +1,6 @@
 //! gapscope-loadgen: see `lib.rs` for the map of modules.
 
-use clap::Parser;
+use clap::Parser as _;
 use gapscope_loadgen::{
     app,
     cli::{Cli, Command},

@@ -56,7 +56,7 @@ fn e<E: std::fmt::Debug>(err: E) -> String {
 }
 
 /// Every plot the results allow; returns the files written.
-pub fn all(
+pub(crate) fn all(
     results: &Results,
     latencies: &[(String, [&Latency; 3])],
     dir: &Path,

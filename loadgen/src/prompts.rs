@@ -20,7 +20,7 @@ use crate::{
 
 /// One request's input.
 #[derive(Debug, Clone)]
-pub struct Ask {
+pub(crate) struct Ask {
     pub prompt: String,
     /// The prompt's length in tokens, when known exactly.
     pub prompt_tokens: Option<u32>,
@@ -38,7 +38,7 @@ const WORDS: &[&str] = &[
 ];
 
 /// Loads a `tokenizer.json`.
-pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, UsageError> {
+pub(crate) fn load_tokenizer(path: &Path) -> Result<Tokenizer, UsageError> {
     Tokenizer::from_file(path).map_err(|e| {
         UsageError::new(
             format!("cannot load tokenizer {}: {e}", path.display()),
@@ -48,11 +48,11 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, UsageError> {
 }
 
 /// Tokens in `text` as the model counts them (no special tokens added).
-pub fn count_tokens(tok: &Tokenizer, text: &str) -> Option<u32> {
+pub(crate) fn count_tokens(tok: &Tokenizer, text: &str) -> Option<u32> {
     tok.encode(text, false).ok().map(|e| e.len() as u32)
 }
 
-pub struct PromptGen {
+pub(crate) struct PromptGen {
     source: Source,
     input: Length,
     output: Length,
@@ -74,7 +74,7 @@ enum Source {
 }
 
 impl PromptGen {
-    pub fn new(p: &Prompts, output: Length, seed: u64) -> Result<Self, UsageError> {
+    pub(crate) fn new(p: &Prompts, output: Length, seed: u64) -> Result<Self, UsageError> {
         let tokenizer = p.tokenizer.as_deref().map(load_tokenizer).transpose()?;
         let mut rng = StdRng::seed_from_u64(seed ^ 0x005e_ed0f_70c3);
         let source = match p.source {
@@ -134,14 +134,14 @@ impl PromptGen {
     }
 
     /// Whether prompt lengths are exact token counts.
-    pub fn exact(&self) -> bool {
+    pub(crate) fn exact(&self) -> bool {
         match &self.source {
             Source::Random { tokenizer, .. } => tokenizer.is_some(),
             Source::Pool { items, .. } => items.first().is_some_and(|i| i.1.is_some()),
         }
     }
 
-    pub fn next_ask(&mut self) -> Ask {
+    pub(crate) fn next_ask(&mut self) -> Ask {
         let max_tokens = sample(self.output, &mut self.rng);
         match &mut self.source {
             Source::Random { words, tokenizer } => {
@@ -168,7 +168,7 @@ impl PromptGen {
 }
 
 /// A length drawn from its distribution (at least 1).
-pub fn sample(l: Length, rng: &mut StdRng) -> u32 {
+pub(crate) fn sample(l: Length, rng: &mut StdRng) -> u32 {
     match l {
         Length::Fixed(n) => n,
         Length::Uniform { min, max } => rng.random_range(min..=max),

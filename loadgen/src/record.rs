@@ -7,7 +7,7 @@ use serde::Serialize;
 /// any phase had errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// No connection: refused, unreachable, connect timeout.
     Connect,
     /// No reply, or no next chunk, in time.
@@ -25,7 +25,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ErrorKind::Connect => "connect",
             ErrorKind::Timeout => "timeout",
@@ -39,14 +39,14 @@ impl ErrorKind {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct RequestError {
+pub(crate) struct RequestError {
     pub kind: ErrorKind,
     pub detail: String,
 }
 
 /// Output tokens, counted three ways; they should agree.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct OutputTokens {
+pub(crate) struct OutputTokens {
     /// What the server's `usage` said.
     pub usage: Option<u64>,
     /// Token-bearing events (chunks), each counted as the tokens it
@@ -67,7 +67,7 @@ pub struct OutputTokens {
 /// Where a request's output token count came from, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum TokenSource {
+pub(crate) enum TokenSource {
     /// The server's `usage.completion_tokens`.
     Usage,
     /// The given tokenizer's count of the generated text.
@@ -78,7 +78,7 @@ pub enum TokenSource {
 }
 
 impl TokenSource {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             TokenSource::Usage => "usage",
             TokenSource::Tokenizer => "tokenizer",
@@ -89,12 +89,12 @@ impl TokenSource {
 
 impl OutputTokens {
     /// The best figure: usage, else the tokenizer, else the count.
-    pub fn best(&self) -> u64 {
+    pub(crate) fn best(&self) -> u64 {
         self.usage.or(self.tokenizer).unwrap_or(self.counted)
     }
 
     /// Which of the three `best()` is.
-    pub fn source(&self) -> TokenSource {
+    pub(crate) fn source(&self) -> TokenSource {
         match (self.usage, self.tokenizer) {
             (Some(_), _) => TokenSource::Usage,
             (None, Some(_)) => TokenSource::Tokenizer,
@@ -106,7 +106,7 @@ impl OutputTokens {
 /// Splits `total` over `weights` in proportion, in whole tokens that sum
 /// to `total` exactly (largest remainder; ties to the earlier event). With
 /// weights that already sum to `total`, each keeps its own.
-pub fn apportion(weights: &[u64], total: u64) -> Vec<u64> {
+pub(crate) fn apportion(weights: &[u64], total: u64) -> Vec<u64> {
     let sum: u64 = weights.iter().sum();
     if weights.is_empty() {
         return Vec::new();
@@ -141,7 +141,7 @@ pub fn apportion(weights: &[u64], total: u64) -> Vec<u64> {
 
 /// One token-bearing event of a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct TokenEvent {
+pub(crate) struct TokenEvent {
     /// ns after `sent_ns`.
     pub at_ns: u64,
     /// Tokens it carried: exact when the server said (cumulative usage),
@@ -157,7 +157,7 @@ pub struct TokenEvent {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct RequestRecord {
+pub(crate) struct RequestRecord {
     /// The `x-request-id` sent.
     pub id: String,
     pub phase: String,
@@ -204,15 +204,15 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.error.is_none()
     }
 
-    pub fn ttft_ns(&self) -> Option<u64> {
+    pub(crate) fn ttft_ns(&self) -> Option<u64> {
         self.first_token_ns.map(|t| t.saturating_sub(self.sent_ns))
     }
 
-    pub fn e2e_ns(&self) -> u64 {
+    pub(crate) fn e2e_ns(&self) -> u64 {
         self.done_ns.saturating_sub(self.sent_ns)
     }
 
@@ -222,7 +222,7 @@ impl RequestRecord {
     /// text when `weights` are given), scaled so the events sum to
     /// `output_tokens.best()`. Reasoning tokens are those that fell on
     /// reasoning events. Call it once `done_ns` is set.
-    pub fn settle_tokens(&mut self, weights: Option<&[u64]>) {
+    pub(crate) fn settle_tokens(&mut self, weights: Option<&[u64]>) {
         let own: Vec<u64> = match weights {
             Some(w) if w.len() == self.events.len() => w.to_vec(),
             _ => self.events.iter().map(|e| e.tokens).collect(),
@@ -277,17 +277,17 @@ impl RequestRecord {
     }
 
     /// Time to the first reasoning token / the first answer token.
-    pub fn ttft_reasoning_ns(&self) -> Option<u64> {
+    pub(crate) fn ttft_reasoning_ns(&self) -> Option<u64> {
         self.first_reasoning_ns
             .map(|t| t.saturating_sub(self.sent_ns))
     }
 
-    pub fn ttft_answer_ns(&self) -> Option<u64> {
+    pub(crate) fn ttft_answer_ns(&self) -> Option<u64> {
         self.first_answer_ns.map(|t| t.saturating_sub(self.sent_ns))
     }
 
     /// Time per output token after the first.
-    pub fn tpot_ns(&self) -> Option<u64> {
+    pub(crate) fn tpot_ns(&self) -> Option<u64> {
         let tokens = self.output_tokens.best();
         let (first, last) = (self.first_token_ns?, self.last_token_ns?);
         (tokens > 1).then(|| last.saturating_sub(first) / (tokens - 1))

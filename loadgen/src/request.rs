@@ -36,7 +36,7 @@ use crate::{
 const MAX_TEXT_KEPT: usize = 1 << 20;
 
 /// A request ready to go.
-pub struct Planned {
+pub(crate) struct Planned {
     pub seq: u64,
     pub phase_index: usize,
     pub phase: String,
@@ -44,7 +44,7 @@ pub struct Planned {
     pub ask: Ask,
 }
 
-pub struct Client {
+pub(crate) struct Client {
     http: HyperClient<HttpConnector, Full<Bytes>>,
     /// No pooling: a resend must not land on another dead kept-alive
     /// connection.
@@ -63,7 +63,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(
+    pub(crate) fn new(
         endpoint: Arc<Endpoint>,
         fixed: bool,
         tokenizer: Option<Arc<Tokenizer>>,
@@ -95,12 +95,12 @@ impl Client {
         }
     }
 
-    pub fn request_id(&self, seq: u64) -> String {
+    pub(crate) fn request_id(&self, seq: u64) -> String {
         format!("glg-{:08x}-{seq:06}", self.run_id as u32)
     }
 
     /// The JSON body for `ask`.
-    pub fn body(&self, ask: &Ask, request_id: &str) -> String {
+    pub(crate) fn body(&self, ask: &Ask, request_id: &str) -> String {
         let e = &self.endpoint;
         let model = e.model.clone().unwrap_or_else(|| "default".into());
         match e.api {
@@ -169,7 +169,7 @@ impl Client {
     }
 
     /// Sends `p` and reads the whole reply; `cancel` ends it early.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         p: Planned,
         queue_ns: Option<u64>,

@@ -19,11 +19,11 @@ use crate::{
     telemetry::{self, Sample, Source, WindowTelemetry},
 };
 
-pub const SCHEMA: &str = "gapscope-loadgen/results";
-pub const SCHEMA_VERSION: u32 = 2;
+pub(crate) const SCHEMA: &str = "gapscope-loadgen/results";
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 /// Version 1 named the per-token ITL `itl` and the per-chunk one
 /// `inter_chunk`; `compare` still reads it (`latency_aliases`).
-pub const SCHEMA_VERSIONS_READ: [u32; 2] = [1, 2];
+pub(crate) const SCHEMA_VERSIONS_READ: [u32; 2] = [1, 2];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
@@ -43,7 +43,7 @@ pub struct Results {
 }
 
 /// Version-1 latency names and what they are now.
-pub fn latency_aliases(latency: &mut BTreeMap<String, Summary>) {
+pub(crate) fn latency_aliases(latency: &mut BTreeMap<String, Summary>) {
     for (old, new) in [("itl", "itl_token"), ("inter_chunk", "itl_chunk")] {
         if let Some(v) = latency.remove(old) {
             latency.entry(new.to_string()).or_insert(v);
@@ -52,7 +52,7 @@ pub fn latency_aliases(latency: &mut BTreeMap<String, Summary>) {
 }
 
 /// The definitions written into every results file.
-pub fn definitions() -> BTreeMap<String, String> {
+pub(crate) fn definitions() -> BTreeMap<String, String> {
     [
         ("output_tokens", "per request, the best count available: usage.completion_tokens when the server sends it, else the given tokenizer's count of the generated text, else token-bearing chunks (one token each unless the server said; a phase counted so is marked tokens_approximate). Throughput, goodput, MFU, tokens per joule and cost all use this one count."),
         ("tokens_in_time", "a request's tokens are placed where they arrived: its count is spread over its token-bearing chunks in proportion to what each carried (the server's per-chunk usage, else the tokenizer's tokens of each chunk's text, else one per chunk), so per-phase and per-second figures count what arrived inside the window, whichever phase sent it"),
@@ -187,7 +187,7 @@ pub struct TimeSeries {
 }
 
 /// Everything `build` needs besides the outcome.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     pub plan: &'a Plan,
     pub run_id: String,
     pub started_unix_ns: u64,
@@ -202,7 +202,7 @@ fn s(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
-pub fn build(ctx: Context, outcome: &RunOutcome) -> Results {
+pub(crate) fn build(ctx: Context, outcome: &RunOutcome) -> Results {
     let (samples, source) = match &ctx.telemetry {
         Some((s, src)) => (s.clone(), Some(src.clone())),
         None => (Vec::new(), None),

@@ -40,7 +40,7 @@ use crate::{
 
 /// What happened in one phase, beyond the statistics.
 #[derive(Debug, Clone)]
-pub struct PhaseRun {
+pub(crate) struct PhaseRun {
     pub name: String,
     pub kind: PhaseKind,
     pub end_ns: u64,
@@ -67,7 +67,7 @@ impl PhaseRun {
     }
 }
 
-pub struct RunOutcome {
+pub(crate) struct RunOutcome {
     pub stats: RunStats,
     pub phases: Vec<PhaseRun>,
     /// Stopped early by this signal (SIGINT, SIGTERM or SIGHUP).
@@ -140,7 +140,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Runs every phase of `plan`. `jsonl` receives one line per request.
-pub async fn run(
+pub(crate) async fn run(
     plan: &Plan,
     client: Arc<Client>,
     prompts: PromptGen,
@@ -193,7 +193,10 @@ pub async fn run(
     for (index, phase) in plan.phases.iter().enumerate() {
         let (start, end) = windows[index];
         sleep_until(&clock, start).await;
-        *live.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase.name.clone();
+        *live
+            .phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = phase.name.clone();
         annotate(phase, "start");
         let mut run = PhaseRun::new(phase, end);
         let work = run_phase(
@@ -462,7 +465,7 @@ impl StopSignals {
             {
                 return;
             }
-            std::future::pending().await
+            std::future::pending::<()>().await;
         }
         tokio::select! {
             _ = one(&mut self.int) => libc::SIGINT,
@@ -483,7 +486,7 @@ fn ignored(signal: i32) -> bool {
     }
 }
 
-pub fn signal_name(signal: i32) -> &'static str {
+pub(crate) fn signal_name(signal: i32) -> &'static str {
     match signal {
         libc::SIGINT => "interrupted (SIGINT)",
         libc::SIGTERM => "terminated (SIGTERM)",

@@ -8,7 +8,7 @@
 //! line longer than the limit is an error rather than unbounded memory.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SseError {
+pub(crate) enum SseError {
     LineTooLong(usize),
     NotUtf8,
 }
@@ -22,7 +22,7 @@ impl std::fmt::Display for SseError {
     }
 }
 
-pub struct SseParser {
+pub(crate) struct SseParser {
     /// The unfinished line carried over from the previous chunk.
     line: Vec<u8>,
     event: EventState,
@@ -40,7 +40,7 @@ struct EventState {
 }
 
 impl SseParser {
-    pub fn new(max_line: usize) -> Self {
+    pub(crate) fn new(max_line: usize) -> Self {
         Self {
             line: Vec::new(),
             event: EventState {
@@ -56,7 +56,7 @@ impl SseParser {
     /// Feeds bytes; every event they complete is passed to `on_event` as
     /// (event type, data), borrowed: nothing is allocated per event. A line
     /// that lies whole inside `bytes` is read where it is, not copied.
-    pub fn feed(
+    pub(crate) fn feed(
         &mut self,
         mut bytes: &[u8],
         mut on_event: impl FnMut(&str, &str),
@@ -91,7 +91,7 @@ impl SseParser {
 
     /// True when bytes of an unfinished event are buffered (a stream that
     /// ends now was cut in the middle of an event).
-    pub fn partial(&self) -> bool {
+    pub(crate) fn partial(&self) -> bool {
         !self.line.is_empty() || self.event.has_data
     }
 
@@ -171,7 +171,7 @@ mod tests {
                 out.push(Event {
                     kind: kind.into(),
                     data: data.into(),
-                })
+                });
             })?;
         }
         Ok(out)

@@ -18,14 +18,14 @@ use crate::{
 };
 
 /// A latency histogram in ns: 1 µs to 1 h at three significant digits.
-pub struct Latency(Histogram<u64>);
+pub(crate) struct Latency(Histogram<u64>);
 
 impl Latency {
     fn new() -> Self {
         Self(Histogram::new_with_bounds(1_000, 3_600_000_000_000, 3).expect("valid bounds"))
     }
 
-    pub fn record(&mut self, ns: u64) {
+    pub(crate) fn record(&mut self, ns: u64) {
         self.0.saturating_record(ns.max(1));
     }
 
@@ -33,7 +33,7 @@ impl Latency {
         let _ = self.0.record_n(ns.clamp(1, 3_600_000_000_000), n);
     }
 
-    pub fn summary(&self) -> Option<Summary> {
+    pub(crate) fn summary(&self) -> Option<Summary> {
         if self.0.is_empty() {
             return None;
         }
@@ -52,7 +52,7 @@ impl Latency {
     }
 
     /// (seconds, cumulative fraction) points for a CDF plot.
-    pub fn cdf(&self, points: usize) -> Vec<(f64, f64)> {
+    pub(crate) fn cdf(&self, points: usize) -> Vec<(f64, f64)> {
         if self.0.is_empty() {
             return Vec::new();
         }
@@ -94,7 +94,7 @@ pub struct TokenAgreement {
     pub length_not_honoured: u64,
 }
 
-pub struct PhaseStats {
+pub(crate) struct PhaseStats {
     pub start_ns: u64,
     pub end_ns: u64,
     pub ttft: Latency,
@@ -145,7 +145,7 @@ pub struct PhaseStats {
 }
 
 impl PhaseStats {
-    pub fn new(start_ns: u64, end_ns: u64) -> Self {
+    pub(crate) fn new(start_ns: u64, end_ns: u64) -> Self {
         Self {
             start_ns,
             end_ns,
@@ -181,17 +181,17 @@ impl PhaseStats {
         }
     }
 
-    pub fn window_s(&self) -> f64 {
+    pub(crate) fn window_s(&self) -> f64 {
         self.end_ns.saturating_sub(self.start_ns) as f64 / 1e9
     }
 
-    pub fn contains(&self, t: u64) -> bool {
+    pub(crate) fn contains(&self, t: u64) -> bool {
         t >= self.start_ns && t < self.end_ns
     }
 }
 
 /// Every phase's statistics, plus a per-second time series.
-pub struct RunStats {
+pub(crate) struct RunStats {
     pub phases: Vec<PhaseStats>,
     pub slo: Slo,
     /// Per second of the run: (tokens arrived, requests completed ok,
@@ -200,7 +200,7 @@ pub struct RunStats {
 }
 
 impl RunStats {
-    pub fn new(windows: &[(u64, u64)], slo: Slo) -> Self {
+    pub(crate) fn new(windows: &[(u64, u64)], slo: Slo) -> Self {
         Self {
             phases: windows
                 .iter()
@@ -220,7 +220,7 @@ impl RunStats {
     }
 
     /// Adds one finished request.
-    pub fn add(&mut self, r: &RequestRecord) {
+    pub(crate) fn add(&mut self, r: &RequestRecord) {
         let meets_slo = self.meets_slo(r);
         {
             let p = &mut self.phases[r.phase_index];
@@ -271,7 +271,7 @@ impl RunStats {
             }
             let (a, b) = (r.sent_ns.max(p.start_ns), r.done_ns.min(p.end_ns));
             if b > a {
-                p.in_flight_ns += (b - a) as u128;
+                p.in_flight_ns += u128::from(b - a);
             }
         }
         for e in &r.events {

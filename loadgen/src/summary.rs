@@ -11,7 +11,7 @@ use crate::{
     stats::Summary,
 };
 
-pub fn render(results: &Results) -> String {
+pub(crate) fn render(results: &Results) -> String {
     let mut o = table(&results.phases);
     for p in &results.phases {
         phase_notes(&mut o, p);

@@ -38,7 +38,7 @@ pub struct Sample {
 
 /// What the telemetry endpoint told us about itself.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Source {
+pub(crate) struct Source {
     pub kind: String,
     pub url: String,
     pub queries: BTreeMap<String, String>,
@@ -143,7 +143,7 @@ fn queries(t: &Telemetry) -> Queries {
     }
 }
 
-pub struct Scraper {
+pub(crate) struct Scraper {
     pub samples: Arc<Mutex<Vec<Sample>>>,
     pub source: Arc<Mutex<Source>>,
     task: tokio::task::JoinHandle<()>,
@@ -151,7 +151,7 @@ pub struct Scraper {
 
 impl Scraper {
     /// Starts scraping in the background.
-    pub fn start(cfg: &Telemetry, clock: Clock) -> Self {
+    pub(crate) fn start(cfg: &Telemetry, clock: Clock) -> Self {
         let q = queries(cfg);
         let url = cfg.scrape_url();
         let selection = [
@@ -187,7 +187,9 @@ impl Scraper {
                     TelemetrySource::Prometheus => scrape_api(&client, &url, &q, every).await,
                     _ => scrape_text(&client, &url, &q, &cfg, every).await,
                 };
-                let mut info = src.lock().unwrap_or_else(|p| p.into_inner());
+                let mut info = src
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match result {
                     Ok(read) => {
                         let mut sample = read.sample;
@@ -211,7 +213,9 @@ impl Scraper {
                                 );
                             }
                         }
-                        s.lock().unwrap_or_else(|p| p.into_inner()).push(sample);
+                        s.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(sample);
                     }
                     Err(e) => {
                         if info.failed_scrapes == 0 {
@@ -234,7 +238,7 @@ impl Scraper {
     }
 
     /// Stops scraping and returns the readings.
-    pub fn stop(self) -> (Vec<Sample>, Source) {
+    pub(crate) fn stop(self) -> (Vec<Sample>, Source) {
         self.task.abort();
         let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
         let source = self.source.lock().map(|s| s.clone()).unwrap_or_default();
@@ -387,7 +391,7 @@ async fn scrape_api(
 
 /// One sample of the Prometheus text format.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Series {
+pub(crate) struct Series {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub value: f64,
@@ -395,7 +399,7 @@ pub struct Series {
 
 /// Parses the Prometheus text exposition format (0.0.4), skipping lines
 /// that do not parse.
-pub fn parse_text(body: &str) -> Vec<Series> {
+pub(crate) fn parse_text(body: &str) -> Vec<Series> {
     body.lines().filter_map(parse_line).collect()
 }
 
@@ -478,7 +482,7 @@ pub struct WindowTelemetry {
 /// the GPU used, scaled then to the window. A counter that moved fewer
 /// than twice (dcgm-exporter collects every 30 s by default) says nothing
 /// about the window, and power integrated over it stands in.
-pub fn window(samples: &[Sample], start: u64, end: u64) -> WindowTelemetry {
+pub(crate) fn window(samples: &[Sample], start: u64, end: u64) -> WindowTelemetry {
     let inside: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.t_ns >= start && s.t_ns <= end)

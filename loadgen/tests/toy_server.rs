@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
 };
 

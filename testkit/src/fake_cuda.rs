@@ -89,7 +89,7 @@ impl FakeCuda {
             );
         };
         chown(dir);
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         for entry in std::fs::read_dir(dir).unwrap() {
             chown(&entry.unwrap().path());

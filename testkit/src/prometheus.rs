@@ -148,7 +148,7 @@ pub fn url_encode(s: &str) -> String {
 /// The body of a GET whatever its status (a bad query is a 400 with a JSON
 /// error in it).
 fn get_any_status(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
+    use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("prometheus answers");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();

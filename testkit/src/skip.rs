@@ -11,7 +11,7 @@
 //!
 //! Log lines: `skip|part <TAB> binary::test <TAB> reason`.
 
-use std::io::Write;
+use std::io::Write as _;
 
 /// This test stands aside on this host, for `why` (which names the fix).
 /// Call it, then return from the test.

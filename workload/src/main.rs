@@ -18,7 +18,7 @@
 //! `syscalls` does.
 
 use std::{
-    io::{BufRead, Write},
+    io::{BufRead as _, Write as _},
     time::{Duration, Instant},
 };
 
@@ -43,10 +43,10 @@ fn parse(args: &[String]) -> Result<Args, String> {
         match flag.as_str() {
             "--getppid" => a.getppid = value()?.parse().map_err(|e| format!("--getppid: {e}"))?,
             "--nanosleep" => {
-                a.nanosleep = value()?.parse().map_err(|e| format!("--nanosleep: {e}"))?
+                a.nanosleep = value()?.parse().map_err(|e| format!("--nanosleep: {e}"))?;
             }
             "--sleep-us" => {
-                a.sleep_us = value()?.parse().map_err(|e| format!("--sleep-us: {e}"))?
+                a.sleep_us = value()?.parse().map_err(|e| format!("--sleep-us: {e}"))?;
             }
             "--children" => a.children = Some(value()?),
             "--tag" => {

@@ -2,7 +2,7 @@
 
 use std::os::fd::OwnedFd;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},

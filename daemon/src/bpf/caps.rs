@@ -60,7 +60,7 @@ pub fn drop_all_but(keep: u64) -> std::io::Result<u64> {
         for cap in 0..=CAP_LAST {
             if keep & (1 << cap) == 0 {
                 // EINVAL for capabilities this kernel does not know.
-                unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+                unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
             }
         }
     }

@@ -80,7 +80,7 @@ pub fn raise_memlock() {
 #[cfg(test)]
 mod tests {
     use gapscope_ebpf_common::names::{map, program};
-    use object::{Object, ObjectSymbol};
+    use object::{Object as _, ObjectSymbol as _};
 
     /// Every map the daemon takes and every program it loads is in the
     /// built object under the name `ebpf/common` spells.

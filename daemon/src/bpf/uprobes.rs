@@ -14,7 +14,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    os::unix::fs::MetadataExt,
+    os::unix::fs::MetadataExt as _,
     sync::{Arc, Mutex},
 };
 
@@ -258,7 +258,10 @@ impl UprobeSet {
     /// The share of calls each slot sees: 1 when probed in full, 1/N when
     /// attached one second in N.
     pub fn sampling_ratios(&self) -> Vec<f64> {
-        self.sampling.iter().map(|s| 1.0 / s.every as f64).collect()
+        self.sampling
+            .iter()
+            .map(|s| 1.0 / f64::from(s.every))
+            .collect()
     }
 
     /// A process left: detach from files no traced process uses any more.

@@ -87,7 +87,10 @@ impl CudaTracker {
         process_calls: BpfHashMap<MapData, u64, u64>,
         calls: PerCpuHashMap<MapData, u32, Log2Hist>,
     ) -> Self {
-        let budgeted = ENTRY_POINTS.iter().map(|e| e.budgeted()).collect();
+        let budgeted = ENTRY_POINTS
+            .iter()
+            .map(super::entry_points::EntryPoint::budgeted)
+            .collect();
         Self {
             uprobes: UprobeSet::new(probes, PROGRAMS, budgeted, budget, process_calls),
             budget,
@@ -237,8 +240,11 @@ impl CudaTracker {
             );
         }
         for (key, count) in self.counts() {
-            let slot = (key as u64 & cuda_cookie::SLOT_MASK) as usize;
-            if !ENTRY_POINTS.get(slot).is_some_and(|e| e.budgeted()) {
+            let slot = (u64::from(key) & cuda_cookie::SLOT_MASK) as usize;
+            if !ENTRY_POINTS
+                .get(slot)
+                .is_some_and(super::entry_points::EntryPoint::budgeted)
+            {
                 continue;
             }
             let seen = count.saturating_sub(self.last_counts.insert(key, count).unwrap_or(0));
@@ -269,7 +275,7 @@ impl CudaTracker {
             for h in per_cpu.iter() {
                 hist.merge(h);
             }
-            let slot = (key as u64 & cuda_cookie::SLOT_MASK) as usize;
+            let slot = (u64::from(key) & cuda_cookie::SLOT_MASK) as usize;
             // Calls made since the last tick are not in the estimate yet:
             // add them as seen, so the estimate never trails the count.
             let since = hist

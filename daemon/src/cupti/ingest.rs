@@ -331,7 +331,7 @@ impl Ingest {
 fn busy_interval(service: u32, device: u8, start_ns: u64, end_ns: u64) -> Interval {
     Interval {
         kind: IntervalKind::GpuBusy as u32,
-        detail: device as u32,
+        detail: u32::from(device),
         service,
         tgid: 0,
         tid: 0,

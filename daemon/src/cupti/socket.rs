@@ -10,14 +10,14 @@
 use std::{
     collections::BTreeMap,
     io,
-    os::unix::fs::{FileTypeExt, PermissionsExt},
+    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
     path::Path,
     sync::{Arc, Mutex},
     time::Instant,
 };
 
 use gapscope_wire::{Frame, FrameReader};
-use tokio::{io::AsyncReadExt, net::UnixStream};
+use tokio::{io::AsyncReadExt as _, net::UnixStream};
 
 use super::Ingest;
 use crate::{config::SocketConfig, discovery::Targets, error::UsageError};
@@ -101,7 +101,10 @@ fn refuse(config: &SocketConfig, uid: u32, gid: u32) -> Option<&'static str> {
 }
 
 fn reject(shared: &Shared, reason: &'static str) {
-    let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+    let mut s = shared
+        .stats
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     *s.rejected.entry(reason).or_default() += 1;
 }
 
@@ -118,7 +121,10 @@ async fn connection(mut stream: UnixStream, id: u64, shared: Shared) {
         return reject(&shared, reason);
     }
     {
-        let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = shared
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if s.connected >= shared.config.max_peers {
             drop(s);
             log::warn!(
@@ -137,9 +143,12 @@ async fn connection(mut stream: UnixStream, id: u64, shared: Shared) {
     shared
         .ingest
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .disconnect(id);
-    let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+    let mut s = shared
+        .stats
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     s.connected = s.connected.saturating_sub(1);
 }
 
@@ -153,7 +162,7 @@ async fn read_frames(
     let mut reader = FrameReader::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut hello = false;
-    let rate = shared.config.max_frames_per_second.max(1) as f64;
+    let rate = f64::from(shared.config.max_frames_per_second.max(1));
     let mut tokens = rate;
     let mut refilled = Instant::now();
     let mut service = None;
@@ -191,7 +200,7 @@ async fn read_frames(
                 shared
                     .stats
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .frames_over_rate += 1;
                 continue;
             }
@@ -205,7 +214,7 @@ async fn read_frames(
             shared
                 .ingest
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .frame(id, pid, service, frame);
         }
     }

@@ -31,7 +31,12 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let targets = || state.targets.lock().unwrap_or_else(|p| p.into_inner());
+    let targets = || {
+        state
+            .targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
 
     loop {
         tokio::select! {

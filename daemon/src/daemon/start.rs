@@ -205,7 +205,10 @@ fn build_state(
         }),
         services.clone(),
     )));
-    targets.lock().unwrap_or_else(|p| p.into_inner()).rescan();
+    targets
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .rescan();
 
     let timeline = Arc::new(Mutex::new(Timeline::new(
         config.timeline.max_intervals,
@@ -220,8 +223,9 @@ fn build_state(
     let collector = if config.nvml.enabled {
         Some(nvml::collector::start(config.nvml.interval, nvml.clone()))
     } else {
-        nvml.lock().unwrap_or_else(|p| p.into_inner()).down_reason =
-            Some("disabled by [nvml] enabled = false".into());
+        nvml.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .down_reason = Some("disabled by [nvml] enabled = false".into());
         None
     };
     let cupti = inject_listener.map(|listener| {

@@ -4,12 +4,12 @@
 //! client library in the daemon.
 
 use std::{
-    io::{Read, Write},
-    net::{TcpStream, ToSocketAddrs},
+    io::{Read as _, Write as _},
+    net::{TcpStream, ToSocketAddrs as _},
     time::Duration,
 };
 
-use base64::Engine;
+use base64::Engine as _;
 use serde_json::Value;
 
 use crate::error::UsageError;

@@ -14,8 +14,14 @@ use crate::state::DaemonState;
 
 /// Drains the timeline ring buffer into the explainer and the timeline.
 pub fn drain_intervals(state: &DaemonState, ring: &mut RingBuf<MapData>) {
-    let mut timeline = state.timeline.lock().unwrap_or_else(|p| p.into_inner());
-    let mut explain = state.explainer.lock().unwrap_or_else(|p| p.into_inner());
+    let mut timeline = state
+        .timeline
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut explain = state
+        .explainer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     while let Some(item) = ring.next() {
         if item.len() >= std::mem::size_of::<Interval>() {
             // SAFETY: the kernel wrote an Interval; read unaligned.
@@ -30,12 +36,21 @@ pub fn drain_intervals(state: &DaemonState, ring: &mut RingBuf<MapData>) {
 /// window become busy stretches (for the explainer) and intervals (for the
 /// timeline); gaps whose states have arrived are attributed.
 pub fn settle(state: &DaemonState, now_ns: u64, reorder_ns: u64) {
-    let mut explain = state.explainer.lock().unwrap_or_else(|p| p.into_inner());
+    let mut explain = state
+        .explainer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(d) = &state.cupti {
-        let mut ingest = d.ingest.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ingest = d
+            .ingest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         ingest.advance(now_ns.saturating_sub(reorder_ns));
         if !ingest.timeline.is_empty() {
-            let mut t = state.timeline.lock().unwrap_or_else(|p| p.into_inner());
+            let mut t = state
+                .timeline
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for i in ingest.timeline.drain(..) {
                 t.push(i);
             }

@@ -1,7 +1,7 @@
 //! `gapscoped explain`: the explain report as a person reads it in a
 //! terminal, and two services side by side (`--compare`).
 
-use std::fmt::Write;
+use std::fmt::Write as _;
 
 use serde_json::Value;
 
@@ -287,7 +287,7 @@ pub fn compare(a: &Value, b: &Value) -> String {
 fn compare_rows(a: &Value, b: &Value) -> Vec<(String, String, String)> {
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut both = |label: &str, show: &dyn Fn(&Value) -> String| {
-        rows.push((label.to_string(), show(a), show(b)))
+        rows.push((label.to_string(), show(a), show(b)));
     };
     both("GPU busy", &|r| {
         let (busy, idle) = (gpu_sum(r, "busy_seconds"), gpu_sum(r, "idle_seconds"));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::{
     Json,
     extract::State,
-    response::{IntoResponse, Response},
+    response::{IntoResponse as _, Response},
 };
 use serde_json::{Value, json};
 

@@ -7,7 +7,7 @@ use axum::{
     Json,
     extract::{Query, State},
     http::StatusCode,
-    response::{IntoResponse, Response},
+    response::{IntoResponse as _, Response},
 };
 use serde_json::{Value, json};
 
@@ -74,8 +74,14 @@ pub(super) async fn explain(
                     .unwrap_or_default()
             })
             .unwrap_or_default();
-        let explainer = state.explainer.lock().unwrap_or_else(|p| p.into_inner());
-        let snapshots = state.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        let explainer = state
+            .explainer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let snapshots = state
+            .snapshots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         crate::explain::report::build(
             &crate::explain::report::Inputs {
                 service_id: id,

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 use axum::{
     Json,
     extract::{Query, State},
-    response::{IntoResponse, Response},
+    response::{IntoResponse as _, Response},
 };
 use gapscope_ebpf_common::{IntervalKind, OffCpuReason};
 use serde_json::json;

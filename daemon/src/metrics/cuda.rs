@@ -6,7 +6,7 @@ use super::Family;
 use crate::cuda::{ENTRY_POINTS, Role};
 use crate::state::DaemonState;
 
-pub fn collect(state: &DaemonState) -> Vec<Family> {
+pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     let Ok(t) = state.targets.lock() else {
         return Vec::new();
     };

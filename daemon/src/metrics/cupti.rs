@@ -8,7 +8,7 @@ use super::Family;
 use crate::cupti::ingest::IngestCounters;
 use crate::state::DaemonState;
 
-pub fn collect(state: &DaemonState) -> Vec<Family> {
+pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     let Some(deep) = &state.cupti else {
         return Vec::new();
     };
@@ -45,7 +45,10 @@ pub fn collect(state: &DaemonState) -> Vec<Family> {
         "Activity intervals that arrived after their time was already settled (clipped; a sender flushing slower than [inject] reorder_window_ms).",
     );
     let counters = {
-        let ingest = deep.ingest.lock().unwrap_or_else(|p| p.into_inner());
+        let ingest = deep
+            .ingest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for ((service, device), s) in &ingest.stats {
             let Some(name) = state.service_name(*service) else {
                 continue;
@@ -73,7 +76,10 @@ pub fn collect(state: &DaemonState) -> Vec<Family> {
 }
 
 fn socket_families(deep: &crate::cupti::socket::Shared, c: &IngestCounters) -> Vec<Family> {
-    let stats = deep.stats.lock().unwrap_or_else(|p| p.into_inner());
+    let stats = deep
+        .stats
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut connections = Family::gauge(
         "gapscope_inject_connections",
         "Processes connected to the deep-mode socket now.",

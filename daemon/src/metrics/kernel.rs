@@ -9,7 +9,7 @@ use super::{Family, merged};
 use crate::state::DaemonState;
 use crate::syscall_table;
 
-pub fn collect(state: &DaemonState) -> Vec<Family> {
+pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     let mut out = syscalls(state);
     out.extend(cpu_time(state));
     out

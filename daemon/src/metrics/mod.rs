@@ -14,7 +14,7 @@ mod timeline;
 
 use std::time::Instant;
 
-use prometheus::{Encoder, TextEncoder, proto::MetricFamily};
+use prometheus::{Encoder as _, TextEncoder, proto::MetricFamily};
 
 use crate::state::DaemonState;
 pub use family::{Family, merged};

@@ -9,7 +9,7 @@ use super::Family;
 use crate::nvml::{GpuSample, GpuState, sample::THROTTLE_REASONS};
 use crate::state::DaemonState;
 
-pub fn collect(state: &DaemonState) -> Vec<Family> {
+pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     let traced = state.targets.lock().map(|t| t.traced()).unwrap_or_default();
     let service_of = |pid: u32| {
         traced
@@ -80,7 +80,10 @@ const FIELDS: &[Field] = &[
 
 /// The GPU families from the collector's state; `service_of` names the
 /// service tracing a pid.
-pub fn families(state: &GpuState, service_of: &dyn Fn(u32) -> Option<String>) -> Vec<Family> {
+pub(super) fn families(
+    state: &GpuState,
+    service_of: &dyn Fn(u32) -> Option<String>,
+) -> Vec<Family> {
     let mut out = Vec::new();
     for field in FIELDS {
         let mut f = Family::gauge(field.name, field.help);

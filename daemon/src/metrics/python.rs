@@ -9,7 +9,7 @@ use gapscope_ebpf_common::MAX_SER_PROBES;
 use super::{Family, merged};
 use crate::state::DaemonState;
 
-pub fn collect(state: &DaemonState) -> Vec<Family> {
+pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     let (processes, unavailable, stats, ser_missing, probed_files, ratios, specs) =
         match state.targets.lock() {
             Ok(t) => (

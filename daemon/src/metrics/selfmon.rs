@@ -3,7 +3,7 @@
 use super::Family;
 use crate::state::DaemonState;
 
-pub fn collect(state: &DaemonState) -> Vec<Family> {
+pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     let mut build = Family::gauge(
         "gapscope_build_info",
         "Always 1; the labels say which gapscoped this is.",

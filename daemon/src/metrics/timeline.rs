@@ -6,7 +6,7 @@ use super::Family;
 use crate::state::DaemonState;
 use gapscope_ebpf_common::IntervalKind;
 
-pub fn collect(state: &DaemonState) -> Vec<Family> {
+pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     let (received, retained, evicted) = match state.timeline.lock() {
         Ok(t) => (t.received().clone(), t.retained(), t.evicted()),
         Err(_) => return Vec::new(),

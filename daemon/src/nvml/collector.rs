@@ -143,16 +143,16 @@ fn read(index: u32, d: &Device, errors: &mut Vec<(&'static str, NvmlError)>) -> 
             None
         }
     };
-    let watts = |mw: u32| mw as f64 / 1000.0;
-    let hertz = |mhz: u32| mhz as f64 * 1e6;
-    let per_second = |kb: u32| kb as f64 * 1024.0;
+    let watts = |mw: u32| f64::from(mw) / 1000.0;
+    let hertz = |mhz: u32| f64::from(mhz) * 1e6;
+    let per_second = |kb: u32| f64::from(kb) * 1024.0;
     let utilization = field(
         "utilization",
-        d.utilization_rates().map(|u| u.gpu as f64 / 100.0),
+        d.utilization_rates().map(|u| f64::from(u.gpu) / 100.0),
     );
     let memory_utilization = field(
         "memory_utilization",
-        d.utilization_rates().map(|u| u.memory as f64 / 100.0),
+        d.utilization_rates().map(|u| f64::from(u.memory) / 100.0),
     );
     let memory_used = field("memory", d.memory_info().map(|m| m.used as f64));
     let memory_total = field("memory", d.memory_info().map(|m| m.total as f64));
@@ -212,5 +212,7 @@ fn read(index: u32, d: &Device, errors: &mut Vec<(&'static str, NvmlError)>) -> 
 }
 
 fn lock(state: &Mutex<GpuState>) -> std::sync::MutexGuard<'_, GpuState> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

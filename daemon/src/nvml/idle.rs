@@ -328,7 +328,7 @@ mod tests {
         // The first second still shows the work before the silence.
         c.observe(&[reading(10.5, 0.9, 300.0, &[7])]);
         for t in 11..=17 {
-            c.observe(&[reading(t as f64 + 0.5, 0.0, 65.0, &[7])]);
+            c.observe(&[reading(f64::from(t) + 0.5, 0.0, 65.0, &[7])]);
         }
         let check = c.end("cooldown", "r1", 18_000_000_000, None).unwrap();
         assert_eq!(check.settle_ns, 2_000_000_000);
@@ -347,7 +347,12 @@ mod tests {
         let mut c = IdleChecks::new(Some(70.0));
         c.start("q", "", 0);
         for t in 0..8 {
-            c.observe(&[reading(t as f64, if t == 5 { 0.3 } else { 0.0 }, 75.0, &[])]);
+            c.observe(&[reading(
+                f64::from(t),
+                if t == 5 { 0.3 } else { 0.0 },
+                75.0,
+                &[],
+            )]);
         }
         let g = &c.end("q", "", 8_000_000_000, None).unwrap().gpus[0];
         assert!(!g.idle);
@@ -356,7 +361,7 @@ mod tests {
 
         c.start("q", "", 10_000_000_000);
         for t in 10..18 {
-            c.observe(&[reading(t as f64, 0.0, 120.0, &[])]);
+            c.observe(&[reading(f64::from(t), 0.0, 120.0, &[])]);
         }
         let g = &c.end("q", "", 18_000_000_000, None).unwrap().gpus[0];
         assert!(!g.idle);

@@ -242,7 +242,7 @@ impl Drop for GilTracker {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn sample_loop(processes: &Shared, stats: &Mutex<BTreeMap<u32, GilStats>>, stop: &AtomicBool) {

@@ -7,11 +7,11 @@
 use std::{
     collections::HashMap,
     fmt, fs,
-    os::unix::fs::MetadataExt,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
-use object::{Object, ObjectKind, ObjectSegment, ObjectSymbol};
+use object::{Object as _, ObjectKind, ObjectSegment as _, ObjectSymbol as _};
 
 /// A traced process's interpreter.
 #[derive(Debug, Clone)]
@@ -139,7 +139,7 @@ fn version_from_name(name: &str) -> Option<(u8, u8, bool)> {
         .strip_prefix("libpython")
         .or_else(|| name.strip_prefix("python"))?;
     let (major, rest) = rest.split_once('.')?;
-    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     let after = &rest[digits.len()..];
     let free_threaded = after.starts_with('t');
     let is_lib = name.starts_with("libpython");

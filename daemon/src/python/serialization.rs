@@ -332,7 +332,7 @@ impl SerializationTracker {
 /// Whether `file` (as process `tgid` sees it) has `symbol` in its symbol
 /// tables.
 pub fn file_has_symbol(tgid: u32, file: &str, symbol: &str) -> bool {
-    use object::{Object, ObjectSymbol};
+    use object::{Object as _, ObjectSymbol as _};
     let Ok(data) = fs::read(format!("/proc/{tgid}/root{file}")) else {
         return false;
     };

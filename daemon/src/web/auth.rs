@@ -15,9 +15,9 @@ use axum::{
     extract::{Request, State},
     http::{StatusCode, header},
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::{IntoResponse as _, Response},
 };
-use base64::Engine;
+use base64::Engine as _;
 
 /// How many verified (user, password) pairs are remembered.
 const CACHE_LIMIT: usize = 256;
@@ -63,7 +63,9 @@ impl BasicAuth {
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
-        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

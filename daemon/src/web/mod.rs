@@ -160,7 +160,7 @@ impl Prepared {
         let tls = config
             .tls
             .as_ref()
-            .map(|t| t.server_config())
+            .map(tls::TlsSettings::server_config)
             .transpose()
             .map_err(|e| e.in_file(path))?;
         Ok(Some(Prepared { config, tls }))

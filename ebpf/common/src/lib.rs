@@ -56,19 +56,19 @@ impl Log2Hist {
         let mut v = ns;
         let mut r: u64 = 0;
         let mut s: u64;
-        s = ((v > 0xFFFF_FFFF) as u64) << 5;
+        s = u64::from(v > 0xFFFF_FFFF) << 5;
         v >>= s;
         r |= s;
-        s = ((v > 0xFFFF) as u64) << 4;
+        s = u64::from(v > 0xFFFF) << 4;
         v >>= s;
         r |= s;
-        s = ((v > 0xFF) as u64) << 3;
+        s = u64::from(v > 0xFF) << 3;
         v >>= s;
         r |= s;
-        s = ((v > 0xF) as u64) << 2;
+        s = u64::from(v > 0xF) << 2;
         v >>= s;
         r |= s;
-        s = ((v > 0x3) as u64) << 1;
+        s = u64::from(v > 0x3) << 1;
         v >>= s;
         r |= s;
         r |= v >> 1;
@@ -200,14 +200,14 @@ pub trait PerCpuSum: Copy {
 impl PerCpuSum for Log2Hist {
     const ZERO: Self = Log2Hist::ZERO;
     fn merge(&mut self, other: &Self) {
-        Log2Hist::merge(self, other)
+        Log2Hist::merge(self, other);
     }
 }
 
 impl PerCpuSum for OffCpuStats {
     const ZERO: Self = OffCpuStats::ZERO;
     fn merge(&mut self, other: &Self) {
-        OffCpuStats::merge(self, other)
+        OffCpuStats::merge(self, other);
     }
 }
 

@@ -7,7 +7,7 @@
 //! Usage: gapscope-inject-transport-probe SOCKET RECORDS RATE
 
 use std::{
-    io::BufRead,
+    io::BufRead as _,
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };

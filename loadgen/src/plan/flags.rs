@@ -27,7 +27,7 @@ fn parse_duration(text: &str) -> Result<f64, String> {
 /// `NAME=gamma:RATE:BURSTINESS:DURATION[:cap=N]`,
 /// `NAME=constant:RATE:DURATION[:cap=N]`, `NAME=silence:DURATION` or
 /// `NAME=closed:CONCURRENCY:DURATION`.
-pub fn parse_phase(text: &str) -> Result<Phase, UsageError> {
+pub(crate) fn parse_phase(text: &str) -> Result<Phase, UsageError> {
     let fix = "write NAME=poisson:RATE:DURATION, NAME=gamma:RATE:BURSTINESS:DURATION, NAME=constant:RATE:DURATION (each with an optional :cap=N), NAME=silence:DURATION or NAME=closed:CONCURRENCY:DURATION";
     let bad = |why: &str| UsageError::new(format!("--phase {text:?}: {why}"), fix);
     let (name, spec) = text.split_once('=').ok_or_else(|| bad("no NAME="))?;

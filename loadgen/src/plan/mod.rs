@@ -11,7 +11,7 @@ use crate::error::UsageError;
 mod flags;
 mod validate;
 
-pub use flags::parse_phase;
+pub(crate) use flags::parse_phase;
 
 /// The whole run, as read from the workload file and the flags.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -268,7 +268,7 @@ pub struct Phase {
 
 /// The published experiment: Poisson warmup, silent cooldown, closed-loop
 /// stress at 50 concurrent requests.
-pub fn default_phases() -> Vec<Phase> {
+pub(crate) fn default_phases() -> Vec<Phase> {
     vec![
         Phase {
             name: "warmup".into(),

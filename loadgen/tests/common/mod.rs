@@ -9,9 +9,9 @@ use std::{
 
 use serde_json::Value;
 
-pub use gapscope_testkit::stream_server::{ServerConfig, StreamServer};
+pub(crate) use gapscope_testkit::stream_server::{ServerConfig, StreamServer};
 
-pub struct Run {
+pub(crate) struct Run {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
@@ -19,7 +19,7 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn results(&self) -> Value {
+    pub(crate) fn results(&self) -> Value {
         let text =
             std::fs::read_to_string(self.dir.path().join("results.json")).unwrap_or_else(|e| {
                 panic!(
@@ -30,7 +30,7 @@ impl Run {
         serde_json::from_str(&text).unwrap()
     }
 
-    pub fn requests(&self) -> Vec<Value> {
+    pub(crate) fn requests(&self) -> Vec<Value> {
         std::fs::read_to_string(self.dir.path().join("requests.jsonl"))
             .unwrap()
             .lines()
@@ -38,19 +38,19 @@ impl Run {
             .collect()
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// The run clock's origin on CLOCK_MONOTONIC.
-    pub fn origin(&self) -> u64 {
+    pub(crate) fn origin(&self) -> u64 {
         self.results()["run"]["clock_origin_monotonic_ns"]
             .as_u64()
             .unwrap()
     }
 
     /// A phase's window on CLOCK_MONOTONIC.
-    pub fn window(&self, phase: &str) -> (u64, u64) {
+    pub(crate) fn window(&self, phase: &str) -> (u64, u64) {
         let r = self.results();
         let p = r["phases"]
             .as_array()
@@ -64,7 +64,7 @@ impl Run {
         (at("start_s"), at("end_s"))
     }
 
-    pub fn phase(&self, name: &str) -> Value {
+    pub(crate) fn phase(&self, name: &str) -> Value {
         let r = self.results();
         r["phases"]
             .as_array()
@@ -77,7 +77,7 @@ impl Run {
 }
 
 /// Runs gapscope-loadgen with `args` (plus --out and --quiet).
-pub fn loadgen(args: &[&str]) -> Run {
+pub(crate) fn loadgen(args: &[&str]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let out: Output = Command::new(gapscope_testkit::loadgen_bin())
         .args(args)
@@ -93,12 +93,13 @@ pub fn loadgen(args: &[&str]) -> Run {
     }
 }
 
-pub fn repo_file(rel: &str) -> PathBuf {
+pub(crate) fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
 
 /// One load generator run at a time: they measure timing on a small VM.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

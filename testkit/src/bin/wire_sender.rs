@@ -14,7 +14,7 @@
 //!   truncated  a header promising 1000 bytes, 10 of them, then close
 
 use std::{
-    io::{BufRead, Write},
+    io::{BufRead as _, Write as _},
     os::unix::net::UnixStream,
 };
 

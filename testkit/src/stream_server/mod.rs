@@ -31,7 +31,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper::{Request, Response, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -127,7 +127,7 @@ impl ServerLog {
             if *at > a {
                 let until = (*at).min(b);
                 if until > t {
-                    total += (until - t) as u128 * level as u128;
+                    total += u128::from(until - t) * level as u128;
                     t = until;
                 }
             }
@@ -137,7 +137,7 @@ impl ServerLog {
             level = *n;
         }
         if b > t {
-            total += (b - t) as u128 * level as u128;
+            total += u128::from(b - t) * level as u128;
         }
         total as f64 / (b - a) as f64
     }
@@ -311,7 +311,7 @@ async fn handle(
         .into_body()
         .collect()
         .await
-        .map(|b| b.to_bytes())
+        .map(http_body_util::Collected::to_bytes)
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if path == "/api/v1/annotations" {

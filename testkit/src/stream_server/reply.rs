@@ -7,7 +7,7 @@
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::{Response, body::Frame};
 use serde_json::{Value, json};
 
@@ -35,7 +35,7 @@ pub(super) struct Reply {
 }
 
 impl Reply {
-    pub fn new(
+    pub(super) fn new(
         cfg: &ServerConfig,
         body: &Value,
         api: &str,
@@ -76,7 +76,7 @@ impl Reply {
     }
 
     /// Zero delays and nothing special: the whole stream can go at once.
-    pub fn instant(&self, cfg: &ServerConfig) -> bool {
+    pub(super) fn instant(&self, cfg: &ServerConfig) -> bool {
         self.mode.is_empty()
             && !self.raw
             && cfg.first_token_ms == 0.0
