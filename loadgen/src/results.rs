@@ -226,7 +226,7 @@ pub(crate) fn build(ctx: Context, outcome: &RunOutcome) -> Results {
         idle_power_w: idle.as_ref().and_then(|w| w.avg_power_w),
         idle_utilization: idle.as_ref().and_then(|w| w.avg_utilization),
     });
-    let checks = audit::audit(&figures(&phases));
+    let checks = audit::audit(&figures(&phases, &outcome.stats.phases));
     let per_second = outcome
         .stats
         .per_second
@@ -416,13 +416,15 @@ fn phase_result(
 }
 
 /// What the audit compares: each phase's figures measured apart.
-fn figures(phases: &[PhaseResult]) -> Vec<Figures> {
+fn figures(phases: &[PhaseResult], stats: &[PhaseStats]) -> Vec<Figures> {
     // The run's own MFU and tokens per joule follow from its throughput:
-    // the audit compares only what was measured apart.
+    // the audit compares only what was measured apart. Little's law takes
+    // the mean latency of the requests the completion rate counts.
     phases
         .iter()
-        .filter(|p| p.output_tokens > 0 || p.throughput.output_tokens_per_s > 0.0)
-        .map(|p| Figures {
+        .zip(stats)
+        .filter(|(p, _)| p.output_tokens > 0 || p.throughput.output_tokens_per_s > 0.0)
+        .map(|(p, st)| Figures {
             phase: p.name.clone(),
             tokens_per_s: p.throughput.output_tokens_per_s,
             concurrency: (p.kind == PhaseKind::ClosedLoop)
@@ -430,8 +432,10 @@ fn figures(phases: &[PhaseResult]) -> Vec<Figures> {
                 .flatten(),
             avg_in_flight: Some(p.avg_in_flight),
             completions_per_s: Some(p.throughput.requests_per_s),
-            mean_e2e_s: p.latency.get("e2e").map(|l| l.mean),
+            mean_e2e_s: (st.completed_in_window > 0)
+                .then(|| st.e2e_in_window_ns as f64 / st.completed_in_window as f64 / 1e9),
             window_s: Some(p.duration_s),
+            longest_e2e_s: Some(st.longest_in_window_ns as f64 / 1e9),
             energy_counter_j: p.telemetry.as_ref().and_then(|t| t.energy_counter_j),
             energy_power_j: p.telemetry.as_ref().and_then(|t| t.energy_power_j),
             counter_updates: p.telemetry.as_ref().map_or(0, |t| t.counter_updates),

@@ -129,6 +129,11 @@ pub(crate) struct PhaseStats {
     pub good_tokens_in_window: u64,
     /// Request-nanoseconds in flight inside the window.
     pub in_flight_ns: u128,
+    /// Latencies of the requests completed inside the window, summed, and
+    /// the longest latency of any request in flight in it: Little's law
+    /// over the window (`audit`).
+    pub e2e_in_window_ns: u128,
+    pub longest_in_window_ns: u64,
     pub max_in_flight: usize,
     /// When the last request this phase sent finished.
     pub last_done_ns: u64,
@@ -170,6 +175,8 @@ impl PhaseStats {
             good_in_window: 0,
             good_tokens_in_window: 0,
             in_flight_ns: 0,
+            e2e_in_window_ns: 0,
+            longest_in_window_ns: 0,
             max_in_flight: 0,
             last_done_ns: 0,
             agreement: TokenAgreement::default(),
@@ -265,6 +272,7 @@ impl RunStats {
             }
             if r.ok() && p.contains(r.done_ns) {
                 p.completed_in_window += 1;
+                p.e2e_in_window_ns += u128::from(r.done_ns.saturating_sub(r.sent_ns));
                 if meets_slo {
                     p.good_in_window += 1;
                 }
@@ -272,6 +280,9 @@ impl RunStats {
             let (a, b) = (r.sent_ns.max(p.start_ns), r.done_ns.min(p.end_ns));
             if b > a {
                 p.in_flight_ns += u128::from(b - a);
+                p.longest_in_window_ns = p
+                    .longest_in_window_ns
+                    .max(r.done_ns.saturating_sub(r.sent_ns));
             }
         }
         for e in &r.events {

@@ -20,11 +20,15 @@ need_root() { # SCRIPT ARGS...
     exit 1
   fi
   say "$(basename "$script") needs root: running it again with sudo (you may be asked for your password)"
-  local lib
+  local lib pyenv
   lib=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-  exec sudo -- env PATH="$PATH" HOME="$HOME" \
+  # The user's pyenv when there is one (else root's is looked for).
+  pyenv=${PYENV_ROOT:-$HOME/.pyenv}
+  [ -d "$pyenv" ] || pyenv=""
+  # root's sbin directories too: dpkg, ldconfig and friends live there.
+  exec sudo -- env PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" HOME="$HOME" \
     CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" \
-    PYENV_ROOT="${PYENV_ROOT:-$HOME/.pyenv}" ${CI:+CI="$CI"} \
+    ${pyenv:+PYENV_ROOT="$pyenv"} ${CI:+CI="$CI"} \
     PIP_CACHE_DIR=/root/.cache/pip \
     GAPSCOPE_GIVE_BACK="$(id -u):$(id -g)" \
     bash "$lib/as-root" "$script" "$@"

@@ -83,12 +83,14 @@ pub fn target_python() -> PathBuf {
 
 /// pyenv's installation of CPython 3.`minor` (any patch release).
 pub fn pyenv_prefix(minor: u8) -> PathBuf {
-    let root = std::env::var_os("PYENV_ROOT")
+    // The user's pyenv (PYENV_ROOT, passed on by the scripts under sudo),
+    // else root's.
+    let roots = std::env::var_os("PYENV_ROOT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
-    std::fs::read_dir(root.join("versions"))
-        .ok()
         .into_iter()
+        .chain([PathBuf::from("/root/.pyenv")]);
+    roots
+        .flat_map(|root| std::fs::read_dir(root.join("versions")).ok())
         .flatten()
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
