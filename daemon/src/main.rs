@@ -1,3 +1,9 @@
+//! The `gapscoped` command: `run` (the daemon, `daemon::run`; the
+//! default), `check` (what this host supports and how to fix what it
+//! lacks), `check-config`, `explain` (the idle-time report of a running
+//! daemon) and the web config's password hashing. `lib.rs` maps the
+//! modules.
+
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};

@@ -1,4 +1,5 @@
-//! The maps shared by all programs, and small helpers around them.
+//! The maps more than one program uses, and small helpers around them (a
+//! map one program alone uses sits next to it, as `SYSCALLS` does).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
@@ -9,8 +10,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use gapscope_ebpf_common::{
     CACHE_ADDRESS_MASK, CACHE_UNTRACED, GilRange, Log2Hist, MAX_CUDA_PROBES, MAX_SER_PROBES,
-    MAX_SERVICES, MAX_SYSCALL_KEYS, MAX_TARGETS, MAX_THREADS, OffCpuStats, SYSCALL_SLOTS,
-    SyscallKey, TargetCache, ThreadState, counter,
+    MAX_SERVICES, MAX_TARGETS, MAX_THREADS, OffCpuStats, SYSCALL_SLOTS, TargetCache, ThreadState,
+    counter,
 };
 
 /// tgid → service id. Filled by user space (scan, exec matching) and by
@@ -36,12 +37,6 @@ static mut USER_GENERATION: u64 = 1;
 /// tid → what the thread is doing, for threads of traced processes.
 #[map]
 pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(MAX_THREADS, 0);
-
-/// (service, syscall nr) → latency histogram, per CPU. Not preallocated:
-/// most services use a few dozen syscalls out of hundreds.
-#[map]
-pub static SYSCALLS: PerCpuHashMap<SyscallKey, Log2Hist> =
-    PerCpuHashMap::with_max_entries(MAX_SYSCALL_KEYS, BPF_F_NO_PREALLOC);
 
 /// service id → CPU time accounting, per CPU.
 #[map]
@@ -101,7 +96,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-const BPF_F_NO_PREALLOC: u32 = 1;
+pub(crate) const BPF_F_NO_PREALLOC: u32 = 1;
 pub const BPF_NOEXIST: u64 = 1;
 
 /// The current thread's (tgid, tid).

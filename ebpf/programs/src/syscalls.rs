@@ -4,11 +4,25 @@
 //! covers every syscall, and a raw tracepoint skips the perf buffer copy a
 //! classic tracepoint makes, which is most of the per-syscall cost.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
-use gapscope_ebpf_common::{NO_SYSCALL, SYS_FUTEX, SYS_URETPROBE, SyscallKey, counter};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{map, raw_tracepoint},
+    maps::PerCpuHashMap,
+    programs::RawTracePointContext,
+};
+use gapscope_ebpf_common::{
+    Log2Hist, MAX_SYSCALL_KEYS, NO_SYSCALL, SYS_FUTEX, SYS_URETPROBE, SyscallKey, counter,
+};
 
 use crate::gil;
-use crate::maps::{SYSCALLS, current_ids, histogram, service_of_current, thread_state};
+use crate::maps::{BPF_F_NO_PREALLOC, current_ids, histogram, service_of_current, thread_state};
+
+/// (service, syscall nr) → latency histogram, per CPU: what
+/// `gapscope_syscall_duration_seconds` is decoded from. Not preallocated:
+/// most services use a few dozen syscalls out of hundreds.
+#[map]
+pub static SYSCALLS: PerCpuHashMap<SyscallKey, Log2Hist> =
+    PerCpuHashMap::with_max_entries(MAX_SYSCALL_KEYS, BPF_F_NO_PREALLOC);
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn gs_sys_enter(ctx: RawTracePointContext) -> i32 {
