@@ -18,3 +18,13 @@ pub(crate) struct Live {
     pub tokens: Arc<AtomicU64>,
     pub phase: Mutex<String>,
 }
+
+impl Live {
+    /// The phase running now, for the progress line.
+    pub(crate) fn set_phase(&self, name: &str) {
+        *self
+            .phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = name.to_string();
+    }
+}

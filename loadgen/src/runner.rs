@@ -181,22 +181,15 @@ pub(crate) async fn run(
     let mut signals = StopSignals::new();
     let mut ctrl_c = std::pin::pin!(signals.next());
     let annotate = |phase: &Phase, event: &str| {
+        let tokens = live.tokens.load(Ordering::Relaxed);
         if let Some(a) = &annotator {
-            a.post(
-                &phase.name,
-                Some(phase.kind),
-                event,
-                live.tokens.load(Ordering::Relaxed),
-            );
+            a.post(&phase.name, Some(phase.kind), event, tokens);
         }
     };
     for (index, phase) in plan.phases.iter().enumerate() {
         let (start, end) = windows[index];
         sleep_until(&clock, start).await;
-        *live
-            .phase
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = phase.name.clone();
+        live.set_phase(&phase.name);
         annotate(phase, "start");
         let mut run = PhaseRun::new(phase, end);
         let work = run_phase(

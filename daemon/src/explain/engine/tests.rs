@@ -1,0 +1,228 @@
+use super::*;
+use gapscope_ebpf_common::OffCpuReason;
+
+const MS: u64 = 1_000_000;
+
+fn config() -> ExplainConfig {
+    ExplainConfig {
+        window_ns: 30_000 * MS,
+        max_states: 1000,
+        no_work_after_ns: 100 * MS,
+        resolution_ns: MS,
+        history_ns: 900_000 * MS,
+    }
+}
+
+fn iv(kind: IntervalKind, detail: u32, tid: u32, start_ms: u64, end_ms: u64) -> Interval {
+    Interval {
+        kind: kind as u32,
+        detail,
+        service: 0,
+        tgid: 1,
+        tid,
+        _pad: 0,
+        start_ns: start_ms * MS,
+        end_ns: end_ms * MS,
+    }
+}
+
+fn idle_ms(e: &Explainer, device: &str, cause: Cause) -> u64 {
+    e.histories[&(0, device.to_string())].1.totals.idle_ns[cause.index()] / MS
+}
+
+#[test]
+fn uprobe_gaps_run_from_a_sync_to_the_next_launch() {
+    let mut e = Explainer::new(config());
+    // Thread 10: launch, sync, sleep 20 ms, launch, sync, a 300 ms
+    // epoll wait, launch. Arrival order is not time order.
+    let ivs = [
+        iv(IntervalKind::HostSync, 0, 10, 1, 5),
+        iv(IntervalKind::Launch, 0, 10, 0, 1),
+        iv(
+            IntervalKind::OffCpu,
+            OffCpuReason::SyscallSleep as u32,
+            10,
+            5,
+            25,
+        ),
+        iv(IntervalKind::Launch, 0, 10, 25, 26),
+        iv(IntervalKind::HostSync, 0, 10, 26, 30),
+        iv(
+            IntervalKind::OffCpu,
+            OffCpuReason::SyscallPoll as u32,
+            10,
+            31,
+            331,
+        ),
+        iv(IntervalKind::Launch, 0, 10, 332, 333),
+        // Another thread's GIL wait is not the launcher's.
+        iv(IntervalKind::GilWait, 0, 11, 0, 300),
+    ];
+    for i in &ivs {
+        e.on_interval(i);
+    }
+    // Nothing is settled yet.
+    e.tick(20 * MS, &|_| None);
+    assert!(e.histories.is_empty());
+    e.tick(333 * MS + SETTLE_NS, &|_| None);
+    let (source, h) = &e.histories[&(0, ALL_DEVICES.to_string())];
+    assert_eq!(*source, Source::Uprobes);
+    assert_eq!(h.totals.gaps, 2);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::SyscallSleep), 20);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::NoWork), 300);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::PythonCpu), 2);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::GilWait), 0);
+    // Busy: 0-5 and 25-30; the last launch is still busy (open).
+    assert_eq!(h.totals.busy_ns, 10 * MS);
+    assert_eq!(
+        h.totals.busy_ns + h.totals.idle_total_ns(),
+        h.last_ns - h.first_ns.unwrap()
+    );
+}
+
+#[test]
+fn deep_gaps_use_exact_stretches_and_the_launch_handoff() {
+    let mut e = Explainer::new(config());
+    // The launching thread serializes 10-40 ms, launches at 45 ms; the
+    // kernel starts at 48 ms.
+    e.on_interval(&iv(IntervalKind::Serialization, 0, 10, 10, 40));
+    e.on_interval(&iv(IntervalKind::Launch, 0, 10, 45, 46));
+    let st = |s: u64, e: u64, gap: Option<u64>| Stretch {
+        start_ns: s * MS,
+        end_ns: e * MS,
+        gap_before_ns: gap.map(|g| g * MS),
+    };
+    e.on_stretch(0, 1, st(0, 5, None));
+    e.on_stretch(0, 1, st(48, 60, Some(43)));
+    // A sub-resolution gap with nothing recorded: the launch path.
+    e.on_stretch(
+        0,
+        1,
+        Stretch {
+            start_ns: 60 * MS + 400_000,
+            end_ns: 61 * MS,
+            gap_before_ns: Some(400_000),
+        },
+    );
+    e.tick(2000 * MS, &|_| None);
+    assert_eq!(idle_ms(&e, "1", Cause::Serialization), 30);
+    assert_eq!(idle_ms(&e, "1", Cause::PythonCpu), 10);
+    let (source, h) = &e.histories[&(0, "1".to_string())];
+    assert_eq!(
+        h.totals.idle_ns[Cause::LaunchOverhead.index()],
+        3 * MS + 400_000
+    );
+    assert_eq!(*source, Source::Cupti);
+    assert_eq!(h.totals.gaps, 2);
+    assert_eq!(h.totals.busy_ns, 5 * MS + 12 * MS + 600_000);
+    assert_eq!(h.totals.busy_ns + h.totals.idle_total_ns(), 61 * MS);
+    // A service in deep mode ignores its uprobe gaps, even one that
+    // ends long after the last CUPTI record (an idle minute).
+    e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 50, 60));
+    e.on_interval(&iv(IntervalKind::Launch, 0, 10, 50_060, 50_061));
+    e.tick(60_000 * MS, &|_| None);
+    assert!(!e.histories.contains_key(&(0, ALL_DEVICES.to_string())));
+}
+
+#[test]
+fn late_states_count_until_the_gap_settles_and_never_twice() {
+    let mut e = Explainer::new(config());
+    e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 0, 10));
+    e.on_interval(&iv(IntervalKind::Launch, 0, 10, 50, 51));
+    // Not settled yet (the gap ended at 50 ms): a late state still counts.
+    e.tick(100 * MS, &|_| None);
+    assert!(e.histories.is_empty());
+    e.on_interval(&iv(IntervalKind::Serialization, 0, 10, 20, 40));
+    e.tick(50 * MS + SETTLE_NS, &|_| None);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::Serialization), 20);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::PythonCpu), 20);
+    // Once attributed, a state arriving later changes nothing.
+    e.on_interval(&iv(IntervalKind::GilWait, 0, 10, 10, 20));
+    e.tick(2000 * MS, &|_| None);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::GilWait), 0);
+    let (_, h) = &e.histories[&(0, ALL_DEVICES.to_string())];
+    assert_eq!(h.totals.gaps, 1);
+    assert_eq!(h.totals.idle_total_ns(), 40 * MS);
+}
+
+#[test]
+fn a_wait_still_in_progress_covers_the_gap() {
+    let mut e = Explainer::new(config());
+    // Thread 10 launches and syncs; thread 11 (a launcher too) has sat
+    // in epoll since 5 ms and still does; thread 10 then waits on a
+    // socket 20-40 ms before launching again.
+    e.on_interval(&iv(IntervalKind::HostSync, 0, 11, 0, 4));
+    e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 0, 10));
+    e.on_interval(&iv(
+        IntervalKind::OffCpu,
+        OffCpuReason::SyscallNet as u32,
+        10,
+        20,
+        40,
+    ));
+    e.on_interval(&iv(IntervalKind::Launch, 0, 10, 50, 51));
+    let in_epoll = |tid: u32| {
+        (tid == 11).then_some(Ongoing {
+            since_ns: 5 * MS,
+            woken_ns: None,
+            reason: OffCpuReason::SyscallPoll as u32,
+        })
+    };
+    e.tick(50 * MS + SETTLE_NS, &in_epoll);
+    // Without the ongoing wait thread 11 would count as running
+    // Python and hide thread 10's network wait.
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::SyscallNet), 20);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::PythonCpu), 20);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::NoWork), 0);
+}
+
+#[test]
+fn phases_get_exactly_their_part() {
+    let mut e = Explainer::new(config());
+    let note = |event: &str, t_ms: u64| Annotation {
+        source: String::new(),
+        run_id: "r".into(),
+        phase: "stress".into(),
+        kind: "closed".into(),
+        event: event.into(),
+        monotonic_ns: t_ms * MS,
+        unix_ns: None,
+        output_tokens: None,
+    };
+    e.phase_event(&note("start", 15));
+    e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 0, 10));
+    e.on_interval(&iv(
+        IntervalKind::OffCpu,
+        OffCpuReason::SyscallSleep as u32,
+        10,
+        10,
+        30,
+    ));
+    e.on_interval(&iv(IntervalKind::Launch, 0, 10, 30, 31));
+    e.phase_event(&note("end", 25));
+    e.tick(1000 * MS, &|_| None);
+    let p = &e.phases[0];
+    let (_, split) = &p.splits[&(0, ALL_DEVICES.to_string())];
+    // The gap 10-30 ms is all sleep; the phase holds 15-25 ms of it.
+    assert_eq!(split.idle_ns[Cause::SyscallSleep.index()], 10 * MS);
+    assert_eq!(split.idle_total_ns(), 10 * MS);
+    assert_eq!(split.gaps, 0, "the gap ended after the phase");
+}
+
+#[test]
+fn the_window_is_bounded_and_evictions_are_counted() {
+    let mut e = Explainer::new(ExplainConfig {
+        max_states: 10,
+        window_ns: 100 * MS,
+        ..config()
+    });
+    for t in 0..50 {
+        e.on_interval(&iv(IntervalKind::GilWait, 0, 1, t, t + 1));
+    }
+    assert_eq!(e.retained(), 10);
+    assert_eq!(e.counters.evicted, 40);
+    // Far later: everything older than the window goes, uncounted.
+    e.on_interval(&iv(IntervalKind::GilWait, 0, 1, 10_000, 10_001));
+    assert_eq!(e.retained(), 1);
+    assert_eq!(e.counters.evicted, 40);
+}
