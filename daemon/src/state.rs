@@ -66,11 +66,11 @@ impl DaemonState {
     }
 
     /// Files an annotation posted by the load generator (JSON, see
-    /// `annotations`): a phase's edge goes to the explainer and gets the
-    /// counters of its moment; a silent phase's edge starts or finishes its
-    /// idle check, returned when finished. Reads the kernel maps: call off
-    /// the event loop.
-    pub fn annotate(&self, body: &[u8]) -> Result<(Annotation, Option<IdleCheck>), String> {
+    /// `annotations`) and hands a phase's edge to the explainer, in the
+    /// order they arrive (cheap: call on the event loop). Returns the
+    /// annotation and, for an edge, the moment its counters belong to
+    /// (an annotation from the past or the future gets the present).
+    pub fn annotate(&self, body: &[u8]) -> Result<(Annotation, Option<u64>), String> {
         let a = self
             .annotations
             .lock()
@@ -78,22 +78,19 @@ impl DaemonState {
             .and_then(|mut a| a.add(body, crate::clock::monotonic_ns()))?;
         // A progress event only carries a token count: no boundary to
         // remember, no counters to file.
-        if a.event != "progress" {
-            if let Ok(mut e) = self.explainer.lock() {
-                e.phase_event(&a);
-            }
-            // The counters where the phase starts or ends; an annotation
-            // from the past or the future gets the present.
-            let now = crate::clock::monotonic_ns();
-            let at = if a.monotonic_ns <= now && now - a.monotonic_ns < 1_000_000_000 {
-                a.monotonic_ns
-            } else {
-                now
-            };
-            self.snapshot_at(at, false);
+        if a.event == "progress" {
+            return Ok((a, None));
         }
-        let idle_check = (a.kind == "silence").then(|| self.silence(&a)).flatten();
-        Ok((a, idle_check))
+        if let Ok(mut e) = self.explainer.lock() {
+            e.phase_event(&a);
+        }
+        let now = crate::clock::monotonic_ns();
+        let at = if a.monotonic_ns <= now && now - a.monotonic_ns < 1_000_000_000 {
+            a.monotonic_ns
+        } else {
+            now
+        };
+        Ok((a, Some(at)))
     }
 
     /// A silent phase started or ended: starts or finishes its idle check.

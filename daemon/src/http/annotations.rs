@@ -21,13 +21,18 @@ pub(super) async fn add(
     State(state): State<Arc<DaemonState>>,
     body: axum::body::Bytes,
 ) -> Response {
-    let filing = state.clone();
-    let filed = tokio::task::spawn_blocking(move || filing.annotate(&body))
-        .await
-        .unwrap_or_else(|e| Err(format!("filing the annotation failed: {e}")));
-    match filed {
-        Ok((a, check)) => {
-            let idle_check = check.map(|c| with_services(&state, c));
+    match state.annotate(&body) {
+        Ok((a, edge)) => {
+            // The counters where the phase starts or ends, for its report
+            // (map reads: off the event loop).
+            if let Some(at) = edge {
+                let snap = state.clone();
+                let _ = tokio::task::spawn_blocking(move || snap.snapshot_at(at, false)).await;
+            }
+            let idle_check = (a.kind == "silence")
+                .then(|| state.silence(&a))
+                .flatten()
+                .map(|c| with_services(&state, c));
             Json(json!({ "ok": true, "annotation": a, "idle_check": idle_check })).into_response()
         }
         Err(why) => bad_request(
