@@ -3,6 +3,7 @@
 //! went, what the CPU side did, and how much of that the data can vouch
 //! for.
 
+use crate::metrics::names;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -180,8 +181,8 @@ pub fn build(inp: &Inputs, start_ns: u64, end_ns: u64) -> Report {
 
     let mut quality = DataQuality {
         launching_threads: inp.explainer.launchers(inp.service_id),
-        events_dropped: snapshot::sum_by(d, "gapscope_events_dropped_total", &[], "source"),
-        inject_records_dropped: snapshot::sum(d, "gapscope_inject_records_dropped_total", &svc),
+        events_dropped: snapshot::sum_by(d, names::EVENTS_DROPPED, &[], "source"),
+        inject_records_dropped: snapshot::sum(d, names::INJECT_RECORDS_DROPPED, &svc),
         states_evicted: inp.explainer.counters.evicted,
         ..DataQuality::default()
     };
@@ -286,13 +287,8 @@ fn describe(device: &str, source: Source, split: &Split) -> GpuSplit {
 
 fn cpu_side(d: &Delta, service: &str) -> CpuSide {
     let svc = [("service", service)];
-    let calls = snapshot::sum_by(
-        d,
-        "gapscope_syscall_duration_seconds_count",
-        &svc,
-        "syscall",
-    );
-    let secs = snapshot::sum_by(d, "gapscope_syscall_duration_seconds_sum", &svc, "syscall");
+    let calls = snapshot::sum_by(d, &names::count(names::SYSCALL_DURATION), &svc, "syscall");
+    let secs = snapshot::sum_by(d, &names::sum(names::SYSCALL_DURATION), &svc, "syscall");
     let mut top: Vec<Syscall> = secs
         .iter()
         .map(|(name, s)| Syscall {
@@ -304,8 +300,8 @@ fn cpu_side(d: &Delta, service: &str) -> CpuSide {
     top.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     top.truncate(10);
     CpuSide {
-        on_cpu_seconds: snapshot::sum(d, "gapscope_oncpu_seconds_total", &svc),
-        off_cpu_seconds: snapshot::sum_by(d, "gapscope_offcpu_seconds_total", &svc, "reason"),
+        on_cpu_seconds: snapshot::sum(d, names::ONCPU, &svc),
+        off_cpu_seconds: snapshot::sum_by(d, names::OFFCPU, &svc, "reason"),
         top_syscalls: top,
     }
 }
@@ -313,14 +309,18 @@ fn cpu_side(d: &Delta, service: &str) -> CpuSide {
 fn gil(d: &Delta, service: &str) -> Gil {
     let svc = [("service", service)];
     Gil {
-        waits: snapshot::sum(d, "gapscope_gil_wait_seconds_count", &svc),
-        wait_seconds: snapshot::sum(d, "gapscope_gil_wait_seconds_sum", &svc),
-        held_seconds: snapshot::sum(d, "gapscope_gil_held_seconds_total", &svc),
+        waits: snapshot::sum(d, &names::count(names::GIL_WAIT), &svc),
+        wait_seconds: snapshot::sum(d, &names::sum(names::GIL_WAIT), &svc),
+        held_seconds: snapshot::sum(d, names::GIL_HELD, &svc),
     }
 }
 
 fn codecs(d: &Delta, service: &str) -> Vec<Codec> {
     let mut out: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
+    let (calls, seconds) = (
+        names::count(names::SERIALIZATION_DURATION),
+        names::sum(names::SERIALIZATION_DURATION),
+    );
     for (s, v) in d {
         if s.label("service") != Some(service) {
             continue;
@@ -329,10 +329,10 @@ fn codecs(d: &Delta, service: &str) -> Vec<Codec> {
             s.label("codec").unwrap_or("").to_string(),
             s.label("op").unwrap_or("").to_string(),
         );
-        match s.name.as_str() {
-            "gapscope_serialization_duration_seconds_count" => out.entry(key).or_default().0 += v,
-            "gapscope_serialization_duration_seconds_sum" => out.entry(key).or_default().1 += v,
-            _ => {}
+        if s.name == calls {
+            out.entry(key).or_default().0 += v;
+        } else if s.name == seconds {
+            out.entry(key).or_default().1 += v;
         }
     }
     let mut v: Vec<Codec> = out
@@ -361,13 +361,14 @@ fn fusion(d: &Delta, service: &str, tokens: Option<f64>) -> Fusion {
             .or_else(|| by_api.get("runtime").copied())
             .unwrap_or(0.0)
     };
-    let launches = one_api("gapscope_cuda_launches_total");
-    let graph_launches = one_api("gapscope_cuda_graph_launches_total");
-    let kernels = snapshot::sum(d, "gapscope_gpu_kernel_duration_seconds_count", &svc);
+    let launches = one_api(names::CUDA_LAUNCHES);
+    let graph_launches = one_api(names::CUDA_GRAPH_LAUNCHES);
+    let kernels = snapshot::sum(d, &names::count(names::GPU_KERNEL_DURATION), &svc);
     // Kernel durations over every class and device: (upper bound s, cumulative).
     let mut buckets: BTreeMap<u64, f64> = BTreeMap::new();
+    let bucket = names::bucket(names::GPU_KERNEL_DURATION);
     for (s, v) in d {
-        if s.name == "gapscope_gpu_kernel_duration_seconds_bucket"
+        if s.name == bucket
             && s.label("service") == Some(service)
             && let Some(le) = s.label("le").and_then(|l| l.parse::<f64>().ok())
         {
@@ -498,7 +499,7 @@ fn phases(inp: &Inputs, start_ns: u64, end_ns: u64) -> Vec<Phase> {
             gil: gil(&delta, inp.service),
             serialization_seconds: snapshot::sum(
                 &delta,
-                "gapscope_serialization_duration_seconds_sum",
+                &names::sum(names::SERIALIZATION_DURATION),
                 &[("service", inp.service)],
             ),
         });

@@ -7,25 +7,26 @@
 //! to numbers keyed by series; keys are interned once, so a snapshot costs
 //! twelve bytes a series.
 
+use crate::metrics::names;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use prometheus::proto::{MetricFamily, MetricType};
 
 /// Families a report reads.
 pub const FAMILIES: &[&str] = &[
-    "gapscope_syscall_duration_seconds",
-    "gapscope_oncpu_seconds_total",
-    "gapscope_offcpu_seconds_total",
-    "gapscope_gil_wait_seconds",
-    "gapscope_gil_held_seconds_total",
-    "gapscope_serialization_duration_seconds",
-    "gapscope_cuda_launches_total",
-    "gapscope_cuda_graph_launches_total",
-    "gapscope_cuda_host_sync_wait_seconds",
-    "gapscope_gpu_kernel_duration_seconds",
-    "gapscope_events_total",
-    "gapscope_events_dropped_total",
-    "gapscope_inject_records_dropped_total",
+    names::SYSCALL_DURATION,
+    names::ONCPU,
+    names::OFFCPU,
+    names::GIL_WAIT,
+    names::GIL_HELD,
+    names::SERIALIZATION_DURATION,
+    names::CUDA_LAUNCHES,
+    names::CUDA_GRAPH_LAUNCHES,
+    names::CUDA_HOST_SYNC_WAIT,
+    names::GPU_KERNEL_DURATION,
+    names::EVENTS,
+    names::EVENTS_DROPPED,
+    names::INJECT_RECORDS_DROPPED,
 ];
 
 /// One series: a metric name (with `_count`, `_sum` or `_bucket`) and its

@@ -3,6 +3,7 @@
 //! probes are duty-cycled), launch call durations, and host-sync waits.
 
 use super::Family;
+use super::names;
 use crate::cuda::{ENTRY_POINTS, Role};
 use crate::state::DaemonState;
 
@@ -14,11 +15,11 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         return Vec::new();
     };
     let mut launches = Family::counter(
-        "gapscope_cuda_launches_total",
+        names::CUDA_LAUNCHES,
         "Kernel launches per CUDA entry point; estimated (launches seen × N) while the launch probes are attached one second in N (see gapscope_cuda_launch_sampling_ratio). A runtime launch also reaches the driver: compare within one api.",
     );
     let mut graphs = Family::counter(
-        "gapscope_cuda_graph_launches_total",
+        names::CUDA_GRAPH_LAUNCHES,
         "CUDA graph launches (each runs many kernels); estimated like gapscope_cuda_launches_total.",
     );
     let mut launch_time = Family::histogram(
@@ -26,7 +27,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         "CPU time inside a launch call, per entry point (a sample of launches when the probes are duty-cycled).",
     );
     let mut sync = Family::histogram(
-        "gapscope_cuda_host_sync_wait_seconds",
+        names::CUDA_HOST_SYNC_WAIT,
         "Time the CPU waited for the GPU inside a synchronizing CUDA call (stream, context or event synchronize, a synchronous copy); every call is probed.",
     );
     for c in cuda.slot_calls() {

@@ -5,6 +5,7 @@
 //! CUDA_VISIBLE_DEVICES it need not be NVML's `gpu` index).
 
 use super::Family;
+use super::names;
 use crate::cupti::ingest::IngestCounters;
 use crate::state::DaemonState;
 
@@ -13,7 +14,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         return Vec::new();
     };
     let mut kernels = Family::histogram(
-        "gapscope_gpu_kernel_duration_seconds",
+        names::GPU_KERNEL_DURATION,
         "Kernel durations on the GPU by class (gemm, attention, norm, elementwise, reduce, copy, communication, other; the _count is the kernels); exact names: /api/v1/kernels.",
     );
     let mut busy = Family::counter(
@@ -117,7 +118,7 @@ fn socket_families(deep: &crate::cupti::socket::Shared, c: &IngestCounters) -> V
     );
     records.add_counter(&[], c.records as f64);
     let mut dropped = Family::counter(
-        "gapscope_inject_records_dropped_total",
+        names::INJECT_RECORDS_DROPPED,
         "Records lost: by=sender (the injection library's buffers were full or the daemon slow), by=untraced (from a process no service traces).",
     );
     dropped.add_counter(&[("by", "sender")], c.sender_dropped_records as f64);

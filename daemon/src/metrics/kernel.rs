@@ -1,6 +1,7 @@
 //! Metrics decoded from the kernel maps: syscalls, CPU time by reason, and
 //! the events the programs saw and dropped.
 
+use super::names;
 use std::collections::BTreeMap;
 
 use gapscope_ebpf_common::{Log2Hist, OffCpuReason, OffCpuStats, counter};
@@ -17,7 +18,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
 
 fn syscalls(state: &DaemonState) -> Vec<Family> {
     let mut hist = Family::histogram(
-        "gapscope_syscall_duration_seconds",
+        names::SYSCALL_DURATION,
         "Syscall latency from entry to return, per service and syscall (the _count is the number of calls).",
     );
     // Sorted so the output is stable between scrapes.
@@ -50,7 +51,7 @@ fn syscalls(state: &DaemonState) -> Vec<Family> {
             .unwrap_or(0.0)
     };
     let mut events = Family::counter(
-        "gapscope_events_total",
+        names::EVENTS,
         "Events the BPF programs handled, per source.",
     );
     events.add_counter(&[("source", "syscall")], seen as f64);
@@ -58,7 +59,7 @@ fn syscalls(state: &DaemonState) -> Vec<Family> {
     events.add_counter(&[("source", "proc")], count(counter::PROC_EVENTS));
     events.add_counter(&[("source", "timeline")], count(counter::INTERVALS));
     let mut dropped = Family::counter(
-        "gapscope_events_dropped_total",
+        names::EVENTS_DROPPED,
         "Events the BPF programs could not record (a full map or ring buffer), per source.",
     );
     dropped.add_counter(&[("source", "syscall")], count(counter::SYSCALLS_DROPPED));
@@ -78,11 +79,11 @@ fn syscalls(state: &DaemonState) -> Vec<Family> {
 
 fn cpu_time(state: &DaemonState) -> Vec<Family> {
     let mut on = Family::counter(
-        "gapscope_oncpu_seconds_total",
+        names::ONCPU,
         "Time the service's threads spent running on a CPU.",
     );
     let mut off = Family::counter(
-        "gapscope_offcpu_seconds_total",
+        names::OFFCPU,
         "Time the service's threads spent off CPU, by reason: blocked in a syscall of a family, blocked elsewhere, or runnable and waiting for a CPU (runqueue).",
     );
     let mut runq = Family::histogram(

@@ -7,6 +7,7 @@ mod cupti;
 mod explain;
 mod family;
 mod kernel;
+pub mod names;
 mod nvml;
 mod python;
 mod selfmon;

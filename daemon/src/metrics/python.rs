@@ -2,6 +2,7 @@
 //! observation per contended acquisition), time held and hand-overs
 //! (sampled from the GIL's own state), and which processes are covered.
 
+use super::names;
 use std::collections::BTreeSet;
 
 use gapscope_ebpf_common::MAX_SER_PROBES;
@@ -43,11 +44,11 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     }
 
     let mut wait = Family::histogram(
-        "gapscope_gil_wait_seconds",
+        names::GIL_WAIT,
         "Time a thread waited for the GIL, one observation per contended acquisition (uncontended acquisitions cost no wait and are not counted).",
     );
     let mut held = Family::counter(
-        "gapscope_gil_held_seconds_total",
+        names::GIL_HELD,
         "Time the GIL was held by some thread, summed over the service's processes (sampled every 10 ms).",
     );
     let mut switches = Family::counter(
@@ -69,7 +70,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         switches.add_counter(&[("service", name)], s.switches as f64);
     }
     let mut calls = Family::histogram(
-        "gapscope_serialization_duration_seconds",
+        names::SERIALIZATION_DURATION,
         "Time in the C function doing a serialization call, per codec and direction (the _count is the number of calls).",
     );
     let python_services: BTreeSet<u32> = processes.keys().map(|(s, _)| *s).collect();
