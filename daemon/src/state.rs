@@ -48,9 +48,9 @@ impl DaemonState {
     /// moment ago, so a phase's counters start where the phase does);
     /// `transient` for one report's "now".
     pub fn snapshot_at(&self, t_ns: u64, transient: bool) {
-        let families = crate::metrics::snapshot_families(self);
+        let counters = crate::metrics::snapshot_counters(self);
         if let Ok(mut s) = self.snapshots.lock() {
-            s.take(t_ns, &families, transient);
+            s.take(t_ns, &counters, transient);
         }
     }
 

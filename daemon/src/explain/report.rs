@@ -3,15 +3,16 @@
 //! went, what the CPU side did, and how much of that the data can vouch
 //! for.
 
-use crate::metrics::names;
 use std::collections::BTreeMap;
+
+use gapscope_ebpf_common::{HIST_BUCKETS, OffCpuReason};
 
 use serde::Serialize;
 
 use super::{
     engine::{Explainer, Source},
     history::{Split, by_cause},
-    snapshot::{self, Delta, Snapshots},
+    snapshot::{self, Counter, Delta, Snapshots},
 };
 use crate::{annotations::Annotation, cupti::ingest::KernelTotals};
 
@@ -165,6 +166,8 @@ pub struct Inputs<'a> {
     pub annotations: &'a [Annotation],
     pub top_kernels: Vec<(String, KernelTotals)>,
     pub deep_enabled: bool,
+    /// (codec, op) of each serialization probe, by its index.
+    pub codecs: &'a [(String, String)],
 }
 
 pub fn build(inp: &Inputs, start_ns: u64, end_ns: u64) -> Report {
@@ -176,13 +179,24 @@ pub fn build(inp: &Inputs, start_ns: u64, end_ns: u64) -> Report {
     };
     let empty = Delta::new();
     let d = delta.unwrap_or(&empty);
-    let svc = [("service", inp.service)];
     let tokens = tokens_between(inp.annotations, start_ns, end_ns);
 
     let mut quality = DataQuality {
         launching_threads: inp.explainer.launchers(inp.service_id),
-        events_dropped: snapshot::sum_by(d, names::EVENTS_DROPPED, &[], "source"),
-        inject_records_dropped: snapshot::sum(d, names::INJECT_RECORDS_DROPPED, &svc),
+        events_dropped: d
+            .iter()
+            .filter_map(|(k, v)| match k.counter {
+                Counter::EventsDropped(source) if k.service.is_none() => {
+                    Some((source.to_string(), *v))
+                }
+                _ => None,
+            })
+            .collect(),
+        inject_records_dropped: d
+            .iter()
+            .filter(|(k, _)| k.service.is_none() && k.counter == Counter::InjectRecordsDropped)
+            .map(|(_, v)| *v)
+            .sum(),
         states_evicted: inp.explainer.counters.evicted,
         ..DataQuality::default()
     };
@@ -218,9 +232,9 @@ pub fn build(inp: &Inputs, start_ns: u64, end_ns: u64) -> Report {
             cpu_end_ns: cpu_end,
         },
         gpu,
-        cpu: cpu_side(d, inp.service),
-        gil: gil(d, inp.service),
-        serialization: codecs(d, inp.service),
+        cpu: cpu_side(d, inp.service_id),
+        gil: gil(d, inp.service_id),
+        serialization: codecs(d, inp.service_id, inp.codecs),
         kernels: Kernels {
             top: inp
                 .top_kernels
@@ -233,7 +247,7 @@ pub fn build(inp: &Inputs, start_ns: u64, end_ns: u64) -> Report {
                 })
                 .collect(),
         },
-        fusion: fusion(d, inp.service, tokens),
+        fusion: fusion(d, inp.service_id, tokens),
         phases,
         data_quality: quality,
     }
@@ -285,54 +299,61 @@ fn describe(device: &str, source: Source, split: &Split) -> GpuSplit {
     }
 }
 
-fn cpu_side(d: &Delta, service: &str) -> CpuSide {
-    let svc = [("service", service)];
-    let calls = snapshot::sum_by(d, &names::count(names::SYSCALL_DURATION), &svc, "syscall");
-    let secs = snapshot::sum_by(d, &names::sum(names::SYSCALL_DURATION), &svc, "syscall");
-    let mut top: Vec<Syscall> = secs
-        .iter()
-        .map(|(name, s)| Syscall {
-            syscall: name.clone(),
-            calls: calls.get(name).copied().unwrap_or(0.0),
-            seconds: *s,
+fn cpu_side(d: &Delta, service: u32) -> CpuSide {
+    let mut syscalls: BTreeMap<u32, (f64, f64)> = BTreeMap::new();
+    let mut off_cpu = BTreeMap::new();
+    for (counter, v) in snapshot::of_service(d, service) {
+        match counter {
+            Counter::SyscallCalls(nr) => syscalls.entry(nr).or_default().0 += v,
+            Counter::SyscallSeconds(nr) => syscalls.entry(nr).or_default().1 += v,
+            Counter::OffCpuSeconds(r) => {
+                if let Some(reason) = OffCpuReason::ALL.get(r as usize) {
+                    *off_cpu.entry(reason.label().to_string()).or_default() += v;
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut top: Vec<Syscall> = syscalls
+        .into_iter()
+        .filter(|(_, (_, seconds))| *seconds > 0.0)
+        .map(|(nr, (calls, seconds))| Syscall {
+            syscall: crate::syscall_table::name(nr),
+            calls,
+            seconds,
         })
         .collect();
     top.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     top.truncate(10);
     CpuSide {
-        on_cpu_seconds: snapshot::sum(d, names::ONCPU, &svc),
-        off_cpu_seconds: snapshot::sum_by(d, names::OFFCPU, &svc, "reason"),
+        on_cpu_seconds: snapshot::sum(d, service, |c| c == Counter::OnCpuSeconds),
+        off_cpu_seconds: off_cpu,
         top_syscalls: top,
     }
 }
 
-fn gil(d: &Delta, service: &str) -> Gil {
-    let svc = [("service", service)];
+fn gil(d: &Delta, service: u32) -> Gil {
     Gil {
-        waits: snapshot::sum(d, &names::count(names::GIL_WAIT), &svc),
-        wait_seconds: snapshot::sum(d, &names::sum(names::GIL_WAIT), &svc),
-        held_seconds: snapshot::sum(d, names::GIL_HELD, &svc),
+        waits: snapshot::sum(d, service, |c| c == Counter::GilWaits),
+        wait_seconds: snapshot::sum(d, service, |c| c == Counter::GilWaitSeconds),
+        held_seconds: snapshot::sum(d, service, |c| c == Counter::GilHeldSeconds),
     }
 }
 
-fn codecs(d: &Delta, service: &str) -> Vec<Codec> {
+fn codecs(d: &Delta, service: u32, names: &[(String, String)]) -> Vec<Codec> {
     let mut out: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
-    let (calls, seconds) = (
-        names::count(names::SERIALIZATION_DURATION),
-        names::sum(names::SERIALIZATION_DURATION),
-    );
-    for (s, v) in d {
-        if s.label("service") != Some(service) {
-            continue;
-        }
-        let key = (
-            s.label("codec").unwrap_or("").to_string(),
-            s.label("op").unwrap_or("").to_string(),
-        );
-        if s.name == calls {
-            out.entry(key).or_default().0 += v;
-        } else if s.name == seconds {
-            out.entry(key).or_default().1 += v;
+    for (counter, v) in snapshot::of_service(d, service) {
+        let (index, is_calls) = match counter {
+            Counter::CodecCalls(i) => (i, true),
+            Counter::CodecSeconds(i) => (i, false),
+            _ => continue,
+        };
+        let key = names.get(index as usize).cloned().unwrap_or_default();
+        let entry = out.entry(key).or_default();
+        if is_calls {
+            entry.0 += v;
+        } else {
+            entry.1 += v;
         }
     }
     let mut v: Vec<Codec> = out
@@ -348,36 +369,38 @@ fn codecs(d: &Delta, service: &str) -> Vec<Codec> {
     v
 }
 
-fn fusion(d: &Delta, service: &str, tokens: Option<f64>) -> Fusion {
-    let svc = [("service", service)];
+fn fusion(d: &Delta, service: u32, tokens: Option<f64>) -> Fusion {
     // A runtime launch also reaches the driver: count one API's launches,
     // the driver's where it saw any.
-    let one_api = |name: &str| {
-        let by_api = snapshot::sum_by(d, name, &svc, "api");
-        by_api
-            .get("driver")
-            .copied()
+    let one_api = |graphs: bool| {
+        let by_api = |api: &str| {
+            snapshot::sum(d, service, |c| match c {
+                Counter::Launches(a) => !graphs && a == api,
+                Counter::GraphLaunches(a) => graphs && a == api,
+                _ => false,
+            })
+        };
+        Some(by_api("driver"))
             .filter(|n| *n > 0.0)
-            .or_else(|| by_api.get("runtime").copied())
-            .unwrap_or(0.0)
+            .unwrap_or_else(|| by_api("runtime"))
     };
-    let launches = one_api(names::CUDA_LAUNCHES);
-    let graph_launches = one_api(names::CUDA_GRAPH_LAUNCHES);
-    let kernels = snapshot::sum(d, &names::count(names::GPU_KERNEL_DURATION), &svc);
-    // Kernel durations over every class and device: (upper bound s, cumulative).
-    let mut buckets: BTreeMap<u64, f64> = BTreeMap::new();
-    let bucket = names::bucket(names::GPU_KERNEL_DURATION);
-    for (s, v) in d {
-        if s.name == bucket
-            && s.label("service") == Some(service)
-            && let Some(le) = s.label("le").and_then(|l| l.parse::<f64>().ok())
+    let launches = one_api(false);
+    let graph_launches = one_api(true);
+    let kernels = snapshot::sum(d, service, |c| c == Counter::Kernels);
+    // Kernel durations over every class and device: (upper bound s,
+    // cumulative), the buckets /metrics shows, from the first that grew.
+    let mut buckets = [0u64; HIST_BUCKETS];
+    for (counter, v) in snapshot::of_service(d, service) {
+        if let Counter::KernelsInBucket(i) = counter
+            && let Some(b) = buckets.get_mut(i as usize)
         {
-            *buckets.entry((le * 1e9).round() as u64).or_default() += v;
+            *b += v as u64;
         }
     }
-    let cdf: Vec<(f64, f64)> = buckets
+    let cdf: Vec<(f64, f64)> = crate::metrics::log2_buckets(&buckets)
         .into_iter()
-        .map(|(ns, n)| (ns as f64 / 1e9, n))
+        .filter(|(_, cumulative)| *cumulative > 0)
+        .map(|(le, cumulative)| (le, cumulative as f64))
         .collect();
     let per = |n: f64| tokens.filter(|t| *t > 0.0).map(|t| n / t);
     let all_launches = launches + graph_launches;
@@ -495,13 +518,11 @@ fn phases(inp: &Inputs, start_ns: u64, end_ns: u64) -> Vec<Phase> {
                 .filter(|((service, _), _)| *service == inp.service_id)
                 .map(|((_, device), (source, split))| describe(device, *source, split))
                 .collect(),
-            fusion: fusion(&delta, inp.service, tokens),
-            gil: gil(&delta, inp.service),
-            serialization_seconds: snapshot::sum(
-                &delta,
-                &names::sum(names::SERIALIZATION_DURATION),
-                &[("service", inp.service)],
-            ),
+            fusion: fusion(&delta, inp.service_id, tokens),
+            gil: gil(&delta, inp.service_id),
+            serialization_seconds: snapshot::sum(&delta, inp.service_id, |c| {
+                matches!(c, Counter::CodecSeconds(_))
+            }),
         });
     }
     out
@@ -567,5 +588,94 @@ mod tests {
         assert_eq!(tokens_between(&list, 0, 100), Some(300.0));
         assert_eq!(tokens_between(&list, 15, 25), None);
         assert_eq!(tokens_between(&list, 15, 35), Some(250.0));
+    }
+
+    /// The CPU side, codecs, launches and kernels come from the typed
+    /// counters of the service asked for, differenced between snapshots.
+    #[test]
+    fn a_windows_cpu_figures_are_the_typed_counters_increase() {
+        use crate::explain::snapshot::Key;
+        let at = |scale: f64| -> Vec<(Key, f64)> {
+            let mine = |c: Counter, v: f64| (Key::of(1, c), v * scale);
+            vec![
+                mine(Counter::SyscallCalls(0), 10.0),
+                mine(Counter::SyscallSeconds(0), 0.5),
+                mine(Counter::SyscallCalls(202), 4.0),
+                mine(Counter::SyscallSeconds(202), 2.0),
+                mine(Counter::OnCpuSeconds, 3.0),
+                mine(Counter::OffCpuSeconds(OffCpuReason::Runqueue as u32), 0.25),
+                mine(Counter::GilWaits, 7.0),
+                mine(Counter::GilWaitSeconds, 0.7),
+                mine(Counter::CodecCalls(1), 5.0),
+                mine(Counter::CodecSeconds(1), 0.05),
+                mine(Counter::Launches("runtime"), 40.0),
+                mine(Counter::Launches("driver"), 50.0),
+                mine(Counter::GraphLaunches("driver"), 2.0),
+                mine(Counter::Kernels, 100.0),
+                // 50 kernels of 4-8 µs, 50 of 8-16 µs.
+                mine(Counter::KernelsInBucket(12), 50.0),
+                mine(Counter::KernelsInBucket(13), 50.0),
+                // Another service's: not this report's.
+                (Key::of(0, Counter::OnCpuSeconds), 99.0 * scale),
+                (Key::daemon(Counter::EventsDropped("sched")), 2.0 * scale),
+                (Key::daemon(Counter::InjectRecordsDropped), 6.0 * scale),
+            ]
+        };
+        let mut snapshots = Snapshots::new(u64::MAX);
+        snapshots.take(1_000, &at(1.0), false);
+        snapshots.take(2_000, &at(3.0), false);
+        let explainer = Explainer::new(crate::config::ExplainConfig {
+            window_ns: 30_000_000_000,
+            max_states: 1000,
+            no_work_after_ns: 100_000_000,
+            resolution_ns: 1_000_000,
+            history_ns: 900_000_000_000,
+        });
+        let codecs = [
+            ("json".to_string(), "encode".to_string()),
+            ("pickle".to_string(), "decode".to_string()),
+        ];
+        let r = build(
+            &Inputs {
+                service_id: 1,
+                service: "b",
+                explainer: &explainer,
+                snapshots: &snapshots,
+                annotations: &[],
+                top_kernels: Vec::new(),
+                deep_enabled: true,
+                codecs: &codecs,
+            },
+            1_500,
+            2_500,
+        );
+        // Every figure doubled between the snapshots (×3 − ×1).
+        assert_eq!(r.cpu.on_cpu_seconds, 6.0);
+        assert_eq!(r.cpu.off_cpu_seconds["runqueue"], 0.5);
+        let top: Vec<_> = r
+            .cpu
+            .top_syscalls
+            .iter()
+            .map(|s| (s.syscall.as_str(), s.calls, s.seconds))
+            .collect();
+        assert_eq!(top, [("futex", 8.0, 4.0), ("read", 20.0, 1.0)]);
+        assert_eq!(r.gil.waits, 14.0);
+        assert!((r.gil.wait_seconds - 1.4).abs() < 1e-9);
+        assert_eq!(r.serialization.len(), 1);
+        assert_eq!(
+            (
+                r.serialization[0].codec.as_str(),
+                r.serialization[0].op.as_str()
+            ),
+            ("pickle", "decode")
+        );
+        assert_eq!(r.serialization[0].calls, 10.0);
+        // The driver's launches where it saw any (a runtime launch reaches
+        // it too).
+        assert_eq!((r.fusion.launches, r.fusion.graph_launches), (100.0, 4.0));
+        assert_eq!(r.fusion.kernels, 200.0);
+        assert!((r.fusion.median_kernel_us.unwrap() - 8.192).abs() < 1e-9);
+        assert_eq!(r.data_quality.events_dropped["sched"], 4.0);
+        assert_eq!(r.data_quality.inject_records_dropped, 12.0);
     }
 }

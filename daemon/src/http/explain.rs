@@ -74,6 +74,17 @@ pub(super) async fn explain(
                     .unwrap_or_default()
             })
             .unwrap_or_default();
+        let codecs: Vec<(String, String)> = state
+            .targets
+            .lock()
+            .map(|t| {
+                t.serialization
+                    .specs()
+                    .iter()
+                    .map(|s| (s.codec.clone(), s.op.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let explainer = state
             .explainer
             .lock()
@@ -91,6 +102,7 @@ pub(super) async fn explain(
                 annotations: &annotations,
                 top_kernels,
                 deep_enabled: state.cupti.is_some(),
+                codecs: &codecs,
             },
             now.saturating_sub(window_ns),
             now,

@@ -3,9 +3,11 @@
 //! probes are duty-cycled), launch call durations, and host-sync waits.
 
 use super::Family;
-use super::names;
 use crate::cuda::{ENTRY_POINTS, Role};
-use crate::state::DaemonState;
+use crate::{
+    explain::snapshot::{Counter, Key},
+    state::DaemonState,
+};
 
 pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     let Ok(t) = state.targets.lock() else {
@@ -15,11 +17,11 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         return Vec::new();
     };
     let mut launches = Family::counter(
-        names::CUDA_LAUNCHES,
+        "gapscope_cuda_launches_total",
         "Kernel launches per CUDA entry point; estimated (launches seen × N) while the launch probes are attached one second in N (see gapscope_cuda_launch_sampling_ratio). A runtime launch also reaches the driver: compare within one api.",
     );
     let mut graphs = Family::counter(
-        names::CUDA_GRAPH_LAUNCHES,
+        "gapscope_cuda_graph_launches_total",
         "CUDA graph launches (each runs many kernels); estimated like gapscope_cuda_launches_total.",
     );
     let mut launch_time = Family::histogram(
@@ -27,7 +29,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         "CPU time inside a launch call, per entry point (a sample of launches when the probes are duty-cycled).",
     );
     let mut sync = Family::histogram(
-        names::CUDA_HOST_SYNC_WAIT,
+        "gapscope_cuda_host_sync_wait_seconds",
         "Time the CPU waited for the GPU inside a synchronizing CUDA call (stream, context or event synchronize, a synchronous copy); every call is probed.",
     );
     for c in cuda.slot_calls() {
@@ -106,4 +108,28 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         unavailable,
         files,
     ]
+}
+
+/// Kernel and graph launches per service and API, for explain reports.
+pub(super) fn counters(state: &DaemonState, out: &mut Vec<(Key, f64)>) {
+    let Ok(t) = state.targets.lock() else {
+        return;
+    };
+    let Some(cuda) = &t.cuda else {
+        return;
+    };
+    let mut sums: std::collections::BTreeMap<Key, f64> = std::collections::BTreeMap::new();
+    for c in cuda.slot_calls() {
+        let Some(entry) = ENTRY_POINTS.get(c.slot) else {
+            continue;
+        };
+        let api = entry.library.api();
+        let counter = match entry.role {
+            Role::Launch => Counter::Launches(api),
+            Role::GraphLaunch => Counter::GraphLaunches(api),
+            Role::HostSync => continue,
+        };
+        *sums.entry(Key::of(c.service, counter)).or_default() += c.estimated.round();
+    }
+    out.extend(sums);
 }

@@ -5,16 +5,18 @@
 //! CUDA_VISIBLE_DEVICES it need not be NVML's `gpu` index).
 
 use super::Family;
-use super::names;
 use crate::cupti::ingest::IngestCounters;
-use crate::state::DaemonState;
+use crate::{
+    explain::snapshot::{Counter, Key},
+    state::DaemonState,
+};
 
 pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     let Some(deep) = &state.cupti else {
         return Vec::new();
     };
     let mut kernels = Family::histogram(
-        names::GPU_KERNEL_DURATION,
+        "gapscope_gpu_kernel_duration_seconds",
         "Kernel durations on the GPU by class (gemm, attention, norm, elementwise, reduce, copy, communication, other; the _count is the kernels); exact names: /api/v1/kernels.",
     );
     let mut busy = Family::counter(
@@ -118,7 +120,7 @@ fn socket_families(deep: &crate::cupti::socket::Shared, c: &IngestCounters) -> V
     );
     records.add_counter(&[], c.records as f64);
     let mut dropped = Family::counter(
-        names::INJECT_RECORDS_DROPPED,
+        "gapscope_inject_records_dropped_total",
         "Records lost: by=sender (the injection library's buffers were full or the daemon slow), by=untraced (from a process no service traces).",
     );
     dropped.add_counter(&[("by", "sender")], c.sender_dropped_records as f64);
@@ -149,3 +151,36 @@ const REJECT_REASONS: [&str; 4] = [
     "malformed",
     "no_hello",
 ];
+
+/// Kernels per service (all classes and devices, by log2 bucket) and the
+/// records the injection library lost, for explain reports.
+pub(super) fn counters(state: &DaemonState, out: &mut Vec<(Key, f64)>) {
+    let Some(deep) = &state.cupti else {
+        return;
+    };
+    let ingest = deep
+        .ingest
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut kernels: std::collections::BTreeMap<u32, gapscope_ebpf_common::Log2Hist> =
+        std::collections::BTreeMap::new();
+    for ((service, _device), s) in &ingest.stats {
+        let all = kernels
+            .entry(*service)
+            .or_insert(gapscope_ebpf_common::Log2Hist::ZERO);
+        for h in s.kernels.values() {
+            all.merge(h);
+        }
+    }
+    for (service, h) in kernels {
+        out.push((Key::of(service, Counter::Kernels), h.count as f64));
+        for (i, n) in h.buckets.iter().enumerate().filter(|(_, n)| **n > 0) {
+            out.push((
+                Key::of(service, Counter::KernelsInBucket(i as u32)),
+                *n as f64,
+            ));
+        }
+    }
+    let lost = ingest.counters.sender_dropped_records as f64;
+    out.push((Key::daemon(Counter::InjectRecordsDropped), lost));
+}

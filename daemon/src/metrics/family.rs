@@ -22,6 +22,22 @@ pub fn merged<T: PerCpuSum + aya::Pod>(array: &PerCpuArray<MapData, T>, index: u
     total
 }
 
+/// A kernel log2 histogram's buckets as Prometheus writes them: (upper
+/// bound in seconds, cumulative count). Bucket `i` holds durations below
+/// `2^(i+1)` ns; those below `FIRST_EXPORTED_BUCKET` are folded into it,
+/// and the last, open-ended, only counts towards `+Inf`.
+pub fn log2_buckets(buckets: &[u64]) -> Vec<(f64, u64)> {
+    let mut cumulative = 0u64;
+    let mut out = Vec::with_capacity(HIST_BUCKETS);
+    for (i, n) in buckets.iter().enumerate().take(HIST_BUCKETS - 1) {
+        cumulative += n;
+        if i >= FIRST_EXPORTED_BUCKET {
+            out.push(((1u64 << (i + 1)) as f64 / 1e9, cumulative));
+        }
+    }
+    out
+}
+
 pub struct Family(MetricFamily);
 
 impl Family {
@@ -96,18 +112,15 @@ impl Family {
             let mut out = proto::Histogram::default();
             out.set_sample_count(h.count);
             out.set_sample_sum(h.sum_ns as f64 / 1e9);
-            let mut cumulative = 0u64;
-            let mut buckets = Vec::with_capacity(HIST_BUCKETS);
-            for (i, n) in h.buckets.iter().enumerate().take(HIST_BUCKETS - 1) {
-                cumulative += n;
-                if i < FIRST_EXPORTED_BUCKET {
-                    continue;
-                }
-                let mut b = proto::Bucket::default();
-                b.set_upper_bound((1u64 << (i + 1)) as f64 / 1e9);
-                b.set_cumulative_count(cumulative);
-                buckets.push(b);
-            }
+            let buckets = log2_buckets(&h.buckets)
+                .into_iter()
+                .map(|(le, cumulative)| {
+                    let mut b = proto::Bucket::default();
+                    b.set_upper_bound(le);
+                    b.set_cumulative_count(cumulative);
+                    b
+                })
+                .collect();
             out.set_bucket(buckets);
             m.set_histogram(out);
         });

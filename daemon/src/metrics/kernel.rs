@@ -1,14 +1,16 @@
 //! Metrics decoded from the kernel maps: syscalls, CPU time by reason, and
 //! the events the programs saw and dropped.
 
-use super::names;
 use std::collections::BTreeMap;
 
 use gapscope_ebpf_common::{Log2Hist, OffCpuReason, OffCpuStats, counter};
 
 use super::{Family, merged};
-use crate::state::DaemonState;
 use crate::syscall_table;
+use crate::{
+    explain::snapshot::{Counter, Key},
+    state::DaemonState,
+};
 
 pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     let mut out = syscalls(state);
@@ -18,10 +20,46 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
 
 fn syscalls(state: &DaemonState) -> Vec<Family> {
     let mut hist = Family::histogram(
-        names::SYSCALL_DURATION,
+        "gapscope_syscall_duration_seconds",
         "Syscall latency from entry to return, per service and syscall (the _count is the number of calls).",
     );
-    // Sorted so the output is stable between scrapes.
+    let mut seen = 0u64;
+    for ((service, nr), h) in &read_syscalls(state) {
+        let Some(service) = state.service_name(*service) else {
+            continue;
+        };
+        seen += h.count;
+        let name = syscall_table::name(*nr);
+        hist.add_log2_histogram(&[("service", service), ("syscall", &name)], h);
+    }
+
+    let count = |index: u32| count(state, index);
+    let mut events = Family::counter(
+        "gapscope_events_total",
+        "Events the BPF programs handled, per source.",
+    );
+    events.add_counter(&[("source", "syscall")], seen as f64);
+    events.add_counter(&[("source", "sched")], count(counter::SCHED_SWITCHES));
+    events.add_counter(&[("source", "proc")], count(counter::PROC_EVENTS));
+    events.add_counter(&[("source", "timeline")], count(counter::INTERVALS));
+    let mut dropped = Family::counter(
+        "gapscope_events_dropped_total",
+        "Events the BPF programs could not record (a full map or ring buffer), per source.",
+    );
+    for (source, n) in dropped_by_source(state) {
+        dropped.add_counter(&[("source", source)], n);
+    }
+    let mut misses = Family::counter(
+        "gapscope_target_cache_misses_total",
+        "Lookups of the current process that the per-CPU cache could not answer and that went to the tgid map.",
+    );
+    misses.add_counter(&[], count(counter::TARGET_CACHE_MISSES));
+    vec![hist, events, dropped, misses]
+}
+
+/// The (service, syscall) histograms, summed over the CPUs; sorted, so
+/// the output is stable between scrapes.
+fn read_syscalls(state: &DaemonState) -> BTreeMap<(u32, u32), Log2Hist> {
     let mut merged: BTreeMap<(u32, u32), Log2Hist> = BTreeMap::new();
     for entry in state.maps.syscalls.iter() {
         let Ok((key, per_cpu)) = entry else { continue };
@@ -32,58 +70,72 @@ fn syscalls(state: &DaemonState) -> Vec<Family> {
             total.merge(h);
         }
     }
-    let mut seen = 0u64;
-    for ((service, nr), h) in &merged {
-        let Some(service) = state.service_name(*service) else {
-            continue;
-        };
-        seen += h.count;
-        let name = syscall_table::name(*nr);
-        hist.add_log2_histogram(&[("service", service), ("syscall", &name)], h);
-    }
+    merged
+}
 
-    let count = |index: u32| -> f64 {
-        state
-            .maps
-            .counters
-            .get(&index, 0)
-            .map(|v| v.iter().sum::<u64>() as f64)
-            .unwrap_or(0.0)
-    };
-    let mut events = Family::counter(
-        names::EVENTS,
-        "Events the BPF programs handled, per source.",
-    );
-    events.add_counter(&[("source", "syscall")], seen as f64);
-    events.add_counter(&[("source", "sched")], count(counter::SCHED_SWITCHES));
-    events.add_counter(&[("source", "proc")], count(counter::PROC_EVENTS));
-    events.add_counter(&[("source", "timeline")], count(counter::INTERVALS));
-    let mut dropped = Family::counter(
-        names::EVENTS_DROPPED,
-        "Events the BPF programs could not record (a full map or ring buffer), per source.",
-    );
-    dropped.add_counter(&[("source", "syscall")], count(counter::SYSCALLS_DROPPED));
-    dropped.add_counter(&[("source", "sched")], count(counter::THREADS_DROPPED));
-    dropped.add_counter(
-        &[("source", "proc")],
-        count(counter::PROC_EVENTS_DROPPED) + count(counter::TARGETS_DROPPED),
-    );
-    dropped.add_counter(&[("source", "timeline")], count(counter::INTERVALS_DROPPED));
-    let mut misses = Family::counter(
-        "gapscope_target_cache_misses_total",
-        "Lookups of the current process that the per-CPU cache could not answer and that went to the tgid map.",
-    );
-    misses.add_counter(&[], count(counter::TARGET_CACHE_MISSES));
-    vec![hist, events, dropped, misses]
+/// One of the programs' per-CPU counters, summed.
+fn count(state: &DaemonState, index: u32) -> f64 {
+    state
+        .maps
+        .counters
+        .get(&index, 0)
+        .map(|v| v.iter().sum::<u64>() as f64)
+        .unwrap_or(0.0)
+}
+
+/// Events the programs could not record, by source.
+fn dropped_by_source(state: &DaemonState) -> [(&'static str, f64); 4] {
+    let count = |index: u32| count(state, index);
+    [
+        ("syscall", count(counter::SYSCALLS_DROPPED)),
+        ("sched", count(counter::THREADS_DROPPED)),
+        (
+            "proc",
+            count(counter::PROC_EVENTS_DROPPED) + count(counter::TARGETS_DROPPED),
+        ),
+        ("timeline", count(counter::INTERVALS_DROPPED)),
+    ]
+}
+
+/// The kernel maps' counters an explain report differences: syscalls, CPU
+/// time by reason, drops.
+pub(super) fn counters(state: &DaemonState, out: &mut Vec<(Key, f64)>) {
+    let services = state.services.len() as u32;
+    for ((service, nr), h) in read_syscalls(state) {
+        if service < services {
+            out.push((Key::of(service, Counter::SyscallCalls(nr)), h.count as f64));
+            out.push((
+                Key::of(service, Counter::SyscallSeconds(nr)),
+                h.sum_ns as f64 / 1e9,
+            ));
+        }
+    }
+    for service in 0..services {
+        let total: OffCpuStats = merged(&state.maps.offcpu, service);
+        out.push((
+            Key::of(service, Counter::OnCpuSeconds),
+            total.on_cpu_ns as f64 / 1e9,
+        ));
+        for reason in OffCpuReason::ALL {
+            let seconds = total.off_ns[reason as usize] as f64 / 1e9;
+            out.push((
+                Key::of(service, Counter::OffCpuSeconds(reason as u32)),
+                seconds,
+            ));
+        }
+    }
+    for (source, n) in dropped_by_source(state) {
+        out.push((Key::daemon(Counter::EventsDropped(source)), n));
+    }
 }
 
 fn cpu_time(state: &DaemonState) -> Vec<Family> {
     let mut on = Family::counter(
-        names::ONCPU,
+        "gapscope_oncpu_seconds_total",
         "Time the service's threads spent running on a CPU.",
     );
     let mut off = Family::counter(
-        names::OFFCPU,
+        "gapscope_offcpu_seconds_total",
         "Time the service's threads spent off CPU, by reason: blocked in a syscall of a family, blocked elsewhere, or runnable and waiting for a CPU (runqueue).",
     );
     let mut runq = Family::histogram(

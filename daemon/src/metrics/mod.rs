@@ -7,7 +7,6 @@ mod cupti;
 mod explain;
 mod family;
 mod kernel;
-pub mod names;
 mod nvml;
 mod python;
 mod selfmon;
@@ -18,7 +17,7 @@ use std::time::Instant;
 use prometheus::{Encoder as _, TextEncoder, proto::MetricFamily};
 
 use crate::state::DaemonState;
-pub use family::{Family, merged};
+pub use family::{Family, log2_buckets, merged};
 
 type Source = fn(&DaemonState) -> Vec<Family>;
 
@@ -66,15 +65,14 @@ pub fn render(state: &DaemonState) -> String {
     encode_families(&families)
 }
 
-/// The CPU-side families a windowed explain report differences
-/// (`explain::snapshot::FAMILIES`), as they are now.
-pub fn snapshot_families(state: &DaemonState) -> Vec<MetricFamily> {
-    let wanted = crate::explain::snapshot::FAMILIES;
-    SOURCES
-        .iter()
-        .filter(|(name, _)| matches!(*name, "kernel" | "python" | "cuda" | "deep"))
-        .flat_map(|(_, source)| source(state))
-        .filter_map(Family::build)
-        .filter(|f| wanted.contains(&f.name()))
-        .collect()
+/// The counters a windowed explain report differences, as they are now
+/// (`explain::snapshot`): read from the same maps and trackers as a
+/// scrape, typed rather than rendered.
+pub fn snapshot_counters(state: &DaemonState) -> Vec<(crate::explain::snapshot::Key, f64)> {
+    let mut out = Vec::new();
+    kernel::counters(state, &mut out);
+    python::counters(state, &mut out);
+    cuda::counters(state, &mut out);
+    cupti::counters(state, &mut out);
+    out
 }

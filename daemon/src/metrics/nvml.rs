@@ -3,7 +3,6 @@
 //! compute processes on each GPU by service (never by pid); and the idle
 //! check of each silent phase.
 
-use super::names;
 use std::collections::BTreeMap;
 
 use super::Family;
@@ -222,7 +221,7 @@ fn idle_check_families(state: &GpuState) -> [Family; 4] {
 /// The NVML collector's own rounds, their time and the refused readings.
 fn collector_families(state: &GpuState) -> [Family; 3] {
     let mut rounds = Family::counter(
-        names::NVML_SAMPLES,
+        "gapscope_nvml_samples_total",
         "Rounds of NVML readings taken (every GPU each round).",
     );
     let mut round_time = Family::gauge(

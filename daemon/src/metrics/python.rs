@@ -2,13 +2,15 @@
 //! observation per contended acquisition), time held and hand-overs
 //! (sampled from the GIL's own state), and which processes are covered.
 
-use super::names;
 use std::collections::BTreeSet;
 
 use gapscope_ebpf_common::MAX_SER_PROBES;
 
 use super::{Family, merged};
-use crate::state::DaemonState;
+use crate::{
+    explain::snapshot::{Counter, Key},
+    state::DaemonState,
+};
 
 pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     let (processes, unavailable, stats, ser_missing, probed_files, ratios, specs) =
@@ -44,11 +46,11 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     }
 
     let mut wait = Family::histogram(
-        names::GIL_WAIT,
+        "gapscope_gil_wait_seconds",
         "Time a thread waited for the GIL, one observation per contended acquisition (uncontended acquisitions cost no wait and are not counted).",
     );
     let mut held = Family::counter(
-        names::GIL_HELD,
+        "gapscope_gil_held_seconds_total",
         "Time the GIL was held by some thread, summed over the service's processes (sampled every 10 ms).",
     );
     let mut switches = Family::counter(
@@ -70,7 +72,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         switches.add_counter(&[("service", name)], s.switches as f64);
     }
     let mut calls = Family::histogram(
-        names::SERIALIZATION_DURATION,
+        "gapscope_serialization_duration_seconds",
         "Time in the C function doing a serialization call, per codec and direction (the _count is the number of calls).",
     );
     let python_services: BTreeSet<u32> = processes.keys().map(|(s, _)| *s).collect();
@@ -118,4 +120,47 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         files,
         sampling,
     ]
+}
+
+/// The GIL's and the codecs' counters an explain report differences.
+pub(super) fn counters(state: &DaemonState, out: &mut Vec<(Key, f64)>) {
+    let (processes, stats, codecs) = match state.targets.lock() {
+        Ok(t) => (
+            t.gil.processes(),
+            t.gil.stats(),
+            t.serialization.specs().len() as u32,
+        ),
+        Err(_) => return,
+    };
+    let services = state.services.len() as u32;
+    let python: BTreeSet<u32> = processes.keys().map(|(s, _)| *s).collect();
+    for service in python
+        .iter()
+        .chain(stats.keys())
+        .copied()
+        .collect::<BTreeSet<_>>()
+    {
+        if service >= services {
+            continue;
+        }
+        let wait = merged(&state.maps.gil_wait, service);
+        out.push((Key::of(service, Counter::GilWaits), wait.count as f64));
+        out.push((
+            Key::of(service, Counter::GilWaitSeconds),
+            wait.sum_ns as f64 / 1e9,
+        ));
+        let held = stats.get(&service).map_or(0, |s| s.held_ns);
+        out.push((Key::of(service, Counter::GilHeldSeconds), held as f64 / 1e9));
+    }
+    for service in python.into_iter().filter(|s| *s < services) {
+        for index in 0..codecs {
+            let calls = merged(&state.maps.ser_calls, service * MAX_SER_PROBES + index);
+            out.push((
+                Key::of(service, Counter::CodecCalls(index)),
+                calls.count as f64,
+            ));
+            let seconds = calls.sum_ns as f64 / 1e9;
+            out.push((Key::of(service, Counter::CodecSeconds(index)), seconds));
+        }
+    }
 }
