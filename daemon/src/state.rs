@@ -76,6 +76,7 @@ impl DaemonState {
             .lock()
             .map_err(|_| "poisoned".to_string())
             .and_then(|mut a| a.add(body, crate::clock::monotonic_ns()))?;
+        let now = crate::clock::monotonic_ns();
         // A progress event only carries a token count: no boundary to
         // remember, no counters to file.
         if a.event == "progress" {
@@ -84,7 +85,6 @@ impl DaemonState {
         if let Ok(mut e) = self.explainer.lock() {
             e.phase_event(&a);
         }
-        let now = crate::clock::monotonic_ns();
         let at = if a.monotonic_ns <= now && now - a.monotonic_ns < 1_000_000_000 {
             a.monotonic_ns
         } else {

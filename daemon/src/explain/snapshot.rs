@@ -5,7 +5,7 @@
 //! A snapshot is the counters read from the daemon's state (`Counter`:
 //! typed, a syscall by its number, a codec by its probe, an off-CPU
 //! reason by its `OffCpuReason`), per service; keys are interned once, so
-//! a snapshot costs twelve bytes a counter. `metrics` reads them where it
+//! a snapshot costs sixteen bytes a counter. `metrics` reads them where it
 //! reads the same maps for a scrape (`metrics::snapshot_counters`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -21,6 +21,8 @@
 //! The overhead benchmark's empty programs are a separate object
 //! (`src/bin/floor.rs`), not part of this one.
 #![cfg_attr(target_arch = "bpf", no_std)]
+// The programs and maps are the object's exports, `pub` or not.
+#![allow(unreachable_pub)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]

@@ -151,6 +151,8 @@ pub struct DataQuality {
     pub launching_threads: usize,
     /// Events lost in the window, by source.
     pub events_dropped: BTreeMap<String, f64>,
+    /// Records the injection library lost in the window, from every
+    /// process it runs in (daemon-wide, like `events_dropped`).
     pub inject_records_dropped: f64,
     /// Thread states dropped from the window before their time, since start.
     pub states_evicted: u64,

@@ -4,6 +4,8 @@
 //! A BPF object of their own (`gapscope-floor`), so the daemon's object
 //! carries only what it loads.
 #![cfg_attr(target_arch = "bpf", no_std)]
+// The programs and maps are the object's exports, `pub` or not.
+#![allow(unreachable_pub)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
