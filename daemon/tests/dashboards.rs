@@ -418,7 +418,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
 
     let all = dashboards();
     let gpu_source =
-        std::fs::read_to_string(repo_root().join("daemon/src/metrics/gpu.rs")).unwrap();
+        std::fs::read_to_string(repo_root().join("daemon/src/metrics/nvml.rs")).unwrap();
     let mut failures = Vec::new();
     let mut proven = 0;
     let mut skipped = Vec::new();

@@ -25,19 +25,19 @@ fn leading_number(cell: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{cell:?} is not a number"))
 }
 
-/// Processes whose command line mentions `needle`.
-fn running(needle: &str) -> Vec<String> {
+/// Processes whose command line mentions `needle`: (pid, command line).
+fn running(needle: &str) -> Vec<(u32, String)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
-        }
+        };
         let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if cmd.contains(needle) {
-            found.push(cmd);
+            found.push((pid, cmd));
         }
     }
     found
@@ -53,6 +53,19 @@ fn demo_runs_end_to_end_and_leaves_nothing_behind() {
         gapscope_testkit::skip("the reference stacks are not installed: run scripts/setup.sh");
         return;
     }
+    // What the demo starts and must stop; the same programs run by
+    // anything else on the machine before it are not its own.
+    let needles = [
+        "bento_service:LlamaService",
+        "llama-server -m",
+        "stacks/serve.py",
+        "gapscoped --config",
+    ];
+    let before: Vec<u32> = needles
+        .iter()
+        .flat_map(|n| running(n))
+        .map(|(pid, _)| pid)
+        .collect();
     let out_dir = tempfile::tempdir().unwrap();
     let out = Command::new("bash")
         .arg(root.join("scripts/demo.sh"))
@@ -138,14 +151,12 @@ fn demo_runs_end_to_end_and_leaves_nothing_behind() {
         assert!(text.contains(&dir.display().to_string()));
     }
 
-    // Nothing left running.
-    for needle in [
-        "bento_service:LlamaService",
-        "llama-server -m",
-        "stacks/serve.py",
-        "gapscoped --config",
-    ] {
-        let left = running(needle);
+    // Nothing it started left running.
+    for needle in needles {
+        let left: Vec<_> = running(needle)
+            .into_iter()
+            .filter(|(pid, _)| !before.contains(pid))
+            .collect();
         assert!(left.is_empty(), "left running: {left:?}");
     }
 }
