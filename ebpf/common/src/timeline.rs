@@ -55,6 +55,12 @@ impl IntervalKind {
         Self::ALL.into_iter().find(|k| *k as u32 == raw)
     }
 
+    /// The `kind` label value of an `Interval::kind` number (`unknown`
+    /// for a number no kind has).
+    pub fn label_of(raw: u32) -> &'static str {
+        Self::from_raw(raw).map_or("unknown", Self::label)
+    }
+
     /// The kind a `kind` label value names.
     pub fn from_label(label: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.label() == label)
@@ -89,6 +95,6 @@ impl Interval {
 
     /// The `kind` label value (`unknown` for a number no kind has).
     pub fn kind_label(&self) -> &'static str {
-        self.kind().map_or("unknown", IntervalKind::label)
+        IntervalKind::label_of(self.kind)
     }
 }

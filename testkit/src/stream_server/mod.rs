@@ -370,9 +370,14 @@ async fn handle(
 }
 
 pub(super) fn full(status: u16, body: String) -> Response<Body> {
+    all_at_once(status, "application/json", body.into_bytes())
+}
+
+/// A reply whose body is all here: one write.
+pub(super) fn all_at_once(status: u16, content_type: &str, body: Vec<u8>) -> Response<Body> {
     Response::builder()
         .status(status)
-        .header("content-type", "application/json")
+        .header("content-type", content_type)
         .body(
             Full::new(Bytes::from(body))
                 .map_err(|never: Infallible| match never {})
@@ -414,13 +419,5 @@ fn metrics(s: &State) -> Response<Body> {
             ));
         }
     }
-    Response::builder()
-        .status(200)
-        .header("content-type", "text/plain; version=0.0.4")
-        .body(
-            Full::new(Bytes::from(text))
-                .map_err(|never: Infallible| match never {})
-                .boxed(),
-        )
-        .unwrap()
+    all_at_once(200, "text/plain; version=0.0.4", text.into_bytes())
 }

@@ -4,14 +4,14 @@
 //! with the failure a `/fail/MODE/` path asks for). Every chunk's time and
 //! token count goes to the request's log entry.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, StreamBody};
+use http_body_util::{BodyExt as _, StreamBody};
 use hyper::{Response, body::Frame};
 use serde_json::{Value, json};
 
-use super::{Body, InFlight, ServerConfig, State, full, monotonic_ns};
+use super::{Body, InFlight, ServerConfig, State, all_at_once, full, monotonic_ns};
 
 /// What the request asked for, read once.
 pub(super) struct Reply {
@@ -150,15 +150,7 @@ pub(super) fn instant(s: &State, r: &Reply, guard: InFlight) -> Response<Body> {
         log.requests[i].done_ns = Some(now);
     }
     drop(guard);
-    Response::builder()
-        .status(200)
-        .header("content-type", "text/event-stream")
-        .body(
-            Full::new(Bytes::from(body))
-                .map_err(|never: Infallible| match never {})
-                .boxed(),
-        )
-        .unwrap()
+    all_at_once(200, "text/event-stream", body)
 }
 
 type Frames = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
