@@ -197,7 +197,7 @@ GPU_IDLE = dashboard(
     "When the GPU waits, and on what: idle time by cause (the attribution), busy time from CUPTI deep mode, idle gaps between kernels, host-side syncs and launch latency.",
     [
         row("Why the GPU is idle"),
-        panel("GPU idle by cause", "percentunit", "Share of wall time the GPU sat idle, split by what the service's launching threads were doing meanwhile (launch_overhead, host_sync, gil_wait, serialization, python_cpu, runqueue, syscall_<family>, no_work). Exact with CUPTI deep mode, a lower bound from the uprobes alone. `gapscoped explain SERVICE` prints the same for a window.",
+        panel("GPU idle by cause", "percentunit", "Share of wall time the GPU sat idle, split by what the service's launching threads were doing meanwhile (launch_overhead, host_sync, gil_wait, serialization, python_cpu, unobserved, runqueue, syscall_<family>, no_work). Exact with CUPTI deep mode, a lower bound from the uprobes alone. `gapscoped explain SERVICE` prints the same for a window.",
               (f"sum by (cause) (rate(gapscope_gpu_idle_seconds_total{{{SVC}}}[{RI}]))", "{{cause}}"), stack=True, minimum=0),
         panel("Busy and idle on the attribution timeline", "percentunit", "Busy and idle shares as the attribution counts them (busy + idle by cause = wall time), per device and source (cupti, or uprobes for all devices together).",
               (f"sum by (service, device, source) (rate(gapscope_gpu_timeline_busy_seconds_total{{{SVC}}}[{RI}]))", "busy {{service}} {{device}} ({{source}})"),
@@ -327,6 +327,8 @@ HEALTH = dashboard(
               (f"sum by (source) (rate(gapscope_events_total{{{INST}}}[{RI}]))", "{{source}}")),
         panel("Events dropped per second", "ops", "Events lost between the kernel and gapscoped (ring buffer full); the GapscopeEventsDropped alert fires above 1 %.",
               (f"sum by (source) (rate(gapscope_events_dropped_total{{{INST}}}[{RI}]))", "{{source}}")),
+        panel("BPF programs skipped per second", "ops", "Runs the kernel skipped because the CPU was already inside BPF (another program, or a BPF map syscall preempted midway): context switches, wakeups or calls gapscoped never saw.",
+              (f"sum by (program) (rate(gapscope_bpf_program_misses_total{{{INST}}}[{RI}]))", "{{program}}")),
         row("Cost"),
         panel("BPF program CPU", "percentunit", "CPU time spent in each of gapscoped's BPF programs (kernel run-time statistics), as a share of one CPU.",
               (f"sum by (program) (rate(gapscope_bpf_program_run_seconds_total{{{INST}}}[{RI}]))", "{{program}}"), stack=True),

@@ -4,7 +4,9 @@
 # engine (llama.cpp's llama-server, continuous batching) — while gapscoped
 # traces both; gapscope-loadgen runs the experiment's three phases against
 # each in turn (shortened), then the demo prints the comparison table, what
-# gapscoped measured in each stack and the side-by-side explain report.
+# gapscoped measured in each stack and the side-by-side explain report. A
+# third part runs a decode loop on a simulated device (this machine has no
+# GPU) traced in CUPTI deep mode, so explain shows its GPU part.
 # Needs root: as another user it runs itself again with sudo
 # (scripts/lib/common.sh). Leaves nothing running or attached, also when
 # interrupted.
@@ -28,6 +30,7 @@ STACKS=${STACKS:-bentoml llama-server}
 PROFILE=${PROFILE:-release}
 out=${OUT:-demo-results}
 
+[ -d "target/$PROFILE" ] || need_space . 4 "the first $PROFILE build (target/$PROFILE)"
 case "$PROFILE" in
   release) echo "==> building gapscoped and gapscope-loadgen (release)"; cargo build --release --quiet ;;
   debug) echo "==> building gapscoped and gapscope-loadgen (debug)"; cargo build --quiet ;;
@@ -37,7 +40,7 @@ bin=target/$PROFILE
 py=targets/.venv/bin/python
 
 work=$(mktemp -d)
-stack_pid="" daemon_pid=""
+stack_pid="" daemon_pid="" sim_dir=""
 stop_stack() {
   if [ -n "$stack_pid" ]; then
     kill -TERM "$stack_pid" 2>/dev/null || true
@@ -50,6 +53,7 @@ cleanup() {
   # gapscoped detaches every BPF program on SIGTERM.
   [ -n "$daemon_pid" ] && kill -TERM "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
   rm -rf "$work"
+  [ -z "$sim_dir" ] || rm -rf "$sim_dir"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -71,6 +75,13 @@ cmdline = "bento_service:LlamaService"
 [[service]]
 name = "llama-server"
 cmdline = "llama-server .*--alias tiny-llama"
+
+[[service]]
+name = "simulated"
+cmdline = 'sim_decode\.py'
+
+[inject]
+socket = "$work/inject.sock"
 TOML
 
 echo "==> starting gapscoped on 127.0.0.1:$metrics_port"
@@ -106,7 +117,7 @@ for stack in $STACKS; do
     --phase "warmup=poisson:2:${WARMUP_S}s" --phase "cooldown=silence:${COOLDOWN_S}s" \
     --phase "stress=closed:$CONCURRENCY:${DURATION}s" \
     --max-tokens "$MAX_TOKENS" --input-tokens 64 --model-config .cache/tiny-llama/hf/config.json \
-    --gapscoped "$daemon_url" --quiet --out "$out/$stack"
+    --gapscoped "$daemon_url" --gapscoped-service "$stack" --quiet --out "$out/$stack"
   status=$?
   set -e
   [ "$status" -le 1 ] || { echo "gapscope-loadgen failed against $stack ($status)"; exit 1; }
@@ -159,6 +170,37 @@ if [ $# -ge 2 ]; then
   "$bin/gapscoped" explain --compare "$1" "$2" --window "${elapsed}s" --url "$daemon_url"
 else
   "$bin/gapscoped" explain "$1" --window "${elapsed}s" --url "$daemon_url"
+fi
+
+echo
+echo "==================== Simulated device: this machine has no GPU ===================="
+cat <<'TEXT'
+Without a GPU, the GPU half of gapscoped runs against stand-ins: a
+simulated device (a kernel starts when it is launched or when the one before
+it ends, and lasts the time the caller chose; a sync waits for it) behind
+fake CUDA libraries, and a CUPTI stand-in that records it. The real
+injection library (libgapscope_inject.so) is loaded into a Python decode loop
+the way CUDA loads it, and streams the device's records to gapscoped (deep
+mode). Each step launches one token's six kernels, waits for them, then does
+what a Python wrapper does between tokens: JSON of the step's output, now
+and then a wait on a client socket, while a second Python thread competes for
+the GIL. The GPU part below is explain's: how busy the device was, its idle
+time split by what the launching thread did meanwhile, kernels per token and
+the kernel mix. What only a real GPU can show: real CUPTI timestamps and
+overhead, and real launch costs (scripts/device-check).
+TEXT
+if sim=$("$bin/gapscope-sim-device" 2>"$work/sim-device.err"); then
+  read -r sim_dir sim_cupti <<<"$sim"
+  echo go | CUDA_INJECTION64_PATH="$PWD/$bin/libgapscope_inject.so" GAPSCOPE_CUPTI_PATH="$sim_cupti" \
+    GAPSCOPE_SOCKET="$work/inject.sock" \
+    "$py" targets/sim_decode.py "$sim_dir" --seconds 6 --gapscoped "$daemon_url" --service simulated --run-id demo-simulated \
+    >"$work/sim.out" 2>"$work/sim.err" || { cat "$work/sim.err"; exit 1; }
+  grep -h '^gapscope-inject' "$work/sim.err" || true
+  # Deep-mode records settle after gapscoped's reorder window.
+  sleep 2
+  "$bin/gapscoped" explain simulated --window 30s --url "$daemon_url"
+else
+  echo "(skipped: $(cat "$work/sim-device.err"))"
 fi
 echo
 echo "Phase annotations gapscoped received:"

@@ -114,7 +114,7 @@ if ! "$venv/bin/python" -c "import aiohttp" 2>/dev/null; then
   "$venv/bin/pip" install -q --disable-pip-version-check aiohttp==3.13.2
 fi
 
-# --- CUPTI headers (no CUDA here): the layout check of gapscope-cupti-sys ----
+# --- CUPTI and NVML headers (no CUDA here): layout checks and stand-ins ------
 # The real headers of three CUPTI releases, from NVIDIA's PyPI wheels,
 # unpacked into .cache/cuda-headers/NAME/include (cupti-sys/tests/layout.rs),
 # and their libcupti into NAME/lib (inject/tests/stand_down.rs).
@@ -148,6 +148,9 @@ PY
 fetch_headers cupti-12.0 nvidia-cuda-cupti-cu12==12.0.146 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-crt==13.5.37
 fetch_headers cupti-12.9 nvidia-cuda-cupti-cu12==12.9.79 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-crt==13.5.37
 fetch_headers cupti-13.5 nvidia-cuda-cupti==13.5.25 nvidia-cuda-runtime==13.5.37 nvidia-cuda-crt==13.5.37
+# NVML's header (nvml.h), which the NVML stand-in (testkit/data/fake_nvml.c)
+# is compiled against: the driver's ABI by construction.
+fetch_headers nvml-12.9 nvidia-nvml-dev-cu12==12.9.79
 
 # --- Tools for the deployment tests: kubernetes-validate (with jsonschema) ---
 tools=.cache/tools-venv

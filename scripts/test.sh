@@ -14,6 +14,8 @@ need_root "$0" "$@"
 
 bash scripts/setup.sh
 pinned_toolchains
+# The first build writes ~14 GiB under target/ (debug builds of every test).
+[ -d target/debug ] || need_space . 16 "the first build of every test (target/, about 14 GiB)"
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check

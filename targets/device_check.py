@@ -24,6 +24,8 @@ Only the standard library and torch: it runs on the GPU machine as is.
 """
 
 import json
+import math
+import os
 import re
 import subprocess
 import sys
@@ -84,12 +86,37 @@ def smi():
         capture_output=True,
         text=True,
     ).stdout.strip()
-    return [float(v) if v.strip() not in ("[N/A]", "N/A") else float("nan") for v in out.split(",")]
+
+    def number(v):
+        try:
+            return float(v)
+        except ValueError:  # [N/A], [Not Supported]
+            return float("nan")
+
+    values = [number(v.strip()) for v in out.split(",")]
+    return values + [float("nan")] * (7 - len(values))
 
 
-def row(name, ours, reference, unit=""):
+def check(name, value, truth, target, ok, unit="", why=None):
+    """One check for scripts/device_check.py, which collects CHECK lines.
+    A reading that failed (NaN) is null: JSON has no NaN."""
+    def finite(v):
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    value, truth = finite(value), finite(truth)
+    ok = bool(ok) and value is not None
+    print("CHECK " + json.dumps({"name": name, "value": value, "truth": truth, "target": target,
+                                 "pass": ok, "unit": unit, "why": why}, allow_nan=False), flush=True)
+
+
+def row(name, ours, reference, unit="", check_name=None, lo=None, hi=None):
+    """A table row; with check_name, also a check that ours / reference
+    lies in [lo, hi]."""
     ratio = ours / reference if reference else float("nan")
     print(f"| {name:<44} | {ours:>14.4g} | {reference:>14.4g} | {ratio:>7.3f} | {unit}")
+    if check_name:
+        target = f"ratio {lo:g}" if lo == hi else f"ratio {lo:g} to {hi:g}"
+        check(check_name, ours, reference, target, lo <= ratio <= hi, unit.split(" (")[0])
 
 
 def main():
@@ -141,19 +168,23 @@ def main():
         delta("gapscope_cuda_launches_total", start, mid, entry="cudaLaunchKernel"),
         known,
         "launches",
+        "runtime_launches", 0.99, 1.01,
     )
     row(
         "driver launches, all entries",
         delta("gapscope_cuda_launches_total", start, mid, api="driver"),
         known,
         "launches (runtime launches reach the driver)",
+        "driver_launches", 1.0, 1.05,
     )
-    row("runtime graph launches", delta("gapscope_cuda_graph_launches_total", mid, end, api="runtime"), GRAPH_REPLAYS, "replays")
+    row("runtime graph launches", delta("gapscope_cuda_graph_launches_total", mid, end, api="runtime"), GRAPH_REPLAYS,
+        "replays", "graph_launches", 1.0, 1.0)
     row(
         "cudaDeviceSynchronize calls",
         delta("gapscope_cuda_host_sync_wait_seconds_count", call="cudaDeviceSynchronize"),
         SYNCS + 2,
         "calls (+2: after the capture and the replays; torch.cuda.graph may add its own)",
+        "device_syncs", 1.0, 1.01,
     )
     ratio = total(end, "gapscope_cuda_launch_sampling_ratio", entry="cudaLaunchKernel")
     print(f"\nlaunch sampling ratio at the end: {ratio} (1: every launch counted)")
@@ -162,39 +193,76 @@ def main():
     probed = delta("gapscope_cuda_launch_call_duration_seconds_count", before, start, service="device-check")
     print(f"launch-probe hits during the timed loops: {probed:.0f}")
 
-    # NVML against nvidia-smi, read at the same moment, under load.
+    # NVML against nvidia-smi under steady load: a thread keeps the GPU
+    # busy while both are read side by side every half second, and the
+    # means are compared (each averages over its own sample period).
+    import threading
+
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    stop = threading.Event()
+
+    def burn():
+        while not stop.is_set():
+            for _ in range(20):
+                a @ a
+            torch.cuda.synchronize()
+
+    burner = threading.Thread(target=burn)
+    burner.start()
+    time.sleep(1.0)  # clocks and power up
     energy0 = total(scrape(port), "gapscope_gpu_energy_joules_total", gpu="0")
-    powers = []
     t0 = time.time()
+    ours, theirs = [], []
     while time.time() - t0 < BURN_S:
-        for _ in range(20):
-            a @ a
-        torch.cuda.synchronize()
         m = scrape(port)
-        ref = smi()
-        powers.append(ref[1])
+        ours.append(m)
+        theirs.append(smi())
+        time.sleep(0.5)
     elapsed = time.time() - t0
     energy1 = total(scrape(port), "gapscope_gpu_energy_joules_total", gpu="0")
-    print("\n## NVML through gapscoped against nvidia-smi (same moment, under load)\n")
+    stop.set()
+    burner.join()
+    powers = [r[1] for r in theirs]
+    ref = [sum(r[i] for r in theirs) / len(theirs) for i in range(7)]
+    print("\n## NVML through gapscoped against nvidia-smi (means under steady load)\n")
     print(f"| {'quantity':<44} | {'gapscoped':>14} | {'nvidia-smi':>14} | {'ratio':>7} |")
-    g0 = lambda name: total(m, name, gpu="0")
-    row("utilization", g0("gapscope_gpu_utilization_ratio") * 100, ref[0], "%")
-    row("power", g0("gapscope_gpu_power_watts"), ref[1], "W")
-    row("SM clock", g0("gapscope_gpu_sm_clock_hertz") / 1e6, ref[2], "MHz")
-    row("memory clock", g0("gapscope_gpu_memory_clock_hertz") / 1e6, ref[3], "MHz")
-    row("temperature", g0("gapscope_gpu_temperature_celsius"), ref[4], "C")
-    row("memory used", g0("gapscope_gpu_memory_used_bytes") / 2**20, ref[5], "MiB")
-    row("memory total", g0("gapscope_gpu_memory_total_bytes") / 2**20, ref[6], "MiB")
-    row("energy counter delta vs mean power x time", energy1 - energy0, sum(powers) / len(powers) * elapsed, "J")
+    g0 = lambda name: sum(total(m, name, gpu="0") for m in ours) / len(ours)
+    # Means over the same seconds; NVML averages over its own periods.
+    util = g0("gapscope_gpu_utilization_ratio") * 100
+    row("utilization", util, ref[0], "%")
+    check("nvml_utilization", util, ref[0], "within 10 points", abs(util - ref[0]) <= 10, "%")
+    row("power", g0("gapscope_gpu_power_watts"), ref[1], "W", "nvml_power", 0.85, 1.15)
+    row("SM clock", g0("gapscope_gpu_sm_clock_hertz") / 1e6, ref[2], "MHz", "nvml_sm_clock", 0.9, 1.1)
+    row("memory clock", g0("gapscope_gpu_memory_clock_hertz") / 1e6, ref[3], "MHz", "nvml_memory_clock", 0.98, 1.02)
+    temp = g0("gapscope_gpu_temperature_celsius")
+    row("temperature", temp, ref[4], "C")
+    check("nvml_temperature", temp, ref[4], "within 3 C", abs(temp - ref[4]) <= 3, "C")
+    row("memory used", g0("gapscope_gpu_memory_used_bytes") / 2**20, ref[5], "MiB", "nvml_memory_used", 0.98, 1.02)
+    row("memory total", g0("gapscope_gpu_memory_total_bytes") / 2**20, ref[6], "MiB", "nvml_memory_total", 0.999, 1.001)
+    row("energy counter delta vs mean power x time", energy1 - energy0, sum(powers) / len(powers) * elapsed, "J",
+        "nvml_energy", 0.9, 1.1)
 
     # The idle check: a silent phase with the model's memory still held.
     del a
     post(port, {"phase": "device-check-idle", "kind": "silence", "event": "start", "run_id": "dc"})
     time.sleep(IDLE_S)
-    check = post(port, {"phase": "device-check-idle", "kind": "silence", "event": "end", "run_id": "dc"})
+    idle = post(port, {"phase": "device-check-idle", "kind": "silence", "event": "end", "run_id": "dc"})
     print("\n## idle check\n")
-    print(json.dumps(check.get("idle_check"), indent=1))
+    print(json.dumps(idle.get("idle_check"), indent=1))
+    # The model's tensors are freed, the process still holds its CUDA
+    # context: no kernel may run; the check reads the GPU at all.
+    gpus = (idle.get("idle_check") or {}).get("gpus") or []
+    g = gpus[0] if gpus else {}
+    util_max = g.get("utilization_max")
+    why = None
+    if not gpus:
+        why = f"no GPU in the idle check: {idle}"
+    elif not g.get("readings"):
+        why = "no reading after the settling time"
+    elif util_max is None:
+        why = "NVML gave no utilization"
+    check("idle_check_quiet", util_max, 0.0, "no kernel in the silence (utilization <= 1 %)",
+          why is None and util_max <= 0.01, "ratio", why)
 
     busy = [l for n, l, v in end if n == "gapscope_cuda_host_sync_wait_seconds_count" and v > 0]
     print("\nhost-sync calls seen:", sorted({(l.get("api"), l.get("call")) for l in busy}))
@@ -248,8 +316,10 @@ def deep(port):
     busy = d("gapscope_gpu_busy_seconds_total", service="device-check")
     print("\n## CUPTI deep mode\n")
     print(f"| {'quantity':<44} | {'gapscoped':>14} | {'workload':>14} | {'ratio':>7} |")
-    row("kernels recorded vs launched", kernels, sleeps + adds, "kernels")
-    row("GPU busy vs CUDA events (same window)", busy * 1e3, gpu_ms, "ms")
+    row("kernels recorded vs launched", kernels, sleeps + adds, "kernels", "deep_kernels", 1.0, 1.0)
+    # The events bracket the kernels and the gaps between them: busy time
+    # is at most the window, and the spin kernels alone fill most of it.
+    row("GPU busy vs CUDA events (same window)", busy * 1e3, gpu_ms, "ms", "deep_busy", 0.5, 1.01)
     # Clock alignment: one long kernel on an idle GPU, bracketed on the host.
     time.sleep(0.5)
     h0 = time.monotonic_ns()
@@ -263,11 +333,16 @@ def deep(port):
     stretches = [i for i in json.loads(body)["intervals"] if i["start_ns"] >= h0 - 50_000_000]
     if stretches:
         s0 = stretches[0]
-        print(f"\nclock alignment: kernel started {(s0['start_ns'] - h0) / 1e3:.1f} us after the host's launch "
-              f"timestamp and ended {(h1 - s0['end_ns']) / 1e3:.1f} us before the host saw it end "
+        after_us, before_us = (s0["start_ns"] - h0) / 1e3, (h1 - s0["end_ns"]) / 1e3
+        print(f"\nclock alignment: kernel started {after_us:.1f} us after the host's launch "
+              f"timestamp and ended {before_us:.1f} us before the host saw it end "
               "(both must be >= 0; the first is launch latency plus clock offset)")
+        check("clock_alignment", min(after_us, before_us), 0.0, "the kernel inside the host's bracket (both >= 0)",
+              after_us >= 0 and before_us >= 0, "us")
     else:
         print("\nclock alignment: no gpu_busy interval found after the bracket (deep mode not recording?)")
+        check("clock_alignment", None, 0.0, "the kernel inside the host's bracket", False, "us",
+              "no gpu_busy interval after the bracket: deep mode recorded nothing")
     modes = {l.get("mode"): v for n, l, v in after if n == "gapscope_inject_clock_mode_connections"}
     print(f"clock mode: {modes}")
     top = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/kernels?service=device-check&limit=5", timeout=10).read())
@@ -363,21 +438,41 @@ def explain(port):
         f"http://127.0.0.1:{port}/api/v1/explain?service=device-check&window=5m", timeout=30).read())
     phases = {p["phase"]: p for p in report["phases"] if p["run_id"] == "explain"}
 
+    # Deep mode's view: CUPTI's device timeline (the uprobes' "all" view
+    # of the same time is in the report too).
+    def deep(p):
+        return [g for g in p["gpu"] if g.get("source") == "cupti"]
+
     def seconds(p, cause):
-        return sum(c["seconds"] for g in p["gpu"] for c in g["idle_by_cause"] if c["cause"] == cause)
+        return sum(c["seconds"] for g in deep(p) for c in g["idle_by_cause"] if c["cause"] == cause)
 
     print("\n## Explain: injected stalls against what gapscoped attributed\n")
     print(f"| {'phase':<8} | {'cause':<14} | {'injected s':>10} | {'attributed s':>12} | {'error':>7} | within 10 % |")
-    for name, cause in [("sleep", "syscall_sleep"), ("json", "serialization")]:
+    # A stripped Python (a distribution build) has no symbols for the GIL
+    # and serialization probes: the json stall is then the thread's own
+    # CPU time, and no GIL wait can be claimed.
+    stripped = os.environ.get("GAPSCOPE_DEVICE_CHECK_STRIPPED") == "1"
+    json_cause = "python_cpu" if stripped else "serialization"
+    for name, cause in [("sleep", "syscall_sleep"), ("json", json_cause)]:
         p = phases.get(name)
-        got = seconds(p, cause) if p else float("nan")
+        # With the time the thread waited for a CPU (reported as runqueue).
+        got = seconds(p, cause) + seconds(p, "runqueue") if p else float("nan")
         err = got / injected[name] - 1 if injected[name] else float("nan")
         print(f"| {name:<8} | {cause:<14} | {injected[name]:>10.4f} | {got:>12.4f} | {100 * err:>6.1f}% | {abs(err) <= 0.10} |")
+        check(f"explain_{name}", got, injected[name], f"{cause} (+ runqueue) within 10 %", abs(err) <= 0.10, "s",
+              None if p else f"no {name} phase in the report")
     p = phases.get("gil")
     if p:
-        idle = sum(g["idle_seconds"] for g in p["gpu"])
+        idle = sum(g["idle_seconds"] for g in deep(p))
         got = seconds(p, "gil_wait")
-        print(f"| gil      | gil_wait       | {'(unknown)':>10} | {got:>12.4f} | {'':>7} | share of idle {got / idle if idle else float('nan'):.2f} |")
+        share = got / idle if idle else float("nan")
+        print(f"| gil      | gil_wait       | {'(unknown)':>10} | {got:>12.4f} | {'':>7} | share of idle {share:.2f} |")
+        if stripped:
+            check("explain_gil", got, 0.0, "no gil_wait claimed (a stripped Python has no GIL probes)", got == 0, "s")
+        else:
+            check("explain_gil", share, None, "gil_wait > 50 % of the phase's idle time", share > 0.5, "fraction")
+    else:
+        check("explain_gil", None, None, "a gil phase", False, "s", "no gil phase in the report")
     for name in ["eager", "graph"]:
         p = phases.get(name)
         if p:

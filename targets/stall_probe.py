@@ -3,11 +3,14 @@ then stalls in a known way before the next launch, so every GPU idle gap
 has a cause of known kind and length.
 
 usage: stall_probe.py FIXTURE_DIR [--steps N] [--stall-ms MS] [--tag T]
-                      [--gapscoped URL]
+                      [--gapscoped URL] [--simulate]
 
 FIXTURE_DIR holds the test stand-ins for libcuda.so.1 (gapscope's testkit
 builds them: launches return at once, a synchronization sleeps for the
-configured time, like a GPU finishing its work). A phase starts with a
+configured time, like a GPU finishing its work). With --simulate each
+launch instead runs a 2 ms kernel on the simulated device (libfakegpu.so)
+and a synchronization waits for it, so a CUPTI stand-in records real
+device activity. A phase starts with a
 launch and a synchronization (the "GPU" is busy for 2 ms); each step then
 stalls, launches and synchronizes, so a phase of N steps has N idle gaps:
 
@@ -24,13 +27,15 @@ Prints "ready", waits for a line on stdin, runs every phase in that order,
 posting each phase's start and end to gapscoped when --gapscoped names
 it, printing one JSON line per phase with its CLOCK_MONOTONIC start and end
 and the stall time it measured itself (from the return of the sync to the
-next launch), then "done", and waits for stdin to close.
+next launch) and its involuntary context switches during the phase, then
+"done", and waits for stdin to close.
 """
 
 import argparse
 import ctypes
 import json
 import os
+import resource
 import select
 import socket
 import sys
@@ -86,10 +91,19 @@ def main() -> None:
     ap.add_argument("--stall-ms", type=float, default=20.0)
     ap.add_argument("--tag", default="")
     ap.add_argument("--gapscoped", default="", help="base URL: post each phase's start and end")
+    ap.add_argument("--simulate", action="store_true",
+                    help="run each launch as a kernel on the simulated device")
     args = ap.parse_args()
 
     cuda = ctypes.CDLL(os.path.join(args.fixture_dir, "libcuda.so.1"))
-    cuda.fake_cuda_driver_set_sync_us(SYNC_US)
+    if args.simulate:
+        gpu = ctypes.CDLL(os.path.join(args.fixture_dir, "libfakegpu.so"))
+        gpu.fake_gpu_next.argtypes = [ctypes.c_uint, ctypes.c_ulonglong, ctypes.c_char_p,
+                                      ctypes.c_uint]
+        gpu.fake_gpu_next(1, SYNC_US * 1000, b"void decode_step_kernel<float>", 0)
+        cuda.fake_cuda_driver_set_sync_us(0)
+    else:
+        cuda.fake_cuda_driver_set_sync_us(SYNC_US)
     stall_s = args.stall_ms / 1000
     payload = sized_object(stall_s)
     # Both ends stay open: nothing ever arrives, so select() waits.
@@ -108,6 +122,10 @@ def main() -> None:
         if phase == "gil":
             steps = args.steps * 3
         measured = 0
+        # This thread's involuntary context switches: how often another
+        # job took its CPU (ground truth for what the timeline cannot
+        # record: stretches shorter than its threshold).
+        preempted = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
         # The phase starts with a launch, so the pause before it is not
         # part of it, and its annotation is posted while the "GPU" is busy.
         cuda.cuLaunchKernel()
@@ -130,12 +148,14 @@ def main() -> None:
             cuda.cuLaunchKernel()
             cuda.cuStreamSynchronize()
         end = time.monotonic_ns()
+        preempted = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw - preempted
         annotate(args.gapscoped, phase, "end", end)
         stop.set()
         if competitor:
             competitor.join()
         print(json.dumps({"phase": phase, "start_ns": start, "end_ns": end,
-                          "steps": steps, "stall_ns": measured}), flush=True)
+                          "steps": steps, "stall_ns": measured,
+                          "preempted": preempted}), flush=True)
         time.sleep(0.3)
     print("done", flush=True)
     sys.stdin.read()

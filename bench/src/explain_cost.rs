@@ -14,7 +14,11 @@ use std::time::Instant;
 
 use gapscope_ebpf_common::{Interval, IntervalKind, OffCpuReason};
 use gapscope_testkit::repo_root;
-use gapscoped::{config::ExplainConfig, cupti::busy::Stretch, explain::Explainer};
+use gapscoped::{
+    config::ExplainConfig,
+    cupti::busy::Stretch,
+    explain::{Explainer, ThreadNow},
+};
 
 const MS: u64 = 1_000_000;
 const SIMULATED_S: u64 = 60;
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         no_work_after_ns: 100 * MS,
         resolution_ns: MS,
         history_ns: 900_000 * MS,
+        gpu_hour_usd: None,
     });
     let step_ns = 1_000_000_000 / STEPS_PER_S;
     let stall_ns = 4 * MS;
@@ -108,10 +113,10 @@ fn main() -> anyhow::Result<()> {
         }
         // The daemon ticks every 100 ms.
         if step % (STEPS_PER_S / 10).max(1) == 0 {
-            e.tick(t, &|_| None);
+            e.tick(t, &|_| ThreadNow::Running);
         }
     }
-    e.tick(t + 10_000 * MS, &|_| None);
+    e.tick(t + 10_000 * MS, &|_| ThreadNow::Running);
     let cpu = started.elapsed().as_secs_f64();
     let (_, h) = &e.histories[&(0, "0".to_string())];
     let wall = h.last_ns - h.first_ns.unwrap_or(0);

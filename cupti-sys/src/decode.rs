@@ -19,6 +19,8 @@ pub enum Activity {
         /// CUPTI's `const char *name`; the injection library reads it
         /// while the buffer is alive.
         name_ptr: u64,
+        /// The launching graph, 0 for a kernel launched on its own.
+        graph: u32,
     },
     Memcpy {
         copy_kind: u8,
@@ -102,7 +104,9 @@ impl Fields<'_> {
 /// The bytes a record of `kind` must have for the fields read.
 fn need(kind: ActivityKind) -> usize {
     let fields: &[Field] = match kind {
-        ActivityKind::Kernel | ActivityKind::ConcurrentKernel => &[layout::kernel::NAME],
+        ActivityKind::Kernel | ActivityKind::ConcurrentKernel => {
+            &[layout::kernel::NAME, layout::kernel::GRAPH_ID]
+        }
         ActivityKind::Memcpy => &[layout::memcpy::CORRELATION_ID],
         ActivityKind::Memset => &[layout::memset::CORRELATION_ID],
         ActivityKind::Driver | ActivityKind::Runtime => &[layout::api::CORRELATION_ID],
@@ -143,6 +147,7 @@ pub fn decode(record: &[u8]) -> Result<Activity, DecodeError> {
             stream: f.u32(kernel::STREAM_ID),
             correlation: f.u32(kernel::CORRELATION_ID),
             name_ptr: f.get(kernel::NAME),
+            graph: f.u32(kernel::GRAPH_ID),
         },
         ActivityKind::Memcpy => Activity::Memcpy {
             copy_kind: f.get(memcpy::COPY_KIND) as u8,
@@ -233,6 +238,7 @@ impl Activity {
                 device,
                 stream,
                 correlation,
+                graph,
                 ..
             } => (
                 device,
@@ -240,6 +246,7 @@ impl Activity {
                     stream,
                     correlation,
                     name,
+                    graph,
                     ..span(RecordKind::Kernel, start, end)
                 },
             ),
@@ -283,6 +290,7 @@ impl Activity {
                 start,
                 end,
                 correlation,
+                thread,
                 ..
             } => {
                 let kind = if driver {
@@ -296,6 +304,7 @@ impl Activity {
                     Record {
                         correlation,
                         name,
+                        thread,
                         ..span(kind, start, end)
                     },
                 )
@@ -352,6 +361,8 @@ fn span(kind: RecordKind, start: u64, end: u64) -> Record {
         start_ns: start,
         end_ns: end,
         bytes: 0,
+        thread: 0,
+        graph: 0,
     }
 }
 
@@ -381,6 +392,7 @@ mod tests {
             (STREAM_ID, 13),
             (CORRELATION_ID, 77),
             (NAME, 0x7f00_dead_beef),
+            (GRAPH_ID, 5),
         ];
         let want = Activity::Kernel {
             start: 1_000,
@@ -390,6 +402,7 @@ mod tests {
             stream: 13,
             correlation: 77,
             name_ptr: 0x7f00_dead_beef,
+            graph: 5,
         };
         // CUpti_ActivityKernel9 (12.x) is 208 bytes, Kernel13 (13.5) 248.
         for size in [208, 248] {
@@ -514,7 +527,7 @@ mod tests {
             Err(DecodeError::TooShort {
                 kind: 3,
                 len: 111,
-                need: 112
+                need: 160
             })
         );
         let mut b = record(ActivityKind::Kernel, 208, &[]);
@@ -529,6 +542,7 @@ mod tests {
             stream: 0,
             correlation: 0,
             name_ptr: 0,
+            graph: 0,
         };
         assert!(k(0, 0).to_wire(0, 0, |_| None).is_none());
         assert!(k(20, 64).to_wire(0, 0, |_| None).is_none());

@@ -57,6 +57,8 @@ pub mod kernel {
     /// `const char *name`: a pointer into CUPTI's memory, valid while the
     /// buffer is.
     pub const NAME: Field = (104, 8);
+    /// The CUDA graph that launched it (0: not a graph launch).
+    pub const GRAPH_ID: Field = (156, 4);
 }
 
 /// `CUpti_ActivityMemcpy5/6/7`.
@@ -130,6 +132,7 @@ pub const ALL_FIELDS: &[(&str, Field)] = &[
     ("KERNEL.streamId", kernel::STREAM_ID),
     ("KERNEL.correlationId", kernel::CORRELATION_ID),
     ("KERNEL.name", kernel::NAME),
+    ("KERNEL.graphId", kernel::GRAPH_ID),
     ("MEMCPY.kind", KIND),
     ("MEMCPY.copyKind", memcpy::COPY_KIND),
     ("MEMCPY.bytes", memcpy::BYTES),

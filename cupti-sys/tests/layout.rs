@@ -112,3 +112,40 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The callback ids gapscoped takes for launching threads, as each
+/// release's headers define them.
+#[test]
+fn launch_and_wait_callback_ids_are_the_headers() {
+    for (name, _, _, _) in RELEASES {
+        let include = root()
+            .join("../.cache/cuda-headers")
+            .join(name)
+            .join("include");
+        for (header, prefix, table) in [
+            (
+                "cupti_driver_cbid.h",
+                "CUPTI_DRIVER_TRACE_CBID_",
+                &gapscope_wire::cbid::DRIVER_LAUNCH_OR_WAIT[..],
+            ),
+            (
+                "cupti_runtime_cbid.h",
+                "CUPTI_RUNTIME_TRACE_CBID_",
+                &gapscope_wire::cbid::RUNTIME_LAUNCH_OR_WAIT[..],
+            ),
+        ] {
+            let text = std::fs::read_to_string(include.join(header)).unwrap_or_else(|e| {
+                panic!("{name}/{header}: {e}: run scripts/setup.sh (it fetches the CUPTI headers)")
+            });
+            for (entry, id) in table {
+                // `NAME<spaces>= ID,`, spaces as the header aligns them.
+                let defined = text.lines().find_map(|l| {
+                    let (left, right) = l.split_once('=')?;
+                    (left.trim() == format!("{prefix}{entry}"))
+                        .then(|| right.trim().trim_end_matches(',').parse::<u32>().ok())?
+                });
+                assert_eq!(defined, Some(*id), "{name}: {header}: {prefix}{entry}");
+            }
+        }
+    }
+}

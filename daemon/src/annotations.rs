@@ -25,6 +25,10 @@ pub struct Annotation {
     /// (cumulative over its run), for the per-token figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_tokens: Option<u64>,
+    /// The service the run loads, when the load generator said
+    /// (`--gapscoped-service`): its tokens count for that service only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 #[derive(Default)]
@@ -98,6 +102,10 @@ impl Annotations {
                         .ok_or("output_tokens is not a whole number of tokens")?,
                 ),
             },
+            service: match v.get("service") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(label(&v, "service", true)?),
+            },
         };
         *self.received.entry(a.event.clone()).or_default() += 1;
         if let Some(t) = a.output_tokens {
@@ -135,8 +143,13 @@ impl Annotations {
         Ok(a)
     }
 
+    /// Every annotation kept, in time order (by `monotonic_ns`; a load
+    /// generator posts in the background, so they may arrive out of order
+    /// on a busy machine: a phase's end after the next phase's start).
     pub fn list(&self) -> Vec<Annotation> {
-        self.list.iter().cloned().collect()
+        let mut all: Vec<Annotation> = self.list.iter().cloned().collect();
+        all.sort_by_key(|a| a.monotonic_ns);
+        all
     }
 }
 
@@ -163,7 +176,18 @@ mod tests {
             a.add(body.as_bytes(), 0).unwrap();
         }
         assert_eq!(a.output_tokens, 100 + 20);
-        assert_eq!(a.list()[1].monotonic_ns, 9);
+        // A missing monotonic_ns is the time of arrival; the list is in
+        // time order whatever the order of arrival.
+        let list = a.list();
+        let end = list
+            .iter()
+            .find(|x| x.phase == "cooldown" && x.event == "end");
+        assert_eq!(end.map(|x| x.monotonic_ns), Some(9));
+        assert!(
+            list.windows(2)
+                .all(|w| w[0].monotonic_ns <= w[1].monotonic_ns)
+        );
+        assert_eq!(list.last().map(|x| x.monotonic_ns), Some(9));
         for (body, says) in [
             (&b"nope"[..], "not JSON"),
             (br#"[1]"#, "not a JSON object"),

@@ -59,6 +59,34 @@ enum Command {
         /// Print the report's JSON instead.
         #[arg(long)]
         json: bool,
+        /// Price of one GPU-hour in US dollars: the report adds what each
+        /// cause of idle time loses per hour (by default [explain]
+        /// gpu_hour_usd of the running gapscoped).
+        #[arg(long, value_name = "USD", value_parser = parse_gpu_hour_usd)]
+        gpu_hour_usd: Option<f64>,
+        /// Predict what removing these causes together would buy
+        /// (comma-separated cause labels: serialization,syscall_sleep).
+        #[arg(long, value_name = "CAUSES", value_parser = parse_what_if)]
+        what_if: Option<String>,
+    },
+    /// Write a Chrome/Perfetto trace of one service from a running
+    /// gapscoped: its threads' states, GIL waits, serialization, CUDA
+    /// calls, the GPU's kernels and idle gaps by cause, the load
+    /// generator's phases. Open it at ui.perfetto.dev.
+    Trace {
+        /// A [[service]] name from the configuration.
+        #[arg(long)]
+        service: String,
+        /// How far back (s, m or h; at most [timeline] retention_s).
+        #[arg(long, default_value = "30s")]
+        window: String,
+        /// Where to write the trace (JSON).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// gapscoped's address; by default daemon.listen from the
+        /// configuration file.
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Read a password from stdin and print its bcrypt hash, for
     /// `basic_auth_users` in the web config.
@@ -116,7 +144,26 @@ fn main() -> ExitCode {
             window,
             url,
             json,
-        } => explain_command(&cli.config, service, compare, &window, url, json),
+            gpu_hour_usd,
+            what_if,
+        } => explain_command(
+            &cli.config,
+            service,
+            compare,
+            url,
+            json,
+            &ReportAsk {
+                window: &window,
+                gpu_hour_usd,
+                what_if: what_if.as_deref(),
+            },
+        ),
+        Command::Trace {
+            service,
+            window,
+            out,
+            url,
+        } => trace_command(&cli.config, &service, &window, &out, url),
         Command::Run => Config::load(&cli.config)
             .map_err(anyhow::Error::from)
             .and_then(daemon::run),
@@ -136,30 +183,92 @@ fn main() -> ExitCode {
     }
 }
 
-fn explain_command(
-    config_path: &std::path::Path,
-    service: Option<String>,
-    compare: Option<Vec<String>>,
-    window: &str,
-    url: Option<String>,
-    json: bool,
-) -> anyhow::Result<()> {
-    use gapscoped::explain::{client, render};
-    if gapscoped::explain::report::parse_window(window).is_none() {
-        return Err(UsageError::new(
-            format!("--window {window:?} is not a duration"),
-            "use seconds, minutes or hours: --window 60s, --window 5m",
-        )
-        .into());
-    }
-    let base = match url {
+/// The daemon's address: --url, else daemon.listen from the
+/// configuration (the default address when it cannot be read).
+fn daemon_url(config_path: &std::path::Path, url: Option<String>) -> String {
+    match url {
         Some(u) => u,
         None => match Config::load(config_path) {
             Ok(c) => format!("http://{}", c.daemon.listen),
             Err(_) => format!("http://{}", config::DEFAULT_LISTEN),
         },
-    };
-    let fetch = |name: &str| client::fetch_report(&base, name, window);
+    }
+}
+
+/// A --window that is a duration, or the usage error saying how to write
+/// one.
+fn check_window(window: &str) -> Result<(), UsageError> {
+    match gapscoped::explain::report::parse_window(window) {
+        Some(_) => Ok(()),
+        None => Err(UsageError::new(
+            format!("--window {window:?} is not a duration"),
+            "use seconds, minutes or hours: --window 60s, --window 5m",
+        )),
+    }
+}
+
+fn trace_command(
+    config_path: &std::path::Path,
+    service: &str,
+    window: &str,
+    out: &std::path::Path,
+    url: Option<String>,
+) -> anyhow::Result<()> {
+    check_window(window)?;
+    let base = daemon_url(config_path, url);
+    let text = gapscoped::explain::client::fetch_trace(&base, service, window)?;
+    // Written beside the target and renamed: a reader never sees half.
+    let partial = out.with_extension("json.partial");
+    std::fs::write(&partial, &text)
+        .and_then(|()| std::fs::rename(&partial, out))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            UsageError::new(
+                format!("cannot write {}: {e}", out.display()),
+                "pick a --out path in a directory you can write",
+            )
+        })?;
+    eprintln!(
+        "wrote {} ({:.1} MB) — open it at https://ui.perfetto.dev or chrome://tracing",
+        out.display(),
+        text.len() as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn parse_what_if(v: &str) -> Result<String, String> {
+    gapscoped::explain::report::parse_causes(v)
+        .map(|_| v.to_string())
+        .map_err(|(problem, fix)| format!("{problem} ({fix})"))
+}
+
+fn parse_gpu_hour_usd(v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .map_err(|_| format!("{v:?} is not a number"))
+        .and_then(|usd| config::check_gpu_hour_usd(usd).map_err(str::to_string))
+}
+
+/// What `gapscoped explain` asks of the report.
+struct ReportAsk<'a> {
+    window: &'a str,
+    gpu_hour_usd: Option<f64>,
+    what_if: Option<&'a str>,
+}
+
+fn explain_command(
+    config_path: &std::path::Path,
+    service: Option<String>,
+    compare: Option<Vec<String>>,
+    url: Option<String>,
+    json: bool,
+    ask: &ReportAsk,
+) -> anyhow::Result<()> {
+    use gapscoped::explain::{client, render};
+    let window = ask.window;
+    check_window(window)?;
+    let base = daemon_url(config_path, url);
+    let fetch =
+        |name: &str| client::fetch_report(&base, name, window, ask.gpu_hour_usd, ask.what_if);
     match compare {
         Some(pair) => {
             let (a, b) = (fetch(&pair[0])?, fetch(&pair[1])?);

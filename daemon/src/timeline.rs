@@ -87,6 +87,11 @@ impl Timeline {
         &self.received
     }
 
+    /// How far back the window reaches.
+    pub fn retention_ns(&self) -> u64 {
+        self.retention_ns
+    }
+
     pub fn retained(&self) -> usize {
         self.intervals.len()
     }

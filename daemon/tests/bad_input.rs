@@ -20,7 +20,8 @@ fn run_with(text: &str) -> (i32, String) {
     )
 }
 
-const SERVICE: &str = "[[service]]\nname = \"s\"\ncmdline = \"x\"\n";
+const SERVICE: &str =
+    "[[service]]\nname = \"s\"\ncmdline = \"^gapscope-bad-input-matches-nothing$\"\n";
 
 #[test]
 fn malformed_configs_exit_2_with_their_message() {
@@ -117,6 +118,11 @@ fn malformed_configs_exit_2_with_their_message() {
             "idle power nonsense",
             format!("[nvml]\nidle_power_watts = -3.0\n{SERVICE}"),
             "nvml.idle_power_watts = -3 is not a power",
+        ),
+        (
+            "NVML library that is not there",
+            format!("[nvml]\nlibrary = \"/nonexistent/libnvidia-ml.so.1\"\n{SERVICE}"),
+            "nvml.library = \"/nonexistent/libnvidia-ml.so.1\" is not a file",
         ),
         (
             "unknown nvml key",
@@ -315,18 +321,6 @@ fn no_privileges_exits_2() {
     assert!(stderr.contains("fix:"), "{stderr}");
 }
 
-/// GET `path`; (status code, body).
-fn get_status(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
-}
-
 #[test]
 fn bad_interval_queries_get_400_naming_the_problem() {
     let _g = serial();
@@ -338,14 +332,16 @@ fn bad_interval_queries_get_400_naming_the_problem() {
         ("limit=0", "out of range"),
         ("colour=red", "unknown parameter \\\"colour\\\""),
     ] {
-        let (status, body) = get_status(daemon.port, &format!("/api/v1/intervals?{query}"));
+        let (status, body) =
+            gapscope_testkit::http_get_status(daemon.port, &format!("/api/v1/intervals?{query}"));
         assert_eq!(status, 400, "{query}: {body}");
         assert!(
             body.contains(says) && body.contains("\"fix\""),
             "{query}: {body}"
         );
     }
-    let (status, body) = get_status(daemon.port, "/api/v1/intervals?service=s&limit=5");
+    let (status, body) =
+        gapscope_testkit::http_get_status(daemon.port, "/api/v1/intervals?service=s&limit=5");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"intervals\":[]"), "{body}");
 
@@ -359,8 +355,17 @@ fn bad_interval_queries_get_400_naming_the_problem() {
         ("service=s&window=2d", "is not a duration"),
         ("service=s&window=5h", "within the history"),
         ("service=s&colour=red", "unknown parameter"),
+        ("service=s&gpu_hour_usd=0", "is not a price"),
+        ("service=s&gpu_hour_usd=NaN", "is not a price"),
+        ("service=s&what_if=no_work", "no_work is not a stall"),
+        (
+            "service=s&what_if=lunch",
+            "what_if names no cause \\\"lunch\\\"",
+        ),
+        ("service=s&what_if=,", "what_if names no cause"),
     ] {
-        let (status, body) = get_status(daemon.port, &format!("/api/v1/explain?{query}"));
+        let (status, body) =
+            gapscope_testkit::http_get_status(daemon.port, &format!("/api/v1/explain?{query}"));
         assert_eq!(status, 400, "{query}: {body}");
         assert!(
             body.contains(says) && body.contains("\"fix\""),
@@ -368,10 +373,57 @@ fn bad_interval_queries_get_400_naming_the_problem() {
         );
     }
     // A service with nothing to show says why, rather than inventing numbers.
-    let (status, body) = get_status(daemon.port, "/api/v1/explain?service=s&window=30s");
+    let (status, body) =
+        gapscope_testkit::http_get_status(daemon.port, "/api/v1/explain?service=s&window=30s");
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["gpu"], serde_json::json!([]), "{body}");
     let notes = v["data_quality"]["notes"].to_string();
     assert!(notes.contains("no GPU timeline"), "{body}");
+
+    // The trace: the same rules, the window within the timeline's
+    // retention.
+    for (query, says) in [
+        ("", "service is missing"),
+        ("service=nope", "no service named"),
+        ("service=s&window=1h", "within the timeline's retention"),
+        ("service=s&window=-3s", "is not a duration"),
+        ("service=s&format=pb", "unknown parameter"),
+    ] {
+        let (status, body) =
+            gapscope_testkit::http_get_status(daemon.port, &format!("/api/v1/trace?{query}"));
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body.contains(says) && body.contains("\"fix\""),
+            "{query}: {body}"
+        );
+    }
+    // Nothing recorded yet: an empty trace that still opens.
+    let (status, body) =
+        gapscope_testkit::http_get_status(daemon.port, "/api/v1/trace?service=s&window=10s");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["traceEvents"], serde_json::json!([]), "{body}");
+    assert_eq!(v["otherData"]["service"], "s", "{body}");
+    // The command names a bad window and an unwritable file.
+    let url = format!("http://127.0.0.1:{}", daemon.port);
+    for (args, says) in [
+        (
+            vec!["--window", "soon", "--out", "/tmp/t.json"],
+            "is not a duration",
+        ),
+        (
+            vec!["--out", "/nonexistent-dir/t.json"],
+            "cannot write /nonexistent-dir/t.json",
+        ),
+    ] {
+        let out = std::process::Command::new(gapscope_testkit::gapscoped_bin())
+            .args(["trace", "--service", "s", "--url", &url])
+            .args(&args)
+            .output()
+            .unwrap();
+        let text = gapscope_testkit::output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(text.contains(says), "{args:?}: {text}");
+    }
 }

@@ -3,8 +3,9 @@
 //! Prometheus that scrapes a real gapscoped tracing real processes — a
 //! Python server under the load generator, a CUDA-calling process on the
 //! test fixture libraries, a deep-mode peer sending CUPTI-shaped records —
-//! and must return data. Panels that need NVML (a GPU) are named and
-//! skipped. Lint rules in the manner of Grafana's dashboard linter check
+//! and must return data; the NVML panels read two GPUs through the NVML
+//! stand-in (`testkit/data/fake_nvml.c`), and are named and not checked
+//! only where its header is missing. Lint rules in the manner of Grafana's dashboard linter check
 //! every panel, and promtool tests the alerting rules.
 
 use std::{
@@ -14,10 +15,11 @@ use std::{
 };
 
 use gapscope_testkit::{
-    Daemon, Workload, dashboard_picture, fake_cuda::FakeCuda, free_port, http_get, loadgen_bin,
-    prometheus::Prometheus, repo_root, serial, target_python, wire_sender_bin,
+    Daemon, Workload, dashboard_picture, fake_cuda::FakeCuda, fake_nvml::FakeNvml, free_port,
+    http_get, loadgen_bin, prometheus::Prometheus, repo_root, serial, target_python,
+    wire_sender_bin,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn dashboards() -> Vec<(String, Value)> {
     let dir = repo_root().join("grafana/dashboards");
@@ -240,6 +242,7 @@ fn draw_pictures(
     prom: &Prometheus,
     all: &[(String, Value)],
     range: (f64, f64),
+    with_nvml: bool,
     failures: &mut Vec<String>,
 ) {
     // A relative path is the repository's (tests run in daemon/).
@@ -255,7 +258,8 @@ fn draw_pictures(
             .flat_map(|q| metric_names(q))
             .any(|m| needs_nvml(&m))
         {
-            "no data: NVML needs an NVIDIA GPU, and this host has none".to_string()
+            "no data: NVML needs an NVIDIA GPU (or its stand-in), and this host has none"
+                .to_string()
         } else {
             "no data in this run".to_string()
         }
@@ -272,8 +276,9 @@ fn draw_pictures(
                     png.display(),
                     drawn.len()
                 );
-                // Only the NVML dashboard may be empty here (no GPU).
-                let expected_empty = name == "gapscope-gpu.json";
+                // Only the NVML dashboard may be empty, and only without
+                // the NVML stand-in.
+                let expected_empty = !with_nvml && name == "gapscope-gpu.json";
                 if (with_data == 0 && !expected_empty) || (with_data > 0 && size < 20_000) {
                     failures.push(format!("{name}: the picture is empty"));
                 }
@@ -318,11 +323,43 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     // One serving stack as the dashboards see it: the Python server, the
     // process calling CUDA and the deep-mode peer all belong to it. An idle
     // second service shows that the variables list more than one.
-    let daemon = Daemon::start(
-        "[[service]]\nname = \"stack\"\n\
+    let services = "[[service]]\nname = \"stack\"\n\
          cmdline = 'toy_server.py|cuda_caller \\S*gapscope-cuda-fixture|gapscope-wire-sender'\n\
-         [[service]]\nname = \"other\"\ncmdline = '^nothing-matches-this$'\n",
-    );
+         [[service]]\nname = \"other\"\ncmdline = '^nothing-matches-this$'\n";
+    // Two GPUs through the NVML stand-in, when its header is here: one
+    // serving (a process holds memory and power stays up, so its idle
+    // check fails), one idle (its idle check passes).
+    let nvml = FakeNvml::build();
+    let daemon = match &nvml {
+        Ok(nvml) => {
+            let holder = json!([{"pid": 4_000_001, "memory": 60_000_000_000u64}]);
+            let scenario = nvml.scenario(
+                "dashboards",
+                &json!({
+                    "epoch_ns": gapscope_clock::monotonic_ns(),
+                    "gpus": [
+                        {"uuid": "GPU-da5b0a2d-0000-0000-0000-000000000000",
+                         "name": "NVIDIA H100 80GB HBM3", "power_limit_w": 700,
+                         "idle": {"power_w": 72, "temperature_c": 35, "sm_clock_mhz": 345,
+                                  "memory_clock_mhz": 2619, "throttle": 1},
+                         "spans": [{"from_ms": 0, "to_ms": 600_000, "utilization": 78,
+                                    "memory_utilization": 35, "power_w": 410,
+                                    "memory_used": 61_000_000_000u64, "sm_clock_mhz": 1755,
+                                    "temperature_c": 64, "pcie_tx_kbps": 250_000,
+                                    "pcie_rx_kbps": 900_000, "throttle": 4,
+                                    "processes": holder}]},
+                        {"uuid": "GPU-da5b0a2d-0000-0000-0000-000000000001",
+                         "name": "NVIDIA H100 80GB HBM3", "power_limit_w": 700,
+                         "idle": {"power_w": 70, "temperature_c": 33, "sm_clock_mhz": 345,
+                                  "memory_clock_mhz": 2619, "memory_used": 600_000_000u64,
+                                  "pcie_tx_kbps": 10, "pcie_rx_kbps": 10, "throttle": 1}}
+                    ]
+                }),
+            );
+            nvml.daemon(services, 200, &scenario)
+        }
+        Err(_) => Daemon::start(services),
+    };
     let socket = format!("/tmp/gapscope-test-{}.sock", daemon.port);
     let rules = repo_root().join("grafana/prometheus/gapscope-alerts.yml");
     let prom = Prometheus::start(
@@ -377,7 +414,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
 
     // CUDA launches and host syncs (uprobes), and CUPTI-shaped records on
     // the deep-mode socket, while the load runs.
-    for _ in 0..3 {
+    for round in 1..=3 {
         let mut caller = fixture.caller("cuda_caller", &["exact", "300", "5", "2000"]);
         let deadline = Instant::now() + Duration::from_secs(5);
         while daemon
@@ -391,14 +428,34 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         caller.go();
         caller.finish();
         // Records count once gapscoped traces the sender.
-        let before = daemon
-            .scrape()
-            .get_or_zero("gapscope_service_processes", &[("service", "stack")]);
         let mut sender = Workload::spawn(&wire_sender_bin(), &[&socket, "known"]);
-        daemon.wait_processes("stack", before + 1.0);
+        daemon.wait_traced(sender.child.id(), "stack");
         sender.go();
         sender.finish();
-        std::thread::sleep(Duration::from_millis(700));
+        // Each `known` sends 50 gemm kernels: wait until gapscoped has
+        // counted them (a busy machine reads the socket late), so the
+        // kernel panels have data however slow the run.
+        let kernels = [("service", "stack"), ("class", "gemm")];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while daemon
+            .scrape()
+            .get_or_zero("gapscope_gpu_kernel_duration_seconds_count", &kernels)
+            < 50.0 * f64::from(round)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: gemm kernels never counted\n{}\n{}",
+                daemon
+                    .scrape()
+                    .0
+                    .lines()
+                    .filter(|l| l.contains("kernel_duration_seconds_count") || l.contains("inject"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     let (result, _out) = loadgen.join().unwrap();
     assert!(
@@ -416,6 +473,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let exposed = daemon.scrape().0;
     drop(server);
 
+    let nvml_absent = nvml.as_ref().err();
     let all = dashboards();
     let gpu_source =
         std::fs::read_to_string(repo_root().join("daemon/src/metrics/nvml.rs")).unwrap();
@@ -429,7 +487,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             .flat_map(|q| metric_names(q))
             .filter(|m| needs_nvml(m))
             .collect();
-        if !nvml.is_empty() {
+        if !nvml.is_empty() && nvml_absent.is_some() {
             // Not exported here, but it must at least be a metric the
             // NVML collector declares.
             for m in &nvml {
@@ -485,7 +543,13 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         .as_array()
         .is_none_or(std::vec::Vec::is_empty)
     {
-        failures.push(format!("phase annotation: no data for {annotation}: {r}"));
+        // A failed scrape (up 0) marks every series stale: say so.
+        let seen = prom.query_range("gapscope_loadgen_phase_active", start, end, 0.5);
+        let up = prom.query_range("up", start, end, 1.0);
+        failures.push(format!(
+            "phase annotation: no data for {annotation} at start+8 s: {r}\n\
+             phases seen: {seen}\nscrapes (up): {up}"
+        ));
     }
     // Query variables list the services.
     let r = prom.get_json("/api/v1/label/service/values?match[]=gapscope_service_processes");
@@ -509,9 +573,18 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         }
     }
     for s in &skipped {
-        gapscope_testkit::not_checked(&format!("panel {s}: needs an NVIDIA GPU (NVML)"));
+        gapscope_testkit::not_checked(&format!(
+            "panel {s}: needs NVML ({})",
+            nvml_absent.map_or("", String::as_str)
+        ));
     }
-    draw_pictures(&prom, &all, (start - 3.0, unix_now()), &mut failures);
+    draw_pictures(
+        &prom,
+        &all,
+        (start - 3.0, unix_now()),
+        nvml_absent.is_none(),
+        &mut failures,
+    );
     println!(
         "{proven} panel queries returned data; {} panels skipped",
         skipped.len()

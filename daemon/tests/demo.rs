@@ -58,6 +58,7 @@ fn demo_runs_end_to_end_and_leaves_nothing_behind() {
     let needles = [
         "bento_service:LlamaService",
         "llama-server -m",
+        "sim_decode.py",
         "stacks/serve.py",
         "gapscoped --config",
     ];
@@ -143,6 +144,17 @@ fn demo_runs_end_to_end_and_leaves_nothing_behind() {
         explain.contains("bentoml") && explain.contains("llama-server"),
         "{explain}"
     );
+
+    // The third part: the decode loop on the simulated device, traced in
+    // deep mode, with explain's GPU part from CUPTI records: six kernels a
+    // token, as the loop launched them.
+    let sim = text
+        .split("Simulated device: this machine has no GPU")
+        .nth(1)
+        .expect("the simulated device's part");
+    for want in ["GPU 0 (cupti): busy", "per token:", "6.0 kernels", "[gemm]"] {
+        assert!(sim.contains(want), "{want:?} missing:\n{sim}");
+    }
 
     // The results it points at exist.
     for stack in ["bentoml", "llama-server"] {

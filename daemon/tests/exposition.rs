@@ -35,6 +35,7 @@ fn metrics_pass_promtool_and_conventions() {
         "gapscope_events_dropped_total",
         "gapscope_bpf_program_run_seconds_total",
         "gapscope_bpf_program_runs_total",
+        "gapscope_bpf_program_misses_total",
         "gapscope_scrape_collector_duration_seconds",
         "gapscope_oncpu_seconds_total",
         "gapscope_offcpu_seconds_total",

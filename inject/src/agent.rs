@@ -22,7 +22,10 @@ use gapscope_cupti_sys::{Activity, decode, layout::supported};
 use gapscope_wire::{ClockMode, Hello, Record};
 
 use crate::{
-    cupti_api::{Api, CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED, CUPTI_SUCCESS, FLUSH_FORCED},
+    cupti_api::{
+        Api, CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED, CUPTI_SUCCESS, FLUSH_FORCED,
+        THREAD_ID_SYSTEM,
+    },
     transport::{Transport, TransportConfig},
 };
 
@@ -33,6 +36,8 @@ pub const DEFAULT_SOCKET: &str = "/run/gapscope/inject.sock";
 const BUFFER_SIZE: usize = 8 << 20;
 /// How often buffers are flushed to gapscoped.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// How long the exit handler waits for the last records to be written.
+const EXIT_FLUSH_WAIT: Duration = Duration::from_millis(500);
 /// The activity kinds enabled: concurrent kernels, memcpy, memset,
 /// synchronization, runtime and driver API, overhead.
 const KINDS: [u32; 7] = [10, 1, 2, 38, 5, 4, 17];
@@ -46,6 +51,9 @@ struct Agent {
     /// Context id → device, from kernel records (synchronization records
     /// carry only the context).
     contexts: Mutex<HashMap<u32, u32>>,
+    /// API records' thread ids are gettid() values (CUPTI took
+    /// `THREAD_ID_SYSTEM`); else they are pthread handles and are not sent.
+    system_thread_ids: bool,
     pid: u32,
 }
 
@@ -137,6 +145,7 @@ impl Agent {
         let callback = self.clock.load(Ordering::Relaxed) == ClockMode::Callback as u8;
         let now = monotonic_ns();
         let mut off_clock = 0u64;
+        let mut incomplete = 0u64;
         let mut contexts = self
             .contexts
             .lock()
@@ -152,9 +161,15 @@ impl Agent {
             let Ok(activity) = decode(bytes) else {
                 continue;
             };
-            // Zero: incomplete, or the zero-timestamp bug of some releases
-            // with the callback; far from now: the callback ignored.
+            // Both zero: still running when a forced flush took it (at
+            // exit), lost. Start zero alone: the zero-timestamp bug of some
+            // releases with the callback; far from now: the callback
+            // ignored.
             let (start, end) = activity.span();
+            if start == 0 && end == 0 {
+                incomplete += 1;
+                continue;
+            }
             if start == 0 || (callback && end.abs_diff(now) > CLOCK_SANITY_NS) {
                 off_clock += u64::from(callback);
                 continue;
@@ -174,7 +189,10 @@ impl Agent {
                     name = self.transport.intern(&text.to_string_lossy());
                 }
             }
-            if let Some(r) = activity.to_wire(offset, name, |c| contexts.get(&c).copied()) {
+            if let Some(mut r) = activity.to_wire(offset, name, |c| contexts.get(&c).copied()) {
+                if !self.system_thread_ids {
+                    r.thread = 0;
+                }
                 out.push(r);
             }
         }
@@ -185,6 +203,7 @@ impl Agent {
             self.transport.report_dropped(dropped as u64);
         }
         self.transport.send_records(out);
+        self.transport.report_dropped(incomplete);
         if off_clock > 0 {
             self.transport.report_dropped(off_clock);
             self.leave_callback_clock();
@@ -220,6 +239,22 @@ extern "C" fn flush_at_exit() {
         {
             // SAFETY: a loaded CUPTI function.
             unsafe { (a.api.flush_all)(FLUSH_FORCED) };
+            // The transport thread dies with the process: let the last
+            // records out first, within a bound (a stalled daemon costs
+            // the exit at most this).
+            a.transport.flush(EXIT_FLUSH_WAIT);
+            // What a fault cost, said once, at the end.
+            let stats = a.transport.stats();
+            let dropped = stats.records_dropped.load(Ordering::Relaxed);
+            if dropped > 0 {
+                eprintln!(
+                    "gapscope-inject: at exit: {} GPU records sent to gapscoped, {dropped} dropped, {} still waiting; at most {} bytes waited for its socket",
+                    stats.records_sent.load(Ordering::Relaxed),
+                    stats.records_buffered.load(Ordering::Relaxed)
+                        + stats.records_queued.load(Ordering::Relaxed),
+                    stats.peak_buffered_bytes.load(Ordering::Relaxed)
+                );
+            }
         }
     });
 }
@@ -262,6 +297,12 @@ pub fn initialize() -> Result<String, String> {
         r => return Err(format!("cuptiSubscribe: {}", api.describe(r))),
     }
     let (clock, offset_ns) = choose_clock(&api);
+    // Thread ids the kernel knows, so gapscoped can join a launch to the
+    // launching thread's states.
+    let system_thread_ids = api
+        .set_thread_id_type
+        // SAFETY: a loaded CUPTI function.
+        .is_some_and(|set| unsafe { set(THREAD_ID_SYSTEM) } == CUPTI_SUCCESS);
     let socket = std::env::var("GAPSCOPE_SOCKET").unwrap_or_else(|_| DEFAULT_SOCKET.into());
     let transport = Transport::start(
         TransportConfig::new(&socket),
@@ -281,6 +322,7 @@ pub fn initialize() -> Result<String, String> {
         clock: AtomicU8::new(clock as u8),
         offset_ns: AtomicI64::new(offset_ns),
         contexts: Mutex::new(HashMap::new()),
+        system_thread_ids,
         pid: std::process::id(),
     };
     let agent = AGENT.get_or_init(|| agent);

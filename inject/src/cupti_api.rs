@@ -15,6 +15,8 @@ pub type CompleteFn = unsafe extern "C" fn(*mut c_void, u32, *mut u8, usize, usi
 pub type TimestampFn = unsafe extern "C" fn() -> u64;
 pub type CallbackFn = unsafe extern "C" fn(*mut c_void, c_int, u32, *const c_void);
 
+/// `CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM`: thread ids as gettid().
+pub const THREAD_ID_SYSTEM: u32 = 1;
 /// `cuptiActivityFlushAll` flag: flush incomplete buffers too.
 pub const FLUSH_FORCED: u32 = 1;
 
@@ -33,6 +35,9 @@ pub struct Api {
     /// Absent from older releases.
     pub register_timestamp: Option<unsafe extern "C" fn(Option<TimestampFn>) -> CUptiResult>,
     pub result_string: Option<unsafe extern "C" fn(CUptiResult, *mut *const c_char) -> CUptiResult>,
+    /// `cuptiSetThreadIdType`: API records carry gettid() instead of
+    /// pthread_self() after `THREAD_ID_SYSTEM`.
+    pub set_thread_id_type: Option<unsafe extern "C" fn(u32) -> CUptiResult>,
     /// Where it was loaded from, for the log.
     pub path: String,
 }
@@ -73,8 +78,11 @@ unsafe fn sym<T: Copy>(handle: *mut c_void, name: &CStr) -> Option<T> {
 
 impl Api {
     pub fn load() -> Result<Api, String> {
+        // An empty GAPSCOPE_CUPTI_PATH is no path: dlopen("") would hand
+        // back the main program, which has no CUPTI in it.
         let candidates: Vec<String> = std::env::var("GAPSCOPE_CUPTI_PATH")
             .ok()
+            .filter(|p| !p.is_empty())
             .into_iter()
             .chain(mapped_cupti())
             .chain(["libcupti.so.13", "libcupti.so.12", "libcupti.so"].map(String::from))
@@ -109,6 +117,8 @@ impl Api {
             register_timestamp: unsafe { sym(handle, c"cuptiActivityRegisterTimestampCallback") },
             // SAFETY: as above.
             result_string: unsafe { sym(handle, c"cuptiGetResultString") },
+            // SAFETY: as above.
+            set_thread_id_type: unsafe { sym(handle, c"cuptiSetThreadIdType") },
             path,
         })
     }

@@ -21,6 +21,12 @@ pub use transport::{Transport, TransportConfig, TransportStats};
 /// on stderr, once, and stays out of the way.
 #[unsafe(no_mangle)]
 pub extern "C" fn InitializeInjection() -> std::ffi::c_int {
+    // Once per process: a second call (CUDA's driver and a runtime both
+    // honouring CUDA_INJECTION64_PATH) finds the agent running.
+    static CALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if CALLED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return 1;
+    }
     let line = match std::panic::catch_unwind(agent::initialize) {
         Ok(Ok(active)) => active,
         Ok(Err(why)) => format!("standing down: {why}"),

@@ -12,10 +12,14 @@
 //!   the drops are reported in `Dropped` frames.
 //! * Fork: the child has no transport thread; its copies of the handles
 //!   see the pid change and do nothing.
+//! * Each of these (no daemon, a daemon gone, a daemon not reading) is
+//!   said once on the host's stderr, the first time it happens.
+//! * Exit: `flush` lets the host's last records out before it exits,
+//!   waiting a bounded time (the agent's atexit handler gives it 500 ms).
 
 use std::{
     collections::HashMap,
-    io::{ErrorKind, Write as _},
+    io::ErrorKind,
     os::unix::net::UnixStream,
     path::PathBuf,
     sync::{
@@ -58,6 +62,10 @@ pub struct TransportStats {
     pub records_dropped: AtomicU64,
     /// Encoded and waiting for the socket (neither sent nor dropped yet).
     pub records_buffered: AtomicU64,
+    /// The most bytes that ever waited for the socket.
+    pub peak_buffered_bytes: AtomicU64,
+    /// Handed to the transport thread, not yet encoded or dropped by it.
+    pub records_queued: AtomicU64,
     pub connects: AtomicU64,
     pub disconnects: AtomicU64,
     pub bytes_written: AtomicU64,
@@ -67,6 +75,8 @@ enum Work {
     Records(Vec<Record>),
     Name(u32, String),
     Dropped(u64),
+    /// Write everything handed over so far, then answer.
+    Flush(SyncSender<()>),
 }
 
 pub struct Transport {
@@ -108,9 +118,13 @@ impl Transport {
             return;
         }
         let n = records.len() as u64;
+        // Counted before the send, so the thread never takes more than
+        // was counted.
+        self.stats.records_queued.fetch_add(n, Ordering::Relaxed);
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
             self.tx.try_send(Work::Records(records))
         {
+            self.stats.records_queued.fetch_sub(n, Ordering::Relaxed);
             self.stats.records_dropped.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -151,6 +165,20 @@ impl Transport {
         id
     }
 
+    /// Waits, at most `within`, until what was handed over before this
+    /// call is written to the socket (or known lost). False: not all of
+    /// it within the time, or no transport (forked, queue full).
+    pub fn flush(&self, within: Duration) -> bool {
+        if self.forked() {
+            return false;
+        }
+        let (ack, done) = sync_channel(1);
+        if self.tx.try_send(Work::Flush(ack)).is_err() {
+            return false;
+        }
+        done.recv_timeout(within).is_ok()
+    }
+
     pub fn stats(&self) -> &TransportStats {
         &self.stats
     }
@@ -180,6 +208,16 @@ struct Worker {
     backoff: Duration,
     /// Drops not yet reported to the daemon.
     unreported_drops: u64,
+    /// Which troubles were already said on stderr (`Trouble` bits).
+    said: u8,
+}
+
+/// What the host is told about, once each.
+#[derive(Clone, Copy)]
+enum Trouble {
+    NotListening = 1,
+    Gone = 2,
+    NotReading = 4,
 }
 
 impl Worker {
@@ -195,6 +233,15 @@ impl Worker {
             next_connect: Instant::now(),
             backoff: Duration::from_millis(100),
             unreported_drops: 0,
+            said: 0,
+        }
+    }
+
+    /// Says `text` on stderr if `trouble` was not said before.
+    fn say_once(&mut self, trouble: Trouble, text: impl FnOnce() -> String) {
+        if self.said & trouble as u8 == 0 {
+            self.said |= trouble as u8;
+            eprintln!("gapscope-inject: {}", text());
         }
     }
 
@@ -220,6 +267,12 @@ impl Worker {
                         self.names.push((id, name));
                     }
                     Ok(Work::Dropped(n)) => self.unreported_drops += n,
+                    Ok(Work::Flush(ack)) => {
+                        self.connect_if_due();
+                        self.queue(std::mem::take(&mut pending));
+                        self.write_within(Duration::from_secs(1));
+                        let _ = ack.try_send(());
+                    }
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => {
                         open = false;
@@ -235,10 +288,17 @@ impl Worker {
             }
         }
         // Last chance for what is buffered, without waiting long.
-        let until = Instant::now() + Duration::from_secs(1);
+        self.write_within(Duration::from_secs(1));
+    }
+
+    /// Writes until nothing is buffered, the connection is gone, or `limit`
+    /// has passed (a daemon that stopped reading).
+    fn write_within(&mut self, limit: Duration) {
+        let until = Instant::now() + limit;
+        self.write();
         while !self.out.is_empty() && self.conn.is_some() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
             self.write();
-            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -268,7 +328,13 @@ impl Worker {
                 }
                 self.conn = Some(s);
             }
-            Err(_) => {
+            Err(e) => {
+                let socket = self.config.socket.display().to_string();
+                self.say_once(Trouble::NotListening, || {
+                    format!(
+                        "gapscoped is not listening at {socket} ({e}); GPU records are dropped and counted until it is (retrying every 5 s at most)"
+                    )
+                });
                 self.next_connect = Instant::now() + self.backoff;
                 self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
             }
@@ -282,6 +348,16 @@ impl Worker {
             return;
         }
         let n = records.len() as u64;
+        // From here they are buffered, sent or dropped.
+        self.stats.records_queued.fetch_sub(n, Ordering::Relaxed);
+        if self.conn.is_some() && self.out.len() >= self.config.max_buffered_bytes {
+            let waiting = self.out.len() >> 20;
+            self.say_once(Trouble::NotReading, || {
+                format!(
+                    "gapscoped is not reading ({waiting} MiB waiting); GPU records are dropped and counted until it does"
+                )
+            });
+        }
         if self.conn.is_none() || self.out.len() >= self.config.max_buffered_bytes {
             self.stats.records_dropped.fetch_add(n, Ordering::Relaxed);
             self.unreported_drops += n;
@@ -297,9 +373,34 @@ impl Worker {
             );
             self.unreported_drops = 0;
         }
-        for chunk in records.chunks(max_records_per_frame()) {
+        // Frame by frame until the limit, what waits for the socket never
+        // exceeds it by more than one frame; the room is allocated once,
+        // exactly (a doubling Vec could hold twice the limit).
+        let per_frame = max_records_per_frame();
+        let want = records.len() * gapscope_wire::RECORD_LEN
+            + records.len().div_ceil(per_frame) * gapscope_wire::HEADER_LEN;
+        let room = (self.config.max_buffered_bytes
+            + gapscope_wire::HEADER_LEN
+            + gapscope_wire::MAX_PAYLOAD)
+            .saturating_sub(self.out.len());
+        self.out.reserve_exact(want.min(room));
+        let mut left = records.len();
+        for chunk in records.chunks(per_frame) {
+            if self.out.len() >= self.config.max_buffered_bytes {
+                break;
+            }
             encode(&Frame::Records(chunk.to_vec()), &mut self.out);
             self.frames.push_back((self.out.len(), chunk.len() as u64));
+            left -= chunk.len();
+        }
+        self.stats
+            .peak_buffered_bytes
+            .fetch_max(self.out.len() as u64, Ordering::Relaxed);
+        if left > 0 {
+            self.stats
+                .records_dropped
+                .fetch_add(left as u64, Ordering::Relaxed);
+            self.unreported_drops += left as u64;
         }
         self.count_buffered();
     }
@@ -332,13 +433,16 @@ impl Worker {
         };
         let mut written = 0;
         while written < self.out.len() {
-            match conn.write(&self.out[written..]) {
+            match send_no_signal(conn, &self.out[written..]) {
                 Ok(0) => break,
                 Ok(n) => written += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => {
+                Err(e) => {
                     // The daemon went away: what was buffered is lost.
+                    self.say_once(Trouble::Gone, || {
+                        format!("gapscoped closed the connection ({e}); reconnecting, and counting what is lost meanwhile")
+                    });
                     self.conn = None;
                     self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
                     self.account(written);
@@ -358,5 +462,25 @@ impl Worker {
         self.stats
             .bytes_written
             .fetch_add(written as u64, Ordering::Relaxed);
+    }
+}
+
+/// `write`, without SIGPIPE: a host that has not ignored SIGPIPE (a C++
+/// server, unlike CPython) would be killed by it when gapscoped goes away.
+fn send_no_signal(conn: &UnixStream, buf: &[u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid socket and a valid buffer of `buf.len()` bytes.
+    let n = unsafe {
+        libc::send(
+            conn.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }

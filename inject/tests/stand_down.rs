@@ -7,16 +7,6 @@
 
 use std::{path::PathBuf, process::Command};
 
-fn library() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors()
-        .skip(1)
-        .take(3)
-        .map(|d| d.join("libgapscope_inject.so"))
-        .find(|p| p.is_file())
-        .expect("libgapscope_inject.so next to the tests: cargo build --workspace")
-}
-
 /// Runs a host (Python, through ctypes) that loads the library, calls
 /// `InitializeInjection` and goes on: (its stdout, its stderr).
 fn host(cupti: Option<PathBuf>) -> (String, String) {
@@ -25,7 +15,7 @@ fn host(cupti: Option<PathBuf>) -> (String, String) {
         "-c",
         "import ctypes, sys; l = ctypes.CDLL(sys.argv[1]); print('returned', l.InitializeInjection()); print('host still running')",
     ])
-    .arg(library())
+    .arg(gapscope_testkit::inject_library())
     .env("GAPSCOPE_SOCKET", "/nonexistent/gapscope.sock");
     match cupti {
         Some(p) => cmd.env("GAPSCOPE_CUPTI_PATH", p),

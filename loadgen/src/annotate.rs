@@ -24,6 +24,8 @@ use crate::{
 pub(crate) struct Annotator {
     url: String,
     run_id: String,
+    /// The gapscoped service the run loads, when said.
+    service: Option<String>,
     client: SideClient,
     pub posted: Arc<AtomicU64>,
     pub failed: Arc<AtomicU64>,
@@ -32,10 +34,11 @@ pub(crate) struct Annotator {
 }
 
 impl Annotator {
-    pub(crate) fn new(base: &str, run_id: String, clock: Clock) -> Self {
+    pub(crate) fn new(base: &str, run_id: String, service: Option<String>, clock: Clock) -> Self {
         Self {
             url: format!("{}/api/v1/annotations", base.trim_end_matches('/')),
             run_id,
+            service,
             client: SideClient::default(),
             posted: Arc::default(),
             failed: Arc::default(),
@@ -74,7 +77,7 @@ impl Annotator {
         event: &str,
         output_tokens: u64,
     ) {
-        let body = json!({
+        let mut body = json!({
             "source": "gapscope-loadgen",
             "run_id": self.run_id,
             "phase": phase,
@@ -83,8 +86,11 @@ impl Annotator {
             "output_tokens": output_tokens,
             "monotonic_ns": monotonic_ns(),
             "unix_ns": unix_ns(),
-        })
-        .to_string();
+        });
+        if let Some(service) = &self.service {
+            body["service"] = json!(service);
+        }
+        let body = body.to_string();
         let (client, url) = (self.client.clone(), self.url.clone());
         let (posted, failed, warned) = (
             self.posted.clone(),

@@ -75,10 +75,14 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
             live.tokens.clone(),
         ));
         let scraper = plan.telemetry.as_ref().map(|t| Scraper::start(t, clock));
-        let annotator = plan
-            .gapscoped
-            .as_deref()
-            .map(|g| Arc::new(Annotator::new(g, run_id.clone(), clock)));
+        let annotator = plan.gapscoped.as_deref().map(|g| {
+            Arc::new(Annotator::new(
+                g,
+                run_id.clone(),
+                plan.gapscoped_service.clone(),
+                clock,
+            ))
+        });
         let progress = (!quiet).then(|| progress_bar(&plan, live.clone(), clock));
         let outcome = runner::run(
             &plan,

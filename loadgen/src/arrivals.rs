@@ -62,7 +62,8 @@ pub fn ks_exponential(gaps: &[f64], rate: f64) -> f64 {
         .iter()
         .enumerate()
         .map(|(i, x)| {
-            let cdf = 1.0 - (-rate * x).exp();
+            // No mass below zero (a reordered pair's gap can be negative).
+            let cdf = (1.0 - (-rate * x).exp()).max(0.0);
             let above = (i as f64 + 1.0) / n - cdf;
             let below = cdf - i as f64 / n;
             above.max(below)
@@ -90,6 +91,17 @@ mod tests {
             .collect();
         let d = ks_exponential(&gaps, 200.0);
         assert!(d < ks_critical_1pct(gaps.len()), "KS {d}");
+    }
+
+    #[test]
+    fn a_negative_gap_counts_as_zero_not_below_the_cdf() {
+        // Two requests that reached the server out of order.
+        let with_negative = ks_exponential(&[-0.004, 0.01, 0.02], 100.0);
+        let with_zero = ks_exponential(&[0.0, 0.01, 0.02], 100.0);
+        assert!(
+            (with_negative - with_zero).abs() < 1e-12,
+            "{with_negative} {with_zero}"
+        );
     }
 
     #[test]

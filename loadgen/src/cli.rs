@@ -119,6 +119,11 @@ pub struct RunArgs {
     /// gapscoped's base URL: phase annotations are posted to it.
     #[arg(long)]
     pub gapscoped: Option<String>,
+    /// The gapscoped service (its [[service]] name) this run loads: the
+    /// annotations say so, and gapscoped's per-token figures for that
+    /// service count this run's tokens only (without it, every run's).
+    #[arg(long, value_name = "NAME", requires = "gapscoped")]
+    pub gapscoped_service: Option<String>,
     /// Where results go (default: loadgen-results/RUN_ID).
     #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
@@ -258,6 +263,7 @@ impl RunArgs {
         self.mfu.apply(&mut plan.model);
         plan.cost.gpu_hour_usd = self.gpu_hour_usd.or(plan.cost.gpu_hour_usd);
         plan.gapscoped = self.gapscoped.clone().or(plan.gapscoped);
+        plan.gapscoped_service = self.gapscoped_service.clone().or(plan.gapscoped_service);
         if self.threads == 0 || self.threads > 256 {
             return Err(UsageError::new(
                 format!("--threads {} is out of range", self.threads),

@@ -265,10 +265,18 @@ fn phases_are_announced_to_gapscoped() {
         "4",
         "--gapscoped",
         &server.url(""),
+        "--gapscoped-service",
+        "stack-a",
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    // Start and end of each phase, and the tokens once a second.
+    // Start and end of each phase, and the tokens once a second, each
+    // naming the service the run loads.
     let log = server.log.lock().unwrap();
+    assert!(
+        log.annotations.iter().all(|n| n["service"] == "stack-a"),
+        "{:?}",
+        log.annotations
+    );
     assert!(
         run.stdout.contains(&format!(
             "phase annotations posted to gapscoped: {} (0 failed)",

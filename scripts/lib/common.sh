@@ -78,3 +78,19 @@ steps_report() { # TITLE
   printf '\n%s\n' "$1"
   awk -F'\t' '{ printf "  %6d s  %s\n", $1, $2; s += $1 } END { printf "  %6d s  in all (%d min)\n", s, (s + 30) / 60 }' "$GAPSCOPE_STEP_LOG"
 }
+
+# --- Disk space: fail before a big step, not in the middle of it -------------
+# `need_space DIR GIB WHAT` stops with a message naming the directory, what
+# is free there, what the step needs and the fix, when DIR's filesystem has
+# less than GIB GiB free. A half-written torch install or target/ is harder
+# to recover from than a clear stop beforehand.
+need_space() { # DIR GIB WHAT
+  local dir=$1 gib=$2 what=$3 free_kib
+  mkdir -p "$dir"
+  free_kib=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+  if [ "$free_kib" -lt $((gib * 1024 * 1024)) ]; then
+    printf '%s: %s needs about %s GiB free on the filesystem of %s, and %s GiB is free: free some space there (old clones'"'"' target/ directories, pip caches under ~/.cache/pip) and run it again\n' \
+      "$(basename "$0")" "$what" "$gib" "$dir" "$((free_kib / 1024 / 1024))" >&2
+    exit 1
+  fi
+}

@@ -22,8 +22,11 @@ py=$venv/bin/python
 # OpenAI-style routes; sentencepiece and numpy for the GGUF converter.
 stack_pkgs="torch==2.11.0 transformers==4.57.6 tokenizers==0.22.1 safetensors==0.7.0 bentoml==1.4.40 fastapi==0.165.0 sentencepiece==0.2.1 numpy==2.2.6"
 if ! "$py" -c "import torch, transformers, bentoml, fastapi, sentencepiece" 2>/dev/null; then
+  need_space "$venv" 8 "installing the Python serving stack (torch: ~5 GiB installed, ~3 GiB of downloads)"
   step "installing the Python serving stack into $venv (torch ~3 GB, a few minutes once)"
-  "$venv/bin/pip" install -q --disable-pip-version-check $stack_pkgs
+  # --no-cache-dir: the wheels would double the disk this takes, and the
+  # venv itself is what a second run finds.
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir $stack_pkgs
 fi
 
 # --- The compiled engine: llama.cpp's llama-server ---------------------------

@@ -20,7 +20,13 @@ impl FakeCuda {
     /// Builds the libraries and two copies of the caller: `cuda_caller`
     /// (what tests trace) and `other_caller` (what they do not).
     pub fn build() -> FakeCuda {
-        let dir = tempfile::Builder::new().prefix(DIR_TAG).tempdir().unwrap();
+        Self::build_in(DIR_TAG)
+    }
+
+    /// As [`FakeCuda::build`], in a directory named `prefix…` (the device
+    /// check's own, which no test's service matches).
+    pub fn build_in(prefix: &str) -> FakeCuda {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
         let data = repo_root().join("testkit/data");
         let cc = |args: &[&str]| {
             let out = Command::new("cc")
@@ -36,6 +42,18 @@ impl FakeCuda {
         let lib = data.join("fake_cuda.c");
         let caller = data.join("cuda_caller.c");
         let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        let include = format!("-I{}", data.display());
+        // The simulated device, one copy per process, which the CUDA
+        // libraries and the CUPTI stand-in share.
+        cc(&[
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-pthread",
+            "-o",
+            &out("libfakegpu.so"),
+            data.join("fake_gpu.c").to_str().unwrap(),
+        ]);
         for (define, name) in [
             ("-DFAKE_DRIVER", "libcuda.so.1"),
             ("-DFAKE_RUNTIME", "libcudart.so.12"),
@@ -45,10 +63,16 @@ impl FakeCuda {
                 "-shared",
                 "-fPIC",
                 "-O0",
+                "-pthread",
                 define,
+                &include,
                 "-o",
                 &out(name),
                 lib.to_str().unwrap(),
+                &format!("-L{}", dir.path().display()),
+                "-lfakegpu",
+                "-ldl",
+                "-Wl,-rpath,$ORIGIN",
             ]);
         }
         for name in ["cuda_caller", "other_caller"] {
@@ -59,6 +83,44 @@ impl FakeCuda {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// Keeps the fixture's directory after `self` is gone (the demo
+    /// removes it itself); its path.
+    pub fn keep(self) -> PathBuf {
+        self.dir.keep()
+    }
+
+    /// Builds the CUPTI stand-in (`data/fake_cupti.c`) against the real
+    /// headers of a CUPTI release (`cupti-12.0`, `cupti-12.9`,
+    /// `cupti-13.5`, fetched by scripts/setup.sh into .cache/cuda-headers)
+    /// as `libfakecupti-<version>.so` beside the simulated device: what
+    /// `GAPSCOPE_CUPTI_PATH` names. Err: why it cannot be built here.
+    pub fn cupti(&self, release: &str) -> Result<PathBuf, String> {
+        let flags = cupti_flags(release)?;
+        let data = repo_root().join("testkit/data");
+        let out = self.path(&format!(
+            "libfakecupti-{}.so",
+            release.trim_start_matches("cupti-")
+        ));
+        let status = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-pthread"])
+            .args(&flags)
+            .arg(format!("-I{}", data.display()))
+            .arg("-o")
+            .arg(&out)
+            .arg(data.join("fake_cupti.c"))
+            .arg(format!("-L{}", self.dir.path().display()))
+            .args(["-lfakegpu", "-Wl,-rpath,$ORIGIN"])
+            .output()
+            .map_err(|e| format!("running cc: {e}"))?;
+        if !status.status.success() {
+            return Err(format!(
+                "cc fake_cupti.c for {release}: {}",
+                String::from_utf8_lossy(&status.stderr)
+            ));
+        }
+        Ok(out)
     }
 
     /// Starts a caller and has it load the libraries.
@@ -113,4 +175,44 @@ pub fn value(lines: &[String], key: &str) -> f64 {
         .iter()
         .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {key} in {lines:?}"))
+}
+
+/// The compiler flags that build CUPTI code for `release`: its headers and
+/// the names of its newest kernel, memcpy and synchronization records (the
+/// ones `gapscope-cupti-sys` decodes), as `KERNEL`, `MEMCPY`, `SYNC`.
+pub fn cupti_flags(release: &str) -> Result<Vec<String>, String> {
+    let (kernel, memcpy, sync) = match release {
+        "cupti-12.0" => (
+            "CUpti_ActivityKernel9",
+            "CUpti_ActivityMemcpy5",
+            "CUpti_ActivitySynchronization",
+        ),
+        "cupti-12.9" => (
+            "CUpti_ActivityKernel9",
+            "CUpti_ActivityMemcpy6",
+            "CUpti_ActivitySynchronization2",
+        ),
+        "cupti-13.5" => (
+            "CUpti_ActivityKernel13",
+            "CUpti_ActivityMemcpy7",
+            "CUpti_ActivitySynchronization2",
+        ),
+        _ => return Err(format!("no CUPTI release {release} known to the stand-in")),
+    };
+    let headers = repo_root()
+        .join(".cache/cuda-headers")
+        .join(release)
+        .join("include");
+    if !headers.join("cupti_activity.h").is_file() {
+        return Err(format!(
+            "{} has no CUPTI headers: run scripts/setup.sh (it fetches NVIDIA's wheels)",
+            headers.display()
+        ));
+    }
+    Ok(vec![
+        format!("-DKERNEL={kernel}"),
+        format!("-DMEMCPY={memcpy}"),
+        format!("-DSYNC={sync}"),
+        format!("-I{}", headers.display()),
+    ])
 }

@@ -235,6 +235,41 @@ impl Daemon {
         Metrics(http_get(self.port, "/metrics").expect("scraping /metrics"))
     }
 
+    /// Waits until gapscoped says it traces `pid` as `service`. Unlike a
+    /// process count, this cannot be fooled by another process of the
+    /// service leaving at the same moment.
+    pub fn wait_traced(&self, pid: u32, service: &str) {
+        let line = format!("tracing pid {pid} as service {service}\n");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log_text().contains(&line) {
+            assert!(
+                Instant::now() < deadline,
+                "gapscoped never traced pid {pid} as {service}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Scrapes until `ready` holds, at most 10 s (then fails with `what`,
+    /// the scrape and the log); the scrape that satisfied it.
+    pub fn wait_metrics(&self, what: &str, ready: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = self.scrape();
+            if ready(&m) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}:\n{}\n{}",
+                m.0,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until `service` has `n` traced processes.
     pub fn wait_processes(&self, service: &str, n: f64) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -292,6 +327,18 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     let (head, body) = resp.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?;
     (status == "200").then(|| body.to_string())
+}
+
+/// A tiny HTTP/1.0 GET: (status, body), whatever the status.
+pub fn http_get_status(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
 }
 
 /// A tiny HTTP/1.0 POST of a JSON body: (status, body).
@@ -389,6 +436,25 @@ impl Metrics {
     pub fn get_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.get(name, labels).unwrap_or(0.0)
     }
+
+    /// The sum of every sample of `name` whose labels include all of
+    /// `labels` (0 when none).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (metric, label_text) = series.split_once('{').unwrap_or((series, ""));
+                (metric == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+            })
+            .fold(0.0, |a, b| a + b)
+    }
 }
 
 /// A workload process that waits for "go" on stdin.
@@ -476,9 +542,22 @@ impl Workload {
 pub use skip::{not_checked, skip};
 pub mod dashboard_picture;
 pub mod fake_cuda;
+pub mod fake_nvml;
 pub mod prometheus;
 pub mod skip;
 pub mod stream_server;
+
+/// `libgapscope_inject.so` as the workspace build left it beside the
+/// running test or benchmark (in its directory or up to two above).
+pub fn inject_library() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors()
+        .skip(1)
+        .take(3)
+        .map(|d| d.join("libgapscope_inject.so"))
+        .find(|p| p.is_file())
+        .expect("libgapscope_inject.so beside the tests: cargo build --workspace")
+}
 
 /// The deep-mode test sender (`src/bin/wire_sender.rs`).
 pub fn wire_sender_bin() -> PathBuf {

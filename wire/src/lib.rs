@@ -10,22 +10,30 @@
 //! rejected whole.
 //!
 //! A stream starts with `Hello`; then `Names` (kernel names, interned per
-//! connection), `Records` (GPU activity, fixed 40-byte records) and
+//! connection), `Records` (GPU activity, fixed 48-byte records) and
 //! `Dropped` (what the sender had to throw away) in any order.
+//!
+//! Version 2 added the calling thread and the graph id to each record;
+//! version 1 frames (40-byte records, from an agent of an older release
+//! still loaded in a running process) are read with both as 0.
 #![forbid(unsafe_code)]
 
 use std::fmt;
 
 /// First four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"GSCP";
-/// The only version this crate speaks.
-pub const VERSION: u16 = 1;
+/// The version this crate writes.
+pub const VERSION: u16 = 2;
+/// The oldest version it reads.
+pub const OLDEST_VERSION: u16 = 1;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 12;
 /// Largest payload accepted.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Bytes per activity record.
-pub const RECORD_LEN: usize = 40;
+pub const RECORD_LEN: usize = 48;
+/// Bytes per activity record of version 1.
+const RECORD_LEN_V1: usize = 40;
 /// Longest kernel name carried (longer ones are cut by the sender).
 pub const MAX_NAME: usize = 1024;
 /// Longest agent string in `Hello`.
@@ -110,11 +118,81 @@ pub mod copy {
     pub const PEER_TO_PEER: u8 = 5;
 }
 
+/// CUPTI callback ids (an API record's `name`) of the calls that launch GPU
+/// work or wait for it: the entry points gapscoped's uprobes probe, with
+/// their per-thread default stream variants. The same in CUDA 12.0 to 13.5
+/// (`gapscope-cupti-sys`'s layout test reads them in the real headers).
+pub mod cbid {
+    /// `cupti_driver_cbid.h`: (`CUPTI_DRIVER_TRACE_CBID_` name, id).
+    pub const DRIVER_LAUNCH_OR_WAIT: [(&str, u32); 12] = [
+        ("cuCtxSynchronize", 17),
+        ("cuEventSynchronize", 121),
+        ("cuStreamSynchronize", 126),
+        ("cuMemcpyDtoH_v2", 278),
+        ("cuLaunchKernel", 307),
+        ("cuMemcpyDtoH_v2_ptds", 398),
+        ("cuStreamSynchronize_ptsz", 440),
+        ("cuLaunchKernel_ptsz", 442),
+        ("cuGraphLaunch", 514),
+        ("cuGraphLaunch_ptsz", 515),
+        ("cuLaunchKernelEx", 652),
+        ("cuLaunchKernelEx_ptsz", 653),
+    ];
+    /// `cupti_runtime_cbid.h`: (`CUPTI_RUNTIME_TRACE_CBID_` name, id).
+    pub const RUNTIME_LAUNCH_OR_WAIT: [(&str, u32); 9] = [
+        ("cudaStreamSynchronize_v3020", 131),
+        ("cudaDeviceSynchronize_v3020", 165),
+        ("cudaLaunchKernel_v7000", 211),
+        ("cudaLaunchKernel_ptsz_v7000", 214),
+        ("cudaStreamSynchronize_ptsz_v7000", 239),
+        ("cudaGraphLaunch_v10000", 311),
+        ("cudaGraphLaunch_ptsz_v10000", 312),
+        ("cudaLaunchKernelExC_v11060", 430),
+        ("cudaLaunchKernelExC_ptsz_v11060", 431),
+    ];
+
+    /// What a launch-or-wait call does with the GPU.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Role {
+        /// A kernel or graph launch: its correlation id returns on kernels.
+        LaunchesKernels,
+        /// A copy: work for the GPU, and a wait for it.
+        Copies,
+        /// A synchronization: a wait, no work.
+        Waits,
+    }
+
+    impl Role {
+        /// Whether the call hands the GPU work.
+        pub fn hands_work(self) -> bool {
+            self != Self::Waits
+        }
+    }
+
+    /// The role of an API record (`driver` or runtime) that launches or
+    /// waits for GPU work; None for any other call.
+    pub fn role(driver: bool, id: u32) -> Option<Role> {
+        let table: &[(&str, u32)] = if driver {
+            &DRIVER_LAUNCH_OR_WAIT
+        } else {
+            &RUNTIME_LAUNCH_OR_WAIT
+        };
+        let (name, _) = table.iter().find(|(_, c)| *c == id)?;
+        Some(if name.contains("Launch") {
+            Role::LaunchesKernels
+        } else if name.contains("Memcpy") {
+            Role::Copies
+        } else {
+            Role::Waits
+        })
+    }
+}
+
 /// One GPU activity or API call, on CLOCK_MONOTONIC nanoseconds.
 ///
-/// Layout (40 bytes, little-endian): kind u8, device u8, detail u8, 0 u8,
+/// Layout (48 bytes, little-endian): kind u8, device u8, detail u8, 0 u8,
 /// stream u32, correlation u32, name u32, start_ns u64, end_ns u64,
-/// bytes u64.
+/// bytes u64, thread u32, graph u32 (version 1: the first 40 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
     pub kind: RecordKind,
@@ -128,6 +206,11 @@ pub struct Record {
     pub start_ns: u64,
     pub end_ns: u64,
     pub bytes: u64,
+    /// API records: the calling thread's id as the kernel knows it
+    /// (gettid), so a launch joins the thread's states; 0: unknown.
+    pub thread: u32,
+    /// Kernels launched by a CUDA graph: its id; else 0.
+    pub graph: u32,
 }
 
 /// An interned kernel name.
@@ -179,7 +262,7 @@ impl fmt::Display for WireError {
             Self::BadMagic(m) => write!(f, "not a gapscope frame (magic {m:02x?})"),
             Self::UnsupportedVersion(v) => write!(
                 f,
-                "frame version {v}, this side speaks {VERSION}: use an injection library from the same release as gapscoped"
+                "frame version {v}, this side reads {OLDEST_VERSION} to {VERSION}: use an injection library from the same release as gapscoped"
             ),
             Self::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
             Self::TooLarge(n) => {
@@ -232,6 +315,8 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
                 out.extend_from_slice(&r.start_ns.to_le_bytes());
                 out.extend_from_slice(&r.end_ns.to_le_bytes());
                 out.extend_from_slice(&r.bytes.to_le_bytes());
+                out.extend_from_slice(&r.thread.to_le_bytes());
+                out.extend_from_slice(&r.graph.to_le_bytes());
             }
         }
         Frame::Names(names) => {
@@ -289,7 +374,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
         return Err(WireError::BadMagic(magic));
     }
     let version = u16::from_le_bytes([buf[4], buf[5]]);
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(WireError::UnsupportedVersion(version));
     }
     let kind = u16::from_le_bytes([buf[6], buf[7]]);
@@ -305,7 +390,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
     };
     let frame = match kind {
         kind::HELLO => Frame::Hello(hello(payload)?),
-        kind::RECORDS => Frame::Records(records(payload)?),
+        kind::RECORDS => Frame::Records(records(payload, version)?),
         kind::NAMES => Frame::Names(names(payload)?),
         _ => {
             if len != 16 {
@@ -386,14 +471,19 @@ fn hello(p: &[u8]) -> Result<Hello, WireError> {
     })
 }
 
-fn records(p: &[u8]) -> Result<Vec<Record>, WireError> {
-    if !p.len().is_multiple_of(RECORD_LEN) {
+fn records(p: &[u8], version: u16) -> Result<Vec<Record>, WireError> {
+    let len = if version == 1 {
+        RECORD_LEN_V1
+    } else {
+        RECORD_LEN
+    };
+    if !p.len().is_multiple_of(len) {
         return Err(WireError::BadLength {
             kind: kind::RECORDS,
             len: p.len(),
         });
     }
-    p.chunks_exact(RECORD_LEN)
+    p.chunks_exact(len)
         .enumerate()
         .map(|(index, chunk)| {
             let mut r = Reader(chunk);
@@ -414,6 +504,9 @@ fn records(p: &[u8]) -> Result<Vec<Record>, WireError> {
                 start_ns: r.u64(),
                 end_ns: r.u64(),
                 bytes: r.u64(),
+                // Version 1 ends here: the reader gives 0 past the end.
+                thread: r.u32(),
+                graph: r.u32(),
             };
             if rec.device >= MAX_DEVICES {
                 return Err(WireError::BadRecord {

@@ -22,6 +22,8 @@ fn record(kind: RecordKind, start: u64, end: u64) -> Record {
         start_ns: start,
         end_ns: end,
         bytes: 1 << 40,
+        thread: 4242,
+        graph: 7,
     }
 }
 
@@ -155,10 +157,10 @@ fn malformed_frames_are_rejected_with_the_reason() {
             "newer version",
             {
                 let mut b = with_payload(kind::DROPPED, &[0; 16]);
-                b[4] = 2;
+                b[4] = 3;
                 b
             },
-            WireError::UnsupportedVersion(2),
+            WireError::UnsupportedVersion(3),
         ),
         (
             "unknown kind",
@@ -339,4 +341,67 @@ fn a_frame_of_the_largest_size_is_accepted() {
     let bytes = encoded(&frame);
     assert!(bytes.len() <= HEADER_LEN + MAX_PAYLOAD);
     assert_eq!(decode(&bytes).unwrap().unwrap().0, frame);
+}
+
+#[test]
+fn version_1_records_are_read_without_thread_and_graph() {
+    // A version-1 sender (an older agent still loaded in a running
+    // process): 40-byte records, the same fields up to `bytes`.
+    let r = record(RecordKind::RuntimeApi, 10, 20);
+    let v2 = encoded(&Frame::Records(vec![r, r]));
+    let mut v1 = v2[..HEADER_LEN].to_vec();
+    v1[4..6].copy_from_slice(&1u16.to_le_bytes());
+    v1[8..12].copy_from_slice(&80u32.to_le_bytes());
+    for rec in v2[HEADER_LEN..].chunks(RECORD_LEN) {
+        v1.extend_from_slice(&rec[..40]);
+    }
+    let (frame, used) = decode(&v1).unwrap().unwrap();
+    assert_eq!(used, v1.len());
+    let old = Record {
+        thread: 0,
+        graph: 0,
+        ..r
+    };
+    assert_eq!(frame, Frame::Records(vec![old, old]));
+    // A length that fits neither layout of its version is refused.
+    v1[8..12].copy_from_slice(&48u32.to_le_bytes());
+    assert_eq!(
+        decode(&v1[..HEADER_LEN + 48]),
+        Err(WireError::BadLength {
+            kind: kind::RECORDS,
+            len: 48
+        })
+    );
+    // A version from the future is refused with the fix.
+    let mut future = v2.clone();
+    future[4..6].copy_from_slice(&3u16.to_le_bytes());
+    let err = decode(&future).unwrap_err();
+    assert_eq!(err, WireError::UnsupportedVersion(3));
+    assert!(err.to_string().contains("same release"), "{err}");
+}
+
+#[test]
+fn each_launch_or_wait_call_has_the_role_its_name_says() {
+    for (driver, table) in [
+        (true, &cbid::DRIVER_LAUNCH_OR_WAIT[..]),
+        (false, &cbid::RUNTIME_LAUNCH_OR_WAIT[..]),
+    ] {
+        for (name, id) in table {
+            let role = cbid::role(driver, *id).unwrap_or_else(|| panic!("{name}"));
+            let want = if name.contains("Synchronize") {
+                cbid::Role::Waits
+            } else if name.contains("Memcpy") {
+                cbid::Role::Copies
+            } else {
+                cbid::Role::LaunchesKernels
+            };
+            assert_eq!(role, want, "{name}");
+            assert_eq!(role.hands_work(), !name.contains("Synchronize"), "{name}");
+        }
+    }
+    assert_eq!(cbid::role(true, 9999), None);
+    // The two id spaces are apart: 211 is cudaLaunchKernel among the
+    // runtime's ids, and none of the driver's launches or waits.
+    assert_eq!(cbid::role(false, 211), Some(cbid::Role::LaunchesKernels));
+    assert_eq!(cbid::role(true, 211), None);
 }

@@ -11,7 +11,13 @@
 //! daemon traces it first; it prints `done` when finished and then waits
 //! for stdin to close. `--tag` is ignored: tests match on it. Before
 //! `done` it prints `asleep_ns <n>`: the time spent in nanosleep by its own
-//! clock, and `asleep_each_ns <n> <n> …`: each sleep's.
+//! clock, `asleep_each_ns <n> <n> …`: each sleep's, and `sleeps
+//! <start>:<end>:<voluntary>:<involuntary> …`: each sleep's window on
+//! CLOCK_MONOTONIC (the clock of BPF's `bpf_ktime_get_ns`) with the
+//! thread's voluntary and involuntary context switches during it, from
+//! `getrusage(RUSAGE_THREAD)`: the kernel's own word on whether the sleep
+//! blocked (a vCPU stolen by the hypervisor, or a preemption through the
+//! whole sleep, lets the timer expire before the thread ever blocks).
 //!
 //! `spin` prints `ns_per_call <f64>` measured around a tight getppid loop
 //! (the overhead benchmark); with `--wait` it first waits for "go" like
@@ -67,17 +73,49 @@ fn getppid_n(n: u64) {
     }
 }
 
-/// Sleeps `n` times and returns each sleep's length by the workload's own
-/// clock. Timer slack is cut to 1 ns so each sleep lasts what was asked.
-fn nanosleep_n(n: u64, us: u64) -> Vec<Duration> {
+/// One sleep as the workload saw it.
+struct Sleep {
+    /// Its length by the workload's own clock.
+    took: Duration,
+    /// CLOCK_MONOTONIC just before and just after the syscall.
+    start_ns: u64,
+    end_ns: u64,
+    /// The thread's voluntary and involuntary context switches during it.
+    voluntary: i64,
+    involuntary: i64,
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The calling thread's (voluntary, involuntary) context switches so far.
+fn context_switches() -> (i64, i64) {
+    // SAFETY: getrusage fills a zeroed rusage.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut r) };
+    (r.ru_nvcsw, r.ru_nivcsw)
+}
+
+/// Sleeps `n` times and returns each sleep as the workload saw it. Timer
+/// slack is cut to 1 ns so each sleep lasts what was asked.
+fn nanosleep_n(n: u64, us: u64) -> Vec<Sleep> {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
-    let mut asleep = Vec::with_capacity(n as usize);
+    let mut sleeps = Vec::with_capacity(n as usize);
     let ts = libc::timespec {
         tv_sec: (us / 1_000_000) as libc::time_t,
         tv_nsec: ((us % 1_000_000) * 1000) as libc::c_long,
     };
     for _ in 0..n {
+        let switches = context_switches();
+        let start_ns = monotonic_ns();
         let start = Instant::now();
         // The nanosleep syscall itself (glibc's nanosleep() would use
         // clock_nanosleep).
@@ -89,9 +127,18 @@ fn nanosleep_n(n: u64, us: u64) -> Vec<Duration> {
                 std::ptr::null_mut::<libc::timespec>(),
             )
         };
-        asleep.push(start.elapsed());
+        let took = start.elapsed();
+        let end_ns = monotonic_ns();
+        let after = context_switches();
+        sleeps.push(Sleep {
+            took,
+            start_ns,
+            end_ns,
+            voluntary: after.0 - switches.0,
+            involuntary: after.1 - switches.1,
+        });
     }
-    asleep
+    sleeps
 }
 
 fn wait_for_go() {
@@ -168,12 +215,24 @@ fn run() -> Result<(), String> {
                 Some(kind) => children(kind, a.getppid)?,
                 None => {
                     getppid_n(a.getppid);
-                    let asleep = nanosleep_n(a.nanosleep, a.sleep_us);
-                    let total: Duration = asleep.iter().sum();
+                    let sleeps = nanosleep_n(a.nanosleep, a.sleep_us);
+                    let total: Duration = sleeps.iter().map(|s| s.took).sum();
                     println!("asleep_ns {}", total.as_nanos());
-                    let each: Vec<String> =
-                        asleep.iter().map(|d| d.as_nanos().to_string()).collect();
+                    let each: Vec<String> = sleeps
+                        .iter()
+                        .map(|s| s.took.as_nanos().to_string())
+                        .collect();
                     println!("asleep_each_ns {}", each.join(" "));
+                    let windows: Vec<String> = sleeps
+                        .iter()
+                        .map(|s| {
+                            format!(
+                                "{}:{}:{}:{}",
+                                s.start_ns, s.end_ns, s.voluntary, s.involuntary
+                            )
+                        })
+                        .collect();
+                    println!("sleeps {}", windows.join(" "));
                 }
             }
             if !a.no_wait {

@@ -23,6 +23,7 @@ int main(void) {
     printf("api_version %d\n", CUPTI_API_VERSION);
     F(KERNEL, kind); F(KERNEL, start); F(KERNEL, end); F(KERNEL, deviceId);
     F(KERNEL, contextId); F(KERNEL, streamId); F(KERNEL, correlationId); F(KERNEL, name);
+    F(KERNEL, graphId);
     F(MEMCPY, kind); F(MEMCPY, copyKind); F(MEMCPY, bytes); F(MEMCPY, start); F(MEMCPY, end);
     F(MEMCPY, deviceId); F(MEMCPY, streamId); F(MEMCPY, correlationId);
     F(MEMSET, kind); F(MEMSET, bytes); F(MEMSET, start); F(MEMSET, end);

@@ -62,6 +62,52 @@ pub struct ProgramStats {
     pub name: &'static str,
     pub run_time_ns: u64,
     pub run_count: u64,
+    /// Times the kernel skipped the program because the CPU was already
+    /// inside BPF (`None` before Linux 5.12, or for a program not loaded).
+    pub misses: Option<u64>,
+}
+
+/// A program's `recursion_misses` from `BPF_OBJ_GET_INFO_BY_FD` (aya does
+/// not expose it). The kernel runs one BPF program at a time per CPU for
+/// tracepoints and kprobes, and a BPF map syscall holds the CPU's slot too,
+/// even while its thread is preempted: an event that fires meanwhile (a
+/// context switch, a wakeup) runs no program and is counted here. Linux
+/// 6.7 and later count misses of classic tracepoints; raw tracepoints and
+/// uprobes since 5.12.
+fn recursion_misses(program: &Program) -> Option<u64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    use aya_obj::generated::{bpf_cmd, bpf_prog_info};
+
+    let fd = program.fd().ok()?.as_fd().as_raw_fd();
+    // SAFETY: all-zero is a valid bpf_prog_info (integers and pointers).
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    // The OBJ_GET_INFO_BY_FD member of union bpf_attr.
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoByFd {
+        bpf_fd: fd as u32,
+        info_len: std::mem::size_of::<bpf_prog_info>() as u32,
+        info: &raw mut info as u64,
+    };
+    // SAFETY: the attribute points at a buffer of the length it states;
+    // the kernel writes at most that much.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &raw mut attr,
+            std::mem::size_of::<InfoByFd>(),
+        )
+    };
+    // An older kernel fills less: the field is there only when its
+    // bytes were written.
+    let needed = std::mem::offset_of!(bpf_prog_info, recursion_misses) + 8;
+    (rc == 0 && attr.info_len as usize >= needed).then_some(info.recursion_misses)
 }
 
 impl Probes {
@@ -95,11 +141,13 @@ impl Probes {
             .map(|(name, _)| *name)
             .chain(UPROBE_PROGRAMS.iter().copied())
             .filter_map(|name| {
-                let info = self.ebpf.program(name)?.info().ok()?;
+                let program = self.ebpf.program(name)?;
+                let info = program.info().ok()?;
                 Some(ProgramStats {
                     name,
                     run_time_ns: info.run_time().as_nanos() as u64,
                     run_count: info.run_count(),
+                    misses: recursion_misses(program),
                 })
             })
             .collect()

@@ -6,6 +6,7 @@
 
 pub mod attach;
 pub mod caps;
+mod reaper;
 pub mod tracefs;
 pub mod uprobes;
 

@@ -21,7 +21,7 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 
-use super::Probes;
+use super::{Probes, reaper::retire};
 
 /// A library file, by (device, inode).
 pub type FileKey = (u64, u64);
@@ -147,7 +147,7 @@ impl UprobeSet {
                     |e| match exit.attach(point(), in_root, UProbeScope::AllProcesses) {
                         Ok(x) => Ok((e, x)),
                         Err(err) => {
-                            let _ = enter.detach(e);
+                            retire(enter.take_link(e));
                             Err(err)
                         }
                     },
@@ -156,8 +156,8 @@ impl UprobeSet {
                 Ok((enter, exit)) => links.push(Link { slot, enter, exit }),
                 Err(err) => {
                     for l in links {
-                        let _ = enter.detach(l.enter);
-                        let _ = exit.detach(l.exit);
+                        retire(enter.take_link(l.enter));
+                        retire(exit.take_link(l.exit));
                     }
                     return Err(format!("attaching at {offset:#x}: {}", with_sources(&err)));
                 }
@@ -247,8 +247,8 @@ impl UprobeSet {
                     .partition(|l| paused.contains(&l.slot));
                 a.links = keep;
                 for l in pause {
-                    let _ = enter.detach(l.enter);
-                    let _ = exit.detach(l.exit);
+                    retire(enter.take_link(l.enter));
+                    retire(exit.take_link(l.exit));
                 }
             }
         }
@@ -282,8 +282,8 @@ impl UprobeSet {
                 && let Some((enter, exit)) = probes.uprobe_pair(self.programs)
             {
                 for l in a.links {
-                    let _ = enter.detach(l.enter);
-                    let _ = exit.detach(l.exit);
+                    retire(enter.take_link(l.enter));
+                    retire(exit.take_link(l.exit));
                 }
                 log::debug!("detached {:?} from file {key:?}", self.programs);
             }

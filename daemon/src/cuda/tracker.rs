@@ -35,7 +35,7 @@ pub const PROGRAMS: (&str, &str) = (
 );
 
 /// Seconds a process counts as new: its mappings are read every second
-/// until it maps CUDA.
+/// until it maps both CUDA libraries.
 const YOUNG_TICKS: u64 = 30;
 /// Seconds between reads of an older process's mappings.
 const RESCAN_EVERY: u64 = 10;
@@ -106,8 +106,10 @@ impl CudaTracker {
     }
 
     /// Probes the CUDA libraries a traced process maps. Its mappings are
-    /// read every second while it is new and has no CUDA (CUDA is often
-    /// loaded on first use, well after the process started), then every
+    /// read every second while it is new and lacks one of the libraries
+    /// (CUDA is often loaded on first use, well after the process started,
+    /// and the runtime and the driver at different times: a read between
+    /// the two would leave the second unprobed for `RESCAN_EVERY`), then every
     /// `RESCAN_EVERY` seconds: a serving process maps thousands of files,
     /// and reading them all every second for every worker adds up. The
     /// files already found are probed again every second, so entry points
@@ -137,7 +139,14 @@ impl CudaTracker {
                 .collect();
             let young = tick - p.first_tick < YOUNG_TICKS;
             p.next_scan = tick
-                + if p.files.is_empty() && young {
+                + if young
+                    && p.files
+                        .iter()
+                        .map(|(l, _)| l)
+                        .collect::<BTreeSet<_>>()
+                        .len()
+                        < Library::ALL.len()
+                {
                     1
                 } else {
                     RESCAN_EVERY

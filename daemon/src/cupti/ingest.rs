@@ -2,10 +2,13 @@
 //! connection; each connection (a process) has its own kernel names and
 //! correlation table, and statistics are kept per (service, device).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Arc,
+};
 
 use gapscope_ebpf_common::{Interval, IntervalKind, Log2Hist};
-use gapscope_wire::{ClockMode, Frame, Hello, Record, RecordKind, copy};
+use gapscope_wire::{ClockMode, Frame, Hello, Record, RecordKind, cbid, copy};
 
 use super::{
     busy::{BusyTracker, Stretch},
@@ -72,12 +75,36 @@ pub struct KernelTotals {
     pub total_ns: u64,
 }
 
+/// One kernel the device ran, kept for traces (`recent`).
+#[derive(Debug, Clone)]
+pub struct KernelSpan {
+    pub service: u32,
+    /// The process that launched it.
+    pub pid: u32,
+    pub device: u8,
+    pub stream: u32,
+    pub correlation: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// None: the process never sent its name.
+    pub name: Option<Arc<str>>,
+}
+
+/// Kernel launches awaiting their kernel kept per connection.
+const MAX_IN_FLIGHT: usize = 65_536;
+/// A launch whose kernel has not come this long after it was probably
+/// lost (a dropped record), not running.
+const IN_FLIGHT_FOR_NS: u64 = 600_000_000_000;
+
+/// Kernels kept for traces (about 60 bytes each), the newest.
+pub const MAX_RECENT_KERNELS: usize = 200_000;
+
 /// One connected process.
 #[derive(Debug, Default)]
 struct Peer {
     hello: Option<Hello>,
     /// Interned name id → (class, name).
-    names: HashMap<u32, (&'static str, String)>,
+    names: HashMap<u32, (&'static str, Arc<str>)>,
     /// correlation → API call start, oldest first for eviction.
     api_starts: HashMap<u32, u64>,
     api_order: VecDeque<u32>,
@@ -85,6 +112,18 @@ struct Peer {
     /// has not arrived yet.
     kernel_starts: HashMap<u32, (u8, u64)>,
     kernel_order: VecDeque<u32>,
+    /// The process numbers its threads as gapscoped does (its hello's pid
+    /// is the pid gapscoped sees): its records' thread ids can be joined
+    /// to the kernel's thread states. Not in a container of its own.
+    same_pid_namespace: bool,
+    /// The process as gapscoped sees it.
+    tgid: u32,
+    /// The service its records count for (once records came).
+    service: Option<u32>,
+    /// Kernel launches whose kernel has not been reported yet
+    /// (correlation → the call's start): work the device has or will
+    /// have, whatever its finished stretches say.
+    in_flight: HashMap<u32, u64>,
 }
 
 /// What the ingestion has counted about itself.
@@ -114,12 +153,27 @@ pub struct Ingest {
     pub stretches: Vec<(u32, u8, Stretch)>,
     /// Stretches not kept because the explainer fell behind.
     pub stretches_dropped: u64,
+    /// The newest kernels, in arrival order, for traces; and how many
+    /// older ones were let go.
+    pub recent: VecDeque<KernelSpan>,
+    pub recent_evicted: u64,
+    /// Threads seen calling CUDA in API records (their ids as the kernel
+    /// knows them), with their latest call's end: (service, tid) → ns,
+    /// taken by the daemon's loop for the explainer.
+    pub api_threads: HashMap<(u32, u32), u64>,
+    /// Per service, the newest start of a CUDA call that hands the GPU
+    /// work (a launch or a copy, not a synchronization): work handed over
+    /// after the device's last busy stretch means its idle gap is not open
+    /// (taken by the daemon's loop).
+    pub api_calls: HashMap<u32, u64>,
     /// Shortest idle gap that ends a timeline busy stretch.
     min_gap_ns: u64,
 }
 
 /// Most stretches waiting for the explainer.
 const MAX_STRETCHES: usize = 1_000_000;
+/// Most (service, thread) pairs waiting for the explainer.
+const MAX_API_THREADS: usize = 65_536;
 
 impl Ingest {
     pub fn new(min_gap_ns: u64) -> Self {
@@ -171,12 +225,15 @@ impl Ingest {
                     .clock_modes
                     .entry(clock_label(h.clock))
                     .or_default() += 1;
+                p.same_pid_namespace = h.pid == tgid;
+                p.tgid = tgid;
                 p.hello = Some(h);
             }
             Frame::Names(names) => {
                 for n in names {
                     if p.names.len() < MAX_NAMES || p.names.contains_key(&n.id) {
-                        p.names.insert(n.id, (classify::class_of(&n.text), n.text));
+                        p.names
+                            .insert(n.id, (classify::class_of(&n.text), n.text.into()));
                     }
                 }
             }
@@ -201,14 +258,27 @@ impl Ingest {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
+        p.service = Some(service);
         let stats = self.stats.entry((service, r.device)).or_default();
         let duration = r.end_ns - r.start_ns;
         match r.kind {
             RecordKind::Kernel => {
-                let (class, name) = p
-                    .names
-                    .get(&r.name)
-                    .map_or(("other", "(unnamed)"), |(c, n)| (*c, n.as_str()));
+                let named = p.names.get(&r.name);
+                let (class, name) = named.map_or(("other", "(unnamed)"), |(c, n)| (*c, &**n));
+                if self.recent.len() >= MAX_RECENT_KERNELS {
+                    self.recent.pop_front();
+                    self.recent_evicted += 1;
+                }
+                self.recent.push_back(KernelSpan {
+                    service,
+                    pid: p.tgid,
+                    device: r.device,
+                    stream: r.stream,
+                    correlation: r.correlation,
+                    start_ns: r.start_ns,
+                    end_ns: r.end_ns,
+                    name: named.map(|(_, n)| n.clone()),
+                });
                 stats
                     .kernels
                     .entry(class)
@@ -230,6 +300,7 @@ impl Ingest {
                     t.count += 1;
                     t.total_ns += duration;
                 }
+                p.in_flight.remove(&r.correlation);
                 match p.api_starts.remove(&r.correlation) {
                     Some(api_start) => stats
                         .launch_latency
@@ -252,6 +323,22 @@ impl Ingest {
             }
             RecordKind::Sync => stats.sync_wait.record(duration),
             RecordKind::RuntimeApi | RecordKind::DriverApi => {
+                // A thread that launches or waits for GPU work (not one
+                // that only polls an event or loads a module).
+                let role = cbid::role(r.kind == RecordKind::DriverApi, r.name);
+                let launching = role.is_some();
+                if role.is_some_and(cbid::Role::hands_work) {
+                    let newest = self.api_calls.entry(service).or_default();
+                    *newest = (*newest).max(r.start_ns);
+                }
+                if launching
+                    && r.thread != 0
+                    && p.same_pid_namespace
+                    && self.api_threads.len() < MAX_API_THREADS
+                {
+                    let last = self.api_threads.entry((service, r.thread)).or_default();
+                    *last = (*last).max(r.end_ns);
+                }
                 match p.kernel_starts.remove(&r.correlation) {
                     Some((device, kernel_start)) => self
                         .stats
@@ -259,12 +346,19 @@ impl Ingest {
                         .or_default()
                         .launch_latency
                         .record(kernel_start.saturating_sub(r.start_ns)),
-                    None => remember(
-                        &mut p.api_starts,
-                        &mut p.api_order,
-                        r.correlation,
-                        r.start_ns,
-                    ),
+                    None => {
+                        if role == Some(cbid::Role::LaunchesKernels)
+                            && p.in_flight.len() < MAX_IN_FLIGHT
+                        {
+                            p.in_flight.insert(r.correlation, r.start_ns);
+                        }
+                        remember(
+                            &mut p.api_starts,
+                            &mut p.api_order,
+                            r.correlation,
+                            r.start_ns,
+                        );
+                    }
                 }
             }
             RecordKind::Overhead => {}
@@ -308,6 +402,22 @@ impl Ingest {
                 s.open_stretch = None;
             }
         }
+    }
+
+    /// Per service, the oldest kernel launch at `now_ns` whose kernel
+    /// has not been reported (within `IN_FLIGHT_FOR_NS`; older ones are
+    /// forgotten as lost).
+    pub fn in_flight(&mut self, now_ns: u64) -> HashMap<u32, u64> {
+        let mut out: HashMap<u32, u64> = HashMap::new();
+        for p in self.peers.values_mut() {
+            p.in_flight
+                .retain(|_, start| now_ns.saturating_sub(*start) < IN_FLIGHT_FOR_NS);
+            if let (Some(service), Some(oldest)) = (p.service, p.in_flight.values().min()) {
+                let o = out.entry(service).or_insert(*oldest);
+                *o = (*o).min(*oldest);
+            }
+        }
+        out
     }
 
     /// The top `n` kernels of a service by total time.
@@ -378,6 +488,8 @@ mod tests {
             start_ns: start,
             end_ns: end,
             bytes: 4096,
+            thread: 0,
+            graph: 0,
         }
     }
 
@@ -390,6 +502,40 @@ mod tests {
             clock_offset_ns: 0,
             agent: "test".into(),
         })
+    }
+
+    #[test]
+    fn a_launch_is_in_flight_until_its_kernel_is_reported() {
+        let mut i = Ingest::new(1_000_000);
+        i.frame(7, 100, Some(3), hello());
+        // A launch (cudaLaunchKernel), a sync: only the launch waits for
+        // a kernel.
+        i.frame(
+            7,
+            100,
+            Some(3),
+            Frame::Records(vec![
+                rec(RecordKind::RuntimeApi, 21, 211, 1_000, 1_500),
+                rec(RecordKind::RuntimeApi, 22, 131, 2_000, 9_000),
+            ]),
+        );
+        assert_eq!(i.in_flight(10_000), HashMap::from([(3, 1_000)]));
+        i.frame(
+            7,
+            100,
+            Some(3),
+            Frame::Records(vec![rec(RecordKind::Kernel, 21, 0, 4_000, 8_000)]),
+        );
+        assert!(i.in_flight(10_000).is_empty());
+        // One whose kernel never comes is forgotten after ten minutes.
+        i.frame(
+            7,
+            100,
+            Some(3),
+            Frame::Records(vec![rec(RecordKind::DriverApi, 23, 307, 20_000, 20_500)]),
+        );
+        assert_eq!(i.in_flight(30_000), HashMap::from([(3, 20_000)]));
+        assert!(i.in_flight(20_000 + IN_FLIGHT_FOR_NS).is_empty());
     }
 
     #[test]

@@ -166,7 +166,8 @@ async fn read_frames(
     let mut tokens = rate;
     let mut refilled = Instant::now();
     let mut service = None;
-    let mut looked_up: Option<Instant> = None;
+    // Whether this connection already waited for its process's exit news.
+    let mut waited = false;
     loop {
         let n = match stream.read(&mut buf).await {
             Ok(0) => return Ok(()),
@@ -205,11 +206,15 @@ async fn read_frames(
                 continue;
             }
             tokens -= 1.0;
-            // The process may be matched after it connected: look again
-            // every second until it is.
-            if service.is_none() && looked_up.is_none_or(|t| t.elapsed().as_secs() >= 1) {
-                service = shared.targets.lock().ok().and_then(|t| t.service_of(pid));
-                looked_up = Some(now);
+            // The process may be matched after it connected (an agent
+            // connects at cuInit, often before discovery has seen the
+            // exec): look again at every frame until it is, so no record
+            // sent after the match counts as untraced. A frame is a batch
+            // and frames are rate-limited, so this is one lock per batch.
+            if service.is_none() {
+                let may_wait = !waited && matches!(frame, Frame::Records(_));
+                waited |= may_wait;
+                service = service_of(shared, pid, may_wait).await;
             }
             shared
                 .ingest
@@ -218,4 +223,29 @@ async fn read_frames(
                 .frame(id, pid, service, frame);
         }
     }
+}
+
+/// How long records of a process that exited wait for gapscoped to learn
+/// of its exit (and so of its service) before they count as untraced.
+const EXIT_NEWS_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The service of connection `pid`. A process that wrote its last records
+/// and exited may be read before the event loop has seen its exit: the
+/// kernel has already forgotten it, the departed list does not have it
+/// yet. Records from such a peer wait (briefly, once per connection) for
+/// that news.
+async fn service_of(shared: &Shared, pid: u32, may_wait: bool) -> Option<u32> {
+    let lookup = || shared.targets.lock().ok().and_then(|t| t.service_of(pid));
+    let found = lookup();
+    if found.is_some() || !may_wait || crate::discovery::procfs::is_alive(pid) {
+        return found;
+    }
+    let deadline = Instant::now() + EXIT_NEWS_WAIT;
+    while Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        if let Some(service) = lookup() {
+            return Some(service);
+        }
+    }
+    None
 }

@@ -7,8 +7,16 @@
 //! (`task_newtask`), and exited processes are removed there too; the rescan
 //! only repairs what events missed (a full ring buffer, a leader thread that
 //! exited before its process).
+//!
+//! A process's service outlives it for `DEPARTED_GRACE`: what it sent
+//! just before exiting (the injection agent's final flush) is read after
+//! the kernel has dropped it, and still belongs to its service.
 
-use std::{collections::HashMap as StdHashMap, sync::Arc};
+use std::{
+    collections::HashMap as StdHashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{Array, HashMap, MapData};
 use gapscope_ebpf_common::{NO_SERVICE, ProcEvent, proc_event};
@@ -35,7 +43,12 @@ pub struct Targets {
     /// The CUDA calls of every traced process (None: `[cuda] enabled =
     /// false`).
     pub cuda: Option<CudaTracker>,
+    /// Traced processes that exited, with their service and when.
+    departed: StdHashMap<u32, (u32, Instant)>,
 }
+
+/// How long an exited process's service is remembered.
+const DEPARTED_GRACE: Duration = Duration::from_secs(30);
 
 impl Targets {
     pub fn new(
@@ -54,6 +67,7 @@ impl Targets {
             cuda,
             services,
             own_tgid: std::process::id(),
+            departed: StdHashMap::new(),
         }
     }
 
@@ -73,9 +87,19 @@ impl Targets {
         self.map.iter().filter_map(Result::ok).collect()
     }
 
-    /// The service tracing `tgid`, if any (one map lookup).
+    /// The service tracing `tgid`, or that traced it until it exited
+    /// within `DEPARTED_GRACE` (one map lookup, then one hash lookup).
     pub fn service_of(&self, tgid: u32) -> Option<u32> {
-        self.map.get(&tgid, 0).ok()
+        self.map
+            .get(&tgid, 0)
+            .ok()
+            .or_else(|| self.departed.get(&tgid).map(|(service, _)| *service))
+    }
+
+    fn depart(&mut self, tgid: u32, service: u32) {
+        if service != NO_SERVICE {
+            self.departed.insert(tgid, (service, Instant::now()));
+        }
     }
 
     /// Processes traced per service id.
@@ -124,6 +148,11 @@ impl Targets {
 
     fn remove(&mut self, tgid: u32) {
         // Already gone (the kernel removed it at exit) is fine.
+        if let Ok(service) = self.map.get(&tgid, 0)
+            && !procfs::is_alive(tgid)
+        {
+            self.depart(tgid, service);
+        }
         if self.map.remove(&tgid).is_ok() {
             self.changed();
         }
@@ -162,6 +191,8 @@ impl Targets {
     /// resumed and probes for libraries loaded since (codec modules and
     /// CUDA both load lazily).
     pub fn every_second(&mut self) {
+        self.departed
+            .retain(|_, (_, at)| at.elapsed() < DEPARTED_GRACE);
         self.serialization.enforce_budget();
         for (tgid, service, interpreter) in self.gil.python_processes() {
             self.serialization.scan(tgid, service, &interpreter);
@@ -211,6 +242,7 @@ impl Targets {
             }
             proc_event::EXIT => {
                 log::debug!("pid {} exited", ev.tgid);
+                self.depart(ev.tgid, ev.service);
                 self.untrack_image(ev.tgid);
             }
             _ => {}

@@ -7,9 +7,10 @@
 //! The order reads as "closest to handing the GPU work wins": a launch in
 //! progress beats a thread waiting on the GPU, which beats a thread
 //! waiting for the GIL, which beats serialization and other Python work
-//! on CPU, which beat a thread waiting for a CPU, which beats one blocked
-//! in a syscall; `no_work` (every launching thread idle-waiting for
-//! requests) only applies when nothing else does.
+//! on CPU, which beat a thread nothing was recorded of (`unobserved`: it
+//! may have been working), which beats a thread waiting for a CPU, which
+//! beats one blocked in a syscall; `no_work` (every launching thread
+//! idle-waiting for requests) only applies when nothing else does.
 
 use gapscope_ebpf_common::{IntervalKind, OffCpuReason};
 use serde::Serialize;
@@ -24,9 +25,14 @@ pub enum Cause {
     HostSync,
     GilWait,
     Serialization,
-    /// On CPU (or off it for less than the timeline's resolution), GIL
-    /// held, not launching.
+    /// On CPU for a recorded stretch (at least the timeline's
+    /// threshold), not launching: running Python (or the engine's own
+    /// code), GIL held.
     PythonCpu,
+    /// Nothing recorded: no launching thread known, or a launching thread
+    /// neither on nor off CPU for a stretch as long as the timeline's
+    /// threshold (many short ones) — the honest residual.
+    Unobserved,
     Runqueue,
     SyscallFutex,
     SyscallPoll,
@@ -43,7 +49,7 @@ pub enum Cause {
 }
 
 /// Number of causes.
-pub const CAUSES: usize = 14;
+pub const CAUSES: usize = 15;
 
 impl Cause {
     pub const ALL: [Cause; CAUSES] = [
@@ -52,6 +58,7 @@ impl Cause {
         Self::GilWait,
         Self::Serialization,
         Self::PythonCpu,
+        Self::Unobserved,
         Self::Runqueue,
         Self::SyscallFutex,
         Self::SyscallPoll,
@@ -72,6 +79,7 @@ impl Cause {
             Self::GilWait => IntervalKind::GilWait.label(),
             Self::Serialization => IntervalKind::Serialization.label(),
             Self::PythonCpu => "python_cpu",
+            Self::Unobserved => "unobserved",
             Self::Runqueue => OffCpuReason::Runqueue.label(),
             Self::SyscallFutex => OffCpuReason::SyscallFutex.label(),
             Self::SyscallPoll => OffCpuReason::SyscallPoll.label(),
@@ -82,6 +90,18 @@ impl Cause {
             Self::BlockedOther => OffCpuReason::BlockedOther.label(),
             Self::NoWork => "no_work",
         }
+    }
+
+    /// The cause a label names.
+    pub fn from_label(label: &str) -> Option<Cause> {
+        Self::ALL.into_iter().find(|c| c.label() == label)
+    }
+
+    /// Whether removing what this cause stands for would let the GPU
+    /// start its next work earlier: everything but `no_work` (waiting for
+    /// requests is not a stall) and `unobserved` (nothing is known).
+    pub fn recoverable(self) -> bool {
+        !matches!(self, Self::NoWork | Self::Unobserved)
     }
 
     pub fn index(self) -> usize {

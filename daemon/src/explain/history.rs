@@ -1,5 +1,6 @@
 //! What a GPU did over time, in 100 ms buckets: busy time and idle time by
-//! cause. Bounded by age, so memory does not depend on the event rate;
+//! cause, and the energy each drew (priced later, as NVML's readings
+//! arrive: `energy`). Bounded by age, so memory does not depend on the event rate;
 //! queries sum the buckets a window covers (so a window's edges are exact
 //! to a bucket).
 
@@ -8,6 +9,7 @@ use std::collections::VecDeque;
 use super::{
     attribute::Segment,
     cause::{CAUSES, Cause},
+    energy::{Priced, Use},
 };
 
 pub const BUCKET_NS: u64 = 100_000_000;
@@ -19,6 +21,17 @@ pub struct Split {
     pub idle_ns: [u64; CAUSES],
     /// Gaps that ended in the bucket.
     pub gaps: u64,
+    /// Of the `unobserved` idle time, what no launching thread was known
+    /// for (the rest: one was, but recorded nothing that long).
+    pub no_launcher_ns: u64,
+    /// Energy drawn while busy, and while idle by cause (micro-joules).
+    pub busy_uj: u64,
+    pub idle_uj: [u64; CAUSES],
+    /// Busy and idle time that NVML's readings priced, and that they
+    /// could not (no energy figure); time not yet priced is in neither.
+    pub busy_priced_ns: u64,
+    pub idle_priced_ns: u64,
+    pub unpriced_ns: u64,
 }
 
 impl Split {
@@ -29,9 +42,48 @@ impl Split {
     pub fn add(&mut self, other: &Split) {
         self.busy_ns += other.busy_ns;
         self.gaps += other.gaps;
+        self.no_launcher_ns += other.no_launcher_ns;
+        self.busy_uj += other.busy_uj;
+        self.busy_priced_ns += other.busy_priced_ns;
+        self.idle_priced_ns += other.idle_priced_ns;
+        self.unpriced_ns += other.unpriced_ns;
         for (a, b) in self.idle_ns.iter_mut().zip(other.idle_ns.iter()) {
             *a += *b;
         }
+        for (a, b) in self.idle_uj.iter_mut().zip(other.idle_uj.iter()) {
+            *a += *b;
+        }
+    }
+
+    /// Adds the part of a priced stretch that lies in `[lo, hi)`, in
+    /// proportion to time (all of it when the stretch lies inside).
+    pub fn add_priced(&mut self, p: &Priced, lo: u64, hi: u64) {
+        let (a, b) = (p.start_ns.max(lo), p.end_ns.min(hi));
+        if b <= a {
+            return;
+        }
+        let (part, whole) = (u128::from(b - a), u128::from(p.end_ns - p.start_ns));
+        let uj = (u128::from(p.microjoules) * part / whole) as u64;
+        let priced = (u128::from(p.priced_ns) * part / whole) as u64;
+        self.unpriced_ns += (b - a).saturating_sub(priced);
+        match p.what {
+            Use::Busy => {
+                self.busy_uj += uj;
+                self.busy_priced_ns += priced;
+            }
+            Use::Idle(c) => {
+                self.idle_uj[c.index()] += uj;
+                self.idle_priced_ns += priced;
+            }
+        }
+    }
+
+    pub fn priced_ns(&self) -> u64 {
+        self.busy_priced_ns + self.idle_priced_ns
+    }
+
+    pub fn idle_uj_total(&self) -> u64 {
+        self.idle_uj.iter().sum()
     }
 }
 
@@ -65,19 +117,42 @@ impl History {
         self.seen(start_ns, end_ns);
     }
 
-    /// Adds one attributed gap.
-    pub fn gap(&mut self, segments: &[Segment]) {
+    /// Adds one attributed gap; `blind` when no launching thread was
+    /// known for it.
+    pub fn gap(&mut self, segments: &[Segment], blind: bool) {
         let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
             return;
         };
         for seg in segments {
             let i = seg.cause.index();
-            self.spread(seg.start_ns, seg.end_ns, |s, ns| s.idle_ns[i] += ns);
+            let no_launcher = blind && seg.cause == Cause::Unobserved;
+            self.spread(seg.start_ns, seg.end_ns, |s, ns| {
+                s.idle_ns[i] += ns;
+                if no_launcher {
+                    s.no_launcher_ns += ns;
+                }
+            });
             self.totals.idle_ns[i] += seg.end_ns - seg.start_ns;
+            if no_launcher {
+                self.totals.no_launcher_ns += seg.end_ns - seg.start_ns;
+            }
         }
         self.bucket(last.end_ns.saturating_sub(1)).gaps += 1;
         self.totals.gaps += 1;
         self.seen(first.start_ns, last.end_ns);
+    }
+
+    /// Adds a priced stretch's energy, spread over its buckets by time;
+    /// the totals take all of it.
+    pub fn priced(&mut self, p: &Priced) {
+        self.totals.add_priced(p, 0, u64::MAX);
+        let horizon = self.last_ns.saturating_sub(self.keep_ns) / BUCKET_NS;
+        let mut t = p.start_ns.max(horizon * BUCKET_NS);
+        while t < p.end_ns {
+            let upto = ((t / BUCKET_NS + 1) * BUCKET_NS).min(p.end_ns);
+            self.bucket(t).add_priced(p, t, upto);
+            t = upto;
+        }
     }
 
     fn seen(&mut self, start_ns: u64, end_ns: u64) {
@@ -146,18 +221,21 @@ mod tests {
     fn spreads_over_buckets_sums_exactly_and_forgets_old_ones() {
         let mut h = History::new(10 * BUCKET_NS);
         h.busy(50_000_000, 250_000_000);
-        h.gap(&[
-            Segment {
-                start_ns: 250_000_000,
-                end_ns: 260_000_000,
-                cause: Cause::GilWait,
-            },
-            Segment {
-                start_ns: 260_000_000,
-                end_ns: 400_000_000,
-                cause: Cause::NoWork,
-            },
-        ]);
+        h.gap(
+            &[
+                Segment {
+                    start_ns: 250_000_000,
+                    end_ns: 260_000_000,
+                    cause: Cause::GilWait,
+                },
+                Segment {
+                    start_ns: 260_000_000,
+                    end_ns: 400_000_000,
+                    cause: Cause::NoWork,
+                },
+            ],
+            false,
+        );
         let all = h.window(0, 1_000_000_000);
         assert_eq!(all.busy_ns, 200_000_000);
         assert_eq!(all.idle_ns[Cause::GilWait.index()], 10_000_000);

@@ -9,21 +9,27 @@
 //!   attribution as gaps settle;
 //! * `feed`: what the event loop hands the engine (ring-buffer intervals,
 //!   deep-mode stretches, waits in progress);
+//! * `energy`: NVML's readings as each GPU's power curve, and the busy
+//!   and idle stretches priced on it;
 //! * `history`: busy and idle-by-cause time in 100 ms buckets;
 //! * `snapshot`: the CPU-side counters at points in time, so a report can
 //!   say what happened within a window or a load-generator phase;
 //! * `report`: the JSON `/api/v1/explain` serves;
-//! * `render`: `gapscoped explain`, the terminal report and `--compare`.
+//! * `render`: `gapscoped explain`, the terminal report and `--compare`;
+//! * `trace`: one service over a window as a Chrome/Perfetto trace
+//!   (`gapscoped trace`, `/api/v1/trace`).
 
 pub mod attribute;
 pub mod cause;
 pub mod client;
+pub mod energy;
 pub mod engine;
 pub mod feed;
 pub mod history;
 pub mod render;
 pub mod report;
 pub mod snapshot;
+pub mod trace;
 
 pub use cause::Cause;
-pub use engine::Explainer;
+pub use engine::{Explainer, ThreadNow};

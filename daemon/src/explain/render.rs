@@ -210,16 +210,125 @@ fn gpu_block(out: &mut String, g: &Value, indent: &str) {
         f(&g["idle_seconds"]),
         g["gaps"]
     );
-    for c in g["idle_by_cause"].as_array().cloned().unwrap_or_default() {
+    let cov = &g["coverage"];
+    if let Some(observed) = cov["observed_share"].as_f64() {
+        let mut why = Vec::new();
+        if f(&cov["no_launcher_seconds"]) > 0.0 {
+            why.push(format!(
+                "{:.3} s with no launching thread known",
+                f(&cov["no_launcher_seconds"])
+            ));
+        }
+        if f(&cov["below_threshold_seconds"]) > 0.0 {
+            why.push(format!(
+                "{:.3} s in stretches shorter than the timeline's threshold",
+                f(&cov["below_threshold_seconds"])
+            ));
+        }
         let _ = writeln!(
             out,
-            "{indent}  {:<16} {:>9.3} s {:>6}  {}",
+            "{indent}  {} of the idle time has a recorded cause{}",
+            pct(observed),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!("; unobserved: {}", why.join(", "))
+            }
+        );
+    }
+    let open = &g["open_gap"];
+    if open.is_object() {
+        let _ = writeln!(
+            out,
+            "{indent}  idle NOW for {:.1} s and counting (in the figures below); so far: {}",
+            f(&open["seconds"]),
+            join(
+                open["idle_by_cause"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .take(3)
+                    .map(|c| format!(
+                        "{} {:.1} s",
+                        c["cause"].as_str().unwrap_or("?"),
+                        f(&c["seconds"])
+                    ))
+            )
+        );
+    }
+    let e = &g["energy"];
+    if e.is_object() {
+        let _ = writeln!(
+            out,
+            "{indent}  energy: idle {:.1} J at {} W, busy {:.1} J at {} W ({} of the time priced by NVML)",
+            f(&e["idle_joules"]),
+            opt(&e["idle_watts"], 0),
+            f(&e["busy_joules"]),
+            opt(&e["busy_watts"], 0),
+            pct(f(&e["priced_share"]))
+        );
+    }
+    let money = g["gpu_hour_usd"].as_f64();
+    for c in g["idle_by_cause"].as_array().cloned().unwrap_or_default() {
+        let mut line = format!(
+            "{indent}  {:<16} {:>9.3} s {:>6}",
             c["cause"].as_str().unwrap_or("?"),
             f(&c["seconds"]),
             pct(f(&c["share"])),
-            bar(f(&c["share"]))
+        );
+        if e.is_object() {
+            let _ = write!(line, " {:>9} J", opt(&c["joules"], 1));
+        }
+        if money.is_some() {
+            let _ = write!(line, " {:>8} $/h", opt(&c["usd_per_hour"], 3));
+        }
+        let _ = writeln!(out, "{line}  {}", bar(f(&c["share"])));
+    }
+    if let Some(usd) = money {
+        let _ = writeln!(
+            out,
+            "{indent}  ($/h: each cause's share of this GPU's time × {usd} $ per GPU-hour)"
         );
     }
+    let gains: Vec<String> = g["idle_by_cause"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c["what_if"].is_object())
+        .take(3)
+        .map(|c| what_if_line(c["cause"].as_str().unwrap_or("?"), &c["what_if"]))
+        .collect();
+    if !gains.is_empty() {
+        let _ = writeln!(out, "{indent}  what fixing each would buy:");
+        for line in gains {
+            let _ = writeln!(out, "{indent}    {line}");
+        }
+    }
+    if g["what_if"].is_object() {
+        let causes: Vec<&str> = g["what_if"]["causes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{indent}  together: {}",
+            what_if_line(&causes.join(" + "), &g["what_if"])
+        );
+    }
+    if let Some(note) = g["what_if_note"].as_str() {
+        let _ = writeln!(out, "{indent}  ({note})");
+    }
+}
+
+/// "removing X: −2.1 ms idle a gap, +23.4 % steps/s".
+fn what_if_line(what: &str, w: &Value) -> String {
+    format!(
+        "removing {what}: −{} ms idle a gap, +{} steps (tokens) a second",
+        opt(&w["recoverable_ms_per_gap"], 2),
+        w["predicted_speedup"].as_f64().map_or("—".into(), pct)
+    )
 }
 
 fn join(items: impl Iterator<Item = String>) -> String {

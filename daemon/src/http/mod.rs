@@ -1,6 +1,7 @@
 //! The HTTP endpoints: `/metrics`, `/healthz`, a landing page, the
 //! timeline's intervals (`/api/v1/intervals`), the explain report
-//! (`/api/v1/explain`), idle checks, kernels and annotations.
+//! (`/api/v1/explain`), a service's trace (`/api/v1/trace`), idle
+//! checks, kernels and annotations.
 
 //!
 //! This module routes; each family of endpoints has its own module.
@@ -8,6 +9,7 @@
 mod annotations;
 mod explain;
 mod intervals;
+mod trace;
 
 use std::sync::Arc;
 
@@ -31,6 +33,7 @@ pub fn router(state: Arc<DaemonState>) -> Router {
         .route("/api/v1/idle-checks", get(annotations::idle_checks))
         .route("/api/v1/kernels", get(explain::kernels))
         .route("/api/v1/explain", get(explain::explain))
+        .route("/api/v1/trace", get(trace::trace))
         .route(
             "/api/v1/annotations",
             get(annotations::list).post(annotations::add),
@@ -74,6 +77,34 @@ async fn landing(State(state): State<Arc<DaemonState>>) -> Html<String> {
          </body></html>",
         env!("CARGO_PKG_VERSION")
     ))
+}
+
+/// A bad query parameter: the problem and the fix, for `bad_request`.
+type BadParam = (String, String);
+
+/// A `service=` parameter: the service's id and name.
+fn service_param(state: &DaemonState, value: &str) -> Result<(u32, String), BadParam> {
+    state
+        .service_id(value)
+        .map(|id| (id, value.to_string()))
+        .ok_or_else(|| {
+            (
+                format!("no service named {value:?}"),
+                "use a [[service]] name from the configuration".into(),
+            )
+        })
+}
+
+/// A `window=` parameter of at most `limit_ns` (`within` names that
+/// limit in the problem; `fix` is the endpoint's parameters).
+fn window_param(value: &str, limit_ns: u64, within: &str, fix: &str) -> Result<u64, BadParam> {
+    match crate::explain::report::parse_window(value) {
+        Some(ns) if ns > 0 && ns <= limit_ns => Ok(ns),
+        _ => Err((
+            format!("window={value:?} is not a duration within {within}"),
+            fix.into(),
+        )),
+    }
 }
 
 /// A 400 answer naming the problem and the fix, as JSON.

@@ -10,13 +10,25 @@ use crate::state::DaemonState;
 pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     let mut idle = Family::counter(
         "gapscope_gpu_idle_seconds_total",
-        "GPU idle time by cause: what the service's launching threads were doing during each idle gap (launch_overhead, host_sync, gil_wait, serialization, python_cpu, runqueue, syscall_<family>, blocked_other, no_work); source cupti is exact, uprobes a lower bound (device all). Counted when a gap closes.",
+        "GPU idle time by cause: what the service's launching threads were doing during each idle gap (launch_overhead, host_sync, gil_wait, serialization, python_cpu, unobserved, runqueue, syscall_<family>, blocked_other, no_work); source cupti is exact, uprobes a lower bound (device all). Counted when a gap closes.",
     );
     let mut busy = Family::counter(
         "gapscope_gpu_timeline_busy_seconds_total",
         "GPU busy time on the attribution's timeline: with gapscope_gpu_idle_seconds_total it adds up to the wall time since the service's GPU work was first seen.",
     );
     let mut gaps = Family::counter("gapscope_gpu_idle_gaps_total", "Idle gaps attributed.");
+    let mut idle_energy = Family::counter(
+        "gapscope_gpu_idle_energy_joules_total",
+        "Energy the GPU drew while idle, by cause: each idle segment priced on NVML's readings (the energy counter's increase between readings, else the power readings). Counted once a reading past the segment arrived; time no reading priced is in gapscope_gpu_energy_unpriced_seconds_total.",
+    );
+    let mut busy_energy = Family::counter(
+        "gapscope_gpu_timeline_busy_energy_joules_total",
+        "Energy the GPU drew while busy on the attribution's timeline: with gapscope_gpu_idle_energy_joules_total, the GPU's energy over the priced time.",
+    );
+    let mut unpriced = Family::counter(
+        "gapscope_gpu_energy_unpriced_seconds_total",
+        "Busy and idle time on the attribution's timeline that has no energy figure: NVML down or never read, before its first reading, or a CUDA device of a service on several GPUs (the injection library does not send device UUIDs).",
+    );
     let mut launchers = Family::gauge(
         "gapscope_explain_launching_threads",
         "Threads seen launching GPU work or waiting on it within [explain] window_s: the threads whose states explain an idle gap.",
@@ -33,6 +45,14 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         "gapscope_explain_states_evicted_total",
         "Thread states dropped before [explain] window_s to stay within [explain] max_states.",
     );
+    let mut open = Family::gauge(
+        "gapscope_gpu_idle_open_seconds",
+        "How long the GPU has been idle in a gap that has not ended (0 when it has work, or its service has no process): with CUPTI, since the device's last busy stretch with no CUDA call since; with the uprobes alone, since the last host sync returned with nothing launched since. Shown once a gap is 1 s old; gapscoped explain attributes it so far.",
+    );
+    // Read before the explainer is locked: an open gap counts only while
+    // its service has a process.
+    let live: Vec<u64> = state.targets.lock().map(|t| t.counts()).unwrap_or_default();
+    let now = crate::clock::monotonic_ns();
     let Ok(e) = state.explainer.lock() else {
         return Vec::new();
     };
@@ -51,7 +71,23 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
                 h.totals.idle_ns[c.index()] as f64 / 1e9,
             );
         }
+        for c in Cause::ALL {
+            idle_energy.add_counter(
+                &[l[0], l[1], l[2], ("cause", c.label())],
+                h.totals.idle_uj[c.index()] as f64 / 1e6,
+            );
+        }
+        busy_energy.add_counter(&l, h.totals.busy_uj as f64 / 1e6);
+        unpriced.add_counter(&l, h.totals.unpriced_ns as f64 / 1e9);
         busy.add_counter(&l, h.totals.busy_ns as f64 / 1e9);
+        let alive = live.get(*service as usize).is_some_and(|n| *n > 0);
+        let open_s = e
+            .open(*service)
+            .iter()
+            .find(|g| g.device == *device && g.source == *source)
+            .filter(|_| alive)
+            .map_or(0.0, |g| now.saturating_sub(g.since_ns) as f64 / 1e9);
+        open.add_gauge(&l, open_s);
         gaps.add_counter(&l, h.totals.gaps as f64);
     }
     for (id, s) in state.services.iter().enumerate() {
@@ -67,5 +103,17 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     stretches.add_counter(&[("why", "explainer_behind")], behind as f64);
     stretches.add_counter(&[("why", "attributed_early")], e.counters.early as f64);
     evicted.add_counter(&[], e.counters.evicted as f64);
-    vec![idle, busy, gaps, launchers, states, evicted, stretches]
+    vec![
+        idle,
+        busy,
+        gaps,
+        idle_energy,
+        busy_energy,
+        unpriced,
+        open,
+        launchers,
+        states,
+        evicted,
+        stretches,
+    ]
 }

@@ -88,7 +88,10 @@ fn dropped_by_source(state: &DaemonState) -> [(&'static str, f64); 4] {
     let count = |index: u32| count(state, index);
     [
         ("syscall", count(counter::SYSCALLS_DROPPED)),
-        ("sched", count(counter::THREADS_DROPPED)),
+        (
+            "sched",
+            count(counter::THREADS_DROPPED) + count(counter::SWITCHES_UNSEEN),
+        ),
         (
             "proc",
             count(counter::PROC_EVENTS_DROPPED) + count(counter::TARGETS_DROPPED),

@@ -218,8 +218,9 @@ fn idle_check_families(state: &GpuState) -> [Family; 4] {
     [idle, idle_util, idle_power, idle_holders]
 }
 
-/// The NVML collector's own rounds, their time and the refused readings.
-fn collector_families(state: &GpuState) -> [Family; 3] {
+/// The NVML collector's own rounds, their time, the refused readings and
+/// the GPUs lost.
+fn collector_families(state: &GpuState) -> [Family; 4] {
     let mut rounds = Family::counter(
         "gapscope_nvml_samples_total",
         "Rounds of NVML readings taken (every GPU each round).",
@@ -232,6 +233,18 @@ fn collector_families(state: &GpuState) -> [Family; 3] {
         "gapscope_nvml_read_errors_total",
         "NVML readings refused, by field (a field this GPU does not support is refused every round and not exported).",
     );
+    let mut lost = Family::gauge(
+        "gapscope_gpu_lost",
+        "1 while NVML says the GPU fell off the bus or became inaccessible (NVML_ERROR_GPU_IS_LOST); its other series are gone until it answers again.",
+    );
+    for (index, (uuid, model)) in &state.lost {
+        let l = [
+            ("gpu", index.to_string()),
+            ("UUID", uuid.clone()),
+            ("modelName", model.clone()),
+        ];
+        add(&mut lost, &l, &[], 1.0);
+    }
     if state.up {
         rounds.add_counter(&[], state.rounds as f64);
         round_time.add_gauge(&[], state.last_round_seconds);
@@ -239,7 +252,7 @@ fn collector_families(state: &GpuState) -> [Family; 3] {
             refused.add_counter(&[("field", field)], *n as f64);
         }
     }
-    [rounds, round_time, refused]
+    [rounds, round_time, refused, lost]
 }
 
 #[cfg(test)]

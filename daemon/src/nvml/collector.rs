@@ -19,7 +19,7 @@ use nvml_wrapper::{
 };
 
 use super::{GpuSample, GpuState, sample::GpuProcess};
-use crate::clock::monotonic_ns;
+use crate::{clock::monotonic_ns, config::NvmlConfig};
 
 /// Stops the collector thread when dropped.
 pub struct Collector {
@@ -48,12 +48,20 @@ pub fn explain(e: &NvmlError) -> String {
 
 /// Starts the collector. The state says at once whether it is up; when it
 /// is down the thread is not started.
-pub fn start(interval: Duration, state: Arc<Mutex<GpuState>>) -> Collector {
+pub fn start(config: &NvmlConfig, state: Arc<Mutex<GpuState>>) -> Collector {
+    let interval = config.interval;
     let idle = Collector {
         stop: None,
         thread: None,
     };
-    let nvml = match Nvml::init() {
+    let opened = match &config.library {
+        Some(path) => {
+            log::info!("NVML from {} ([nvml] library, a test hook)", path.display());
+            Nvml::builder().lib_path(path.as_os_str()).init()
+        }
+        None => Nvml::init(),
+    };
+    let nvml = match opened {
         Ok(n) => n,
         Err(e) => {
             let why = explain(&e);
@@ -99,22 +107,60 @@ pub fn start(interval: Duration, state: Arc<Mutex<GpuState>>) -> Collector {
 
 fn run(nvml: Nvml, interval: Duration, state: Arc<Mutex<GpuState>>, stopped: mpsc::Receiver<()>) {
     let count = nvml.device_count().unwrap_or(0);
+    // Each GPU's name as last read, for the log and the lost GPU's labels.
+    let mut known: Vec<(String, String)> = vec![Default::default(); count as usize];
     loop {
         let started = Instant::now();
         let mut errors = Vec::new();
-        let devices: Vec<GpuSample> = (0..count)
-            .filter_map(|i| match nvml.device_by_index(i) {
-                Ok(d) => Some(read(i, &d, &mut errors)),
+        let mut devices = Vec::new();
+        let mut lost = Vec::new();
+        for i in 0..count {
+            let mut own = Vec::new();
+            let sample = match nvml.device_by_index(i) {
+                Ok(d) => Some(read(i, &d, &mut own)),
                 Err(e) => {
-                    errors.push(("device", e));
+                    own.push(("device", e));
                     None
                 }
-            })
-            .collect();
+            };
+            // A GPU off the bus answers nothing; its fields are not
+            // "unsupported", and a reading of it would be all gaps.
+            if own.iter().any(|(_, e)| matches!(e, NvmlError::GpuLost)) {
+                lost.push(i);
+                continue;
+            }
+            errors.extend(own);
+            if let Some(s) = sample {
+                known[i as usize] = (s.uuid.clone(), s.model.clone());
+                devices.push(s);
+            }
+        }
         {
             let mut s = lock(&state);
             for (field, _) in &errors {
                 *s.read_errors.entry(field).or_default() += 1;
+            }
+            for &i in &lost {
+                let (uuid, model) = &known[i as usize];
+                if !s.lost.contains_key(&i) {
+                    log::error!(
+                        "GPU {i} ({uuid}, {model}) is lost: NVML_ERROR_GPU_IS_LOST, it fell off the bus \
+                         or became inaccessible; its readings are no longer exported \
+                         (gapscope_gpu_lost is 1). Look for an Xid error in the kernel log (dmesg; Xid 79 is \
+                         \"fallen off the bus\"); a GPU reset (nvidia-smi -r) or a reboot brings it back"
+                    );
+                }
+                s.lost.insert(i, (uuid.clone(), model.clone()));
+            }
+            let back: Vec<u32> = s
+                .lost
+                .keys()
+                .filter(|i| !lost.contains(i))
+                .copied()
+                .collect();
+            for i in back {
+                log::warn!("GPU {i} answers NVML again");
+                s.lost.remove(&i);
             }
             s.idle.observe(&devices);
             s.devices = devices;
@@ -134,8 +180,37 @@ fn run(nvml: Nvml, interval: Duration, state: Arc<Mutex<GpuState>>, stopped: mps
 }
 
 /// One reading of one GPU. Fields the GPU refuses are left out and
-/// recorded in `errors`.
+/// recorded in `errors`; a GPU off the bus is asked once per round (on a
+/// real driver each call to a lost GPU may wait for a timeout, and the
+/// other GPUs' readings would go stale meanwhile).
 fn read(index: u32, d: &Device, errors: &mut Vec<(&'static str, NvmlError)>) -> GpuSample {
+    let rates = match d.utilization_rates() {
+        Err(NvmlError::GpuLost) => {
+            errors.push(("utilization", NvmlError::GpuLost));
+            return GpuSample {
+                index,
+                ..GpuSample::default()
+            };
+        }
+        r => r,
+    };
+    let (utilization, memory_utilization) = match rates {
+        Ok(u) => (
+            Some(f64::from(u.gpu) / 100.0),
+            Some(f64::from(u.memory) / 100.0),
+        ),
+        Err(e) => {
+            errors.push(("utilization", e));
+            (None, None)
+        }
+    };
+    let (memory_used, memory_total) = match d.memory_info() {
+        Ok(m) => (Some(m.used as f64), Some(m.total as f64)),
+        Err(e) => {
+            errors.push(("memory", e));
+            (None, None)
+        }
+    };
     let mut field = |name: &'static str, r: Result<f64, NvmlError>| match r {
         Ok(v) => Some(v),
         Err(e) => {
@@ -146,16 +221,6 @@ fn read(index: u32, d: &Device, errors: &mut Vec<(&'static str, NvmlError)>) -> 
     let watts = |mw: u32| f64::from(mw) / 1000.0;
     let hertz = |mhz: u32| f64::from(mhz) * 1e6;
     let per_second = |kb: u32| f64::from(kb) * 1024.0;
-    let utilization = field(
-        "utilization",
-        d.utilization_rates().map(|u| f64::from(u.gpu) / 100.0),
-    );
-    let memory_utilization = field(
-        "memory_utilization",
-        d.utilization_rates().map(|u| f64::from(u.memory) / 100.0),
-    );
-    let memory_used = field("memory", d.memory_info().map(|m| m.used as f64));
-    let memory_total = field("memory", d.memory_info().map(|m| m.total as f64));
     let mut s = GpuSample {
         index,
         monotonic_ns: monotonic_ns(),

@@ -202,7 +202,10 @@ impl IdleChecks {
                 let power_mean = mean(&power);
                 let excess = power_mean.zip(baseline).map(|(p, b)| p - b);
                 let utilization_max = max(&util);
-                let (idle, finding) = verdict(settled.len(), utilization_max, excess, baseline);
+                let (idle, mut finding) = verdict(settled.len(), utilization_max, excess, baseline);
+                if !idle && !g.processes.is_empty() {
+                    finding.push_str(&holders(&g.processes));
+                }
                 GpuIdle {
                     gpu: g.index,
                     uuid,
@@ -256,6 +259,18 @@ fn mean(v: &[f64]) -> Option<f64> {
 
 fn max(v: &[f64]) -> Option<f64> {
     v.iter().copied().reduce(f64::max)
+}
+
+/// The processes holding GPU memory, for a finding: the first suspects.
+fn holders(processes: &[GpuProcess]) -> String {
+    let each: Vec<String> = processes
+        .iter()
+        .map(|p| match p.memory_bytes {
+            Some(b) => format!("pid {} ({:.2} GiB)", p.pid, b as f64 / (1u64 << 30) as f64),
+            None => format!("pid {}", p.pid),
+        })
+        .collect();
+    format!("; GPU memory still held by {}", each.join(", "))
 }
 
 /// Whether a GPU was idle during the settled part of a silent phase, and

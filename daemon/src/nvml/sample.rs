@@ -74,6 +74,9 @@ pub struct GpuState {
     /// Readings NVML refused, by field (a field unsupported on this GPU is
     /// refused every round).
     pub read_errors: std::collections::BTreeMap<&'static str, u64>,
+    /// GPUs NVML calls lost (`NVML_ERROR_GPU_IS_LOST`), by index: their
+    /// UUID and name as last read.
+    pub lost: std::collections::BTreeMap<u32, (String, String)>,
     pub idle: IdleChecks,
 }
 

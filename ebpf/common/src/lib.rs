@@ -48,7 +48,12 @@ pub mod counter {
     pub const INTERVALS_DROPPED: u32 = 8;
     /// CUDA API calls not recorded because the CUDA call map was full.
     pub const CUDA_CALLS_DROPPED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Context switches of traced threads no program saw, found at the
+    /// thread's next switch (a switch-in with no switch-out before it, or
+    /// the reverse): the kernel ran no program for them. Each may hide
+    /// one stretch off CPU.
+    pub const SWITCHES_UNSEEN: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Byte offsets of the fields the programs read in classic tracepoint

@@ -26,16 +26,22 @@ pub enum IntervalKind {
     /// thread had launched nothing for the threshold, or one that lasted
     /// that long: where work reached the GPU after a quiet stretch.
     Launch = 6,
+    /// A thread on CPU, from the switch that gave it the CPU to the one
+    /// that took it away; `detail` is 0. With the stretches off CPU it
+    /// says what a launching thread did at every instant longer than the
+    /// threshold.
+    OnCpu = 7,
 }
 
 impl IntervalKind {
-    pub const ALL: [IntervalKind; 6] = [
+    pub const ALL: [IntervalKind; 7] = [
         Self::GilWait,
         Self::Serialization,
         Self::HostSync,
         Self::GpuBusy,
         Self::OffCpu,
         Self::Launch,
+        Self::OnCpu,
     ];
 
     /// The `kind` label value.
@@ -47,6 +53,7 @@ impl IntervalKind {
             Self::GpuBusy => "gpu_busy",
             Self::OffCpu => "off_cpu",
             Self::Launch => "launch",
+            Self::OnCpu => "on_cpu",
         }
     }
 

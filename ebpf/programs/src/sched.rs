@@ -62,11 +62,27 @@ fn switch_out(ctx: &TracePointContext, now: u64) {
     let prev_state: i64 = field(ctx, SWITCH_PREV_STATE);
     // SAFETY: only the thread itself (now, on this CPU) writes these fields.
     unsafe {
-        if (*t).on_cpu_since_ns != 0
+        // Off CPU already: the switch-in between was not seen. (Both zero:
+        // the thread's first switch since tracing began.)
+        if (*t).on_cpu_since_ns == 0 && (*t).off_cpu_since_ns != 0 {
+            bump(counter::SWITCHES_UNSEEN, 1);
+        }
+        let on_since = (*t).on_cpu_since_ns;
+        if on_since != 0
             && let Some(stats) = OFFCPU.get_ptr_mut(service)
         {
-            (*stats).on_cpu_ns += now.saturating_sub((*t).on_cpu_since_ns);
+            (*stats).on_cpu_ns += now.saturating_sub(on_since);
         }
+        // The stretch on CPU that ends here, when long enough.
+        timeline::offer(
+            IntervalKind::OnCpu as u32,
+            0,
+            service,
+            tgid,
+            tid,
+            on_since,
+            now,
+        );
         (*t).on_cpu_since_ns = 0;
         (*t).off_cpu_since_ns = now;
         (*t).woken_ns = 0;
@@ -103,9 +119,15 @@ fn switch_in(tid: u32, now: u64) {
             return;
         };
         let off_since = (*t).off_cpu_since_ns;
+        let on_since = (*t).on_cpu_since_ns;
         (*t).on_cpu_since_ns = now;
         (*t).off_cpu_since_ns = 0;
         if off_since == 0 {
+            // On CPU already: the switch-out between was not seen, and
+            // with it whatever stretch off CPU followed.
+            if on_since != 0 {
+                bump(counter::SWITCHES_UNSEEN, 1);
+            }
             return;
         }
         let Some(stats) = OFFCPU.get_ptr_mut(service) else {

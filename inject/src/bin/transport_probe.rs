@@ -64,6 +64,8 @@ fn main() {
                 start_ns: t + i * 1000,
                 end_ns: t + i * 1000 + 500,
                 bytes: 0,
+                thread: 0,
+                graph: 0,
             })
             .collect();
         let call = Instant::now();

@@ -41,6 +41,10 @@ pub struct Plan {
     /// gapscoped's base URL: phase starts and ends are posted to it.
     #[serde(default)]
     pub gapscoped: Option<String>,
+    /// The gapscoped service this run loads: its annotations name it, so
+    /// gapscoped counts this run's tokens for that service only.
+    #[serde(default)]
+    pub gapscoped_service: Option<String>,
 }
 
 fn default_seed() -> u64 {
@@ -453,6 +457,7 @@ impl Plan {
             model: ModelSpec::default(),
             cost: Cost::default(),
             gapscoped: None,
+            gapscoped_service: None,
         }
     }
 

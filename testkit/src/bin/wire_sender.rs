@@ -44,6 +44,8 @@ fn record(kind: RecordKind, correlation: u32, name: u32, start: u64, end: u64) -
         start_ns: start,
         end_ns: end,
         bytes: 1 << 20,
+        thread: 0,
+        graph: 0,
     }
 }
 

@@ -27,6 +27,7 @@ use gapscope_ebpf_common::{Interval, IntervalKind, OffCpuReason};
 use super::{
     attribute::{self, Context, Segment, ThreadState},
     cause::Cause,
+    energy::{Energy, Priced, Use},
     history::{History, Split},
 };
 use crate::config::ExplainConfig;
@@ -44,8 +45,43 @@ const DEEP_HOLD_NS: u64 = 60_000_000_000;
 /// are attributed early).
 const MAX_PENDING_STRETCHES: usize = 200_000;
 
+/// An idle stretch is reported open once it is this old: longer than the
+/// injection library's flush (100 ms) plus the reorder window, so work
+/// handed to the GPU meanwhile has been heard of.
+pub const OPEN_AFTER_NS: u64 = 1_000_000_000;
+
+/// Attributed idle segments kept for traces (about 40 bytes each), the
+/// newest.
+pub const MAX_RECENT_SEGMENTS: usize = 200_000;
+
+/// One attributed piece of an idle gap, kept for traces.
+#[derive(Debug, Clone, Copy)]
+pub struct RecentSegment {
+    pub service: u32,
+    /// The CUDA device, or None for the uprobes' `all`.
+    pub device: Option<u8>,
+    pub source: Source,
+    pub segment: Segment,
+    /// The gap's first segment: where one gap ends and the next begins.
+    pub first: bool,
+}
+
 /// The device label of gaps found without CUPTI.
 pub const ALL_DEVICES: &str = "all";
+
+/// A launching thread right now, from the kernel's per-thread state.
+#[derive(Debug, Clone, Copy)]
+pub enum ThreadNow {
+    /// On CPU, or runnable since it last ran, since when unknown.
+    Running,
+    /// On CPU since the instant given (the switch that gave it the CPU).
+    OnCpu(u64),
+    /// Off CPU, and since when.
+    Off(Ongoing),
+    /// Exited (the kernel dropped its state): no longer a launching
+    /// thread, so its silence cannot claim the gaps that follow.
+    Gone,
+}
 
 /// A thread off CPU right now, from the kernel's per-thread state.
 #[derive(Debug, Clone, Copy)]
@@ -105,12 +141,35 @@ struct Service {
     states: VecDeque<ThreadState>,
     /// Threads that launched or synchronized, and when last.
     launchers: HashMap<u32, u64>,
+    /// Launching threads that exited, and when they last launched or
+    /// synchronized: they count for gaps that began before.
+    departed: HashMap<u32, u64>,
     markers: Vec<Marker>,
     uprobe_view: UprobeView,
     cupti_seen_ns: Option<u64>,
     stretches: Vec<(u8, Stretch)>,
     /// Newest end of any state: the window's clock.
     newest_ns: u64,
+    /// Deep mode: where each device's newest busy stretch ended, and the
+    /// newest CUDA API call CUPTI reported (work handed over since).
+    busy_until: BTreeMap<u8, u64>,
+    api_seen_ns: u64,
+    /// The oldest kernel launch whose kernel CUPTI has not reported (it
+    /// runs, or waits its turn): the device has work.
+    in_flight_since: Option<u64>,
+    /// The idle stretches still open at the last tick.
+    open: Vec<OpenGap>,
+}
+
+/// An idle stretch that has not ended: the GPU has had no work since
+/// `since_ns`, and what the launching threads did up to `now_ns`.
+#[derive(Debug, Clone)]
+pub struct OpenGap {
+    pub device: String,
+    pub source: Source,
+    pub since_ns: u64,
+    pub now_ns: u64,
+    pub segments: Vec<Segment>,
 }
 
 /// What the explainer counted about itself.
@@ -146,6 +205,13 @@ pub struct Explainer {
     pub histories: BTreeMap<(u32, String), (Source, History)>,
     pub phases: VecDeque<PhaseSplit>,
     pub counters: Counters,
+    /// The power curves of the GPUs, and the stretches waiting to be
+    /// priced on them.
+    pub energy: Energy,
+    /// The newest attributed idle segments, in attribution order, for
+    /// traces; and how many older ones were let go.
+    pub recent: VecDeque<RecentSegment>,
+    pub recent_evicted: u64,
 }
 
 impl Explainer {
@@ -156,6 +222,9 @@ impl Explainer {
             histories: BTreeMap::new(),
             phases: VecDeque::new(),
             counters: Counters::default(),
+            energy: Energy::default(),
+            recent: VecDeque::new(),
+            recent_evicted: 0,
         }
     }
 
@@ -195,6 +264,7 @@ impl Explainer {
             .or_insert_with(|| (source, History::new(history_ns)))
             .1
             .busy(start_ns, end_ns);
+        self.energy.add(key.0, &key.1, Use::Busy, start_ns, end_ns);
         for p in &mut self.phases {
             let ns = overlap(p, start_ns, end_ns);
             if ns > 0 {
@@ -207,20 +277,55 @@ impl Explainer {
         }
     }
 
-    fn account_gap(&mut self, key: &(u32, String), source: Source, segments: &[Segment]) {
+    /// `blind`: no launching thread was known for the gap (its
+    /// `unobserved` time is for want of one).
+    fn account_gap(
+        &mut self,
+        key: &(u32, String),
+        source: Source,
+        segments: &[Segment],
+        blind: bool,
+    ) {
         let history_ns = self.config.history_ns;
         self.histories
             .entry(key.clone())
             .or_insert_with(|| (source, History::new(history_ns)))
             .1
-            .gap(segments);
+            .gap(segments, blind);
+        let device = key.1.parse::<u8>().ok();
+        for (i, seg) in segments.iter().enumerate() {
+            if self.recent.len() >= MAX_RECENT_SEGMENTS {
+                self.recent.pop_front();
+                self.recent_evicted += 1;
+            }
+            self.recent.push_back(RecentSegment {
+                service: key.0,
+                device,
+                source,
+                segment: *seg,
+                first: i == 0,
+            });
+        }
+        for seg in segments {
+            self.energy.add(
+                key.0,
+                &key.1,
+                Use::Idle(seg.cause),
+                seg.start_ns,
+                seg.end_ns,
+            );
+        }
         let Some(end) = segments.last().map(|s| s.end_ns) else {
             return;
         };
         for p in &mut self.phases {
             let mut split = Split::default();
             for seg in segments {
-                split.idle_ns[seg.cause.index()] += overlap(p, seg.start_ns, seg.end_ns);
+                let ns = overlap(p, seg.start_ns, seg.end_ns);
+                split.idle_ns[seg.cause.index()] += ns;
+                if blind && seg.cause == Cause::Unobserved {
+                    split.no_launcher_ns += ns;
+                }
             }
             if end > p.start_ns && p.end_ns.is_none_or(|e| end <= e) {
                 split.gaps = 1;
@@ -265,6 +370,7 @@ impl Explainer {
                 Some(c) => c,
                 None => return,
             },
+            IntervalKind::OnCpu => Cause::PythonCpu,
             IntervalKind::GpuBusy => return,
         };
         let s = self.services.entry(i.service).or_default();
@@ -294,6 +400,7 @@ impl Explainer {
             self.counters.evicted += 1;
         }
         s.launchers.retain(|_, last| *last >= horizon);
+        s.departed.retain(|_, last| *last >= horizon);
         s.states.push_back(ThreadState {
             tid: i.tid,
             start_ns: i.start_ns,
@@ -303,39 +410,118 @@ impl Explainer {
         self.counters.states += 1;
     }
 
+    /// A thread CUPTI saw launching or waiting for GPU work (its API
+    /// records' thread id): a launching thread, whose states explain the
+    /// gaps, even where no uprobe on libcuda saw it (a statically linked
+    /// or stripped CUDA).
+    pub fn on_launching_thread(&mut self, service: u32, tid: u32, at_ns: u64) {
+        let last = self
+            .services
+            .entry(service)
+            .or_default()
+            .launchers
+            .entry(tid)
+            .or_default();
+        *last = (*last).max(at_ns);
+    }
+
+    /// The kernel launches awaiting their kernel, per service (the oldest
+    /// launch's start); a service absent has none.
+    pub fn on_in_flight(&mut self, in_flight: &HashMap<u32, u64>) {
+        for (id, s) in &mut self.services {
+            s.in_flight_since = in_flight.get(id).copied();
+        }
+    }
+
+    /// CUPTI saw the service start a CUDA call that hands the GPU work (a
+    /// launch or a copy) at `start_ns`: a device whose last stretch ended
+    /// before has work coming, so its gap is not open.
+    pub fn on_api_call(&mut self, service: u32, start_ns: u64) {
+        let s = self.services.entry(service).or_default();
+        s.api_seen_ns = s.api_seen_ns.max(start_ns);
+    }
+
     /// Takes a settled busy stretch of `device` from CUPTI deep mode.
     pub fn on_stretch(&mut self, service: u32, device: u8, stretch: Stretch) {
         let s = self.services.entry(service).or_default();
         s.cupti_seen_ns = Some(s.cupti_seen_ns.unwrap_or(0).max(stretch.end_ns));
+        let until = s.busy_until.entry(device).or_default();
+        *until = (*until).max(stretch.end_ns);
         s.stretches.push((device, stretch));
     }
 
-    /// Attributes every gap settled by `now_ns`. `ongoing` says whether a
-    /// thread is off CPU right now (the kernel's thread state): a wait
-    /// still in progress has sent no interval yet, but it covers the gap.
-    pub fn tick(&mut self, now_ns: u64, ongoing: &dyn Fn(u32) -> Option<Ongoing>) {
+    /// Attributes every gap settled by `now_ns`. `now` says what a thread
+    /// is doing right now (the kernel's thread state): a wait still in
+    /// progress has sent no interval yet, but it covers the gap; a thread
+    /// that exited stops being a launching thread.
+    pub fn tick(&mut self, now_ns: u64, now: &dyn Fn(u32) -> ThreadNow) {
         let horizon = now_ns.saturating_sub(SETTLE_NS);
         let ids: Vec<u32> = self.services.keys().copied().collect();
         for id in ids {
+            let s = self.services.get_mut(&id).expect("listed");
+            // One look at each launching thread per tick (a map read in
+            // the kernel each).
+            let seen: HashMap<u32, ThreadNow> =
+                s.launchers.keys().map(|&tid| (tid, now(tid))).collect();
+            for (&tid, state) in &seen {
+                if matches!(state, ThreadNow::Gone)
+                    && let Some(last) = s.launchers.remove(&tid)
+                {
+                    s.departed.insert(tid, last);
+                }
+            }
+            let ongoing = |tid| seen.get(&tid).copied();
+            let ongoing: &dyn Fn(u32) -> Option<ThreadNow> = &ongoing;
             let extra = self.ongoing_states(id, now_ns, ongoing);
             self.deep_gaps(id, horizon, &extra);
             self.uprobe_gaps(id, horizon, &extra);
+            self.open_gaps(id, now_ns, &extra);
+        }
+        for p in self.energy.settle(now_ns) {
+            self.account_energy(&p);
         }
     }
 
-    /// The launching threads' waits in progress, as states up to now.
+    /// Adds a priced stretch to its row's history and the phases it
+    /// overlaps.
+    fn account_energy(&mut self, p: &Priced) {
+        let key = (p.service, p.device.clone());
+        if let Some((_, h)) = self.histories.get_mut(&key) {
+            h.priced(p);
+        }
+        for phase in &mut self.phases {
+            if let Some((_, split)) = phase.splits.get_mut(&key) {
+                split.add_priced(p, phase.start_ns, phase.end_ns.unwrap_or(u64::MAX));
+            }
+        }
+    }
+
+    /// The launching threads' waits and stretches on CPU in progress, as
+    /// states up to now.
     fn ongoing_states(
         &self,
         id: u32,
         now_ns: u64,
-        ongoing: &dyn Fn(u32) -> Option<Ongoing>,
+        ongoing: &dyn Fn(u32) -> Option<ThreadNow>,
     ) -> Vec<ThreadState> {
         let Some(s) = self.services.get(&id) else {
             return Vec::new();
         };
         let mut out = Vec::new();
         for &tid in s.launchers.keys() {
-            let Some(o) = ongoing(tid) else { continue };
+            let o = match ongoing(tid) {
+                Some(ThreadNow::Off(o)) => o,
+                Some(ThreadNow::OnCpu(since)) if since != 0 && since < now_ns => {
+                    out.push(ThreadState {
+                        tid,
+                        start_ns: since,
+                        end_ns: now_ns,
+                        cause: Cause::PythonCpu,
+                    });
+                    continue;
+                }
+                _ => continue,
+            };
             if o.since_ns == 0 || o.since_ns >= now_ns {
                 continue;
             }
@@ -396,8 +582,8 @@ impl Explainer {
         }
         for (device, st, segments) in done {
             let key = (id, device);
-            if let Some(segments) = segments {
-                self.account_gap(&key, Source::Cupti, &segments);
+            if let Some((segments, blind)) = segments {
+                self.account_gap(&key, Source::Cupti, &segments, blind);
             }
             self.account_busy(&key, Source::Cupti, st.start_ns, st.end_ns);
         }
@@ -462,12 +648,72 @@ impl Explainer {
             return;
         }
         let key = (id, ALL_DEVICES.to_string());
-        for segments in &out {
-            self.account_gap(&key, Source::Uprobes, segments);
+        for (segments, blind) in &out {
+            self.account_gap(&key, Source::Uprobes, segments, *blind);
         }
         for (b, e) in busy {
             self.account_busy(&key, Source::Uprobes, b, e);
         }
+    }
+
+    /// Finds the service's idle stretches still open at `now_ns` and
+    /// attributes them so far.
+    fn open_gaps(&mut self, id: u32, now_ns: u64, extra: &[ThreadState]) {
+        let s = self.services.get(&id).expect("listed");
+        let mut open: Vec<(String, Source, u64)> = Vec::new();
+        // Deep mode: a device whose last busy stretch ended long ago, with
+        // no launch begun since, no kernel launched and not yet reported
+        // (a long one still running) and no stretch waiting to be taken.
+        let running = s.in_flight_since.is_some();
+        for (&device, &until) in s.busy_until.iter().filter(|_| !running) {
+            let pending = s.stretches.iter().any(|(d, _)| *d == device);
+            if !pending && s.api_seen_ns <= until && now_ns.saturating_sub(until) >= OPEN_AFTER_NS {
+                open.push((device.to_string(), Source::Cupti, until));
+            }
+        }
+        // Uprobes: a host sync returned, and nothing was launched since
+        // (the settled view, and the launches and syncs still settling).
+        // Judged at the gap's start, as closed gaps are: an idle stretch
+        // that began in deep mode is CUPTI's however long it lasts.
+        let deep_at = |t: u64| {
+            s.cupti_seen_ns
+                .is_some_and(|seen| t <= seen.saturating_add(DEEP_HOLD_NS))
+        };
+        if let Some(since) = s.uprobe_view.idle_since
+            && !deep_at(since)
+            && now_ns.saturating_sub(since) >= OPEN_AFTER_NS
+        {
+            // Any sync sent since means work: a short one is sent only
+            // when launches came before it (the launches themselves only
+            // after a quiet stretch).
+            let fed = s.markers.iter().any(|m| match *m {
+                Marker::Launch { start_ns } | Marker::Sync { start_ns, .. } => start_ns >= since,
+            });
+            if !fed {
+                open.push((ALL_DEVICES.to_string(), Source::Uprobes, since));
+            }
+        }
+        let gaps = match open.iter().map(|(_, _, since)| *since).min() {
+            Some(lo) => {
+                let index = StateIndex::new(s, extra, lo, now_ns);
+                open.into_iter()
+                    .map(|(device, source, since)| OpenGap {
+                        segments: index.attribute(since, now_ns, &self.config, false).0,
+                        device,
+                        source,
+                        since_ns: since,
+                        now_ns,
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        self.services.get_mut(&id).expect("listed").open = gaps;
+    }
+
+    /// The service's idle stretches still open at the last tick.
+    pub fn open(&self, service: u32) -> &[OpenGap] {
+        self.services.get(&service).map_or(&[], |s| &s.open)
     }
 
     /// Threads currently counted as launching work, per service.
@@ -491,7 +737,11 @@ fn overlap(p: &PhaseSplit, start_ns: u64, end_ns: u64) -> u64 {
 /// The states of a service's launching threads that can touch a batch of
 /// gaps, arranged so each gap finds its own quickly.
 struct StateIndex {
+    /// Every launching thread whose states matter to the batch, sorted.
     launchers: Vec<u32>,
+    /// Of those, the threads that exited, and their last launch or sync:
+    /// each counts only for the gaps that began before.
+    departed: Vec<(u32, u64)>,
     /// Shorter than `LONG_STATE_NS`, sorted by start.
     short: Vec<ThreadState>,
     long: Vec<ThreadState>,
@@ -499,7 +749,19 @@ struct StateIndex {
 
 impl StateIndex {
     fn new(s: &Service, extra: &[ThreadState], lo: u64, hi: u64) -> Self {
-        let mut launchers: Vec<u32> = s.launchers.keys().copied().collect();
+        // Threads that exited count for the gaps that began before their
+        // last launch or sync.
+        let mut launchers: Vec<u32> = s
+            .launchers
+            .keys()
+            .copied()
+            .chain(
+                s.departed
+                    .iter()
+                    .filter(|(_, last)| **last > lo)
+                    .map(|(tid, _)| *tid),
+            )
+            .collect();
         launchers.sort_unstable();
         let (mut short, mut long) = (Vec::new(), Vec::new());
         for st in s.states.iter().chain(extra) {
@@ -513,22 +775,30 @@ impl StateIndex {
             }
         }
         short.sort_unstable_by_key(|st| st.start_ns);
+        let departed = s
+            .departed
+            .iter()
+            .filter(|(_, last)| **last > lo)
+            .map(|(tid, last)| (*tid, *last))
+            .collect();
         Self {
             launchers,
+            departed,
             short,
             long,
         }
     }
 
     /// Splits `[a, b)`; `exact` when the gap came from CUPTI, so a launch
-    /// call in it is the handoff of its work.
+    /// call in it is the handoff of its work. Also says whether no
+    /// launching thread was known for it.
     fn attribute(
         &self,
         a: u64,
         b: u64,
         config: &ExplainConfig,
         exact: bool,
-    ) -> Vec<attribute::Segment> {
+    ) -> (Vec<attribute::Segment>, bool) {
         let from = self
             .short
             .partition_point(|st| st.start_ns + LONG_STATE_NS <= a);
@@ -549,21 +819,41 @@ impl StateIndex {
                     .min()
             })
             .flatten();
+        // A gap too short for a recorded stretch is the launch path; in a
+        // longer one, a launching thread nothing covers was not observed.
         let default = if b - a < config.resolution_ns {
             Cause::LaunchOverhead
         } else {
-            Cause::PythonCpu
+            Cause::Unobserved
         };
-        attribute::attribute(
+        // A batch spans many gaps: a thread that exited within it counts
+        // for its gaps up to its last launch, not for those after.
+        let gone_by_now: Vec<u32> = self
+            .departed
+            .iter()
+            .filter(|(_, last)| *last <= a)
+            .map(|(tid, _)| *tid)
+            .collect();
+        let launchers: std::borrow::Cow<'_, [u32]> = if gone_by_now.is_empty() {
+            std::borrow::Cow::Borrowed(&self.launchers)
+        } else {
+            self.launchers
+                .iter()
+                .copied()
+                .filter(|tid| !gone_by_now.contains(tid))
+                .collect()
+        };
+        let segments = attribute::attribute(
             a,
             b,
             &Context {
-                launchers: &self.launchers,
+                launchers: &launchers,
                 states: &states,
                 handoff_ns,
                 default,
             },
-        )
+        );
+        (segments, launchers.is_empty())
     }
 }
 

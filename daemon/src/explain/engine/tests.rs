@@ -10,6 +10,7 @@ fn config() -> ExplainConfig {
         no_work_after_ns: 100 * MS,
         resolution_ns: MS,
         history_ns: 900_000 * MS,
+        gpu_hour_usd: None,
     }
 }
 
@@ -62,15 +63,15 @@ fn uprobe_gaps_run_from_a_sync_to_the_next_launch() {
         e.on_interval(i);
     }
     // Nothing is settled yet.
-    e.tick(20 * MS, &|_| None);
+    e.tick(20 * MS, &|_| ThreadNow::Running);
     assert!(e.histories.is_empty());
-    e.tick(333 * MS + SETTLE_NS, &|_| None);
+    e.tick(333 * MS + SETTLE_NS, &|_| ThreadNow::Running);
     let (source, h) = &e.histories[&(0, ALL_DEVICES.to_string())];
     assert_eq!(*source, Source::Uprobes);
     assert_eq!(h.totals.gaps, 2);
     assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::SyscallSleep), 20);
     assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::NoWork), 300);
-    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::PythonCpu), 2);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::Unobserved), 2);
     assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::GilWait), 0);
     // Busy: 0-5 and 25-30; the last launch is still busy (open).
     assert_eq!(h.totals.busy_ns, 10 * MS);
@@ -104,9 +105,9 @@ fn deep_gaps_use_exact_stretches_and_the_launch_handoff() {
             gap_before_ns: Some(400_000),
         },
     );
-    e.tick(2000 * MS, &|_| None);
+    e.tick(2000 * MS, &|_| ThreadNow::Running);
     assert_eq!(idle_ms(&e, "1", Cause::Serialization), 30);
-    assert_eq!(idle_ms(&e, "1", Cause::PythonCpu), 10);
+    assert_eq!(idle_ms(&e, "1", Cause::Unobserved), 10);
     let (source, h) = &e.histories[&(0, "1".to_string())];
     assert_eq!(
         h.totals.idle_ns[Cause::LaunchOverhead.index()],
@@ -120,7 +121,7 @@ fn deep_gaps_use_exact_stretches_and_the_launch_handoff() {
     // ends long after the last CUPTI record (an idle minute).
     e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 50, 60));
     e.on_interval(&iv(IntervalKind::Launch, 0, 10, 50_060, 50_061));
-    e.tick(60_000 * MS, &|_| None);
+    e.tick(60_000 * MS, &|_| ThreadNow::Running);
     assert!(!e.histories.contains_key(&(0, ALL_DEVICES.to_string())));
 }
 
@@ -130,15 +131,15 @@ fn late_states_count_until_the_gap_settles_and_never_twice() {
     e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 0, 10));
     e.on_interval(&iv(IntervalKind::Launch, 0, 10, 50, 51));
     // Not settled yet (the gap ended at 50 ms): a late state still counts.
-    e.tick(100 * MS, &|_| None);
+    e.tick(100 * MS, &|_| ThreadNow::Running);
     assert!(e.histories.is_empty());
     e.on_interval(&iv(IntervalKind::Serialization, 0, 10, 20, 40));
-    e.tick(50 * MS + SETTLE_NS, &|_| None);
+    e.tick(50 * MS + SETTLE_NS, &|_| ThreadNow::Running);
     assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::Serialization), 20);
-    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::PythonCpu), 20);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::Unobserved), 20);
     // Once attributed, a state arriving later changes nothing.
     e.on_interval(&iv(IntervalKind::GilWait, 0, 10, 10, 20));
-    e.tick(2000 * MS, &|_| None);
+    e.tick(2000 * MS, &|_| ThreadNow::Running);
     assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::GilWait), 0);
     let (_, h) = &e.histories[&(0, ALL_DEVICES.to_string())];
     assert_eq!(h.totals.gaps, 1);
@@ -161,18 +162,19 @@ fn a_wait_still_in_progress_covers_the_gap() {
         40,
     ));
     e.on_interval(&iv(IntervalKind::Launch, 0, 10, 50, 51));
-    let in_epoll = |tid: u32| {
-        (tid == 11).then_some(Ongoing {
+    let in_epoll = |tid: u32| match tid {
+        11 => ThreadNow::Off(Ongoing {
             since_ns: 5 * MS,
             woken_ns: None,
             reason: OffCpuReason::SyscallPoll as u32,
-        })
+        }),
+        _ => ThreadNow::Running,
     };
     e.tick(50 * MS + SETTLE_NS, &in_epoll);
     // Without the ongoing wait thread 11 would count as running
     // Python and hide thread 10's network wait.
     assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::SyscallNet), 20);
-    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::PythonCpu), 20);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::Unobserved), 20);
     assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::NoWork), 0);
 }
 
@@ -188,6 +190,7 @@ fn phases_get_exactly_their_part() {
         monotonic_ns: t_ms * MS,
         unix_ns: None,
         output_tokens: None,
+        service: None,
     };
     e.phase_event(&note("start", 15));
     e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 0, 10));
@@ -200,7 +203,7 @@ fn phases_get_exactly_their_part() {
     ));
     e.on_interval(&iv(IntervalKind::Launch, 0, 10, 30, 31));
     e.phase_event(&note("end", 25));
-    e.tick(1000 * MS, &|_| None);
+    e.tick(1000 * MS, &|_| ThreadNow::Running);
     let p = &e.phases[0];
     let (_, split) = &p.splits[&(0, ALL_DEVICES.to_string())];
     // The gap 10-30 ms is all sleep; the phase holds 15-25 ms of it.
@@ -225,4 +228,172 @@ fn the_window_is_bounded_and_evictions_are_counted() {
     e.on_interval(&iv(IntervalKind::GilWait, 0, 1, 10_000, 10_001));
     assert_eq!(e.retained(), 1);
     assert_eq!(e.counters.evicted, 40);
+}
+
+#[test]
+fn a_launching_thread_that_exited_claims_no_later_gap() {
+    let mut e = Explainer::new(config());
+    // Thread 20 launched and synced once, in a process that has since
+    // exited; thread 10 then syncs, sleeps 20-40 ms and launches at 50.
+    e.on_interval(&iv(IntervalKind::HostSync, 0, 20, 0, 2));
+    e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 0, 10));
+    e.on_interval(&iv(
+        IntervalKind::OffCpu,
+        OffCpuReason::SyscallSleep as u32,
+        10,
+        20,
+        40,
+    ));
+    e.on_interval(&iv(IntervalKind::Launch, 0, 10, 50, 51));
+    let exited = |tid: u32| match tid {
+        20 => ThreadNow::Gone,
+        _ => ThreadNow::Running,
+    };
+    e.tick(50 * MS + SETTLE_NS, &exited);
+    // Alive but silent, thread 20 would count as running Python through
+    // the whole gap and hide thread 10's sleep.
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::SyscallSleep), 20);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::Unobserved), 20);
+    assert_eq!(e.launchers(0), 1);
+}
+
+#[test]
+fn an_exited_launcher_counts_only_for_the_gaps_before_its_last_launch() {
+    let mut e = Explainer::new(config());
+    // Thread 20 (another process of the service) syncs at 0-2 ms and at
+    // 40-42 ms, then exits. Thread 10 syncs at 0-10 ms, sleeps 20-40 ms,
+    // launches at 50, syncs 50-60 ms, sleeps 70-90 ms, launches at 100.
+    // Both gaps settle in one batch.
+    e.on_interval(&iv(IntervalKind::HostSync, 0, 20, 0, 2));
+    e.on_interval(&iv(IntervalKind::HostSync, 0, 20, 40, 42));
+    e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 0, 10));
+    let sleep = OffCpuReason::SyscallSleep as u32;
+    e.on_interval(&iv(IntervalKind::OffCpu, sleep, 10, 20, 40));
+    e.on_interval(&iv(IntervalKind::Launch, 0, 10, 50, 51));
+    e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 50, 60));
+    e.on_interval(&iv(IntervalKind::OffCpu, sleep, 10, 70, 90));
+    e.on_interval(&iv(IntervalKind::Launch, 0, 10, 100, 101));
+    let exited = |tid: u32| match tid {
+        20 => ThreadNow::Gone,
+        _ => ThreadNow::Running,
+    };
+    e.tick(100 * MS + SETTLE_NS, &exited);
+    // The gaps before thread 20's last sync (10-40 and 42-50 ms) count
+    // its silence as running Python, which outranks the sleep. The last
+    // (60-100 ms) began after it: thread 10's sleep is there.
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::SyscallSleep), 20);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::Unobserved), 30 + 8 + 20);
+}
+
+#[test]
+fn an_idle_stretch_that_has_not_ended_is_open_and_attributed_so_far() {
+    // Uprobes: launch, sync returns at 5 ms, then the thread waits in
+    // epoll; nothing is launched again.
+    let mut e = Explainer::new(config());
+    e.on_interval(&iv(IntervalKind::Launch, 0, 10, 0, 1));
+    e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 1, 5));
+    let polling = |_| {
+        ThreadNow::Off(Ongoing {
+            since_ns: 6 * MS,
+            woken_ns: None,
+            reason: OffCpuReason::SyscallPoll as u32,
+        })
+    };
+    // Younger than OPEN_AFTER_NS: not yet.
+    e.tick(900 * MS, &polling);
+    assert!(e.open(0).is_empty());
+    e.tick(5005 * MS, &polling);
+    let open = e.open(0);
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        (open[0].device.as_str(), open[0].source),
+        (ALL_DEVICES, Source::Uprobes)
+    );
+    assert_eq!(open[0].since_ns, 5 * MS);
+    // 5-6 ms on CPU, then the wait in progress: no work.
+    let t = attribute::totals(&open[0].segments);
+    assert_eq!(t[Cause::Unobserved.index()], MS);
+    assert_eq!(t[Cause::NoWork.index()], 4999 * MS);
+    // A launch arriving (not yet settled) closes it at once.
+    e.on_interval(&iv(IntervalKind::Launch, 0, 10, 5006, 5007));
+    e.tick(5008 * MS, &|_| ThreadNow::Running);
+    assert!(e.open(0).is_empty());
+
+    // Deep mode: the device's last stretch ended at 20 ms; a CUDA call
+    // CUPTI reports afterwards means work was handed over.
+    let mut e = Explainer::new(config());
+    let st = |s: u64, end: u64| Stretch {
+        start_ns: s * MS,
+        end_ns: end * MS,
+        gap_before_ns: None,
+    };
+    e.on_launching_thread(0, 10, 2 * MS);
+    // The launch that made the kernel.
+    e.on_api_call(0, 9 * MS);
+    e.on_stretch(0, 0, st(10, 20));
+    e.tick(3000 * MS, &|_| ThreadNow::Running);
+    let open = e.open(0);
+    assert_eq!(open.len(), 1);
+    assert_eq!((open[0].device.as_str(), open[0].since_ns), ("0", 20 * MS));
+    assert_eq!(
+        attribute::totals(&open[0].segments)[Cause::Unobserved.index()],
+        2980 * MS
+    );
+    e.on_api_call(0, 3001 * MS);
+    e.tick(3100 * MS, &|_| ThreadNow::Running);
+    assert!(e.open(0).is_empty());
+
+    // A kernel launched while the last stretch ran, still running (its
+    // record comes when it ends): not open.
+    let mut e = Explainer::new(config());
+    e.on_api_call(0, 9 * MS);
+    e.on_stretch(0, 0, st(10, 20));
+    e.on_api_call(0, 15 * MS);
+    e.on_in_flight(&HashMap::from([(0, 15 * MS)]));
+    e.tick(3000 * MS, &|_| ThreadNow::Running);
+    assert!(e.open(0).is_empty());
+    // Its kernel reported: the gap is open after all.
+    e.on_in_flight(&HashMap::new());
+    e.tick(3100 * MS, &|_| ThreadNow::Running);
+    assert_eq!(e.open(0).len(), 1);
+}
+
+#[test]
+fn python_cpu_is_recorded_time_on_cpu_and_the_rest_is_unobserved() {
+    let mut e = Explainer::new(config());
+    // Thread 10 syncs until 5 ms, is on CPU 5-45 ms (recorded), then does
+    // nothing long enough to record until its launch at 60 ms.
+    e.on_interval(&iv(IntervalKind::Launch, 0, 10, 0, 1));
+    e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 1, 5));
+    e.on_interval(&iv(IntervalKind::OnCpu, 0, 10, 5, 45));
+    e.on_interval(&iv(IntervalKind::Launch, 0, 10, 60, 61));
+    e.tick(61 * MS + SETTLE_NS, &|_| ThreadNow::Running);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::PythonCpu), 40);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::Unobserved), 15);
+    let h = &e.histories[&(0, ALL_DEVICES.to_string())].1;
+    assert_eq!(h.totals.no_launcher_ns, 0);
+    // A stretch on CPU still in progress at the tick counts up to now.
+    e.on_interval(&iv(IntervalKind::HostSync, 0, 10, 61, 70));
+    e.on_interval(&iv(IntervalKind::Launch, 0, 10, 100, 101));
+    e.tick(101 * MS + SETTLE_NS, &|tid| {
+        assert_eq!(tid, 10);
+        ThreadNow::OnCpu(72 * MS)
+    });
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::PythonCpu), 40 + 28);
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::Unobserved), 15 + 2);
+
+    // No launching thread known (CUPTI's thread ids unusable): the whole
+    // gap is unobserved, for want of a launcher.
+    let mut e = Explainer::new(config());
+    let st = |s: u64, end: u64, gap: Option<u64>| Stretch {
+        start_ns: s * MS,
+        end_ns: end * MS,
+        gap_before_ns: gap.map(|g| g * MS),
+    };
+    e.on_stretch(0, 0, st(0, 10, None));
+    e.on_stretch(0, 0, st(30, 40, Some(20)));
+    e.tick(2000 * MS, &|_| ThreadNow::Running);
+    assert_eq!(idle_ms(&e, "0", Cause::Unobserved), 20);
+    let h = &e.histories[&(0, "0".to_string())].1;
+    assert_eq!(h.totals.no_launcher_ns, 20 * MS);
 }

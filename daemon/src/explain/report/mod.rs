@@ -58,6 +58,59 @@ pub struct GpuSplit {
     pub gaps: u64,
     /// Largest first.
     pub idle_by_cause: Vec<CauseShare>,
+    /// How much of the idle time a recorded state explains.
+    pub coverage: Coverage,
+    /// What the row's time drew, from NVML (absent when none of it was
+    /// priced).
+    pub energy: Option<EnergySplit>,
+    /// The price of one GPU-hour the money figures use
+    /// (`gpu_hour_usd`), when given.
+    pub gpu_hour_usd: Option<f64>,
+    /// An idle gap that has not ended (its part in the window is in the
+    /// idle figures above, attributed so far).
+    pub open_gap: Option<OpenGapReport>,
+    /// Removing the causes asked for together (`what_if=`), when asked.
+    pub what_if: Option<WhatIf>,
+    /// Why the predictions may not show as more tokens a second.
+    pub what_if_note: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenGapReport {
+    /// When the GPU last had work.
+    pub since_ns: u64,
+    /// How long it has been idle, up to the last attribution tick.
+    pub seconds: f64,
+    /// Largest first, over the whole gap so far.
+    pub idle_by_cause: Vec<CauseShare>,
+}
+
+/// The honest residual: idle time no recorded state of a launching
+/// thread covers (`unobserved`), and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Coverage {
+    /// Share of the idle time that went to a named, recorded cause.
+    pub observed_share: Option<f64>,
+    pub unobserved_seconds: f64,
+    /// No launching thread was known (no launch or sync seen from the
+    /// uprobes, no usable thread id from CUPTI).
+    pub no_launcher_seconds: f64,
+    /// A launching thread was known but recorded nothing as long as the
+    /// timeline's threshold (`[timeline] min_interval_us`): many short
+    /// stretches on and off CPU.
+    pub below_threshold_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EnergySplit {
+    pub busy_joules: f64,
+    pub idle_joules: f64,
+    /// Mean power while idle and while busy, over the priced time.
+    pub idle_watts: Option<f64>,
+    pub busy_watts: Option<f64>,
+    /// Share of the row's busy + idle time that NVML's readings priced
+    /// (time still waiting for a reading, or unpriceable, is not).
+    pub priced_share: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +119,33 @@ pub struct CauseShare {
     pub seconds: f64,
     /// Share of the idle time.
     pub share: f64,
+    /// Energy the GPU drew while idle for this cause (when priced).
+    pub joules: Option<f64>,
+    /// Money this cause loses per hour of the row's time: its share of
+    /// busy + idle time times the price of a GPU-hour (`gpu_hour_usd`).
+    pub usd_per_hour: Option<f64>,
+    /// What removing this cause would buy (None for `no_work` and
+    /// `unobserved`, which are not stalls).
+    pub what_if: Option<WhatIf>,
+}
+
+/// What removing one or more causes would buy. Every second of idle time
+/// attributed to a cause is time the GPU waited on it with nothing else
+/// to run (busy time is never attributed), so each lies on the path to
+/// the next launch: removed, the next launch and everything after it
+/// start that much earlier. Over busy + idle time W with R of it
+/// removable, the step (and token) rate of a service that runs steps back
+/// to back rises by R / (W − R).
+#[derive(Debug, Clone, Serialize)]
+pub struct WhatIf {
+    pub causes: Vec<&'static str>,
+    /// Idle time the GPU would no longer wait.
+    pub recoverable_seconds: f64,
+    /// The same per idle gap (about per step of a decode loop), in ms.
+    pub recoverable_ms_per_gap: Option<f64>,
+    /// The predicted rise of the step rate: 0.25 is 25 % more steps (and
+    /// tokens) a second.
+    pub predicted_speedup: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -170,6 +250,13 @@ pub struct Inputs<'a> {
     pub deep_enabled: bool,
     /// (codec, op) of each serialization probe, by its index.
     pub codecs: &'a [(String, String)],
+    /// Price of one GPU-hour, for the money figures.
+    pub gpu_hour_usd: Option<f64>,
+    /// Whether the service has a process now (an open gap counts only
+    /// then).
+    pub live: bool,
+    /// Causes to predict the removal of together (`what_if=`).
+    pub what_if: &'a [crate::explain::Cause],
 }
 
 pub fn build(inp: &Inputs, start_ns: u64, end_ns: u64) -> Report {
@@ -181,7 +268,7 @@ pub fn build(inp: &Inputs, start_ns: u64, end_ns: u64) -> Report {
     };
     let empty = Delta::new();
     let d = delta.unwrap_or(&empty);
-    let tokens = tokens_between(inp.annotations, start_ns, end_ns);
+    let tokens = tokens_between(inp.annotations, inp.service, start_ns, end_ns);
 
     let mut quality = DataQuality {
         launching_threads: inp.explainer.launchers(inp.service_id),
@@ -198,7 +285,8 @@ pub fn build(inp: &Inputs, start_ns: u64, end_ns: u64) -> Report {
             .iter()
             .filter(|(k, _)| k.service.is_none() && k.counter == Counter::InjectRecordsDropped)
             .map(|(_, v)| *v)
-            .sum(),
+            // A float sum of nothing is -0.0.
+            .fold(0.0, |a, b| a + b),
         states_evicted: inp.explainer.counters.evicted,
         ..DataQuality::default()
     };
@@ -256,32 +344,138 @@ pub fn build(inp: &Inputs, start_ns: u64, end_ns: u64) -> Report {
 }
 
 fn gpu_split(inp: &Inputs, start_ns: u64, end_ns: u64) -> Vec<GpuSplit> {
-    let mut out = Vec::new();
+    let open = if inp.live {
+        inp.explainer.open(inp.service_id)
+    } else {
+        &[]
+    };
+    let mut rows: BTreeMap<(String, Source), Split> = BTreeMap::new();
     for ((service, device), (source, history)) in &inp.explainer.histories {
-        if *service != inp.service_id {
-            continue;
+        if *service == inp.service_id {
+            rows.insert((device.clone(), *source), history.window(start_ns, end_ns));
         }
-        let split = history.window(start_ns, end_ns);
+    }
+    // An open gap's part in the window counts as idle, attributed so far.
+    for g in open {
+        let split = rows.entry((g.device.clone(), g.source)).or_default();
+        for seg in &g.segments {
+            let ns = seg
+                .end_ns
+                .min(end_ns)
+                .saturating_sub(seg.start_ns.max(start_ns));
+            split.idle_ns[seg.cause.index()] += ns;
+        }
+    }
+    let mut out = Vec::new();
+    for ((device, source), split) in rows {
         if split == Split::default() {
             continue;
         }
-        out.push(describe(device, *source, &split));
+        let mut row = describe(&device, source, &split, inp.gpu_hour_usd, inp.what_if);
+        row.open_gap = open
+            .iter()
+            .find(|g| g.device == device && g.source == source)
+            .map(|g| {
+                let mut whole = Split::default();
+                for seg in &g.segments {
+                    whole.idle_ns[seg.cause.index()] += seg.end_ns - seg.start_ns;
+                }
+                OpenGapReport {
+                    since_ns: g.since_ns,
+                    seconds: g.now_ns.saturating_sub(g.since_ns) as f64 / 1e9,
+                    idle_by_cause: describe(&device, source, &whole, None, &[]).idle_by_cause,
+                }
+            });
+        out.push(row);
     }
     out
 }
 
-fn describe(device: &str, source: Source, split: &Split) -> GpuSplit {
+/// `what_if=` / `--what-if`: cause labels, comma-separated, each a stall
+/// (recoverable); Err((problem, fix)).
+pub fn parse_causes(value: &str) -> Result<Vec<crate::explain::Cause>, (String, String)> {
+    use crate::explain::Cause;
+    let stalls: Vec<&str> = Cause::ALL
+        .iter()
+        .filter(|c| c.recoverable())
+        .map(|c| c.label())
+        .collect();
+    let fix = format!("name causes from: {}", stalls.join(", "));
+    let mut out = Vec::new();
+    for label in value.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+        match Cause::from_label(label) {
+            Some(c) if c.recoverable() => {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+            Some(_) => {
+                return Err((
+                    format!(
+                        "{label} is not a stall: removing it would not start the GPU's work earlier"
+                    ),
+                    fix,
+                ));
+            }
+            None => return Err((format!("what_if names no cause {label:?}"), fix)),
+        }
+    }
+    if out.is_empty() {
+        return Err(("what_if names no cause".into(), fix));
+    }
+    Ok(out)
+}
+
+/// What removing `causes` would buy on a row.
+fn what_if(split: &Split, causes: &[crate::explain::Cause]) -> WhatIf {
+    let wall = split.busy_ns + split.idle_total_ns();
+    let removed: u64 = causes
+        .iter()
+        .filter(|c| c.recoverable())
+        .map(|c| split.idle_ns[c.index()])
+        .sum();
+    WhatIf {
+        causes: causes.iter().map(|c| c.label()).collect(),
+        recoverable_seconds: removed as f64 / 1e9,
+        recoverable_ms_per_gap: (split.gaps > 0).then(|| removed as f64 / 1e6 / split.gaps as f64),
+        predicted_speedup: (wall > removed).then(|| removed as f64 / (wall - removed) as f64),
+    }
+}
+
+fn describe(
+    device: &str,
+    source: Source,
+    split: &Split,
+    gpu_hour_usd: Option<f64>,
+    asked: &[crate::explain::Cause],
+) -> GpuSplit {
     let idle = split.idle_total_ns();
+    let wall = split.busy_ns + idle;
+    let priced = split.priced_ns() > 0;
     let mut causes: Vec<CauseShare> = by_cause(split)
         .into_iter()
         .map(|(c, ns)| CauseShare {
             cause: c.label(),
             seconds: ns as f64 / 1e9,
             share: ns as f64 / idle.max(1) as f64,
+            joules: priced.then(|| split.idle_uj[c.index()] as f64 / 1e6),
+            usd_per_hour: gpu_hour_usd
+                .filter(|_| wall > 0)
+                .map(|usd| usd * ns as f64 / wall as f64),
+            what_if: c.recoverable().then(|| what_if(split, &[c])),
         })
         .collect();
     causes.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
-    let wall = split.busy_ns + idle;
+    let energy = priced.then(|| {
+        let watts = |uj: u64, ns: u64| (ns > 0).then(|| uj as f64 / 1e6 / (ns as f64 / 1e9));
+        EnergySplit {
+            busy_joules: split.busy_uj as f64 / 1e6,
+            idle_joules: split.idle_uj_total() as f64 / 1e6,
+            idle_watts: watts(split.idle_uj_total(), split.idle_priced_ns),
+            busy_watts: watts(split.busy_uj, split.busy_priced_ns),
+            priced_share: (split.priced_ns() as f64 / wall.max(1) as f64).min(1.0),
+        }
+    });
     GpuSplit {
         device: device.to_string(),
         source: source.label(),
@@ -298,6 +492,25 @@ fn describe(device: &str, source: Source, split: &Split) -> GpuSplit {
         busy_ratio: (wall > 0).then(|| split.busy_ns as f64 / wall as f64),
         gaps: split.gaps,
         idle_by_cause: causes,
+        coverage: {
+            let unobserved = split.idle_ns[crate::explain::Cause::Unobserved.index()];
+            Coverage {
+                observed_share: (idle > 0).then(|| 1.0 - unobserved as f64 / idle as f64),
+                unobserved_seconds: unobserved as f64 / 1e9,
+                no_launcher_seconds: split.no_launcher_ns as f64 / 1e9,
+                below_threshold_seconds: unobserved.saturating_sub(split.no_launcher_ns) as f64
+                    / 1e9,
+            }
+        },
+        energy,
+        gpu_hour_usd,
+        open_gap: None,
+        what_if: (!asked.is_empty()).then(|| what_if(split, asked)),
+        what_if_note: (split.idle_ns[crate::explain::Cause::NoWork.index()] as f64
+            > 0.05 * wall as f64)
+            .then_some(
+                "the service waited for requests (no_work) over 5 % of the time: it is not saturated, so a removed stall shows first as lower latency, and as more tokens a second only under more load",
+            ),
     }
 }
 
@@ -456,13 +669,22 @@ fn quantile(cdf: &[(f64, f64)], q: f64, total: f64) -> Option<f64> {
     None
 }
 
-/// Output tokens the load generator counted between two instants: the
-/// difference of the cumulative counts its annotations carry.
-fn tokens_between(annotations: &[Annotation], start_ns: u64, end_ns: u64) -> Option<f64> {
+/// Output tokens the load generator counted between two instants for
+/// `service`: the difference of the cumulative counts its annotations
+/// carry, from runs that named this service or named none.
+fn tokens_between(
+    annotations: &[Annotation],
+    service: &str,
+    start_ns: u64,
+    end_ns: u64,
+) -> Option<f64> {
     let inside: Vec<&Annotation> = annotations
         .iter()
         .filter(|a| {
-            a.output_tokens.is_some() && a.monotonic_ns >= start_ns && a.monotonic_ns <= end_ns
+            a.output_tokens.is_some()
+                && a.monotonic_ns >= start_ns
+                && a.monotonic_ns <= end_ns
+                && a.service.as_deref().is_none_or(|s| s == service)
         })
         .collect();
     let mut by_run: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -518,7 +740,9 @@ fn phases(inp: &Inputs, start_ns: u64, end_ns: u64) -> Vec<Phase> {
                 .splits
                 .iter()
                 .filter(|((service, _), _)| *service == inp.service_id)
-                .map(|((_, device), (source, split))| describe(device, *source, split))
+                .map(|((_, device), (source, split))| {
+                    describe(device, *source, split, inp.gpu_hour_usd, inp.what_if)
+                })
                 .collect(),
             fusion: fusion(&delta, inp.service_id, tokens),
             gil: gil(&delta, inp.service_id),

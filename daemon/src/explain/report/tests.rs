@@ -23,20 +23,36 @@ fn windows_parse_with_units() {
 
 #[test]
 fn tokens_come_from_cumulative_annotation_counts() {
-    let a = |t: u64, tokens: u64| Annotation {
+    let a = |t: u64, tokens: u64, run: &str, service: Option<&str>| Annotation {
         source: String::new(),
-        run_id: "r".into(),
+        run_id: run.into(),
         phase: "stress".into(),
         kind: String::new(),
         event: "start".into(),
         monotonic_ns: t,
         unix_ns: None,
         output_tokens: Some(tokens),
+        service: service.map(str::to_string),
     };
-    let list = [a(10, 100), a(20, 150), a(30, 400)];
-    assert_eq!(tokens_between(&list, 0, 100), Some(300.0));
-    assert_eq!(tokens_between(&list, 15, 25), None);
-    assert_eq!(tokens_between(&list, 15, 35), Some(250.0));
+    let list = [
+        a(10, 100, "r", None),
+        a(20, 150, "r", None),
+        a(30, 400, "r", None),
+    ];
+    assert_eq!(tokens_between(&list, "s", 0, 100), Some(300.0));
+    assert_eq!(tokens_between(&list, "s", 15, 25), None);
+    assert_eq!(tokens_between(&list, "s", 15, 35), Some(250.0));
+    // A run that named its service counts for that service only; one that
+    // named none counts for every service.
+    let named = [
+        a(10, 0, "x", Some("other")),
+        a(30, 1000, "x", Some("other")),
+        a(10, 0, "y", Some("s")),
+        a(30, 60, "y", Some("s")),
+    ];
+    assert_eq!(tokens_between(&named, "s", 0, 100), Some(60.0));
+    assert_eq!(tokens_between(&named, "other", 0, 100), Some(1000.0));
+    assert_eq!(tokens_between(&named, "third", 0, 100), None);
 }
 
 /// The CPU side, codecs, launches and kernels come from the typed
@@ -79,6 +95,7 @@ fn a_windows_cpu_figures_are_the_typed_counters_increase() {
         no_work_after_ns: 100_000_000,
         resolution_ns: 1_000_000,
         history_ns: 900_000_000_000,
+        gpu_hour_usd: None,
     });
     let codecs = [
         ("json".to_string(), "encode".to_string()),
@@ -94,6 +111,9 @@ fn a_windows_cpu_figures_are_the_typed_counters_increase() {
             top_kernels: Vec::new(),
             deep_enabled: true,
             codecs: &codecs,
+            gpu_hour_usd: None,
+            live: true,
+            what_if: &[],
         },
         1_500,
         2_500,

@@ -1,0 +1,161 @@
+//! What a finer timeline costs: the launch-bound simulated serving loop
+//! (`targets/sim_decode.py`: six short kernels a step through the real
+//! agent and the CUPTI stand-in, a detokenizer thread competing for the
+//! GIL, json each step, a client wait every eighth) traced with
+//! `[timeline] min_interval_us` at 1000 (the old default) and at 100,
+//! interleaved in rounds. For each: gapscoped's CPU time (user + system,
+//! from /proc) and the BPF programs' run time (`bpf_stats`) per second of
+//! the run as a share of one core, the timeline intervals a second, and
+//! the share of the GPU's idle time with a recorded cause (the explain
+//! report's coverage).
+//!
+//! Run as root: `cargo run --release -p gapscope-bench --bin resolution_cost`.
+//! Writes bench/results/resolution_cost.json.
+
+use std::time::Duration;
+
+use gapscope_testkit::{
+    Daemon, Workload, fake_cuda::FakeCuda, http_get, pyenv_python, repo_root, require_root,
+};
+use serde_json::{Value, json};
+
+const ROUNDS: usize = 3;
+const SECONDS: u64 = 8;
+const THRESHOLDS_US: [u64; 2] = [1000, 100];
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command's closing parenthesis: fields 3.. (utime is 14).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
+    ticks / 100.0
+}
+
+struct Sample {
+    daemon_core: f64,
+    bpf_core: f64,
+    intervals_per_s: f64,
+    observed_share: f64,
+    steps_per_s: f64,
+}
+
+fn run(fixture: &FakeCuda, cupti: &std::path::Path, threshold_us: u64, round: usize) -> Sample {
+    let socket = format!("/tmp/gapscope-resolution-{}.sock", std::process::id());
+    let daemon = Daemon::start_with(
+        "[[service]]\nname = \"simres\"\ncmdline = 'sim_decode\\.py .*--service simres'\n",
+        &format!(
+            "bpf_stats = true\n[timeline]\nmin_interval_us = {threshold_us}\n[inject]\nsocket = \"{socket}\"\n"
+        ),
+    );
+    let url = format!("http://127.0.0.1:{}", daemon.port);
+    let run_id = format!("r{threshold_us}-{round}");
+    let mut cmd = std::process::Command::new(pyenv_python(11));
+    cmd.arg(repo_root().join("targets/sim_decode.py"))
+        .arg(fixture.path(""))
+        .args(["--seconds", &SECONDS.to_string(), "--gapscoped", &url])
+        .args(["--run-id", &run_id, "--service", "simres"])
+        .env("CUDA_INJECTION64_PATH", gapscope_testkit::inject_library())
+        .env("GAPSCOPE_CUPTI_PATH", cupti)
+        .env("GAPSCOPE_SOCKET", &socket);
+    let mut w = Workload::spawn_command(cmd);
+    daemon.wait_processes("simres", 1.0);
+    std::thread::sleep(Duration::from_millis(500));
+    let m0 = daemon.scrape();
+    let cpu0 = cpu_seconds(daemon.child.id());
+    let out = w.go();
+    let cpu1 = cpu_seconds(daemon.child.id());
+    let m1 = daemon.scrape();
+    let v: Value = serde_json::from_str(&out[0]).unwrap();
+    let seconds = (v["end_ns"].as_u64().unwrap() - v["start_ns"].as_u64().unwrap()) as f64 / 1e9;
+    // Settled gaps: a second after the run.
+    std::thread::sleep(Duration::from_secs(1));
+    let body = http_get(daemon.port, "/api/v1/explain?service=simres&window=2m").unwrap();
+    let report: Value = serde_json::from_str(&body).unwrap();
+    let phase = report["phases"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["run_id"] == run_id.as_str()))
+        .cloned()
+        .unwrap_or(Value::Null);
+    w.finish();
+    let delta = |name: &str| m1.sum(name, &[]) - m0.sum(name, &[]);
+    Sample {
+        daemon_core: (cpu1 - cpu0) / seconds,
+        bpf_core: delta("gapscope_bpf_program_run_seconds_total") / seconds,
+        intervals_per_s: delta("gapscope_timeline_intervals_total") / seconds,
+        observed_share: phase["gpu"][0]["coverage"]["observed_share"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        steps_per_s: v["steps"].as_f64().unwrap() / seconds,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    require_root();
+    let fixture = FakeCuda::build();
+    let cupti = fixture
+        .cupti("cupti-12.9")
+        .map_err(|why| anyhow::anyhow!("the CUPTI stand-in cannot be built: {why}"))?;
+    let mut samples: Vec<Vec<Sample>> = THRESHOLDS_US.iter().map(|_| Vec::new()).collect();
+    for round in 0..ROUNDS {
+        for (i, t) in THRESHOLDS_US.iter().enumerate() {
+            let s = run(&fixture, &cupti, *t, round);
+            println!(
+                "round {round} threshold {t:>4} µs: gapscoped {:.2} % of a core, BPF {:.2} %, {:.0} intervals/s, {:.1} % of idle with a recorded cause, {:.0} steps/s",
+                100.0 * s.daemon_core,
+                100.0 * s.bpf_core,
+                s.intervals_per_s,
+                100.0 * s.observed_share,
+                s.steps_per_s
+            );
+            samples[i].push(s);
+        }
+    }
+    let mut results = Vec::new();
+    for (i, t) in THRESHOLDS_US.iter().enumerate() {
+        let s = &samples[i];
+        let pick = |f: &dyn Fn(&Sample) -> f64| median(s.iter().map(f).collect());
+        results.push(json!({
+            "min_interval_us": t,
+            "gapscoped_core_share": pick(&|s| s.daemon_core),
+            "bpf_core_share": pick(&|s| s.bpf_core),
+            "total_core_share": pick(&|s| s.daemon_core + s.bpf_core),
+            "intervals_per_second": pick(&|s| s.intervals_per_s),
+            "observed_idle_share": pick(&|s| s.observed_share),
+            "steps_per_second": pick(&|s| s.steps_per_s),
+            "rounds": s.iter().map(|s| json!({
+                "gapscoped_core_share": s.daemon_core,
+                "bpf_core_share": s.bpf_core,
+                "intervals_per_second": s.intervals_per_s,
+                "observed_idle_share": s.observed_share,
+                "steps_per_second": s.steps_per_s,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    let fine = &results[1];
+    let coarse = &results[0];
+    let extra =
+        fine["total_core_share"].as_f64().unwrap() - coarse["total_core_share"].as_f64().unwrap();
+    let doc = json!({
+        "bench": "resolution_cost",
+        "workload": format!("targets/sim_decode.py for {SECONDS} s, deep mode, {ROUNDS} interleaved rounds, medians"),
+        "results": results,
+        "extra_core_share_at_100_us": extra,
+        "target": "at most 1 % of one core (gapscoped + BPF) at 100 µs",
+        "within_target": fine["total_core_share"].as_f64().unwrap() <= 0.01,
+    });
+    let path = repo_root().join("bench/results/resolution_cost.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    println!("wrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,126 @@
+"""A decode-shaped serving loop on the simulated device with chosen stalls,
+for the what-if tests: each step launches one kernel of --kernel-ms,
+waits for it, then does each stall named in --stalls for --stall-ms
+before the next launch. Run once with a stall and once without it, the
+loop's own step rates say what removing the stall bought; gapscoped's
+explain report, from the run with it, predicts that.
+
+usage: whatif_loop.py FIXTURE_DIR --stalls sleep,json,poll,gil|none
+                      [--steps N] [--kernel-ms K] [--stall-ms S]
+                      [--gapscoped URL] [--run-id ID] [--tag TAG]
+
+Stalls: sleep (time.sleep), json (json.dumps of an object sized to take
+S), poll (select() on a socket nothing arrives on), gil (a second Python
+thread that holds the GIL while the loop waits for the GPU, so each
+return from the wait waits for the GIL). FIXTURE_DIR holds libcuda.so.1
+and libfakegpu.so; CUDA_INJECTION64_PATH and GAPSCOPE_CUPTI_PATH bring in
+the agent and the CUPTI stand-in. Prints "ready", waits for a line, runs,
+posts the run's start and end to gapscoped (phase "loop", the run id),
+prints one JSON line (steps, CLOCK_MONOTONIC start and end), "done", and
+exits when stdin closes.
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import select
+import socket
+import sys
+import threading
+import time
+import urllib.request
+
+
+def annotate(url, run_id, event, at_ns):
+    if not url:
+        return
+    body = json.dumps({"source": "whatif_loop", "run_id": run_id, "phase": "loop",
+                       "kind": "test", "event": event, "monotonic_ns": at_ns}).encode()
+    req = urllib.request.Request(url + "/api/v1/annotations", data=body,
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+def sized_object(target_s):
+    """A list whose json.dumps takes about target_s."""
+    record = {"id": 12345, "text": "token " * 8, "logprobs": [0.125, -1.5, 3.25], "ok": True}
+    n = 100
+    while True:
+        obj = [record] * n
+        t = time.perf_counter()
+        for _ in range(3):
+            json.dumps(obj)
+        took = (time.perf_counter() - t) / 3
+        if took >= target_s / 4 or n > 10_000_000:
+            return [record] * max(1, int(n * target_s / max(took, 1e-9)))
+        n *= 2
+
+
+def hold_the_gil(stop):
+    """Pure Python work: holds the GIL but for the interpreter's switches."""
+    x = 0
+    while not stop.is_set():
+        for i in range(1000):
+            x = (x * 31 + i) % 1_000_003
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("fixture_dir")
+    ap.add_argument("--stalls", required=True)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--kernel-ms", type=float, default=10.0)
+    ap.add_argument("--stall-ms", type=float, default=2.0)
+    ap.add_argument("--gapscoped", default="")
+    ap.add_argument("--run-id", default="whatif")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    stalls = [s for s in args.stalls.split(",") if s and s != "none"]
+    for s in stalls:
+        if s not in ("sleep", "json", "poll", "gil"):
+            sys.exit(f"whatif_loop: unknown stall {s!r}: use sleep, json, poll, gil or none")
+
+    cuda = ctypes.CDLL(os.path.join(args.fixture_dir, "libcuda.so.1"))
+    gpu = ctypes.CDLL(os.path.join(args.fixture_dir, "libfakegpu.so"))
+    gpu.fake_gpu_next.argtypes = [ctypes.c_uint, ctypes.c_ulonglong, ctypes.c_char_p, ctypes.c_uint]
+    gpu.fake_gpu_next(1, int(args.kernel_ms * 1e6), b"void decode_step_kernel<float>", 0)
+    cuda.fake_cuda_driver_set_sync_us(0)
+    stall_s = args.stall_ms / 1000
+    payload = sized_object(stall_s) if "json" in stalls else None
+    quiet, peer = socket.socketpair()
+
+    print("ready", flush=True)
+    sys.stdin.readline()
+    stop = threading.Event()
+    competitor = None
+    if "gil" in stalls:
+        competitor = threading.Thread(target=hold_the_gil, args=(stop,))
+        competitor.start()
+        time.sleep(0.05)
+    cuda.cuLaunchKernel()
+    start = time.monotonic_ns()
+    annotate(args.gapscoped, args.run_id, "start", start)
+    cuda.cuStreamSynchronize()
+    for _ in range(args.steps):
+        for s in stalls:
+            if s == "sleep":
+                time.sleep(stall_s)
+            elif s == "json":
+                json.dumps(payload)
+            elif s == "poll":
+                select.select([quiet], [], [], stall_s)
+        cuda.cuLaunchKernel()
+        cuda.cuStreamSynchronize()
+    end = time.monotonic_ns()
+    annotate(args.gapscoped, args.run_id, "end", end)
+    stop.set()
+    if competitor:
+        competitor.join()
+    print(json.dumps({"steps": args.steps, "start_ns": start, "end_ns": end}), flush=True)
+    print("done", flush=True)
+    sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()
