@@ -33,6 +33,9 @@ pub struct DaemonState {
     pub cupti: Option<cupti::socket::Shared>,
     /// GPU idle time attributed to causes.
     pub explainer: Arc<Mutex<Explainer>>,
+    /// The explainer's config, readable without waiting for a settle tick
+    /// to release the explainer.
+    pub explain_config: crate::config::ExplainConfig,
     /// CPU-side counters over time, for windowed explain reports.
     pub snapshots: Mutex<Snapshots>,
 }

@@ -8,6 +8,8 @@
 mod raw;
 mod sections;
 
+pub use sections::check_gpu_hour_usd;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -61,13 +63,17 @@ pub struct CudaConfig {
 }
 
 /// The NVML collector.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NvmlConfig {
     pub enabled: bool,
     pub interval: Duration,
     /// What the GPU draws with nothing to do, for the idle check; None: the
     /// lowest power seen since gapscoped started.
     pub idle_power_watts: Option<f64>,
+    /// The NVML library to load instead of the driver's
+    /// `libnvidia-ml.so.1`: a test hook (the NVML stand-in), never needed
+    /// on a GPU host.
+    pub library: Option<std::path::PathBuf>,
 }
 
 /// What gapscoped looks at inside Python processes.
@@ -105,6 +111,8 @@ pub struct DaemonConfig {
     /// A Prometheus-style web config file (TLS, basic auth) for the HTTP
     /// endpoints; plain HTTP without one.
     pub web_config: Option<std::path::PathBuf>,
+    /// What one HTTP client may hold: connections, head and body time.
+    pub http: crate::web::serve::Limits,
 }
 
 #[derive(Debug)]
@@ -139,6 +147,8 @@ pub struct ExplainConfig {
     pub resolution_ns: u64,
     /// How long the history keeps per-100 ms splits.
     pub history_ns: u64,
+    /// Price of one GPU-hour: the report's money per hour lost per cause.
+    pub gpu_hour_usd: Option<f64>,
 }
 
 /// Who may connect, and how much each may send.

@@ -53,6 +53,7 @@ pub(super) struct RawNvml {
     pub(super) enabled: Option<bool>,
     pub(super) interval_ms: Option<u64>,
     pub(super) idle_power_watts: Option<f64>,
+    pub(super) library: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -71,6 +72,7 @@ pub(super) struct RawExplain {
     pub(super) max_states: Option<usize>,
     pub(super) no_work_after_ms: Option<u64>,
     pub(super) history_s: Option<u64>,
+    pub(super) gpu_hour_usd: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -100,6 +102,9 @@ pub(super) struct RawDaemon {
     pub(super) bpf_stats: Option<bool>,
     pub(super) drop_capabilities: Option<bool>,
     pub(super) web_config: Option<String>,
+    pub(super) http_max_connections: Option<usize>,
+    pub(super) http_header_timeout_ms: Option<u64>,
+    pub(super) http_body_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]

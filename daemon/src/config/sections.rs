@@ -93,13 +93,32 @@ pub(super) fn parse_explain(
         60..=86_400,
         "use 60 to 86400 seconds (default 900): how far back /api/v1/explain can look",
     )?;
+    let gpu_hour_usd = raw
+        .gpu_hour_usd
+        .map(|usd| {
+            check_gpu_hour_usd(usd).map_err(|fix| {
+                UsageError::new(format!("explain.gpu_hour_usd = {usd} is out of range"), fix)
+            })
+        })
+        .transpose()?;
     Ok(ExplainConfig {
+        gpu_hour_usd,
         window_ns: window_s * 1_000_000_000,
         max_states,
         no_work_after_ns: no_work_ms * 1_000_000,
         resolution_ns: timeline.min_interval_us.unwrap_or(1000) * 1000,
         history_ns: history_s * 1_000_000_000,
     })
+}
+
+/// A GPU-hour price is a positive, finite amount of dollars, at most
+/// 10000; the error is the fix.
+pub fn check_gpu_hour_usd(usd: f64) -> Result<f64, &'static str> {
+    if usd.is_finite() && usd > 0.0 && usd <= 10_000.0 {
+        Ok(usd)
+    } else {
+        Err("use the price of one GPU-hour in US dollars, above 0 and at most 10000 (say 2.49)")
+    }
 }
 
 pub(super) fn parse_cuda(raw: RawCuda) -> Result<CudaConfig, UsageError> {
@@ -187,10 +206,21 @@ pub(super) fn parse_nvml(raw: RawNvml) -> Result<NvmlConfig, UsageError> {
             "give the watts the GPU draws with nothing running (nvidia-smi's power.draw), or leave it out to use the lowest power seen",
         ));
     }
+    let library = match raw.library {
+        None => None,
+        Some(path) if path.is_empty() || !std::path::Path::new(&path).is_file() => {
+            return Err(UsageError::new(
+                format!("nvml.library = {path:?} is not a file"),
+                "leave nvml.library out: it is a test hook for the NVML stand-in, and gapscoped loads the driver's libnvidia-ml.so.1 by itself",
+            ));
+        }
+        Some(path) => Some(path.into()),
+    };
     Ok(NvmlConfig {
         enabled: raw.enabled.unwrap_or(true),
         interval: Duration::from_millis(interval_ms),
         idle_power_watts: raw.idle_power_watts,
+        library,
     })
 }
 
@@ -274,8 +304,33 @@ pub(super) fn parse_daemon(raw: RawDaemon) -> Result<DaemonConfig, UsageError> {
         100..=60_000,
         "use a value from 100 to 60000 (default 1000)",
     )?;
+    let defaults = crate::web::serve::Limits::default();
+    let http = crate::web::serve::Limits {
+        max_connections: in_range(
+            "daemon.http_max_connections",
+            raw.http_max_connections,
+            defaults.max_connections,
+            1..=65_536,
+            "use a value from 1 to 65536 (default 256); each connection holds a file descriptor",
+        )?,
+        header_timeout: Duration::from_millis(in_range(
+            "daemon.http_header_timeout_ms",
+            raw.http_header_timeout_ms,
+            defaults.header_timeout.as_millis() as u64,
+            100..=600_000,
+            "use a value from 100 to 600000 (default 10000); it also closes idle kept-alive connections",
+        )?),
+        body_timeout: Duration::from_millis(in_range(
+            "daemon.http_body_timeout_ms",
+            raw.http_body_timeout_ms,
+            defaults.body_timeout.as_millis() as u64,
+            100..=600_000,
+            "use a value from 100 to 600000 (default 10000)",
+        )?),
+    };
     Ok(DaemonConfig {
         listen,
+        http,
         rescan_interval: Duration::from_millis(rescan_ms),
         bpf_stats: raw.bpf_stats.unwrap_or(true),
         drop_capabilities: raw.drop_capabilities.unwrap_or(true),

@@ -19,16 +19,27 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
 /// gaps are attributed once their states have arrived.
 const SETTLE_EVERY: Duration = Duration::from_millis(100);
 
+/// Most records read from a ring buffer before the loop's other work (a
+/// settle tick, a signal) gets its turn.
+const BATCH: usize = 16_384;
+
 /// Runs until a signal asks the daemon to stop (Ok) or a ring buffer
 /// fails (Err).
 pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
     let state = running.state.clone();
-    let mut rescan = tokio::time::interval(running.rescan_every);
-    let mut every_second = tokio::time::interval(Duration::from_secs(1));
-    let mut settle = tokio::time::interval(SETTLE_EVERY);
-    let mut snapshot = tokio::time::interval(SNAPSHOT_EVERY);
+    // A tick that comes late (a long settle under a flood) is not made up
+    // for with a burst of ticks: the next one comes a period later.
+    let every = |period| {
+        let mut i = tokio::time::interval(period);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    };
+    let mut rescan = every(running.rescan_every);
+    let mut every_second = every(Duration::from_secs(1));
+    let mut settle = every(SETTLE_EVERY);
+    let mut snapshot = every(SNAPSHOT_EVERY);
     let watchdog_every = notify::watchdog_interval();
-    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    let mut watchdog = every(watchdog_every.unwrap_or(Duration::from_secs(3600)));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let targets = || {
@@ -54,19 +65,26 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();
                 let mut t = targets();
-                while let Some(item) = ring.next() {
+                let mut taken = 0;
+                while taken < BATCH && let Some(item) = ring.next() {
+                    taken += 1;
                     if item.len() >= std::mem::size_of::<ProcEvent>() {
                         // SAFETY: the kernel wrote a ProcEvent; read unaligned.
                         let ev = unsafe { (item.as_ptr() as *const ProcEvent).read_unaligned() };
                         t.on_event(&ev);
                     }
                 }
-                guard.clear_ready();
+                // A full batch leaves the ring ready: the loop comes back
+                // to it after the other branches had their turn.
+                if taken < BATCH {
+                    guard.clear_ready();
+                }
             }
             guard = running.intervals.readable_mut() => {
                 let mut guard = guard?;
-                feed::drain_intervals(&state, guard.get_inner_mut());
-                guard.clear_ready();
+                if feed::drain_intervals(&state, guard.get_inner_mut(), BATCH) < BATCH {
+                    guard.clear_ready();
+                }
             }
         }
     }

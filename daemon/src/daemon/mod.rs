@@ -13,14 +13,15 @@ mod start;
 
 use std::sync::Arc;
 
-/// Threads for blocking work (scrapes, bcrypt); the unit allows 64 tasks.
-const MAX_BLOCKING_THREADS: usize = 16;
+/// Threads for blocking work (snapshots); the unit allows 64 tasks, and
+/// the HTTP server's runtime has its own (`web::serve`).
+pub(crate) const MAX_BLOCKING_THREADS: usize = 16;
 
 pub fn run(config: crate::config::Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        // Scrapes and bcrypt checks run on blocking threads; a bounded pool
-        // keeps the daemon within the unit's TasksMax whatever the load.
+        // A bounded pool keeps the daemon within the unit's TasksMax
+        // whatever the load.
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()?;
     runtime.block_on(async {
@@ -48,7 +49,8 @@ async fn shutdown(running: start::Running) {
         ..
     } = running;
     let _ = stop_http.send(());
-    let _ = server.await;
+    // The server's thread ends within its shutdown grace.
+    let _ = tokio::task::spawn_blocking(move || server.join()).await;
     let http_stopped = stopping.elapsed();
     drop(events);
     drop(intervals);

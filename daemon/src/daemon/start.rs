@@ -39,7 +39,8 @@ pub(super) struct Running {
     pub intervals: AsyncFd<RingBuf<MapData>>,
     pub collector: Option<nvml::collector::Collector>,
     pub stop_http: tokio::sync::oneshot::Sender<()>,
-    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The HTTP server's thread (`web::serve::spawn`).
+    pub server: std::thread::JoinHandle<std::io::Result<()>>,
     /// The deep-mode socket's path, removed at shutdown.
     pub deep_socket: Option<PathBuf>,
     pub rescan_every: Duration,
@@ -49,7 +50,7 @@ pub(super) struct Running {
 /// The checks that must pass before anything is attached.
 struct Bound {
     web: Option<web::Prepared>,
-    listener: tokio::net::TcpListener,
+    listener: std::net::TcpListener,
     inject_listener: Option<tokio::net::UnixListener>,
 }
 
@@ -67,6 +68,7 @@ pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
     let rescan_every = config.daemon.rescan_interval;
     let reorder_ns = config.inject.reorder_window.as_nanos() as u64;
     let listen = config.daemon.listen;
+    let limits = config.daemon.http;
     let deep_socket = bound
         .inject_listener
         .is_some()
@@ -74,16 +76,19 @@ pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
     let (state, collector, events, intervals) =
         build_state(config, attached, bound.inject_listener);
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut router = http::router(state.clone());
+    let router = web::serve::secure(
+        http::router(state.clone()),
+        bound.web.as_ref().map(|w| &w.config),
+        limits,
+    );
     let mut tls = None;
     let mut scheme = "http";
     if let Some(web) = &bound.web {
-        router = web::serve::secure(router, &web.config);
         tls = web.tls.clone();
         scheme = web.config.scheme();
         log::info!("web config: {}", web.describe());
     }
-    let server = tokio::spawn(web::serve::serve(bound.listener, router, tls, stopped));
+    let server = web::serve::spawn(bound.listener, router, tls, limits, stopped)?;
     log::info!("listening on {scheme}://{listen}/metrics");
     notify::send("READY=1");
 
@@ -126,7 +131,6 @@ fn bind(config: &Config) -> anyhow::Result<Bound> {
         )
     })?;
     listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
     let inject_listener = if config.inject.enabled {
         Some(cupti::socket::bind(&config.inject.socket.path)?)
     } else {
@@ -221,7 +225,7 @@ fn build_state(
     }));
     // Says itself, in the state and the log, when it cannot run.
     let collector = if config.nvml.enabled {
-        Some(nvml::collector::start(config.nvml.interval, nvml.clone()))
+        Some(nvml::collector::start(&config.nvml, nvml.clone()))
     } else {
         nvml.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -254,6 +258,7 @@ fn build_state(
         nvml,
         cupti,
         explainer: Arc::new(Mutex::new(Explainer::new(config.explain.clone()))),
+        explain_config: config.explain.clone(),
         snapshots: Mutex::new(Snapshots::new(config.explain.history_ns)),
     });
     (state, collector, events, intervals)

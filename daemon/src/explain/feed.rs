@@ -1,28 +1,41 @@
 //! What the event loop hands the explainer: timeline intervals as the
 //! kernel's ring buffer delivers them, and, every settle tick, deep mode's
-//! settled busy stretches and the launching threads' waits still in
-//! progress (from the kernel's thread map).
+//! settled busy stretches, the launching threads' waits still in progress
+//! (from the kernel's thread map) and NVML's latest readings with the GPUs
+//! each service's processes are on (to price time in energy).
 //!
 //! Every interval the ring delivers reaches both the explainer and the
 //! timeline; every stretch the ingest settles reaches the explainer once.
 
-use aya::maps::{MapData, RingBuf};
-use gapscope_ebpf_common::Interval;
+use aya::maps::{MapData, MapError, RingBuf};
+use gapscope_ebpf_common::{Interval, NO_SERVICE};
 
-use super::engine::Ongoing;
+use std::collections::HashMap;
+
+use super::{
+    energy::Reading,
+    engine::{Ongoing, ThreadNow},
+};
 use crate::state::DaemonState;
 
-/// Drains the timeline ring buffer into the explainer and the timeline.
-pub fn drain_intervals(state: &DaemonState, ring: &mut RingBuf<MapData>) {
-    let mut timeline = state
-        .timeline
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+/// Reads at most `most` intervals from the timeline ring buffer into the
+/// explainer and the timeline; returns how many it read.
+///
+/// Locks are taken in one order everywhere: explainer, ingest, timeline.
+pub fn drain_intervals(state: &DaemonState, ring: &mut RingBuf<MapData>, most: usize) -> usize {
     let mut explain = state
         .explainer
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    while let Some(item) = ring.next() {
+    let mut timeline = state
+        .timeline
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut taken = 0;
+    while taken < most
+        && let Some(item) = ring.next()
+    {
+        taken += 1;
         if item.len() >= std::mem::size_of::<Interval>() {
             // SAFETY: the kernel wrote an Interval; read unaligned.
             let i = unsafe { (item.as_ptr() as *const Interval).read_unaligned() };
@@ -30,12 +43,14 @@ pub fn drain_intervals(state: &DaemonState, ring: &mut RingBuf<MapData>) {
             timeline.push(i);
         }
     }
+    taken
 }
 
 /// One settle tick at `now_ns`: deep-mode records older than the reorder
 /// window become busy stretches (for the explainer) and intervals (for the
 /// timeline); gaps whose states have arrived are attributed.
 pub fn settle(state: &DaemonState, now_ns: u64, reorder_ns: u64) {
+    let power = power_inputs(state);
     let mut explain = state
         .explainer
         .lock()
@@ -58,16 +73,92 @@ pub fn settle(state: &DaemonState, now_ns: u64, reorder_ns: u64) {
         for (service, device, stretch) in ingest.stretches.drain(..) {
             explain.on_stretch(service, device, stretch);
         }
+        for ((service, tid), at_ns) in ingest.api_threads.drain() {
+            explain.on_launching_thread(service, tid, at_ns);
+        }
+        for (service, start_ns) in ingest.api_calls.drain() {
+            explain.on_api_call(service, start_ns);
+        }
+        explain.on_in_flight(&ingest.in_flight(now_ns));
+    }
+    if let Some((readings, placement, gpus)) = power {
+        for (index, r) in readings {
+            explain.energy.reading(index, r);
+        }
+        explain.energy.placement(placement, gpus);
     }
     // A launching thread's wait still in progress, from the kernel's
     // thread map (one lookup per launching thread).
     let threads = &state.maps.threads;
-    explain.tick(now_ns, &|tid| {
-        let t = threads.get(&tid, 0).ok()?;
-        (t.off_cpu_since_ns != 0).then_some(Ongoing {
+    explain.tick(now_ns, &|tid| match threads.get(&tid, 0) {
+        // The kernel drops a thread's state when it exits.
+        Err(MapError::KeyNotFound) => ThreadNow::Gone,
+        Err(_) => ThreadNow::Running,
+        Ok(t) if t.off_cpu_since_ns == 0 && t.on_cpu_since_ns != 0 => {
+            ThreadNow::OnCpu(t.on_cpu_since_ns)
+        }
+        Ok(t) if t.off_cpu_since_ns == 0 => ThreadNow::Running,
+        Ok(t) => ThreadNow::Off(Ongoing {
             since_ns: t.off_cpu_since_ns,
             woken_ns: (t.woken_ns != 0).then_some(t.woken_ns),
             reason: t.off_reason,
-        })
+        }),
     });
+}
+
+/// NVML's latest reading of each GPU, the GPUs each service's processes
+/// hold memory on, and how many GPUs there are; None while NVML is down.
+#[allow(clippy::type_complexity)]
+fn power_inputs(
+    state: &DaemonState,
+) -> Option<(Vec<(u32, Reading)>, HashMap<u32, Vec<u32>>, usize)> {
+    let (readings, holders) = {
+        let g = state
+            .nvml
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !g.up || g.devices.is_empty() {
+            return None;
+        }
+        let readings: Vec<(u32, Reading)> = g
+            .devices
+            .iter()
+            .map(|d| {
+                (
+                    d.index,
+                    Reading {
+                        monotonic_ns: d.monotonic_ns,
+                        energy_joules: d.energy_joules,
+                        power_watts: d.power_watts,
+                    },
+                )
+            })
+            .collect();
+        let holders: Vec<(u32, u32)> = g
+            .devices
+            .iter()
+            .flat_map(|d| d.processes.iter().map(move |p| (p.pid, d.index)))
+            .collect();
+        (readings, holders)
+    };
+    let gpus = readings.len();
+    let mut placement: HashMap<u32, Vec<u32>> = HashMap::new();
+    if !holders.is_empty() {
+        let targets = state
+            .targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (pid, index) in holders {
+            if let Some(service) = targets.service_of(pid).filter(|s| *s != NO_SERVICE) {
+                let on = placement.entry(service).or_default();
+                if !on.contains(&index) {
+                    on.push(index);
+                }
+            }
+        }
+    }
+    for on in placement.values_mut() {
+        on.sort_unstable();
+    }
+    Some((readings, placement, gpus))
 }

@@ -11,10 +11,10 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::bad_request;
+use super::{bad_request, service_param, window_param};
 use crate::{clock::monotonic_ns, state::DaemonState};
 
-const EXPLAIN_PARAMS: &str = "use service=NAME (a [[service]] name) and window=DURATION (60s by default; s, m or h, at most [explain] history_s)";
+const EXPLAIN_PARAMS: &str = "use service=NAME (a [[service]] name), window=DURATION (60s by default; s, m or h, at most [explain] history_s), gpu_hour_usd=PRICE (by default [explain] gpu_hour_usd) and what_if=CAUSE,CAUSE (causes to predict the removal of together)";
 
 /// `GET /api/v1/explain?service=NAME&window=60s`: where the GPU's time
 /// went over the window and each load-generator phase in it, what the CPU
@@ -25,28 +25,35 @@ pub(super) async fn explain(
 ) -> Response {
     let mut service = None;
     let mut window_ns = 60_000_000_000u64;
-    let history_ns = state
-        .explainer
-        .lock()
-        .map(|e| e.config().history_ns)
-        .unwrap_or(0);
+    let mut what_if = Vec::new();
+    let (history_ns, mut gpu_hour_usd) = (
+        state.explain_config.history_ns,
+        state.explain_config.gpu_hour_usd,
+    );
     for (key, value) in &params {
         match key.as_str() {
-            "service" => match state.service_id(value) {
-                Some(id) => service = Some((id, value.clone())),
-                None => {
-                    return bad_request(
-                        format!("no service named {value:?}"),
-                        "use a [[service]] name from the configuration",
-                    );
-                }
+            "service" => match service_param(&state, value) {
+                Ok(found) => service = Some(found),
+                Err((problem, fix)) => return bad_request(problem, &fix),
             },
-            "window" => match crate::explain::report::parse_window(value) {
-                Some(ns) if ns > 0 && ns <= history_ns => window_ns = ns,
-                _ => {
+            "window" => match window_param(value, history_ns, "the history", EXPLAIN_PARAMS) {
+                Ok(ns) => window_ns = ns,
+                Err((problem, fix)) => return bad_request(problem, &fix),
+            },
+            "what_if" => match crate::explain::report::parse_causes(value) {
+                Ok(causes) => what_if = causes,
+                Err((problem, fix)) => return bad_request(problem, &fix),
+            },
+            "gpu_hour_usd" => match value
+                .parse::<f64>()
+                .map_err(|_| "")
+                .and_then(|usd| crate::config::check_gpu_hour_usd(usd))
+            {
+                Ok(usd) => gpu_hour_usd = Some(usd),
+                Err(_) => {
                     return bad_request(
-                        format!("window={value:?} is not a duration within the history"),
-                        EXPLAIN_PARAMS,
+                        format!("gpu_hour_usd={value:?} is not a price"),
+                        "use the price of one GPU-hour in US dollars, above 0 and at most 10000 (say 2.49)",
                     );
                 }
             },
@@ -58,6 +65,11 @@ pub(super) async fn explain(
     };
     let report = tokio::task::spawn_blocking(move || {
         let now = monotonic_ns();
+        let live = state
+            .targets
+            .lock()
+            .map(|t| t.counts().get(id as usize).is_some_and(|n| *n > 0))
+            .unwrap_or(false);
         state.snapshot_at(now, true);
         let annotations = state
             .annotations
@@ -103,6 +115,9 @@ pub(super) async fn explain(
                 top_kernels,
                 deep_enabled: state.cupti.is_some(),
                 codecs: &codecs,
+                gpu_hour_usd,
+                live,
+                what_if: &what_if,
             },
             now.saturating_sub(window_ns),
             now,

@@ -87,11 +87,62 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         "gapscope_bpf_program_runs_total",
         "Times each BPF program ran (0 while statistics are off).",
     );
+    let mut misses = Family::counter(
+        "gapscope_bpf_program_misses_total",
+        "Times the kernel skipped a BPF program because its CPU was already inside BPF (another \
+         program, or a BPF map syscall whose thread was preempted): events gapscoped never saw. \
+         Counted whether or not statistics are on; absent before Linux 6.7 for tracepoints.",
+    );
     for p in programs {
         run_time.add_counter(&[("program", p.name)], p.run_time_ns as f64 / 1e9);
         runs.add_counter(&[("program", p.name)], p.run_count as f64);
+        if let Some(n) = p.misses {
+            misses.add_counter(&[("program", p.name)], n as f64);
+        }
     }
-    vec![
-        build, processes, entries, up, configured, stats_on, run_time, runs,
-    ]
+    let mut families = vec![
+        build, processes, entries, up, configured, stats_on, run_time, runs, misses,
+    ];
+    families.extend(http());
+    families
+}
+
+/// What the HTTP server turned away (`web::serve`, `web::auth`).
+fn http() -> Vec<Family> {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use crate::web::{auth, serve::STATS};
+    let mut open = Family::gauge(
+        "gapscope_http_connections_open",
+        "HTTP connections open now (at most daemon.http_max_connections).",
+    );
+    open.add_gauge(&[], STATS.open.load(Relaxed) as f64);
+    let mut refused = Family::counter(
+        "gapscope_http_connections_refused_total",
+        "HTTP connections answered 503 and closed because daemon.http_max_connections were open.",
+    );
+    refused.add_counter(&[], STATS.refused.load(Relaxed) as f64);
+    let mut timeouts = Family::counter(
+        "gapscope_http_timeouts_total",
+        "HTTP connections closed for want of a request head within daemon.http_header_timeout_ms \
+         (idle kept-alive ones included; phase=head), and requests answered 408 for want of \
+         their body within daemon.http_body_timeout_ms (phase=body).",
+    );
+    timeouts.add_counter(
+        &[("phase", "head")],
+        STATS.head_timeouts.load(Relaxed) as f64,
+    );
+    timeouts.add_counter(
+        &[("phase", "body")],
+        STATS.body_timeouts.load(Relaxed) as f64,
+    );
+    let mut auth_refused = Family::counter(
+        "gapscope_http_auth_refused_total",
+        "Requests refused by basic auth: wrong or missing credentials (401), or new credentials \
+         left unchecked while every bcrypt slot was busy (429).",
+    );
+    for (reason, n) in auth::REFUSED_REASONS.iter().zip(&auth::REFUSED) {
+        auth_refused.add_counter(&[("reason", reason)], n.load(Relaxed) as f64);
+    }
+    vec![open, refused, timeouts, auth_refused]
 }

@@ -5,10 +5,18 @@
 //! verified once is remembered in memory; bcrypt itself runs off the event
 //! loop. An unknown user costs the same bcrypt as a known one, so response
 //! time does not say which user names exist.
+//!
+//! At most [`BCRYPT_AT_ONCE`] bcrypts run at a time: a request that finds
+//! them all busy is answered 429 at once instead of queueing CPU work, so a
+//! flood of wrong passwords cannot stall the scrapes whose credentials are
+//! already remembered (those need no bcrypt).
 
 use std::{
     collections::{BTreeMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
 };
 
 use axum::{
@@ -21,10 +29,26 @@ use base64::Engine as _;
 
 /// How many verified (user, password) pairs are remembered.
 const CACHE_LIMIT: usize = 256;
+/// Most bcrypt verifications running at once.
+pub const BCRYPT_AT_ONCE: usize = 2;
+
+/// Requests refused, for `/metrics`: wrong or missing credentials, and
+/// credentials left unchecked because every bcrypt slot was busy.
+pub static REFUSED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+pub const REFUSED_REASONS: [&str; 2] = ["credentials", "busy"];
 
 pub struct BasicAuth {
     users: BTreeMap<String, String>,
     verified: Mutex<HashSet<(String, String)>>,
+    bcrypt_slots: Arc<tokio::sync::Semaphore>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Allowed,
+    Refused,
+    /// Every bcrypt slot was taken; the credentials were not checked.
+    Busy,
 }
 
 impl BasicAuth {
@@ -32,16 +56,21 @@ impl BasicAuth {
         BasicAuth {
             users,
             verified: Mutex::default(),
+            bcrypt_slots: Arc::new(tokio::sync::Semaphore::new(BCRYPT_AT_ONCE)),
         }
     }
 
-    async fn allows(self: &Arc<Self>, user: String, password: String) -> bool {
+    async fn allows(self: &Arc<Self>, user: String, password: String) -> Verdict {
         let key = (user, password);
         if self.cache().contains(&key) {
-            return true;
+            return Verdict::Allowed;
         }
+        let Ok(slot) = self.bcrypt_slots.clone().try_acquire_owned() else {
+            return Verdict::Busy;
+        };
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let ok = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let known = me.users.get(&key.0);
             // Any configured hash stands in for an unknown user's.
             let Some(hash) = known.or_else(|| me.users.values().next()) else {
@@ -59,7 +88,12 @@ impl BasicAuth {
             ok
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+        if ok {
+            Verdict::Allowed
+        } else {
+            Verdict::Refused
+        }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
@@ -77,19 +111,30 @@ pub async fn require(State(auth): State<Arc<BasicAuth>>, req: Request, next: Nex
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_basic);
-    let allowed = match credentials {
+    let verdict = match credentials {
         Some((user, password)) => auth.allows(user, password).await,
-        None => false,
+        None => Verdict::Refused,
     };
-    if allowed {
-        next.run(req).await
-    } else {
-        (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Basic realm=\"gapscoped\"")],
-            "Unauthorized: this gapscoped requires basic auth (basic_auth_users in its web config)\n",
-        )
-            .into_response()
+    match verdict {
+        Verdict::Allowed => next.run(req).await,
+        Verdict::Refused => {
+            REFUSED[0].fetch_add(1, Relaxed);
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Basic realm=\"gapscoped\"")],
+                "Unauthorized: this gapscoped requires basic auth (basic_auth_users in its web config)\n",
+            )
+                .into_response()
+        }
+        Verdict::Busy => {
+            REFUSED[1].fetch_add(1, Relaxed);
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "1")],
+                "Too many credential checks at once: retry in a second (remembered credentials are never refused this way)\n",
+            )
+                .into_response()
+        }
     }
 }
 
@@ -127,12 +172,51 @@ mod tests {
     async fn only_the_right_password_of_a_known_user_passes() {
         let hash = bcrypt::hash("right", 4).unwrap();
         let auth = Arc::new(BasicAuth::new(BTreeMap::from([("prom".to_string(), hash)])));
-        assert!(auth.allows("prom".into(), "right".into()).await);
+        assert_eq!(
+            auth.allows("prom".into(), "right".into()).await,
+            Verdict::Allowed
+        );
         // Remembered: the second time needs no bcrypt.
         assert!(auth.cache().contains(&("prom".into(), "right".into())));
-        assert!(auth.allows("prom".into(), "right".into()).await);
-        assert!(!auth.allows("prom".into(), "wrong".into()).await);
+        assert_eq!(
+            auth.allows("prom".into(), "right".into()).await,
+            Verdict::Allowed
+        );
+        assert_eq!(
+            auth.allows("prom".into(), "wrong".into()).await,
+            Verdict::Refused
+        );
         // The right password under another name is still refused.
-        assert!(!auth.allows("other".into(), "right".into()).await);
+        assert_eq!(
+            auth.allows("other".into(), "right".into()).await,
+            Verdict::Refused
+        );
+    }
+
+    #[tokio::test]
+    async fn with_every_bcrypt_slot_taken_new_credentials_wait_for_none() {
+        let hash = bcrypt::hash("right", 4).unwrap();
+        let auth = Arc::new(BasicAuth::new(BTreeMap::from([("prom".to_string(), hash)])));
+        assert_eq!(
+            auth.allows("prom".into(), "right".into()).await,
+            Verdict::Allowed
+        );
+        let taken: Vec<_> = (0..BCRYPT_AT_ONCE)
+            .map(|_| auth.bcrypt_slots.clone().try_acquire_owned().unwrap())
+            .collect();
+        assert_eq!(
+            auth.allows("prom".into(), "wrong".into()).await,
+            Verdict::Busy
+        );
+        // Remembered credentials need no slot.
+        assert_eq!(
+            auth.allows("prom".into(), "right".into()).await,
+            Verdict::Allowed
+        );
+        drop(taken);
+        assert_eq!(
+            auth.allows("prom".into(), "wrong".into()).await,
+            Verdict::Refused
+        );
     }
 }

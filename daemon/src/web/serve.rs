@@ -1,23 +1,97 @@
-//! Serving the router: plain HTTP through axum, or TLS through rustls with
-//! one hyper connection per accepted socket. Basic auth and the configured
-//! headers wrap the router in both cases.
+//! Serving the router over plain HTTP or TLS, one hyper connection per
+//! accepted socket, within bounds no client can stretch:
+//!
+//! - at most `max_connections` open at once; the next is answered 503 and
+//!   closed at once (each connection holds a descriptor the probes need);
+//! - a request's head (and, on a kept-alive connection, the next one's)
+//!   within `header_timeout`, at most [`MAX_HEAD`] bytes (431 beyond);
+//! - a request's body within `body_timeout` ([`body_within`], 408);
+//! - on shutdown, open connections get [`SHUTDOWN_GRACE`] to finish the
+//!   request in hand, then are dropped, so a client trickling bytes cannot
+//!   hold the daemon (and its attached programs) up.
+//!
+//! Basic auth and the configured headers wrap the router in both cases.
+//!
+//! The server runs on a thread and runtime of its own, so a scrape or an
+//! explain report never waits for the daemon's event loop to come round
+//! (a flood of records keeps that loop busy for as long as it lasts).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
 
 use axum::{
     Router,
-    http::{HeaderName, HeaderValue},
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderName, HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse as _, Response},
 };
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, oneshot, watch},
+};
 
 use super::{WebConfig, auth};
 
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open connections may finish their request once shutdown starts.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// Most bytes of a request's head (hyper's read buffer; 431 beyond).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most bytes of a request's body (413 beyond).
+pub const MAX_BODY: usize = 64 * 1024;
 
-/// Wraps `router` in what the web config asks for.
-pub fn secure(router: Router, web: &WebConfig) -> Router {
-    let mut router = router;
+/// What one client may hold of the server (`[daemon] http_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the server turned away, for `/metrics` (one server per process).
+pub struct Stats {
+    pub open: AtomicU64,
+    pub refused: AtomicU64,
+    pub head_timeouts: AtomicU64,
+    pub body_timeouts: AtomicU64,
+}
+
+pub static STATS: Stats = Stats {
+    open: AtomicU64::new(0),
+    refused: AtomicU64::new(0),
+    head_timeouts: AtomicU64::new(0),
+    body_timeouts: AtomicU64::new(0),
+};
+
+/// Wraps `router` in what the web config asks for, and the body deadline.
+pub fn secure(router: Router, web: Option<&WebConfig>, limits: Limits) -> Router {
+    // Layers added later run first: credentials are checked before a body
+    // is waited for.
+    let mut router = router.layer(axum::middleware::from_fn_with_state(
+        limits.body_timeout,
+        body_within,
+    ));
+    let Some(web) = web else {
+        return router;
+    };
     if !web.users.is_empty() {
         let state = Arc::new(auth::BasicAuth::new(web.users.clone()));
         router = router.layer(axum::middleware::from_fn_with_state(state, auth::require));
@@ -49,35 +123,81 @@ pub fn secure(router: Router, web: &WebConfig) -> Router {
     router
 }
 
-/// Serves until `stop` fires.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    stop: oneshot::Receiver<()>,
-) -> std::io::Result<()> {
-    match tls {
-        None => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stop.await;
-                })
-                .await
-        }
-        Some(config) => {
-            serve_tls(listener, router, config, stop).await;
-            Ok(())
+/// Reads a request's whole body within `limit` before the handler runs:
+/// 408 when it does not arrive in time, 413 when it is too large.
+async fn body_within(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let empty = !headers.contains_key(header::TRANSFER_ENCODING)
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0");
+    if empty {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(limit, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Err(_)) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request's body is larger than {MAX_BODY} bytes or was cut off: send at most {MAX_BODY} bytes\n"
+            ),
+        )
+            .into_response(),
+        Err(_) => {
+            STATS.body_timeouts.fetch_add(1, Relaxed);
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONNECTION, "close")],
+                format!(
+                    "the request's body did not arrive within {limit:?} (daemon.http_body_timeout_ms): send it at once\n"
+                ),
+            )
+                .into_response()
         }
     }
 }
 
-async fn serve_tls(
+/// Threads for the server's blocking work (scrapes, reports, bcrypt).
+const BLOCKING_THREADS: usize = 16;
+
+/// Starts the server on its own thread (`gapscoped-http`) and runtime;
+/// the thread ends when `stop` fires and the grace is over.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
+    stop: oneshot::Receiver<()>,
+) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()?;
+    std::thread::Builder::new()
+        .name("gapscoped-http".into())
+        .spawn(move || {
+            let served = runtime.block_on(async {
+                let listener = TcpListener::from_std(listener)?;
+                serve(listener, router, tls, limits, stop).await
+            });
+            // A report still being built holds the state: leave it.
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            served
+        })
+}
+
+/// Serves until `stop` fires, then gives open connections the grace.
+async fn serve(
     listener: TcpListener,
     router: Router,
-    config: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
     mut stop: oneshot::Receiver<()>,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+) -> std::io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (closing, closing_seen) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -89,31 +209,107 @@ async fn serve_tls(
                     Err(e) => {
                         // Out of file descriptors and the like: back off
                         // rather than spin.
-                        log::warn!("accepting an HTTPS connection: {e}");
+                        log::warn!("accepting an HTTP connection: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    refuse(&tcp, acceptor.is_none(), limits.max_connections);
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let connection = Connection {
+                    router: router.clone(),
+                    limits,
+                    closing: closing_seen.clone(),
+                };
                 let acceptor = acceptor.clone();
-                let service = hyper_util::service::TowerToHyperService::new(router.clone());
                 connections.spawn(async move {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            log::debug!("TLS handshake with {peer} failed: {e}");
-                            return;
+                    STATS.open.fetch_add(1, Relaxed);
+                    match acceptor {
+                        None => connection.run(hyper_util::rt::TokioIo::new(tcp)).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                                Ok(Ok(tls)) => connection.run(hyper_util::rt::TokioIo::new(tls)).await,
+                                Ok(Err(e)) => log::debug!("TLS handshake with {peer} failed: {e}"),
+                                Err(_) => log::debug!("TLS handshake with {peer} timed out"),
+                            }
                         }
-                        Err(_) => {
-                            log::debug!("TLS handshake with {peer} timed out");
-                            return;
-                        }
-                    };
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                        .await;
+                    }
+                    STATS.open.fetch_sub(1, Relaxed);
+                    drop(slot);
                 });
             }
         }
     }
-    connections.shutdown().await;
+    drop(listener);
+    let _ = closing.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    if !drained {
+        let left = connections.len();
+        log::info!(
+            "dropping {left} HTTP connection(s) still open {SHUTDOWN_GRACE:?} into shutdown"
+        );
+        connections.shutdown().await;
+        STATS.open.fetch_sub(left as u64, Relaxed);
+    }
+    Ok(())
+}
+
+/// Over the connection limit: a plain-HTTP client is told why in one
+/// write that never waits (the socket's send buffer is empty), then the
+/// socket is closed; a TLS client's is closed.
+fn refuse(tcp: &TcpStream, plain: bool, limit: usize) {
+    STATS.refused.fetch_add(1, Relaxed);
+    if plain {
+        let body = format!(
+            "gapscoped serves at most {limit} HTTP connections at once (daemon.http_max_connections): close idle ones or raise the limit\n"
+        );
+        let reply = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tcp.try_write(reply.as_bytes());
+    }
+}
+
+/// One accepted connection's serving.
+struct Connection {
+    router: Router,
+    limits: Limits,
+    closing: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn run<I>(mut self, io: I)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let service = hyper_util::service::TowerToHyperService::new(self.router);
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.limits.header_timeout)
+            .max_header_size(MAX_HEAD)
+            .max_buf_size(MAX_HEAD);
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = self.closing.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result
+            && e.is_timeout()
+        {
+            STATS.head_timeouts.fetch_add(1, Relaxed);
+        }
+    }
 }
