@@ -454,3 +454,167 @@ fn transport_drops_and_counts_when_the_daemon_stalls() {
     });
     p.w.finish();
 }
+
+/// A throwaway group with one member and one outsider, removed on drop.
+struct Accounts {
+    group: String,
+    member: String,
+    outsider: String,
+}
+
+impl Accounts {
+    /// None when this host cannot add users (no useradd).
+    fn create() -> Option<Accounts> {
+        let tag = std::process::id();
+        let a = Accounts {
+            group: format!("gs-inj-{tag}"),
+            member: format!("gs-inj-m-{tag}"),
+            outsider: format!("gs-inj-o-{tag}"),
+        };
+        let run = |args: &[&str]| {
+            Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !run(&["groupadd", "--system", &a.group]) {
+            return None;
+        }
+        let user = |name: &str, extra: &[&str]| {
+            let mut args = vec![
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--user-group",
+            ];
+            args.extend_from_slice(extra);
+            args.push(name);
+            run(&args)
+        };
+        let made = user(&a.member, &["--groups", &a.group]) && user(&a.outsider, &[]);
+        made.then_some(a)
+    }
+
+    /// `wire_sender SOCKET known` as `user` with its groups, stderr kept.
+    fn sender_as(user: &str, socket: &str) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--init-groups",
+        ])
+        .arg(wire_sender_bin())
+        .args([socket, "known"])
+        .stderr(std::process::Stdio::piped());
+        cmd
+    }
+}
+
+impl Drop for Accounts {
+    fn drop(&mut self) {
+        for user in [&self.member, &self.outsider] {
+            let _ = Command::new("userdel").arg(user).status();
+        }
+        let _ = Command::new("groupdel").arg(&self.group).status();
+    }
+}
+
+#[test]
+fn a_non_root_member_of_the_socket_group_connects_and_an_outsider_cannot() {
+    use std::os::unix::fs::MetadataExt as _;
+    let _g = serial();
+    let Some(accounts) = Accounts::create() else {
+        gapscope_testkit::skip("groupadd/useradd cannot add a throwaway group and users here");
+        return;
+    };
+    let d = start(&format!("group = \"{}\"\n", accounts.group));
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660, "the default mode");
+    let group_line = std::fs::read_to_string("/etc/group").unwrap();
+    let gid: u32 = group_line
+        .lines()
+        .find(|l| l.starts_with(&format!("{}:", accounts.group)))
+        .and_then(|l| l.split(':').nth(2))
+        .and_then(|g| g.parse().ok())
+        .unwrap();
+    assert_eq!(meta.gid(), gid, "the socket file belongs to [inject] group");
+
+    // The member's primary group is its own: it gets in by the
+    // supplementary one, through the file and the credential check both.
+    let mut w = Workload::spawn_command(Accounts::sender_as(&accounts.member, &d.socket));
+    w.go();
+    wait_for(&d.daemon, "the group's member was not admitted", |m| {
+        m.get_or_zero("gapscope_inject_records_total", &[]) == 211.0
+    });
+    w.finish();
+
+    // The outsider is stopped by the file's mode before gapscoped sees it.
+    let mut w = Workload::spawn_command(Accounts::sender_as(&accounts.outsider, &d.socket));
+    w.send_go();
+    let status = w.child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut w.child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("Permission denied"), "{err}");
+    let m = d.daemon.scrape();
+    assert_eq!(m.get_or_zero("gapscope_inject_records_total", &[]), 211.0);
+    assert_eq!(
+        m.get_or_zero(
+            "gapscope_inject_rejected_total",
+            &[("reason", "peer_credentials")]
+        ),
+        0.0
+    );
+
+    // With the file open to anyone, the credential check alone refuses him.
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut w = Workload::spawn_command(Accounts::sender_as(&accounts.outsider, &d.socket));
+    w.go();
+    wait_for(&d.daemon, "the outsider was not refused", |m| {
+        m.get_or_zero(
+            "gapscope_inject_rejected_total",
+            &[("reason", "peer_credentials")],
+        ) == 1.0
+    });
+    w.finish();
+}
+
+#[test]
+fn the_socket_group_and_mode_are_checked_at_start() {
+    let _g = serial();
+    for (inject, problem) in [
+        (
+            "group = \"no-such-group-gapscope\"",
+            "inject.group = \"no-such-group-gapscope\" is not a group on this host",
+        ),
+        (
+            "mode = \"0755\"",
+            "inject.mode = \"0755\" is not a socket file's mode",
+        ),
+        (
+            "mode = \"0440\"",
+            "inject.mode = \"0440\" is not a socket file's mode",
+        ),
+        (
+            "mode = \"rw-rw----\"",
+            "inject.mode = \"rw-rw----\" is not an octal mode",
+        ),
+        ("group = 1.5", "inject"),
+    ] {
+        let config = gapscope_testkit::write_config(&format!(
+            "[inject]\nsocket = \"/tmp/gapscope-mode-{}.sock\"\n{inject}\n[[service]]\nname = \"x\"\ncmdline = \"^none$\"\n",
+            std::process::id()
+        ));
+        let out = Command::new(gapscope_testkit::gapscoped_bin())
+            .arg("check-config")
+            .arg("--config")
+            .arg(&*config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{inject}: {err}");
+        assert!(err.contains(problem), "{inject}: {err}");
+    }
+}

@@ -410,7 +410,10 @@ fn shutdown_drops_clients_that_trickle_instead_of_waiting_for_them() {
     let mut head = connect(port);
     head.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Both held, and the scrape that sees them.
+    wait_scrape(port, "both clients held", |m| {
+        m.get("gapscope_http_connections_open", &[]) == Some(3.0)
+    });
 
     let (status, _) = daemon.terminate();
     assert!(status.success(), "{}", daemon.log_text());

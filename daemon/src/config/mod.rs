@@ -157,11 +157,43 @@ pub struct SocketConfig {
     pub path: PathBuf,
     pub allowed_uids: Vec<u32>,
     pub allowed_gids: Vec<u32>,
+    /// The socket file's group (`[inject] group`); its members are
+    /// admitted, by their primary or supplementary groups.
+    pub group: Option<u32>,
+    /// The socket file's mode (`[inject] mode`, 0660 by default).
+    pub mode: u32,
     pub max_peers: usize,
     pub max_frames_per_second: u32,
 }
 
 const SEE_README: &str = "see README.md, section Configuration";
+
+/// The `section.key` whose value a parse error at the end of `before`
+/// points into: the last `key =` since the last table header, if any.
+fn key_before(before: &str) -> Option<String> {
+    let mut table = None;
+    let mut key = None;
+    for line in before.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            table = Some(
+                line.trim_matches(|c| c == '[' || c == ']')
+                    .trim()
+                    .to_string(),
+            );
+            key = None;
+        } else if !line.starts_with('#')
+            && let Some((k, _)) = line.split_once('=')
+        {
+            key = Some(k.trim().trim_matches('"').to_string());
+        }
+    }
+    let key = key.filter(|k| !k.is_empty() && k.len() <= 64)?;
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key,
+    })
+}
 
 impl Config {
     /// Reads and validates a configuration file.
@@ -185,10 +217,11 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let at = match e.span() {
                 Some(span) => {
-                    let before = &text[..span.start.min(text.len())];
+                    let before = &text[..text.floor_char_boundary(span.start)];
                     let line = before.matches('\n').count() + 1;
                     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                    format!("line {line}, column {column}: ")
+                    let key = key_before(before).map_or(String::new(), |k| format!(" ({k})"));
+                    format!("line {line}, column {column}{key}: ")
                 }
                 None => String::new(),
             };
@@ -249,6 +282,8 @@ impl Config {
     }
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests {
     use super::*;

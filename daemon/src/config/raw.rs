@@ -34,9 +34,19 @@ pub(super) struct RawInject {
     pub(super) allowed_uids: Vec<u32>,
     #[serde(default)]
     pub(super) allowed_gids: Vec<u32>,
+    pub(super) group: Option<GroupRef>,
+    pub(super) mode: Option<String>,
     pub(super) max_peers: Option<usize>,
     pub(super) max_frames_per_second: Option<u32>,
     pub(super) reorder_window_ms: Option<u64>,
+}
+
+/// A group by name (`"gapscope"`) or number (`997`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum GroupRef {
+    Id(u32),
+    Name(String),
 }
 
 #[derive(Deserialize, Default)]

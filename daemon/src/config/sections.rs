@@ -39,6 +39,13 @@ pub(super) fn parse_timeline(raw: RawTimeline) -> Result<TimelineConfig, UsageEr
             "use 10 or more (default 1000, one millisecond)",
         ));
     }
+    in_range(
+        "timeline.min_interval_us",
+        Some(min_us),
+        1000,
+        10..=10_000_000,
+        "use 10 to 10000000 (default 1000, one millisecond)",
+    )?;
     let retention_s = in_range(
         "timeline.retention_s",
         raw.retention_s,
@@ -106,7 +113,10 @@ pub(super) fn parse_explain(
         window_ns: window_s * 1_000_000_000,
         max_states,
         no_work_after_ns: no_work_ms * 1_000_000,
-        resolution_ns: timeline.min_interval_us.unwrap_or(1000) * 1000,
+        resolution_ns: timeline
+            .min_interval_us
+            .unwrap_or(1000)
+            .saturating_mul(1000),
         history_ns: history_s * 1_000_000_000,
     })
 }
@@ -177,17 +187,71 @@ pub(super) fn parse_inject(raw: RawInject) -> Result<InjectConfig, UsageError> {
         10..=60_000,
         "use 10 to 60000 (default 500: the injection library flushes every 100 ms)",
     )?;
+    let group = raw.group.map(group_id).transpose()?;
+    let mode = socket_mode(raw.mode.as_deref().unwrap_or("0660"))?;
     Ok(InjectConfig {
         enabled: raw.enabled.unwrap_or(true),
         socket: SocketConfig {
             path: path.into(),
             allowed_uids: raw.allowed_uids,
             allowed_gids: raw.allowed_gids,
+            group,
+            mode,
             max_peers,
             max_frames_per_second: rate,
         },
         reorder_window: Duration::from_millis(window),
     })
+}
+
+/// `[inject] group`: a group name (looked up through NSS, as `ls -l`
+/// does) or number.
+fn group_id(group: super::raw::GroupRef) -> Result<u32, UsageError> {
+    use super::raw::GroupRef;
+    match group {
+        GroupRef::Id(gid) => Ok(gid),
+        GroupRef::Name(name) => lookup_group(&name).ok_or_else(|| {
+            UsageError::new(
+                format!("inject.group = {name:?} is not a group on this host"),
+                "create it (groupadd --system NAME, then usermod -aG NAME the serving user) or give a group number",
+            )
+        }),
+    }
+}
+
+fn lookup_group(name: &str) -> Option<u32> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: every pointer is valid for the call; buf outlives the result,
+    // of which only gr_gid (a plain number) is read.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c_name.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    (rc == 0 && !found.is_null()).then_some(group.gr_gid)
+}
+
+/// `[inject] mode`: octal, read and write for the owner, no execute or
+/// special bits (`"0660"`, `"0600"`, `"0666"`).
+fn socket_mode(text: &str) -> Result<u32, UsageError> {
+    let fix = "write the socket file's mode in octal: \"0660\" (owner and group, the default), \"0600\" (owner only) or \"0666\" (anyone, then only the credential check stands)";
+    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8).map_err(|_| {
+        UsageError::new(format!("inject.mode = {text:?} is not an octal mode"), fix)
+    })?;
+    if mode & !0o666 != 0 || mode & 0o600 != 0o600 {
+        return Err(UsageError::new(
+            format!("inject.mode = {text:?} is not a socket file's mode"),
+            fix,
+        ));
+    }
+    Ok(mode)
 }
 
 pub(super) fn parse_nvml(raw: RawNvml) -> Result<NvmlConfig, UsageError> {

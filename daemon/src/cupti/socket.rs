@@ -1,6 +1,9 @@
 //! The socket the injection library connects to. Only allowed peers get
-//! in (SO_PEERCRED: root, gapscoped's own user, `allowed_uids`,
-//! `allowed_gids`; the socket file is mode 0660), and each peer is bounded:
+//! in: the socket file's mode and group are the first gate (`[inject]
+//! mode`, 0660, and `group`), the peer's credentials the second
+//! (SO_PEERCRED: root, gapscoped's own user, `allowed_uids`, a primary or
+//! supplementary group in `allowed_gids` or the socket's `group`). Each
+//! peer is bounded:
 //! a frame is at most `gapscope_wire::MAX_PAYLOAD` bytes (the header is
 //! checked before the payload is waited for), frames beyond
 //! `max_frames_per_second` are dropped and counted, and a malformed frame
@@ -11,7 +14,6 @@ use std::{
     collections::BTreeMap,
     io,
     os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
-    path::Path,
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -34,7 +36,8 @@ pub struct SocketStats {
 
 /// Binds the socket: replaces a stale socket file, refuses to replace
 /// anything else or a socket someone still listens on.
-pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, UsageError> {
+pub fn bind(config: &SocketConfig) -> Result<tokio::net::UnixListener, UsageError> {
+    let path = config.path.as_path();
     let fix = "set [inject] socket to a path gapscoped may create, or stop what holds it";
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -57,7 +60,15 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, UsageError> {
     }
     let listener = std::os::unix::net::UnixListener::bind(path)
         .map_err(|e| UsageError::new(format!("cannot listen on {}: {e}", path.display()), fix))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+    if let Some(gid) = config.group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+            UsageError::new(
+                format!("chgrp {gid} {}: {e}", path.display()),
+                "run gapscoped as root (or with CAP_CHOWN), or leave [inject] group out",
+            )
+        })?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.mode))
         .map_err(|e| UsageError::new(format!("chmod {}: {e}", path.display()), fix))?;
     listener
         .set_nonblocking(true)
@@ -89,15 +100,41 @@ pub async fn serve(listener: tokio::net::UnixListener, shared: Shared) {
     }
 }
 
-/// Why a peer may not connect, if it may not.
-fn refuse(config: &SocketConfig, uid: u32, gid: u32) -> Option<&'static str> {
+/// Why a peer may not connect, if it may not. `groups`: the peer's
+/// supplementary groups (read only when its uid does not decide).
+fn refuse(
+    config: &SocketConfig,
+    uid: u32,
+    gid: u32,
+    groups: impl FnOnce() -> Vec<u32>,
+) -> Option<&'static str> {
     // SAFETY: geteuid has no preconditions.
     let own = unsafe { libc::geteuid() };
-    let allowed = uid == 0
-        || uid == own
-        || config.allowed_uids.contains(&uid)
-        || config.allowed_gids.contains(&gid);
-    (!allowed).then_some("peer_credentials")
+    if uid == 0 || uid == own || config.allowed_uids.contains(&uid) {
+        return None;
+    }
+    let admits = |g: &u32| config.allowed_gids.contains(g) || config.group == Some(*g);
+    if admits(&gid) || groups().iter().any(admits) {
+        return None;
+    }
+    Some("peer_credentials")
+}
+
+/// A process's supplementary groups (`Groups:` of /proc/PID/status).
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| {
+                    g.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                })
+        })
+        .unwrap_or_default()
 }
 
 fn reject(shared: &Shared, reason: &'static str) {
@@ -114,9 +151,9 @@ async fn connection(mut stream: UnixStream, id: u64, shared: Shared) {
     };
     let (uid, gid) = (cred.uid(), cred.gid());
     let pid = cred.pid().unwrap_or(0).max(0) as u32;
-    if let Some(reason) = refuse(&shared.config, uid, gid) {
+    if let Some(reason) = refuse(&shared.config, uid, gid, || supplementary_groups(pid)) {
         log::warn!(
-            "deep mode: refused pid {pid} (uid {uid}, gid {gid}): not root, not gapscoped's user, not in [inject] allowed_uids/allowed_gids"
+            "deep mode: refused pid {pid} (uid {uid}, gid {gid}): not root, not gapscoped's user, not in [inject] allowed_uids, allowed_gids or group"
         );
         return reject(&shared, reason);
     }

@@ -132,7 +132,7 @@ fn bind(config: &Config) -> anyhow::Result<Bound> {
     })?;
     listener.set_nonblocking(true)?;
     let inject_listener = if config.inject.enabled {
-        Some(cupti::socket::bind(&config.inject.socket.path)?)
+        Some(cupti::socket::bind(&config.inject.socket)?)
     } else {
         None
     };
