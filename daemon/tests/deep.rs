@@ -403,27 +403,58 @@ fn transport_waits_quietly_for_a_daemon_that_starts_late() {
 }
 
 #[test]
-fn transport_survives_its_daemon_dying_and_finds_the_next() {
+fn transport_outlives_ten_daemon_restarts_and_says_so_once_each() {
+    const RESTARTS: usize = 10;
     let _g = serial();
     let socket = format!("/tmp/gapscope-restart-{}.sock", rand_suffix());
-    let mut first = probe_daemon(&socket);
-    let mut p = Probe::start(&socket, 8000, 2000);
-    first.wait_processes("deep", 1.0);
+    let mut daemon = probe_daemon(&socket);
+    // 75 s of records: time for ten restarts on a slow machine (each
+    // takes a daemon start and the sender's reconnect backoff).
+    let mut cmd = Command::new(gapscope_testkit::transport_probe_bin());
+    cmd.args([socket.as_str(), "150000", "2000"])
+        .stderr(std::process::Stdio::piped());
+    let mut p = Probe {
+        w: Workload::spawn_command(cmd),
+    };
+    daemon.wait_processes("deep", 1.0);
     p.go();
-    std::thread::sleep(Duration::from_millis(1000));
-    assert!(records_in(&first) > 0.0);
-    let _ = first.child.kill();
-    let _ = first.child.wait();
-    std::thread::sleep(Duration::from_millis(800));
-    let second = probe_daemon(&socket);
+    for round in 0..=RESTARTS {
+        // Each daemon hears from the sender before it goes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while records_in(&daemon) == 0.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon {round} got nothing:\n{}",
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if round == RESTARTS {
+            break;
+        }
+        let _ = daemon.child.kill();
+        let _ = daemon.child.wait();
+        daemon = probe_daemon(&socket);
+    }
     let c = p.counts();
     assert_eq!(c["sent"] + c["dropped"] + c["buffered"], c["made"], "{c:?}");
-    assert!(c["disconnects"] >= 1 && c["connects"] >= 2, "{c:?}");
+    assert!(
+        c["disconnects"] >= RESTARTS as u64 && c["connects"] > RESTARTS as u64,
+        "{c:?}"
+    );
     assert!(c["slowest_call_us"] < 20_000, "a send call blocked: {c:?}");
-    wait_for(&second, "the second daemon got nothing", |m| {
-        m.get_or_zero("gapscope_inject_records_total", &[]) > 0.0
-    });
+    let mut stderr = p.w.child.stderr.take().unwrap();
     p.w.finish();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
+    // A line when a daemon goes, one while none listens and one when the
+    // next is found: never a line per record or per retry.
+    let closed = err.matches("closed the connection").count() as u64;
+    let absent = err.matches("is not listening").count() as u64;
+    let back = err.matches("again; ").count() as u64;
+    assert_eq!(closed, c["disconnects"], "{err}");
+    assert!(absent <= c["disconnects"], "{err}");
+    assert_eq!(back, c["disconnects"], "{err}");
 }
 
 #[test]
@@ -617,4 +648,68 @@ fn the_socket_group_and_mode_are_checked_at_start() {
         assert_eq!(out.status.code(), Some(2), "{inject}: {err}");
         assert!(err.contains(problem), "{inject}: {err}");
     }
+}
+
+#[test]
+fn silent_peers_are_dropped_after_the_hello_deadline_and_connect_bursts_leave_nothing() {
+    use std::{io::Read as _, os::unix::net::UnixStream};
+    let _g = serial();
+    let d = start("max_peers = 8\n");
+    // Eight silent peers take every slot; a ninth is refused.
+    let connected = std::time::Instant::now();
+    let mut silent: Vec<UnixStream> = (0..8)
+        .map(|_| UnixStream::connect(&d.socket).unwrap())
+        .collect();
+    wait_for(&d.daemon, "the silent peers were not counted", |m| {
+        m.get_or_zero("gapscope_inject_connections", &[]) == 8.0
+    });
+    let mut ninth = UnixStream::connect(&d.socket).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        ninth.read(&mut byte).unwrap(),
+        0,
+        "the ninth is closed at once"
+    );
+    // Each silent one is closed by the daemon, never before the deadline.
+    for s in &mut silent {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        assert_eq!(s.read(&mut byte).unwrap(), 0);
+    }
+    assert!(connected.elapsed() >= Duration::from_secs(5));
+    let m = wait_for(&d.daemon, "the slots were not freed", |m| {
+        m.get_or_zero("gapscope_inject_connections", &[]) == 0.0
+    });
+    let rejected = |m: &Metrics, reason| {
+        m.get_or_zero("gapscope_inject_rejected_total", &[("reason", reason)])
+    };
+    assert_eq!(rejected(&m, "no_hello"), 8.0);
+    assert_eq!(rejected(&m, "too_many_peers"), 1.0);
+    assert!(d.daemon.log_text().contains("sent no hello within 5s"));
+
+    // A thousand connects as fast as they go, each closed at once: all
+    // accepted, none left behind, and a real sender still gets in.
+    let accepted = m.get_or_zero("gapscope_inject_connections_total", &[]);
+    for _ in 0..1000 {
+        drop(UnixStream::connect(&d.socket).unwrap());
+    }
+    wait_for(
+        &d.daemon,
+        "the burst was not all accepted and closed",
+        |m| {
+            m.get_or_zero("gapscope_inject_connections_total", &[]) - accepted
+                + m.get_or_zero(
+                    "gapscope_inject_rejected_total",
+                    &[("reason", "too_many_peers")],
+                )
+                - 1.0
+                == 1000.0
+                && m.get_or_zero("gapscope_inject_connections", &[]) == 0.0
+        },
+    );
+    let mut w = sender(&d.socket, &["known"]);
+    w.go();
+    wait_for(&d.daemon, "a sender after the burst was not served", |m| {
+        m.get_or_zero("gapscope_inject_records_total", &[]) == 211.0
+    });
+    w.finish();
 }

@@ -13,7 +13,9 @@
 //! * Fork: the child has no transport thread; its copies of the handles
 //!   see the pid change and do nothing.
 //! * Each of these (no daemon, a daemon gone, a daemon not reading) is
-//!   said once on the host's stderr, the first time it happens.
+//!   said once on the host's stderr when it starts, and the connection
+//!   that ends it says so with what was lost meanwhile: a few lines per
+//!   daemon restart, never one per record or per retry.
 //! * Exit: `flush` lets the host's last records out before it exits,
 //!   waiting a bounded time (the agent's atexit handler gives it 500 ms).
 
@@ -208,8 +210,11 @@ struct Worker {
     backoff: Duration,
     /// Drops not yet reported to the daemon.
     unreported_drops: u64,
-    /// Which troubles were already said on stderr (`Trouble` bits).
+    /// Which troubles were said on stderr since the last connection
+    /// (`Trouble` bits).
     said: u8,
+    /// Records dropped before the first of them.
+    dropped_before_trouble: u64,
 }
 
 /// What the host is told about, once each.
@@ -234,14 +239,32 @@ impl Worker {
             backoff: Duration::from_millis(100),
             unreported_drops: 0,
             said: 0,
+            dropped_before_trouble: 0,
         }
     }
 
-    /// Says `text` on stderr if `trouble` was not said before.
+    /// Says `text` on stderr if `trouble` was not said since the last
+    /// connection.
     fn say_once(&mut self, trouble: Trouble, text: impl FnOnce() -> String) {
+        if self.said == 0 {
+            self.dropped_before_trouble = self.stats.records_dropped.load(Ordering::Relaxed);
+        }
         if self.said & trouble as u8 == 0 {
             self.said |= trouble as u8;
             eprintln!("gapscope-inject: {}", text());
+        }
+    }
+
+    /// A connection ended the troubles said: say so, once.
+    fn say_connected(&mut self) {
+        if self.said != 0 {
+            let lost =
+                self.stats.records_dropped.load(Ordering::Relaxed) - self.dropped_before_trouble;
+            eprintln!(
+                "gapscope-inject: connected to gapscoped at {} again; {lost} records were dropped meanwhile",
+                self.config.socket.display()
+            );
+            self.said = 0;
         }
     }
 
@@ -312,6 +335,7 @@ impl Worker {
                     return;
                 }
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                self.say_connected();
                 self.backoff = Duration::from_millis(100);
                 self.out.clear();
                 self.frames.clear();

@@ -189,6 +189,11 @@ async fn connection(mut stream: UnixStream, id: u64, shared: Shared) {
     s.connected = s.connected.saturating_sub(1);
 }
 
+/// A peer that has not sent its hello this long after connecting is
+/// dropped (the agent sends it at once): an idle connection cannot hold
+/// one of `max_peers` for ever.
+pub const HELLO_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Reads until the peer closes (Ok) or breaks the rules (Err: why).
 async fn read_frames(
     stream: &mut UnixStream,
@@ -205,8 +210,22 @@ async fn read_frames(
     let mut service = None;
     // Whether this connection already waited for its process's exit news.
     let mut waited = false;
+    let hello_by = tokio::time::Instant::now() + HELLO_WITHIN;
     loop {
-        let n = match stream.read(&mut buf).await {
+        let read = if hello {
+            stream.read(&mut buf).await
+        } else {
+            match tokio::time::timeout_at(hello_by, stream.read(&mut buf)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    log::warn!(
+                        "deep mode: pid {pid} sent no hello within {HELLO_WITHIN:?}; dropping its connection"
+                    );
+                    return Err("no_hello");
+                }
+            }
+        };
+        let n = match read {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

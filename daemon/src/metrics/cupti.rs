@@ -95,7 +95,7 @@ fn socket_families(deep: &crate::cupti::socket::Shared, c: &IngestCounters) -> V
     accepted.add_counter(&[], stats.accepted as f64);
     let mut rejected = Family::counter(
         "gapscope_inject_rejected_total",
-        "Connections refused or dropped, by reason: peer_credentials, too_many_peers, malformed (a bad frame), no_hello.",
+        "Connections refused or dropped, by reason: peer_credentials, too_many_peers, malformed (a bad frame), no_hello (records before a hello, or no hello within 5 s).",
     );
     // Every reason from the start, so rate() and alerts see a 0, not nothing.
     for reason in REJECT_REASONS {
