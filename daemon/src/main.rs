@@ -98,9 +98,25 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    let mut log =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    log.format_target(false);
+    // Under systemd, stderr goes to the journal: a syslog priority prefix
+    // gives each line its PRIORITY field (journalctl -p warning), and the
+    // journal has its own timestamps.
+    if stderr_is_journal() {
+        log.format(|buf, record| {
+            use std::io::Write as _;
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{priority}>{}", record.args())
+        });
+    }
+    log.init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -288,6 +304,20 @@ fn explain_command(
         }
     }
     Ok(())
+}
+
+/// Whether stderr is the journal's stream: systemd's `JOURNAL_STREAM`
+/// names its device and inode (a child with its stderr elsewhere inherits
+/// the variable, not the stream).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(named) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    named.to_string_lossy() == format!("{}:{}", stderr.dev(), stderr.ino())
 }
 
 fn hash_password(cost: u32) -> anyhow::Result<()> {

@@ -101,7 +101,8 @@ pub fn drop_all_but(keep: u64) -> std::io::Result<u64> {
 
 /// Names of the capabilities in a mask, for the log.
 pub fn names(mask: u64) -> String {
-    const NAMES: [(u32, &str); 6] = [
+    const NAMES: [(u32, &str); 7] = [
+        (0, "CAP_CHOWN"),
         (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
         (CAP_SETPCAP, "CAP_SETPCAP"),
         (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
@@ -149,8 +150,8 @@ mod tests {
     fn names_known_and_unknown_capabilities() {
         assert_eq!(names(0), "none");
         assert_eq!(
-            names(1 << CAP_BPF | 1 << CAP_SYS_PTRACE | 1 << 0),
-            "cap0 CAP_SYS_PTRACE CAP_BPF"
+            names(1 << CAP_BPF | 1 << CAP_SYS_PTRACE | 1 << 0 | 1 << 1),
+            "CAP_CHOWN cap1 CAP_SYS_PTRACE CAP_BPF"
         );
     }
 }

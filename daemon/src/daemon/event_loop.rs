@@ -42,6 +42,13 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
     let mut watchdog = every(watchdog_every.unwrap_or(Duration::from_secs(3600)));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    // A test hook (scripts/systemd-check): with GAPSCOPE_TEST_HOOKS=1,
+    // SIGUSR2 hangs the loop, as a bug would, for the watchdog to catch.
+    let hooks = std::env::var_os("GAPSCOPE_TEST_HOOKS").is_some_and(|v| v == "1");
+    let mut hang = match hooks {
+        true => Some(signal(SignalKind::user_defined2())?),
+        false => None,
+    };
     let targets = || {
         state
             .targets
@@ -61,6 +68,12 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
                 tokio::task::spawn_blocking(move || state.snapshot());
             }
             _ = watchdog.tick(), if watchdog_every.is_some() => notify::send("WATCHDOG=1"),
+            Some(_) = async { hang.as_mut()?.recv().await }, if hang.is_some() => {
+                log::warn!("SIGUSR2 with GAPSCOPE_TEST_HOOKS=1: hanging the event loop (a test of the watchdog)");
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
             guard = running.events.readable_mut() => {
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();

@@ -47,6 +47,15 @@ pub(super) struct Running {
     pub reorder_ns: u64,
 }
 
+/// Whether this process is in the initial PID namespace, whose pids the
+/// BPF programs see (its inode is fixed: PROC_PID_INIT_INO). True when
+/// the kernel does not say.
+fn in_the_hosts_pid_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+    std::fs::metadata("/proc/self/ns/pid").map_or(true, |m| m.ino() == PROC_PID_INIT_INO)
+}
+
 /// The checks that must pass before anything is attached.
 struct Bound {
     web: Option<web::Prepared>,
@@ -56,6 +65,14 @@ struct Bound {
 
 pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
     let bound = bind(&config)?;
+    if !in_the_hosts_pid_namespace() {
+        log::warn!(
+            "gapscoped runs in a PID namespace of its own (a container without the host's PIDs): \
+             the kernel's events carry the host's pids and /proc here shows others, so no process will be \
+             matched to a service; run it in the host's PID namespace (hostPID: true, docker run --pid=host, \
+             or as a host service)"
+        );
+    }
     let attached = bpf::attach_all(
         config.daemon.bpf_stats,
         config.timeline.min_interval.as_nanos() as u64,
