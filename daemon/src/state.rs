@@ -38,6 +38,10 @@ pub struct DaemonState {
     pub explain_config: crate::config::ExplainConfig,
     /// CPU-side counters over time, for windowed explain reports.
     pub snapshots: Mutex<Snapshots>,
+    /// When the event loop last came round (`clock::monotonic_ns`): the
+    /// HTTP server runs on its own thread, so `/healthz` reads this to
+    /// tell a live daemon from one whose loop hangs.
+    pub loop_alive_ns: std::sync::atomic::AtomicU64,
 }
 
 impl DaemonState {

@@ -65,7 +65,7 @@ fn malformed_configs_exit_2_with_their_message() {
             format!(
                 "[[python.probe]]\nlibrary = \"x.\"\nsymbol = \"f\"\nmethod = \"g\"\ncodec = \"c\"\n{SERVICE}"
             ),
-            "must name its function one way",
+            "must name its function with exactly one non-empty symbol, symbol_pattern or method",
         ),
         (
             "bad symbol pattern",

@@ -432,6 +432,9 @@ fn transport_outlives_ten_daemon_restarts_and_says_so_once_each() {
         if round == RESTARTS {
             break;
         }
+        // Long enough for the sender to count the connection as lasting
+        // (200 ms), as a daemon that ran for a while would be.
+        std::thread::sleep(Duration::from_millis(500));
         let _ = daemon.child.kill();
         let _ = daemon.child.wait();
         daemon = probe_daemon(&socket);
@@ -448,13 +451,19 @@ fn transport_outlives_ten_daemon_restarts_and_says_so_once_each() {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
     // A line when a daemon goes, one while none listens and one when the
-    // next is found: never a line per record or per retry.
+    // next has lasted 200 ms: never a line per record or per retry. (A
+    // SIGKILL can give two disconnects: the dying listener still accepts
+    // for a moment; that short connection is not news.)
     let closed = err.matches("closed the connection").count() as u64;
     let absent = err.matches("is not listening").count() as u64;
     let back = err.matches("again; ").count() as u64;
-    assert_eq!(closed, c["disconnects"], "{err}");
-    assert!(absent <= c["disconnects"], "{err}");
-    assert_eq!(back, c["disconnects"], "{err}");
+    assert!(
+        closed >= RESTARTS as u64 && closed <= c["disconnects"],
+        "{closed} lines for {} disconnects:\n{err}",
+        c["disconnects"]
+    );
+    assert!(absent <= closed, "{err}");
+    assert_eq!(back, closed, "{err}");
 }
 
 #[test]

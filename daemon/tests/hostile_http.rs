@@ -530,3 +530,38 @@ fn a_flood_of_wrong_passwords_queues_no_bcrypt_and_scrapes_go_on() {
         Some((FLOOD - busy) as f64)
     );
 }
+
+#[test]
+fn healthz_fails_when_the_event_loop_hangs_while_metrics_still_answer() {
+    let _g = serial();
+    // The test hook: SIGUSR2 hangs the event loop, as a bug would.
+    let daemon =
+        Daemon::start_wrapped(SERVICE, "", &["env".into(), "GAPSCOPE_TEST_HOOKS=1".into()]);
+    let port = daemon.port;
+    assert_eq!(http_get_status(port, "/healthz").0, 200);
+    let hung = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGUSR2) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (code, body) = loop {
+        let (code, body) = http_get_status(port, "/healthz");
+        if code != 200 {
+            break (code, body);
+        }
+        assert!(Instant::now() < deadline, "/healthz never failed");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("event loop has not come round"), "{body}");
+    assert!(
+        hung.elapsed() >= Duration::from_secs(10),
+        "not before the 10 s stall"
+    );
+    // The server is not the loop: scrapes still answer.
+    assert!(http_get(port, "/metrics").is_some());
+    assert!(daemon.log_text().contains("hanging the event loop"));
+    // A hung loop answers no SIGTERM: what a watchdog does.
+    let mut daemon = daemon;
+    let _ = daemon.child.kill();
+    let _ = daemon.child.wait();
+}

@@ -215,9 +215,14 @@ struct Worker {
     said: u8,
     /// Records dropped before the first of them.
     dropped_before_trouble: u64,
+    /// When the connection was made, until it has lasted `SETTLED`.
+    connected_at: Option<Instant>,
 }
 
 /// What the host is told about, once each.
+/// How long a connection must last to count as the daemon being back.
+const SETTLED: Duration = Duration::from_millis(200);
+
 #[derive(Clone, Copy)]
 enum Trouble {
     NotListening = 1,
@@ -240,6 +245,7 @@ impl Worker {
             unreported_drops: 0,
             said: 0,
             dropped_before_trouble: 0,
+            connected_at: None,
         }
     }
 
@@ -252,6 +258,16 @@ impl Worker {
         if self.said & trouble as u8 == 0 {
             self.said |= trouble as u8;
             eprintln!("gapscope-inject: {}", text());
+        }
+    }
+
+    /// A connection that has lasted `SETTLED` ends the back-off and the
+    /// troubles said.
+    fn settle_connection(&mut self) {
+        if self.conn.is_some() && self.connected_at.is_some_and(|t| t.elapsed() >= SETTLED) {
+            self.connected_at = None;
+            self.backoff = Duration::from_millis(100);
+            self.say_connected();
         }
     }
 
@@ -306,6 +322,7 @@ impl Worker {
             self.connect_if_due();
             self.queue(std::mem::take(&mut pending));
             self.write();
+            self.settle_connection();
             if !open {
                 break;
             }
@@ -335,8 +352,10 @@ impl Worker {
                     return;
                 }
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                self.say_connected();
-                self.backoff = Duration::from_millis(100);
+                // Counted as back only once it has lasted (settle_connection):
+                // a daemon that accepts and closes at once (a refused peer,
+                // a dying listener) keeps the back-off growing, quietly.
+                self.connected_at = Some(Instant::now());
                 self.out.clear();
                 self.frames.clear();
                 encode(&Frame::Hello(self.hello.clone()), &mut self.out);
@@ -477,6 +496,11 @@ impl Worker {
                     self.unreported_drops += lost;
                     self.out.clear();
                     self.next_connect = Instant::now() + self.backoff;
+                    // Closed before it settled: the daemon refuses us (or
+                    // is dying); keep backing off.
+                    if self.connected_at.take().is_some() {
+                        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+                    }
                     return;
                 }
             }

@@ -27,13 +27,26 @@ pub struct Probes {
     /// Held while the kernel's BPF run-time statistics are on; closing it
     /// turns them off again.
     stats: Option<OwnedFd>,
+    /// Whether `detach_all` ran.
+    detached: bool,
 }
 
 impl Drop for Probes {
-    /// Detaching a tracepoint program waits for an RCU grace period (tens
-    /// of milliseconds); one after the other, eight of them took ~0.4 s.
-    /// Detaching them all at once keeps shutdown well inside a second.
     fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+impl Probes {
+    /// Detaches and unloads every program of ours, once (shutdown calls it
+    /// first; dropping calls it again for nothing). Detaching a tracepoint
+    /// program waits for an RCU grace period (tens of milliseconds); one
+    /// after the other, eight of them took ~0.4 s. Detaching them all at
+    /// once keeps shutdown well inside a second.
+    pub fn detach_all(&mut self) {
+        if std::mem::replace(&mut self.detached, true) {
+            return;
+        }
         std::thread::scope(|scope| {
             for (name, program) in self.ebpf.programs_mut() {
                 let ours = PROGRAMS.iter().any(|(attached, _)| *attached == name)
@@ -274,7 +287,11 @@ pub fn attach_all(bpf_stats: bool, min_interval_ns: u64) -> anyhow::Result<Attac
         cuda_process_calls: HashMap::try_from(take(&mut ebpf, map::CUDA_PROCESS_CALLS)?)?,
         cuda_calls: PerCpuHashMap::try_from(take(&mut ebpf, map::CUDA_CALLS)?)?,
         gil_ranges: HashMap::try_from(take(&mut ebpf, map::GIL_RANGES)?)?,
-        probes: Probes { ebpf, stats },
+        probes: Probes {
+            ebpf,
+            stats,
+            detached: false,
+        },
     })
 }
 

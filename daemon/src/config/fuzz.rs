@@ -1,5 +1,6 @@
-//! The config parser against hostile text: every key of the example
-//! config (commented ones included) given values of every wrong kind,
+//! The config parser against hostile text: every key (those of the
+//! example config, commented ones included, and the rest) given values of
+//! every wrong kind,
 //! an unknown key in every table, and thousands of random byte-level
 //! mutations. Each parse ends in a config or in one error whose problem
 //! is a single line naming the key (where one key is at fault) and whose
@@ -8,6 +9,35 @@
 use super::*;
 
 const EXAMPLE: &str = include_str!("../../../deploy/gapscoped.toml");
+
+/// Every key the example leaves out, in a config that parses.
+const THE_REST: &str = r#"[explain]
+gpu_hour_usd = 2.49
+
+[[python.probe]]
+library = "orjson/orjson."
+symbol_pattern = "^orjson_dumps$"
+codec = "orjson"
+op = "encode"
+
+[[python.probe]]
+library = "msgspec/_core."
+method = "encode"
+codec = "msgspec"
+
+[[service]]
+name = "by-exe"
+exe = "/usr/bin/python3.11"
+
+[[service]]
+name = "by-pid"
+pids = [4242]
+follow_children = false
+
+[[service]]
+name = "by-cgroup"
+cgroup = "/system.slice/vllm.service"
+"#;
 
 /// Values of every TOML kind, and edge values of the right kinds.
 const WRONG: &[&str] = &[
@@ -75,13 +105,18 @@ fn check_error(e: &UsageError, text: &str) {
 
 #[test]
 fn every_key_given_every_wrong_kind_of_value_is_named_in_its_error() {
-    let lines: Vec<&str> = EXAMPLE.lines().collect();
-    let keys = key_lines(EXAMPLE);
     assert!(
-        keys.len() >= 35,
-        "only {} keys found in the example",
-        keys.len()
+        Config::parse(THE_REST).is_ok(),
+        "the rest of the keys parse as given"
     );
+    let keys = wrong_values_named(EXAMPLE) + wrong_values_named(THE_REST);
+    assert!(keys >= 50, "only {keys} keys tried");
+}
+
+/// Each key line of `text` given each wrong value: returns the keys tried.
+fn wrong_values_named(text: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    let keys = key_lines(text);
     let (mut cases, mut refused) = (0, 0);
     for (at, key, _) in &keys {
         for value in WRONG {
@@ -108,6 +143,7 @@ fn every_key_given_every_wrong_kind_of_value_is_named_in_its_error() {
     // Most of these are wrong for most keys: a parser that accepted
     // everything would pass the loop above.
     assert!(refused * 10 > cases * 8, "{refused} of {cases} refused");
+    keys.len()
 }
 
 #[test]
@@ -117,7 +153,16 @@ fn an_unknown_key_in_any_table_is_refused_by_name() {
         .filter(|i| lines[*i].starts_with('['))
         .collect();
     assert!(headers.len() >= 6);
-    for at in std::iter::once(0).chain(headers.iter().map(|h| h + 1)) {
+    let after_a_key = headers.iter().filter_map(|h| {
+        (h + 1..lines.len())
+            .take_while(|i| !lines[*i].starts_with('['))
+            .find(|i| lines[*i].contains(" = ") && !lines[*i].starts_with('#'))
+            .map(|i| i + 1)
+    });
+    for at in std::iter::once(0)
+        .chain(headers.iter().map(|h| h + 1))
+        .chain(after_a_key)
+    {
         let mut edited = lines.clone();
         edited.insert(at, "colour_of_the_sky = 1");
         let text = edited.join("\n");
@@ -131,6 +176,8 @@ fn an_unknown_key_in_any_table_is_refused_by_name() {
             "{}",
             e.problem
         );
+        // Named as itself, not as the key before it.
+        assert!(!e.problem.contains(" ("), "{}", e.problem);
     }
 }
 

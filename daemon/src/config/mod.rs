@@ -220,7 +220,12 @@ impl Config {
                     let before = &text[..text.floor_char_boundary(span.start)];
                     let line = before.matches('\n').count() + 1;
                     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                    let key = key_before(before).map_or(String::new(), |k| format!(" ({k})"));
+                    // Only a value's error is about the key before it (an
+                    // unknown key's message names that key itself).
+                    let on_value = before[before.rfind('\n').map_or(0, |i| i + 1)..].contains('=');
+                    let key = key_before(before)
+                        .filter(|_| on_value)
+                        .map_or(String::new(), |k| format!(" ({k})"));
                     format!("line {line}, column {column}{key}: ")
                 }
                 None => String::new(),

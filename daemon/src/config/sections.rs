@@ -224,18 +224,25 @@ fn lookup_group(name: &str) -> Option<u32> {
     let mut group: libc::group = unsafe { std::mem::zeroed() };
     let mut found: *mut libc::group = std::ptr::null_mut();
     let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: every pointer is valid for the call; buf outlives the result,
-    // of which only gr_gid (a plain number) is read.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            c_name.as_ptr(),
-            &mut group,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    (rc == 0 && !found.is_null()).then_some(group.gr_gid)
+    loop {
+        // SAFETY: every pointer is valid for the call; buf outlives the
+        // result, of which only gr_gid (a plain number) is read.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                c_name.as_ptr(),
+                &mut group,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        // A large directory group's members do not fit: a bigger buffer.
+        if rc == libc::ERANGE && buf.len() < 16 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        return (rc == 0 && !found.is_null()).then_some(group.gr_gid);
+    }
 }
 
 /// `[inject] mode`: octal, read and write for the owner, no execute or
@@ -337,7 +344,7 @@ pub(super) fn parse_probes(raw: Vec<RawProbe>) -> Result<Vec<ProbeSpec>, UsageEr
                 (None, None, Some(m)) if !m.is_empty() => Locate::Method(m),
                 _ => {
                     return Err(UsageError::new(
-                        format!("python.probe for {:?} must name its function one way", p.codec),
+                        format!("python.probe for {:?} must name its function with exactly one non-empty symbol, symbol_pattern or method", p.codec),
                         "give exactly one of symbol, symbol_pattern (a regex) or method (a Python method name, for stripped extensions)",
                     ));
                 }
@@ -466,7 +473,9 @@ pub(super) fn parse_service(s: RawService) -> Result<ServiceConfig, UsageError> 
     };
     if matcher.is_empty() {
         return Err(UsageError::new(
-            format!("service {name:?} has no matcher, so it would match no process"),
+            format!(
+                "service {name:?} has no matcher (pids, exe, cmdline, cgroup or systemd_unit), so it would match no process"
+            ),
             "set at least one of pids, exe, cmdline, cgroup, systemd_unit",
         ));
     }

@@ -1,8 +1,9 @@
 //! The socket the injection library connects to. Only allowed peers get
 //! in: the socket file's mode and group are the first gate (`[inject]
 //! mode`, 0660, and `group`), the peer's credentials the second
-//! (SO_PEERCRED: root, gapscoped's own user, `allowed_uids`, a primary or
-//! supplementary group in `allowed_gids` or the socket's `group`). Each
+//! (SO_PEERCRED and SO_PEERGROUPS: root, gapscoped's own user,
+//! `allowed_uids`, a primary or supplementary group in `allowed_gids` or
+//! the socket's `group`). Each
 //! peer is bounded:
 //! a frame is at most `gapscope_wire::MAX_PAYLOAD` bytes (the header is
 //! checked before the payload is waited for), frames beyond
@@ -23,6 +24,50 @@ use tokio::{io::AsyncReadExt as _, net::UnixStream};
 
 use super::Ingest;
 use crate::{config::SocketConfig, discovery::Targets, error::UsageError};
+
+/// At most one line a second from one place in the code, with the count
+/// of those not logged: a local process connecting in a loop must not
+/// flood the journal (every refusal is counted in the metrics).
+struct LogGate {
+    last_s: std::sync::atomic::AtomicU64,
+    unsaid: std::sync::atomic::AtomicU64,
+}
+
+impl LogGate {
+    const fn new() -> LogGate {
+        LogGate {
+            last_s: std::sync::atomic::AtomicU64::new(0),
+            unsaid: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn warn(&self, line: std::fmt::Arguments<'_>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now_s = crate::clock::monotonic_ns() / 1_000_000_000 + 1;
+        let last = self.last_s.load(Relaxed);
+        if now_s != last
+            && self
+                .last_s
+                .compare_exchange(last, now_s, Relaxed, Relaxed)
+                .is_ok()
+        {
+            match self.unsaid.swap(0, Relaxed) {
+                0 => log::warn!("{line}"),
+                n => log::warn!("{line} ({n} more like it in the last second, not logged)"),
+            }
+        } else {
+            self.unsaid.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// `log::warn!` through a `LogGate` of the call site's own.
+macro_rules! warn_sparingly {
+    ($($arg:tt)*) => {{
+        static GATE: LogGate = LogGate::new();
+        GATE.warn(format_args!($($arg)*));
+    }};
+}
 
 /// What the socket has seen, for the metrics.
 #[derive(Debug, Default)]
@@ -101,7 +146,8 @@ pub async fn serve(listener: tokio::net::UnixListener, shared: Shared) {
 }
 
 /// Why a peer may not connect, if it may not. `groups`: the peer's
-/// supplementary groups (read only when its uid does not decide).
+/// supplementary groups at connect time (read only when its uid does not
+/// decide).
 fn refuse(
     config: &SocketConfig,
     uid: u32,
@@ -120,7 +166,43 @@ fn refuse(
     Some("peer_credentials")
 }
 
-/// A process's supplementary groups (`Groups:` of /proc/PID/status).
+/// The peer's supplementary groups as they were when it connected
+/// (SO_PEERGROUPS, Linux 4.13+); None where the kernel cannot say.
+fn peer_groups(fd: std::os::fd::RawFd) -> Option<Vec<u32>> {
+    let mut len: libc::socklen_t = 0;
+    // SAFETY: a size query (null buffer, zero length) on a socket we own;
+    // the kernel answers ERANGE with the length it needs, or 0.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERGROUPS,
+            std::ptr::null_mut(),
+            &mut len,
+        )
+    };
+    let mut groups = vec![0u32; len as usize / 4];
+    if groups.is_empty() {
+        return Some(groups);
+    }
+    // SAFETY: the buffer holds `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then(|| {
+        groups.truncate(len as usize / 4);
+        groups
+    })
+}
+
+/// A process's supplementary groups (`Groups:` of /proc/PID/status), for
+/// kernels without SO_PEERGROUPS.
 fn supplementary_groups(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -151,8 +233,10 @@ async fn connection(mut stream: UnixStream, id: u64, shared: Shared) {
     };
     let (uid, gid) = (cred.uid(), cred.gid());
     let pid = cred.pid().unwrap_or(0).max(0) as u32;
-    if let Some(reason) = refuse(&shared.config, uid, gid, || supplementary_groups(pid)) {
-        log::warn!(
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let groups = || peer_groups(fd).unwrap_or_else(|| supplementary_groups(pid));
+    if let Some(reason) = refuse(&shared.config, uid, gid, groups) {
+        warn_sparingly!(
             "deep mode: refused pid {pid} (uid {uid}, gid {gid}): not root, not gapscoped's user, not in [inject] allowed_uids, allowed_gids or group"
         );
         return reject(&shared, reason);
@@ -164,7 +248,7 @@ async fn connection(mut stream: UnixStream, id: u64, shared: Shared) {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if s.connected >= shared.config.max_peers {
             drop(s);
-            log::warn!(
+            warn_sparingly!(
                 "deep mode: refused pid {pid}: already {} connections ([inject] max_peers)",
                 shared.config.max_peers
             );
@@ -218,7 +302,7 @@ async fn read_frames(
             match tokio::time::timeout_at(hello_by, stream.read(&mut buf)).await {
                 Ok(read) => read,
                 Err(_) => {
-                    log::warn!(
+                    warn_sparingly!(
                         "deep mode: pid {pid} sent no hello within {HELLO_WITHIN:?}; dropping its connection"
                     );
                     return Err("no_hello");
@@ -237,14 +321,14 @@ async fn read_frames(
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
-                    log::warn!(
+                    warn_sparingly!(
                         "deep mode: pid {pid} sent a bad frame ({e}); dropping its connection"
                     );
                     return Err("malformed");
                 }
             };
             if !hello && !matches!(frame, Frame::Hello(_)) {
-                log::warn!(
+                warn_sparingly!(
                     "deep mode: pid {pid} did not start with a hello; dropping its connection"
                 );
                 return Err("no_hello");

@@ -19,6 +19,34 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
 /// gaps are attributed once their states have arrived.
 const SETTLE_EVERY: Duration = Duration::from_millis(100);
 
+/// The signals the loop answers, registered before the daemon serves (a
+/// signal that came before would take its default action: SIGTERM would
+/// end the daemon without its shutdown).
+pub(super) struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    /// A test hook (scripts/systemd-check): with GAPSCOPE_TEST_HOOKS=1,
+    /// SIGUSR2 hangs the loop, as a bug would, for the watchdog and
+    /// `/healthz` to catch.
+    hang: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    pub(super) fn register() -> std::io::Result<Signals> {
+        let hooks = std::env::var_os("GAPSCOPE_TEST_HOOKS").is_some_and(|v| v == "1");
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            hang: match hooks {
+                true => Some(signal(SignalKind::user_defined2())?),
+                false => None,
+            },
+        })
+    }
+}
+
 /// Most records read from a ring buffer before the loop's other work (a
 /// settle tick, a signal) gets its turn.
 const BATCH: usize = 16_384;
@@ -40,15 +68,12 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
     let mut snapshot = every(SNAPSHOT_EVERY);
     let watchdog_every = notify::watchdog_interval();
     let mut watchdog = every(watchdog_every.unwrap_or(Duration::from_secs(3600)));
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    // A test hook (scripts/systemd-check): with GAPSCOPE_TEST_HOOKS=1,
-    // SIGUSR2 hangs the loop, as a bug would, for the watchdog to catch.
-    let hooks = std::env::var_os("GAPSCOPE_TEST_HOOKS").is_some_and(|v| v == "1");
-    let mut hang = match hooks {
-        true => Some(signal(SignalKind::user_defined2())?),
-        false => None,
-    };
+    let Signals {
+        term: mut sigterm,
+        int: mut sigint,
+        hup: mut sighup,
+        mut hang,
+    } = running.signals.take().expect("the loop runs once");
     let targets = || {
         state
             .targets
@@ -57,9 +82,16 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
     };
 
     loop {
+        state
+            .loop_alive_ns
+            .store(monotonic_ns(), std::sync::atomic::Ordering::Relaxed);
         tokio::select! {
             _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); return Ok(()); }
             _ = sigint.recv() => { log::info!("SIGINT: detaching"); return Ok(()); }
+            // The reload reflex must not stop it: say what applies a config.
+            _ = sighup.recv() => log::warn!(
+                "SIGHUP: gapscoped has no reload and keeps its config; restart it to apply a new one (systemctl restart gapscoped)"
+            ),
             _ = rescan.tick() => targets().rescan(),
             _ = every_second.tick() => targets().every_second(),
             _ = settle.tick() => feed::settle(&state, monotonic_ns(), running.reorder_ns),

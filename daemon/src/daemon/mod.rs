@@ -32,9 +32,9 @@ pub fn run(config: crate::config::Config) -> anyhow::Result<()> {
     })
 }
 
-/// Stops HTTP, closes the ring buffers and the NVML collector, removes the
-/// deep-mode socket, and drops the state last: it owns the programs, so
-/// that drop detaches and unloads them.
+/// Stops HTTP and detaches the programs at once, closes the ring buffers
+/// and the NVML collector, removes the deep-mode socket, and drops the
+/// state last (it owns the maps and the programs' objects).
 async fn shutdown(running: start::Running) {
     crate::notify::send("STOPPING=1");
     let stopping = std::time::Instant::now();
@@ -49,6 +49,13 @@ async fn shutdown(running: start::Running) {
         ..
     } = running;
     let _ = stop_http.send(());
+    // Detach while the server gives its clients their grace: a slow
+    // client cannot hold the programs attached.
+    state
+        .probes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .detach_all();
     // The server's thread ends within its shutdown grace.
     let _ = tokio::task::spawn_blocking(move || server.join()).await;
     let http_stopped = stopping.elapsed();

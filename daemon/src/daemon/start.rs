@@ -45,6 +45,8 @@ pub(super) struct Running {
     pub deep_socket: Option<PathBuf>,
     pub rescan_every: Duration,
     pub reorder_ns: u64,
+    /// Taken by the event loop.
+    pub signals: Option<super::event_loop::Signals>,
 }
 
 /// Whether this process is in the initial PID namespace, whose pids the
@@ -105,6 +107,7 @@ pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
         scheme = web.config.scheme();
         log::info!("web config: {}", web.describe());
     }
+    let signals = super::event_loop::Signals::register()?;
     let server = web::serve::spawn(bound.listener, router, tls, limits, stopped)?;
     log::info!("listening on {scheme}://{listen}/metrics");
     notify::send("READY=1");
@@ -126,6 +129,7 @@ pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
         deep_socket,
         rescan_every,
         reorder_ns,
+        signals: Some(signals),
     })
 }
 
@@ -276,6 +280,7 @@ fn build_state(
         cupti,
         explainer: Arc::new(Mutex::new(Explainer::new(config.explain.clone()))),
         explain_config: config.explain.clone(),
+        loop_alive_ns: crate::clock::monotonic_ns().into(),
         snapshots: Mutex::new(Snapshots::new(config.explain.history_ns)),
     });
     (state, collector, events, intervals)

@@ -50,10 +50,29 @@ async fn metrics(State(state): State<Arc<DaemonState>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body)
 }
 
-/// Healthy while the daemon runs: programs are attached before the
-/// listener serves.
-async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, "ok\n")
+/// How long the event loop may go without coming round before
+/// `/healthz` calls the daemon unhealthy (a settle tick under a flood
+/// takes well under a second).
+const LOOP_STALL_NS: u64 = 10_000_000_000;
+
+/// Healthy while the daemon runs (programs are attached before the
+/// listener serves) and its event loop comes round: 503 when the loop has
+/// hung, for a liveness probe to restart it.
+async fn healthz(State(state): State<Arc<DaemonState>>) -> impl IntoResponse {
+    let alive = state
+        .loop_alive_ns
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let stalled = crate::clock::monotonic_ns().saturating_sub(alive);
+    if stalled > LOOP_STALL_NS {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "unhealthy: the event loop has not come round for {:.1} s (restart gapscoped; its log may say why)\n",
+                stalled as f64 / 1e9
+            ),
+        );
+    }
+    (StatusCode::OK, "ok\n".to_string())
 }
 
 async fn landing(State(state): State<Arc<DaemonState>>) -> Html<String> {

@@ -6,10 +6,12 @@
 //! loop. An unknown user costs the same bcrypt as a known one, so response
 //! time does not say which user names exist.
 //!
-//! At most [`BCRYPT_AT_ONCE`] bcrypts run at a time: a request that finds
-//! them all busy is answered 429 at once instead of queueing CPU work, so a
-//! flood of wrong passwords cannot stall the scrapes whose credentials are
-//! already remembered (those need no bcrypt).
+//! At most [`BCRYPT_AT_ONCE`] bcrypts run at a time: a request waits for
+//! one in turn (tokio's semaphore is fair) for at most a second, then is
+//! answered 429 instead of queueing more CPU work, so a flood of wrong
+//! passwords cannot stall the scrapes whose credentials are already
+//! remembered (those need no bcrypt), and new credentials still get their
+//! turn unless the flood keeps the queue a second long.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -31,6 +33,8 @@ use base64::Engine as _;
 const CACHE_LIMIT: usize = 256;
 /// Most bcrypt verifications running at once.
 pub const BCRYPT_AT_ONCE: usize = 2;
+/// How long new credentials wait for a bcrypt slot before a 429.
+const BCRYPT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Requests refused, for `/metrics`: wrong or missing credentials, and
 /// credentials left unchecked because every bcrypt slot was busy.
@@ -65,7 +69,11 @@ impl BasicAuth {
         if self.cache().contains(&key) {
             return Verdict::Allowed;
         }
-        let Ok(slot) = self.bcrypt_slots.clone().try_acquire_owned() else {
+        // A short wait, in turn: new credentials (a Prometheus after a
+        // restart) still get in during a flood, most of the time.
+        let slot =
+            tokio::time::timeout(BCRYPT_WAIT, self.bcrypt_slots.clone().acquire_owned()).await;
+        let Ok(Ok(slot)) = slot else {
             return Verdict::Busy;
         };
         let me = self.clone();

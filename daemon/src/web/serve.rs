@@ -198,6 +198,7 @@ async fn serve(
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (closing, closing_seen) = watch::channel(false);
+    let lingering = Arc::new(Semaphore::new(LINGERING));
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -215,7 +216,7 @@ async fn serve(
                     }
                 };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    refuse(&tcp, acceptor.is_none(), limits.max_connections);
+                    refuse(tcp, acceptor.is_none(), limits.max_connections, &lingering);
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
@@ -261,21 +262,42 @@ async fn serve(
     Ok(())
 }
 
+/// Refused connections whose request is read and dropped for a moment
+/// after their 503 (beyond these, a refused socket is closed at once).
+const LINGERING: usize = 64;
+
 /// Over the connection limit: a plain-HTTP client is told why in one
-/// write that never waits (the socket's send buffer is empty), then the
-/// socket is closed; a TLS client's is closed.
-fn refuse(tcp: &TcpStream, plain: bool, limit: usize) {
+/// write that never waits (the socket's send buffer is empty); then, so
+/// that closing with its request unread does not reset the connection
+/// before it reads the 503, the request is read and dropped for up to a
+/// second by one of `LINGERING` tasks. A TLS client's socket is closed.
+fn refuse(tcp: TcpStream, plain: bool, limit: usize, lingering: &Arc<Semaphore>) {
     STATS.refused.fetch_add(1, Relaxed);
-    if plain {
-        let body = format!(
-            "gapscoped serves at most {limit} HTTP connections at once (daemon.http_max_connections): close idle ones or raise the limit\n"
-        );
-        let reply = format!(
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = tcp.try_write(reply.as_bytes());
+    if !plain {
+        return;
     }
+    let body = format!(
+        "gapscoped serves at most {limit} HTTP connections at once (daemon.http_max_connections): close idle ones or raise the limit\n"
+    );
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tcp.try_write(reply.as_bytes());
+    let Ok(slot) = lingering.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut tcp = tcp;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tcp).await;
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        drop(slot);
+    });
 }
 
 /// One accepted connection's serving.
