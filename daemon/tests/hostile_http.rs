@@ -12,11 +12,10 @@ use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
     os::fd::AsRawFd as _,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use gapscope_testkit::{Daemon, Metrics, gapscoped_bin, http_get, http_get_status, serial};
+use gapscope_testkit::{Daemon, Metrics, http_get, http_get_status, serial};
 
 const SERVICE: &str = "[[service]]\nname = \"none\"\ncmdline = \"^nothing-matches-this$\"\n";
 
@@ -431,25 +430,6 @@ fn shutdown_drops_clients_that_trickle_instead_of_waiting_for_them() {
     assert!(log.contains("all programs detached"), "{log}");
 }
 
-/// `gapscoped hash-password`, as a user would run it.
-fn hash_password(password: &str, cost: u32) -> String {
-    let mut child = Command::new(gapscoped_bin())
-        .args(["hash-password", "--cost", &cost.to_string()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// GET with basic auth: (status, body).
 fn get_as(port: u16, path: &str, user_password: &str) -> (u16, String) {
     use base64::Engine as _;
@@ -472,7 +452,7 @@ fn a_flood_of_wrong_passwords_queues_no_bcrypt_and_scrapes_go_on() {
         &web,
         format!(
             "basic_auth_users:\n  prometheus: '{}'\n",
-            hash_password("right", 12)
+            gapscope_testkit::hash_password("right", 12)
         ),
     )
     .unwrap();

@@ -80,28 +80,6 @@ fn make_certificates(dir: &Path) {
     }
 }
 
-/// `gapscoped hash-password`, as a user would run it.
-fn hash_password(password: &str) -> String {
-    use std::io::Write as _;
-    let mut child = Command::new(gapscoped_bin())
-        .args(["hash-password", "--cost", "6"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(hash.starts_with("$2"), "{hash}");
-    hash
-}
-
 /// curl's status code and headers+body for an HTTPS request; code 0 when
 /// no HTTP answer came (handshake refused).
 fn curl(port: u16, dir: &Path, path: &str, extra: &[&str]) -> (u16, String) {
@@ -145,7 +123,7 @@ fn https_with_basic_auth_is_enforced_and_a_real_prometheus_scrapes_it() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     make_certificates(dir.path());
-    let hash = hash_password(PASSWORD);
+    let hash = gapscope_testkit::hash_password(PASSWORD, 6);
     let web = format!(
         "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n\
          basic_auth_users:\n  prometheus: '{hash}'\n\

@@ -317,6 +317,28 @@ impl Drop for Daemon {
     }
 }
 
+/// `gapscoped hash-password --cost COST`, as a user would run it: the
+/// bcrypt hash of `password` for a web config.
+pub fn hash_password(password: &str, cost: u32) -> String {
+    let mut child = Command::new(gapscoped_bin())
+        .args(["hash-password", "--cost", &cost.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running gapscoped hash-password");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "gapscoped hash-password failed");
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(hash.starts_with("$2"), "{hash}");
+    hash
+}
+
 /// A tiny HTTP/1.0 GET; None when nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
