@@ -1,6 +1,6 @@
 """The device check as one unattended call with one JSON result.
 
-    scripts/device-check [--stand-in] [--out FILE]
+    scripts/device-check [--stand-in] [--experiment | --experiment-only] [--out FILE]
 
 On a GPU host (the default) it runs gapscoped and the injection library
 against PyTorch on the host's own driver (targets/device_check.py); with
@@ -16,7 +16,13 @@ scripts/device-check.schema.json) goes to --out (default
 device-check.json in the current directory); the exit status is 0 only
 when every check passed.
 
-Only the standard library: it runs on a GPU host's Python as is.
+With --experiment, the seed's experiment follows the checks
+(scripts/experiment.py): the Python wrapper against the compiled engine,
+both traced, loaded in turn; its figures go into the result's
+`experiment` section and its files into experiment/ beside --out.
+
+Only the standard library (and, for the experiment's servers, the host's
+torch and transformers): it runs on a GPU host's Python as is.
 """
 
 import argparse
@@ -37,9 +43,14 @@ import threading
 import time
 import urllib.request
 
+import experiment
+
 SCHEMA = "gapscope-device-check/1"
-# The whole run's limit: under 8 minutes on one GPU, start-up included.
+# The whole run's limits: the checks alone under 8 minutes on one GPU,
+# start-up included; with the experiment (its own time plan's sum) the
+# two together within 9 minutes.
 BUDGET_S = {"gpu": 450, "stand-in": 300}
+WITH_EXPERIMENT_S = {"gpu": 540, "stand-in": 600}
 # Directories the stand-ins were built in, removed at the end.
 work_dirs = []
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,15 +175,19 @@ def run_step(result, name, argv, timeout, env=None, stdin=None, judged=True):
 class Daemon:
     """gapscoped with a configuration of its own, checked ready."""
 
-    def __init__(self, binary, work, config_extra, service_cmdline, env=None):
+    def __init__(self, binary, work, config_extra, service_cmdline, env=None, name="gapscoped"):
+        """`service_cmdline`: the cmdline regex of the one service
+        "device-check", or a list of (service, cmdline regex)."""
         self.port = free_port()
-        self.log = os.path.join(work, "gapscoped.log")
-        self.socket = os.path.join(work, "inject.sock")
-        config = os.path.join(work, "gapscoped.toml")
+        self.log = os.path.join(work, f"{name}.log")
+        self.socket = os.path.join(work, f"{name}.sock")
+        config = os.path.join(work, f"{name}.toml")
+        services = service_cmdline if isinstance(service_cmdline, list) else [("device-check", service_cmdline)]
         with open(config, "w") as f:
             f.write(f'[daemon]\nlisten = "127.0.0.1:{self.port}"\n\n{config_extra}\n'
-                    f'[inject]\nsocket = "{self.socket}"\n\n'
-                    f"[[service]]\nname = \"device-check\"\ncmdline = '{service_cmdline}'\n")
+                    f'[inject]\nsocket = "{self.socket}"\n\n')
+            for service, cmdline in services:
+                f.write(f"[[service]]\nname = \"{service}\"\ncmdline = '{cmdline}'\n\n")
         self.proc = subprocess.Popen([binary, "--config", config], stdout=subprocess.DEVNULL,
                                      stderr=open(self.log, "w"), env=env)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -191,10 +206,10 @@ class Daemon:
             time.sleep(0.1)
         self.why = f"gapscoped did not answer /healthz within 30 s: {self.log_tail()}"
 
-    def wait_traced(self, pid, timeout=10):
+    def wait_traced(self, pid, timeout=10, service="device-check"):
         """Until gapscoped says it traces `pid` (its rescan runs each
         second); False when it never does."""
-        line = f"tracing pid {pid} as service device-check\n"
+        line = f"tracing pid {pid} as service {service}\n"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -321,6 +336,42 @@ def median_and_spread(values):
 # ---- the GPU host -------------------------------------------------------------
 
 def gpu_mode(args, result, work):
+    if not args.experiment_only:
+        gpu_checks(args, result, work)
+    if args.experiment or args.experiment_only:
+        gpu_experiment(args, result, work)
+
+
+def host_cupti(py):
+    """The PyTorch wheels' libcupti, for a process that maps none yet;
+    without one the agent finds the mapped library or a soname."""
+    return sh([py, "-c", "import nvidia, os, glob; print(next(iter(glob.glob(os.path.join("
+               "list(nvidia.__path__)[0], '*', 'lib', 'libcupti.so*'))), ''))"], timeout=60) or ""
+
+
+def gpu_experiment(args, result, work):
+    gapscoped = os.path.join(args.bin_dir, "gapscoped")
+    inject = os.path.abspath(os.path.join(args.bin_dir, "libgapscope_inject.so"))
+    for needed in [gapscoped, inject, os.path.join(args.bin_dir, "gapscope-loadgen")]:
+        if not os.path.exists(needed):
+            result.cannot("experiment", f"{needed} is missing: run scripts/device-pack and unpack it here",
+                          "experiment")
+            return
+    cupti = host_cupti(args.python)
+
+    def daemon(services):
+        d = Daemon(gapscoped, work, "[nvml]\ninterval_ms = 200\n", services, name="experiment")
+        env = dict(os.environ, CUDA_INJECTION64_PATH=inject, GAPSCOPE_SOCKET=d.socket)
+        if cupti:
+            env["GAPSCOPE_CUPTI_PATH"] = cupti
+        return d, env
+
+    result.deadline = time.monotonic() + experiment.budget("gpu")
+    section(result, "experiment", experiment.budget("gpu"), experiment.run_experiment,
+            result, args, "gpu", daemon, work)
+
+
+def gpu_checks(args, result, work):
     py, bins = args.python, args.bin_dir
     gapscoped = os.path.join(bins, "gapscoped")
     inject = os.path.join(bins, "libgapscope_inject.so")
@@ -368,10 +419,7 @@ def gpu_mode(args, result, work):
         env = dict(os.environ, GAPSCOPE_DEVICE_CHECK_STRIPPED="0" if has_gil else "1")
         run_step(result, "CUDA calls and NVML", [py, "targets/device_check.py", "traced",
                                                  str(daemon.port), str(baseline_ns)], 180, env=env)
-        # The PyTorch wheels' libcupti, for a process that maps none yet;
-        # without one the agent finds the mapped library or a soname.
-        cupti = sh([py, "-c", "import nvidia, os, glob; print(next(iter(glob.glob(os.path.join("
-                    "list(nvidia.__path__)[0], '*', 'lib', 'libcupti.so*'))), ''))"], timeout=60) or ""
+        cupti = host_cupti(py)
         deep_env = dict(env, CUDA_INJECTION64_PATH=os.path.abspath(inject), GAPSCOPE_SOCKET=daemon.socket)
         if cupti:
             deep_env["GAPSCOPE_CUPTI_PATH"] = cupti
@@ -513,6 +561,39 @@ def close(p):
 
 
 def stand_in_mode(args, result, work):
+    if not args.experiment_only:
+        stand_in_checks(args, result, work)
+    if args.experiment or args.experiment_only:
+        stand_in_experiment(args, result, work)
+
+
+def stand_in_experiment(args, result, work):
+    """The experiment at the tiny shape on this CPU; gapscoped reads the
+    NVML stand-in (a steady 70 W), so energy figures exist."""
+    built = build_stand_ins(args, result, work)
+    if not built:
+        return
+    nvml = built[0]
+    scenario = os.path.join(work, "experiment-scenario.json")
+    with open(scenario, "w") as f:
+        json.dump({"epoch_ns": monotonic_ns(), "driver_version": "575.57.08", "gpus": [{
+            "uuid": "GPU-e0e0e0e0-0000-0000-0000-000000000000", "name": "NVIDIA H100 80GB HBM3",
+            "memory_total": 85_520_809_984, "power_limit_w": 700,
+            "idle": {"utilization": 0, "power_w": 70, "energy_w": 70, "temperature_c": 34,
+                     "memory_used": 600_000_000}, "spans": []}]}, f)
+
+    def daemon(services):
+        env = dict(os.environ, GAPSCOPE_FAKE_NVML_SCENARIO=scenario)
+        d = Daemon(os.path.join(args.bin_dir, "gapscoped"), work,
+                   f'[nvml]\nlibrary = "{nvml}"\ninterval_ms = 200\n', services, env=env, name="experiment")
+        return d, os.environ
+
+    result.deadline = time.monotonic() + experiment.budget("stand-in")
+    section(result, "experiment", experiment.budget("stand-in"), experiment.run_experiment,
+            result, args, "stand-in", daemon, work)
+
+
+def stand_in_checks(args, result, work):
     host = result.doc["host"]
     host.update({"gpu": "stand-in (NVML stand-in, simulated device)", "driver": "stand-in 575.57.08",
                  "cuda": "stand-ins of libcuda 12 and CUPTI 12.9", "torch": None})
@@ -748,6 +829,10 @@ def main():
     ap.add_argument("--python", default=os.environ.get("PYTHON", sys.executable),
                     help="the Python with PyTorch (GPU host) or the targets' Python (stand-in)")
     ap.add_argument("--rounds", type=int, default=5, help="overhead runs each way (>= 5)")
+    ap.add_argument("--experiment", action="store_true",
+                    help="after the checks, the seed's experiment: the Python wrapper against the compiled "
+                         "engine (scripts/experiment.py); its files go to experiment/ beside --out")
+    ap.add_argument("--experiment-only", action="store_true", help="the experiment without the checks")
     args = ap.parse_args()
     if args.rounds < 5:
         ap.error("--rounds must be at least 5: fewer cannot tell a loss from the machine's noise")
@@ -759,7 +844,14 @@ def main():
         args.bin_dir = packed if use_pack else "target/release"
     args.bin_dir = os.path.abspath(args.bin_dir)
     mode = "stand-in" if args.stand_in else "gpu"
-    result = Result(mode, BUDGET_S[mode])
+    tokenizer = os.path.join(args.bin_dir, "tokenizer")
+    args.tokenizer_dir = os.path.abspath(os.environ.get("GAPSCOPE_TOKENIZER_DIR") or (
+        tokenizer if os.path.isdir(tokenizer) else os.path.join(ROOT, ".cache/tiny-llama/hf")))
+    # The checks get their budget; the experiment then gets its own (each
+    # step inside has its limit from the experiment's time plan).
+    with_experiment = args.experiment or args.experiment_only
+    checks_s = WITH_EXPERIMENT_S[mode] - experiment.budget(mode) if with_experiment else BUDGET_S[mode]
+    result = Result(mode, checks_s)
     result.doc["host"].update({"kernel": platform.release(), "python": sh([args.python, "--version"]),
                                "hostname": platform.node()})
     work = tempfile.mkdtemp(prefix="gapscope-device-check-")

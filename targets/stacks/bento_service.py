@@ -19,6 +19,8 @@ GET /v1/models. BentoML adds /readyz, /livez and /metrics.
 (targets/stacks/serve.py bentoml --port 3000 does that and waits until ready.)
 GAPSCOPE_MODEL_DIR may name any Llama in the Hugging Face layout; the model
 goes to the GPU when torch sees one (GAPSCOPE_DEVICE overrides).
+GAPSCOPE_SHAPE=llama-3-8b serves Llama-3-8B's shape with seeded random
+weights made on the device instead (targets/stacks/shapes.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 MODEL_DIR = os.environ.get("GAPSCOPE_MODEL_DIR", ".cache/tiny-llama/hf")
 MODEL_NAME = os.environ.get("GAPSCOPE_MODEL_NAME", "tiny-llama")
+# tiny (MODEL_DIR's weights) or llama-3-8b (shapes.py: random weights on the device).
+SHAPE = os.environ.get("GAPSCOPE_SHAPE", "tiny")
 MAX_TOKENS_LIMIT = 1024
 
 openai_api = FastAPI(title="tiny-llama (BentoML)")
@@ -106,13 +110,22 @@ class LlamaService:
     def __init__(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR, local_files_only=True)
         import torch
 
         # The GPU when there is one (GAPSCOPE_DEVICE overrides), as a user
         # serving real weights would; the tiny Llama runs on CPU here.
         self.device = os.environ.get("GAPSCOPE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, local_files_only=True).to(self.device)
+        if SHAPE == "tiny":
+            self.tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR, local_files_only=True)
+            self.model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, local_files_only=True).to(self.device)
+        else:
+            # Llama-3-8B's shape with seeded random weights made on the
+            # device (shapes.py): the size of the real model, no download.
+            import shapes
+
+            self.tokenizer = AutoTokenizer.from_pretrained(str(shapes.tokenizer_dir()), local_files_only=True)
+            self.model = shapes.hf_model(SHAPE, self.device)
+        self.vocab = len(self.tokenizer)
         self.model.eval()
         self.context = self.model.config.max_position_embeddings
 
@@ -152,7 +165,7 @@ class LlamaService:
         text = ""
         while (token := await streamer.queue.get()) is not None:
             generated.append(token)
-            full = self.tokenizer.decode(generated, skip_special_tokens=True)
+            full = self.tokenizer.decode([t % self.vocab for t in generated], skip_special_tokens=True)
             # A token that ends inside a UTF-8 sequence decodes to U+FFFD:
             # hold its text back until the sequence completes.
             delta = "" if full.endswith("\ufffd") else full[len(text):]

@@ -4,6 +4,12 @@ and stops it cleanly.
 
     serve.py bentoml      --port 3000   # the Python wrapper (BentoML + transformers)
     serve.py llama-server --port 3001   # the compiled engine (llama.cpp, continuous batching)
+    serve.py torch-engine --port 3002   # the compiled engine in PyTorch alone (engine.py; GPU hosts)
+    serve.py wrapper-fallback --port 3003  # BentoML's pattern without BentoML (wrapper.py)
+
+--shape llama-3-8b (bentoml, torch-engine, wrapper-fallback) serves
+Llama-3-8B's shape with seeded random weights made on the device
+(shapes.py).
 
 Prints "ready http://127.0.0.1:PORT" once the stack answers its health check,
 then stays in the foreground. SIGTERM, SIGINT or end of stdin (with
@@ -20,6 +26,7 @@ builds it) as model "tiny-llama", with OpenAI-compatible /v1/completions and
 import argparse
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,12 +43,15 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 def bentoml_command(args) -> tuple[list[str], dict[str, str], str]:
     bentoml = pathlib.Path(sys.executable).parent / "bentoml"
+    if not bentoml.exists() and shutil.which("bentoml"):
+        bentoml = pathlib.Path(shutil.which("bentoml"))
     if not bentoml.exists():
         sys.exit(f"serve.py: {bentoml} not found: run scripts/setup.sh (it installs BentoML into targets/.venv)")
     env = {
         "GAPSCOPE_MODEL_DIR": str(MODEL / "hf"),
         "BENTOML_DO_NOT_TRACK": "True",
         "BENTOML_HOME": str(REPO / ".cache/bentoml"),
+        "GAPSCOPE_SHAPE": args.shape,
         "TOKENIZERS_PARALLELISM": "false",
     }
     cmd = [
@@ -67,7 +77,23 @@ def llama_server_command(args) -> tuple[list[str], dict[str, str], str]:
     return cmd, {}, "/health"
 
 
-STACKS = {"bentoml": bentoml_command, "llama-server": llama_server_command}
+def torch_engine_command(args) -> tuple[list[str], dict[str, str], str]:
+    cmd = [sys.executable, str(HERE / "engine.py"), "--port", str(args.port), "--shape", args.shape,
+           "--slots", str(args.parallel), "--max-len", str(args.context)]
+    return cmd, {"TOKENIZERS_PARALLELISM": "false"}, "/health"
+
+
+def wrapper_command(args) -> tuple[list[str], dict[str, str], str]:
+    cmd = [sys.executable, str(HERE / "wrapper.py"), "--port", str(args.port), "--shape", args.shape]
+    return cmd, {"TOKENIZERS_PARALLELISM": "false"}, "/health"
+
+
+STACKS = {
+    "bentoml": bentoml_command,
+    "llama-server": llama_server_command,
+    "torch-engine": torch_engine_command,
+    "wrapper-fallback": wrapper_command,
+}
 
 
 def healthy(port: int, path: str) -> bool:
@@ -150,7 +176,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stack", choices=sorted(STACKS))
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--parallel", type=int, default=8, help="llama-server's slots (continuous batching)")
+    ap.add_argument("--parallel", type=int, default=8,
+                    help="llama-server's and torch-engine's slots (continuous batching)")
+    ap.add_argument("--context", type=int, default=1024,
+                    help="torch-engine's tokens of context per slot (prompt + reply; default %(default)s)")
+    ap.add_argument("--shape", choices=["tiny", "llama-3-8b"], default="tiny",
+                    help="the model bentoml, torch-engine and wrapper-fallback serve (llama-server: tiny only)")
     ap.add_argument("--threads", type=int, default=0, help="llama-server's CPU threads (default: all)")
     ap.add_argument("--log", type=pathlib.Path, help="the stack's output (default: a file beside the model)")
     ap.add_argument("--ready-timeout", type=float, default=180.0)
@@ -161,7 +192,9 @@ def main() -> int:
         ap.error(f"--port {args.port}: choose a port from 1 to 65535")
     if args.parallel < 1:
         ap.error("--parallel must be at least 1")
-    if not (MODEL / "recipe.json").exists():
+    if args.shape != "tiny" and args.stack == "llama-server":
+        ap.error("llama-server serves the tiny Llama's GGUF only: use torch-engine for --shape llama-3-8b")
+    if not (MODEL / "recipe.json").exists() and not os.environ.get("GAPSCOPE_TOKENIZER_DIR"):
         sys.exit(f"serve.py: the tiny Llama is not built ({MODEL}): run scripts/setup.sh")
 
     cmd, extra_env, health = STACKS[args.stack](args)
