@@ -220,16 +220,25 @@ class Engine:
         self.tokens = torch.zeros(slots, dtype=torch.long, device=device)
         self.pos = torch.zeros(slots, dtype=torch.long, device=device)
         self.graph = None
+        self.decode_path = "eager"
         # Decode steps run and the tokens they produced: their ratio is the
         # batch the engine really ran (GET /health).
         self.steps = 0
         self.step_tokens = 0
         if graphs:
-            self.capture()
+            try:
+                self.capture()
+                self.decode_path = "cuda-graph"
+            except Exception as e:  # eager still serves; the result says why
+                self.graph = None
+                self.decode_path = f"eager (CUDA graph capture failed: {type(e).__name__}: {e})"
+                print(f"engine: {self.decode_path}", file=sys.stderr, flush=True)
         threading.Thread(target=self.run, name="engine", daemon=True).start()
 
     def capture(self) -> None:
-        """The whole decode step over every slot, captured once."""
+        """The whole decode step over every slot, captured once, then
+        replayed against an eager step on the same input: a graph that
+        does not compute what eager does is not used."""
         with torch.inference_mode():
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -237,10 +246,22 @@ class Engine:
                 for _ in range(3):  # warm up: cuBLAS handles, allocator
                     self.model.decode(self.tokens, self.pos)
             torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: other threads of the process (the injection
+            # library's, the HTTP server's) may call CUDA meanwhile.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self.graph_logits = self.model.decode(self.tokens, self.pos)
+            self.tokens.copy_(torch.arange(self.slots) % 1000)
+            self.pos.copy_(torch.arange(self.slots) % 7)
+            graph.replay()
+            replayed = self.graph_logits.clone()
+            eager = self.model.decode(self.tokens, self.pos)
             torch.cuda.synchronize()
+            diff = (replayed - eager).abs().max().item()
+            scale = eager.abs().max().item()
+            if not diff <= 1e-2 * max(scale, 1e-3):
+                raise RuntimeError(f"the replayed step differs from eager by {diff:.3g} (largest logit {scale:.3g})")
+            self.graph = graph
 
     def submit(self, ids: list[int], opts: dict):
         """The request's tokens, as they come; closing the iterator (the
@@ -410,7 +431,7 @@ def main() -> int:
     params = sum(t.numel() for t in weights.values())
     graphs = device.type == "cuda" and not args.eager
     engine = Engine(model, args.slots, device, graphs)
-    decode = "cuda-graph" if graphs else "eager"
+    decode = engine.decode_path
     about = {"stack": "compiled-engine", "engine": "gapscope torch engine (continuous batching, static KV cache)",
              "decode": decode, "slots": args.slots, "max_len": args.max_len, "shape": args.shape,
              "parameters": params, "device": str(device), "dtype": cfg["dtype"],

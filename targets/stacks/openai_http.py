@@ -130,6 +130,11 @@ def serve(backend, host: str, port: int, model: str, about: dict[str, Any], coun
 
         def do_POST(self):
             if self.path not in ("/v1/completions", "/v1/chat/completions"):
+                length = self.headers.get("Content-Length", "")
+                if length.isdigit() and int(length) <= MAX_BODY:
+                    self.rfile.read(int(length))  # so a kept-alive connection stays in step
+                else:
+                    self.close_connection = True
                 self.error(404, f"no route {self.path}: use /v1/completions or /v1/chat/completions")
                 return
             chat = self.path == "/v1/chat/completions"
@@ -158,6 +163,9 @@ def serve(backend, host: str, port: int, model: str, about: dict[str, Any], coun
             except BadRequest as e:
                 self.error(400, str(e))
                 return
+            except Exception as e:  # the stack's own failure: say so, keep serving
+                self.error(500, f"the request could not be prepared: {type(e).__name__}: {e}")
+                return
             self.respond(chat, input_ids, opts)
 
         def respond(self, chat: bool, input_ids: list[int], opts: dict[str, Any]) -> None:
@@ -176,8 +184,12 @@ def serve(backend, host: str, port: int, model: str, about: dict[str, Any], coun
             text = Detokenizer(backend)
             if not opts["stream"]:
                 n, last, out = 0, None, ""
-                for token in tokens:
-                    n, last, out = n + 1, token, out + text.push(token)
+                try:
+                    for token in tokens:
+                        n, last, out = n + 1, token, out + text.push(token)
+                except Exception as e:  # the engine failed this request
+                    self.error(500, f"generation failed after {n} tokens: {type(e).__name__}: {e}")
+                    return
                 c: dict[str, Any] = {"index": 0, "finish_reason": finish(n, last), "logprobs": None}
                 if chat:
                     c["message"] = {"role": "assistant", "content": out}
@@ -237,6 +249,18 @@ def serve(backend, host: str, port: int, model: str, about: dict[str, Any], coun
                 close = getattr(tokens, "close", None)
                 if close:
                     close()
+                self.close_connection = True
+            except Exception as e:  # the engine failed this request mid-stream
+                # An error event (OpenAI's shape), then the stream's end, so
+                # the client records a failure instead of waiting.
+                try:
+                    send({"error": {"message": f"generation failed after {n} tokens: {type(e).__name__}: {e}",
+                                    "type": "server_error", "code": 500}})
+                    send(b"[DONE]")
+                    if chunked:
+                        self.wfile.write(b"0\r\n\r\n")
+                except OSError:
+                    pass
                 self.close_connection = True
 
     class Server(ThreadingHTTPServer):

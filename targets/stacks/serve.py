@@ -26,7 +26,6 @@ builds it) as model "tiny-llama", with OpenAI-compatible /v1/completions and
 import argparse
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -42,11 +41,13 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def bentoml_command(args) -> tuple[list[str], dict[str, str], str]:
-    bentoml = pathlib.Path(sys.executable).parent / "bentoml"
-    if not bentoml.exists() and shutil.which("bentoml"):
-        bentoml = pathlib.Path(shutil.which("bentoml"))
-    if not bentoml.exists():
-        sys.exit(f"serve.py: {bentoml} not found: run scripts/setup.sh (it installs BentoML into targets/.venv)")
+    # BentoML of the Python running serve.py (python -m bentoml): the one
+    # whose torch and transformers the service imports.
+    try:
+        import bentoml  # noqa: F401
+    except ImportError:
+        sys.exit(f"serve.py: {sys.executable} has no BentoML: run scripts/setup.sh (it installs BentoML into "
+                 "targets/.venv), or use the wrapper-fallback stack")
     env = {
         "GAPSCOPE_MODEL_DIR": str(MODEL / "hf"),
         "BENTOML_DO_NOT_TRACK": "True",
@@ -55,7 +56,7 @@ def bentoml_command(args) -> tuple[list[str], dict[str, str], str]:
         "TOKENIZERS_PARALLELISM": "false",
     }
     cmd = [
-        str(bentoml), "serve", "bento_service:LlamaService",
+        sys.executable, "-m", "bentoml", "serve", "bento_service:LlamaService",
         "--working-dir", str(HERE),
         "--host", "127.0.0.1", "--port", str(args.port),
     ]

@@ -85,4 +85,6 @@ def hf_model(shape: str, device: str):
             model = LlamaForCausalLM(LlamaConfig(**c))
     finally:
         torch.set_default_dtype(previous)
-    return model.to(dtype)
+    # No .to(dtype): the parameters are made in it, and the rotary
+    # inv_freq buffer stays fp32, as transformers loads a bf16 checkpoint.
+    return model
