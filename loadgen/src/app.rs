@@ -62,6 +62,20 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
             out.display()
         );
     }
+    if let Some(key) = &plan.endpoint.api_key {
+        if !args.quiet {
+            eprintln!(
+                "gapscope-loadgen: authenticating with the bearer token from {}",
+                key.source
+            );
+        }
+        if cleartext_off_host(&plan.endpoint.url) {
+            eprintln!(
+                "gapscope-loadgen: warning: the API key goes in clear text to {} (http:// off this host): use https:// or a tunnel",
+                plan.endpoint.url
+            );
+        }
+    }
 
     let (outcome, telemetry, clock, annotations) = runtime.block_on(async {
         let clock = Clock::start();
@@ -359,4 +373,35 @@ pub fn audit(args: &AuditArgs) -> Result<i32, UsageError> {
     } else {
         EXIT_CHECK_FAILED
     })
+}
+
+/// An `http://` URL whose host is not this machine's loopback: what it
+/// sends, an API key included, crosses the network readable.
+fn cleartext_off_host(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    !(host == "localhost" || host == "::1" || host.starts_with("127."))
+}
+
+#[cfg(test)]
+mod cleartext_tests {
+    use super::cleartext_off_host;
+
+    #[test]
+    fn only_plain_http_off_the_loopback_is_cleartext() {
+        assert!(!cleartext_off_host("http://127.0.0.1:8000/v1/completions"));
+        assert!(!cleartext_off_host("http://localhost/v1"));
+        assert!(!cleartext_off_host("http://[::1]:80/v1"));
+        assert!(!cleartext_off_host("https://api.example.com/v1"));
+        assert!(cleartext_off_host("http://10.0.0.7:8000/v1/completions"));
+        assert!(cleartext_off_host("http://user@gpu-host:8000/v1"));
+        assert!(cleartext_off_host("http://[fe80::1]:8000/v1"));
+    }
 }

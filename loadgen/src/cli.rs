@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     error::UsageError,
     plan::{
-        Api, Endpoint, Length, ModelSpec, Plan, PromptSource, Telemetry, TelemetrySource,
+        Api, ApiKey, Endpoint, Length, ModelSpec, Plan, PromptSource, Telemetry, TelemetrySource,
         parse_phase,
     },
 };
@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// Extra header, NAME:VALUE (repeatable).
     #[arg(long = "header", value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
+    /// Bearer token for the endpoint (default: $OPENAI_API_KEY), sent as
+    /// Authorization: Bearer KEY; never written to results or logs.
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
     /// Seconds a request may take.
     #[arg(long)]
     pub timeout: Option<f64>,
@@ -324,6 +328,45 @@ impl RunArgs {
                 )
             })?;
             e.headers.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        let from_env = || {
+            std::env::var("OPENAI_API_KEY")
+                .ok()
+                .filter(|k| !k.trim().is_empty())
+        };
+        e.api_key = match (&self.api_key, from_env()) {
+            (Some(k), _) => Some(ApiKey {
+                token: k.trim().to_string(),
+                source: "--api-key",
+            }),
+            (None, Some(k)) => Some(ApiKey {
+                token: k.trim().to_string(),
+                source: "OPENAI_API_KEY",
+            }),
+            (None, None) => None,
+        };
+        if let Some(key) = &e.api_key {
+            if key.token.is_empty() || key.token.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(UsageError::new(
+                    format!(
+                        "the API key from {} is empty or has spaces or control characters",
+                        key.source
+                    ),
+                    "give the token alone, e.g. --api-key sk-… (without 'Bearer ')",
+                ));
+            }
+            if e.headers
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case("authorization"))
+            {
+                return Err(UsageError::new(
+                    format!(
+                        "an Authorization header and an API key (from {}) are both given",
+                        key.source
+                    ),
+                    "keep one: --api-key KEY sends Authorization: Bearer KEY",
+                ));
+            }
         }
         Ok(())
     }

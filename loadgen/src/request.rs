@@ -165,6 +165,12 @@ impl Client {
         for (k, v) in &self.endpoint.headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
+        if let Some(key) = &self.endpoint.api_key
+            && let Ok(mut value) = header::HeaderValue::from_str(&format!("Bearer {}", key.token))
+        {
+            value.set_sensitive(true);
+            builder = builder.header(header::AUTHORIZATION, value);
+        }
         builder.body(Full::new(body))
     }
 
@@ -260,7 +266,21 @@ impl Client {
         rec.status = Some(status);
         if status != 200 {
             let text = read_some(response.into_body(), 512).await;
-            return self.fail(rec, ErrorKind::HttpStatus, format!("HTTP {status}: {text}"));
+            let hint = match (status, &self.endpoint.api_key) {
+                (401, None) => {
+                    " (the endpoint wants credentials: give --api-key KEY or set OPENAI_API_KEY)"
+                }
+                (401 | 403, Some(k)) => match k.source {
+                    "--api-key" => " (the endpoint refused the key given with --api-key)",
+                    _ => " (the endpoint refused the key in OPENAI_API_KEY)",
+                },
+                _ => "",
+            };
+            return self.fail(
+                rec,
+                ErrorKind::HttpStatus,
+                format!("HTTP {status}: {text}{hint}"),
+            );
         }
         self.read_reply(rec, response.into_body(), deadline, &mut cancel)
             .await

@@ -99,6 +99,11 @@ pub struct Endpoint {
     /// Extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// The bearer token (`--api-key` or `OPENAI_API_KEY`): sent as
+    /// `Authorization: Bearer …`, marked sensitive, and never serialized,
+    /// so no results file, log or workload file holds it.
+    #[serde(skip)]
+    pub api_key: Option<ApiKey>,
     #[serde(default = "default_timeout")]
     pub timeout_s: f64,
     /// Longest wait for the next chunk of a streamed reply.
@@ -439,6 +444,7 @@ impl Plan {
                 stream: true,
                 continuous_usage: false,
                 headers: BTreeMap::new(),
+                api_key: None,
                 timeout_s: default_timeout(),
                 idle_timeout_s: default_idle_timeout(),
                 connect_timeout_s: default_connect_timeout(),
@@ -544,5 +550,25 @@ mod tests {
                 .problem
                 .contains("output.max_tokens")
         );
+    }
+}
+
+/// A bearer token and where it came from. Its Debug form hides the token,
+/// so no `{:?}` of the plan can print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub token: String,
+    /// `--api-key` or `OPENAI_API_KEY`.
+    pub source: &'static str,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ApiKey(from {}, {} characters)",
+            self.source,
+            self.token.len()
+        )
     }
 }

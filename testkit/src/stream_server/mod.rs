@@ -66,6 +66,9 @@ pub struct ServerConfig {
     /// second request arrives on it (what llama-server's HTTP layer does
     /// after a stream).
     pub drop_reused_connections: bool,
+    /// Require `Authorization: Bearer TOKEN` on the API routes (401 with
+    /// an OpenAI-style error otherwise, 403 for a wrong token).
+    pub bearer: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             energy_w: 200.0,
             gpus: 1,
             drop_reused_connections: false,
+            bearer: None,
         }
     }
 }
@@ -306,6 +310,21 @@ async fn handle(
     let (request_id, traceparent) = (header("x-request-id"), header("traceparent"));
     if req.method() == hyper::Method::GET && path == "/metrics" {
         return Ok(metrics(&s));
+    }
+    if let Some(token) = &s.cfg.bearer
+        && path != "/api/v1/annotations"
+    {
+        let refused = match header("authorization") {
+            None => Some((401, "no API key: send Authorization: Bearer KEY")),
+            Some(v) if v.strip_prefix("Bearer ") != Some(token.as_str()) => {
+                Some((403, "the API key is not valid"))
+            }
+            Some(_) => None,
+        };
+        if let Some((status, message)) = refused {
+            let body = json!({"error": {"message": message, "type": "invalid_request_error"}});
+            return Ok(full(status, body.to_string()));
+        }
     }
     let bytes = req
         .into_body()
