@@ -45,6 +45,7 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
         .map(Arc::new);
     let prompts = PromptGen::new(&plan.prompts, plan.output.max_tokens, plan.seed)?;
     let exact_prompts = prompts.exact();
+    let prefix_share = prompts.prefix_share(&plan.prompts);
     let model = ModelShape::from_spec(&plan.model)?;
     let run_id = format!("{:016x}", rand::random::<u64>());
     let (out, jsonl_path, jsonl) = output_files(args, &run_id)?;
@@ -130,6 +131,7 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
             started_unix_ns: clock.origin_unix_ns,
             clock_origin_monotonic_ns: clock.origin_monotonic_ns,
             exact_prompts,
+            prefix_share,
             model,
             telemetry,
             requests_jsonl: Some(jsonl_path.display().to_string()),

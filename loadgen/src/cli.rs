@@ -97,6 +97,13 @@ pub struct RunArgs {
     /// Prompts from a ShareGPT JSON file.
     #[arg(long)]
     pub sharegpt: Option<PathBuf>,
+    /// A shared prefix of N tokens in front of every prompt (a system
+    /// message for --api chat), to exercise prefix caching.
+    #[arg(long, value_name = "N")]
+    pub shared_prefix_tokens: Option<u32>,
+    /// K distinct shared prefixes, each request using one at random.
+    #[arg(long, value_name = "K")]
+    pub prefix_groups: Option<u32>,
     #[arg(long)]
     pub slo_ttft_ms: Option<f64>,
     #[arg(long)]
@@ -259,6 +266,12 @@ impl RunArgs {
         if let Some(p) = &self.sharegpt {
             plan.prompts.source = PromptSource::Sharegpt;
             plan.prompts.path = Some(p.clone());
+        }
+        if let Some(n) = self.shared_prefix_tokens {
+            plan.prompts.shared_prefix_tokens = n;
+        }
+        if let Some(k) = self.prefix_groups {
+            plan.prompts.prefix_groups = k;
         }
         plan.slo.ttft_ms = self.slo_ttft_ms.or(plan.slo.ttft_ms);
         plan.slo.tpot_ms = self.slo_tpot_ms.or(plan.slo.tpot_ms);

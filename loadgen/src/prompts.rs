@@ -6,6 +6,12 @@
 //! and the results say the lengths are approximate. ShareGPT files give
 //! real prompts (and, with a tokenizer, the original answer's length as
 //! the output length); plain files give one prompt per line.
+//!
+//! A shared prefix (`shared_prefix_tokens`, `prefix_groups`): K prefixes
+//! of exactly N tokens (with a tokenizer) are drawn once; each request
+//! carries one of them, at random, in front of its own prompt — a system
+//! message for the chat API — so a server's prefix cache has the same
+//! bytes to find every time.
 
 use std::path::Path;
 
@@ -21,10 +27,28 @@ use crate::{
 /// One request's input.
 #[derive(Debug, Clone)]
 pub(crate) struct Ask {
+    /// The request's own prompt (after the shared prefix, if any).
     pub prompt: String,
-    /// The prompt's length in tokens, when known exactly.
+    /// The shared prefix this request carries, and its group.
+    pub prefix: Option<(u32, std::sync::Arc<str>)>,
+    /// The whole prompt's length in tokens (prefix included), when known
+    /// exactly.
     pub prompt_tokens: Option<u32>,
     pub max_tokens: u32,
+}
+
+impl Ask {
+    /// The prompt as one text: the prefix, then the request's own prompt
+    /// (after a blank line unless it starts with whitespace).
+    pub(crate) fn full_prompt(&self) -> String {
+        match &self.prefix {
+            None => self.prompt.clone(),
+            Some((_, p)) if self.prompt.starts_with(char::is_whitespace) => {
+                format!("{p}{}", self.prompt)
+            }
+            Some((_, p)) => format!("{p}\n\n{}", self.prompt),
+        }
+    }
 }
 
 /// Words used without a tokenizer: common, short, one token each in most
@@ -54,6 +78,9 @@ pub(crate) fn count_tokens(tok: &Tokenizer, text: &str) -> Option<u32> {
 
 pub(crate) struct PromptGen {
     source: Source,
+    tokenizer: Option<Box<Tokenizer>>,
+    /// The shared prefixes (empty: none).
+    prefixes: Vec<std::sync::Arc<str>>,
     input: Length,
     output: Length,
     rng: StdRng,
@@ -63,7 +90,6 @@ enum Source {
     Random {
         /// Words that are exactly one token each (with a leading space).
         words: Vec<String>,
-        tokenizer: Option<Box<Tokenizer>>,
     },
     /// (prompt, its tokens, the original answer's tokens), in a shuffled
     /// order that repeats.
@@ -77,17 +103,31 @@ impl PromptGen {
     pub(crate) fn new(p: &Prompts, output: Length, seed: u64) -> Result<Self, UsageError> {
         let tokenizer = p.tokenizer.as_deref().map(load_tokenizer).transpose()?;
         let mut rng = StdRng::seed_from_u64(seed ^ 0x005e_ed0f_70c3);
+        let words = || match &tokenizer {
+            Some(t) => single_token_words(t),
+            None => Ok(WORDS.iter().map(|w| format!(" {w}")).collect()),
+        };
+        // Drawn first, from a stream of their own: the same seed gives the
+        // same prefixes whatever the prompts' source.
+        let prefixes = if p.shared_prefix_tokens > 0 {
+            let words = words()?;
+            let mut prefix_rng = StdRng::seed_from_u64(seed ^ 0x0070_2ef1_0000);
+            (0..p.prefix_groups)
+                .map(|_| {
+                    random_prompt(
+                        &words,
+                        tokenizer.as_ref(),
+                        p.shared_prefix_tokens,
+                        &mut prefix_rng,
+                    )
+                    .into()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let source = match p.source {
-            PromptSource::Random => {
-                let words = match &tokenizer {
-                    Some(t) => single_token_words(t)?,
-                    None => WORDS.iter().map(|w| format!(" {w}")).collect(),
-                };
-                Source::Random {
-                    words,
-                    tokenizer: tokenizer.map(Box::new),
-                }
-            }
+            PromptSource::Random => Source::Random { words: words()? },
             PromptSource::Sharegpt | PromptSource::File => {
                 let path = p.path.as_deref().unwrap_or(Path::new(""));
                 let text = std::fs::read_to_string(path).map_err(|e| {
@@ -127,6 +167,8 @@ impl PromptGen {
         };
         Ok(Self {
             source,
+            tokenizer: tokenizer.map(Box::new),
+            prefixes,
             input: p.input_tokens,
             output,
             rng,
@@ -135,35 +177,58 @@ impl PromptGen {
 
     /// Whether prompt lengths are exact token counts.
     pub(crate) fn exact(&self) -> bool {
-        match &self.source {
-            Source::Random { tokenizer, .. } => tokenizer.is_some(),
-            Source::Pool { items, .. } => items.first().is_some_and(|i| i.1.is_some()),
+        self.tokenizer.is_some()
+    }
+
+    /// The prefixes' share of the prompt tokens sent: N / (N + the mean
+    /// prompt of its own), for random prompts; None without a prefix or
+    /// when the prompts come from a file (their mean is the file's).
+    pub(crate) fn prefix_share(&self, p: &crate::plan::Prompts) -> Option<f64> {
+        if self.prefixes.is_empty() || !matches!(self.source, Source::Random { .. }) {
+            return None;
         }
+        let own = match p.input_tokens {
+            Length::Fixed(n) => f64::from(n),
+            Length::Uniform { min, max } => (f64::from(min) + f64::from(max)) / 2.0,
+            Length::Normal { mean, .. } => mean,
+        };
+        let n = f64::from(p.shared_prefix_tokens);
+        Some(n / (n + own))
     }
 
     pub(crate) fn next_ask(&mut self) -> Ask {
         let max_tokens = sample(self.output, &mut self.rng);
-        match &mut self.source {
-            Source::Random { words, tokenizer } => {
+        let mut ask = match &mut self.source {
+            Source::Random { words } => {
                 let want = sample(self.input, &mut self.rng);
-                let prompt = random_prompt(words, tokenizer.as_deref(), want, &mut self.rng);
-                let prompt_tokens = tokenizer.as_deref().and_then(|t| count_tokens(t, &prompt));
+                let prompt = random_prompt(words, self.tokenizer.as_deref(), want, &mut self.rng);
                 Ask {
                     prompt,
-                    prompt_tokens,
+                    prefix: None,
+                    prompt_tokens: None,
                     max_tokens,
                 }
             }
             Source::Pool { items, next } => {
-                let (prompt, prompt_tokens, answer) = items[*next % items.len()].clone();
+                let (prompt, _, answer) = items[*next % items.len()].clone();
                 *next += 1;
                 Ask {
                     prompt,
-                    prompt_tokens,
+                    prefix: None,
+                    prompt_tokens: None,
                     max_tokens: answer.unwrap_or(max_tokens),
                 }
             }
+        };
+        if !self.prefixes.is_empty() {
+            let g = self.rng.random_range(0..self.prefixes.len());
+            ask.prefix = Some((g as u32, self.prefixes[g].clone()));
         }
+        ask.prompt_tokens = self
+            .tokenizer
+            .as_deref()
+            .and_then(|t| count_tokens(t, &ask.full_prompt()));
+        ask
     }
 }
 

@@ -180,6 +180,9 @@ pub(crate) struct RequestRecord {
     pub max_tokens: u32,
     /// The prompt's tokens: ours (exact with a tokenizer) and the server's.
     pub prompt_tokens: Option<u32>,
+    /// The shared prefix it carried (`--prefix-groups`), by index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_group: Option<u32>,
     pub usage_prompt_tokens: Option<u64>,
     pub output_tokens: OutputTokens,
     /// Token-bearing events, in arrival order. Once the request is done

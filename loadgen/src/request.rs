@@ -111,9 +111,14 @@ impl Client {
                     "stream": e.stream,
                 });
                 if e.api == Api::Chat {
-                    body["messages"] = json!([{"role": "user", "content": ask.prompt}]);
+                    body["messages"] = match &ask.prefix {
+                        // The shared prefix as the system message.
+                        Some((_, p)) => json!([{"role": "system", "content": &**p},
+                                               {"role": "user", "content": ask.prompt}]),
+                        None => json!([{"role": "user", "content": ask.prompt}]),
+                    };
                 } else {
-                    body["prompt"] = Value::String(ask.prompt.clone());
+                    body["prompt"] = Value::String(ask.full_prompt());
                 }
                 if e.stream {
                     body["stream_options"] = json!({"include_usage": true});
@@ -133,7 +138,7 @@ impl Client {
                 .body
                 .as_deref()
                 .unwrap_or("{}")
-                .replace("{{prompt}}", &Value::String(ask.prompt.clone()).to_string())
+                .replace("{{prompt}}", &Value::String(ask.full_prompt()).to_string())
                 .replace("{{max_tokens}}", &ask.max_tokens.to_string())
                 .replace(
                     "{{request_id}}",
@@ -199,6 +204,7 @@ impl Client {
             finish_reason: None,
             max_tokens: p.ask.max_tokens,
             prompt_tokens: p.ask.prompt_tokens,
+            prefix_group: p.ask.prefix.as_ref().map(|(g, _)| *g),
             usage_prompt_tokens: None,
             output_tokens: OutputTokens::default(),
             events: Vec::new(),

@@ -193,6 +193,8 @@ pub(crate) struct Context<'a> {
     pub started_unix_ns: u64,
     pub clock_origin_monotonic_ns: u64,
     pub exact_prompts: bool,
+    /// The shared prefix's share of the prompt tokens (random prompts).
+    pub prefix_share: Option<f64>,
     pub model: Option<ModelShape>,
     pub telemetry: Option<(Vec<Sample>, Source)>,
     pub requests_jsonl: Option<String>,
@@ -475,6 +477,12 @@ fn run_info(ctx: Context, outcome: &RunOutcome) -> RunInfo {
             "input_tokens": plan.prompts.input_tokens,
             "tokenizer": plan.prompts.tokenizer,
             "exact_lengths": ctx.exact_prompts,
+            "shared_prefix": (plan.prompts.shared_prefix_tokens > 0).then(|| serde_json::json!({
+                "tokens": plan.prompts.shared_prefix_tokens,
+                "groups": plan.prompts.prefix_groups,
+                "share_of_prompt_tokens": ctx.prefix_share,
+                "exact": ctx.exact_prompts,
+            })),
         }),
         output: serde_json::to_value(&plan.output).unwrap_or_default(),
         slo: serde_json::to_value(&plan.slo).unwrap_or_default(),

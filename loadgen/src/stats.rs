@@ -411,6 +411,7 @@ mod tests {
             finish_reason: None,
             max_tokens: 4,
             prompt_tokens: None,
+            prefix_group: None,
             usage_prompt_tokens: None,
             output_tokens: OutputTokens {
                 usage: Some(counted),

@@ -16,6 +16,24 @@ pub(crate) fn render(results: &Results) -> String {
     for p in &results.phases {
         phase_notes(&mut o, p);
     }
+    let prefix = &results.run.prompts["shared_prefix"];
+    if let Some(tokens) = prefix["tokens"].as_u64() {
+        let share = prefix["share_of_prompt_tokens"]
+            .as_f64()
+            .map_or(String::new(), |s| {
+                format!(", {:.1} % of prompt tokens", s * 100.0)
+            });
+        let _ = writeln!(
+            o,
+            "shared prefix: {tokens} tokens{} in {} group(s){share}",
+            if prefix["exact"] == true {
+                ""
+            } else {
+                " (about)"
+            },
+            prefix["groups"]
+        );
+    }
     if let Some(t) = &results.telemetry
         && let Some(idle) = t.idle_power_w
     {

@@ -391,6 +391,21 @@ fn bad_input_is_one_line_with_the_fix() {
             ],
             "cannot load tokenizer",
         ),
+        (
+            vec!["--url", "http://x/", "--prefix-groups", "4"],
+            "4 prefix groups but no shared prefix",
+        ),
+        (
+            vec![
+                "--url",
+                "http://x/",
+                "--shared-prefix-tokens",
+                "8",
+                "--prefix-groups",
+                "0",
+            ],
+            "prefix_groups = 0 is out of range",
+        ),
     ] {
         let run = loadgen(&args);
         assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);

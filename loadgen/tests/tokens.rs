@@ -366,3 +366,76 @@ fn annotations_carry_tokens_as_they_arrive() {
     assert_eq!(last["phase"], "quiet");
     assert_eq!(last["output_tokens"].as_u64(), Some(TOKENS * n), "{last}");
 }
+
+/// A shared prefix is sent exactly: K distinct prefixes of exactly N
+/// tokens (the word-level tokenizer's count), each request carrying one
+/// of them in front of its own prompt (the system message for chat), the
+/// server's prompt count equal to ours, and the share reported.
+#[test]
+fn shared_prefixes_are_sent_exactly_and_their_share_reported() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let tok = tokenizer_file(&dir);
+    for (path, chat) in [("/v1/completions", false), ("/v1/chat/completions", true)] {
+        let server = server(true, 0);
+        let url = server.url(path);
+        let mut args = vec![
+            "--url",
+            url.as_str(),
+            "--phase",
+            "s=closed:3:1s",
+            "--max-tokens",
+            "4",
+            "--input-tokens",
+            "10",
+            "--tokenizer",
+            tok.as_str(),
+            "--shared-prefix-tokens",
+            "30",
+            "--prefix-groups",
+            "3",
+        ];
+        if chat {
+            args.extend(["--api", "chat"]);
+        }
+        let run = loadgen(&args);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let words = |t: &str| t.split_whitespace().count();
+        let mut prefixes = std::collections::BTreeSet::new();
+        let seen = server.log.lock().unwrap().requests.clone();
+        assert!(seen.len() > 10, "{} requests", seen.len());
+        for r in &seen {
+            let (prefix, own) = if chat {
+                let m = r.body["messages"].as_array().unwrap();
+                assert_eq!(m[0]["role"], "system", "{}", r.body);
+                (
+                    m[0]["content"].as_str().unwrap().to_string(),
+                    m[1]["content"].as_str().unwrap().to_string(),
+                )
+            } else {
+                let p = r.body["prompt"].as_str().unwrap();
+                // 30 words of prefix, then the request's own 10.
+                let cut = p.match_indices(' ').nth(30).map_or(p.len(), |(i, _)| i);
+                (p[..cut].to_string(), p[cut..].to_string())
+            };
+            assert_eq!(words(&prefix), 30, "{prefix:?}");
+            assert_eq!(words(&own), 10, "{own:?}");
+            prefixes.insert(prefix);
+        }
+        assert_eq!(prefixes.len(), 3, "{prefixes:#?}");
+        // Every request's record names its group, and ours counts 40.
+        for r in run.requests() {
+            assert!(r["prefix_group"].as_u64().unwrap() < 3, "{r}");
+            assert_eq!(r["prompt_tokens"], 40, "{r}");
+        }
+        let shared = &run.results()["run"]["prompts"]["shared_prefix"];
+        assert_eq!(shared["tokens"], 30);
+        assert_eq!(shared["groups"], 3);
+        assert_eq!(shared["share_of_prompt_tokens"], 0.75);
+        assert!(
+            run.stderr.is_empty() || !run.stderr.contains("error"),
+            "{}",
+            run.stderr
+        );
+    }
+}

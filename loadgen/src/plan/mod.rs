@@ -180,6 +180,17 @@ pub struct Prompts {
     /// prompt lengths and a third count of output tokens.
     #[serde(default)]
     pub tokenizer: Option<PathBuf>,
+    /// Tokens of a shared prefix in front of every prompt (a system
+    /// prompt, so prefix caching has something to cache); 0: none.
+    #[serde(default)]
+    pub shared_prefix_tokens: u32,
+    /// Distinct shared prefixes; each request uses one, drawn at random.
+    #[serde(default = "one_group")]
+    pub prefix_groups: u32,
+}
+
+fn one_group() -> u32 {
+    1
 }
 
 fn default_source() -> PromptSource {
@@ -196,6 +207,8 @@ impl Default for Prompts {
             path: None,
             input_tokens: default_input(),
             tokenizer: None,
+            shared_prefix_tokens: 0,
+            prefix_groups: one_group(),
         }
     }
 }

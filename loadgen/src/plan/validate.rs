@@ -110,6 +110,28 @@ impl Plan {
     fn check_workload(&self) -> Result<(), UsageError> {
         let bad = |problem: String, fix: &str| Err(UsageError::new(problem, fix));
         check_length("prompts.input_tokens", self.prompts.input_tokens)?;
+        let p = &self.prompts;
+        if p.shared_prefix_tokens > 131_072 {
+            return Err(UsageError::new(
+                format!(
+                    "shared_prefix_tokens = {} is over 131072",
+                    p.shared_prefix_tokens
+                ),
+                "give a shared prefix a model's context can hold (--shared-prefix-tokens N)",
+            ));
+        }
+        if !(1..=10_000).contains(&p.prefix_groups) {
+            return Err(UsageError::new(
+                format!("prefix_groups = {} is out of range", p.prefix_groups),
+                "use 1 to 10000 distinct prefixes (--prefix-groups K)",
+            ));
+        }
+        if p.prefix_groups > 1 && p.shared_prefix_tokens == 0 {
+            return Err(UsageError::new(
+                format!("{} prefix groups but no shared prefix", p.prefix_groups),
+                "give --shared-prefix-tokens N with --prefix-groups K",
+            ));
+        }
         check_length("output.max_tokens", self.output.max_tokens)?;
         if self.prompts.source != PromptSource::Random && self.prompts.path.is_none() {
             return bad(
