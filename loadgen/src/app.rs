@@ -131,6 +131,7 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
             started_unix_ns: clock.origin_unix_ns,
             clock_origin_monotonic_ns: clock.origin_monotonic_ns,
             exact_prompts,
+            client_threads: args.threads,
             prefix_share,
             model,
             telemetry,

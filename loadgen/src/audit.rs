@@ -101,7 +101,13 @@ pub(crate) struct Figures {
     pub energy_counter_j: Option<f64>,
     pub energy_power_j: Option<f64>,
     pub counter_updates: usize,
+    /// The client's CPU over its worker threads in the phase, and how many
+    /// threads (a run's own figures only).
+    pub client: Option<(f64, usize)>,
 }
+
+/// Above this share of its threads' CPU the client may set the pace.
+const CLIENT_BUSY: f64 = 0.8;
 
 /// The counter and integrated power agree within this share.
 const ENERGY_TOLERANCE: f64 = 0.15;
@@ -123,8 +129,32 @@ pub(crate) fn audit(phases: &[Figures]) -> Vec<Check> {
     for f in phases {
         energy_checks(&mut out, f);
         closed_loop_checks(&mut out, f);
+        client_check(&mut out, f);
     }
     out
+}
+
+/// Whether the client had CPU to spare: a load generator at its threads'
+/// limit measures itself (a warning, as the figures may still be right).
+fn client_check(out: &mut Vec<Check>, f: &Figures) {
+    let Some((share, threads)) = f.client else {
+        return;
+    };
+    let busy = share >= CLIENT_BUSY;
+    out.push(Check {
+        check: "client_not_the_bottleneck".into(),
+        phase: Some(f.phase.clone()),
+        status: if busy { Status::Warn } else { Status::Pass },
+        detail: format!(
+            "the client used {:.0} % of its {threads} thread(s)' CPU{}",
+            share * 100.0,
+            if busy {
+                ": it, not the server, may have set the pace; give --threads more or a less busy machine"
+            } else {
+                ""
+            }
+        ),
+    });
 }
 
 /// MFU against the model's FLOPs for the claimed throughput, and MFU per
@@ -283,6 +313,33 @@ pub(crate) fn all_passed(checks: &[Check]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_near_its_threads_cpu_is_warned_about() {
+        let f = |share| Figures {
+            phase: "stress".into(),
+            client: Some((share, 2)),
+            ..Figures::default()
+        };
+        let status = |share| {
+            audit(&[f(share)])
+                .into_iter()
+                .find(|c| c.check == "client_not_the_bottleneck")
+                .unwrap()
+        };
+        assert_eq!(status(0.3).status, Status::Pass);
+        let busy = status(0.93);
+        assert_eq!(busy.status, Status::Warn);
+        assert!(
+            busy.detail.contains("93 % of its 2 thread(s)") && busy.detail.contains("--threads")
+        );
+        // A claim (no client figures) gets no such check.
+        assert!(
+            audit(&[Figures::default()])
+                .iter()
+                .all(|c| c.check != "client_not_the_bottleneck")
+        );
+    }
 
     #[test]
     fn the_published_figures_are_caught() {

@@ -176,6 +176,21 @@ pub struct PhaseResult {
     pub flops_per_token: Option<f64>,
     pub mfu: Option<f64>,
     pub cost_per_million_tokens_usd: Option<f64>,
+    /// What the client itself cost while the phase ran.
+    #[serde(default)]
+    pub client: Option<ClientCost>,
+}
+
+/// The load generator's own cost in a phase: if it nears its threads'
+/// CPU, the client, not the server, may have set the pace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientCost {
+    pub cpu_s: f64,
+    /// CPU per request sent in the phase.
+    pub cpu_per_request_us: Option<f64>,
+    /// CPU over the phase's duration and the client's worker threads.
+    pub cpu_share_of_threads: f64,
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -193,6 +208,8 @@ pub(crate) struct Context<'a> {
     pub started_unix_ns: u64,
     pub clock_origin_monotonic_ns: u64,
     pub exact_prompts: bool,
+    /// The client's worker threads (`--threads`).
+    pub client_threads: usize,
     /// The shared prefix's share of the prompt tokens (random prompts).
     pub prefix_share: Option<f64>,
     pub model: Option<ModelShape>,
@@ -414,6 +431,16 @@ fn phase_result(
             .cost
             .gpu_hour_usd
             .and_then(|usd| flops::cost_per_million(tokens_per_s, gpus, usd)),
+        client: {
+            let cpu_s = run.client_cpu_ns as f64 / 1e9;
+            let duration = st.window_s();
+            (duration > 0.0).then(|| ClientCost {
+                cpu_s,
+                cpu_per_request_us: (st.sent > 0).then(|| cpu_s * 1e6 / st.sent as f64),
+                cpu_share_of_threads: cpu_s / duration / ctx.client_threads.max(1) as f64,
+                threads: ctx.client_threads,
+            })
+        },
     }
 }
 
@@ -441,6 +468,10 @@ fn figures(phases: &[PhaseResult], stats: &[PhaseStats]) -> Vec<Figures> {
             energy_counter_j: p.telemetry.as_ref().and_then(|t| t.energy_counter_j),
             energy_power_j: p.telemetry.as_ref().and_then(|t| t.energy_power_j),
             counter_updates: p.telemetry.as_ref().map_or(0, |t| t.counter_updates),
+            client: p
+                .client
+                .as_ref()
+                .map(|c| (c.cpu_share_of_threads, c.threads)),
             ..Figures::default()
         })
         .collect()

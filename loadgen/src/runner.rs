@@ -50,6 +50,20 @@ pub(crate) struct PhaseRun {
     pub concurrency: Option<usize>,
     pub max_concurrency: Option<usize>,
     pub max_in_flight: usize,
+    /// CPU the whole client process used while the phase ran (every
+    /// thread: workers, the prompt builder, the collector).
+    pub client_cpu_ns: u64,
+}
+
+/// CPU this process has used (CLOCK_PROCESS_CPUTIME_ID), in ns.
+fn process_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &raw mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl PhaseRun {
@@ -63,6 +77,7 @@ impl PhaseRun {
             concurrency: phase.concurrency,
             max_concurrency: phase.max_concurrency,
             max_in_flight: 0,
+            client_cpu_ns: 0,
         }
     }
 }
@@ -192,6 +207,7 @@ pub(crate) async fn run(
         live.set_phase(&phase.name);
         annotate(phase, "start");
         let mut run = PhaseRun::new(phase, end);
+        let cpu_at_start = process_cpu_ns();
         let work = run_phase(
             &shared,
             index,
@@ -216,6 +232,7 @@ pub(crate) async fn run(
             }
         }
         run.max_in_flight = shared.max_in_flight[index].load(Ordering::SeqCst);
+        run.client_cpu_ns = process_cpu_ns().saturating_sub(cpu_at_start);
         annotate(phase, "end");
         runs.push(run);
         if interrupted.is_some() {

@@ -160,6 +160,18 @@ fn phase_notes(o: &mut String, p: &PhaseResult) {
             p.name, p.avg_in_flight, p.max_in_flight
         );
     }
+    if let Some(c) = &p.client
+        && p.sent > 0
+    {
+        let _ = writeln!(
+            o,
+            "{}: the client's own CPU: {:.0} µs per request, {:.0} % of its {} thread(s)",
+            p.name,
+            c.cpu_per_request_us.unwrap_or(0.0),
+            c.cpu_share_of_threads * 100.0,
+            c.threads
+        );
+    }
     for (kind, n) in &p.errors {
         let example = p
             .error_examples

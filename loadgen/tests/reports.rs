@@ -516,3 +516,79 @@ fn telemetry_takes_an_exporters_base_url() {
     assert_eq!(source["failed_scrapes"], 0, "{source}");
     assert!(source["samples"].as_u64().unwrap() >= 2, "{source}");
 }
+
+/// The client's own CPU per phase against the kernel's account of the
+/// whole process (wait4's rusage): the phases' CPU is part of it, and most
+/// of it (the phases are most of a run without a tokenizer); per request
+/// it is the phase's CPU over the requests it sent, and the audit says
+/// whether the client had CPU to spare.
+#[test]
+fn the_clients_own_cpu_is_reported_per_phase_against_the_kernels_account() {
+    let _g = serial();
+    let server = StreamServer::start(ServerConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    #[expect(
+        clippy::zombie_processes,
+        reason = "reaped by wait4 below, for its rusage"
+    )]
+    let child = std::process::Command::new(gapscope_testkit::loadgen_bin())
+        .args(["--url", &server.url("/v1/completions")])
+        .args(["--phase", "a=closed:8:2s", "--phase", "b=poisson:200:1s"])
+        .args(["--max-tokens", "32", "--quiet", "--out"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: valid pointers; the child is ours and not yet reaped.
+    assert_eq!(
+        unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) },
+        pid
+    );
+    assert_eq!(libc::WEXITSTATUS(status), 0);
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let total = secs(usage.ru_utime) + secs(usage.ru_stime);
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap())
+            .unwrap();
+    let mut in_phases = 0.0;
+    for p in results["phases"].as_array().unwrap() {
+        let c = &p["client"];
+        let cpu = c["cpu_s"].as_f64().unwrap();
+        in_phases += cpu;
+        let sent = p["sent"].as_f64().unwrap();
+        assert!(sent > 0.0, "{p:#}");
+        let per = c["cpu_per_request_us"].as_f64().unwrap();
+        assert!((per - cpu * 1e6 / sent).abs() < 1e-6 * per.max(1.0), "{c}");
+        let share = c["cpu_share_of_threads"].as_f64().unwrap();
+        let window = p["duration_s"].as_f64().unwrap();
+        assert!(
+            (share - cpu / window).abs() < 1e-9,
+            "{c} over {window} s, 1 thread"
+        );
+        assert_eq!(c["threads"], 1);
+        let check = results["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["check"] == "client_not_the_bottleneck" && a["phase"] == p["name"])
+            .unwrap_or_else(|| panic!("no client check for {}", p["name"]));
+        assert_eq!(
+            check["status"],
+            if share >= 0.8 { "warn" } else { "pass" },
+            "{check}"
+        );
+    }
+    eprintln!("phases {in_phases:.3} s of the process's {total:.3} s CPU");
+    assert!(
+        in_phases <= total + 0.01,
+        "phases {in_phases} s > process {total} s"
+    );
+    assert!(
+        in_phases >= 0.5 * total,
+        "phases {in_phases} s of {total} s"
+    );
+}
