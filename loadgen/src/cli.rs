@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     error::UsageError,
     plan::{
-        Api, ApiKey, Endpoint, Length, ModelSpec, Plan, PromptSource, Telemetry, TelemetrySource,
-        parse_phase,
+        Api, ApiKey, Endpoint, Length, LogNormalName, ModelSpec, Plan, PromptSource, Telemetry,
+        TelemetrySource, parse_phase,
     },
 };
 
@@ -78,10 +78,12 @@ pub struct RunArgs {
     pub time_scale: Option<f64>,
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Prompt length in tokens: N or MIN-MAX.
+    /// Prompt length in tokens: N, MIN-MAX, normal:MEAN:STDDEV or
+    /// lognormal:MEAN:STDDEV.
     #[arg(long, value_parser = parse_length)]
     pub input_tokens: Option<Length>,
-    /// Output length in tokens: N or MIN-MAX.
+    /// Output length in tokens: N, MIN-MAX, normal:MEAN:STDDEV or
+    /// lognormal:MEAN:STDDEV.
     #[arg(long, value_parser = parse_length)]
     pub max_tokens: Option<Length>,
     /// Ask for exactly max_tokens (ignore_eos, min_tokens); fail the run if
@@ -218,7 +220,25 @@ fn parse_api(s: &str) -> Result<Api, String> {
 }
 
 fn parse_length(s: &str) -> Result<Length, String> {
-    let bad = || format!("{s:?} is not a token count (256) or a range (100-900)");
+    let bad = || {
+        format!(
+            "{s:?} is not a token count (256), a range (100-900), normal:MEAN:STDDEV or lognormal:MEAN:STDDEV"
+        )
+    };
+    if let Some((kind, rest)) = s.split_once(':') {
+        let (mean, stddev) = rest.split_once(':').ok_or_else(bad)?;
+        let mean: f64 = mean.trim().parse().map_err(|_| bad())?;
+        let stddev: f64 = stddev.trim().parse().map_err(|_| bad())?;
+        return match kind.trim() {
+            "normal" => Ok(Length::Normal { mean, stddev }),
+            "lognormal" => Ok(Length::LogNormal {
+                mean,
+                stddev,
+                distribution: LogNormalName::Lognormal,
+            }),
+            _ => Err(bad()),
+        };
+    }
     match s.split_once('-') {
         Some((a, b)) => Ok(Length::Uniform {
             min: a.trim().parse().map_err(|_| bad())?,

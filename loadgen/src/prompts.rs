@@ -16,7 +16,7 @@
 use std::path::Path;
 
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
-use rand_distr::{Distribution, Normal};
+use rand_distr::{Distribution, LogNormal, Normal};
 use tokenizers::Tokenizer;
 
 use crate::{
@@ -190,7 +190,7 @@ impl PromptGen {
         let own = match p.input_tokens {
             Length::Fixed(n) => f64::from(n),
             Length::Uniform { min, max } => (f64::from(min) + f64::from(max)) / 2.0,
-            Length::Normal { mean, .. } => mean,
+            Length::Normal { mean, .. } | Length::LogNormal { mean, .. } => mean,
         };
         let n = f64::from(p.shared_prefix_tokens);
         Some(n / (n + own))
@@ -242,6 +242,15 @@ pub(crate) fn sample(l: Length, rng: &mut StdRng) -> u32 {
                 .map(|d| d.sample(rng))
                 .unwrap_or(mean);
             v.round().max(1.0) as u32
+        }
+        Length::LogNormal { mean, stddev, .. } => {
+            // The underlying normal's parameters from the lengths' own
+            // mean and standard deviation.
+            let sigma2 = (1.0 + (stddev / mean).powi(2)).ln();
+            let v = LogNormal::new(mean.ln() - sigma2 / 2.0, sigma2.sqrt())
+                .map(|d| d.sample(rng))
+                .unwrap_or(mean);
+            v.round().clamp(1.0, 1e6) as u32
         }
     }
 }
@@ -350,6 +359,64 @@ fn sharegpt(text: &str, path: &Path) -> Result<Vec<(String, Option<String>)>, Us
 mod tests {
     use super::*;
     use crate::plan::Prompts;
+
+    #[test]
+    fn lognormal_lengths_have_the_asked_mean_and_spread_and_a_right_tail() {
+        let l = Length::LogNormal {
+            mean: 300.0,
+            stddev: 150.0,
+            distribution: crate::plan::LogNormalName::Lognormal,
+        };
+        let mut rng = StdRng::seed_from_u64(7);
+        let v: Vec<f64> = (0..40_000)
+            .map(|_| f64::from(sample(l, &mut rng)))
+            .collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        assert!((mean / 300.0 - 1.0).abs() < 0.02, "mean {mean}");
+        assert!((sd / 150.0 - 1.0).abs() < 0.05, "stddev {sd}");
+        let mut sorted = v.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted[sorted.len() / 2];
+        assert!(
+            median < mean * 0.95,
+            "median {median} below the mean {mean}: skewed right"
+        );
+        assert!(v.iter().all(|x| *x >= 1.0));
+    }
+
+    #[test]
+    fn lengths_parse_from_workload_files_in_every_form() {
+        #[derive(serde::Deserialize)]
+        struct T {
+            a: Length,
+            b: Length,
+            c: Length,
+            d: Length,
+        }
+        let t: T = toml::from_str(
+            "a = 5\nb = { min = 1, max = 9 }\nc = { mean = 50, stddev = 5 }\n\
+             d = { mean = 50, stddev = 25, distribution = \"lognormal\" }\n",
+        )
+        .unwrap();
+        assert_eq!(t.a, Length::Fixed(5));
+        assert_eq!(t.b, Length::Uniform { min: 1, max: 9 });
+        assert_eq!(
+            t.c,
+            Length::Normal {
+                mean: 50.0,
+                stddev: 5.0
+            }
+        );
+        assert!(matches!(
+            t.d,
+            Length::LogNormal {
+                mean: 50.0,
+                stddev: 25.0,
+                ..
+            }
+        ));
+    }
 
     #[test]
     fn random_prompts_without_a_tokenizer_have_the_asked_word_count() {

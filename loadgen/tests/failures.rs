@@ -406,6 +406,10 @@ fn bad_input_is_one_line_with_the_fix() {
             ],
             "prefix_groups = 0 is out of range",
         ),
+        (
+            vec!["--url", "http://x/", "--max-tokens", "lognormal:0.5:5"],
+            "is not a usable length",
+        ),
     ] {
         let run = loadgen(&args);
         assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
@@ -454,4 +458,20 @@ fn a_request_on_a_connection_the_server_closed_silently_is_resent_once() {
         "{resent} of {sent} resent, {cut} cut by the server"
     );
     assert!(requests.iter().all(|r| r["error"].is_null()));
+}
+
+/// A length flag that does not parse is refused by the flag parser (exit
+/// 2) with every form it accepts named.
+#[test]
+fn a_length_that_does_not_parse_names_every_form() {
+    let run = loadgen(&["--url", "http://x/", "--input-tokens", "lognormal:many:5"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    for form in [
+        "(256)",
+        "(100-900)",
+        "normal:MEAN:STDDEV",
+        "lognormal:MEAN:STDDEV",
+    ] {
+        assert!(run.stderr.contains(form), "{form}: {}", run.stderr);
+    }
 }

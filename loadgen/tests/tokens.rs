@@ -439,3 +439,65 @@ fn shared_prefixes_are_sent_exactly_and_their_share_reported() {
         );
     }
 }
+
+/// Lengths drawn from a lognormal reach the server as drawn: every prompt
+/// the test server received has the word count (the tokenizer's count)
+/// its record states, the lengths vary, and their mean is the asked one;
+/// output lengths drawn the same way are what each reply carried.
+#[test]
+fn lognormal_prompt_and_output_lengths_are_sent_as_recorded() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let tok = tokenizer_file(&dir);
+    let server = server(true, 0);
+    let url = server.url("/v1/completions");
+    let run = loadgen(&[
+        "--url",
+        url.as_str(),
+        "--phase",
+        "s=closed:4:2s",
+        "--input-tokens",
+        "lognormal:40:20",
+        "--max-tokens",
+        "lognormal:12:6",
+        "--fixed-output",
+        "--tokenizer",
+        tok.as_str(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut sent: Vec<u64> = server
+        .log
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .map(|r| {
+            r.body["prompt"]
+                .as_str()
+                .unwrap()
+                .split_whitespace()
+                .count() as u64
+        })
+        .collect();
+    let records = run.requests();
+    let mut recorded: Vec<u64> = records
+        .iter()
+        .map(|r| r["prompt_tokens"].as_u64().unwrap())
+        .collect();
+    sent.sort_unstable();
+    recorded.sort_unstable();
+    assert_eq!(sent, recorded, "prompt lengths sent vs recorded");
+    assert!(sent.len() >= 40, "{} requests", sent.len());
+    let mean = sent.iter().sum::<u64>() as f64 / sent.len() as f64;
+    assert!((mean / 40.0 - 1.0).abs() < 0.3, "mean prompt {mean}");
+    assert!(sent.first() != sent.last(), "every prompt the same length");
+    // Each reply carried the output length its record asked for.
+    for r in &records {
+        assert_eq!(r["output_tokens"]["usage"], r["max_tokens"], "{r}");
+    }
+    let asked: std::collections::BTreeSet<u64> = records
+        .iter()
+        .map(|r| r["max_tokens"].as_u64().unwrap())
+        .collect();
+    assert!(asked.len() > 3, "output lengths {asked:?}");
+}

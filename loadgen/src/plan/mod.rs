@@ -145,13 +145,33 @@ fn default_connect_timeout() -> f64 {
     10.0
 }
 
-/// A length: fixed, uniform in a range, or normal (clipped at 1).
+/// A length: fixed, uniform in a range, normal or lognormal (each
+/// rounded, at least 1). A lognormal's `mean` and `stddev` are the
+/// lengths' own (its long right tail is what real prompt lengths have).
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Length {
     Fixed(u32),
-    Uniform { min: u32, max: u32 },
-    Normal { mean: f64, stddev: f64 },
+    Uniform {
+        min: u32,
+        max: u32,
+    },
+    LogNormal {
+        mean: f64,
+        stddev: f64,
+        distribution: LogNormalName,
+    },
+    Normal {
+        mean: f64,
+        stddev: f64,
+    },
+}
+
+/// `distribution = "lognormal"` in a workload file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogNormalName {
+    Lognormal,
 }
 
 /// Where prompts come from.

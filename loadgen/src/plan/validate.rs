@@ -228,14 +228,18 @@ fn check_length(name: &str, l: Length) -> Result<(), UsageError> {
     let ok = match l {
         Length::Fixed(n) => (1..=1_000_000).contains(&n),
         Length::Uniform { min, max } => min >= 1 && min <= max && max <= 1_000_000,
-        Length::Normal { mean, stddev } => (1.0..=1e6).contains(&mean) && stddev >= 0.0,
+        Length::Normal { mean, stddev } | Length::LogNormal { mean, stddev, .. } => {
+            (1.0..=1e6).contains(&mean) && stddev >= 0.0 && stddev.is_finite()
+        }
     };
     if ok {
         Ok(())
     } else {
         Err(UsageError::new(
             format!("{name} = {l:?} is not a usable length"),
-            "give a token count (512), a range ({ min = 100, max = 900 }) or { mean = 512, stddev = 128 }",
+            "give a token count (512), a range ({ min = 100, max = 900 }), { mean = 512, stddev = 128 } \
+             or { mean = 512, stddev = 256, distribution = \"lognormal\" } (flags: 512, 100-900, \
+             normal:512:128, lognormal:512:256)",
         ))
     }
 }
