@@ -8,7 +8,7 @@ use crate::{
     error::UsageError,
     plan::{
         Api, ApiKey, Endpoint, Length, LogNormalName, ModelSpec, Plan, PromptSource, Telemetry,
-        TelemetrySource, parse_phase,
+        TelemetrySource, parse_phase, parse_sweep,
     },
 };
 
@@ -73,6 +73,18 @@ pub struct RunArgs {
     /// NAME=closed:CONCURRENCY:DURATION.
     #[arg(long = "phase", value_name = "SPEC")]
     pub phases: Vec<String>,
+    /// A series of loads, each a phase of its own, for the
+    /// throughput-latency curve and its knee: closed:1,2,4,8 or
+    /// closed:1..64 (concurrencies), poisson:1..32 or poisson:0.5,1,2
+    /// (requests/s); a range doubles each step (:x1.5 sets the factor).
+    #[arg(long, value_name = "SPEC", conflicts_with = "phases")]
+    pub sweep: Option<String>,
+    /// Each sweep step's length.
+    #[arg(long, value_name = "DURATION", default_value = "20s")]
+    pub sweep_step: String,
+    /// The silence between sweep steps.
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    pub sweep_gap: String,
     /// Multiply every phase duration (0.1 for a quick run).
     #[arg(long)]
     pub time_scale: Option<f64>,
@@ -260,6 +272,11 @@ impl RunArgs {
                 .iter()
                 .map(|p| parse_phase(p))
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(s) = &self.sweep {
+            let (sweep, phases) = parse_sweep(s, &self.sweep_step, &self.sweep_gap)?;
+            plan.phases = phases;
+            plan.sweep = Some(sweep);
         }
         if let Some(t) = self.time_scale {
             plan.time_scale = t;

@@ -36,4 +36,5 @@ mod runner;
 mod sse;
 mod stats;
 mod summary;
+mod sweep;
 mod telemetry;

@@ -1,7 +1,8 @@
 //! Plots, as PNG and SVG, drawn with an embedded font (no system font
 //! libraries): the experiment's telemetry graph — GPU utilization (green)
 //! and power (orange) over time with the phases shaded and labelled —
-//! token throughput over time, and latency CDFs per phase.
+//! token throughput over time, latency CDFs per phase, and a sweep's
+//! throughput–latency curve with its knees.
 
 use std::path::{Path, PathBuf};
 
@@ -80,6 +81,14 @@ pub(crate) fn all(
             "throughput",
             |a| throughput_chart(a, results),
             |a| throughput_chart(a, results),
+        )?);
+    }
+    if let Some(sweep) = results.sweep.as_ref().filter(|s| !s.steps.is_empty()) {
+        files.extend(both(
+            dir,
+            "sweep",
+            |a| sweep_chart(a, sweep),
+            |a| sweep_chart(a, sweep),
         )?);
     }
     if latencies
@@ -327,4 +336,180 @@ fn short(v: f64) -> String {
     } else {
         text
     }
+}
+
+/// A sweep: output tokens/s (and goodput) over the loads above, P99 TTFT
+/// and E2E below, on the same x axis (one position per step, labelled
+/// with its load); dashed lines at the knees.
+fn sweep_chart<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    s: &crate::sweep::SweepResult,
+) -> Fallible {
+    root.fill(&WHITE).map_err(e)?;
+    let (upper, lower) = root.split_vertically(SIZE.1 / 2);
+    let n = s.steps.len();
+    let x_range = -0.5f64..(n as f64 - 0.5);
+    let label = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() > 1e-6 || i < 0.0 {
+            return String::new();
+        }
+        s.steps
+            .get(i as usize)
+            .map_or(String::new(), |st| short(st.load))
+    };
+    let unit = if s.kind == crate::plan::PhaseKind::ClosedLoop {
+        "concurrency"
+    } else {
+        "Poisson rate (requests/s)"
+    };
+    let knees: Vec<(f64, RGBColor)> = [(s.knee.slo_load, RED), (s.knee.saturation_load, BLUE)]
+        .into_iter()
+        .filter_map(|(l, c)| {
+            let l = l?;
+            s.steps
+                .iter()
+                .position(|st| st.load == l)
+                .map(|i| (i as f64, c))
+        })
+        .collect();
+    let top = s
+        .steps
+        .iter()
+        .map(|st| st.output_tokens_per_s)
+        .fold(0.0, f64::max)
+        .max(1.0)
+        * 1.15;
+    let mut chart = ChartBuilder::on(&upper)
+        .caption(
+            "Sweep: throughput and P99 latency by load",
+            ("sans-serif", 20),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x_range.clone(), 0f64..top)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_labels(n.min(24))
+        .x_label_formatter(&label)
+        .y_desc("output tokens/s")
+        .light_line_style(TRANSPARENT)
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(e)?;
+    let points = |f: &dyn Fn(&crate::sweep::Step) -> Option<f64>| -> Vec<(f64, f64)> {
+        s.steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, st)| f(st).map(|v| (i as f64, v)))
+            .collect()
+    };
+    for (series, color, name) in [
+        (
+            points(&|st| Some(st.output_tokens_per_s)),
+            BLUE,
+            "throughput",
+        ),
+        (
+            points(&|st| Some(st.goodput_tokens_per_s)),
+            GREEN,
+            "goodput",
+        ),
+    ] {
+        chart
+            .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))
+            .map_err(e)?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                series
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, color.filled())),
+            )
+            .map_err(e)?;
+    }
+    for (x, c) in &knees {
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(*x, 0.0), (*x, top)],
+                6,
+                4,
+                c.stroke_width(1),
+            ))
+            .map_err(e)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(e)?;
+
+    let lat_top = s
+        .steps
+        .iter()
+        .flat_map(|st| [st.p99_ttft_ms, st.p99_e2e_ms])
+        .flatten()
+        .fold(0.0, f64::max)
+        .max(1.0)
+        * 1.15;
+    let mut chart = ChartBuilder::on(&lower)
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x_range, 0f64..lat_top)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_labels(n.min(24))
+        .x_label_formatter(&label)
+        .x_desc(unit)
+        .y_desc("P99 (ms)")
+        .light_line_style(TRANSPARENT)
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(e)?;
+    for (series, color, name) in [
+        (points(&|st| st.p99_ttft_ms), ORANGE, "P99 TTFT"),
+        (points(&|st| st.p99_e2e_ms), RED, "P99 E2E"),
+    ] {
+        chart
+            .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))
+            .map_err(e)?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                series
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, color.filled())),
+            )
+            .map_err(e)?;
+    }
+    for (x, c) in &knees {
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(*x, 0.0), (*x, lat_top)],
+                6,
+                4,
+                c.stroke_width(1),
+            ))
+            .map_err(e)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)
 }

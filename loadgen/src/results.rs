@@ -40,6 +40,9 @@ pub struct Results {
     /// ITLs, goodput, energy): the results say what they mean.
     #[serde(default)]
     pub definitions: BTreeMap<String, String>,
+    /// `--sweep`: the throughput–latency curve and its knees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<crate::sweep::SweepResult>,
 }
 
 /// Version-1 latency names and what they are now.
@@ -246,6 +249,11 @@ pub(crate) fn build(ctx: Context, outcome: &RunOutcome) -> Results {
         idle_utilization: idle.as_ref().and_then(|w| w.avg_utilization),
     });
     let checks = audit::audit(&figures(&phases, &outcome.stats.phases));
+    let sweep = ctx
+        .plan
+        .sweep
+        .as_ref()
+        .map(|s| crate::sweep::build(s, &phases, &ctx.plan.slo));
     let per_second = outcome
         .stats
         .per_second
@@ -270,6 +278,7 @@ pub(crate) fn build(ctx: Context, outcome: &RunOutcome) -> Results {
             telemetry: samples,
         },
         definitions: definitions(),
+        sweep,
     }
 }
 
@@ -468,9 +477,12 @@ fn figures(phases: &[PhaseResult], stats: &[PhaseStats]) -> Vec<Figures> {
             energy_counter_j: p.telemetry.as_ref().and_then(|t| t.energy_counter_j),
             energy_power_j: p.telemetry.as_ref().and_then(|t| t.energy_power_j),
             counter_updates: p.telemetry.as_ref().map_or(0, |t| t.counter_updates),
+            // Only phases that sent requests: a silence's CPU is the
+            // replies of the phase before.
             client: p
                 .client
                 .as_ref()
+                .filter(|_| p.sent > 0)
                 .map(|c| (c.cpu_share_of_threads, c.threads)),
             ..Figures::default()
         })

@@ -16,6 +16,9 @@ pub(crate) fn render(results: &Results) -> String {
     for p in &results.phases {
         phase_notes(&mut o, p);
     }
+    if let Some(s) = &results.sweep {
+        o.push_str(&s.render());
+    }
     let prefix = &results.run.prompts["shared_prefix"];
     if let Some(tokens) = prefix["tokens"].as_u64() {
         let share = prefix["share_of_prompt_tokens"]

@@ -87,3 +87,108 @@ pub(crate) fn parse_phase(text: &str) -> Result<Phase, UsageError> {
     check_phase(&phase)?;
     Ok(phase)
 }
+
+/// Parses `--sweep`: `closed:1,2,4,8` or `closed:1..64` (concurrencies),
+/// `poisson:0.5,1,2` or `poisson:1..32` (requests per second); a range
+/// steps geometrically, ×2 unless `:xF` follows (`poisson:1..32:x1.5`).
+/// Each load becomes a phase of `step` (`c4`, `r2.5`), with a silence of
+/// `gap` between steps so each starts without the last one's replies.
+pub(crate) fn parse_sweep(
+    text: &str,
+    step: &str,
+    gap: &str,
+) -> Result<(Sweep, Vec<Phase>), UsageError> {
+    let fix = "write --sweep closed:1,2,4,8,16 or closed:1..64, poisson:1,2,4 or poisson:1..32 (a range doubles each step; :x1.5 sets the factor)";
+    let bad = |why: &str| UsageError::new(format!("--sweep {text:?}: {why}"), fix);
+    let mut parts = text.split(':');
+    let kind = match parts.next() {
+        Some("closed") => PhaseKind::ClosedLoop,
+        Some("poisson") => PhaseKind::OpenLoop,
+        _ => return Err(bad("it starts with closed: or poisson:")),
+    };
+    let loads_text = parts.next().ok_or_else(|| bad("no loads"))?;
+    let factor = match parts.next() {
+        None => 2.0,
+        Some(f) => f
+            .strip_prefix('x')
+            .and_then(|f| f.parse::<f64>().ok())
+            .filter(|f| *f > 1.0 && f.is_finite())
+            .ok_or_else(|| bad("the factor is x and a number above 1, e.g. x1.5"))?,
+    };
+    if parts.next().is_some() {
+        return Err(bad("too many ':' parts"));
+    }
+    let num = |s: &str| {
+        s.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| *v > 0.0 && v.is_finite())
+            .ok_or_else(|| bad(&format!("{s:?} is not a positive number")))
+    };
+    let mut loads = match loads_text.split_once("..") {
+        Some((a, b)) => {
+            let (mut v, end) = (num(a)?, num(b)?);
+            if end < v {
+                return Err(bad("a range goes up: 1..64"));
+            }
+            let mut out = Vec::new();
+            while v <= end * (1.0 + 1e-9) && out.len() <= 64 {
+                out.push(v);
+                v *= factor;
+            }
+            if out.last().is_some_and(|l| (l - end).abs() > 1e-9 * end) {
+                out.push(end);
+            }
+            out
+        }
+        None => loads_text
+            .split(',')
+            .map(num)
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    if kind == PhaseKind::ClosedLoop {
+        for l in &mut loads {
+            *l = l.round().max(1.0);
+        }
+    }
+    loads.dedup();
+    if loads.windows(2).any(|w| w[1] <= w[0]) {
+        return Err(bad("the loads must rise"));
+    }
+    if loads.len() < 2 || loads.len() > 64 {
+        return Err(bad(&format!("{} steps: give 2 to 64", loads.len())));
+    }
+    let step_s = parse_duration(step).map_err(|e| {
+        UsageError::new(
+            format!("--sweep-step: {e}"),
+            "give each step's length, e.g. --sweep-step 30s",
+        )
+    })?;
+    let gap_s = parse_duration(gap).map_err(|e| {
+        UsageError::new(
+            format!("--sweep-gap: {e}"),
+            "give the silence between steps, e.g. --sweep-gap 2s",
+        )
+    })?;
+    let mut phases = Vec::new();
+    let mut names = Vec::new();
+    for (i, load) in loads.iter().enumerate() {
+        if i > 0 {
+            phases.push(parse_phase(&format!("gap{i}=silence:{gap_s}s"))?);
+        }
+        let (name, spec) = match kind {
+            PhaseKind::ClosedLoop => (format!("c{load}"), format!("closed:{load}:{step_s}s")),
+            _ => (format!("r{load}"), format!("poisson:{load}:{step_s}s")),
+        };
+        phases.push(parse_phase(&format!("{name}={spec}"))?);
+        names.push(name);
+    }
+    let sweep = Sweep {
+        kind,
+        loads,
+        phases: names,
+        step_s,
+        gap_s,
+    };
+    Ok((sweep, phases))
+}

@@ -11,7 +11,7 @@ use crate::error::UsageError;
 mod flags;
 mod validate;
 
-pub(crate) use flags::parse_phase;
+pub(crate) use flags::{parse_phase, parse_sweep};
 
 /// The whole run, as read from the workload file and the flags.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -45,6 +45,23 @@ pub struct Plan {
     /// gapscoped counts this run's tokens for that service only.
     #[serde(default)]
     pub gapscoped_service: Option<String>,
+    /// `--sweep`: the phases are its steps (and the silences between).
+    #[serde(skip)]
+    pub sweep: Option<Sweep>,
+}
+
+/// A series of loads, each a phase of its own, for the throughput-latency
+/// curve (`--sweep`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sweep {
+    /// Closed loop (the loads are concurrencies) or open loop (Poisson
+    /// rates in requests per second).
+    pub kind: PhaseKind,
+    pub loads: Vec<f64>,
+    /// The step phases' names, one per load.
+    pub phases: Vec<String>,
+    pub step_s: f64,
+    pub gap_s: f64,
 }
 
 fn default_seed() -> u64 {
@@ -497,6 +514,7 @@ impl Plan {
             cost: Cost::default(),
             gapscoped: None,
             gapscoped_service: None,
+            sweep: None,
         }
     }
 

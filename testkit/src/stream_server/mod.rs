@@ -69,6 +69,10 @@ pub struct ServerConfig {
     /// Require `Authorization: Bearer TOKEN` on the API routes (401 with
     /// an OpenAI-style error otherwise, 403 for a wrong token).
     pub bearer: Option<String>,
+    /// Serve at most this many requests at once; the rest wait, before
+    /// their headers, for one to finish (a server whose latency rises past
+    /// a known concurrency while its throughput stays flat).
+    pub capacity: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +91,7 @@ impl Default for ServerConfig {
             gpus: 1,
             drop_reused_connections: false,
             bearer: None,
+            capacity: None,
         }
     }
 }
@@ -187,14 +192,19 @@ struct State {
     cfg: ServerConfig,
     log: Arc<Mutex<ServerLog>>,
     started_ns: u64,
+    /// `capacity`'s permits.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Counts a request in flight until dropped (when its body is done or the
-/// connection goes).
-struct InFlight(Arc<State>);
+/// connection goes), holding its capacity permit as long.
+struct InFlight {
+    state: Arc<State>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
 
 impl InFlight {
-    fn new(s: Arc<State>) -> Self {
+    fn new(s: Arc<State>, permit: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
         {
             let mut log = s.log.lock().unwrap();
             log.now_in_flight += 1;
@@ -202,13 +212,16 @@ impl InFlight {
             let n = log.now_in_flight;
             log.in_flight.push((monotonic_ns(), n));
         }
-        Self(s)
+        Self {
+            state: s,
+            _permit: permit,
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut log = self.0.log.lock().unwrap();
+        let mut log = self.state.log.lock().unwrap();
         log.now_in_flight -= 1;
         let n = log.now_in_flight;
         log.in_flight.push((monotonic_ns(), n));
@@ -227,10 +240,14 @@ impl StreamServer {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let log: Arc<Mutex<ServerLog>> = Arc::default();
+        let slots = cfg
+            .capacity
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
         let state = Arc::new(State {
             cfg,
             log: log.clone(),
             started_ns: monotonic_ns(),
+            slots,
         });
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -377,8 +394,12 @@ async fn handle(
     if mode == "slowheaders" {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
+    let permit = match &s.slots {
+        Some(slots) => slots.clone().acquire_owned().await.ok(),
+        None => None,
+    };
     let r = reply::Reply::new(&s.cfg, &body, &api, mode, index);
-    let guard = InFlight::new(s.clone());
+    let guard = InFlight::new(s.clone(), permit);
     Ok(if !r.stream {
         reply::whole(&s, &r, guard).await
     } else if r.instant(&s.cfg) {

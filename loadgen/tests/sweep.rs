@@ -1,0 +1,144 @@
+//! `--sweep` finds the knee of a server whose truth is known: the test
+//! server serves at most 2 requests at once (the rest wait), each reply 10
+//! tokens at 5 ms, so throughput doubles from 1 to 2 concurrent requests
+//! and then stays flat while latency doubles with every step.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+#[test]
+fn a_closed_loop_sweep_finds_the_knee_of_a_server_with_known_capacity() {
+    let _g = serial();
+    let server = StreamServer::start(ServerConfig {
+        token_ms: 5.0,
+        capacity: Some(2),
+        ..ServerConfig::default()
+    });
+    let url = server.url("/v1/completions");
+    let run = loadgen(&[
+        "--url",
+        url.as_str(),
+        "--sweep",
+        "closed:1..8",
+        "--sweep-step",
+        "1.5s",
+        "--sweep-gap",
+        "300ms",
+        "--max-tokens",
+        "10",
+        "--fixed-output",
+        "--slo-e2e-ms",
+        "80",
+    ]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let r = run.results();
+    let sweep = &r["sweep"];
+    let steps = sweep["steps"].as_array().unwrap();
+    let loads: Vec<f64> = steps.iter().map(|s| s["load"].as_f64().unwrap()).collect();
+    assert_eq!(loads, [1.0, 2.0, 4.0, 8.0]);
+    // Each step's figures are its phase's.
+    for s in steps {
+        let p = run.phase(s["phase"].as_str().unwrap());
+        assert_eq!(
+            s["output_tokens_per_s"],
+            p["throughput"]["output_tokens_per_s"]
+        );
+        assert_eq!(p["concurrency"], s["load"].as_f64().unwrap() as u64);
+    }
+    let tput = |i: usize| steps[i]["output_tokens_per_s"].as_f64().unwrap();
+    let e2e = |i: usize| steps[i]["p99_e2e_ms"].as_f64().unwrap();
+    // The truth: 200 tok/s at 1, 400 at 2 and after; 50 ms, then 100, 200.
+    assert!(tput(1) > 1.6 * tput(0), "{steps:#?}");
+    assert!(
+        tput(2) < 1.1 * tput(1) && tput(3) < 1.1 * tput(1),
+        "{steps:#?}"
+    );
+    assert!(
+        e2e(1) < 80.0 && e2e(2) > 80.0 && e2e(3) > 1.5 * e2e(2),
+        "{steps:#?}"
+    );
+    let knee = &sweep["knee"];
+    assert_eq!(knee["slo_load"], 2.0, "{knee:#}");
+    assert_eq!(knee["saturation_load"], 2.0, "{knee:#}");
+    assert_eq!(knee["slo"], "E2E ≤ 80 ms");
+    assert!(steps[2]["within_slo"] == false && steps[1]["within_slo"] == true);
+    // The server never served more than its capacity.
+    assert!(server.log.lock().unwrap().max_in_flight <= 2);
+    // Told on the terminal, drawn, and valid against the schema.
+    assert!(
+        run.stdout
+            .contains("knee: C=2 is the largest load within E2E ≤ 80 ms at P99")
+            && run.stdout.contains("throughput stops rising at C=2"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.path("sweep.png").is_file() && run.path("sweep.svg").is_file());
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("loadgen/schema/results.v2.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let problems: Vec<String> = validator
+        .iter_errors(&r)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn a_poisson_sweep_steps_geometrically_and_bad_sweeps_name_the_fix() {
+    let _g = serial();
+    let server = StreamServer::start(ServerConfig::default());
+    let url = server.url("/v1/completions");
+    let run = loadgen(&[
+        "--url",
+        url.as_str(),
+        "--sweep",
+        "poisson:10..40:x2",
+        "--sweep-step",
+        "1s",
+        "--sweep-gap",
+        "200ms",
+        "--max-tokens",
+        "4",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let r = run.results();
+    let steps = r["sweep"]["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["phase"].as_str().unwrap()).collect();
+    assert_eq!(names, ["r10", "r20", "r40"]);
+    for s in steps {
+        let p = run.phase(s["phase"].as_str().unwrap());
+        assert_eq!(p["target_rate"], s["load"]);
+    }
+    // No SLO: no SLO knee, and the terminal says how to get one.
+    assert!(r["sweep"]["knee"]["slo_load"].is_null());
+    assert!(run.stdout.contains("give --slo-ttft-ms"), "{}", run.stdout);
+
+    for (sweep, says) in [
+        ("closed:8..2", "a range goes up"),
+        ("closed:4", "1 steps: give 2 to 64"),
+        ("steady:1,2", "starts with closed: or poisson:"),
+        ("poisson:1..8:x0.5", "the factor is x and a number above 1"),
+        ("closed:4,2", "the loads must rise"),
+    ] {
+        let run = loadgen(&["--url", "http://x/", "--sweep", sweep]);
+        assert_eq!(run.code, 2, "{sweep}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(says) && run.stderr.contains("; fix: "),
+            "{sweep}: {}",
+            run.stderr
+        );
+    }
+    let run = loadgen(&[
+        "--url",
+        "http://x/",
+        "--sweep",
+        "closed:1,2",
+        "--phase",
+        "a=silence:1s",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+}
