@@ -178,6 +178,10 @@ pub struct CompareArgs {
     /// Output tokens a day, for the cost difference.
     #[arg(long, default_value_t = 100e6)]
     pub daily_tokens: f64,
+    /// When both runs are sweeps: write their curves overlaid as
+    /// sweep_compare.png and .svg into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

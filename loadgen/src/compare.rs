@@ -127,6 +127,8 @@ pub struct Options<'a> {
     pub phase: Option<&'a str>,
     pub gpu_hour_usd: Option<f64>,
     pub daily_tokens: f64,
+    /// Where the overlaid sweep curves go (both runs sweeps).
+    pub plots: Option<&'a Path>,
 }
 
 pub fn markdown(a_path: &Path, b_path: &Path, opts: &Options) -> Result<String, UsageError> {
@@ -172,7 +174,74 @@ pub fn markdown(a_path: &Path, b_path: &Path, opts: &Options) -> Result<String, 
         }
     }
     cost_section(&mut o, (&ra, a), (&rb, b), opts);
+    sweep_section(&mut o, &ra, &rb, opts)?;
     Ok(o)
+}
+
+/// Two sweeps' curves side by side, load by load, with each run's knees;
+/// and, with `--plots`, the curves overlaid.
+fn sweep_section(
+    o: &mut String,
+    ra: &Results,
+    rb: &Results,
+    opts: &Options,
+) -> Result<(), UsageError> {
+    let (Some(sa), Some(sb)) = (&ra.sweep, &rb.sweep) else {
+        if opts.plots.is_some() {
+            let _ = writeln!(o, "\n(No sweep overlay: both runs need a --sweep.)");
+        }
+        return Ok(());
+    };
+    let (la, lb) = (&opts.labels.0, &opts.labels.1);
+    let mut loads: Vec<f64> = sa.steps.iter().chain(&sb.steps).map(|s| s.load).collect();
+    loads.sort_by(f64::total_cmp);
+    loads.dedup();
+    let _ = writeln!(o, "\n**Sweep curves**\n");
+    let _ = writeln!(
+        o,
+        "| load | {la} tok/s | {lb} tok/s | {la} P99 TTFT | {lb} P99 TTFT | {la} P99 E2E | {lb} P99 E2E |"
+    );
+    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|");
+    let at =
+        |s: &crate::sweep::SweepResult, l: f64| s.steps.iter().find(|st| st.load == l).cloned();
+    let fmt = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));
+    for l in &loads {
+        let (a, b) = (at(sa, *l), at(sb, *l));
+        let _ = writeln!(
+            o,
+            "| {l} | {} | {} | {} | {} | {} | {} |",
+            fmt(a.as_ref().map(|s| s.output_tokens_per_s), ""),
+            fmt(b.as_ref().map(|s| s.output_tokens_per_s), ""),
+            fmt(a.as_ref().and_then(|s| s.p99_ttft_ms), " ms"),
+            fmt(b.as_ref().and_then(|s| s.p99_ttft_ms), " ms"),
+            fmt(a.as_ref().and_then(|s| s.p99_e2e_ms), " ms"),
+            fmt(b.as_ref().and_then(|s| s.p99_e2e_ms), " ms"),
+        );
+    }
+    for (label, s) in [(la, sa), (lb, sb)] {
+        let k = &s.knee;
+        let _ = writeln!(
+            o,
+            "\n{label}: knee within the SLO {}; throughput stops rising at {}; most {:.1} tok/s at {}.",
+            k.slo_load.map_or("-".into(), |l| l.to_string()),
+            k.saturation_load
+                .map_or("- (still rising)".into(), |l| l.to_string()),
+            k.max_output_tokens_per_s,
+            k.max_throughput_load
+        );
+    }
+    if let Some(dir) = opts.plots {
+        let files = crate::plot::sweep_compare(dir, (la, sa), (lb, sb)).map_err(|e| {
+            UsageError::new(
+                format!("cannot draw the sweep overlay into {}: {e}", dir.display()),
+                "give --plots an existing, writable directory",
+            )
+        })?;
+        for f in files {
+            let _ = writeln!(o, "wrote {}", f.display());
+        }
+    }
+    Ok(())
 }
 
 /// One row of the comparison: a figure of a phase, how it is shown, and

@@ -26,6 +26,7 @@ fn main() {
                     phase: args.phase.as_deref(),
                     gpu_hour_usd: args.gpu_hour_usd,
                     daily_tokens: args.daily_tokens,
+                    plots: args.plots.as_deref(),
                 },
             )
             .map(|table| {

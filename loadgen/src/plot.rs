@@ -513,3 +513,107 @@ fn sweep_chart<DB: DrawingBackend>(
         .map_err(e)?;
     root.present().map_err(e)
 }
+
+/// Two sweeps overlaid (`compare --plots DIR`): throughput above, P99 E2E
+/// below, one colour per run, over the union of their loads.
+pub(crate) fn sweep_compare(
+    dir: &Path,
+    a: (&str, &crate::sweep::SweepResult),
+    b: (&str, &crate::sweep::SweepResult),
+) -> Result<Vec<PathBuf>, String> {
+    let mut loads: Vec<f64> = a.1.steps.iter().chain(&b.1.steps).map(|s| s.load).collect();
+    loads.sort_by(f64::total_cmp);
+    loads.dedup();
+    both(
+        dir,
+        "sweep_compare",
+        |r| overlay_chart(r, &loads, a, b),
+        |r| overlay_chart(r, &loads, a, b),
+    )
+}
+
+fn overlay_chart<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    loads: &[f64],
+    a: (&str, &crate::sweep::SweepResult),
+    b: (&str, &crate::sweep::SweepResult),
+) -> Fallible {
+    root.fill(&WHITE).map_err(e)?;
+    let (upper, lower) = root.split_vertically(SIZE.1 / 2);
+    let n = loads.len();
+    let x_range = -0.5f64..(n as f64 - 0.5);
+    let label = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() > 1e-6 || i < 0.0 {
+            return String::new();
+        }
+        loads.get(i as usize).map_or(String::new(), |l| short(*l))
+    };
+    let pos = |l: f64| loads.iter().position(|x| *x == l).unwrap_or(0) as f64;
+    type Pick = fn(&crate::sweep::Step) -> Option<f64>;
+    let panels: [(&DrawingArea<DB, Shift>, &str, Pick); 2] = [
+        (&upper, "output tokens/s", |s| Some(s.output_tokens_per_s)),
+        (&lower, "P99 E2E (ms)", |s| s.p99_e2e_ms),
+    ];
+    for (i, (area, y_desc, pick)) in panels.into_iter().enumerate() {
+        let top = [a.1, b.1]
+            .iter()
+            .flat_map(|s| s.steps.iter().filter_map(pick))
+            .fold(0.0, f64::max)
+            .max(1.0)
+            * 1.15;
+        let mut builder = ChartBuilder::on(area);
+        builder
+            .margin(10)
+            .x_label_area_size(if i == 0 { 30 } else { 40 })
+            .y_label_area_size(70);
+        if i == 0 {
+            builder.caption(
+                format!("Sweeps: {} against {}", a.0, b.0),
+                ("sans-serif", 20),
+            );
+        }
+        let mut chart = builder
+            .build_cartesian_2d(x_range.clone(), 0f64..top)
+            .map_err(e)?;
+        let mut mesh = chart.configure_mesh();
+        mesh.x_labels(n.min(24))
+            .x_label_formatter(&label)
+            .y_desc(y_desc)
+            .light_line_style(TRANSPARENT)
+            .label_style(("sans-serif", 13));
+        if i == 1 {
+            mesh.x_desc("load");
+        }
+        mesh.draw().map_err(e)?;
+        for ((name, s), color) in [a, b].into_iter().zip([BLUE, ORANGE]) {
+            let points: Vec<(f64, f64)> = s
+                .steps
+                .iter()
+                .filter_map(|st| pick(st).map(|v| (pos(st.load), v)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(e)?
+                .label(name.to_string())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(
+                    points
+                        .into_iter()
+                        .map(|p| Circle::new(p, 4, color.filled())),
+                )
+                .map_err(e)?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(e)?;
+    }
+    root.present().map_err(e)
+}

@@ -142,3 +142,64 @@ fn a_poisson_sweep_steps_geometrically_and_bad_sweeps_name_the_fix() {
     ]);
     assert_eq!(run.code, 2, "{}", run.stderr);
 }
+
+/// `compare` of two sweeps: the curves load by load, each run's knees,
+/// and the overlay drawn with `--plots`. Servers of capacity 2 and 4: the
+/// second's throughput keeps rising one step further.
+#[test]
+fn compare_sets_two_sweeps_side_by_side_and_overlays_their_curves() {
+    let _g = serial();
+    let sweep = |capacity: usize| {
+        let server = StreamServer::start(ServerConfig {
+            token_ms: 5.0,
+            capacity: Some(capacity),
+            ..ServerConfig::default()
+        });
+        let url = server.url("/v1/completions");
+        let run = loadgen(&[
+            "--url",
+            url.as_str(),
+            "--sweep",
+            "closed:1..8",
+            "--sweep-step",
+            "1.5s",
+            "--sweep-gap",
+            "300ms",
+            "--max-tokens",
+            "10",
+            "--slo-e2e-ms",
+            "80",
+        ]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run
+    };
+    let (two, four) = (sweep(2), sweep(4));
+    assert_eq!(four.results()["sweep"]["knee"]["saturation_load"], 4.0);
+    let plots = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(gapscope_testkit::loadgen_bin())
+        .arg("compare")
+        .arg(two.path("results.json"))
+        .arg(four.path("results.json"))
+        .args(["--labels", "cap2,cap4", "--plots"])
+        .arg(plots.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("**Sweep curves**"), "{text}");
+    for load in ["| 1 |", "| 2 |", "| 4 |", "| 8 |"] {
+        assert!(text.contains(load), "{load}: {text}");
+    }
+    assert!(
+        text.contains("cap2: knee within the SLO 2; throughput stops rising at 2;")
+            && text.contains("cap4: knee within the SLO 4; throughput stops rising at 4;"),
+        "{text}"
+    );
+    for f in ["sweep_compare.png", "sweep_compare.svg"] {
+        assert!(plots.path().join(f).is_file(), "{f}");
+    }
+}
