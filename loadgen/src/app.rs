@@ -35,7 +35,19 @@ pub const EXIT_CHECK_FAILED: i32 = 3;
 pub const EXIT_SIGNAL_BASE: i32 = 128;
 
 pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
-    let plan = args.plan()?;
+    if args.find_max_goodput {
+        return crate::search::run(args);
+    }
+    run_plan(args, &args.plan()?, args.out.as_deref()).map(|(code, _)| code)
+}
+
+/// One run of `plan`, its files in `out` (default
+/// loadgen-results/RUN_ID): the exit status and the results.
+pub(crate) fn run_plan(
+    args: &RunArgs,
+    plan: &crate::plan::Plan,
+    out: Option<&std::path::Path>,
+) -> Result<(i32, results::Results), UsageError> {
     let tokenizer = plan
         .prompts
         .tokenizer
@@ -48,7 +60,7 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
     let prefix_share = prompts.prefix_share(&plan.prompts);
     let model = ModelShape::from_spec(&plan.model)?;
     let run_id = format!("{:016x}", rand::random::<u64>());
-    let (out, jsonl_path, jsonl) = output_files(args, &run_id)?;
+    let (out, jsonl_path, jsonl) = output_files(out, &run_id)?;
     // Timers to the microsecond on every thread that runs requests.
     precise_timers();
     let runtime = runtime(args.threads)?;
@@ -98,9 +110,9 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
                 clock,
             ))
         });
-        let progress = (!quiet).then(|| progress_bar(&plan, live.clone(), clock));
+        let progress = (!quiet).then(|| progress_bar(plan, live.clone(), clock));
         let outcome = runner::run(
-            &plan,
+            plan,
             client,
             prompts,
             clock,
@@ -126,7 +138,7 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
 
     let results = results::build(
         Context {
-            plan: &plan,
+            plan,
             run_id: run_id.clone(),
             started_unix_ns: clock.origin_unix_ns,
             clock_origin_monotonic_ns: clock.origin_monotonic_ns,
@@ -148,19 +160,19 @@ pub fn run(args: &RunArgs) -> Result<i32, UsageError> {
         args.no_plots,
     )?;
 
-    Ok(exit_code(&results, &outcome))
+    Ok((exit_code(&results, &outcome), results))
 }
 
 /// The results directory (`--out`, else `loadgen-results/RUN_ID`), and
 /// the per-request JSONL file opened in it.
 fn output_files(
-    args: &RunArgs,
+    out: Option<&std::path::Path>,
     run_id: &str,
 ) -> Result<(PathBuf, PathBuf, std::fs::File), UsageError> {
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("loadgen-results").join(run_id));
+    let out = out.map_or_else(
+        || PathBuf::from("loadgen-results").join(run_id),
+        PathBuf::from,
+    );
     std::fs::create_dir_all(&out).map_err(|e| {
         UsageError::new(
             format!("cannot create {}: {e}", out.display()),

@@ -85,6 +85,20 @@ pub struct RunArgs {
     /// The silence between sweep steps.
     #[arg(long, value_name = "DURATION", default_value = "2s")]
     pub sweep_gap: String,
+    /// Search the Poisson rate with the most goodput (needs an SLO): rates
+    /// double from --search-start until goodput stops rising, then the
+    /// bracket narrows; each probe is a run of its own in --out.
+    #[arg(long, conflicts_with_all = ["phases", "sweep"])]
+    pub find_max_goodput: bool,
+    /// The search's first rate (requests/s).
+    #[arg(long, value_name = "RATE", default_value_t = 1.0)]
+    pub search_start: f64,
+    /// Each probe's length.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub search_step: String,
+    /// The most probes the search runs.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub search_max_probes: u32,
     /// Multiply every phase duration (0.1 for a quick run).
     #[arg(long)]
     pub time_scale: Option<f64>,

@@ -33,6 +33,7 @@ mod record;
 mod request;
 mod results;
 mod runner;
+mod search;
 mod sse;
 mod stats;
 mod summary;

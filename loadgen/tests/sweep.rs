@@ -203,3 +203,73 @@ fn compare_sets_two_sweeps_side_by_side_and_overlays_their_curves() {
         assert!(plots.path().join(f).is_file(), "{f}");
     }
 }
+
+/// `--find-max-goodput` against a server that serves 40 requests/s at
+/// most (2 at once, 50 ms each): the rates double from 5 until goodput
+/// stops rising, then the bracket narrows; the best rate is at or below
+/// the capacity and its goodput within what the server can give.
+#[test]
+fn find_max_goodput_brackets_then_narrows_to_the_servers_capacity() {
+    let _g = serial();
+    let server = StreamServer::start(ServerConfig {
+        token_ms: 5.0,
+        capacity: Some(2),
+        log_requests: false,
+        ..ServerConfig::default()
+    });
+    let url = server.url("/v1/completions");
+    let run = loadgen(&[
+        "--url",
+        url.as_str(),
+        "--find-max-goodput",
+        "--search-start",
+        "5",
+        "--search-step",
+        "1.5s",
+        "--search-max-probes",
+        "7",
+        "--max-tokens",
+        "10",
+        "--slo-e2e-ms",
+        "150",
+        "--timeout",
+        "20",
+    ]);
+    assert!(run.code <= 1, "{}\n{}", run.stdout, run.stderr);
+    eprintln!(
+        "{}",
+        run.stdout
+            .lines()
+            .filter(|l| !l.starts_with("audit") && !l.starts_with("wrote"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let search: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.path("search.json")).unwrap()).unwrap();
+    let probes = search["probes"].as_array().unwrap();
+    assert!(probes.len() >= 4 && probes.len() <= 7, "{search:#}");
+    let rates: Vec<f64> = probes.iter().map(|p| p["rate"].as_f64().unwrap()).collect();
+    assert_eq!(rates[..3], [5.0, 10.0, 20.0], "doubling first: {rates:?}");
+    for p in probes {
+        let dir = std::path::Path::new(p["dir"].as_str().unwrap());
+        assert!(dir.join("results.json").is_file(), "{p}");
+    }
+    let best = &search["best"];
+    let rate = best["rate"].as_f64().unwrap();
+    let goodput = best["goodput_tokens_per_s"].as_f64().unwrap();
+    assert!(
+        (10.0..=45.0).contains(&rate),
+        "best rate {rate}: {search:#}"
+    );
+    // At most 40 requests/s × 10 tokens can come back.
+    assert!(goodput <= 440.0 && goodput > 80.0, "{search:#}");
+    assert!(
+        run.stdout.contains("most goodput:") && run.stdout.contains("req/s"),
+        "{}",
+        run.stdout
+    );
+    // Without an SLO there is nothing to search for.
+    let run = loadgen(&["--url", url.as_str(), "--find-max-goodput"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("needs an SLO"), "{}", run.stderr);
+}
