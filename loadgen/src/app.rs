@@ -76,7 +76,8 @@ pub(crate) fn run_plan(
         );
     }
     if let Some(key) = &plan.endpoint.api_key {
-        if !args.quiet {
+        // Taken from the environment, it is said even when quiet.
+        if !args.quiet || key.source == "OPENAI_API_KEY" {
             eprintln!(
                 "gapscope-loadgen: authenticating with the bearer token from {}",
                 key.source
@@ -402,7 +403,10 @@ fn cleartext_off_host(url: &str) -> bool {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => host.split(':').next().unwrap_or(""),
     };
-    !(host == "localhost" || host == "::1" || host.starts_with("127."))
+    let loopback = host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback());
+    !(loopback || host.eq_ignore_ascii_case("localhost"))
 }
 
 #[cfg(test)]
@@ -418,5 +422,7 @@ mod cleartext_tests {
         assert!(cleartext_off_host("http://10.0.0.7:8000/v1/completions"));
         assert!(cleartext_off_host("http://user@gpu-host:8000/v1"));
         assert!(cleartext_off_host("http://[fe80::1]:8000/v1"));
+        assert!(cleartext_off_host("http://127.evil.example/v1"));
+        assert!(!cleartext_off_host("http://127.0.0.2:9/v1"));
     }
 }

@@ -260,7 +260,11 @@ fn parse_length(s: &str) -> Result<Length, String> {
         let mean: f64 = mean.trim().parse().map_err(|_| bad())?;
         let stddev: f64 = stddev.trim().parse().map_err(|_| bad())?;
         return match kind.trim() {
-            "normal" => Ok(Length::Normal { mean, stddev }),
+            "normal" => Ok(Length::Normal {
+                mean,
+                stddev,
+                distribution: None,
+            }),
             "lognormal" => Ok(Length::LogNormal {
                 mean,
                 stddev,
@@ -402,16 +406,22 @@ impl RunArgs {
                 .ok()
                 .filter(|k| !k.trim().is_empty())
         };
+        let has_authorization = e
+            .headers
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("authorization"));
         e.api_key = match (&self.api_key, from_env()) {
             (Some(k), _) => Some(ApiKey {
                 token: k.trim().to_string(),
                 source: "--api-key",
             }),
-            (None, Some(k)) => Some(ApiKey {
+            // The environment's key only where no Authorization header
+            // is given: an explicit header wins, silently.
+            (None, Some(k)) if !has_authorization => Some(ApiKey {
                 token: k.trim().to_string(),
                 source: "OPENAI_API_KEY",
             }),
-            (None, None) => None,
+            (None, _) => None,
         };
         if let Some(key) = &e.api_key {
             if key.token.is_empty() || key.token.chars().any(|c| c.is_control() || c == ' ') {

@@ -192,6 +192,13 @@ fn sweep_section(
         }
         return Ok(());
     };
+    if sa.kind != sb.kind {
+        let _ = writeln!(
+            o,
+            "\n(No sweep curves: one sweep is of concurrencies, the other of rates; their loads do not compare.)"
+        );
+        return Ok(());
+    }
     let (la, lb) = (&opts.labels.0, &opts.labels.1);
     let mut loads: Vec<f64> = sa.steps.iter().chain(&sb.steps).map(|s| s.load).collect();
     loads.sort_by(f64::total_cmp);

@@ -81,6 +81,10 @@ pub(crate) struct PromptGen {
     tokenizer: Option<Box<Tokenizer>>,
     /// The shared prefixes (empty: none).
     prefixes: Vec<std::sync::Arc<str>>,
+    /// Each prefix's tokens, when a random prompt after it adds exactly
+    /// its own (checked once per prefix): then a request's count is the
+    /// sum, and a long prefix is not encoded again for every request.
+    prefix_tokens: Option<Vec<u32>>,
     input: Length,
     output: Length,
     rng: StdRng,
@@ -126,6 +130,20 @@ impl PromptGen {
         } else {
             Vec::new()
         };
+        let prefix_tokens = match (&tokenizer, p.source) {
+            (Some(t), PromptSource::Random) if !prefixes.is_empty() => {
+                let probe = words()?.first().cloned().unwrap_or_default();
+                let counts: Option<Vec<u32>> = prefixes
+                    .iter()
+                    .map(|x: &std::sync::Arc<str>| {
+                        let n = count_tokens(t, x)?;
+                        (count_tokens(t, &format!("{x}{probe}")) == Some(n + 1)).then_some(n)
+                    })
+                    .collect();
+                counts
+            }
+            _ => None,
+        };
         let source = match p.source {
             PromptSource::Random => Source::Random { words: words()? },
             PromptSource::Sharegpt | PromptSource::File => {
@@ -169,6 +187,7 @@ impl PromptGen {
             source,
             tokenizer: tokenizer.map(Box::new),
             prefixes,
+            prefix_tokens,
             input: p.input_tokens,
             output,
             rng,
@@ -202,20 +221,24 @@ impl PromptGen {
             Source::Random { words } => {
                 let want = sample(self.input, &mut self.rng);
                 let prompt = random_prompt(words, self.tokenizer.as_deref(), want, &mut self.rng);
+                let own = self
+                    .tokenizer
+                    .as_deref()
+                    .and_then(|t| count_tokens(t, &prompt));
                 Ask {
                     prompt,
                     prefix: None,
-                    prompt_tokens: None,
+                    prompt_tokens: own,
                     max_tokens,
                 }
             }
             Source::Pool { items, next } => {
-                let (prompt, _, answer) = items[*next % items.len()].clone();
+                let (prompt, own, answer) = items[*next % items.len()].clone();
                 *next += 1;
                 Ask {
                     prompt,
                     prefix: None,
-                    prompt_tokens: None,
+                    prompt_tokens: own,
                     max_tokens: answer.unwrap_or(max_tokens),
                 }
             }
@@ -223,11 +246,16 @@ impl PromptGen {
         if !self.prefixes.is_empty() {
             let g = self.rng.random_range(0..self.prefixes.len());
             ask.prefix = Some((g as u32, self.prefixes[g].clone()));
+            // The whole prompt's count: the sum where the join was checked
+            // to add nothing, else the prompt encoded whole.
+            ask.prompt_tokens = match (&self.prefix_tokens, ask.prompt_tokens) {
+                (Some(counts), Some(own)) => Some(counts[g] + own),
+                _ => self
+                    .tokenizer
+                    .as_deref()
+                    .and_then(|t| count_tokens(t, &ask.full_prompt())),
+            };
         }
-        ask.prompt_tokens = self
-            .tokenizer
-            .as_deref()
-            .and_then(|t| count_tokens(t, &ask.full_prompt()));
         ask
     }
 }
@@ -237,11 +265,11 @@ pub(crate) fn sample(l: Length, rng: &mut StdRng) -> u32 {
     match l {
         Length::Fixed(n) => n,
         Length::Uniform { min, max } => rng.random_range(min..=max),
-        Length::Normal { mean, stddev } => {
+        Length::Normal { mean, stddev, .. } => {
             let v = Normal::new(mean, stddev)
                 .map(|d| d.sample(rng))
                 .unwrap_or(mean);
-            v.round().max(1.0) as u32
+            v.round().clamp(1.0, 1e6) as u32
         }
         Length::LogNormal { mean, stddev, .. } => {
             // The underlying normal's parameters from the lengths' own
@@ -405,8 +433,16 @@ mod tests {
             t.c,
             Length::Normal {
                 mean: 50.0,
-                stddev: 5.0
+                stddev: 5.0,
+                distribution: None,
             }
+        );
+        // A misspelt distribution is an error, not a normal.
+        assert!(
+            toml::from_str::<T>(
+                "a = 5\nb = 5\nc = 5\nd = { mean = 50, stddev = 25, distribution = \"lognorml\" }\n"
+            )
+            .is_err()
         );
         assert!(matches!(
             t.d,

@@ -273,7 +273,7 @@ impl Client {
         if status != 200 {
             let text = read_some(response.into_body(), 512).await;
             let hint = match (status, &self.endpoint.api_key) {
-                (401, None) => {
+                (401 | 403, None) => {
                     " (the endpoint wants credentials: give --api-key KEY or set OPENAI_API_KEY)"
                 }
                 (401 | 403, Some(k)) => match k.source {

@@ -249,11 +249,10 @@ pub(crate) fn build(ctx: Context, outcome: &RunOutcome) -> Results {
         idle_utilization: idle.as_ref().and_then(|w| w.avg_utilization),
     });
     let checks = audit::audit(&figures(&phases, &outcome.stats.phases));
-    let sweep = ctx
-        .plan
-        .sweep
-        .as_ref()
-        .map(|s| crate::sweep::build(s, &phases, &ctx.plan.slo));
+    let sweep =
+        ctx.plan.sweep.as_ref().map(|s| {
+            crate::sweep::build(s, &phases, &ctx.plan.slo, s.step_s * ctx.plan.time_scale)
+        });
     let per_second = outcome
         .stats
         .per_second
@@ -446,7 +445,8 @@ fn phase_result(
             (duration > 0.0).then(|| ClientCost {
                 cpu_s,
                 cpu_per_request_us: (st.sent > 0).then(|| cpu_s * 1e6 / st.sent as f64),
-                cpu_share_of_threads: cpu_s / duration / ctx.client_threads.max(1) as f64,
+                // Of the threads the machine can run at once.
+                cpu_share_of_threads: cpu_s / duration / usable_threads(ctx.client_threads) as f64,
                 threads: ctx.client_threads,
             })
         },
@@ -560,6 +560,13 @@ impl Results {
     pub fn summary(&self) -> String {
         crate::summary::render(self)
     }
+}
+
+/// The client's threads that can run at once: `--threads`, at most the
+/// CPUs this process may use.
+fn usable_threads(threads: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    threads.clamp(1, cpus)
 }
 
 #[cfg(test)]

@@ -15,8 +15,6 @@ use serde::Serialize;
 
 use crate::{app, cli::RunArgs, error::UsageError, plan::parse_phase};
 
-/// A rate whose goodput is within this share of the best: not better.
-const RISING: f64 = 0.02;
 /// The bracket is narrow enough at this width over its middle.
 const NARROW: f64 = 0.10;
 
@@ -29,6 +27,8 @@ struct Probe {
     goodput_fraction: f64,
     failed: u64,
     dir: String,
+    /// It ran its whole length (false: stopped by a signal).
+    complete: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -87,7 +87,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<i32, UsageError> {
     });
     let mut search = Search {
         slo: slo_text.join(", "),
-        step_s,
+        step_s: step_s * base.time_scale,
         probes: Vec::new(),
         best: None,
         stopped: String::new(),
@@ -110,7 +110,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<i32, UsageError> {
         let Some(p) = results.phases.into_iter().find(|p| p.name == "search") else {
             return Ok(None);
         };
+        let complete = c < app::EXIT_SIGNAL_BASE;
         search.probes.push(Probe {
+            complete,
             rate,
             achieved_rate: p.achieved_rate,
             output_tokens_per_s: p.throughput.output_tokens_per_s,
@@ -120,7 +122,21 @@ pub(crate) fn run(args: &RunArgs) -> Result<i32, UsageError> {
             dir: dir.display().to_string(),
         });
         // A signal stops the search with what it has.
-        Ok((c < app::EXIT_SIGNAL_BASE).then_some(p.goodput.output_tokens_per_s))
+        Ok(complete.then_some(p.goodput.output_tokens_per_s))
+    };
+    // A probe that cannot run (a rate past what a phase allows, an out
+    // directory that cannot be written) ends the search; what it found
+    // is still written.
+    let stop_on = |r: Result<Option<f64>, UsageError>, search: &mut Search| match r {
+        Ok(Some(g)) => Some(g),
+        Ok(None) => {
+            search.stopped = "stopped by a signal".into();
+            None
+        }
+        Err(e) => {
+            search.stopped = format!("a probe could not run: {e}");
+            None
+        }
     };
     let max = args.search_max_probes as usize;
     // 1. Double until goodput stops rising: the maximum is in [lo, hi].
@@ -135,11 +151,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<i32, UsageError> {
             );
             break;
         }
-        let Some(g) = probe(rate, &mut search)? else {
-            search.stopped = "stopped by a signal".into();
+        let r = probe(rate, &mut search);
+        let Some(g) = stop_on(r, &mut search) else {
             break;
         };
-        if g > best.1 * (1.0 + RISING) {
+        if g > best.1 {
             lo = prev_rate;
             best = (rate, g);
             prev_rate = rate;
@@ -150,7 +166,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<i32, UsageError> {
         }
     }
     // 2. Golden-section search inside the bracket, around the best rate.
-    if hi.is_finite() {
+    if hi.is_finite() && search.stopped.is_empty() {
         let golden = 0.381_966;
         while search.probes.len() < max {
             let (left, right) = (best.0 - lo, hi - best.0);
@@ -167,8 +183,8 @@ pub(crate) fn run(args: &RunArgs) -> Result<i32, UsageError> {
             } else {
                 best.0 - golden * left
             };
-            let Some(g) = probe(next, &mut search)? else {
-                search.stopped = "stopped by a signal".into();
+            let r = probe(next, &mut search);
+            let Some(g) = stop_on(r, &mut search) else {
                 break;
             };
             if g > best.1 {
@@ -188,10 +204,15 @@ pub(crate) fn run(args: &RunArgs) -> Result<i32, UsageError> {
             search.stopped = format!("{max} probes (--search-max-probes)");
         }
     }
+    // The best whole probe with any goodput; the first of equals.
     search.best = search
         .probes
         .iter()
-        .max_by(|a, b| a.goodput_tokens_per_s.total_cmp(&b.goodput_tokens_per_s))
+        .filter(|p| p.complete && p.goodput_tokens_per_s > 0.0)
+        .fold(None::<&Probe>, |b, p| match b {
+            Some(b) if b.goodput_tokens_per_s >= p.goodput_tokens_per_s => Some(b),
+            _ => Some(p),
+        })
         .cloned();
     let path = out.join("search.json");
     std::fs::write(
@@ -242,6 +263,13 @@ fn render(s: &Search, path: &std::path::Path) -> String {
                 b.goodput_tokens_per_s,
                 short(b.rate),
                 b.goodput_fraction * 100.0,
+                s.stopped
+            );
+        }
+        None if s.probes.iter().any(|p| p.complete) => {
+            let _ = writeln!(
+                o,
+                "no rate met the SLO: give a lower --search-start (or check the errors); {}",
                 s.stopped
             );
         }

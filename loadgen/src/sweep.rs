@@ -4,8 +4,10 @@
 //! back out of the phase results (nothing is measured twice) and names two
 //! loads: the largest one whose P99 latencies stay within every SLO given
 //! (the last step before the first that breaks one), and the one where
-//! throughput stops rising (the next step adds less than
-//! `STILL_RISING`). Invariant: every figure of a step is its phase's.
+//! throughput stops rising (the next step adds less than `STILL_RISING`
+//! of what its added load would: 10 % for a doubling). A step cut short
+//! (the run was stopped) is shown but judges no knee. Invariant: every
+//! figure of a step is its phase's.
 
 use std::fmt::Write as _;
 
@@ -42,6 +44,8 @@ pub struct Step {
     pub failed: u64,
     /// Within every SLO given, at P99 (None: no SLO was given).
     pub within_slo: Option<bool>,
+    /// It ran its whole length (false: the run was stopped in it).
+    pub complete: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,8 +69,9 @@ fn ms(p: &PhaseResult, key: &str, q: fn(&crate::stats::Summary) -> f64) -> Optio
     p.latency.get(key).map(|l| q(l) * 1e3)
 }
 
-/// The curve and its knees from the sweep's phases.
-pub(crate) fn build(sweep: &Sweep, phases: &[PhaseResult], slo: &Slo) -> SweepResult {
+/// The curve and its knees from the sweep's phases; `step_s`: a step's
+/// planned length (after --time-scale).
+pub(crate) fn build(sweep: &Sweep, phases: &[PhaseResult], slo: &Slo, step_s: f64) -> SweepResult {
     let slos: Vec<(&str, &str, f64)> = [
         ("TTFT", "ttft", slo.ttft_ms),
         ("TPOT", "tpot", slo.tpot_ms),
@@ -98,25 +103,35 @@ pub(crate) fn build(sweep: &Sweep, phases: &[PhaseResult], slo: &Slo) -> SweepRe
                 p99_e2e_ms: ms(p, "e2e", |l| l.p99),
                 failed: p.failed,
                 within_slo: within,
+                complete: p.duration_s >= 0.95 * step_s,
             })
         })
         .collect();
+    let judged: Vec<&Step> = steps.iter().filter(|s| s.complete).collect();
     let slo_load = if slos.is_empty() {
         None
     } else {
-        steps
+        judged
             .iter()
             .take_while(|s| s.within_slo == Some(true))
             .last()
             .map(|s| s.load)
     };
-    let saturation_load = steps
+    // Saturated: the next step adds under STILL_RISING of the throughput
+    // its added load would add if throughput followed load.
+    let saturation_load = judged
         .windows(2)
-        .find(|w| w[1].output_tokens_per_s < w[0].output_tokens_per_s * (1.0 + STILL_RISING))
-        .map(|w| w[0].load);
-    let best = steps
-        .iter()
-        .max_by(|a, b| a.output_tokens_per_s.total_cmp(&b.output_tokens_per_s));
+        .find(|w| {
+            let gain = w[1].output_tokens_per_s / w[0].output_tokens_per_s.max(1e-9) - 1.0;
+            gain < STILL_RISING * (w[1].load / w[0].load - 1.0)
+        })
+        .map(|w| w[0].load)
+        .filter(|_| judged.iter().any(|s| s.output_tokens_per_s > 0.0));
+    // The first of equals: the smallest load that gives the most.
+    let best = judged.iter().copied().fold(None::<&Step>, |b, s| match b {
+        Some(b) if b.output_tokens_per_s >= s.output_tokens_per_s => Some(b),
+        _ => Some(s),
+    });
     let slo_text = (!slos.is_empty()).then(|| {
         slos.iter()
             .map(|(name, _, v)| format!("{name} ≤ {v} ms"))
@@ -133,7 +148,8 @@ pub(crate) fn build(sweep: &Sweep, phases: &[PhaseResult], slo: &Slo) -> SweepRe
             max_output_tokens_per_s: best.map_or(0.0, |s| s.output_tokens_per_s),
             note: format!(
                 "slo_load: the largest load before the first step whose P99 breaks an SLO (or that had failures); \
-                 saturation_load: the load after which the next step adds less than {:.0} % output tokens/s",
+                 saturation_load: the load after which the next step adds less than {:.0} % of the throughput \
+                 its added load would (10 % for a doubling); steps cut short judge neither",
                 STILL_RISING * 100.0
             ),
         },
@@ -192,20 +208,41 @@ impl SweepResult {
         }
         let k = &self.knee;
         let u = self.unit();
+        if self.steps.iter().any(|s| !s.complete) {
+            let _ = writeln!(o, "(steps cut short by the stop judge no knee)");
+        }
+        if self.steps.iter().all(|s| s.output_tokens_per_s == 0.0) {
+            let _ = writeln!(o, "knee: no step produced tokens (see the errors above)");
+            return o;
+        }
+        // The step that ended the run within the SLO, and whether its
+        // failures did.
+        let why = match self
+            .steps
+            .iter()
+            .filter(|s| s.complete)
+            .find(|s| s.within_slo == Some(false))
+        {
+            Some(b) if b.failed > 0 => format!(" ({u}{} had {} failed requests)", b.load, b.failed),
+            _ => String::new(),
+        };
         let _ = match (&k.slo, k.slo_load) {
             (None, _) => writeln!(
                 o,
                 "knee: give --slo-ttft-ms, --slo-tpot-ms or --slo-e2e-ms for the largest load within them"
             ),
             (Some(slo), Some(l)) => {
-                writeln!(o, "knee: {u}{l} is the largest load within {slo} at P99")
+                writeln!(
+                    o,
+                    "knee: {u}{l} is the largest load within {slo} at P99{why}"
+                )
             }
-            (Some(slo), None) => writeln!(o, "knee: even the first load breaks {slo} at P99"),
+            (Some(slo), None) => writeln!(o, "knee: even the first load breaks {slo} at P99{why}"),
         };
         let _ = match k.saturation_load {
             Some(l) => writeln!(
                 o,
-                "throughput stops rising at {u}{l} (the next step adds under {:.0} %); most: {:.1} tok/s at {u}{}",
+                "throughput stops rising at {u}{l} (the next step adds under {:.0} % of what its load would); most: {:.1} tok/s at {u}{}",
                 STILL_RISING * 100.0,
                 k.max_output_tokens_per_s,
                 k.max_throughput_load

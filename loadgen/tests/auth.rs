@@ -156,3 +156,24 @@ fn a_key_sent_in_clear_text_off_this_host_is_warned_about() {
     );
     assert!(!r.stderr.contains("clear text"), "{}", r.stderr);
 }
+
+/// A key in the environment never overrides an Authorization header the
+/// user gave: the header is sent, the environment's key is not.
+#[test]
+fn an_authorization_header_wins_over_the_environments_key() {
+    let _g = serial();
+    let server = StreamServer::start(ServerConfig {
+        bearer: Some(KEY.into()),
+        ..ServerConfig::default()
+    });
+    let url = server.url("/v1/completions");
+    let header = format!("Authorization: Bearer {KEY}");
+    let (r, _) = run(
+        &url,
+        &["--header", header.as_str()],
+        Some("sk-from-the-env"),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.phase("s")["failed"], 0);
+    assert!(!r.stderr.contains("OPENAI_API_KEY"), "{}", r.stderr);
+}

@@ -369,8 +369,8 @@ fn annotations_carry_tokens_as_they_arrive() {
 
 /// A shared prefix is sent exactly: K distinct prefixes of exactly N
 /// tokens (the word-level tokenizer's count), each request carrying one
-/// of them in front of its own prompt (the system message for chat), the
-/// server's prompt count equal to ours, and the share reported.
+/// of them in front of its own prompt (the system message for chat), our
+/// count of each whole prompt exact, and the share reported.
 #[test]
 fn shared_prefixes_are_sent_exactly_and_their_share_reported() {
     let _g = serial();

@@ -92,7 +92,9 @@ pub(crate) fn parse_phase(text: &str) -> Result<Phase, UsageError> {
 /// `poisson:0.5,1,2` or `poisson:1..32` (requests per second); a range
 /// steps geometrically, ×2 unless `:xF` follows (`poisson:1..32:x1.5`).
 /// Each load becomes a phase of `step` (`c4`, `r2.5`), with a silence of
-/// `gap` between steps so each starts without the last one's replies.
+/// `gap` between steps (0: none) in which replies of the step before
+/// finish, so they weigh less on the next; an overloaded open-loop step's
+/// backlog can outlast it (then its requests count where they arrive).
 pub(crate) fn parse_sweep(
     text: &str,
     step: &str,
@@ -146,10 +148,13 @@ pub(crate) fn parse_sweep(
             .map(num)
             .collect::<Result<Vec<_>, _>>()?,
     };
-    if kind == PhaseKind::ClosedLoop {
-        for l in &mut loads {
-            *l = l.round().max(1.0);
-        }
+    for l in &mut loads {
+        *l = if kind == PhaseKind::ClosedLoop {
+            l.round().max(1.0)
+        } else {
+            // Three decimals: r0.3, not r0.30000000000000004.
+            ((*l * 1000.0).round() / 1000.0).max(0.001)
+        };
     }
     loads.dedup();
     if loads.windows(2).any(|w| w[1] <= w[0]) {
@@ -164,16 +169,19 @@ pub(crate) fn parse_sweep(
             "give each step's length, e.g. --sweep-step 30s",
         )
     })?;
-    let gap_s = parse_duration(gap).map_err(|e| {
-        UsageError::new(
-            format!("--sweep-gap: {e}"),
-            "give the silence between steps, e.g. --sweep-gap 2s",
-        )
-    })?;
+    let gap_s = match gap.trim() {
+        "0" | "0s" | "0ms" => 0.0,
+        g => parse_duration(g).map_err(|e| {
+            UsageError::new(
+                format!("--sweep-gap: {e}"),
+                "give the silence between steps, e.g. --sweep-gap 2s (or 0)",
+            )
+        })?,
+    };
     let mut phases = Vec::new();
     let mut names = Vec::new();
     for (i, load) in loads.iter().enumerate() {
-        if i > 0 {
+        if i > 0 && gap_s > 0.0 {
             phases.push(parse_phase(&format!("gap{i}=silence:{gap_s}s"))?);
         }
         let (name, spec) = match kind {

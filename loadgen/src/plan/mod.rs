@@ -181,7 +181,18 @@ pub enum Length {
     Normal {
         mean: f64,
         stddev: f64,
+        /// `distribution = "normal"`, or nothing; any other name fails
+        /// both forms, so a typo is an error, not a normal.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        distribution: Option<NormalName>,
     },
+}
+
+/// `distribution = "normal"` in a workload file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormalName {
+    Normal,
 }
 
 /// `distribution = "lognormal"` in a workload file.

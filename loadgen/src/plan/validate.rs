@@ -111,6 +111,15 @@ impl Plan {
         let bad = |problem: String, fix: &str| Err(UsageError::new(problem, fix));
         check_length("prompts.input_tokens", self.prompts.input_tokens)?;
         let p = &self.prompts;
+        if u64::from(p.shared_prefix_tokens) * u64::from(p.prefix_groups) > 16_000_000 {
+            return Err(UsageError::new(
+                format!(
+                    "{} prefix groups of {} tokens are over 16 million tokens to build",
+                    p.prefix_groups, p.shared_prefix_tokens
+                ),
+                "give fewer or shorter shared prefixes",
+            ));
+        }
         if p.shared_prefix_tokens > 131_072 {
             return Err(UsageError::new(
                 format!(
@@ -228,8 +237,8 @@ fn check_length(name: &str, l: Length) -> Result<(), UsageError> {
     let ok = match l {
         Length::Fixed(n) => (1..=1_000_000).contains(&n),
         Length::Uniform { min, max } => min >= 1 && min <= max && max <= 1_000_000,
-        Length::Normal { mean, stddev } | Length::LogNormal { mean, stddev, .. } => {
-            (1.0..=1e6).contains(&mean) && stddev >= 0.0 && stddev.is_finite()
+        Length::Normal { mean, stddev, .. } | Length::LogNormal { mean, stddev, .. } => {
+            (1.0..=1e6).contains(&mean) && (0.0..=1e6).contains(&stddev)
         }
     };
     if ok {
