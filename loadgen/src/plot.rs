@@ -347,170 +347,40 @@ fn sweep_chart<DB: DrawingBackend>(
 ) -> Fallible {
     root.fill(&WHITE).map_err(e)?;
     let (upper, lower) = root.split_vertically(SIZE.1 / 2);
-    let n = s.steps.len();
-    let x_range = -0.5f64..(n as f64 - 0.5);
-    let label = |x: &f64| {
-        let i = x.round();
-        if (x - i).abs() > 1e-6 || i < 0.0 {
-            return String::new();
-        }
-        s.steps
-            .get(i as usize)
-            .map_or(String::new(), |st| short(st.load))
-    };
-    let unit = if s.kind == crate::plan::PhaseKind::ClosedLoop {
-        "concurrency"
-    } else {
-        "Poisson rate (requests/s)"
-    };
-    let knees: Vec<(f64, RGBColor)> = [(s.knee.slo_load, RED), (s.knee.saturation_load, BLUE)]
+    let loads: Vec<f64> = s.steps.iter().map(|st| st.load).collect();
+    let axis = StepAxis::new(&loads, s.kind);
+    let marks: Vec<(f64, RGBColor)> = [(s.knee.slo_load, RED), (s.knee.saturation_load, BLUE)]
         .into_iter()
-        .filter_map(|(l, c)| {
-            let l = l?;
-            s.steps
-                .iter()
-                .position(|st| st.load == l)
-                .map(|i| (i as f64, c))
-        })
+        .filter_map(|(l, c)| Some((axis.at(l?), c)))
         .collect();
-    let top = s
-        .steps
-        .iter()
-        .map(|st| st.output_tokens_per_s)
-        .fold(0.0, f64::max)
-        .max(1.0)
-        * 1.15;
-    let mut chart = ChartBuilder::on(&upper)
-        .caption(
-            "Sweep: throughput and P99 latency by load",
-            ("sans-serif", 20),
-        )
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x_range.clone(), 0f64..top)
-        .map_err(e)?;
-    chart
-        .configure_mesh()
-        .x_labels(n.min(24))
-        .x_label_formatter(&label)
-        .y_desc("output tokens/s")
-        .light_line_style(TRANSPARENT)
-        .label_style(("sans-serif", 13))
-        .draw()
-        .map_err(e)?;
-    let points = |f: &dyn Fn(&crate::sweep::Step) -> Option<f64>| -> Vec<(f64, f64)> {
-        s.steps
+    let line = |name: &str, color, pick: fn(&crate::sweep::Step) -> Option<f64>| {
+        let points = s
+            .steps
             .iter()
-            .enumerate()
-            .filter_map(|(i, st)| f(st).map(|v| (i as f64, v)))
-            .collect()
+            .filter_map(|st| pick(st).map(|v| (axis.at(st.load), v)))
+            .collect();
+        (name.to_string(), color, points)
     };
-    for (series, color, name) in [
-        (
-            points(&|st| Some(st.output_tokens_per_s)),
-            BLUE,
-            "throughput",
-        ),
-        (
-            points(&|st| Some(st.goodput_tokens_per_s)),
-            GREEN,
-            "goodput",
-        ),
-    ] {
-        chart
-            .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))
-            .map_err(e)?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(
-                series
-                    .into_iter()
-                    .map(|p| Circle::new(p, 4, color.filled())),
-            )
-            .map_err(e)?;
-    }
-    for (x, c) in &knees {
-        chart
-            .draw_series(DashedLineSeries::new(
-                vec![(*x, 0.0), (*x, top)],
-                6,
-                4,
-                c.stroke_width(1),
-            ))
-            .map_err(e)?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(e)?;
-
-    let lat_top = s
-        .steps
-        .iter()
-        .flat_map(|st| [st.p99_ttft_ms, st.p99_e2e_ms])
-        .flatten()
-        .fold(0.0, f64::max)
-        .max(1.0)
-        * 1.15;
-    let mut chart = ChartBuilder::on(&lower)
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x_range, 0f64..lat_top)
-        .map_err(e)?;
-    chart
-        .configure_mesh()
-        .x_labels(n.min(24))
-        .x_label_formatter(&label)
-        .x_desc(unit)
-        .y_desc("P99 (ms)")
-        .light_line_style(TRANSPARENT)
-        .label_style(("sans-serif", 13))
-        .draw()
-        .map_err(e)?;
-    for (series, color, name) in [
-        (points(&|st| st.p99_ttft_ms), ORANGE, "P99 TTFT"),
-        (points(&|st| st.p99_e2e_ms), RED, "P99 E2E"),
-    ] {
-        chart
-            .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))
-            .map_err(e)?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(
-                series
-                    .into_iter()
-                    .map(|p| Circle::new(p, 4, color.filled())),
-            )
-            .map_err(e)?;
-    }
-    for (x, c) in &knees {
-        chart
-            .draw_series(DashedLineSeries::new(
-                vec![(*x, 0.0), (*x, lat_top)],
-                6,
-                4,
-                c.stroke_width(1),
-            ))
-            .map_err(e)?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(e)?;
+    axis.panel(
+        &upper,
+        Some("Sweep: throughput and P99 latency by load"),
+        "output tokens/s",
+        &[
+            line("throughput", BLUE, |st| Some(st.output_tokens_per_s)),
+            line("goodput", GREEN, |st| Some(st.goodput_tokens_per_s)),
+        ],
+        &marks,
+    )?;
+    axis.panel(
+        &lower,
+        None,
+        "P99 (ms)",
+        &[
+            line("P99 TTFT", ORANGE, |st| st.p99_ttft_ms),
+            line("P99 E2E", RED, |st| st.p99_e2e_ms),
+        ],
+        &marks,
+    )?;
     root.present().map_err(e)
 }
 
@@ -521,90 +391,147 @@ pub(crate) fn sweep_compare(
     a: (&str, &crate::sweep::SweepResult),
     b: (&str, &crate::sweep::SweepResult),
 ) -> Result<Vec<PathBuf>, String> {
-    let mut loads: Vec<f64> = a.1.steps.iter().chain(&b.1.steps).map(|s| s.load).collect();
-    loads.sort_by(f64::total_cmp);
-    loads.dedup();
     both(
         dir,
         "sweep_compare",
-        |r| overlay_chart(r, &loads, a, b),
-        |r| overlay_chart(r, &loads, a, b),
+        |r| overlay_chart(r, a, b),
+        |r| overlay_chart(r, a, b),
     )
 }
 
 fn overlay_chart<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
-    loads: &[f64],
     a: (&str, &crate::sweep::SweepResult),
     b: (&str, &crate::sweep::SweepResult),
 ) -> Fallible {
     root.fill(&WHITE).map_err(e)?;
     let (upper, lower) = root.split_vertically(SIZE.1 / 2);
-    let n = loads.len();
-    let x_range = -0.5f64..(n as f64 - 0.5);
-    let label = |x: &f64| {
-        let i = x.round();
-        if (x - i).abs() > 1e-6 || i < 0.0 {
-            return String::new();
-        }
-        loads.get(i as usize).map_or(String::new(), |l| short(*l))
+    let mut loads: Vec<f64> = a.1.steps.iter().chain(&b.1.steps).map(|s| s.load).collect();
+    loads.sort_by(f64::total_cmp);
+    loads.dedup();
+    let axis = StepAxis::new(&loads, a.1.kind);
+    let lines = |pick: fn(&crate::sweep::Step) -> Option<f64>| {
+        [(a, BLUE), (b, ORANGE)]
+            .into_iter()
+            .map(|((name, s), color)| {
+                let points = s
+                    .steps
+                    .iter()
+                    .filter_map(|st| pick(st).map(|v| (axis.at(st.load), v)))
+                    .collect();
+                (name.to_string(), color, points)
+            })
+            .collect::<Vec<_>>()
     };
-    let pos = |l: f64| loads.iter().position(|x| *x == l).unwrap_or(0) as f64;
-    type Pick = fn(&crate::sweep::Step) -> Option<f64>;
-    let panels: [(&DrawingArea<DB, Shift>, &str, Pick); 2] = [
-        (&upper, "output tokens/s", |s| Some(s.output_tokens_per_s)),
-        (&lower, "P99 E2E (ms)", |s| s.p99_e2e_ms),
-    ];
-    for (i, (area, y_desc, pick)) in panels.into_iter().enumerate() {
-        let top = [a.1, b.1]
+    let caption = format!("Sweeps: {} against {}", a.0, b.0);
+    axis.panel(
+        &upper,
+        Some(&caption),
+        "output tokens/s",
+        &lines(|st| Some(st.output_tokens_per_s)),
+        &[],
+    )?;
+    axis.panel(
+        &lower,
+        None,
+        "P99 E2E (ms)",
+        &lines(|st| st.p99_e2e_ms),
+        &[],
+    )?;
+    root.present().map_err(e)
+}
+
+/// The x axis of sweep charts: one position per load, labelled with it.
+struct StepAxis<'a> {
+    loads: &'a [f64],
+    unit: &'static str,
+}
+
+type Line = (String, RGBColor, Vec<(f64, f64)>);
+
+impl<'a> StepAxis<'a> {
+    fn new(loads: &'a [f64], kind: crate::plan::PhaseKind) -> Self {
+        let unit = if kind == crate::plan::PhaseKind::ClosedLoop {
+            "concurrency"
+        } else {
+            "Poisson rate (requests/s)"
+        };
+        Self { loads, unit }
+    }
+
+    /// A load's position (0 when it is not one of the axis's).
+    fn at(&self, load: f64) -> f64 {
+        self.loads.iter().position(|l| *l == load).unwrap_or(0) as f64
+    }
+
+    /// One panel: the lines with a dot at each point, a legend, and the
+    /// dashed `marks` at positions; the axis title on the lower panel.
+    fn panel<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+        caption: Option<&str>,
+        y_desc: &str,
+        lines: &[Line],
+        marks: &[(f64, RGBColor)],
+    ) -> Fallible {
+        let n = self.loads.len();
+        let top = lines
             .iter()
-            .flat_map(|s| s.steps.iter().filter_map(pick))
+            .flat_map(|(_, _, p)| p.iter().map(|(_, y)| *y))
             .fold(0.0, f64::max)
             .max(1.0)
             * 1.15;
         let mut builder = ChartBuilder::on(area);
         builder
             .margin(10)
-            .x_label_area_size(if i == 0 { 30 } else { 40 })
+            .x_label_area_size(if caption.is_some() { 30 } else { 40 })
             .y_label_area_size(70);
-        if i == 0 {
-            builder.caption(
-                format!("Sweeps: {} against {}", a.0, b.0),
-                ("sans-serif", 20),
-            );
+        if let Some(c) = caption {
+            builder.caption(c, ("sans-serif", 20));
         }
         let mut chart = builder
-            .build_cartesian_2d(x_range.clone(), 0f64..top)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top)
             .map_err(e)?;
+        let label = |x: &f64| {
+            let i = x.round();
+            if (x - i).abs() > 1e-6 || i < 0.0 {
+                return String::new();
+            }
+            self.loads
+                .get(i as usize)
+                .map_or(String::new(), |l| short(*l))
+        };
         let mut mesh = chart.configure_mesh();
         mesh.x_labels(n.min(24))
             .x_label_formatter(&label)
             .y_desc(y_desc)
             .light_line_style(TRANSPARENT)
             .label_style(("sans-serif", 13));
-        if i == 1 {
-            mesh.x_desc("load");
+        if caption.is_none() {
+            mesh.x_desc(self.unit);
         }
         mesh.draw().map_err(e)?;
-        for ((name, s), color) in [a, b].into_iter().zip([BLUE, ORANGE]) {
-            let points: Vec<(f64, f64)> = s
-                .steps
-                .iter()
-                .filter_map(|st| pick(st).map(|v| (pos(st.load), v)))
-                .collect();
+        for (name, color, points) in lines {
+            let color = *color;
             chart
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
                 .map_err(e)?
-                .label(name.to_string())
+                .label(name.clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });
             chart
-                .draw_series(
-                    points
-                        .into_iter()
-                        .map(|p| Circle::new(p, 4, color.filled())),
-                )
+                .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
+                .map_err(e)?;
+        }
+        for (x, c) in marks {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(*x, 0.0), (*x, top)],
+                    6,
+                    4,
+                    c.stroke_width(1),
+                ))
                 .map_err(e)?;
         }
         chart
@@ -613,7 +540,6 @@ fn overlay_chart<DB: DrawingBackend>(
             .border_style(BLACK)
             .label_font(("sans-serif", 13))
             .draw()
-            .map_err(e)?;
+            .map_err(e)
     }
-    root.present().map_err(e)
 }

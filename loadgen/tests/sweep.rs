@@ -9,12 +9,13 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-#[test]
-fn a_closed_loop_sweep_finds_the_knee_of_a_server_with_known_capacity() {
-    let _g = serial();
+/// A closed-loop sweep of 1, 2, 4, 8 against a server of `capacity`,
+/// 200 ms replies, E2E SLO 300 ms: (the run, the server's largest number
+/// of requests served at once).
+fn capacity_sweep(capacity: usize) -> (Run, usize) {
     let server = StreamServer::start(ServerConfig {
         token_ms: 20.0,
-        capacity: Some(2),
+        capacity: Some(capacity),
         ..ServerConfig::default()
     });
     let url = server.url("/v1/completions");
@@ -34,6 +35,14 @@ fn a_closed_loop_sweep_finds_the_knee_of_a_server_with_known_capacity() {
         "300",
     ]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let most = server.log.lock().unwrap().max_in_flight;
+    (run, most)
+}
+
+#[test]
+fn a_closed_loop_sweep_finds_the_knee_of_a_server_with_known_capacity() {
+    let _g = serial();
+    let (run, most) = capacity_sweep(2);
     let r = run.results();
     let sweep = &r["sweep"];
     let steps = sweep["steps"].as_array().unwrap();
@@ -66,7 +75,7 @@ fn a_closed_loop_sweep_finds_the_knee_of_a_server_with_known_capacity() {
     assert_eq!(knee["slo"], "E2E ≤ 300 ms");
     assert!(steps[2]["within_slo"] == false && steps[1]["within_slo"] == true);
     // The server never served more than its capacity.
-    assert!(server.log.lock().unwrap().max_in_flight <= 2);
+    assert!(most <= 2, "{most} served at once");
     // Told on the terminal, drawn, and valid against the schema.
     assert!(
         run.stdout
@@ -150,31 +159,7 @@ fn a_poisson_sweep_steps_geometrically_and_bad_sweeps_name_the_fix() {
 #[test]
 fn compare_sets_two_sweeps_side_by_side_and_overlays_their_curves() {
     let _g = serial();
-    let sweep = |capacity: usize| {
-        let server = StreamServer::start(ServerConfig {
-            token_ms: 20.0,
-            capacity: Some(capacity),
-            ..ServerConfig::default()
-        });
-        let url = server.url("/v1/completions");
-        let run = loadgen(&[
-            "--url",
-            url.as_str(),
-            "--sweep",
-            "closed:1..8",
-            "--sweep-step",
-            "2s",
-            "--sweep-gap",
-            "300ms",
-            "--max-tokens",
-            "10",
-            "--slo-e2e-ms",
-            "300",
-        ]);
-        assert_eq!(run.code, 0, "{}", run.stderr);
-        run
-    };
-    let (two, four) = (sweep(2), sweep(4));
+    let (two, four) = (capacity_sweep(2).0, capacity_sweep(4).0);
     assert_eq!(four.results()["sweep"]["knee"]["saturation_load"], 4.0);
     let plots = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(gapscope_testkit::loadgen_bin())
