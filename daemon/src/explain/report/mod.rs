@@ -376,13 +376,18 @@ fn gpu_split(inp: &Inputs, start_ns: u64, end_ns: u64) -> Vec<GpuSplit> {
             .iter()
             .find(|g| g.device == device && g.source == source)
             .map(|g| {
+                // As of the window's end, like the window's idle: the
+                // explainer may have settled the gap a little past it
+                // while the report was being made.
+                let until = g.now_ns.min(end_ns).max(g.since_ns);
                 let mut whole = Split::default();
                 for seg in &g.segments {
-                    whole.idle_ns[seg.cause.index()] += seg.end_ns - seg.start_ns;
+                    whole.idle_ns[seg.cause.index()] +=
+                        seg.end_ns.min(until).saturating_sub(seg.start_ns);
                 }
                 OpenGapReport {
                     since_ns: g.since_ns,
-                    seconds: g.now_ns.saturating_sub(g.since_ns) as f64 / 1e9,
+                    seconds: until.saturating_sub(g.since_ns) as f64 / 1e9,
                     idle_by_cause: describe(&device, source, &whole, None, &[]).idle_by_cause,
                 }
             });
