@@ -121,7 +121,7 @@ def model_name(plan):
     return "tiny-llama" if plan["shape"] == "tiny" else plan["shape"]
 
 
-def prepare_wrapper(result, args, py, work, limit):
+def prepare_wrapper(args, py, work, limit):
     """(python, serve.py stack, note): BentoML where it can run, the
     fallback otherwise."""
     try:
@@ -299,7 +299,7 @@ def run_experiment(result, args, mode, daemon_factory, work, tools):
         wrapper = {}
         section(result, "prepare the wrapper", limits["prepare the wrapper"],
                 lambda: wrapper.update(zip(("py", "kind", "note"),
-                                           prepare_wrapper(result, args, py, work, limits["prepare the wrapper"]))))
+                                           prepare_wrapper(args, py, work, limits["prepare the wrapper"]))))
         if not wrapper:
             wrapper = {"py": py, "kind": "wrapper-fallback", "note": "the fallback: preparing BentoML failed"}
         stacks = {"python-wrapper": (wrapper["py"], wrapper["kind"], wrapper["note"]),
