@@ -25,6 +25,9 @@ RI = "$__rate_interval"
 SVC = 'instance=~"$instance", service=~"$service"'
 INST = 'instance=~"$instance"'
 GPU = 'instance=~"$instance", gpu=~"$gpu"'
+# The load generator's own metrics (`--metrics-listen`): its host is a
+# variable of its own, since it rarely runs where gapscoped does.
+CLIENT = 'instance=~"$client"'
 
 
 def panel(title, unit, description, *targets, kind="timeseries", stack=False, legend="table", minimum=None):
@@ -97,6 +100,7 @@ def templating(extra=()):
 
 SERVICE_VAR = variable_query("service", "Service", 'label_values(gapscope_service_processes{instance=~"$instance"}, service)')
 GPU_VAR = variable_query("gpu", "GPU", 'label_values(gapscope_gpu_utilization_ratio{instance=~"$instance"}, gpu)')
+CLIENT_VAR = variable_query("client", "Load generator", "label_values(gapscope_client_info, instance)")
 
 PHASES = {
     "builtIn": 0,
@@ -204,6 +208,19 @@ GPU_IDLE = dashboard(
               (f"sum by (service, device, source) (rate(gapscope_gpu_idle_seconds_total{{{SVC}}}[{RI}]))", "idle {{service}} {{device}} ({{source}})"), minimum=0),
         panel("Idle gaps attributed per second", "ops", "Idle gaps the attribution closed, per second: many short gaps are launch overhead, few long ones a stalled host.",
               (f"sum by (service, device) (rate(gapscope_gpu_idle_gaps_total{{{SVC}}}[{RI}]))", "{{service}} {{device}}")),
+        row("The client's view (gapscope-loadgen --metrics-listen)"),
+        panel("Client output tokens per second by phase", "short", "Output tokens per second the load generator received, by the phase that sent the request (counted when each request ends): the throughput the GPU's idle time costs.",
+              (f"sum by (phase) (rate(gapscope_client_output_tokens_total{{{CLIENT}}}[{RI}]))", "{{phase}}"), stack=True, minimum=0),
+        panel("Client requests per second and in flight", "short", "Requests finished per second by phase and outcome (ok, error; errors by kind are in gapscope_client_request_errors_total), and requests in flight now.",
+              (f"sum by (phase, outcome) (rate(gapscope_client_requests_total{{{CLIENT}}}[{RI}]))", "{{phase}} {{outcome}}/s"),
+              (f"sum(gapscope_client_requests_in_flight{{{CLIENT}}})", "in flight"), minimum=0),
+        panel("Client TTFT and E2E (p50, p99)", "s", "Time to first token and end-to-end latency as the client measured them, by phase (histograms of successful requests).",
+              (quantile(0.5, "gapscope_client_ttft_seconds", CLIENT, "phase"), "TTFT p50 {{phase}}"),
+              (quantile(0.99, "gapscope_client_ttft_seconds", CLIENT, "phase"), "TTFT p99 {{phase}}"),
+              (quantile(0.99, "gapscope_client_e2e_seconds", CLIENT, "phase"), "E2E p99 {{phase}}")),
+        panel("Client inter-token latency (p50, p99)", "s", "Time between output tokens as the client received them, per token (a chunk of k tokens after a gap g counts k tokens of g/k).",
+              (quantile(0.5, "gapscope_client_itl_seconds", CLIENT, "phase"), "p50 {{phase}}"),
+              (quantile(0.99, "gapscope_client_itl_seconds", CLIENT, "phase"), "p99 {{phase}}")),
         row("Busy and idle (CUPTI)"),
         panel("GPU busy share by service", "percentunit", "Share of wall time with at least one kernel, copy or memset of the service running on the device (union of CUPTI intervals: overlapping streams count once).",
               (f"sum by (service, device) (rate(gapscope_gpu_busy_seconds_total{{{SVC}}}[{RI}]))", "{{service}} GPU {{device}}"), minimum=0),
@@ -229,7 +246,7 @@ GPU_IDLE = dashboard(
         panel("NVML utilization (any process)", "percentunit", "NVML's view for comparison: it counts any kernel of any process and says nothing about why the GPU waits.",
               (f"gapscope_gpu_utilization_ratio{{{INST}}}", "GPU {{gpu}}"), minimum=0),
     ],
-    variables=[SERVICE_VAR],
+    variables=[SERVICE_VAR, CLIENT_VAR],
     tags=["gpu"],
 )
 

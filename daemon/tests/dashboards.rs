@@ -190,15 +190,22 @@ fn every_panel_passes_the_lint_rules() {
                         }
                     }
                 }
-                // Every selector filters by host, so one dashboard serves a fleet.
+                // Every selector filters by host, so one dashboard serves a
+                // fleet: gapscoped's by $instance, the load generator's own
+                // metrics by $client.
                 for m in metric_names(expr) {
+                    let host = if m.starts_with("gapscope_client_") {
+                        "instance=~\"$client\""
+                    } else {
+                        "instance=~\"$instance\""
+                    };
                     let filtered = expr.match_indices(&m).all(|(i, _)| {
                         expr[i + m.len()..].starts_with('{')
                             && expr[i + m.len()..]
                                 .split('}')
                                 .next()
                                 .unwrap()
-                                .contains("instance=~\"$instance\"")
+                                .contains(host)
                     });
                     if !filtered {
                         problems.push(format!("{at}: {m} not filtered by $instance"));
@@ -310,6 +317,7 @@ fn unix_now() -> f64 {
 fn substitute(expr: &str) -> String {
     expr.replace("$__rate_interval", "30s")
         .replace("$instance", ".*")
+        .replace("$client", ".*")
         .replace("$service_a", "stack")
         .replace("$service_b", "stack")
         .replace("$service", ".*")
@@ -362,9 +370,13 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     };
     let socket = format!("/tmp/gapscope-test-{}.sock", daemon.port);
     let rules = repo_root().join("grafana/prometheus/gapscope-alerts.yml");
+    // The load generator serves its own metrics too (the GPU idle
+    // dashboard's client row).
+    let client_port = free_port();
     let prom = Prometheus::start(
         &format!(
-            "  - job_name: gapscoped\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            "  - job_name: gapscoped\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n\
+             \x20 - job_name: loadgen\n    static_configs:\n      - targets: ['127.0.0.1:{client_port}']\n",
             daemon.port
         ),
         &[rules],
@@ -404,6 +416,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
                     "stress=closed:4:6s",
                 ])
                 .args(["--max-tokens", "24", "--quiet", "--gapscoped", &gapscoped])
+                .args(["--metrics-listen", &format!("127.0.0.1:{client_port}")])
                 .arg("--out")
                 .arg(out.path())
                 .output()
@@ -508,7 +521,12 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             continue;
         }
         for q in queries {
-            for m in metric_names(&q) {
+            // The load generator's metrics are proven by the query alone
+            // (it has exited by now).
+            for m in metric_names(&q)
+                .into_iter()
+                .filter(|m| !m.starts_with("gapscope_client_"))
+            {
                 let present = exposed
                     .lines()
                     .any(|l| l.starts_with(&format!("{m}{{")) || l.starts_with(&format!("{m} ")));

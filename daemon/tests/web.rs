@@ -4,81 +4,16 @@
 
 use std::{path::Path, process::Command};
 
-use gapscope_testkit::{Daemon, gapscoped_bin, prometheus::Prometheus, require_root, serial};
+use gapscope_testkit::{
+    Daemon, gapscoped_bin, loadgen_bin,
+    prometheus::Prometheus,
+    require_root, serial,
+    stream_server::{ServerConfig, StreamServer},
+    tls::make_certificates,
+};
 
 const SERVICE: &str = "[[service]]\nname = \"none\"\ncmdline = \"^nothing-matches-this$\"\n";
 const PASSWORD: &str = "correct horse";
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate,
-/// made with openssl in `dir`.
-fn make_certificates(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=gapscope test CA",
-    ]);
-    for (name, ext) in [
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-        ("client", "extendedKeyUsage=clientAuth"),
-    ] {
-        run(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN=gapscope test {name}"),
-        ]);
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-        ]);
-    }
-}
 
 /// curl's status code and headers+body for an HTTPS request; code 0 when
 /// no HTTP answer came (handshake refused).
@@ -248,6 +183,141 @@ fn client_certificates_are_required_and_verified_when_configured() {
     );
     prom.wait_target("mtls", "up");
     assert!(daemon.log_text().contains("client certificates verified"));
+}
+
+/// gapscope-loadgen against the stream server, posting its phases to the
+/// daemon at `gapscoped` with `args`, GAPSCOPED_PASSWORD set to
+/// `password`: (exit code, stderr, results.json, every byte it wrote).
+fn loadgen_run(
+    gapscoped: &str,
+    args: &[String],
+    password: Option<&str>,
+) -> (i32, String, serde_json::Value, String) {
+    let server = StreamServer::start(ServerConfig::default());
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(loadgen_bin());
+    cmd.args(["--url", &server.url("/v1/completions")])
+        .args([
+            "--phase",
+            "warm=constant:10:1s",
+            "--phase",
+            "cooldown=silence:0.5s",
+        ])
+        .args(["--max-tokens", "4", "--no-plots", "--quiet"])
+        .args(["--gapscoped", gapscoped])
+        .args(["--telemetry", &format!("gapscoped={gapscoped}")])
+        .args(args)
+        .arg("--out")
+        .arg(out.path())
+        .env_remove("GAPSCOPED_PASSWORD");
+    if let Some(p) = password {
+        cmd.env("GAPSCOPED_PASSWORD", p);
+    }
+    let o = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let mut everything = String::from_utf8_lossy(&o.stdout).into_owned() + &stderr;
+    for entry in std::fs::read_dir(out.path()).unwrap() {
+        everything += &String::from_utf8_lossy(&std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    let results = std::fs::read_to_string(out.path().join("results.json"))
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap_or_default();
+    (o.status.code().unwrap_or(-1), stderr, results, everything)
+}
+
+/// The annotations a daemon holds for `run_id`, read over HTTPS.
+fn annotations_of(port: u16, dir: &Path, auth: &[&str], run_id: &str) -> Vec<String> {
+    let (code, text) = curl(port, dir, "/api/v1/annotations", auth);
+    assert_eq!(code, 200, "{text}");
+    let body = &text[text.find("\r\n\r\n").map_or(0, |i| i + 4)..];
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["run_id"] == run_id)
+        .map(|a| {
+            format!(
+                "{} {}",
+                a["phase"].as_str().unwrap(),
+                a["event"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_load_generator_reaches_gapscoped_through_its_web_config() {
+    require_root();
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let phases = ["warm start", "warm end", "cooldown start", "cooldown end"];
+
+    // TLS and basic auth, as the README's web config shows.
+    let hash = gapscope_testkit::hash_password(PASSWORD, 6);
+    let web = format!(
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n\
+         basic_auth_users:\n  prometheus: '{hash}'\n"
+    );
+    let creds = format!("prometheus:{PASSWORD}");
+    let daemon = start_daemon(dir.path(), &web, vec!["-u".into(), creds.clone()]);
+    let url = format!("https://127.0.0.1:{}", daemon.port);
+    let args: Vec<String> = ["--cacert", &p("ca.pem"), "--gapscoped-user", "prometheus"]
+        .map(String::from)
+        .to_vec();
+    let (code, stderr, results, everything) = loadgen_run(&url, &args, Some(PASSWORD));
+    assert_eq!(code, 0, "{stderr}");
+    let run_id = results["run"]["run_id"].as_str().unwrap();
+    assert_eq!(
+        annotations_of(daemon.port, dir.path(), &["-u", &creds], run_id),
+        phases
+    );
+    // Telemetry was read through the same door: readings where NVML has
+    // them, else the exporter answered and lacked the GPU series.
+    let source = &results["telemetry"]["source"];
+    assert_eq!(source["url"], format!("{url}/metrics"));
+    if source["samples"].as_u64() == Some(0) {
+        let e = source["last_error"].as_str().unwrap_or_default();
+        assert!(e.contains("gapscope_gpu_power_watts"), "{source}");
+    }
+    assert!(!everything.contains(PASSWORD), "the password leaked");
+
+    // A wrong password: the run goes on, and says what to fix.
+    let (code, stderr, results, _) = loadgen_run(&url, &args, Some("wrong"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("HTTP 401") && stderr.contains("--gapscoped-user"),
+        "{stderr}"
+    );
+    let run_id = results["run"]["run_id"].as_str().unwrap();
+    assert!(annotations_of(daemon.port, dir.path(), &["-u", &creds], run_id).is_empty());
+    // No password at all, or basic auth over plain HTTP, stops it first.
+    let (code, stderr, ..) = loadgen_run(&url, &args, None);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("GAPSCOPED_PASSWORD"), "{stderr}");
+    let plain = format!("http://127.0.0.1:{}", daemon.port);
+    let (code, stderr, ..) = loadgen_run(&plain, &args, Some(PASSWORD));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("clear text"), "{stderr}");
+    drop(daemon);
+
+    // Mutual TLS: the client certificate opens the door.
+    let web = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  \
+               client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n";
+    let cert = ["--cert", &p("client.pem"), "--key", &p("client.key")].map(String::from);
+    let daemon = start_daemon(dir.path(), web, cert.to_vec());
+    let url = format!("https://127.0.0.1:{}", daemon.port);
+    let args: Vec<String> = [&["--cacert".to_string(), p("ca.pem")][..], &cert].concat();
+    let (code, stderr, results, _) = loadgen_run(&url, &args, None);
+    assert_eq!(code, 0, "{stderr}");
+    let run_id = results["run"]["run_id"].as_str().unwrap();
+    let auth: Vec<&str> = cert.iter().map(String::as_str).collect();
+    assert_eq!(
+        annotations_of(daemon.port, dir.path(), &auth, run_id),
+        phases
+    );
 }
 
 #[test]

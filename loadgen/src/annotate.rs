@@ -34,12 +34,18 @@ pub(crate) struct Annotator {
 }
 
 impl Annotator {
-    pub(crate) fn new(base: &str, run_id: String, service: Option<String>, clock: Clock) -> Self {
+    pub(crate) fn new(
+        base: &str,
+        client: SideClient,
+        run_id: String,
+        service: Option<String>,
+        clock: Clock,
+    ) -> Self {
         Self {
             url: format!("{}/api/v1/annotations", base.trim_end_matches('/')),
             run_id,
             service,
-            client: SideClient::default(),
+            client,
             posted: Arc::default(),
             failed: Arc::default(),
             warned: Arc::default(),
@@ -106,6 +112,10 @@ impl Annotator {
                     failed.fetch_add(1, Ordering::Relaxed);
                     if !warned.swap(true, Ordering::Relaxed) {
                         let why = match outcome {
+                            Ok((401, body)) => format!(
+                                "HTTP 401: {}; gapscoped's web config wants basic auth: give --gapscoped-user USER and the password in GAPSCOPED_PASSWORD",
+                                body.trim()
+                            ),
                             Ok((status, body)) => format!("HTTP {status}: {}", body.trim()),
                             Err(e) => e,
                         };

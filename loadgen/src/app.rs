@@ -14,15 +14,18 @@ use crate::{
     cli::{AuditArgs, RunArgs},
     clock::{Clock, precise_timers},
     error::UsageError,
+    exporter::{self, Exporter},
     flops::{self, ModelShape},
+    http::SideClient,
     live::Live,
-    plan::ModelSpec,
+    plan::{ModelSpec, TelemetrySource},
     plot,
     prompts::{PromptGen, load_tokenizer},
     request::Client,
     results::{self, Context},
     runner,
     telemetry::Scraper,
+    tls::Transport,
 };
 
 /// Exit statuses.
@@ -91,10 +94,22 @@ pub(crate) fn run_plan(
         }
     }
 
+    let transport = Transport::new(&plan.tls)?;
+    let metrics_listener = args
+        .metrics_listen
+        .as_deref()
+        .map(exporter::bind)
+        .transpose()?;
+    if plan.tls.insecure {
+        eprintln!(
+            "gapscope-loadgen: warning: --insecure: server certificates are not checked; the traffic is encrypted but anyone on the path can pose as the server"
+        );
+    }
     let (outcome, telemetry, clock, annotations) = runtime.block_on(async {
         let clock = Clock::start();
         let live = Arc::new(Live::default());
         let client = Arc::new(Client::new(
+            &transport,
             Arc::new(plan.endpoint.clone()),
             plan.output.fixed,
             tokenizer,
@@ -102,26 +117,51 @@ pub(crate) fn run_plan(
             u64::from_str_radix(&run_id, 16).unwrap_or(0),
             live.tokens.clone(),
         ));
-        let scraper = plan.telemetry.as_ref().map(|t| Scraper::start(t, clock));
+        // gapscoped's password goes to gapscoped only.
+        let to_gapscoped = SideClient::new(&transport, plan.gapscoped_auth.as_ref());
+        let scraper = plan.telemetry.as_ref().map(|t| {
+            let client = if t.source == TelemetrySource::Gapscoped {
+                to_gapscoped.clone()
+            } else {
+                SideClient::new(&transport, None)
+            };
+            Scraper::start(t, clock, client)
+        });
         let annotator = plan.gapscoped.as_deref().map(|g| {
             Arc::new(Annotator::new(
                 g,
+                to_gapscoped.clone(),
                 run_id.clone(),
                 plan.gapscoped_service.clone(),
                 clock,
             ))
         });
         let progress = (!quiet).then(|| progress_bar(plan, live.clone(), clock));
+        let exporter = metrics_listener.map(|listener| {
+            let e = Arc::new(Exporter::new(plan, &run_id, live.clone()));
+            (e.clone(), exporter::serve(e, listener))
+        });
         let outcome = runner::run(
             plan,
             client,
             prompts,
             clock,
-            live,
-            annotator.clone(),
-            Some(Box::new(BufWriter::new(jsonl))),
+            live.clone(),
+            runner::Outputs {
+                annotator: annotator.clone(),
+                exporter: exporter.as_ref().map(|(e, _)| e.clone()),
+                jsonl: Some(Box::new(BufWriter::new(jsonl))),
+            },
         )
         .await;
+        if let Some((_, server)) = exporter {
+            // No phase runs any more; the final counts stay up a while.
+            live.set_phase("");
+            if let Some(s) = args.metrics_linger {
+                tokio::time::sleep(Duration::from_secs_f64(s)).await;
+            }
+            server.abort();
+        }
         if let Some((bar, task)) = progress {
             task.abort();
             bar.finish_and_clear();

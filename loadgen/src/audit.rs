@@ -104,6 +104,9 @@ pub(crate) struct Figures {
     /// The client's CPU over its worker threads in the phase, and how many
     /// threads (a run's own figures only).
     pub client: Option<(f64, usize)>,
+    /// Conversations with a think time: a closed loop's users are idle
+    /// between turns, so it is not meant to be saturated.
+    pub users_think: bool,
 }
 
 /// Above this share of its threads' CPU the client may set the pace.
@@ -288,6 +291,14 @@ fn closed_loop_checks(out: &mut Vec<Check>, f: &Figures) {
                 tolerance * 100.0
             ),
         ));
+        if f.users_think {
+            out.push(Check::skipped(
+                "closed_loop_saturated",
+                Some(&f.phase),
+                "the users think between turns (--think-time): the loop is not meant to be saturated",
+            ));
+            return;
+        }
         let full = inflight >= 0.9 * c as f64;
         out.push(Check {
             check: "closed_loop_saturated".into(),

@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     error::UsageError,
     plan::{
-        Api, ApiKey, Endpoint, Length, LogNormalName, ModelSpec, Plan, PromptSource, Telemetry,
-        TelemetrySource, parse_phase, parse_sweep,
+        Api, ApiKey, BasicAuth, Endpoint, Length, LogNormalName, ModelSpec, Plan, PromptSource,
+        Telemetry, TelemetrySource, ThinkTime, parse_duration, parse_phase, parse_sweep,
     },
 };
 
@@ -67,6 +67,24 @@ pub struct RunArgs {
     /// Seconds a request may take.
     #[arg(long)]
     pub timeout: Option<f64>,
+    /// A CA certificate (PEM) to trust for https:// besides the system's
+    /// (repeatable); used for the endpoint, gapscoped and telemetry alike.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Vec<PathBuf>,
+    /// Accept any server certificate (encrypted, not authenticated; a
+    /// warning is printed).
+    #[arg(long)]
+    pub insecure: bool,
+    /// A client certificate (PEM chain) for mutual TLS, with --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Offer only HTTP/1.1 over TLS (by default h2 is offered too, and
+    /// used when the server chooses it).
+    #[arg(long)]
+    pub http1_only: bool,
     /// Phases, replacing the default or the file's (repeatable, in order):
     /// NAME=poisson:RATE:DURATION, NAME=gamma:RATE:BURSTINESS:DURATION,
     /// NAME=constant:RATE:DURATION (each with :cap=N), NAME=silence:DURATION,
@@ -132,6 +150,16 @@ pub struct RunArgs {
     /// K distinct shared prefixes, each request using one at random.
     #[arg(long, value_name = "K")]
     pub prefix_groups: Option<u32>,
+    /// Multi-turn conversations of N turns: each turn after the first
+    /// carries the conversation so far (prompts and the server's
+    /// replies), sent a think time after the reply before it; with
+    /// --sharegpt, up to N of each conversation's human turns.
+    #[arg(long, value_name = "N")]
+    pub turns: Option<u32>,
+    /// Think time between a reply and the next turn: 2s, exp:2s
+    /// (exponential with that mean) or 1s-3s (uniform).
+    #[arg(long, value_name = "TIME", value_parser = parse_think_time)]
+    pub think_time: Option<ThinkTime>,
     #[arg(long)]
     pub slo_ttft_ms: Option<f64>,
     #[arg(long)]
@@ -163,6 +191,20 @@ pub struct RunArgs {
     /// service count this run's tokens only (without it, every run's).
     #[arg(long, value_name = "NAME", requires = "gapscoped")]
     pub gapscoped_service: Option<String>,
+    /// Basic auth for gapscoped behind a web config (annotations and
+    /// --telemetry gapscoped=…): the user; the password comes from
+    /// $GAPSCOPED_PASSWORD and is never written anywhere.
+    #[arg(long, value_name = "USER")]
+    pub gapscoped_user: Option<String>,
+    /// Serve the run's own Prometheus metrics on IP:PORT while it runs
+    /// (/metrics: requests, errors by kind, tokens, TTFT/ITL/E2E
+    /// histograms by phase).
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_listen: Option<String>,
+    /// Keep serving /metrics this long after the run ends, so a last
+    /// scrape sees the final counts (e.g. 30s for a 15 s scrape interval).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "metrics_listen")]
+    pub metrics_linger: Option<f64>,
     /// Where results go (default: loadgen-results/RUN_ID).
     #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
@@ -238,6 +280,10 @@ impl ModelArgs {
         m.gpus = self.gpus.or(m.gpus);
         m.peak_tflops = self.peak_tflops.or(m.peak_tflops);
     }
+}
+
+fn parse_think_time(s: &str) -> Result<ThinkTime, String> {
+    ThinkTime::try_from(s.to_string())
 }
 
 fn parse_api(s: &str) -> Result<Api, String> {
@@ -332,6 +378,12 @@ impl RunArgs {
         if let Some(k) = self.prefix_groups {
             plan.prompts.prefix_groups = k;
         }
+        if let Some(n) = self.turns {
+            plan.prompts.turns = n;
+        }
+        if let Some(t) = self.think_time {
+            plan.prompts.think_time = t;
+        }
         plan.slo.ttft_ms = self.slo_ttft_ms.or(plan.slo.ttft_ms);
         plan.slo.tpot_ms = self.slo_tpot_ms.or(plan.slo.tpot_ms);
         plan.slo.e2e_ms = self.slo_e2e_ms.or(plan.slo.e2e_ms);
@@ -340,6 +392,7 @@ impl RunArgs {
         plan.cost.gpu_hour_usd = self.gpu_hour_usd.or(plan.cost.gpu_hour_usd);
         plan.gapscoped = self.gapscoped.clone().or(plan.gapscoped);
         plan.gapscoped_service = self.gapscoped_service.clone().or(plan.gapscoped_service);
+        self.override_tls(&mut plan)?;
         if self.threads == 0 || self.threads > 256 {
             return Err(UsageError::new(
                 format!("--threads {} is out of range", self.threads),
@@ -445,6 +498,47 @@ impl RunArgs {
                     "keep one: --api-key KEY sends Authorization: Bearer KEY",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The TLS flags over the file's `[tls]`, and gapscoped's basic auth.
+    fn override_tls(&self, plan: &mut Plan) -> Result<(), UsageError> {
+        let tls = &mut plan.tls;
+        tls.cacert.extend(self.cacert.iter().cloned());
+        tls.insecure |= self.insecure;
+        tls.http1_only |= self.http1_only;
+        if self.cert.is_some() {
+            tls.cert.clone_from(&self.cert);
+            tls.key.clone_from(&self.key);
+        }
+        if let Some(user) = &self.gapscoped_user {
+            let password = std::env::var("GAPSCOPED_PASSWORD").map_err(|_| {
+                UsageError::new(
+                    "--gapscoped-user is given but GAPSCOPED_PASSWORD is not set",
+                    "export GAPSCOPED_PASSWORD with the user's password (it is never written to results or logs)",
+                )
+            })?;
+            if user.is_empty() || user.contains(':') {
+                return Err(UsageError::new(
+                    format!("--gapscoped-user {user:?} is empty or has a ':'"),
+                    "give the user name alone; the password goes in GAPSCOPED_PASSWORD",
+                ));
+            }
+            if !plan
+                .gapscoped
+                .as_deref()
+                .is_some_and(|g| g.starts_with("https://"))
+            {
+                return Err(UsageError::new(
+                    "--gapscoped-user without an https:// --gapscoped URL would send the password in clear text",
+                    "give --gapscoped https://HOST:PORT (the daemon's web config serves TLS)",
+                ));
+            }
+            plan.gapscoped_auth = Some(BasicAuth {
+                user: user.clone(),
+                password,
+            });
         }
         Ok(())
     }

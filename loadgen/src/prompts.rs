@@ -12,6 +12,13 @@
 //! carries one of them, at random, in front of its own prompt — a system
 //! message for the chat API — so a server's prefix cache has the same
 //! bytes to find every time.
+//!
+//! Conversations (`turns` > 1): a conversation's turns are drawn together
+//! (random or file prompts one per turn, a ShareGPT conversation's own
+//! human turns); the runner sends them in order, each carrying the
+//! conversation so far. A turn's whole prompt is the one before it, the
+//! server's reply and a blank line, then its own prompt — exactly, so a
+//! prefix cache finds every earlier turn.
 
 use std::path::Path;
 
@@ -35,18 +42,35 @@ pub(crate) struct Ask {
     /// exactly.
     pub prompt_tokens: Option<u32>,
     pub max_tokens: u32,
+    /// In a conversation: its id and this turn's number (from 1).
+    pub conversation: Option<(u64, u32)>,
+    /// The turns before this one: (prompt, the server's reply).
+    pub history: Vec<(String, String)>,
+}
+
+/// A conversation's turns, in order (one for single requests).
+#[derive(Debug, Clone)]
+pub(crate) struct Conversation {
+    pub turns: Vec<Ask>,
 }
 
 impl Ask {
     /// The prompt as one text: the prefix, then the request's own prompt
     /// (after a blank line unless it starts with whitespace).
+    /// In a conversation, the turns before it come first, each its prompt,
+    /// the reply and a blank line.
     pub(crate) fn full_prompt(&self) -> String {
+        let mut own = String::new();
+        for (prompt, reply) in &self.history {
+            own.push_str(prompt);
+            own.push_str(reply);
+            own.push_str("\n\n");
+        }
+        own.push_str(&self.prompt);
         match &self.prefix {
-            None => self.prompt.clone(),
-            Some((_, p)) if self.prompt.starts_with(char::is_whitespace) => {
-                format!("{p}{}", self.prompt)
-            }
-            Some((_, p)) => format!("{p}\n\n{}", self.prompt),
+            None => own,
+            Some((_, p)) if own.starts_with(char::is_whitespace) => format!("{p}{own}"),
+            Some((_, p)) => format!("{p}\n\n{own}"),
         }
     }
 }
@@ -87,18 +111,24 @@ pub(crate) struct PromptGen {
     prefix_tokens: Option<Vec<u32>>,
     input: Length,
     output: Length,
+    /// Turns per conversation (1: single requests).
+    turns: u32,
+    conversations: u64,
     rng: StdRng,
 }
+
+type PoolTurn = (String, Option<u32>, Option<u32>);
 
 enum Source {
     Random {
         /// Words that are exactly one token each (with a leading space).
         words: Vec<String>,
     },
-    /// (prompt, its tokens, the original answer's tokens), in a shuffled
-    /// order that repeats.
+    /// Conversations of (prompt, its tokens, the original answer's
+    /// tokens) — one turn each but for ShareGPT's — in a shuffled order
+    /// that repeats.
     Pool {
-        items: Vec<(String, Option<u32>, Option<u32>)>,
+        items: Vec<Vec<PoolTurn>>,
         next: usize,
     },
 }
@@ -160,7 +190,7 @@ impl PromptGen {
                     text.lines()
                         .map(str::trim)
                         .filter(|l| !l.is_empty())
-                        .map(|l| (l.to_string(), None))
+                        .map(|l| vec![(l.to_string(), None)])
                         .collect::<Vec<_>>()
                 };
                 if items.is_empty() {
@@ -170,14 +200,24 @@ impl PromptGen {
                     ));
                 }
                 items.shuffle(&mut rng);
+                // Only the turns a conversation will send are counted.
+                let keep = p.turns.max(1) as usize;
                 let items = items
                     .into_iter()
-                    .map(|(prompt, answer)| {
-                        let count =
-                            |t: &str| tokenizer.as_ref().and_then(|tok| count_tokens(tok, t));
-                        let prompt_tokens = count(&prompt);
-                        let answer_tokens = answer.as_deref().and_then(count).filter(|n| *n > 0);
-                        (prompt, prompt_tokens, answer_tokens)
+                    .map(|turns| {
+                        turns
+                            .into_iter()
+                            .take(keep)
+                            .map(|(prompt, answer)| {
+                                let count = |t: &str| {
+                                    tokenizer.as_ref().and_then(|tok| count_tokens(tok, t))
+                                };
+                                let prompt_tokens = count(&prompt);
+                                let answer_tokens =
+                                    answer.as_deref().and_then(count).filter(|n| *n > 0);
+                                (prompt, prompt_tokens, answer_tokens)
+                            })
+                            .collect()
                     })
                     .collect();
                 Source::Pool { items, next: 0 }
@@ -190,8 +230,62 @@ impl PromptGen {
             prefix_tokens,
             input: p.input_tokens,
             output,
+            turns: p.turns.max(1),
+            conversations: 0,
             rng,
         })
+    }
+
+    /// The next conversation: one ask for single requests; else its turns,
+    /// the first drawn as a single request is (its shared prefix kept for
+    /// every turn), the rest each a prompt of its own.
+    pub(crate) fn next_conversation(&mut self) -> Conversation {
+        if self.turns == 1 {
+            return Conversation {
+                turns: vec![self.next_ask()],
+            };
+        }
+        self.conversations += 1;
+        let id = self.conversations;
+        let pool = match &mut self.source {
+            Source::Pool { items, next } => {
+                *next += 1;
+                Some(items[(*next - 1) % items.len()].clone())
+            }
+            Source::Random { .. } => None,
+        };
+        let mut turns = match pool {
+            Some(turns) => turns
+                .into_iter()
+                .map(|(prompt, own, answer)| {
+                    let max_tokens = answer.unwrap_or_else(|| sample(self.output, &mut self.rng));
+                    Ask {
+                        prompt,
+                        prefix: None,
+                        prompt_tokens: own,
+                        max_tokens,
+                        conversation: None,
+                        history: Vec::new(),
+                    }
+                })
+                .collect::<Vec<_>>(),
+            None => (0..self.turns).map(|_| self.own_ask()).collect(),
+        };
+        if let Some(first) = turns.first_mut()
+            && !self.prefixes.is_empty()
+        {
+            self.add_prefix(first);
+        }
+        let prefix = turns.first().and_then(|t| t.prefix.clone());
+        for (k, t) in turns.iter_mut().enumerate() {
+            t.conversation = Some((id, k as u32 + 1));
+            if k > 0 {
+                // Counted when sent, with the conversation before it.
+                t.prefix.clone_from(&prefix);
+                t.prompt_tokens = None;
+            }
+        }
+        Conversation { turns }
     }
 
     /// Whether prompt lengths are exact token counts.
@@ -216,8 +310,18 @@ impl PromptGen {
     }
 
     pub(crate) fn next_ask(&mut self) -> Ask {
+        let mut ask = self.own_ask();
+        if !self.prefixes.is_empty() {
+            self.add_prefix(&mut ask);
+        }
+        ask
+    }
+
+    /// An ask without a shared prefix (a pool's next conversation's first
+    /// turn).
+    fn own_ask(&mut self) -> Ask {
         let max_tokens = sample(self.output, &mut self.rng);
-        let mut ask = match &mut self.source {
+        match &mut self.source {
             Source::Random { words } => {
                 let want = sample(self.input, &mut self.rng);
                 let prompt = random_prompt(words, self.tokenizer.as_deref(), want, &mut self.rng);
@@ -230,20 +334,29 @@ impl PromptGen {
                     prefix: None,
                     prompt_tokens: own,
                     max_tokens,
+                    conversation: None,
+                    history: Vec::new(),
                 }
             }
             Source::Pool { items, next } => {
-                let (prompt, own, answer) = items[*next % items.len()].clone();
+                let (prompt, own, answer) = items[*next % items.len()][0].clone();
                 *next += 1;
                 Ask {
                     prompt,
                     prefix: None,
                     prompt_tokens: own,
                     max_tokens: answer.unwrap_or(max_tokens),
+                    conversation: None,
+                    history: Vec::new(),
                 }
             }
-        };
-        if !self.prefixes.is_empty() {
+        }
+    }
+
+    /// Gives `ask` one of the shared prefixes, at random, and counts the
+    /// whole prompt.
+    fn add_prefix(&mut self, ask: &mut Ask) {
+        {
             let g = self.rng.random_range(0..self.prefixes.len());
             ask.prefix = Some((g as u32, self.prefixes[g].clone()));
             // The whole prompt's count: the sum where the join was checked
@@ -256,7 +369,6 @@ impl PromptGen {
                     .and_then(|t| count_tokens(t, &ask.full_prompt())),
             };
         }
-        ask
     }
 }
 
@@ -341,8 +453,13 @@ fn single_token_words(tok: &Tokenizer) -> Result<Vec<String>, UsageError> {
 }
 
 /// ShareGPT JSON: [{"conversations": [{"from": "human", "value": …},
-/// {"from": "gpt", "value": …}, …]}, …] → (first human turn, its answer).
-fn sharegpt(text: &str, path: &Path) -> Result<Vec<(String, Option<String>)>, UsageError> {
+/// {"from": "gpt", "value": …}, …]}, …] → per conversation, its human
+/// turns from the first, each with the answer after it. A conversation
+/// whose first human turn is empty is left out; later empty turns are
+/// skipped.
+type SharegptTurns = Vec<(String, Option<String>)>;
+
+fn sharegpt(text: &str, path: &Path) -> Result<Vec<SharegptTurns>, UsageError> {
     let bad = |why: String| {
         UsageError::new(
             format!("{} is not ShareGPT JSON: {why}", path.display()),
@@ -365,20 +482,24 @@ fn sharegpt(text: &str, path: &Path) -> Result<Vec<(String, Option<String>)>, Us
                 .unwrap_or("")
                 .to_string()
         };
-        if let Some(i) = turns
-            .iter()
-            .position(|t| matches!(from(t), "human" | "user"))
-        {
-            let prompt = value(&turns[i]);
-            if prompt.trim().is_empty() {
-                continue;
-            }
-            let answer = turns
-                .get(i + 1)
-                .filter(|t| matches!(from(t), "gpt" | "assistant"))
-                .map(value);
-            out.push((prompt, answer));
+        let human = |t: &serde_json::Value| matches!(from(t), "human" | "user");
+        let Some(first) = turns.iter().position(human) else {
+            continue;
+        };
+        if value(&turns[first]).trim().is_empty() {
+            continue;
         }
+        let conversation: SharegptTurns = (first..turns.len())
+            .filter(|&i| human(&turns[i]) && !value(&turns[i]).trim().is_empty())
+            .map(|i| {
+                let answer = turns
+                    .get(i + 1)
+                    .filter(|t| matches!(from(t), "gpt" | "assistant"))
+                    .map(value);
+                (value(&turns[i]), answer)
+            })
+            .collect();
+        out.push(conversation);
     }
     Ok(out)
 }

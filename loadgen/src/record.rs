@@ -204,6 +204,19 @@ pub(crate) struct RequestRecord {
     /// first attempt).
     #[serde(default)]
     pub resent: u32,
+    /// The HTTP version the reply came in ("1.1", or "2" where ALPN chose
+    /// h2), once headers arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_version: Option<&'static str>,
+    /// In a multi-turn conversation: its id and this turn (from 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<u32>,
+    /// The reply's answer text, for the conversation's next turn (not
+    /// written out).
+    #[serde(skip)]
+    pub reply: Option<String>,
 }
 
 impl RequestRecord {

@@ -20,6 +20,8 @@ use hyper_util::{
     client::legacy::{Client as HyperClient, connect::HttpConnector},
     rt::TokioExecutor,
 };
+
+use crate::tls::{Connector, Transport};
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
@@ -45,10 +47,10 @@ pub(crate) struct Planned {
 }
 
 pub(crate) struct Client {
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: HyperClient<Connector, Full<Bytes>>,
     /// No pooling: a resend must not land on another dead kept-alive
     /// connection.
-    fresh: HyperClient<HttpConnector, Full<Bytes>>,
+    fresh: HyperClient<Connector, Full<Bytes>>,
     endpoint: Arc<Endpoint>,
     uri: Uri,
     /// Ask for exactly `max_tokens` and check it was honoured.
@@ -57,6 +59,8 @@ pub(crate) struct Client {
     clock: Clock,
     /// Random per run: request ids and trace ids stay unique across runs.
     run_id: u64,
+    /// A client certificate is configured (`--cert`), for error hints.
+    client_certificate: bool,
     /// Output tokens of the run so far, counted as they arrive (the
     /// progress line and gapscoped's per-phase token counts read it).
     arrived: Arc<AtomicU64>,
@@ -64,6 +68,7 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new(
+        transport: &Transport,
         endpoint: Arc<Endpoint>,
         fixed: bool,
         tokenizer: Option<Arc<Tokenizer>>,
@@ -74,6 +79,7 @@ impl Client {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs_f64(endpoint.connect_timeout_s)));
+        let connector = transport.connector(connector);
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(usize::MAX)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -92,6 +98,7 @@ impl Client {
             clock,
             run_id,
             arrived,
+            client_certificate: transport.client_certificate(),
         }
     }
 
@@ -111,12 +118,18 @@ impl Client {
                     "stream": e.stream,
                 });
                 if e.api == Api::Chat {
-                    body["messages"] = match &ask.prefix {
-                        // The shared prefix as the system message.
-                        Some((_, p)) => json!([{"role": "system", "content": &**p},
-                                               {"role": "user", "content": ask.prompt}]),
-                        None => json!([{"role": "user", "content": ask.prompt}]),
-                    };
+                    // The shared prefix as the system message, then the
+                    // conversation so far, then this turn.
+                    let mut messages = Vec::with_capacity(2 + 2 * ask.history.len());
+                    if let Some((_, p)) = &ask.prefix {
+                        messages.push(json!({"role": "system", "content": &**p}));
+                    }
+                    for (prompt, reply) in &ask.history {
+                        messages.push(json!({"role": "user", "content": prompt}));
+                        messages.push(json!({"role": "assistant", "content": reply}));
+                    }
+                    messages.push(json!({"role": "user", "content": ask.prompt}));
+                    body["messages"] = Value::Array(messages);
                 } else {
                     body["prompt"] = Value::String(ask.full_prompt());
                 }
@@ -188,6 +201,11 @@ impl Client {
     ) -> RequestRecord {
         let id = self.request_id(p.seq);
         let body = self.body(&p.ask, &id);
+        // A later turn's prompt is the conversation so far: counted whole.
+        let prompt_tokens = match (&self.tokenizer, p.ask.history.is_empty()) {
+            (Some(tok), false) => crate::prompts::count_tokens(tok, &p.ask.full_prompt()),
+            _ => p.ask.prompt_tokens,
+        };
         let mut rec = RequestRecord {
             id,
             phase: p.phase,
@@ -203,7 +221,7 @@ impl Client {
             error: None,
             finish_reason: None,
             max_tokens: p.ask.max_tokens,
-            prompt_tokens: p.ask.prompt_tokens,
+            prompt_tokens,
             prefix_group: p.ask.prefix.as_ref().map(|(g, _)| *g),
             usage_prompt_tokens: None,
             output_tokens: OutputTokens::default(),
@@ -213,6 +231,11 @@ impl Client {
             chunks: 0,
             length_honoured: None,
             resent: 0,
+            http_version: None,
+            conversation: p.ask.conversation.map(|(c, _)| c),
+            turn: p.ask.conversation.map(|(_, t)| t),
+            // A conversation's next turn carries this reply.
+            reply: p.ask.conversation.map(|_| String::new()),
         };
         let trace = format!(
             "00-{:016x}{:016x}-{:016x}-01",
@@ -262,12 +285,29 @@ impl Client {
                         rec.resent = 1;
                         continue;
                     }
-                    return self.fail(rec, kind, error_chain(&e));
+                    let chain = error_chain(&e);
+                    let mut hint = crate::tls::hint(&chain);
+                    // Under TLS 1.3 a server refuses a missing client
+                    // certificate after the handshake: the client sees the
+                    // connection close before any reply.
+                    if hint.is_empty()
+                        && kind == ErrorKind::EarlyClose
+                        && self.endpoint.url.starts_with("https://")
+                        && !self.client_certificate
+                    {
+                        hint = " (the server closed the TLS connection before replying: if it requires a client certificate, give --cert FILE --key FILE)";
+                    }
+                    return self.fail(rec, kind, format!("{chain}{hint}"));
                 }
                 Ok(Ok(r)) => break r,
             }
         };
         rec.headers_ns = Some(self.clock.now());
+        rec.http_version = Some(match response.version() {
+            hyper::Version::HTTP_2 => "2",
+            hyper::Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        });
         let status = response.status().as_u16();
         rec.status = Some(status);
         if status != 200 {
@@ -430,6 +470,12 @@ impl Client {
                 if let Some(t) = text {
                     t.push(part);
                 }
+                if !reasoning
+                    && let Some(r) = &mut rec.reply
+                    && r.len() < MAX_TEXT_KEPT
+                {
+                    r.push_str(part);
+                }
             }
         }
     }
@@ -541,7 +587,7 @@ fn connection_lost(e: &hyper::Error) -> bool {
 }
 
 /// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

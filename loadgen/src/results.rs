@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     audit::{self, Check, Figures},
     flops::{self, ModelShape},
-    plan::{PhaseKind, Plan},
+    plan::{PhaseKind, Plan, ThinkTime},
     record::TokenSource,
     runner::{PhaseRun, RunOutcome},
     stats::{PhaseStats, Summary, TokenAgreement},
@@ -182,6 +182,23 @@ pub struct PhaseResult {
     /// What the client itself cost while the phase ran.
     #[serde(default)]
     pub client: Option<ClientCost>,
+    /// Multi-turn conversations: per turn, TTFT and prompt length, so
+    /// prefix-cache effects show as the conversation grows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turns: Option<Vec<TurnResult>>,
+}
+
+/// One turn number's requests in a phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TurnResult {
+    pub turn: u32,
+    pub ok: u64,
+    pub failed: u64,
+    pub ttft: Option<Summary>,
+    /// The whole prompt (the conversation so far): ours (with a
+    /// tokenizer) and the server's `usage`.
+    pub mean_prompt_tokens: Option<f64>,
+    pub mean_usage_prompt_tokens: Option<f64>,
 }
 
 /// The load generator's own cost in a phase: if it nears its threads'
@@ -248,7 +265,9 @@ pub(crate) fn build(ctx: Context, outcome: &RunOutcome) -> Results {
         idle_power_w: idle.as_ref().and_then(|w| w.avg_power_w),
         idle_utilization: idle.as_ref().and_then(|w| w.avg_utilization),
     });
-    let checks = audit::audit(&figures(&phases, &outcome.stats.phases));
+    let users_think =
+        ctx.plan.prompts.turns > 1 && ctx.plan.prompts.think_time != ThinkTime::Fixed(0.0);
+    let checks = audit::audit(&figures(&phases, &outcome.stats.phases, users_think));
     let sweep =
         ctx.plan.sweep.as_ref().map(|s| {
             crate::sweep::build(s, &phases, &ctx.plan.slo, s.step_s * ctx.plan.time_scale)
@@ -439,6 +458,20 @@ fn phase_result(
             .cost
             .gpu_hour_usd
             .and_then(|usd| flops::cost_per_million(tokens_per_s, gpus, usd)),
+        turns: (!st.by_turn.is_empty()).then(|| {
+            let mean = |(sum, n): (u64, u64)| (n > 0).then(|| sum as f64 / n as f64);
+            st.by_turn
+                .iter()
+                .map(|(turn, t)| TurnResult {
+                    turn: *turn,
+                    ok: t.ok,
+                    failed: t.failed,
+                    ttft: t.ttft.summary(),
+                    mean_prompt_tokens: mean(t.prompt_tokens),
+                    mean_usage_prompt_tokens: mean(t.usage_prompt_tokens),
+                })
+                .collect()
+        }),
         client: {
             let cpu_s = run.client_cpu_ns as f64 / 1e9;
             let duration = st.window_s();
@@ -454,7 +487,7 @@ fn phase_result(
 }
 
 /// What the audit compares: each phase's figures measured apart.
-fn figures(phases: &[PhaseResult], stats: &[PhaseStats]) -> Vec<Figures> {
+fn figures(phases: &[PhaseResult], stats: &[PhaseStats], users_think: bool) -> Vec<Figures> {
     // The run's own MFU and tokens per joule follow from its throughput:
     // the audit compares only what was measured apart. Little's law takes
     // the mean latency of the requests the completion rate counts.
@@ -484,6 +517,7 @@ fn figures(phases: &[PhaseResult], stats: &[PhaseStats]) -> Vec<Figures> {
                 .as_ref()
                 .filter(|_| p.sent > 0)
                 .map(|c| (c.cpu_share_of_threads, c.threads)),
+            users_think,
             ..Figures::default()
         })
         .collect()
@@ -513,6 +547,13 @@ fn run_info(ctx: Context, outcome: &RunOutcome) -> RunInfo {
             "api": plan.endpoint.api,
             "stream": plan.endpoint.stream,
             "model": plan.endpoint.model,
+            "tls": plan.endpoint.url.starts_with("https://").then(|| serde_json::json!({
+                "cacert": plan.tls.cacert,
+                "insecure": plan.tls.insecure,
+                "client_certificate": plan.tls.cert,
+                "http1_only": plan.tls.http1_only,
+            })),
+            "http_versions": outcome.stats.http_versions,
         }),
         prompts: serde_json::json!({
             "source": plan.prompts.source,
@@ -525,6 +566,14 @@ fn run_info(ctx: Context, outcome: &RunOutcome) -> RunInfo {
                 "groups": plan.prompts.prefix_groups,
                 "share_of_prompt_tokens": ctx.prefix_share,
                 "exact": ctx.exact_prompts,
+            })),
+            "conversations": outcome.conversations.as_ref().map(|c| serde_json::json!({
+                "turns": plan.prompts.turns,
+                "think_time": plan.prompts.think_time,
+                "started": c.started,
+                "completed": c.completed,
+                "cut_at_phase_end": c.cut_at_phase_end,
+                "ended_by_error": c.ended_by_error,
             })),
         }),
         output: serde_json::to_value(&plan.output).unwrap_or_default(),

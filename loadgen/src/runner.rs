@@ -15,6 +15,7 @@
 //! nothing is kept per request once it is done. Ctrl-C cancels what is in
 //! flight (recorded as `cancelled`) and ends the run at that moment.
 
+use rand::{SeedableRng, rngs::StdRng};
 use std::{
     io::Write,
     sync::{
@@ -30,9 +31,10 @@ use crate::{
     annotate::Annotator,
     arrivals,
     clock::{Clock, PreciseTimer},
+    exporter::Exporter,
     live::Live,
-    plan::{Arrival, Phase, PhaseKind, Plan},
-    prompts::{Ask, PromptGen},
+    plan::{Arrival, Phase, PhaseKind, Plan, ThinkTime},
+    prompts::{Ask, Conversation, PromptGen},
     record::{ErrorKind, RequestRecord},
     request::{Client, Planned},
     stats::RunStats,
@@ -89,12 +91,36 @@ pub(crate) struct RunOutcome {
     pub interrupted: Option<i32>,
     /// When the last request finished (run clock).
     pub last_done_ns: u64,
+    /// Multi-turn runs: how the conversations ended.
+    pub conversations: Option<ConversationCounts>,
+}
+
+/// How a run's conversations ended (`turns` > 1).
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct ConversationCounts {
+    pub started: u64,
+    /// Every turn answered.
+    pub completed: u64,
+    /// A turn was due after the end of the phase that started the
+    /// conversation (or the run stopped): the rest were not sent.
+    pub cut_at_phase_end: u64,
+    /// A turn failed: a user without an answer does not go on.
+    pub ended_by_error: u64,
+}
+
+/// Atomic counterparts of `ConversationCounts`.
+#[derive(Default)]
+struct ConversationCounters {
+    started: AtomicU64,
+    completed: AtomicU64,
+    cut: AtomicU64,
+    failed: AtomicU64,
 }
 
 /// Everything the phases share.
 struct Shared {
     client: Arc<Client>,
-    asks: tokio::sync::Mutex<mpsc::Receiver<Ask>>,
+    asks: tokio::sync::Mutex<mpsc::Receiver<Conversation>>,
     records: mpsc::UnboundedSender<RequestRecord>,
     cancel: watch::Receiver<bool>,
     live: Arc<Live>,
@@ -102,15 +128,115 @@ struct Shared {
     seq: AtomicU64,
     /// Per phase: the most requests in flight at once while it ran.
     max_in_flight: Vec<AtomicUsize>,
+    /// Think time between a conversation's turns, and the seed its draws
+    /// start from.
+    think: ThinkTime,
+    seed: u64,
+    conversations: ConversationCounters,
+}
+
+/// How a conversation ended, for the closed-loop worker that ran it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conversed {
+    /// Every turn sent (or one failed and the user gave up).
+    Done,
+    /// The server could not be reached: back off before the next.
+    Refused,
+    /// Its next turn fell past the phase's end: its user is still
+    /// thinking, so the worker starts nothing new either.
+    Cut,
+}
+
+/// What one request's send came to, for the conversation it is part of.
+struct Sent {
+    /// The server could not be reached at all.
+    refused: bool,
+    ok: bool,
+    /// The reply's answer text, kept for a conversation's next turn.
+    reply: Option<String>,
 }
 
 impl Shared {
-    async fn next_ask(&self) -> Option<Ask> {
+    async fn next_conversation(&self) -> Option<Conversation> {
         self.asks.lock().await.recv().await
     }
 
-    /// Sends one request and hands its record to the collector; says
-    /// whether the server could not be reached at all.
+    /// Runs a conversation: its first turn now (`scheduled_ns`, `queue_ns`
+    /// as a single request's), each later one a think time after the
+    /// reply before it, carrying the conversation so far. No turn starts
+    /// after `end` (the phase's) or a stop; a failed turn ends it.
+    async fn converse(
+        self: Arc<Self>,
+        phase_index: usize,
+        phase: &str,
+        end: u64,
+        scheduled_ns: Option<u64>,
+        conversation: Conversation,
+        queue_ns: Option<u64>,
+    ) -> Conversed {
+        let multi = conversation.turns.len() > 1
+            || conversation.turns.iter().any(|t| t.conversation.is_some());
+        if !multi {
+            let Some(ask) = conversation.turns.into_iter().next() else {
+                return Conversed::Done;
+            };
+            let sent = self
+                .send(phase_index, phase.into(), scheduled_ns, ask, queue_ns)
+                .await;
+            return if sent.refused {
+                Conversed::Refused
+            } else {
+                Conversed::Done
+            };
+        }
+        let counts = &self.conversations;
+        counts.started.fetch_add(1, Ordering::Relaxed);
+        let mut history: Vec<(String, String)> = Vec::new();
+        let mut cancel = self.cancel.clone();
+        for (k, mut ask) in conversation.turns.into_iter().enumerate() {
+            let id = ask.conversation.map_or(0, |(c, _)| c);
+            if k > 0 {
+                let mut rng = StdRng::seed_from_u64(self.seed ^ id.rotate_left(20) ^ k as u64);
+                let think = Duration::from_secs_f64(self.think.sample(&mut rng));
+                let due = self.clock.now() + think.as_nanos() as u64;
+                if due >= end || *cancel.borrow() {
+                    counts.cut.fetch_add(1, Ordering::Relaxed);
+                    return Conversed::Cut;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(think) => {}
+                    _ = cancel.changed() => {
+                        counts.cut.fetch_add(1, Ordering::Relaxed);
+                        return Conversed::Cut;
+                    }
+                }
+            }
+            let prompt = ask.prompt.clone();
+            ask.history.clone_from(&history);
+            let (scheduled, queued) = if k == 0 {
+                (scheduled_ns, queue_ns)
+            } else {
+                (None, None)
+            };
+            let sent = self
+                .clone()
+                .send(phase_index, phase.into(), scheduled, ask, queued)
+                .await;
+            if !sent.ok {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                return if sent.refused {
+                    Conversed::Refused
+                } else {
+                    Conversed::Done
+                };
+            }
+            history.push((prompt, sent.reply.unwrap_or_default()));
+        }
+        counts.completed.fetch_add(1, Ordering::Relaxed);
+        Conversed::Done
+    }
+
+    /// Sends one request and hands its record to the collector.
     async fn send(
         self: Arc<Self>,
         phase_index: usize,
@@ -118,7 +244,7 @@ impl Shared {
         scheduled_ns: Option<u64>,
         ask: Ask,
         queue_ns: Option<u64>,
-    ) -> bool {
+    ) -> Sent {
         let now = self.live.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight[phase_index].fetch_max(now, Ordering::SeqCst);
         let p = Planned {
@@ -128,7 +254,7 @@ impl Shared {
             scheduled_ns,
             ask,
         };
-        let rec = self.client.send(p, queue_ns, self.cancel.clone()).await;
+        let mut rec = self.client.send(p, queue_ns, self.cancel.clone()).await;
         self.live.in_flight.fetch_sub(1, Ordering::SeqCst);
         if rec.ok() {
             self.live.completed.fetch_add(1, Ordering::Relaxed);
@@ -139,8 +265,13 @@ impl Shared {
             .error
             .as_ref()
             .is_some_and(|e| e.kind == ErrorKind::Connect);
+        let sent = Sent {
+            refused,
+            ok: rec.ok(),
+            reply: rec.reply.take(),
+        };
         let _ = self.records.send(rec);
-        refused
+        sent
     }
 }
 
@@ -154,16 +285,28 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Runs every phase of `plan`. `jsonl` receives one line per request.
+/// Where a run reports besides its outcome: phase annotations to
+/// gapscoped, its live metrics, and one JSONL line per request.
+pub(crate) struct Outputs {
+    pub annotator: Option<Arc<Annotator>>,
+    pub exporter: Option<Arc<Exporter>>,
+    pub jsonl: Option<Box<dyn Write + Send>>,
+}
+
+/// Runs every phase of `plan`.
 pub(crate) async fn run(
     plan: &Plan,
     client: Arc<Client>,
     prompts: PromptGen,
     clock: Clock,
     live: Arc<Live>,
-    annotator: Option<Arc<Annotator>>,
-    jsonl: Option<Box<dyn Write + Send>>,
+    outputs: Outputs,
 ) -> RunOutcome {
+    let Outputs {
+        annotator,
+        exporter,
+        jsonl,
+    } = outputs;
     let windows = phase_windows(plan, &clock);
     let stats = RunStats::new(&windows, plan.slo.clone());
     let (ask_rx, prompt_thread) = spawn_prompts(prompts);
@@ -179,10 +322,13 @@ pub(crate) async fn run(
         clock,
         seq: AtomicU64::new(0),
         max_in_flight: plan.phases.iter().map(|_| AtomicUsize::new(0)).collect(),
+        think: plan.prompts.think_time,
+        seed: plan.seed,
+        conversations: ConversationCounters::default(),
     });
 
     // The collector: statistics and JSONL, one record at a time.
-    let collector = tokio::spawn(collect(stats, rec_rx, jsonl));
+    let collector = tokio::spawn(collect(stats, rec_rx, exporter, jsonl));
 
     let stop = Arc::new(AtomicBool::new(false));
     // Token counts between the phase annotations, so per-token figures in
@@ -250,6 +396,15 @@ pub(crate) async fn run(
     } else {
         while tasks.join_next().await.is_some() {}
     }
+    let conversations = (plan.prompts.turns > 1).then(|| {
+        let c = &shared.conversations;
+        ConversationCounts {
+            started: c.started.load(Ordering::Relaxed),
+            completed: c.completed.load(Ordering::Relaxed),
+            cut_at_phase_end: c.cut.load(Ordering::Relaxed),
+            ended_by_error: c.failed.load(Ordering::Relaxed),
+        }
+    });
     drop(shared);
     let (mut stats, last_done_ns) = collector
         .await
@@ -270,6 +425,7 @@ pub(crate) async fn run(
         phases: runs,
         interrupted,
         last_done_ns,
+        conversations,
     }
 }
 
@@ -295,11 +451,14 @@ async fn drain(
 /// the receiver is dropped.
 fn spawn_prompts(
     mut prompts: PromptGen,
-) -> (mpsc::Receiver<Ask>, Option<std::thread::JoinHandle<()>>) {
-    let (ask_tx, ask_rx) = mpsc::channel::<Ask>(1024);
+) -> (
+    mpsc::Receiver<Conversation>,
+    Option<std::thread::JoinHandle<()>>,
+) {
+    let (ask_tx, ask_rx) = mpsc::channel::<Conversation>(1024);
     let thread = std::thread::Builder::new()
         .name("prompts".into())
-        .spawn(move || while ask_tx.blocking_send(prompts.next_ask()).is_ok() {})
+        .spawn(move || while ask_tx.blocking_send(prompts.next_conversation()).is_ok() {})
         .ok();
     (ask_rx, thread)
 }
@@ -323,11 +482,15 @@ fn phase_windows(plan: &Plan, clock: &Clock) -> Vec<(u64, u64)> {
 async fn collect(
     mut stats: RunStats,
     mut records: mpsc::UnboundedReceiver<RequestRecord>,
+    exporter: Option<Arc<Exporter>>,
     mut jsonl: Option<Box<dyn Write + Send>>,
 ) -> (RunStats, u64) {
     let mut last_done = 0u64;
     while let Some(rec) = records.recv().await {
         stats.add(&rec);
+        if let Some(e) = &exporter {
+            e.record(&rec);
+        }
         last_done = last_done.max(rec.done_ns);
         if let Some(w) = jsonl.as_mut() {
             let written = serde_json::to_writer(&mut *w, &rec)
@@ -387,7 +550,7 @@ async fn run_phase(
                 }
                 // The prompt is fetched before the wait, so the send
                 // itself is all that happens when the time comes.
-                let Some(ask) = shared.next_ask().await else {
+                let Some(conversation) = shared.next_conversation().await else {
                     break;
                 };
                 let due = start + off;
@@ -405,7 +568,8 @@ async fn run_phase(
                         }
                         None => (None, None),
                     };
-                    s.send(index, name, Some(due), ask, queued).await;
+                    s.converse(index, &name, end, Some(due), conversation, queued)
+                        .await;
                 });
             }
             sleep_until(&clock, end).await;
@@ -421,10 +585,17 @@ async fn run_phase(
                 tasks.spawn(async move {
                     let mut backoff = Duration::ZERO;
                     while s.clock.now() < end && !stop.load(Ordering::SeqCst) {
-                        let Some(ask) = s.next_ask().await else {
+                        let Some(conversation) = s.next_conversation().await else {
                             break;
                         };
-                        if s.clone().send(index, name.clone(), None, ask, None).await {
+                        let ended = s
+                            .clone()
+                            .converse(index, &name, end, None, conversation, None)
+                            .await;
+                        if ended == Conversed::Cut {
+                            break;
+                        }
+                        if ended == Conversed::Refused {
                             backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
                             let jittered = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
                             let left = end.saturating_sub(s.clock.now());

@@ -147,6 +147,19 @@ pub(crate) struct PhaseStats {
     /// Sum of (prompt + output/2) over ok requests: the mean context for
     /// the attention term of the FLOPs.
     pub context_tokens: f64,
+    /// Multi-turn conversations: per turn number (from 1).
+    pub by_turn: BTreeMap<u32, TurnStats>,
+}
+
+/// One turn number's requests in a phase: TTFT as the conversation grows,
+/// and how long its prompts were (ours, exact with a tokenizer; the
+/// server's `usage`).
+pub(crate) struct TurnStats {
+    pub ok: u64,
+    pub failed: u64,
+    pub ttft: Latency,
+    pub prompt_tokens: (u64, u64),
+    pub usage_prompt_tokens: (u64, u64),
 }
 
 impl PhaseStats {
@@ -185,6 +198,7 @@ impl PhaseStats {
             reasoning_tokens: 0,
             token_sources: BTreeMap::new(),
             context_tokens: 0.0,
+            by_turn: BTreeMap::new(),
         }
     }
 
@@ -204,6 +218,8 @@ pub(crate) struct RunStats {
     /// Per second of the run: (tokens arrived, requests completed ok,
     /// requests failed).
     pub per_second: Vec<(u64, u64, u64)>,
+    /// Replies by the HTTP version they came in ("1.1", "2").
+    pub http_versions: BTreeMap<&'static str, u64>,
 }
 
 impl RunStats {
@@ -215,6 +231,7 @@ impl RunStats {
                 .collect(),
             slo,
             per_second: Vec::new(),
+            http_versions: BTreeMap::new(),
         }
     }
 
@@ -229,6 +246,9 @@ impl RunStats {
     /// Adds one finished request.
     pub(crate) fn add(&mut self, r: &RequestRecord) {
         let meets_slo = self.meets_slo(r);
+        if let Some(v) = r.http_version {
+            *self.http_versions.entry(v).or_default() += 1;
+        }
         {
             let p = &mut self.phases[r.phase_index];
             p.sent += 1;
@@ -240,6 +260,31 @@ impl RunStats {
                 }
                 // The client's own lag behind the schedule, queueing aside.
                 p.send_lag.record(r.sent_ns.saturating_sub(s + queued));
+            }
+            if let Some(turn) = r.turn {
+                let t = p.by_turn.entry(turn).or_insert_with(|| TurnStats {
+                    ok: 0,
+                    failed: 0,
+                    ttft: Latency::new(),
+                    prompt_tokens: (0, 0),
+                    usage_prompt_tokens: (0, 0),
+                });
+                if r.ok() {
+                    t.ok += 1;
+                    if let Some(ttft) = r.ttft_ns() {
+                        t.ttft.record(ttft);
+                    }
+                    if let Some(n) = r.prompt_tokens {
+                        t.prompt_tokens.0 += u64::from(n);
+                        t.prompt_tokens.1 += 1;
+                    }
+                    if let Some(n) = r.usage_prompt_tokens {
+                        t.usage_prompt_tokens.0 += n;
+                        t.usage_prompt_tokens.1 += 1;
+                    }
+                } else {
+                    t.failed += 1;
+                }
             }
             // Every request whose tokens count, failed ones too.
             if r.ok() || !r.events.is_empty() {
@@ -311,6 +356,35 @@ impl RunStats {
     }
 }
 
+/// A request's chunks as (time, tokens): an answer that continues its
+/// chunk's reasoning is part of that chunk, not a chunk of its own.
+pub(crate) fn chunks(r: &RequestRecord) -> Vec<(u64, u64)> {
+    let mut chunks: Vec<(u64, u64)> = Vec::with_capacity(r.events.len());
+    for e in &r.events {
+        match chunks.last_mut() {
+            Some(last) if e.continues => last.1 += e.tokens,
+            _ => chunks.push((e.at_ns, e.tokens)),
+        }
+    }
+    chunks
+}
+
+/// Inter-token latencies as (gap per token, tokens): a chunk of k tokens
+/// after a gap g gives k tokens of g/k. Only chunks that carry tokens (a
+/// chunk given none of the request's count, e.g. a byte of a split
+/// character, merges its gap into the next).
+pub(crate) fn token_gaps(chunks: &[(u64, u64)]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut last = None;
+    chunks
+        .iter()
+        .filter(|c| c.1 > 0)
+        .filter_map(move |&(at, k)| {
+            let gap = last.map(|before: u64| (at.saturating_sub(before) / k, k));
+            last = Some(at);
+            gap
+        })
+}
+
 fn record_latencies(p: &mut PhaseStats, r: &RequestRecord) {
     if let Some(t) = r.ttft_ns() {
         p.ttft.record(t);
@@ -333,27 +407,12 @@ fn record_latencies(p: &mut PhaseStats, r: &RequestRecord) {
     {
         p.ttft_answer.record(t);
     }
-    // Chunks: an answer that continues its chunk's reasoning is part of
-    // that chunk, not a chunk of its own.
-    let mut chunks: Vec<(u64, u64)> = Vec::with_capacity(r.events.len());
-    for e in &r.events {
-        match chunks.last_mut() {
-            Some(last) if e.continues => last.1 += e.tokens,
-            _ => chunks.push((e.at_ns, e.tokens)),
-        }
-    }
+    let chunks = chunks(r);
     for w in chunks.windows(2) {
         p.itl_chunk.record(w[1].0.saturating_sub(w[0].0));
     }
-    // Per token: only chunks that carry tokens (a chunk given none of the
-    // request's count, e.g. a byte of a split character, merges its gap
-    // into the next).
-    let mut last = None;
-    for &(at, k) in chunks.iter().filter(|c| c.1 > 0) {
-        if let Some(before) = last {
-            p.itl_token.record_n(at.saturating_sub(before) / k, k);
-        }
-        last = Some(at);
+    for (gap, k) in token_gaps(&chunks) {
+        p.itl_token.record_n(gap, k);
     }
     let out = &r.output_tokens;
     let a = &mut p.agreement;
@@ -426,6 +485,10 @@ mod tests {
             chunks: 0,
             length_honoured: None,
             resent: 0,
+            http_version: None,
+            conversation: None,
+            turn: None,
+            reply: None,
         }
     }
 

@@ -37,6 +37,19 @@ pub(crate) fn render(results: &Results) -> String {
             prefix["groups"]
         );
     }
+    let c = &results.run.prompts["conversations"];
+    if c.is_object() {
+        let _ = writeln!(
+            o,
+            "conversations of {} turns (think time {}): {} started, {} completed, {} cut at their phase's end, {} ended by an error",
+            c["turns"],
+            c["think_time"].as_str().unwrap_or("-"),
+            c["started"],
+            c["completed"],
+            c["cut_at_phase_end"],
+            c["ended_by_error"]
+        );
+    }
     if let Some(t) = &results.telemetry
         && let Some(idle) = t.idle_power_w
     {
@@ -173,6 +186,27 @@ fn phase_notes(o: &mut String, p: &PhaseResult) {
             c.cpu_per_request_us.unwrap_or(0.0),
             c.cpu_share_of_threads * 100.0,
             c.threads
+        );
+    }
+    for t in p.turns.iter().flatten() {
+        let prompt = t
+            .mean_prompt_tokens
+            .or(t.mean_usage_prompt_tokens)
+            .map_or("-".into(), |n| format!("{n:.0}"));
+        let ttft = |f: fn(&Summary) -> f64| {
+            t.ttft
+                .as_ref()
+                .map_or("-".into(), |l| format!("{:.1}", f(l) * 1e3))
+        };
+        let _ = writeln!(
+            o,
+            "{}: turn {}: {} ok, {} failed, prompt {prompt} tokens, TTFT p50 {} ms, p99 {} ms",
+            p.name,
+            t.turn,
+            t.ok,
+            t.failed,
+            ttft(|l| l.p50),
+            ttft(|l| l.p99)
         );
     }
     for (kind, n) in &p.errors {

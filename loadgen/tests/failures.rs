@@ -326,7 +326,10 @@ fn bad_input_is_one_line_with_the_fix() {
     let missing = dir.path().join("missing.toml");
     for (args, says) in [
         (vec![], "no endpoint"),
-        (vec!["--url", "ftp://x/"], "is not an http:// URL"),
+        (
+            vec!["--url", "ftp://x/"],
+            "is not an http:// or https:// URL",
+        ),
         (
             vec!["--url", "http://x/", "--phase", "w=poisson:fast:1s"],
             "is not a number",

@@ -568,6 +568,7 @@ pub mod fake_nvml;
 pub mod prometheus;
 pub mod skip;
 pub mod stream_server;
+pub mod tls;
 
 /// `libgapscope_inject.so` as the workspace build left it beside the
 /// running test or benchmark (in its directory or up to two above).

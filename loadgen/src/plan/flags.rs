@@ -4,7 +4,7 @@
 use super::{validate::check_phase, *};
 
 /// Parses a duration flag: `20s`, `500ms`, `2m`, `1h` or plain seconds.
-fn parse_duration(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<f64, String> {
     let t = text.trim();
     let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
         (n, 0.001)

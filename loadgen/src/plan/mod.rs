@@ -11,7 +11,7 @@ use crate::error::UsageError;
 mod flags;
 mod validate;
 
-pub(crate) use flags::{parse_phase, parse_sweep};
+pub(crate) use flags::{parse_duration, parse_phase, parse_sweep};
 
 /// The whole run, as read from the workload file and the flags.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -45,6 +45,13 @@ pub struct Plan {
     /// gapscoped counts this run's tokens for that service only.
     #[serde(default)]
     pub gapscoped_service: Option<String>,
+    /// gapscoped's basic auth (`--gapscoped-user`, the password from
+    /// `GAPSCOPED_PASSWORD`): never serialized.
+    #[serde(skip)]
+    pub gapscoped_auth: Option<BasicAuth>,
+    /// HTTPS: trust, client certificate, HTTP versions (`[tls]`).
+    #[serde(default)]
+    pub tls: Tls,
     /// `--sweep`: the phases are its steps (and the silences between).
     #[serde(skip)]
     pub sweep: Option<Sweep>,
@@ -62,6 +69,48 @@ pub struct Sweep {
     pub phases: Vec<String>,
     pub step_s: f64,
     pub gap_s: f64,
+}
+
+/// How HTTPS endpoints are trusted and spoken to; plain http:// ignores
+/// it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// CA certificates (PEM) trusted besides the system's.
+    #[serde(default)]
+    pub cacert: Vec<PathBuf>,
+    /// Accept any server certificate (still encrypted, not authenticated).
+    #[serde(default)]
+    pub insecure: bool,
+    /// A client certificate chain and its key (PEM), for mutual TLS.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Offer only HTTP/1.1 in ALPN (else h2 too, when the server offers it).
+    #[serde(default)]
+    pub http1_only: bool,
+}
+
+/// A user and password for HTTP basic auth.
+#[derive(Clone)]
+pub struct BasicAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BasicAuth({}, <password>)", self.user)
+    }
+}
+
+impl BasicAuth {
+    /// The `Authorization` header's value.
+    pub fn header(&self) -> String {
+        let pair = format!("{}:{}", self.user, self.password);
+        format!("Basic {}", crate::http::base64(pair.as_bytes()))
+    }
 }
 
 fn default_seed() -> u64 {
@@ -235,10 +284,90 @@ pub struct Prompts {
     /// Distinct shared prefixes; each request uses one, drawn at random.
     #[serde(default = "one_group")]
     pub prefix_groups: u32,
+    /// Turns per conversation: each turn after the first carries the
+    /// conversation so far (its prompts and the server's replies). With
+    /// ShareGPT, up to this many of each conversation's human turns.
+    #[serde(default = "one_turn")]
+    pub turns: u32,
+    /// The user's think time between a reply and the next turn.
+    #[serde(default)]
+    pub think_time: ThinkTime,
 }
 
 fn one_group() -> u32 {
     1
+}
+fn one_turn() -> u32 {
+    1
+}
+
+/// Seconds between a reply's end and the conversation's next turn:
+/// `2s` (fixed), `exp:2s` (exponential with that mean) or `1s-3s`
+/// (uniform); in a workload file the same text.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ThinkTime {
+    Fixed(f64),
+    Exponential { mean: f64 },
+    Uniform { min: f64, max: f64 },
+}
+
+impl Default for ThinkTime {
+    fn default() -> Self {
+        ThinkTime::Fixed(0.0)
+    }
+}
+
+impl TryFrom<String> for ThinkTime {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let bad = |why: String| {
+            format!(
+                "think time {text:?}: {why}; write 2s, exp:2s (exponential, that mean) or 1s-3s (uniform)"
+            )
+        };
+        let secs = |t: &str| match t.trim() {
+            "0" | "0s" => Ok(0.0),
+            t => flags::parse_duration(t).map_err(&bad),
+        };
+        let t = text.trim();
+        if let Some(mean) = t.strip_prefix("exp:") {
+            return Ok(ThinkTime::Exponential { mean: secs(mean)? });
+        }
+        if let Some((a, b)) = t.split_once('-') {
+            let (min, max) = (secs(a)?, secs(b)?);
+            if min > max {
+                return Err(bad(format!("{min} s is above {max} s")));
+            }
+            return Ok(ThinkTime::Uniform { min, max });
+        }
+        Ok(ThinkTime::Fixed(secs(t)?))
+    }
+}
+
+impl From<ThinkTime> for String {
+    fn from(t: ThinkTime) -> String {
+        match t {
+            ThinkTime::Fixed(s) => format!("{s}s"),
+            ThinkTime::Exponential { mean } => format!("exp:{mean}s"),
+            ThinkTime::Uniform { min, max } => format!("{min}s-{max}s"),
+        }
+    }
+}
+
+impl ThinkTime {
+    /// One think time, in seconds.
+    pub fn sample(self, rng: &mut impl rand::Rng) -> f64 {
+        match self {
+            ThinkTime::Fixed(s) => s,
+            ThinkTime::Exponential { mean } if mean > 0.0 => {
+                -mean * (1.0 - rng.random::<f64>()).ln()
+            }
+            ThinkTime::Exponential { .. } => 0.0,
+            ThinkTime::Uniform { min, max } => min + (max - min) * rng.random::<f64>(),
+        }
+    }
 }
 
 fn default_source() -> PromptSource {
@@ -257,6 +386,8 @@ impl Default for Prompts {
             tokenizer: None,
             shared_prefix_tokens: 0,
             prefix_groups: one_group(),
+            turns: one_turn(),
+            think_time: ThinkTime::default(),
         }
     }
 }
@@ -525,6 +656,8 @@ impl Plan {
             cost: Cost::default(),
             gapscoped: None,
             gapscoped_service: None,
+            gapscoped_auth: None,
+            tls: Tls::default(),
             sweep: None,
         }
     }

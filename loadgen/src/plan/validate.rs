@@ -22,10 +22,10 @@ impl Plan {
     fn check_endpoint(&self) -> Result<(), UsageError> {
         let bad = |problem: String, fix: &str| Err(UsageError::new(problem, fix));
         let url = &self.endpoint.url;
-        if !url.starts_with("http://") {
+        if !web_url(url) {
             return bad(
-                format!("endpoint url {url:?} is not an http:// URL"),
-                "give the full URL, e.g. http://127.0.0.1:8000/v1/completions (https is not supported)",
+                format!("endpoint url {url:?} is not an http:// or https:// URL"),
+                "give the full URL, e.g. http://127.0.0.1:8000/v1/completions",
             );
         }
         if url.parse::<hyper::Uri>().is_err() {
@@ -141,6 +141,35 @@ impl Plan {
                 "give --shared-prefix-tokens N with --prefix-groups K",
             ));
         }
+        if !(1..=1_000).contains(&p.turns) {
+            return bad(
+                format!("prompts.turns = {} is out of range", p.turns),
+                "use 1 to 1000 turns per conversation (--turns N)",
+            );
+        }
+        let think = match p.think_time {
+            ThinkTime::Fixed(s) => s,
+            ThinkTime::Exponential { mean } => mean,
+            ThinkTime::Uniform { max, .. } => max,
+        };
+        if !(0.0..=3600.0).contains(&think) {
+            return bad(
+                format!("think time {think} s is out of range"),
+                "use 0 to 1 h (--think-time 2s)",
+            );
+        }
+        if think > 0.0 && p.turns == 1 {
+            return bad(
+                "a think time without conversations".into(),
+                "give --turns N (N > 1) with --think-time",
+            );
+        }
+        if p.turns > 1 && self.endpoint.api == Api::Template {
+            return bad(
+                "multi-turn conversations with the template API".into(),
+                "use --api chat (messages) or completions (the conversation as one prompt)",
+            );
+        }
         check_length("output.max_tokens", self.output.max_tokens)?;
         if self.prompts.source != PromptSource::Random && self.prompts.path.is_none() {
             return bad(
@@ -186,9 +215,12 @@ impl Plan {
     fn check_measurement(&self) -> Result<(), UsageError> {
         let bad = |problem: String, fix: &str| Err(UsageError::new(problem, fix));
         if let Some(t) = &self.telemetry {
-            if !t.url.starts_with("http://") {
+            if !web_url(&t.url) {
                 return bad(
-                    format!("telemetry url {:?} is not an http:// URL", t.url),
+                    format!(
+                        "telemetry url {:?} is not an http:// or https:// URL",
+                        t.url
+                    ),
                     "give e.g. http://127.0.0.1:9400/metrics (dcgm-exporter) or http://127.0.0.1:9090 (Prometheus)",
                 );
             }
@@ -222,15 +254,19 @@ impl Plan {
             );
         }
         if let Some(g) = &self.gapscoped
-            && !g.starts_with("http://")
+            && !web_url(g)
         {
             return bad(
-                format!("gapscoped = {g:?} is not an http:// URL"),
-                "give gapscoped's base URL, e.g. http://127.0.0.1:9478",
+                format!("gapscoped = {g:?} is not an http:// or https:// URL"),
+                "give gapscoped's base URL, e.g. http://127.0.0.1:9478 (https:// behind a web config)",
             );
         }
         Ok(())
     }
+}
+
+fn web_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
 }
 
 fn check_length(name: &str, l: Length) -> Result<(), UsageError> {

@@ -150,8 +150,8 @@ pub(crate) struct Scraper {
 }
 
 impl Scraper {
-    /// Starts scraping in the background.
-    pub(crate) fn start(cfg: &Telemetry, clock: Clock) -> Self {
+    /// Starts scraping in the background with `client`.
+    pub(crate) fn start(cfg: &Telemetry, clock: Clock, client: SideClient) -> Self {
         let q = queries(cfg);
         let url = cfg.scrape_url();
         let selection = [
@@ -176,7 +176,6 @@ impl Scraper {
         let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
         let (cfg, s, src) = (cfg.clone(), samples.clone(), source.clone());
         let task = tokio::spawn(async move {
-            let client = SideClient::default();
             let every = Duration::from_millis(cfg.interval_ms);
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -26,14 +26,19 @@
 
 use std::{
     convert::Infallible,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
-use hyper::{Request, Response, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{
+    Request, Response,
+    server::conn::{http1, http2},
+    service::service_fn,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
 pub use gapscope_clock::monotonic_ns;
@@ -73,6 +78,58 @@ pub struct ServerConfig {
     /// their headers, for one to finish (a server whose latency rises past
     /// a known concurrency while its throughput stays flat).
     pub capacity: Option<usize>,
+    /// Serve HTTPS (and h2 when `ServerTls::h2` and the client offers it).
+    pub tls: Option<ServerTls>,
+}
+
+/// HTTPS for the test server: its certificate, an optional client CA it
+/// requires certificates from, and whether ALPN may choose h2.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub h2: bool,
+}
+
+impl ServerTls {
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs = |p: &PathBuf| {
+            CertificateDer::pem_file_iter(p)
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap()
+        };
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match &self.client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs(ca) {
+                    roots.add(c).unwrap();
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots.into(),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let key = PrivateKeyDer::from_pem_file(&self.key).unwrap();
+        let mut config = builder.with_single_cert(certs(&self.cert), key).unwrap();
+        config.alpn_protocols = if self.h2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
 }
 
 impl Default for ServerConfig {
@@ -92,6 +149,7 @@ impl Default for ServerConfig {
             drop_reused_connections: false,
             bearer: None,
             capacity: None,
+            tls: None,
         }
     }
 }
@@ -112,6 +170,8 @@ pub struct Seen {
     pub chunk_tokens: Vec<u64>,
     /// When the last byte was handed over.
     pub done_ns: Option<u64>,
+    /// "HTTP/1.1" or "HTTP/2.0".
+    pub http_version: String,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +184,10 @@ pub struct ServerLog {
     pub max_in_flight: usize,
     /// Requests cut without a reply (`drop_reused_connections`).
     pub cut_reused: usize,
+    /// Connections accepted (past the TLS handshake, under TLS), and
+    /// TLS handshakes that failed.
+    pub connections: usize,
+    pub tls_failures: usize,
 }
 
 impl ServerLog {
@@ -170,6 +234,8 @@ impl ServerLog {
 
 pub struct StreamServer {
     pub port: u16,
+    /// Serving HTTPS.
+    pub tls: bool,
     pub log: Arc<Mutex<ServerLog>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -249,6 +315,8 @@ impl StreamServer {
             started_ns: monotonic_ns(),
             slots,
         });
+        let acceptor = state.cfg.tls.as_ref().map(ServerTls::acceptor);
+        let acceptor_given = acceptor.is_some();
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -265,42 +333,28 @@ impl StreamServer {
                     };
                     let _ = stream.set_nodelay(true);
                     let state = state.clone();
+                    let acceptor = acceptor.clone();
                     tokio::spawn(async move {
-                        let drop_reused = state.cfg.drop_reused_connections;
-                        let cut = Arc::new(tokio::sync::Notify::new());
-                        let served = std::sync::atomic::AtomicU32::new(0);
-                        let svc = {
-                            let cut = cut.clone();
-                            service_fn(move |req| {
-                                let before =
-                                    served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                let cutting = drop_reused && before > 0;
-                                if cutting {
-                                    state.log.lock().unwrap().cut_reused += 1;
-                                    cut.notify_one();
+                        if let Some(acceptor) = acceptor {
+                            match acceptor.accept(stream).await {
+                                Ok(tls) => {
+                                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                                    state.log.lock().unwrap().connections += 1;
+                                    serve(state, tls, h2).await;
                                 }
-                                let state = state.clone();
-                                async move {
-                                    if cutting {
-                                        // No reply at all: the connection goes.
-                                        std::future::pending::<()>().await;
-                                    }
-                                    handle(state, req).await
-                                }
-                            })
-                        };
-                        let conn =
-                            http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-                        tokio::select! {
-                            _ = conn => {}
-                            _ = cut.notified() => {}
+                                Err(_) => state.log.lock().unwrap().tls_failures += 1,
+                            }
+                            return;
                         }
+                        state.log.lock().unwrap().connections += 1;
+                        serve(state, stream, false).await;
                     });
                 }
             });
         });
         StreamServer {
             port,
+            tls: acceptor_given,
             log,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -308,7 +362,49 @@ impl StreamServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// Serves one connection: HTTP/2 when ALPN chose it, else HTTP/1.1 (where
+/// `drop_reused_connections` may cut it).
+async fn serve<IO>(state: Arc<State>, io: IO, h2: bool)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let drop_reused = state.cfg.drop_reused_connections;
+    let cut = Arc::new(tokio::sync::Notify::new());
+    let served = std::sync::atomic::AtomicU32::new(0);
+    let svc = {
+        let cut = cut.clone();
+        service_fn(move |req| {
+            let before = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let cutting = drop_reused && before > 0;
+            if cutting {
+                state.log.lock().unwrap().cut_reused += 1;
+                cut.notify_one();
+            }
+            let state = state.clone();
+            async move {
+                if cutting {
+                    // No reply at all: the connection goes.
+                    std::future::pending::<()>().await;
+                }
+                handle(state, req).await
+            }
+        })
+    };
+    if h2 {
+        let _ = http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), svc)
+            .await;
+        return;
+    }
+    let conn = http1::Builder::new().serve_connection(TokioIo::new(io), svc);
+    tokio::select! {
+        _ = conn => {}
+        _ = cut.notified() => {}
     }
 }
 
@@ -325,6 +421,7 @@ async fn handle(
             .map(str::to_string)
     };
     let (request_id, traceparent) = (header("x-request-id"), header("traceparent"));
+    let http_version = format!("{:?}", req.version());
     if req.method() == hyper::Method::GET && path == "/metrics" {
         return Ok(metrics(&s));
     }
@@ -382,6 +479,7 @@ async fn handle(
             chunks_ns: Vec::new(),
             chunk_tokens: Vec::new(),
             done_ns: None,
+            http_version,
         });
         log.requests.len() - 1
     });

@@ -67,11 +67,18 @@ impl Reply {
             sizes: chunk_sizes(cfg, tokens),
             usage: option("include_usage"),
             continuous: option("continuous_usage_stats"),
-            prompt_tokens: body["prompt"]
-                .as_str()
-                .or(body["messages"][0]["content"].as_str())
-                .map(|p| p.split_whitespace().count())
-                .unwrap_or(0),
+            // Words of the prompt, or of every message (a conversation's
+            // whole history counts, as a server's usage does).
+            prompt_tokens: match body["prompt"].as_str() {
+                Some(p) => p.split_whitespace().count(),
+                None => body["messages"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m["content"].as_str())
+                    .map(|c| c.split_whitespace().count())
+                    .sum(),
+            },
         }
     }
 
