@@ -141,6 +141,15 @@ fn forks_and_execs_are_followed() {
     daemon.wait_processes("family", 1.0);
     w.finish();
     daemon.wait_processes("family", 0.0);
+    // Three processes were traced: the parent (matched) and both children
+    // (followed at fork; the exec does not count it again).
+    let started = |m: &Metrics| {
+        m.get_or_zero(
+            "gapscope_service_processes_traced_total",
+            &[("service", "family")],
+        )
+    };
+    assert_eq!(started(&daemon.scrape()), 3.0);
 
     // New threads are traced from their first syscall, four rounds in a
     // row, so threads reuse the kernel stacks of threads that just died.
@@ -157,6 +166,8 @@ fn forks_and_execs_are_followed() {
             f64::from(2 + 4 * round) * K as f64,
             "round {round}: four threads, K calls each"
         );
+        // Threads are not processes.
+        assert_eq!(started(&m), f64::from(3 + round));
     }
 }
 
@@ -217,6 +228,13 @@ fn restarts_keep_counting_with_bounded_maps() {
         let m = daemon.scrape();
         let count = calls(&m, "restarting", "getppid");
         assert_eq!(count, last + 100.0, "round {round}: counts keep increasing");
+        assert_eq!(
+            m.get_or_zero(
+                "gapscope_service_processes_traced_total",
+                &[("service", "restarting")]
+            ),
+            f64::from(round)
+        );
         last = count;
         threads_map.push(m.get_or_zero("gapscope_bpf_map_entries", &[("map", "threads")]));
         assert_eq!(

@@ -45,6 +45,9 @@ pub struct Targets {
     pub cuda: Option<CudaTracker>,
     /// Traced processes that exited, with their service and when.
     departed: StdHashMap<u32, (u32, Instant)>,
+    /// Per service id: processes that started being traced (matched, or
+    /// followed from a traced parent at fork).
+    started: Vec<u64>,
 }
 
 /// How long an exited process's service is remembered.
@@ -65,9 +68,10 @@ impl Targets {
             gil,
             serialization,
             cuda,
-            services,
             own_tgid: std::process::id(),
             departed: StdHashMap::new(),
+            started: vec![0; services.len()],
+            services,
         }
     }
 
@@ -102,6 +106,17 @@ impl Targets {
         }
     }
 
+    /// Processes that started being traced, per service id, since start.
+    pub fn started(&self) -> &[u64] {
+        &self.started
+    }
+
+    fn count_start(&mut self, service: u32) {
+        if let Some(n) = self.started.get_mut(service as usize) {
+            *n += 1;
+        }
+    }
+
     /// Processes traced per service id.
     pub fn counts(&self) -> Vec<u64> {
         let mut counts = vec![0u64; self.services.len()];
@@ -132,6 +147,9 @@ impl Targets {
     }
 
     fn add(&mut self, tgid: u32, service: u32) {
+        // A rescan may have added it before its exec event came: count a
+        // process once.
+        let new = self.map.get(&tgid, 0).is_err();
         let inserted = self.map.insert(tgid, service, 0);
         self.changed();
         match inserted {
@@ -140,6 +158,9 @@ impl Targets {
                     "tracing pid {tgid} as service {}",
                     self.services[service as usize].name
                 );
+                if new {
+                    self.count_start(service);
+                }
                 self.gil.attach(tgid, service);
             }
             Err(e) => log::warn!("cannot trace pid {tgid}: {e}"),
@@ -236,6 +257,7 @@ impl Targets {
                     }
                 } else {
                     log::debug!("following fork {} -> {}", ev.parent_tgid, ev.tgid);
+                    self.count_start(ev.service);
                     // The child shares its parent's memory image, GIL included.
                     self.gil.attach(ev.tgid, ev.service);
                 }

@@ -23,9 +23,18 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         "gapscope_service_processes",
         "Processes currently traced for each service.",
     );
-    let counts = state.targets.lock().map(|t| t.counts()).unwrap_or_default();
-    for (service, n) in state.services.iter().zip(&counts) {
+    let mut started = Family::counter(
+        "gapscope_service_processes_traced_total",
+        "Processes that started being traced for each service: matched (at exec or a rescan) or followed from a traced parent at fork.",
+    );
+    let (counts, starts) = state
+        .targets
+        .lock()
+        .map(|t| (t.counts(), t.started().to_vec()))
+        .unwrap_or_default();
+    for ((service, n), s) in state.services.iter().zip(&counts).zip(&starts) {
         processes.add_gauge(&[("service", &service.name)], *n as f64);
+        started.add_counter(&[("service", &service.name)], *s as f64);
     }
 
     let mut entries = Family::gauge(
@@ -101,7 +110,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         }
     }
     let mut families = vec![
-        build, processes, entries, up, configured, stats_on, run_time, runs, misses,
+        build, processes, started, entries, up, configured, stats_on, run_time, runs, misses,
     ];
     families.extend(http());
     families
