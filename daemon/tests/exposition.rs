@@ -20,7 +20,11 @@ fn metrics_pass_promtool_and_conventions() {
     for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
         let mut parts = line.split_whitespace().skip(2);
         let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
-        assert!(name.starts_with("gapscope_"), "{name} lacks the prefix");
+        // The exporter conventions' process_* metrics, else the prefix.
+        assert!(
+            name.starts_with("gapscope_") || name.starts_with("process_"),
+            "{name} lacks the prefix"
+        );
         assert_eq!(
             name.ends_with("_total"),
             kind == "counter",
@@ -41,9 +45,41 @@ fn metrics_pass_promtool_and_conventions() {
         "gapscope_offcpu_seconds_total",
         "gapscope_runqueue_latency_seconds_bucket",
         "gapscope_syscall_duration_seconds_bucket",
+        "gapscope_service_processes_traced_total",
     ] {
         assert!(text.contains(must), "{must} missing from /metrics");
     }
+    // The process metrics are gapscoped's own, as /proc tells them.
+    let m = daemon.scrape();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+    let field = |k: &str| -> f64 {
+        let line = status.lines().find(|l| l.starts_with(k)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let threads = m.get("process_threads", &[]).unwrap();
+    assert_eq!(threads, field("Threads:"), "{status}");
+    let rss = m.get("process_resident_memory_bytes", &[]).unwrap();
+    let rss_now = field("VmRSS:") * 1024.0;
+    assert!(
+        (rss / rss_now - 1.0).abs() < 0.25,
+        "{rss} against {rss_now}"
+    );
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.child.id()))
+        .unwrap()
+        .count() as f64;
+    let open = m.get("process_open_fds", &[]).unwrap();
+    assert!((open - fds).abs() <= 2.0, "{open} open fds against {fds}");
+    let started = m.get("process_start_time_seconds", &[]).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now && started > now - 120.0,
+        "{started} vs {now}"
+    );
+    assert!(m.get("process_cpu_seconds_total", &[]).unwrap() > 0.0);
+    assert!(m.get("process_max_fds", &[]).unwrap() >= fds);
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod explain;
 mod family;
 mod kernel;
 mod nvml;
+mod process;
 mod python;
 mod selfmon;
 mod timeline;
@@ -31,6 +32,7 @@ const SOURCES: &[(&str, Source)] = &[
     ("deep", cupti::collect),
     ("explain", explain::collect),
     ("self", selfmon::collect),
+    ("process", process::collect),
 ];
 
 /// Families in the Prometheus text format (0.0.4); empty ones are left
