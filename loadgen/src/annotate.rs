@@ -98,6 +98,11 @@ impl Annotator {
         }
         let body = body.to_string();
         let (client, url) = (self.client.clone(), self.url.clone());
+        let fix = if client.authenticates() {
+            "gapscoped refused the credentials: check --gapscoped-user and GAPSCOPED_PASSWORD"
+        } else {
+            "gapscoped's web config wants basic auth: give --gapscoped-user USER and the password in GAPSCOPED_PASSWORD"
+        };
         let (posted, failed, warned) = (
             self.posted.clone(),
             self.failed.clone(),
@@ -112,10 +117,7 @@ impl Annotator {
                     failed.fetch_add(1, Ordering::Relaxed);
                     if !warned.swap(true, Ordering::Relaxed) {
                         let why = match outcome {
-                            Ok((401, body)) => format!(
-                                "HTTP 401: {}; gapscoped's web config wants basic auth: give --gapscoped-user USER and the password in GAPSCOPED_PASSWORD",
-                                body.trim()
-                            ),
+                            Ok((401, body)) => format!("HTTP 401: {}; {fix}", body.trim()),
                             Ok((status, body)) => format!("HTTP {status}: {}", body.trim()),
                             Err(e) => e,
                         };

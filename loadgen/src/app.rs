@@ -62,6 +62,13 @@ pub(crate) fn run_plan(
     let exact_prompts = prompts.exact();
     let prefix_share = prompts.prefix_share(&plan.prompts);
     let model = ModelShape::from_spec(&plan.model)?;
+    // What can be refused is refused before the results directory exists.
+    let transport = Transport::new(&plan.tls)?;
+    let metrics_listener = args
+        .metrics_listen
+        .as_deref()
+        .map(exporter::bind)
+        .transpose()?;
     let run_id = format!("{:016x}", rand::random::<u64>());
     let (out, jsonl_path, jsonl) = output_files(out, &run_id)?;
     // Timers to the microsecond on every thread that runs requests.
@@ -94,18 +101,12 @@ pub(crate) fn run_plan(
         }
     }
 
-    let transport = Transport::new(&plan.tls)?;
-    let metrics_listener = args
-        .metrics_listen
-        .as_deref()
-        .map(exporter::bind)
-        .transpose()?;
     if plan.tls.insecure {
         eprintln!(
             "gapscope-loadgen: warning: --insecure: server certificates are not checked; the traffic is encrypted but anyone on the path can pose as the server"
         );
     }
-    let (outcome, telemetry, clock, annotations) = runtime.block_on(async {
+    let (outcome, telemetry, clock, annotations, metrics_server) = runtime.block_on(async {
         let clock = Clock::start();
         let live = Arc::new(Live::default());
         let client = Arc::new(Client::new(
@@ -154,14 +155,8 @@ pub(crate) fn run_plan(
             },
         )
         .await;
-        if let Some((_, server)) = exporter {
-            // No phase runs any more; the final counts stay up a while.
-            live.set_phase("");
-            if let Some(s) = args.metrics_linger {
-                tokio::time::sleep(Duration::from_secs_f64(s)).await;
-            }
-            server.abort();
-        }
+        // No phase runs any more.
+        live.set_phase("");
         if let Some((bar, task)) = progress {
             task.abort();
             bar.finish_and_clear();
@@ -174,7 +169,14 @@ pub(crate) fn run_plan(
                 a.failed.load(Ordering::Relaxed),
             )
         });
-        (outcome, scraper.map(Scraper::stop), clock, annotations)
+        let server = exporter.map(|(_, server)| server);
+        (
+            outcome,
+            scraper.map(Scraper::stop),
+            clock,
+            annotations,
+            server,
+        )
     });
 
     let results = results::build(
@@ -200,8 +202,35 @@ pub(crate) fn run_plan(
         jsonl_path,
         args.no_plots,
     )?;
+    // The results are written: the final counts stay up for the last
+    // scrape, unless the run was stopped (a signal ends the wait too).
+    if let Some(server) = metrics_server {
+        if let Some(s) = args
+            .metrics_linger
+            .filter(|_| outcome.interrupted.is_none())
+        {
+            runtime.block_on(linger(Duration::from_secs_f64(s)));
+        }
+        server.abort();
+    }
 
     Ok((exit_code(&results, &outcome), results))
+}
+
+/// Waits `time`, or until SIGINT or SIGTERM.
+async fn linger(time: Duration) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return tokio::time::sleep(time).await;
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(time) => {}
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
 }
 
 /// The results directory (`--out`, else `loadgen-results/RUN_ID`), and

@@ -393,6 +393,12 @@ impl RunArgs {
         plan.gapscoped = self.gapscoped.clone().or(plan.gapscoped);
         plan.gapscoped_service = self.gapscoped_service.clone().or(plan.gapscoped_service);
         self.override_tls(&mut plan)?;
+        if self.metrics_linger.is_some_and(|s| s > 3600.0) {
+            return Err(UsageError::new(
+                "--metrics-linger is over an hour",
+                "give a few scrape intervals, e.g. --metrics-linger 30s",
+            ));
+        }
         if self.threads == 0 || self.threads > 256 {
             return Err(UsageError::new(
                 format!("--threads {} is out of range", self.threads),
@@ -525,14 +531,41 @@ impl RunArgs {
                     "give the user name alone; the password goes in GAPSCOPED_PASSWORD",
                 ));
             }
-            if !plan
+            if password.is_empty() {
+                return Err(UsageError::new(
+                    "GAPSCOPED_PASSWORD is empty",
+                    "export the user's password in GAPSCOPED_PASSWORD",
+                ));
+            }
+            // Every URL the password goes to: annotations and gapscoped's
+            // telemetry.
+            let telemetry = plan
+                .telemetry
+                .as_ref()
+                .filter(|t| t.source == TelemetrySource::Gapscoped)
+                .map(|t| t.url.as_str());
+            let targets: Vec<&str> = plan
                 .gapscoped
                 .as_deref()
-                .is_some_and(|g| g.starts_with("https://"))
-            {
+                .into_iter()
+                .chain(telemetry)
+                .collect();
+            if targets.is_empty() {
                 return Err(UsageError::new(
-                    "--gapscoped-user without an https:// --gapscoped URL would send the password in clear text",
-                    "give --gapscoped https://HOST:PORT (the daemon's web config serves TLS)",
+                    "--gapscoped-user is given but nothing goes to gapscoped",
+                    "give --gapscoped https://HOST:PORT and/or --telemetry gapscoped=https://HOST:PORT",
+                ));
+            }
+            if let Some(plain) = targets.iter().find(|u| !u.starts_with("https://")) {
+                return Err(UsageError::new(
+                    format!("--gapscoped-user would send the password in clear text to {plain}"),
+                    "give gapscoped's URLs as https:// (the daemon's web config serves TLS)",
+                ));
+            }
+            if plan.tls.insecure {
+                return Err(UsageError::new(
+                    "--insecure with --gapscoped-user would send the password to a server whose certificate is not checked",
+                    "trust gapscoped's CA with --cacert FILE instead of --insecure",
                 ));
             }
             plan.gapscoped_auth = Some(BasicAuth {

@@ -325,6 +325,8 @@ pub(crate) fn serve(
         };
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of descriptors, say: wait rather than spin.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             };
             let exporter = exporter.clone();

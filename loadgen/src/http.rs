@@ -25,6 +25,11 @@ pub(crate) struct SideClient {
 }
 
 impl SideClient {
+    /// Whether it sends credentials.
+    pub(crate) fn authenticates(&self) -> bool {
+        self.auth.is_some()
+    }
+
     /// Over the run's TLS settings, with basic auth when given.
     pub(crate) fn new(transport: &Transport, auth: Option<&BasicAuth>) -> Self {
         let connector = transport.side_connector(Duration::from_secs(2));

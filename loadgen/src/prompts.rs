@@ -130,6 +130,9 @@ enum Source {
     Pool {
         items: Vec<Vec<PoolTurn>>,
         next: usize,
+        /// One prompt per item (a plain file): a conversation takes
+        /// `turns` items in a row.
+        lines: bool,
     },
 }
 
@@ -199,7 +202,12 @@ impl PromptGen {
                         "give a file with one prompt per line, or ShareGPT JSON with human turns",
                     ));
                 }
-                items.shuffle(&mut rng);
+                // A plain file's lines make conversations in the file's
+                // order (its next lines are its next turns); otherwise the
+                // pool is shuffled.
+                if p.source != PromptSource::File || p.turns <= 1 {
+                    items.shuffle(&mut rng);
+                }
                 // Only the turns a conversation will send are counted.
                 let keep = p.turns.max(1) as usize;
                 let items = items
@@ -220,7 +228,11 @@ impl PromptGen {
                             .collect()
                     })
                     .collect();
-                Source::Pool { items, next: 0 }
+                Source::Pool {
+                    items,
+                    next: 0,
+                    lines: p.source == PromptSource::File,
+                }
             }
         };
         Ok(Self {
@@ -247,10 +259,15 @@ impl PromptGen {
         }
         self.conversations += 1;
         let id = self.conversations;
+        let turns = self.turns as usize;
         let pool = match &mut self.source {
-            Source::Pool { items, next } => {
-                *next += 1;
-                Some(items[(*next - 1) % items.len()].clone())
+            Source::Pool { items, next, lines } => {
+                let take = if *lines { turns } else { 1 };
+                let conversation: Vec<PoolTurn> = (0..take)
+                    .flat_map(|i| items[(*next + i) % items.len()].clone())
+                    .collect();
+                *next += take;
+                Some(conversation)
             }
             Source::Random { .. } => None,
         };
@@ -338,7 +355,7 @@ impl PromptGen {
                     history: Vec::new(),
                 }
             }
-            Source::Pool { items, next } => {
+            Source::Pool { items, next, .. } => {
                 let (prompt, own, answer) = items[*next % items.len()][0].clone();
                 *next += 1;
                 Ask {

@@ -102,6 +102,11 @@ impl Client {
         }
     }
 
+    /// The run's tokenizer, when given.
+    pub(crate) fn tokenizer(&self) -> Option<Arc<Tokenizer>> {
+        self.tokenizer.clone()
+    }
+
     pub(crate) fn request_id(&self, seq: u64) -> String {
         format!("glg-{:08x}-{seq:06}", self.run_id as u32)
     }
@@ -201,11 +206,7 @@ impl Client {
     ) -> RequestRecord {
         let id = self.request_id(p.seq);
         let body = self.body(&p.ask, &id);
-        // A later turn's prompt is the conversation so far: counted whole.
-        let prompt_tokens = match (&self.tokenizer, p.ask.history.is_empty()) {
-            (Some(tok), false) => crate::prompts::count_tokens(tok, &p.ask.full_prompt()),
-            _ => p.ask.prompt_tokens,
-        };
+        let prompt_tokens = p.ask.prompt_tokens;
         let mut rec = RequestRecord {
             id,
             phase: p.phase,
@@ -281,11 +282,14 @@ impl Client {
                     // stream without saying so (llama-server does) fails the
                     // next request sent on it before any reply: send it once
                     // more on a fresh connection, and record that it was.
-                    if kind == ErrorKind::EarlyClose && rec.resent == 0 {
+                    // Not an HTTP/2 stream reset or GOAWAY: the server chose
+                    // to end that stream (hyper itself retries streams the
+                    // server refused unprocessed).
+                    let chain = error_chain(&e);
+                    if kind == ErrorKind::EarlyClose && rec.resent == 0 && !http2_reset(&chain) {
                         rec.resent = 1;
                         continue;
                     }
-                    let chain = error_chain(&e);
                     let mut hint = crate::tls::hint(&chain);
                     // Under TLS 1.3 a server refuses a missing client
                     // certificate after the handshake: the client sees the
@@ -587,6 +591,12 @@ fn connection_lost(e: &hyper::Error) -> bool {
 }
 
 /// An error and its causes on one line.
+/// An HTTP/2 stream or connection error (RST_STREAM, GOAWAY), as h2
+/// describes it.
+fn http2_reset(chain: &str) -> bool {
+    chain.contains("stream error") || chain.contains("connection error") || chain.contains("GOAWAY")
+}
+
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();

@@ -152,6 +152,8 @@ struct Sent {
     /// The server could not be reached at all.
     refused: bool,
     ok: bool,
+    /// Stopped by Ctrl-C or SIGTERM, not failed.
+    cancelled: bool,
     /// The reply's answer text, kept for a conversation's next turn.
     reply: Option<String>,
 }
@@ -161,10 +163,12 @@ impl Shared {
         self.asks.lock().await.recv().await
     }
 
-    /// Runs a conversation: its first turn now (`scheduled_ns`, `queue_ns`
-    /// as a single request's), each later one a think time after the
-    /// reply before it, carrying the conversation so far. No turn starts
-    /// after `end` (the phase's) or a stop; a failed turn ends it.
+    /// Runs a conversation: its first turn now (due at `scheduled_ns`),
+    /// each later one a think time after the reply before it, carrying the
+    /// conversation so far. No turn starts after `end` (the phase's) or a
+    /// stop; a failed turn ends it. With `slots` (an open loop's cap) each
+    /// turn holds a slot while it is in flight, never while its user
+    /// thinks; the first turn's wait for one is its queueing.
     async fn converse(
         self: Arc<Self>,
         phase_index: usize,
@@ -172,14 +176,24 @@ impl Shared {
         end: u64,
         scheduled_ns: Option<u64>,
         conversation: Conversation,
-        queue_ns: Option<u64>,
+        slots: Option<Arc<Semaphore>>,
     ) -> Conversed {
+        let slot = || async {
+            match &slots {
+                Some(sem) => sem.clone().acquire_owned().await.ok(),
+                None => None,
+            }
+        };
         let multi = conversation.turns.len() > 1
             || conversation.turns.iter().any(|t| t.conversation.is_some());
         if !multi {
             let Some(ask) = conversation.turns.into_iter().next() else {
                 return Conversed::Done;
             };
+            let _permit = slot().await;
+            let queue_ns = slots
+                .is_some()
+                .then(|| self.clock.now().saturating_sub(scheduled_ns.unwrap_or(0)));
             let sent = self
                 .send(phase_index, phase.into(), scheduled_ns, ask, queue_ns)
                 .await;
@@ -213,8 +227,23 @@ impl Shared {
             }
             let prompt = ask.prompt.clone();
             ask.history.clone_from(&history);
+            if !history.is_empty()
+                && let Some(tok) = self.client.tokenizer()
+            {
+                // The whole conversation, counted off the event loop.
+                let text = ask.full_prompt();
+                ask.prompt_tokens =
+                    tokio::task::spawn_blocking(move || crate::prompts::count_tokens(&tok, &text))
+                        .await
+                        .ok()
+                        .flatten();
+            }
+            let _permit = slot().await;
             let (scheduled, queued) = if k == 0 {
-                (scheduled_ns, queue_ns)
+                let queued = slots
+                    .is_some()
+                    .then(|| self.clock.now().saturating_sub(scheduled_ns.unwrap_or(0)));
+                (scheduled_ns, queued)
             } else {
                 (None, None)
             };
@@ -222,6 +251,10 @@ impl Shared {
                 .clone()
                 .send(phase_index, phase.into(), scheduled, ask, queued)
                 .await;
+            if sent.cancelled {
+                counts.cut.fetch_add(1, Ordering::Relaxed);
+                return Conversed::Cut;
+            }
             if !sent.ok {
                 counts.failed.fetch_add(1, Ordering::Relaxed);
                 return if sent.refused {
@@ -267,6 +300,10 @@ impl Shared {
             .is_some_and(|e| e.kind == ErrorKind::Connect);
         let sent = Sent {
             refused,
+            cancelled: rec
+                .error
+                .as_ref()
+                .is_some_and(|e| e.kind == ErrorKind::Cancelled),
             ok: rec.ok(),
             reply: rec.reply.take(),
         };
@@ -561,14 +598,7 @@ async fn run_phase(
                 let name = phase.name.clone();
                 let slots = slots.clone();
                 tasks.spawn(async move {
-                    let (_permit, queued) = match slots {
-                        Some(sem) => {
-                            let permit = sem.acquire_owned().await.ok();
-                            (permit, Some(s.clock.now().saturating_sub(due)))
-                        }
-                        None => (None, None),
-                    };
-                    s.converse(index, &name, end, Some(due), conversation, queued)
+                    s.converse(index, &name, end, Some(due), conversation, slots)
                         .await;
                 });
             }

@@ -13,8 +13,9 @@ use crate::{
 
 pub(crate) fn render(results: &Results) -> String {
     let mut o = table(&results.phases);
+    let conversations = results.run.prompts["conversations"].is_object();
     for p in &results.phases {
-        phase_notes(&mut o, p);
+        phase_notes(&mut o, p, conversations);
     }
     if let Some(s) = &results.sweep {
         o.push_str(&s.render());
@@ -116,7 +117,7 @@ fn table(phases: &[PhaseResult]) -> String {
 }
 
 /// The lines about one phase below the table.
-fn phase_notes(o: &mut String, p: &PhaseResult) {
+fn phase_notes(o: &mut String, p: &PhaseResult, conversations: bool) {
     if let Some(c) = p.latency.get("itl_chunk") {
         let _ = writeln!(
             o,
@@ -163,9 +164,16 @@ fn phase_notes(o: &mut String, p: &PhaseResult) {
             .get("queue")
             .map(|l| format!("{:.1} ms", l.p99 * 1e3))
             .unwrap_or("-".into());
+        // With conversations the schedule starts conversations; their
+        // later turns come on their own schedule.
+        let unit = if conversations {
+            "conversations/s (each turn a request)"
+        } else {
+            "req/s"
+        };
         let _ = writeln!(
             o,
-            "{}: open loop at {target} req/s: sent {achieved:.2} req/s; P99 send lag {lag}; P99 queueing {queue}",
+            "{}: open loop at {target} {unit}: sent {achieved:.2} req/s; P99 send lag {lag}; P99 queueing {queue}",
             p.name
         );
     }

@@ -148,7 +148,11 @@ fn read_certs(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>, U
 /// A TLS handshake error's hint: what to pass so the server is trusted.
 pub(crate) fn hint(error: &str) -> &'static str {
     let e = error.to_ascii_lowercase();
-    if e.contains("unknownissuer") || e.contains("invalid peer certificate") {
+    if e.contains("notvalidforname") {
+        " (the server's certificate is not for this host name: connect by a name or IP address it lists, or --insecure to skip the check)"
+    } else if e.contains("expired") || e.contains("notvalidyet") {
+        " (the server's certificate is expired or not yet valid: renew it, or --insecure to skip the check)"
+    } else if e.contains("unknownissuer") || e.contains("invalid peer certificate") {
         " (the server's certificate is not trusted: give its CA with --cacert FILE, or --insecure to skip the check)"
     } else if e.contains("certificaterequired") || e.contains("certificate required") {
         " (the server wants a client certificate: give --cert FILE --key FILE)"

@@ -143,6 +143,46 @@ fn each_chat_turn_carries_the_conversation_so_far_exactly() {
 }
 
 #[test]
+fn an_open_loops_cap_holds_requests_not_thinking_users() {
+    let _g = serial();
+    let server = StreamServer::start(ServerConfig {
+        first_token_ms: 5.0,
+        token_ms: 1.0,
+        ..ServerConfig::default()
+    });
+    let r = loadgen(&[
+        "--url",
+        &server.url("/v1/completions"),
+        "--phase",
+        "s=constant:8:2s:cap=1",
+        "--turns",
+        "3",
+        "--think-time",
+        "0.3s",
+        "--max-tokens",
+        "4",
+        "--input-tokens",
+        "4",
+        "--no-plots",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let log = server.log.lock().unwrap();
+    assert_eq!(log.max_in_flight, 1, "the cap holds");
+    drop(log);
+    // Another conversation's turn ran while one's user was thinking: the
+    // cap was not held through the think time.
+    let all = conversations(&r, &server);
+    let firsts: Vec<u64> = all.values().map(|t| t[0].2).collect();
+    let interleaved = all.values().any(|turns| {
+        turns.windows(2).any(|w| {
+            let (done, next) = (w[0].3, w[1].2);
+            firsts.iter().any(|&a| a > done && a < next)
+        })
+    });
+    assert!(interleaved, "{all:?}");
+}
+
+#[test]
 fn completions_turns_grow_by_prefix_and_sharegpt_sends_its_own_turns() {
     let _g = serial();
     let server = StreamServer::start(ServerConfig::default());
@@ -210,6 +250,38 @@ fn completions_turns_grow_by_prefix_and_sharegpt_sends_its_own_turns() {
             && seen.contains_key("3 turns"),
         "both conversations were sent, the first with three turns: {seen:?}"
     );
+
+    // A prompts file gives a conversation its lines in a row, one a turn.
+    let lines = dir.path().join("lines.txt");
+    std::fs::write(&lines, "first line\nsecond line\nthird line\n").unwrap();
+    let before = server.log.lock().unwrap().requests.len();
+    let r = loadgen(&[
+        "--url",
+        &server.url("/v1/completions"),
+        "--phase",
+        "s=closed:1:0.5s",
+        "--prompts-file",
+        lines.to_str().unwrap(),
+        "--turns",
+        "2",
+        "--max-tokens",
+        "1",
+        "--no-plots",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let all = conversations(&r, &server);
+    assert!(server.log.lock().unwrap().requests.len() > before);
+    let two: Vec<Vec<String>> = all.values().map(prompts).filter(|p| p.len() == 2).collect();
+    assert!(!two.is_empty());
+    for p in two {
+        let first = &p[0];
+        let i = ["first line", "second line", "third line"]
+            .iter()
+            .position(|l| l == first)
+            .unwrap();
+        let next = ["first line", "second line", "third line"][(i + 1) % 3];
+        assert_eq!(p[1], format!("{first} t\n\n{next}"));
+    }
 
     // Bad conversation flags are named with the fix.
     for (args, expected) in [

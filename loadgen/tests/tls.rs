@@ -220,3 +220,70 @@ fn mutual_tls_sends_the_client_certificate_and_bad_files_are_named() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("--key"), "{}", r.stderr);
 }
+
+#[test]
+fn gapscoped_credentials_go_only_where_they_are_safe() {
+    let url = "https://127.0.0.1:9/v1/completions";
+    let daemon = "https://127.0.0.1:9";
+    let run = |args: &[&str], password: Option<&str>| {
+        let mut cmd = std::process::Command::new(gapscope_testkit::loadgen_bin());
+        cmd.args(["--url", url])
+            .args(args)
+            .env_remove("GAPSCOPED_PASSWORD");
+        if let Some(p) = password {
+            cmd.env("GAPSCOPED_PASSWORD", p);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let user = ["--gapscoped", daemon, "--gapscoped-user", "prometheus"];
+    for (extra, password, expected) in [
+        (vec![], Some(""), "GAPSCOPED_PASSWORD is empty"),
+        (vec![], None, "GAPSCOPED_PASSWORD is not set"),
+        (
+            vec!["--insecure"],
+            Some("pw"),
+            "--insecure with --gapscoped-user",
+        ),
+        (
+            vec!["--telemetry", "gapscoped=http://127.0.0.1:9"],
+            Some("pw"),
+            "clear text to http://127.0.0.1:9",
+        ),
+    ] {
+        let args: Vec<&str> = user.iter().copied().chain(extra.iter().copied()).collect();
+        let (code, stderr) = run(&args, password);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // Telemetry alone may carry them.
+    let (code, stderr) = run(
+        &[
+            "--gapscoped-user",
+            "p",
+            "--telemetry",
+            "gapscoped=http://127.0.0.1:9",
+        ],
+        Some("pw"),
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("clear text"), "{stderr}");
+    // Credentials in a URL would be written into the results.
+    for args in [
+        vec!["--gapscoped", "https://me:secret@127.0.0.1:9"],
+        vec!["--telemetry", "dcgm=http://me:secret@127.0.0.1:9/metrics"],
+    ] {
+        let (code, stderr) = run(&args, None);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("credentials in it"), "{args:?}: {stderr}");
+    }
+    let out = std::process::Command::new(gapscope_testkit::loadgen_bin())
+        .args(["--url", "https://me:secret@127.0.0.1:9/v1/completions"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("credentials in it"));
+}

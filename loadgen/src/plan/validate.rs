@@ -34,6 +34,7 @@ impl Plan {
                 "check it for typos",
             );
         }
+        no_userinfo("the endpoint url", url)?;
         for (name, value) in [
             ("timeout_s", self.endpoint.timeout_s),
             ("idle_timeout_s", self.endpoint.idle_timeout_s),
@@ -224,6 +225,7 @@ impl Plan {
                     "give e.g. http://127.0.0.1:9400/metrics (dcgm-exporter) or http://127.0.0.1:9090 (Prometheus)",
                 );
             }
+            no_userinfo("the telemetry url", &t.url)?;
             if t.url.parse::<hyper::Uri>().is_err() {
                 return bad(
                     format!("telemetry url {:?} does not parse", t.url),
@@ -261,12 +263,35 @@ impl Plan {
                 "give gapscoped's base URL, e.g. http://127.0.0.1:9478 (https:// behind a web config)",
             );
         }
+        if let Some(g) = &self.gapscoped {
+            no_userinfo("the gapscoped url", g)?;
+        }
         Ok(())
     }
 }
 
 fn web_url(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
+}
+
+/// Credentials written into a URL (`https://user:pw@host`) would end up in
+/// results, logs and metric labels.
+fn has_userinfo(url: &str) -> bool {
+    url.split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+        .is_some_and(|authority| authority.contains('@'))
+}
+
+fn no_userinfo(what: &str, url: &str) -> Result<(), UsageError> {
+    if has_userinfo(url) {
+        return Err(UsageError::new(
+            format!(
+                "{what} has credentials in it (user@host), which would be written into results and logs"
+            ),
+            "remove them: use --api-key (or OPENAI_API_KEY) for the endpoint, --gapscoped-user with GAPSCOPED_PASSWORD for gapscoped",
+        ));
+    }
+    Ok(())
 }
 
 fn check_length(name: &str, l: Length) -> Result<(), UsageError> {
