@@ -10,11 +10,14 @@
 //! one in turn (tokio's semaphore is fair) for at most a second, then is
 //! answered 429 instead of queueing more CPU work, so a flood of wrong
 //! passwords cannot stall the scrapes whose credentials are already
-//! remembered (those need no bcrypt), and new credentials still get their
-//! turn unless the flood keeps the queue a second long.
+//! remembered (those need no bcrypt). Each client address has at most one
+//! check waiting or running: another from the same address while it does
+//! is answered 429 at once, so a flood from one host holds one slot and
+//! new credentials from any other host find the other free.
 
 use std::{
     collections::{BTreeMap, HashSet},
+    net::IpAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -45,6 +48,21 @@ pub struct BasicAuth {
     users: BTreeMap<String, String>,
     verified: Mutex<HashSet<(String, String)>>,
     bcrypt_slots: Arc<tokio::sync::Semaphore>,
+    /// Client addresses with a check waiting or running.
+    checking: Mutex<HashSet<IpAddr>>,
+}
+
+/// The client's address, put on each request by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub IpAddr);
+
+/// Holds an address's turn; gives it back when dropped.
+struct Turn<'a>(&'a BasicAuth, IpAddr);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.checking().remove(&self.1);
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -61,14 +79,26 @@ impl BasicAuth {
             users,
             verified: Mutex::default(),
             bcrypt_slots: Arc::new(tokio::sync::Semaphore::new(BCRYPT_AT_ONCE)),
+            checking: Mutex::default(),
         }
     }
 
-    async fn allows(self: &Arc<Self>, user: String, password: String) -> Verdict {
+    async fn allows(
+        self: &Arc<Self>,
+        user: String,
+        password: String,
+        peer: Option<IpAddr>,
+    ) -> Verdict {
         let key = (user, password);
         if self.cache().contains(&key) {
             return Verdict::Allowed;
         }
+        // One check at a time per address.
+        let _turn = match peer {
+            Some(ip) if !self.checking().insert(ip) => return Verdict::Busy,
+            Some(ip) => Some(Turn(self, ip)),
+            None => None,
+        };
         // A short wait, in turn: new credentials (a Prometheus after a
         // restart) still get in during a flood, most of the time.
         let slot =
@@ -104,6 +134,12 @@ impl BasicAuth {
         }
     }
 
+    fn checking(&self) -> std::sync::MutexGuard<'_, HashSet<IpAddr>> {
+        self.checking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
         self.verified
             .lock()
@@ -119,8 +155,9 @@ pub async fn require(State(auth): State<Arc<BasicAuth>>, req: Request, next: Nex
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_basic);
+    let peer = req.extensions().get::<Peer>().map(|p| p.0);
     let verdict = match credentials {
-        Some((user, password)) => auth.allows(user, password).await,
+        Some((user, password)) => auth.allows(user, password, peer).await,
         None => Verdict::Refused,
     };
     match verdict {
@@ -139,7 +176,7 @@ pub async fn require(State(auth): State<Arc<BasicAuth>>, req: Request, next: Nex
             (
                 StatusCode::TOO_MANY_REQUESTS,
                 [(header::RETRY_AFTER, "1")],
-                "Too many credential checks at once: retry in a second (remembered credentials are never refused this way)\n",
+                "Too many credential checks at once, or one from this address is still running: retry in a second (remembered credentials are never refused this way)\n",
             )
                 .into_response()
         }
@@ -181,22 +218,22 @@ mod tests {
         let hash = bcrypt::hash("right", 4).unwrap();
         let auth = Arc::new(BasicAuth::new(BTreeMap::from([("prom".to_string(), hash)])));
         assert_eq!(
-            auth.allows("prom".into(), "right".into()).await,
+            auth.allows("prom".into(), "right".into(), None).await,
             Verdict::Allowed
         );
         // Remembered: the second time needs no bcrypt.
         assert!(auth.cache().contains(&("prom".into(), "right".into())));
         assert_eq!(
-            auth.allows("prom".into(), "right".into()).await,
+            auth.allows("prom".into(), "right".into(), None).await,
             Verdict::Allowed
         );
         assert_eq!(
-            auth.allows("prom".into(), "wrong".into()).await,
+            auth.allows("prom".into(), "wrong".into(), None).await,
             Verdict::Refused
         );
         // The right password under another name is still refused.
         assert_eq!(
-            auth.allows("other".into(), "right".into()).await,
+            auth.allows("other".into(), "right".into(), None).await,
             Verdict::Refused
         );
     }
@@ -206,24 +243,58 @@ mod tests {
         let hash = bcrypt::hash("right", 4).unwrap();
         let auth = Arc::new(BasicAuth::new(BTreeMap::from([("prom".to_string(), hash)])));
         assert_eq!(
-            auth.allows("prom".into(), "right".into()).await,
+            auth.allows("prom".into(), "right".into(), None).await,
             Verdict::Allowed
         );
         let taken: Vec<_> = (0..BCRYPT_AT_ONCE)
             .map(|_| auth.bcrypt_slots.clone().try_acquire_owned().unwrap())
             .collect();
         assert_eq!(
-            auth.allows("prom".into(), "wrong".into()).await,
+            auth.allows("prom".into(), "wrong".into(), None).await,
             Verdict::Busy
         );
         // Remembered credentials need no slot.
         assert_eq!(
-            auth.allows("prom".into(), "right".into()).await,
+            auth.allows("prom".into(), "right".into(), None).await,
             Verdict::Allowed
         );
         drop(taken);
         assert_eq!(
-            auth.allows("prom".into(), "wrong".into()).await,
+            auth.allows("prom".into(), "wrong".into(), None).await,
+            Verdict::Refused
+        );
+    }
+
+    #[tokio::test]
+    async fn one_check_at_a_time_per_address() {
+        let hash = bcrypt::hash("right", 4).unwrap();
+        let auth = Arc::new(BasicAuth::new(BTreeMap::from([("prom".to_string(), hash)])));
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        // A check from `a` is waiting (every slot taken).
+        let taken: Vec<_> = (0..BCRYPT_AT_ONCE)
+            .map(|_| auth.bcrypt_slots.clone().try_acquire_owned().unwrap())
+            .collect();
+        let waiting = {
+            let auth = auth.clone();
+            tokio::spawn(async move { auth.allows("prom".into(), "wrong".into(), Some(a)).await })
+        };
+        tokio::task::yield_now().await;
+        // A second from `a` is turned away at once; `b` waits its turn.
+        assert_eq!(
+            auth.allows("prom".into(), "x".into(), Some(a)).await,
+            Verdict::Busy
+        );
+        let from_b = {
+            let auth = auth.clone();
+            tokio::spawn(async move { auth.allows("prom".into(), "right".into(), Some(b)).await })
+        };
+        drop(taken);
+        assert_eq!(waiting.await.unwrap(), Verdict::Refused);
+        assert_eq!(from_b.await.unwrap(), Verdict::Allowed);
+        // Done: `a` may ask again.
+        assert!(auth.checking().is_empty());
+        assert_eq!(
+            auth.allows("prom".into(), "wrong".into(), Some(a)).await,
             Verdict::Refused
         );
     }

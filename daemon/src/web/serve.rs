@@ -221,7 +221,9 @@ async fn serve(
                 };
                 let _ = tcp.set_nodelay(true);
                 let connection = Connection {
-                    router: router.clone(),
+                    // Each request knows its client's address (per-address
+                    // limits on credential checks).
+                    router: router.clone().layer(axum::Extension(auth::Peer(peer.ip()))),
                     limits,
                     closing: closing_seen.clone(),
                 };
