@@ -5,15 +5,17 @@ systemd-nspawn container, installs the project's .deb in it and checks the
 unit end to end: readiness only after the programs are attached, the
 sandbox still attaching and finding another user's process, journald's fields,
 the watchdog catching a hung daemon, Restart=on-failure after SIGKILL,
+`systemctl reload` (a new service applied, a broken file refused),
 nothing attached once `systemctl stop` returns (its time reported), and a purge that leaves
 nothing behind. Writes one JSON result (--out) and prints a line per check.
 
 Exit status: 0 every check passed, 1 one failed, 77 the check cannot run
 on this host (the reason is printed after "SKIP:").
 
-Not covered: `systemctl reload` (gapscoped has no reload: a new config
-takes a restart; on SIGHUP it says so and keeps running),
-and exact counts of a traced process: the container's PID namespace is not
+`systemctl reload` applies a new service in the same process, and a
+broken file is refused with the running configuration kept.
+
+Not covered: exact counts of a traced process: the container's PID namespace is not
 the host's (gapscoped logs that it cannot match processes there), so
 those are counted by daemon/tests/systemd.rs with the unit's capabilities
 outside a container.
@@ -301,16 +303,33 @@ EOF""")
                                                   and show(c, "MainPID")), 30)
     result.check("restarts_after_sigkill", bool(after), f"pid {before} killed, pid {after} running")
 
-    # SIGHUP, the reload reflex, must not stop it.
+    # `systemctl reload` (ExecReload sends SIGHUP): a new service applies
+    # at once, in the same process; a broken file is refused, the running
+    # configuration kept, and the journal says why.
     before = show(c, "MainPID")
-    sh("systemctl kill -s SIGHUP --kill-whom=main gapscoped")
-    time.sleep(1)
-    said = "SIGHUP: gapscoped has no reload" in sh("journalctl -u gapscoped --no-pager -o cat").stdout
-    result.check("sighup_keeps_it_running",
-                 show(c, "MainPID") == before and said
-                 and sh("systemctl is-active gapscoped").stdout.strip() == "active",
-                 f"pid {before} {'still running' if show(c, 'MainPID') == before else 'gone'}, "
-                 f"{'said' if said else 'did not say'} that a restart applies a config")
+    good = sh("cat /etc/gapscope/gapscoped.toml").stdout
+    sh("cat >> /etc/gapscope/gapscoped.toml <<EOF\n[[service]]\nname = \"reloaded\"\n"
+       "cmdline = \"nothing-here\"\nEOF")
+    p = sh("systemctl reload gapscoped", timeout=30)
+    applied = wait("reload applied", lambda: 'service="reloaded"' in scrape(port), 10)
+    said = "services added: reloaded" in sh("journalctl -u gapscoped --no-pager -o cat").stdout
+    result.check("reload_applies_the_config",
+                 p.returncode == 0 and bool(applied) and said and show(c, "MainPID") == before,
+                 f"systemctl reload exit {p.returncode}; the new service "
+                 f"{'in' if applied else 'not in'} /metrics; pid {before} "
+                 f"{'kept' if show(c, 'MainPID') == before else 'changed'}")
+    sh("printf '[daemon]\\nlisten = = broken\\n' > /etc/gapscope/gapscoped.toml")
+    p = sh("systemctl reload gapscoped", timeout=30)
+    refused = wait("reload refused", lambda: metric(scrape(port), "gapscope_config_reloads_total",
+                                                    {"result": "failure"}) >= 1, 10)
+    said = "keeping the running configuration" in sh("journalctl -u gapscoped --no-pager -o cat").stdout
+    still = ('service="reloaded"' in scrape(port)
+             and sh("systemctl is-active gapscoped").stdout.strip() == "active")
+    result.check("bad_reload_keeps_the_config",
+                 bool(refused) and said and still and show(c, "MainPID") == before,
+                 f"refused {'and said why' if said else 'silently'}; "
+                 f"{'still serving the old configuration' if still else 'lost its configuration'}")
+    sh(f"cat > /etc/gapscope/gapscoped.toml <<'EOF'\n{good}EOF")
 
     # A client trickling a request head holds a connection through the
     # stop: it is dropped after the shutdown grace, not waited for.

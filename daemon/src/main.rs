@@ -182,7 +182,7 @@ fn main() -> ExitCode {
         } => trace_command(&cli.config, &service, &window, &out, url),
         Command::Run => Config::load(&cli.config)
             .map_err(anyhow::Error::from)
-            .and_then(daemon::run),
+            .and_then(|c| daemon::run(c, cli.config.clone())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

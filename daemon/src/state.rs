@@ -19,8 +19,36 @@ use crate::{
     timeline::Timeline,
 };
 
+/// The configured services, by id (their position). A reload
+/// (`daemon::reload`) may change a service's matcher, add services at the
+/// end or retire one; an id always keeps its name.
+pub struct ServiceTable(std::sync::RwLock<Arc<[ServiceConfig]>>);
+
+impl ServiceTable {
+    pub fn new(services: Arc<[ServiceConfig]>) -> Self {
+        Self(std::sync::RwLock::new(services))
+    }
+
+    /// The services now.
+    pub fn all(&self) -> Arc<[ServiceConfig]> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set(&self, services: Arc<[ServiceConfig]>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = services;
+    }
+}
+
 pub struct DaemonState {
-    pub services: Arc<[ServiceConfig]>,
+    pub services: ServiceTable,
+    /// What reloads of the configuration came to (SIGHUP).
+    pub reloads: crate::daemon::reload::ReloadStats,
     pub maps: KernelMaps,
     pub probes: Arc<Mutex<Probes>>,
     pub targets: Arc<Mutex<Targets>>,
@@ -63,13 +91,14 @@ impl DaemonState {
 
     pub fn service_id(&self, name: &str) -> Option<u32> {
         self.services
+            .all()
             .iter()
             .position(|s| s.name == name)
             .map(|i| i as u32)
     }
 
-    pub fn service_name(&self, id: u32) -> Option<&str> {
-        self.services.get(id as usize).map(|s| s.name.as_str())
+    pub fn service_name(&self, id: u32) -> Option<String> {
+        self.services.all().get(id as usize).map(|s| s.name.clone())
     }
 
     /// Files an annotation posted by the load generator (JSON, see

@@ -55,7 +55,8 @@ fn the_unit_runs_under_a_real_systemd() {
             "journal_fields",
             "watchdog_restarts_a_hung_daemon",
             "restarts_after_sigkill",
-            "sighup_keeps_it_running",
+            "reload_applies_the_config",
+            "bad_reload_keeps_the_config",
             "stop_detaches",
             "purge_leaves_nothing",
         ]

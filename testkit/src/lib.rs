@@ -227,6 +227,12 @@ impl Daemon {
         d
     }
 
+    /// The configuration file it was started with (a test may rewrite it
+    /// and send SIGHUP).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self._config
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -121,6 +121,9 @@ pub struct ServiceConfig {
     pub matcher: Matcher,
     /// Processes forked by a matched process belong to the same service.
     pub follow_children: bool,
+    /// Removed from the file by a reload: it matches nothing any more,
+    /// and keeps its id (and name) until gapscoped restarts.
+    pub retired: bool,
 }
 
 /// What a process must look like to belong to a service. Every field that

@@ -483,6 +483,7 @@ pub(super) fn parse_service(s: RawService) -> Result<ServiceConfig, UsageError> 
         name,
         matcher,
         follow_children: s.follow_children.unwrap_or(true),
+        retired: false,
     })
 }
 

@@ -1,7 +1,7 @@
 //! The daemon's one event loop: process events and timeline intervals as
 //! the kernel's ring buffers deliver them, rescans, per-second bookkeeping,
-//! the explainer's settle tick, snapshots and the systemd watchdog, until
-//! SIGTERM or SIGINT.
+//! the explainer's settle tick, snapshots, the systemd watchdog and
+//! configuration reloads (SIGHUP), until SIGTERM or SIGINT.
 
 use std::time::Duration;
 
@@ -88,10 +88,11 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); return Ok(()); }
             _ = sigint.recv() => { log::info!("SIGINT: detaching"); return Ok(()); }
-            // The reload reflex must not stop it: say what applies a config.
-            _ = sighup.recv() => log::warn!(
-                "SIGHUP: gapscoped has no reload and keeps its config; restart it to apply a new one (systemctl restart gapscoped)"
-            ),
+            _ = sighup.recv() => {
+                if let Some(r) = running.reloader.as_mut() {
+                    r.reload(&state);
+                }
+            }
             _ = rescan.tick() => targets().rescan(),
             _ = every_second.tick() => targets().every_second(),
             _ = settle.tick() => feed::settle(&state, monotonic_ns(), running.reorder_ns),

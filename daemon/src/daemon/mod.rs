@@ -9,6 +9,7 @@
 //! * here: the runtime and the teardown, which detaches every program.
 
 mod event_loop;
+pub mod reload;
 mod start;
 
 use std::sync::Arc;
@@ -17,7 +18,9 @@ use std::sync::Arc;
 /// the HTTP server's runtime has its own (`web::serve`).
 pub(crate) const MAX_BLOCKING_THREADS: usize = 16;
 
-pub fn run(config: crate::config::Config) -> anyhow::Result<()> {
+/// Runs the daemon with `config`, read from `path` (read again on
+/// SIGHUP).
+pub fn run(config: crate::config::Config, path: std::path::PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         // A bounded pool keeps the daemon within the unit's TasksMax
@@ -25,7 +28,9 @@ pub fn run(config: crate::config::Config) -> anyhow::Result<()> {
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()?;
     runtime.block_on(async {
+        let reloader = reload::Reloader::new(path, &config);
         let mut running = start::start(config).await?;
+        running.reloader = Some(reloader);
         let ended = event_loop::run(&mut running).await;
         shutdown(running).await;
         ended

@@ -47,6 +47,8 @@ pub(super) struct Running {
     pub reorder_ns: u64,
     /// Taken by the event loop.
     pub signals: Option<super::event_loop::Signals>,
+    /// Reads the configuration again on SIGHUP.
+    pub reloader: Option<super::reload::Reloader>,
 }
 
 /// Whether this process is in the initial PID namespace, whose pids the
@@ -130,6 +132,7 @@ pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
         rescan_every,
         reorder_ns,
         signals: Some(signals),
+        reloader: None,
     })
 }
 
@@ -206,6 +209,7 @@ fn build_state(
         gil_ranges,
     } = attached;
     let services: Arc<[_]> = config.services.into();
+    let service_table = crate::state::ServiceTable::new(services.clone());
     let probes = Arc::new(Mutex::new(probes));
     let targets = Arc::new(Mutex::new(Targets::new(
         targets,
@@ -270,7 +274,8 @@ fn build_state(
         shared
     });
     let state = Arc::new(DaemonState {
-        services,
+        services: service_table,
+        reloads: Default::default(),
         maps,
         probes,
         targets,

@@ -82,8 +82,25 @@ impl Targets {
         }
         self.services
             .iter()
-            .position(|s| s.matcher.matches(p))
+            .position(|s| !s.retired && s.matcher.matches(p))
             .map(|i| i as u32)
+    }
+
+    /// Takes a reloaded service table (ids kept, new services at the end)
+    /// and untraces every process of the services in `untrace` (changed
+    /// or retired); the caller rescans.
+    pub fn set_services(&mut self, services: Arc<[ServiceConfig]>, untrace: &[u32]) {
+        self.started.resize(services.len(), 0);
+        self.services = services;
+        let gone: Vec<u32> = self
+            .traced()
+            .into_iter()
+            .filter(|(_, service)| untrace.contains(service))
+            .map(|(tgid, _)| tgid)
+            .collect();
+        for tgid in gone {
+            self.remove(tgid);
+        }
     }
 
     /// The current contents of the kernel map.

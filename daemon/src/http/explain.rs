@@ -145,7 +145,7 @@ pub(super) async fn kernels(
     let Some(name) = params.get("service") else {
         return bad_request("service is missing".into(), fix);
     };
-    let Some(service) = state.services.iter().position(|s| &s.name == name) else {
+    let Some(service) = state.services.all().iter().position(|s| &s.name == name) else {
         return bad_request(format!("no service named {name:?}"), fix);
     };
     let limit = match params.get("limit").map(|l| l.parse::<usize>()) {

@@ -35,7 +35,7 @@ pub(super) async fn intervals(
     let mut limit = 10_000usize;
     for (key, value) in &params {
         match key.as_str() {
-            "service" => match state.services.iter().position(|s| &s.name == value) {
+            "service" => match state.services.all().iter().position(|s| &s.name == value) {
                 Some(id) => service = Some(id as u32),
                 None => {
                     return bad_request(
@@ -94,7 +94,7 @@ pub(super) async fn intervals(
                 .flatten();
             IntervalView {
                 kind: i.kind_label(),
-                service: state.service_name(i.service).unwrap_or("").to_string(),
+                service: state.service_name(i.service).unwrap_or_default(),
                 codec: spec.map(|s| s.codec.clone()),
                 op: spec.map(|s| s.op.clone()),
                 api: cuda.map(|e| e.library.api()),

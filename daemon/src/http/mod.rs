@@ -78,7 +78,9 @@ async fn healthz(State(state): State<Arc<DaemonState>>) -> impl IntoResponse {
 async fn landing(State(state): State<Arc<DaemonState>>) -> Html<String> {
     let services: String = state
         .services
+        .all()
         .iter()
+        .filter(|s| !s.retired)
         .map(|s| {
             format!(
                 "<li>{0} (<a href=\"/api/v1/explain?service={0}\">why is its GPU idle?</a>)</li>",

@@ -42,23 +42,23 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         match entry.role {
             Role::Launch => {
                 launches.add_counter(
-                    &[("service", service), ("api", api), ("entry", entry.name)],
+                    &[("service", &service), ("api", api), ("entry", entry.name)],
                     c.estimated.round(),
                 );
                 launch_time.add_log2_histogram(
-                    &[("service", service), ("api", api), ("entry", entry.name)],
+                    &[("service", &service), ("api", api), ("entry", entry.name)],
                     &c.hist,
                 );
             }
             Role::GraphLaunch => {
-                graphs.add_counter(&[("service", service), ("api", api)], c.estimated.round());
+                graphs.add_counter(&[("service", &service), ("api", api)], c.estimated.round());
                 launch_time.add_log2_histogram(
-                    &[("service", service), ("api", api), ("entry", entry.name)],
+                    &[("service", &service), ("api", api), ("entry", entry.name)],
                     &c.hist,
                 );
             }
             Role::HostSync => sync.add_log2_histogram(
-                &[("service", service), ("api", api), ("call", entry.name)],
+                &[("service", &service), ("api", api), ("call", entry.name)],
                 &c.hist,
             ),
         }
@@ -81,7 +81,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     );
     for ((service, library), n) in cuda.processes() {
         if let Some(name) = state.service_name(service) {
-            processes.add_gauge(&[("service", name), ("api", library.api())], n as f64);
+            processes.add_gauge(&[("service", &name), ("api", library.api())], n as f64);
         }
     }
     let mut unavailable = Family::gauge(
@@ -90,7 +90,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     );
     for ((service, library), n) in cuda.unavailable() {
         if let Some(name) = state.service_name(service) {
-            unavailable.add_gauge(&[("service", name), ("api", library.api())], n as f64);
+            unavailable.add_gauge(&[("service", &name), ("api", library.api())], n as f64);
         }
     }
     let mut files = Family::gauge(

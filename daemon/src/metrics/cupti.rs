@@ -57,7 +57,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
                 continue;
             };
             let device = device.to_string();
-            let l = [("service", name), ("device", device.as_str())];
+            let l = [("service", name.as_str()), ("device", device.as_str())];
             for (class, h) in &s.kernels {
                 kernels.add_log2_histogram(&[l[0], l[1], ("class", class)], h);
             }

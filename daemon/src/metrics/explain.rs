@@ -61,7 +61,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
             continue;
         };
         let l = [
-            ("service", name),
+            ("service", name.as_str()),
             ("device", device.as_str()),
             ("source", source.label()),
         ];
@@ -90,7 +90,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         open.add_gauge(&l, open_s);
         gaps.add_counter(&l, h.totals.gaps as f64);
     }
-    for (id, s) in state.services.iter().enumerate() {
+    for (id, s) in state.services.all().iter().enumerate() {
         launchers.add_gauge(&[("service", &s.name)], e.launchers(id as u32) as f64);
     }
     states.add_counter(&[], e.counters.states as f64);

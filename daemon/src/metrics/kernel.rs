@@ -30,7 +30,7 @@ fn syscalls(state: &DaemonState) -> Vec<Family> {
         };
         seen += h.count;
         let name = syscall_table::name(*nr);
-        hist.add_log2_histogram(&[("service", service), ("syscall", &name)], h);
+        hist.add_log2_histogram(&[("service", &service), ("syscall", &name)], h);
     }
 
     let count = |index: u32| count(state, index);
@@ -103,7 +103,7 @@ fn dropped_by_source(state: &DaemonState) -> [(&'static str, f64); 4] {
 /// The kernel maps' counters an explain report differences: syscalls, CPU
 /// time by reason, drops.
 pub(super) fn counters(state: &DaemonState, out: &mut Vec<(Key, f64)>) {
-    let services = state.services.len() as u32;
+    let services = state.services.all().len() as u32;
     for ((service, nr), h) in read_syscalls(state) {
         if service < services {
             out.push((Key::of(service, Counter::SyscallCalls(nr)), h.count as f64));
@@ -145,7 +145,7 @@ fn cpu_time(state: &DaemonState) -> Vec<Family> {
         "gapscope_runqueue_latency_seconds",
         "How long the service's threads waited for a CPU once runnable.",
     );
-    for (id, service) in state.services.iter().enumerate() {
+    for (id, service) in state.services.all().iter().enumerate() {
         let total: OffCpuStats = merged(&state.maps.offcpu, id as u32);
         let name = service.name.as_str();
         on.add_counter(&[("service", name)], total.on_cpu_ns as f64 / 1e9);

@@ -32,7 +32,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     );
     for ((service, version), n) in &processes {
         if let Some(name) = state.service_name(*service) {
-            python.add_gauge(&[("service", name), ("version", version)], *n as f64);
+            python.add_gauge(&[("service", &name), ("version", version)], *n as f64);
         }
     }
     let mut missing = Family::gauge(
@@ -41,7 +41,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     );
     for ((service, reason), n) in &unavailable {
         if let Some(name) = state.service_name(*service) {
-            missing.add_gauge(&[("service", name), ("reason", reason)], *n as f64);
+            missing.add_gauge(&[("service", &name), ("reason", reason)], *n as f64);
         }
     }
 
@@ -66,10 +66,13 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         let Some(name) = state.service_name(service) else {
             continue;
         };
-        wait.add_log2_histogram(&[("service", name)], &merged(&state.maps.gil_wait, service));
+        wait.add_log2_histogram(
+            &[("service", &name)],
+            &merged(&state.maps.gil_wait, service),
+        );
         let s = stats.get(&service).copied().unwrap_or_default();
-        held.add_counter(&[("service", name)], s.held_ns as f64 / 1e9);
-        switches.add_counter(&[("service", name)], s.switches as f64);
+        held.add_counter(&[("service", &name)], s.held_ns as f64 / 1e9);
+        switches.add_counter(&[("service", &name)], s.switches as f64);
     }
     let mut calls = Family::histogram(
         "gapscope_serialization_duration_seconds",
@@ -83,7 +86,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         for (index, spec) in specs.iter().enumerate() {
             let slot = service * MAX_SER_PROBES + index as u32;
             calls.add_log2_histogram(
-                &[("service", name), ("codec", &spec.codec), ("op", &spec.op)],
+                &[("service", &name), ("codec", &spec.codec), ("op", &spec.op)],
                 &merged(&state.maps.ser_calls, slot),
             );
         }
@@ -94,7 +97,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     );
     for ((service, codec), n) in &ser_missing {
         if let Some(name) = state.service_name(*service) {
-            ser_unavailable.add_gauge(&[("service", name), ("codec", codec)], *n as f64);
+            ser_unavailable.add_gauge(&[("service", &name), ("codec", codec)], *n as f64);
         }
     }
     let mut files = Family::gauge(
@@ -132,7 +135,7 @@ pub(super) fn counters(state: &DaemonState, out: &mut Vec<(Key, f64)>) {
         ),
         Err(_) => return,
     };
-    let services = state.services.len() as u32;
+    let services = state.services.all().len() as u32;
     let python: BTreeSet<u32> = processes.keys().map(|(s, _)| *s).collect();
     for service in python
         .iter()

@@ -18,7 +18,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     for ((service, kind), n) in &received {
         if let Some(name) = state.service_name(*service) {
             intervals.add_counter(
-                &[("service", name), ("kind", IntervalKind::label_of(*kind))],
+                &[("service", &name), ("kind", IntervalKind::label_of(*kind))],
                 *n as f64,
             );
         }

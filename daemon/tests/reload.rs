@@ -1,0 +1,138 @@
+//! SIGHUP reads the configuration again: services added, changed and
+//! removed apply at once (processes matched again, counted exactly); a
+//! file that does not check keeps the running configuration, saying why;
+//! other sections are named as needing a restart.
+
+use gapscope_testkit::{Daemon, Metrics, Workload, serial};
+
+fn service(name: &str, tag: &str) -> String {
+    format!("[[service]]\nname = \"{name}\"\ncmdline = \"--tag {tag}( |$)\"\n")
+}
+
+fn calls(m: &Metrics, service: &str) -> f64 {
+    m.get_or_zero(
+        "gapscope_syscall_duration_seconds_count",
+        &[("service", service), ("syscall", "getppid")],
+    )
+}
+
+/// Rewrites the daemon's file with `daemon_extra` in `[daemon]` and
+/// `services`, keeping the listen address and deep-mode socket of its
+/// `original` text, and sends SIGHUP.
+fn reload(daemon: &Daemon, original: &str, daemon_extra: &str, services: &str) {
+    let path = daemon.config_path();
+    let head = original.split("[[service]]").next().unwrap();
+    let listen = head.lines().find(|l| l.starts_with("listen")).unwrap();
+    let inject = &original[original.find("\n[inject]").unwrap()..];
+    std::fs::write(
+        path,
+        format!("[daemon]\n{listen}\n{daemon_extra}\n{services}{inject}"),
+    )
+    .unwrap();
+    hup(daemon);
+}
+
+fn hup(daemon: &Daemon) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+}
+
+fn reloads(m: &Metrics, result: &str) -> f64 {
+    m.get_or_zero("gapscope_config_reloads_total", &[("result", result)])
+}
+
+#[test]
+fn sighup_applies_services_at_once_and_keeps_a_bad_file_out() {
+    let _g = serial();
+    let daemon = Daemon::start(&service("a", "alpha"));
+    let mut alpha = Workload::start("syscalls --getppid 5 --tag alpha");
+    let mut beta = Workload::start("syscalls --getppid 7 --tag beta");
+    let mut gamma = Workload::start("syscalls --getppid 11 --tag gamma");
+    daemon.wait_processes("a", 1.0);
+    let original = std::fs::read_to_string(daemon.config_path()).unwrap();
+
+    // A service added: its running process is traced.
+    reload(
+        &daemon,
+        &original,
+        "",
+        &(service("a", "alpha") + &service("b", "beta")),
+    );
+    daemon.wait_processes("b", 1.0);
+    let m = daemon.wait_metrics("one reload", |m| reloads(m, "success") == 1.0);
+    assert_eq!(
+        m.get("gapscope_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+    assert!(daemon.log_text().contains("services added: b;"));
+
+    // A file that does not check: everything stays as it was.
+    std::fs::write(daemon.config_path(), "[daemon]\nlisten = = 3\n").unwrap();
+    hup(&daemon);
+    let m = daemon.wait_metrics("a refused reload", |m| reloads(m, "failure") == 1.0);
+    assert_eq!(
+        m.get("gapscope_config_last_reload_successful", &[]),
+        Some(0.0)
+    );
+    assert_eq!(reloads(&m, "success"), 1.0);
+    let log = daemon.log_text();
+    assert!(
+        log.contains("keeping the running configuration")
+            && log.contains(&daemon.config_path().display().to_string()),
+        "{log}"
+    );
+    for s in ["a", "b"] {
+        assert_eq!(
+            m.get("gapscope_service_processes", &[("service", s)]),
+            Some(1.0)
+        );
+    }
+
+    // Service a now matches gamma: alpha is untraced, gamma traced; b
+    // goes; a change to [daemon] is named as needing a restart.
+    reload(
+        &daemon,
+        &original,
+        "rescan_interval_ms = 1500",
+        &service("a", "gamma"),
+    );
+    daemon.wait_metrics("a second reload", |m| {
+        reloads(m, "success") == 2.0
+            && m.get_or_zero("gapscope_service_processes", &[("service", "b")]) == 0.0
+            && m.get_or_zero(
+                "gapscope_service_processes_traced_total",
+                &[("service", "a")],
+            ) == 2.0
+    });
+    assert_eq!(
+        daemon
+            .scrape()
+            .get("gapscope_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+    for w in [&mut alpha, &mut beta, &mut gamma] {
+        w.go();
+    }
+    let m = daemon.scrape();
+    // Only gamma's 11 calls count for a; beta's 7 count nowhere.
+    assert_eq!(calls(&m, "a"), 11.0);
+    assert_eq!(calls(&m, "b"), 0.0);
+    for w in [alpha, beta, gamma] {
+        w.finish();
+    }
+    let log = daemon.log_text();
+    assert!(
+        log.contains("changed (processes matched again): a;"),
+        "{log}"
+    );
+    assert!(
+        log.contains("removed (untraced; listed until a restart): b"),
+        "{log}"
+    );
+    assert!(log.contains("[daemon] changed"), "{log}");
+    // A removed service is listed until a restart, matching nothing.
+    assert_eq!(
+        m.get("gapscope_service_processes", &[("service", "b")]),
+        Some(0.0)
+    );
+}
