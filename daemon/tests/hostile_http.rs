@@ -467,29 +467,39 @@ fn get_as(port: u16, path: &str, user_password: &str) -> (u16, String) {
     (code, reply)
 }
 
-#[test]
-fn a_flood_of_wrong_passwords_queues_no_bcrypt_and_scrapes_go_on() {
-    let _g = serial();
+/// A gapscoped whose web config has these users (bcrypt cost 12: each
+/// check takes a good part of a second, long enough for a flood's
+/// requests to find every slot taken), ready once the first user's
+/// credentials work (and so are remembered).
+fn with_users(users: &[(&str, &str)]) -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let web = dir.path().join("web.yml");
-    // Cost 12: each check takes a good part of a second, long enough for
-    // the flood's requests to find every bcrypt slot taken.
-    std::fs::write(
-        &web,
-        format!(
-            "basic_auth_users:\n  prometheus: '{}'\n",
-            gapscope_testkit::hash_password("right", 12)
-        ),
-    )
-    .unwrap();
+    let entries: String = users
+        .iter()
+        .map(|(user, password)| {
+            format!(
+                "  {user}: '{}'\n",
+                gapscope_testkit::hash_password(password, 12)
+            )
+        })
+        .collect();
+    std::fs::write(&web, format!("basic_auth_users:\n{entries}")).unwrap();
+    let first = format!("{}:{}", users[0].0, users[0].1);
     let daemon = Daemon::start_checked(
         SERVICE,
         &format!("web_config = \"{}\"", web.display()),
-        |port| {
+        move |port| {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && get_as(port, "/healthz", "prometheus:right").0 == 200
+                && get_as(port, "/healthz", &first).0 == 200
         },
     );
+    (daemon, dir)
+}
+
+#[test]
+fn a_flood_of_wrong_passwords_queues_no_bcrypt_and_scrapes_go_on() {
+    let _g = serial();
+    let (daemon, _dir) = with_users(&[("prometheus", "right")]);
     let port = daemon.port;
     const FLOOD: usize = 40;
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(FLOOD + 1));
@@ -577,26 +587,7 @@ fn connect_from(from: std::net::Ipv4Addr, port: u16) -> TcpStream {
 fn a_password_flood_from_one_host_leaves_new_credentials_from_another_their_turn() {
     use base64::Engine as _;
     let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let web = dir.path().join("web.yml");
-    // Cost 12: each check takes a good part of a second.
-    std::fs::write(
-        &web,
-        format!(
-            "basic_auth_users:\n  prometheus: '{}'\n  grafana: '{}'\n",
-            gapscope_testkit::hash_password("right", 12),
-            gapscope_testkit::hash_password("other", 12)
-        ),
-    )
-    .unwrap();
-    let daemon = Daemon::start_checked(
-        SERVICE,
-        &format!("web_config = \"{}\"", web.display()),
-        |port| {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && get_as(port, "/healthz", "prometheus:right").0 == 200
-        },
-    );
+    let (daemon, _dir) = with_users(&[("prometheus", "right"), ("grafana", "other")]);
     let port = daemon.port;
     // Sixteen clients on one host send wrong passwords back to back:
     // without a limit per address their checks would queue for longer

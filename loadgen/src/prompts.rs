@@ -48,6 +48,20 @@ pub(crate) struct Ask {
     pub history: Vec<(String, String)>,
 }
 
+impl Ask {
+    /// A prompt of its own: no shared prefix, no conversation yet.
+    fn own(prompt: String, prompt_tokens: Option<u32>, max_tokens: u32) -> Ask {
+        Ask {
+            prompt,
+            prefix: None,
+            prompt_tokens,
+            max_tokens,
+            conversation: None,
+            history: Vec::new(),
+        }
+    }
+}
+
 /// A conversation's turns, in order (one for single requests).
 #[derive(Debug, Clone)]
 pub(crate) struct Conversation {
@@ -276,14 +290,7 @@ impl PromptGen {
                 .into_iter()
                 .map(|(prompt, own, answer)| {
                     let max_tokens = answer.unwrap_or_else(|| sample(self.output, &mut self.rng));
-                    Ask {
-                        prompt,
-                        prefix: None,
-                        prompt_tokens: own,
-                        max_tokens,
-                        conversation: None,
-                        history: Vec::new(),
-                    }
+                    Ask::own(prompt, own, max_tokens)
                 })
                 .collect::<Vec<_>>(),
             None => (0..self.turns).map(|_| self.own_ask()).collect(),
@@ -346,26 +353,12 @@ impl PromptGen {
                     .tokenizer
                     .as_deref()
                     .and_then(|t| count_tokens(t, &prompt));
-                Ask {
-                    prompt,
-                    prefix: None,
-                    prompt_tokens: own,
-                    max_tokens,
-                    conversation: None,
-                    history: Vec::new(),
-                }
+                Ask::own(prompt, own, max_tokens)
             }
             Source::Pool { items, next, .. } => {
                 let (prompt, own, answer) = items[*next % items.len()][0].clone();
                 *next += 1;
-                Ask {
-                    prompt,
-                    prefix: None,
-                    prompt_tokens: own,
-                    max_tokens: answer.unwrap_or(max_tokens),
-                    conversation: None,
-                    history: Vec::new(),
-                }
+                Ask::own(prompt, own, answer.unwrap_or(max_tokens))
             }
         }
     }

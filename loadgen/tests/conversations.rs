@@ -23,11 +23,7 @@ fn conversations(run: &Run, server: &StreamServer) -> BTreeMap<u64, Turns> {
             panic!("a record without its conversation: {q}");
         };
         let id = q["id"].as_str().unwrap();
-        let seen = log
-            .requests
-            .iter()
-            .find(|s| s.request_id.as_deref() == Some(id))
-            .unwrap();
+        let seen = common::seen(&log, id);
         out.entry(c).or_default().push((
             q["turn"].as_u64().unwrap(),
             seen.body.clone(),

@@ -179,26 +179,9 @@ fn the_last_scrape_agrees_with_every_request_record() {
     assert!(info.contains(&r.results()["run"]["run_id"].as_str().unwrap().to_string()));
 
     // The exposition is valid as Prometheus reads it.
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is installed by scripts/setup.sh");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(m.0.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(report) = gapscope_testkit::promtool_check(&m.0) {
+        panic!("promtool: {report}");
+    }
 }
 
 #[test]

@@ -101,11 +101,7 @@ fn https_with_a_trusted_ca_multiplexes_h2_streams_and_times_each_token() {
     let origin = r.origin();
     for q in &records {
         let id = q["id"].as_str().unwrap();
-        let seen = log
-            .requests
-            .iter()
-            .find(|s| s.request_id.as_deref() == Some(id))
-            .unwrap();
+        let seen = common::seen(&log, id);
         let sent = origin + q["sent_ns"].as_u64().unwrap();
         let events = q["events"].as_array().unwrap();
         assert_eq!(events.len(), seen.chunks_ns.len(), "{q}");

@@ -9,7 +9,15 @@ use std::{
 
 use serde_json::Value;
 
-pub(crate) use gapscope_testkit::stream_server::{ServerConfig, StreamServer};
+pub(crate) use gapscope_testkit::stream_server::{Seen, ServerConfig, ServerLog, StreamServer};
+
+/// What the server saw of the request with this `x-request-id`.
+pub(crate) fn seen<'a>(log: &'a ServerLog, id: &str) -> &'a Seen {
+    log.requests
+        .iter()
+        .find(|s| s.request_id.as_deref() == Some(id))
+        .unwrap_or_else(|| panic!("the server never saw {id}"))
+}
 
 pub(crate) struct Run {
     pub code: i32,
