@@ -184,27 +184,19 @@ impl Shared {
                 None => None,
             }
         };
-        let multi = conversation.turns.len() > 1
-            || conversation.turns.iter().any(|t| t.conversation.is_some());
-        if !multi {
-            let Some(ask) = conversation.turns.into_iter().next() else {
-                return Conversed::Done;
-            };
-            let _permit = slot().await;
-            let queue_ns = slots
-                .is_some()
-                .then(|| self.clock.now().saturating_sub(scheduled_ns.unwrap_or(0)));
-            let sent = self
-                .send(phase_index, phase.into(), scheduled_ns, ask, queue_ns)
-                .await;
-            return if sent.refused {
-                Conversed::Refused
-            } else {
-                Conversed::Done
-            };
-        }
+        // A single request is a conversation of one turn, not counted as
+        // one.
+        let multi = conversation
+            .turns
+            .first()
+            .is_some_and(|t| t.conversation.is_some());
         let counts = &self.conversations;
-        counts.started.fetch_add(1, Ordering::Relaxed);
+        let count = |n: &AtomicU64| {
+            if multi {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        count(&counts.started);
         let mut history: Vec<(String, String)> = Vec::new();
         let mut cancel = self.cancel.clone();
         for (k, mut ask) in conversation.turns.into_iter().enumerate() {
@@ -214,13 +206,13 @@ impl Shared {
                 let think = Duration::from_secs_f64(self.think.sample(&mut rng));
                 let due = self.clock.now() + think.as_nanos() as u64;
                 if due >= end || *cancel.borrow() {
-                    counts.cut.fetch_add(1, Ordering::Relaxed);
+                    count(&counts.cut);
                     return Conversed::Cut;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(think) => {}
                     _ = cancel.changed() => {
-                        counts.cut.fetch_add(1, Ordering::Relaxed);
+                        count(&counts.cut);
                         return Conversed::Cut;
                     }
                 }
@@ -252,11 +244,11 @@ impl Shared {
                 .send(phase_index, phase.into(), scheduled, ask, queued)
                 .await;
             if sent.cancelled {
-                counts.cut.fetch_add(1, Ordering::Relaxed);
+                count(&counts.cut);
                 return Conversed::Cut;
             }
             if !sent.ok {
-                counts.failed.fetch_add(1, Ordering::Relaxed);
+                count(&counts.failed);
                 return if sent.refused {
                     Conversed::Refused
                 } else {
@@ -265,7 +257,7 @@ impl Shared {
             }
             history.push((prompt, sent.reply.unwrap_or_default()));
         }
-        counts.completed.fetch_add(1, Ordering::Relaxed);
+        count(&counts.completed);
         Conversed::Done
     }
 
