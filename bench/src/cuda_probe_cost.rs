@@ -4,8 +4,8 @@
 //! `cuLaunchKernel` in a loop, the probes' worst case.
 //!
 //! * `no_daemon` against `probed` (every launch probed: budget raised),
-//!   interleaved in rounds, launches back to back: the price of one probed
-//!   launch.
+//!   interleaved in rounds (the A/B harness, `ab.rs`), launches back to
+//!   back: the price of one probed launch, with its 95 % interval.
 //! * `budgeted`: the default budget (1% of a core at the configured
 //!   `probe_cost_us`) over a longer run, with 10 µs of CPU work between
 //!   launches (about what a Python serving loop spends per kernel): the
@@ -15,19 +15,17 @@
 //! Run as root: `cargo run --release -p gapscope-bench --bin cuda_probe_cost`.
 //! Writes bench/results/cuda_probe_cost.json.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use gapscope_bench::ab::{Bound, Harness, Report};
 use gapscope_testkit::{
     Daemon,
     fake_cuda::{FakeCuda, value},
-    repo_root, require_root,
+    require_root,
 };
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 10;
 const SHORT_S: u64 = 3;
 const BUDGETED_S: u64 = 60;
 const WORK_NS: u64 = 10_000;
@@ -98,22 +96,23 @@ fn run(
 fn main() -> anyhow::Result<()> {
     require_root();
     let fake = FakeCuda::build();
-    let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut harness = Harness::from_args("cuda_probe_cost", &["no_daemon", "probed"], ROUNDS)?;
     // Every launch probed: a budget far above any rate here.
     let all = "[cuda]\nlaunch_budget = 1.0\nprobe_cost_us = 0.1\n";
-    for round in 1..=ROUNDS {
-        for (name, config) in [("no_daemon", None), ("probed", Some(all))] {
-            let r = run(&fake, config, SHORT_S, 0)?;
-            eprintln!(
-                "round {round}: {name:<10} {:10.0} launches/s ({} probed)",
-                r.rate, r.probed
-            );
-            rates.entry(name).or_default().push(r.rate);
+    let samples = harness.run("launches/s", |config, _| {
+        let r = run(&fake, (config == "probed").then_some(all), SHORT_S, 0)?;
+        if config == "probed" && r.probed <= 0.0 {
+            bail!("the probed run counted no launch");
         }
-    }
-    let best = |name: &str| rates[name].iter().copied().fold(0.0, f64::max);
-    let ns_per_launch = |name: &str| 1e9 / best(name);
-    let probe_ns = ns_per_launch("probed") - ns_per_launch("no_daemon");
+        Ok(r.rate)
+    })?;
+    let mut report = Report::new(&harness, &samples);
+    report.compare(
+        "ns per probed launch",
+        &["no_daemon", "probed"],
+        |r| 1e9 / r["probed"] - 1e9 / r["no_daemon"],
+        Bound::None,
+    );
 
     let budgeted = run(&fake, Some(""), BUDGETED_S, WORK_NS)?;
     let unprobed = run(&fake, None, BUDGETED_S, WORK_NS)?;
@@ -126,32 +125,26 @@ fn main() -> anyhow::Result<()> {
         budgeted.probed,
         budgeted.ratio
     );
-    let report = serde_json::json!({
-        "benchmark": "cuda_probe_cost",
-        "workload": "fixture cuLaunchKernel (returns at once) in a C loop: back to back, and with 10 µs of work between launches for the budgeted run",
-        "work_ns_between_launches_budgeted": WORK_NS,
-        "rounds": ROUNDS,
-        "launches_per_second_samples": rates,
-        "ns_per_launch_best": {
-            "no_daemon": ns_per_launch("no_daemon"),
-            "probed": ns_per_launch("probed"),
-        },
-        "ns_per_probed_launch": probe_ns,
-        "budgeted": {
-            "seconds": BUDGETED_S,
-            "launches_per_second": budgeted.rate,
-            "launches_per_second_unprobed": unprobed.rate,
-            "slowdown": 1.0 - budgeted.rate / unprobed.rate,
-            "launches": budgeted.launches,
-            "launches_probed": budgeted.probed,
-            "launches_estimated": budgeted.estimated,
-            "estimate_error": budgeted.estimated / budgeted.launches - 1.0,
-            "sampling_ratio_at_end": budgeted.ratio,
-        },
-    });
-    let path = repo_root().join("bench/results/cuda_probe_cost.json");
-    std::fs::create_dir_all(path.parent().unwrap())?;
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    report
+        .extra(
+            "workload",
+            serde_json::json!("fixture cuLaunchKernel (returns at once) in a C loop: back to back, and with 10 µs of work between launches for the budgeted run"),
+        )
+        .extra("work_ns_between_launches_budgeted", serde_json::json!(WORK_NS))
+        .extra(
+            "budgeted",
+            serde_json::json!({
+                "seconds": BUDGETED_S,
+                "launches_per_second": budgeted.rate,
+                "launches_per_second_unprobed": unprobed.rate,
+                "slowdown": 1.0 - budgeted.rate / unprobed.rate,
+                "launches": budgeted.launches,
+                "launches_probed": budgeted.probed,
+                "launches_estimated": budgeted.estimated,
+                "estimate_error": budgeted.estimated / budgeted.launches - 1.0,
+                "sampling_ratio_at_end": budgeted.ratio,
+            }),
+        );
+    report.finish()?;
     Ok(())
 }

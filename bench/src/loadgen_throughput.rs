@@ -1,29 +1,38 @@
-//! How much load one core of gapscope-loadgen can generate, against a
-//! Python asyncio + aiohttp client written the way common LLM benchmark
-//! scripts are (bench/python/aiohttp_client.py), in one run.
+//! How much load one core of gapscope-loadgen can generate, against
+//! oha (the Rust HTTP load generator, which reads each response whole and
+//! parses no SSE event) and a Python asyncio + aiohttp client written the
+//! way common LLM benchmark scripts are (bench/python/aiohttp_client.py),
+//! side by side in one run.
 //!
 //! The server is the zero-delay streaming test server (128 one-token
-//! chunks per response) on core 1; each client runs alone on core 0. For
-//! each client: completed requests/s and chunks/s at concurrency 50
-//! (closed loop), and at open-loop Poisson rates of 200 and 1,000 req/s
-//! the achieved rate and the P99 send lag behind the schedule. Targets:
-//! at least 10× the Python client's requests/s per core; achieved rate
-//! within 1 % of the target; P99 send lag under 1 ms.
+//! chunks per response) on core 1; each client runs alone on core 0.
+//! * The closed loop at 50, the three clients interleaved in the A/B
+//!   harness's rounds (`ab.rs`): requests completed per CPU-second the
+//!   client used, and gapscope-loadgen's own TTFT P99 at zero server delay.
+//! * Open-loop Poisson rates of 200 and 1,000 req/s, once each: the
+//!   achieved rate and the P99 send lag behind the schedule.
+//!
+//! Targets: at least 10× the Python client's and at least oha's requests
+//! per CPU-second (the interval inside the bound); TTFT P99 under 1 ms;
+//! achieved rate within 1 % of the target; P99 send lag under 1 ms.
 //!
 //! Run as root or not: `cargo build --release --workspace &&
 //! ./target/release/loadgen_throughput`. Writes
 //! bench/results/loadgen_throughput.json.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
+use gapscope_bench::ab::{self, Bound, Harness, Report};
 use gapscope_testkit::{loadgen_bin, repo_root, target_python};
 use serde_json::{Value, json};
 
 const SECONDS: u32 = 10;
+const CLOSED_SECONDS: u32 = 5;
 const CHUNKS: u32 = 128;
 
 struct Server(Child, u16);
@@ -115,7 +124,7 @@ fn rust(url: &str, phase: &str) -> anyhow::Result<(Value, f64)> {
 }
 
 /// The aiohttp client on core 0: its report and CPU seconds.
-fn python(url: &str, mode: &str, x: u32) -> anyhow::Result<(Value, f64)> {
+fn python(url: &str, mode: &str, x: u32, seconds: u32) -> anyhow::Result<(Value, f64)> {
     let script = repo_root()
         .join("bench/python/aiohttp_client.py")
         .display()
@@ -125,7 +134,7 @@ fn python(url: &str, mode: &str, x: u32) -> anyhow::Result<(Value, f64)> {
         url.to_string(),
         mode.to_string(),
         x.to_string(),
-        SECONDS.to_string(),
+        seconds.to_string(),
         CHUNKS.to_string(),
     ];
     let (out, cpu) = pinned(&target_python(), &args)?;
@@ -137,22 +146,120 @@ fn p99(mut v: Vec<f64>) -> f64 {
     v.get(v.len() * 99 / 100).copied().unwrap_or(f64::NAN)
 }
 
+/// oha (the Rust HTTP load generator) on core 0 in a closed loop at 50:
+/// successful requests, and CPU seconds it used. It reads each response
+/// to its end without parsing the SSE events.
+fn oha(url: &str) -> anyhow::Result<(f64, f64)> {
+    let oha = which("oha").context(
+        "oha is not installed: `cargo install oha --locked` (or put it on PATH); the comparison needs it",
+    )?;
+    let body = format!(
+        r#"{{"model":"m","prompt":"{}","max_tokens":{CHUNKS},"stream":true}}"#,
+        "hello ".repeat(16).trim_end()
+    );
+    let args: Vec<String> = [
+        "-z",
+        &format!("{CLOSED_SECONDS}s"),
+        "-c",
+        "50",
+        "-m",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        &body,
+        "--no-tui",
+        "--output-format",
+        "json",
+        url,
+    ]
+    .iter()
+    .map(std::string::ToString::to_string)
+    .collect();
+    let (out, cpu) = pinned(&oha, &args)?;
+    let doc: Value = serde_json::from_str(&out).context("oha's JSON output")?;
+    let ok = doc["statusCodeDistribution"]["200"].as_f64().unwrap_or(0.0);
+    Ok((ok, cpu))
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+const CLIENTS: [&str; 3] = ["gapscope_loadgen", "oha", "aiohttp"];
+
 fn main() -> anyhow::Result<()> {
     let s = server()?;
     let url = format!("http://127.0.0.1:{}/v1/completions", s.1);
 
-    let (closed, rust_cpu) = rust(&url, &format!("c=closed:50:{SECONDS}s"))?;
-    let rust_rps = closed["throughput"]["requests_per_s"]
-        .as_f64()
-        .unwrap_or(0.0);
-    let rust_closed = json!({
-        "requests_per_s": rust_rps,
-        "chunks_per_s": closed["throughput"]["chunks_per_s"],
-        "cpu_seconds": rust_cpu,
-        "requests_per_cpu_second": closed["ok"].as_f64().unwrap_or(0.0) / rust_cpu,
-        "failed": closed["failed"],
-    });
-    eprintln!("gapscope-loadgen closed loop at 50: {rust_closed}");
+    // The closed loop at 50, each client in turn, in the harness's rounds:
+    // requests completed per CPU-second the client used.
+    let mut harness = Harness::from_args("loadgen_throughput", &CLIENTS, ab::MIN_ROUNDS)?;
+    let mut ttft_p99 = Vec::new();
+    let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let samples = harness.run("requests per CPU-second", |client, round| {
+        let (ok, cpu) = match client {
+            "gapscope_loadgen" => {
+                let (p, cpu) = rust(&url, &format!("c=closed:50:{CLOSED_SECONDS}s"))?;
+                if p["failed"].as_u64() != Some(0) {
+                    bail!("gapscope-loadgen: {} requests failed", p["failed"]);
+                }
+                if round > 0 {
+                    ttft_p99.push(p["latency"]["ttft"]["p99"].as_f64().unwrap_or(f64::NAN));
+                }
+                (p["ok"].as_f64().unwrap_or(0.0), cpu)
+            }
+            "oha" => oha(&url)?,
+            _ => {
+                let (p, cpu) = python(&url, "closed", 50, CLOSED_SECONDS)?;
+                (p["completed"].as_f64().unwrap_or(0.0), cpu)
+            }
+        };
+        if round > 0 {
+            let name = CLIENTS.iter().find(|c| **c == client).unwrap();
+            rates
+                .entry(name)
+                .or_default()
+                .push(ok / f64::from(CLOSED_SECONDS));
+        }
+        Ok(ok / cpu)
+    })?;
+    let mut report = Report::new(&harness, &samples);
+    report
+        .compare(
+            "gapscope_loadgen / aiohttp",
+            &["gapscope_loadgen", "aiohttp"],
+            |r| r["gapscope_loadgen"] / r["aiohttp"],
+            Bound::AtLeast(10.0),
+        )
+        .compare(
+            "gapscope_loadgen / oha",
+            &["gapscope_loadgen", "oha"],
+            |r| r["gapscope_loadgen"] / r["oha"],
+            Bound::AtLeast(1.0),
+        );
+    if !ttft_p99.is_empty() {
+        report.add(ab::Comparison::new(
+            "gapscope_loadgen's own TTFT P99, s",
+            ttft_p99,
+            Bound::AtMost(0.001),
+        ));
+    }
+    report.extra(
+        "requests_per_s_median",
+        json!(
+            rates
+                .iter()
+                .map(|(k, v)| (*k, ab::median(v)))
+                .collect::<BTreeMap<_, _>>()
+        ),
+    );
+
+    // The open loop, once per rate: achieved rate and send lag.
     let mut rust_open = serde_json::Map::new();
     for rate in [200, 1000] {
         let (p, cpu) = rust(&url, &format!("o=poisson:{rate}:{SECONDS}s"))?;
@@ -171,16 +278,9 @@ fn main() -> anyhow::Result<()> {
         eprintln!("gapscope-loadgen open loop at {rate}: {entry}");
         rust_open.insert(rate.to_string(), entry);
     }
-
-    let (py_closed, py_cpu) = python(&url, "closed", 50)?;
-    let py_rps = py_closed["completed"].as_f64().unwrap_or(0.0)
-        / py_closed["seconds"].as_f64().unwrap_or(1.0);
-    let py_cps =
-        py_closed["chunks"].as_f64().unwrap_or(0.0) / py_closed["seconds"].as_f64().unwrap_or(1.0);
-    eprintln!("aiohttp closed loop at 50: {py_rps:.1} req/s, {py_cps:.0} chunks/s");
     let mut py_open = serde_json::Map::new();
     for rate in [200, 1000] {
-        let (p, cpu) = python(&url, "open", rate)?;
+        let (p, cpu) = python(&url, "open", rate, SECONDS)?;
         let lags: Vec<f64> = p["lags"]
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_f64).collect())
@@ -195,34 +295,23 @@ fn main() -> anyhow::Result<()> {
         eprintln!("aiohttp open loop at {rate}: {entry}");
         py_open.insert(rate.to_string(), entry);
     }
-
-    let report = json!({
-        "benchmark": "loadgen_throughput",
-        "setup": format!("zero-delay streaming test server ({CHUNKS} one-token chunks per response) on core 1; each client alone on core 0; {SECONDS} s per run"),
-        "gapscope_loadgen": { "closed_loop_50": rust_closed, "open_loop": rust_open },
-        "python_aiohttp": {
-            "closed_loop_50": {
-                "requests_per_s": py_rps,
-                "chunks_per_s": py_cps,
-                "cpu_seconds": py_cpu,
-                "requests_per_cpu_second": py_closed["completed"].as_f64().unwrap_or(0.0) / py_cpu,
-            },
-            "open_loop": py_open,
-        },
-        "requests_per_s_ratio": rust_rps / py_rps,
-        // Per core: requests completed per CPU-second each client used.
-        "requests_per_cpu_second_ratio": (closed["ok"].as_f64().unwrap_or(0.0) / rust_cpu)
-            / (py_closed["completed"].as_f64().unwrap_or(0.0) / py_cpu),
-        "targets": {
-            "requests_per_s_ratio_at_least": 10.0,
-            "achieved_rate_within": 0.01,
-            "p99_send_lag_ms_under": 1.0,
-        },
-        "note": "with two cores, the single-threaded test server can be the bottleneck of the closed loop; requests per CPU-second compares the clients' cost whatever the server manages",
-    });
-    let path = repo_root().join("bench/results/loadgen_throughput.json");
-    std::fs::create_dir_all(path.parent().unwrap())?;
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    report
+        .extra(
+            "setup",
+            json!(format!("zero-delay streaming test server ({CHUNKS} one-token chunks per response) on core 1; each client alone on core 0; closed loop at 50 for {CLOSED_SECONDS} s a measurement; open loops {SECONDS} s")),
+        )
+        .extra(
+            "open_loop",
+            json!({ "gapscope_loadgen": rust_open, "python_aiohttp": py_open }),
+        )
+        .extra(
+            "open_loop_targets",
+            json!({ "achieved_rate_within": 0.01, "p99_send_lag_ms_under": 1.0 }),
+        )
+        .extra(
+            "note",
+            json!("with two cores, the single-threaded test server can be the bottleneck of the closed loop; requests per CPU-second compares the clients' cost whatever the server manages; oha reads each response whole and parses no SSE event"),
+        );
+    report.finish()?;
     Ok(())
 }

@@ -2,19 +2,19 @@
 //! `json.dumps` on a small document as fast as it can (targets/
 //! serialization_probe.py `busy`, pyenv's CPython 3.11), with no daemon
 //! and with gapscoped probing every call (budget raised so nothing is
-//! sampled), interleaved in rounds within one run. The difference in time
+//! sampled), interleaved in rounds within one run (the A/B harness,
+//! `ab.rs`: the per-round difference's median and 95 % interval). The difference in time
 //! per call is the price of one uprobe/uretprobe pair and the BPF programs
 //! behind it.
 //!
 //! Run as root: `cargo run --release -p gapscope-bench --bin probe_cost`.
 //! Writes bench/results/probe_cost.json.
 
-use std::collections::BTreeMap;
-
 use anyhow::bail;
+use gapscope_bench::ab::{Bound, Harness, Report};
 use gapscope_testkit::{Daemon, Workload, repo_root, require_root, target_python};
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 10;
 const SECONDS: &str = "3";
 
 /// json.dumps calls per second.
@@ -65,32 +65,37 @@ fn run(probed: bool) -> anyhow::Result<(f64, f64)> {
 
 fn main() -> anyhow::Result<()> {
     require_root();
-    let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for round in 1..=ROUNDS {
-        for (name, probed) in [("no_daemon", false), ("probed", true)] {
-            let (rate, counted) = run(probed)?;
-            eprintln!("round {round}: {name:<10} {rate:10.0} calls/s ({counted} counted)");
-            rates.entry(name).or_default().push(rate);
+    let mut harness = Harness::from_args("probe_cost", &["no_daemon", "probed"], ROUNDS)?;
+    let mut counted_all = true;
+    let samples = harness.run("json.dumps calls/s", |config, _| {
+        let (rate, counted) = run(config == "probed")?;
+        if config == "probed" && counted <= 0.0 {
+            counted_all = false;
         }
-    }
-    let best = |v: &Vec<f64>| v.iter().copied().fold(0.0, f64::max);
-    let ns_per_call = |name: &str| 1e9 / best(&rates[name]);
-    let pair = ns_per_call("probed") - ns_per_call("no_daemon");
-    let report = serde_json::json!({
-        "benchmark": "probe_cost",
-        "workload": "json.dumps of a two-key dict in a loop, CPython 3.11 (pyenv)",
-        "rounds": ROUNDS,
-        "calls_per_second_samples": rates,
-        "ns_per_call_best": {
-            "no_daemon": ns_per_call("no_daemon"),
-            "probed": ns_per_call("probed"),
-        },
-        "ns_per_probed_call": pair,
-        "ns_per_uprobe_hit_approx": pair / 2.0,
-    });
-    let path = repo_root().join("bench/results/probe_cost.json");
-    std::fs::create_dir_all(path.parent().unwrap())?;
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+        Ok(rate)
+    })?;
+    let mut report = Report::new(&harness, &samples);
+    report
+        .compare(
+            "ns per probed call",
+            &["no_daemon", "probed"],
+            |r| 1e9 / r["probed"] - 1e9 / r["no_daemon"],
+            Bound::None,
+        )
+        .compare(
+            "ns per uprobe hit (half a call's pair)",
+            &["no_daemon", "probed"],
+            |r| (1e9 / r["probed"] - 1e9 / r["no_daemon"]) / 2.0,
+            Bound::None,
+        )
+        .extra(
+            "workload",
+            serde_json::json!("json.dumps of a two-key dict in a loop, CPython 3.11 (pyenv)"),
+        )
+        .extra(
+            "every_probed_run_counted_calls",
+            serde_json::json!(counted_all),
+        );
+    report.finish()?;
     Ok(())
 }

@@ -1,65 +1,169 @@
-//! What tracing costs a Python server: a threaded JSON HTTP server
-//! (targets/json_server.py, pyenv's CPython 3.11) under a fixed
-//! closed-loop load, requests per second with no daemon, with core tracing
-//! only (`[python] gil = false`, which also leaves out serialization
-//! probes), with everything (GIL tracing and json probes on the server's
-//! two json calls a request; BPF run-time statistics off), and with the
-//! defaults (everything, statistics on), interleaved in rounds within one
-//! run. Target: under 5 %
-//! throughput loss with everything on.
+//! What tracing costs a Python server, on two servers:
 //!
-//! The cost of one probed call alone is measured by `probe_cost`.
+//! * `json` — `targets/json_server.py` (pyenv's CPython 3.11, a threaded
+//!   JSON HTTP server) under 8 keep-alive connections in a closed loop:
+//!   requests per second, and the P99 of the requests' latency;
+//! * `bentoml` — the demo's real BentoML stack serving the tiny Llama
+//!   (`targets/stacks/serve.py bentoml`), driven by gapscope-loadgen in a
+//!   closed loop at 8: output tokens per second, and the P99 end-to-end
+//!   latency.
 //!
-//! Run as root: `cargo run --release -p gapscope-bench --bin python_overhead`.
-//! Writes bench/results/python_overhead.json.
+//! Each server is started once and stays up; each measurement starts
+//! (or not) a gapscoped beside it, waits until it traces the server, lets
+//! a second pass, and loads the server. The configurations:
+//! * `no_daemon`;
+//! * `core` — syscalls, off-CPU and run queue (`[python] gil = false`,
+//!   which also leaves out the serialization probes), BPF statistics off;
+//! * `everything` — core plus GIL waits and serialization (and the CUDA
+//!   probes where a libcuda is mapped), BPF statistics off;
+//! * `defaults` — gapscoped as its defaults configure it.
+//!
+//! Rounds, order and intervals: the A/B harness (`ab.rs`). Targets, on the
+//! throughput ratio to `no_daemon`: core at least 0.98 (≤ 2 % loss),
+//! everything and the defaults at least 0.95 (≤ 5 %); a target holds only
+//! when its 95 % interval lies inside it.
+//!
+//! Run as root: `cargo build --release --workspace &&
+//! ./target/release/python_overhead [--server json|bentoml] [--rounds N]`.
+//! Writes bench/results/python_overhead.json (both servers in one run).
 
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use gapscope_testkit::{Daemon, free_port, repo_root, require_root, target_python};
+use gapscope_bench::ab::{self, Bound, Harness, Report, Samples};
+use gapscope_testkit::{Daemon, free_port, loadgen_bin, repo_root, require_root, target_python};
+use serde_json::{Value, json};
 
-const ROUNDS: usize = 3;
-const SECONDS: f64 = 5.0;
+const CONFIGS: [&str; 4] = ["no_daemon", "core", "everything", "defaults"];
+const JSON_SECONDS: f64 = 5.0;
+const BENTOML_SECONDS: u32 = 10;
 const CONNECTIONS: usize = 8;
-const CONFIGS: [&str; 4] = ["no_daemon", "core", "everything", "everything_bpf_stats"];
 
 const BODY: &str = r#"{"items": [{"id": 1, "text": "why is the gpu idle"}, {"id": 2, "text": "the wrapper holds the gil"}, {"id": 3, "text": "serialize every chunk"}, {"id": 4, "text": "wait for the host"}]}"#;
 
-struct Server(Child);
+struct Server {
+    child: Child,
+    port: u16,
+    /// The `[[service]]` table that matches it.
+    service: &'static str,
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        // SAFETY: signalling our own child; BentoML stops its workers on SIGTERM.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-fn start_server(port: u16) -> anyhow::Result<Server> {
-    let mut child = Command::new(target_python())
-        .arg(repo_root().join("targets/json_server.py"))
-        .args(["--port", &port.to_string(), "--tag", "overhead-bench"])
-        .stdout(Stdio::piped())
-        .spawn()?;
+/// Starts `program args` and waits for its first stdout line to start with `ready`.
+fn start(
+    mut cmd: Command,
+    ready: &str,
+    port: u16,
+    service: &'static str,
+) -> anyhow::Result<Server> {
+    let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+    let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-    if !line.starts_with("listening") {
-        bail!("server said {line:?}");
+    while !line.starts_with(ready) {
+        line.clear();
+        if out.read_line(&mut line)? == 0 {
+            let _ = child.kill();
+            bail!("the server exited before saying {ready:?}");
+        }
     }
-    Ok(Server(child))
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    Ok(Server {
+        child,
+        port,
+        service,
+    })
 }
 
-/// One keep-alive connection sending requests until `deadline`.
-fn client(port: u16, deadline: Instant, done: &AtomicU64) -> anyhow::Result<()> {
+fn json_server() -> anyhow::Result<Server> {
+    let port = free_port();
+    let mut cmd = Command::new(target_python());
+    cmd.arg(repo_root().join("targets/json_server.py")).args([
+        "--port",
+        &port.to_string(),
+        "--tag",
+        "overhead-bench",
+    ]);
+    start(
+        cmd,
+        "listening",
+        port,
+        "[[service]]\nname = \"bench\"\ncmdline = \"json_server.py .*--tag overhead-bench\"\n",
+    )
+}
+
+fn bentoml_server() -> anyhow::Result<Server> {
+    let root = repo_root();
+    let python = root.join("targets/.venv/bin/python");
+    if !python.exists() || !root.join(".cache/tiny-llama/hf/config.json").exists() {
+        bail!(
+            "the BentoML stack is not installed: run `bash scripts/setup.sh` (it makes targets/.venv and .cache/tiny-llama)"
+        );
+    }
+    let port = free_port();
+    let mut cmd = Command::new(python);
+    cmd.arg(root.join("targets/stacks/serve.py"))
+        .args(["bentoml", "--port", &port.to_string(), "--parallel", "8"])
+        .current_dir(&root);
+    start(
+        cmd,
+        "ready",
+        port,
+        "[[service]]\nname = \"bench\"\ncmdline = \"bento_service:LlamaService\"\n",
+    )
+}
+
+/// The daemon for a configuration, tracing the server once this returns.
+fn daemon(config: &str, server: &Server) -> anyhow::Result<Option<Daemon>> {
+    let s = server.service;
+    let d = match config {
+        "no_daemon" => return Ok(None),
+        "core" => Daemon::start_with(&format!("[python]\ngil = false\n{s}"), "bpf_stats = false"),
+        "everything" => Daemon::start_with(s, "bpf_stats = false"),
+        "defaults" => Daemon::start(s),
+        _ => bail!("unknown configuration {config}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = d.scrape();
+        let traced = m.get_or_zero("gapscope_service_processes", &[("service", "bench")]) >= 1.0;
+        let python = config == "core"
+            || m.get_or_zero("gapscope_python_processes", &[("service", "bench")]) >= 1.0;
+        if traced && python {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "gapscoped ({config}) never traced the server (traced {traced}, GIL found {python}):\n{}",
+                d.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Some(d))
+}
+
+/// One keep-alive connection sending requests until `deadline`; latencies in seconds.
+fn json_client(port: u16, deadline: Instant) -> anyhow::Result<Vec<f64>> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_nodelay(true)?;
     let request = format!(
@@ -67,7 +171,9 @@ fn client(port: u16, deadline: Instant, done: &AtomicU64) -> anyhow::Result<()> 
         BODY.len()
     );
     let mut reader = BufReader::new(s.try_clone()?);
+    let mut latencies = Vec::new();
     while Instant::now() < deadline {
+        let sent = Instant::now();
         s.write_all(request.as_bytes())?;
         let mut length = 0usize;
         let mut status = String::new();
@@ -87,120 +193,190 @@ fn client(port: u16, deadline: Instant, done: &AtomicU64) -> anyhow::Result<()> 
         }
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body)?;
-        done.fetch_add(1, Ordering::Relaxed);
+        latencies.push(sent.elapsed().as_secs_f64());
     }
-    Ok(())
+    Ok(latencies)
 }
 
-fn load(port: u16) -> anyhow::Result<f64> {
-    let done = Arc::new(AtomicU64::new(0));
+fn p99(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+/// Requests per second and the P99 latency.
+fn load_json(port: u16) -> anyhow::Result<(f64, f64)> {
     let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(SECONDS);
+    let deadline = start + Duration::from_secs_f64(JSON_SECONDS);
     let handles: Vec<_> = (0..CONNECTIONS)
-        .map(|_| {
-            let done = done.clone();
-            std::thread::spawn(move || client(port, deadline, &done))
-        })
+        .map(|_| std::thread::spawn(move || json_client(port, deadline)))
         .collect();
+    let mut all = Vec::new();
     for h in handles {
-        h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+        all.extend(h.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    Ok((all.len() as f64 / start.elapsed().as_secs_f64(), p99(all)))
 }
 
-/// Requests per second, and probed serialization calls per second.
-fn run(config: &str) -> anyhow::Result<(f64, f64)> {
-    let service =
-        "[[service]]\nname = \"json\"\ncmdline = \"json_server.py .*--tag overhead-bench\"\n";
-    let daemon = match config {
-        "no_daemon" => None,
-        "core" => Some(Daemon::start_with(
-            &format!("[python]\ngil = false\n{service}"),
-            "bpf_stats = false",
-        )),
-        "everything" => Some(Daemon::start_with(service, "bpf_stats = false")),
-        _ => Some(Daemon::start(service)),
-    };
-    let port = free_port();
-    let _server = start_server(port)?;
-    if let Some(d) = &daemon {
-        d.wait_processes("json", 1.0);
-        if config.starts_with("everything") {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while d
-                .scrape()
-                .get_or_zero("gapscope_python_processes", &[("service", "json")])
-                < 1.0
-            {
-                if Instant::now() > deadline {
-                    bail!("the server's GIL was never found");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-    let before = daemon.as_ref().map(probed_calls);
-    let rps = load(port).context(config.to_string())?;
-    let mut calls_per_second = 0.0;
-    if let (Some(d), Some(before)) = (&daemon, before) {
-        calls_per_second = (probed_calls(d) - before) / SECONDS;
-        eprintln!(
-            "    {config}: {calls_per_second:.0} probed serialization calls/s ({:.0} uprobe hits/s)",
-            2.0 * calls_per_second
+/// Output tokens per second and the P99 end-to-end latency, from
+/// gapscope-loadgen's results.
+fn load_bentoml(port: u16) -> anyhow::Result<(f64, f64)> {
+    let root = repo_root();
+    let out = tempfile::tempdir()?;
+    let run = Command::new(loadgen_bin())
+        .args(["--url", &format!("http://127.0.0.1:{port}/v1/completions")])
+        .args(["--model", "tiny-llama", "--tokenizer"])
+        .arg(root.join(".cache/tiny-llama/hf/tokenizer.json"))
+        .args(["--phase", &format!("stress=closed:8:{BENTOML_SECONDS}s")])
+        .args([
+            "--max-tokens",
+            "32",
+            "--input-tokens",
+            "64",
+            "--quiet",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()?;
+    if !run.status.success() {
+        bail!(
+            "gapscope-loadgen failed ({}): {}",
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
         );
     }
-    Ok((rps, calls_per_second))
+    let doc: Value = serde_json::from_slice(&std::fs::read(out.path().join("results.json"))?)?;
+    let stress = &doc["phases"][0];
+    if stress["failed"].as_u64() != Some(0) {
+        bail!("{} requests failed: {}", stress["failed"], stress["errors"]);
+    }
+    let tokens = stress["throughput"]["output_tokens_per_s"]
+        .as_f64()
+        .context("results.json has no output_tokens_per_s")?;
+    let e2e = stress["latency"]["e2e"]["p99"].as_f64().unwrap_or(f64::NAN);
+    Ok((tokens, e2e))
 }
 
-/// Serialization calls the daemon has counted for the server so far.
-fn probed_calls(d: &Daemon) -> f64 {
-    d.scrape()
-        .0
-        .lines()
-        .filter(|l| l.starts_with("gapscope_serialization_duration_seconds_count{service=\"json\""))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+/// One server's rounds: its throughput samples, and its P99 latencies by configuration.
+fn measure(
+    harness: &mut Harness,
+    which: &str,
+) -> anyhow::Result<(Samples, BTreeMap<&'static str, Vec<f64>>)> {
+    let server = match which {
+        "json" => json_server()?,
+        _ => bentoml_server()?,
+    };
+    let unit = if which == "json" {
+        "requests/s"
+    } else {
+        "output tokens/s"
+    };
+    let latencies: Arc<Mutex<BTreeMap<&'static str, Vec<f64>>>> = Arc::default();
+    let configs = harness.configs.clone();
+    let samples = harness.run(unit, |config, round| {
+        let d = daemon(config, &server)?;
+        // The daemon's own start-up (rescan, attaches) settles first.
+        std::thread::sleep(Duration::from_secs(1));
+        let (throughput, p99) = match which {
+            "json" => load_json(server.port)?,
+            _ => load_bentoml(server.port)?,
+        };
+        drop(d);
+        if round > 0 {
+            let name = configs.iter().find(|c| **c == config).copied().unwrap();
+            latencies.lock().unwrap().entry(name).or_default().push(p99);
+        }
+        Ok(throughput)
+    })?;
+    let latencies = std::mem::take(&mut *latencies.lock().unwrap());
+    Ok((samples, latencies))
+}
+
+fn report(
+    harness: &Harness,
+    samples: &Samples,
+    latencies: &BTreeMap<&'static str, Vec<f64>>,
+    what: &str,
+) -> Value {
+    let mut r = Report::new(harness, samples);
+    for (config, bound) in [("core", 0.98), ("everything", 0.95), ("defaults", 0.95)] {
+        r.compare(
+            &format!("{config} / no_daemon throughput"),
+            &[config, "no_daemon"],
+            move |x| x[config] / x["no_daemon"],
+            Bound::AtLeast(bound),
+        );
+    }
+    let p99_ratio = |config: &str| -> Option<ab::Comparison> {
+        let (a, b) = (latencies.get(config)?, latencies.get("no_daemon")?);
+        let per_round = a.iter().zip(b).map(|(a, b)| a / b).collect();
+        Some(ab::Comparison::new(
+            format!("{config} / no_daemon P99 latency"),
+            per_round,
+            Bound::None,
+        ))
+    };
+    let extra: Vec<ab::Comparison> = ["core", "everything", "defaults"]
+        .iter()
+        .filter_map(|c| p99_ratio(c))
+        .collect();
+    for c in &extra {
+        r.add(c.clone());
+    }
+    r.extra("server", json!(what));
+    r.extra(
+        "p99_latency_s_median",
+        json!(
+            latencies
+                .iter()
+                .map(|(k, v)| (*k, ab::median(v)))
+                .collect::<BTreeMap<_, _>>()
+        ),
+    );
+    r.extra("p99_latency_s_samples", json!(latencies));
+    print!("{}", r.table());
+    r.to_json()
 }
 
 fn main() -> anyhow::Result<()> {
     require_root();
-    let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut hits: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for round in 1..=ROUNDS {
-        for config in CONFIGS {
-            let (rps, calls) = run(config)?;
-            eprintln!("round {round}: {config:<14} {rps:8.1} requests/s");
-            samples.entry(config).or_default().push(rps);
-            // A probed call is two hits: the uprobe and the uretprobe.
-            hits.entry(config).or_default().push(2.0 * calls);
-        }
-    }
-    let median = |v: &Vec<f64>| {
-        let mut s = v.clone();
-        s.sort_by(f64::total_cmp);
-        s[s.len() / 2]
-    };
-    let med: BTreeMap<&str, f64> = samples.iter().map(|(k, v)| (*k, median(v))).collect();
-    let loss = |c: &str| 1.0 - med[c] / med["no_daemon"];
-    let report = serde_json::json!({
-        "benchmark": "python_overhead",
-        "server": "targets/json_server.py, CPython 3.11 (pyenv), ThreadingHTTPServer",
-        "connections": CONNECTIONS,
-        "seconds_per_run": SECONDS,
-        "rounds": ROUNDS,
-        "requests_per_second_median": med,
-        "requests_per_second_samples": samples,
-        "uprobe_hits_per_second_median": hits.iter().map(|(k, v)| (*k, median(v))).collect::<BTreeMap<_, _>>(),
-        "throughput_loss": {
-            "core": loss("core"),
-            "everything": loss("everything"),
-            "everything_bpf_stats": loss("everything_bpf_stats"),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let servers: Vec<&str> = match args.iter().position(|a| a == "--server") {
+        Some(i) => match args.get(i + 1).map(String::as_str) {
+            Some(s @ ("json" | "bentoml")) => vec![s],
+            other => bail!("--server {other:?}: use json or bentoml (both run by default)"),
         },
-        "target_loss_at_most": 0.05,
-    });
-    let path = repo_root().join("bench/results/python_overhead.json");
-    std::fs::create_dir_all(path.parent().unwrap())?;
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+        None => vec!["json", "bentoml"],
+    };
+    let rest: Vec<String> = {
+        let mut a = args.clone();
+        if let Some(i) = a.iter().position(|a| a == "--server") {
+            a.drain(i..(i + 2).min(a.len()));
+        }
+        a
+    };
+    let mut doc = serde_json::Map::new();
+    let mut full = servers.len() == 2;
+    for which in &servers {
+        let mut harness = Harness::from("python_overhead", &CONFIGS, ab::MIN_ROUNDS, &rest)?;
+        full &= harness.full;
+        let (samples, latencies) = measure(&mut harness, which)?;
+        let what = match *which {
+            "json" => format!(
+                "targets/json_server.py, CPython 3.11 (pyenv), {CONNECTIONS} keep-alive connections, {JSON_SECONDS} s a measurement"
+            ),
+            _ => format!(
+                "BentoML + transformers serving the tiny Llama (targets/stacks/serve.py bentoml), gapscope-loadgen closed loop at 8, 32 output tokens, {BENTOML_SECONDS} s a measurement"
+            ),
+        };
+        doc.insert(
+            which.to_string(),
+            report(&harness, &samples, &latencies, &what),
+        );
+    }
+    doc.insert("benchmark".into(), json!("python_overhead"));
+    ab::write("python_overhead", &Value::Object(doc), full)?;
     Ok(())
 }

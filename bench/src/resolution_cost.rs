@@ -3,25 +3,26 @@
 //! agent and the CUPTI stand-in, a detokenizer thread competing for the
 //! GIL, json each step, a client wait every eighth) traced with
 //! `[timeline] min_interval_us` at 1000 (the old default) and at 100,
-//! interleaved in rounds. For each: gapscoped's CPU time (user + system,
+//! interleaved in rounds (the A/B harness, `ab.rs`). For each: gapscoped's CPU time (user + system,
 //! from /proc) and the BPF programs' run time (`bpf_stats`) per second of
 //! the run as a share of one core, the timeline intervals a second, and
 //! the share of the GPU's idle time with a recorded cause (the explain
-//! report's coverage).
+//! report's coverage). Target: gapscoped and its BPF programs together at
+//! most 1 % of one core at 100 µs, the interval inside the bound.
 //!
 //! Run as root: `cargo run --release -p gapscope-bench --bin resolution_cost`.
 //! Writes bench/results/resolution_cost.json.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
+use gapscope_bench::ab::{self, Bound, Harness, Report};
 use gapscope_testkit::{
     Daemon, Workload, fake_cuda::FakeCuda, http_get, pyenv_python, repo_root, require_root,
 };
 use serde_json::{Value, json};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 10;
 const SECONDS: u64 = 8;
-const THRESHOLDS_US: [u64; 2] = [1000, 100];
 
 /// CPU seconds (user + system) a process has used.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -94,10 +95,7 @@ fn run(fixture: &FakeCuda, cupti: &std::path::Path, threshold_us: u64, round: us
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+const CONFIGS: [&str; 2] = ["min_interval_1000us", "min_interval_100us"];
 
 fn main() -> anyhow::Result<()> {
     require_root();
@@ -105,57 +103,60 @@ fn main() -> anyhow::Result<()> {
     let cupti = fixture
         .cupti("cupti-12.9")
         .map_err(|why| anyhow::anyhow!("the CUPTI stand-in cannot be built: {why}"))?;
-    let mut samples: Vec<Vec<Sample>> = THRESHOLDS_US.iter().map(|_| Vec::new()).collect();
-    for round in 0..ROUNDS {
-        for (i, t) in THRESHOLDS_US.iter().enumerate() {
-            let s = run(&fixture, &cupti, *t, round);
-            println!(
-                "round {round} threshold {t:>4} µs: gapscoped {:.2} % of a core, BPF {:.2} %, {:.0} intervals/s, {:.1} % of idle with a recorded cause, {:.0} steps/s",
-                100.0 * s.daemon_core,
-                100.0 * s.bpf_core,
-                s.intervals_per_s,
-                100.0 * s.observed_share,
-                s.steps_per_s
-            );
-            samples[i].push(s);
+    let mut harness = Harness::from_args("resolution_cost", &CONFIGS, ROUNDS)?;
+    let mut side: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
+    let samples = harness.run("share of one core (gapscoped + BPF)", |config, round| {
+        let t = if config == CONFIGS[0] { 1000 } else { 100 };
+        let s = run(&fixture, &cupti, t, round);
+        println!(
+            "threshold {t:>4} µs: gapscoped {:.2} % of a core, BPF {:.2} %, {:.0} intervals/s, {:.1} % of idle with a recorded cause, {:.0} steps/s",
+            100.0 * s.daemon_core,
+            100.0 * s.bpf_core,
+            s.intervals_per_s,
+            100.0 * s.observed_share,
+            s.steps_per_s
+        );
+        let total = s.daemon_core + s.bpf_core;
+        if round > 0 {
+            side.entry(if t == 1000 { CONFIGS[0] } else { CONFIGS[1] })
+                .or_default()
+                .push(s);
         }
+        Ok(total)
+    })?;
+    let mut report = Report::new(&harness, &samples);
+    report
+        .compare(
+            "core share at 100 µs",
+            &[CONFIGS[1]],
+            |r| r[CONFIGS[1]],
+            Bound::AtMost(0.01),
+        )
+        .compare(
+            "extra core share, 100 µs over 1000 µs",
+            &CONFIGS,
+            |r| r[CONFIGS[1]] - r[CONFIGS[0]],
+            Bound::None,
+        );
+    for (config, s) in &side {
+        let pick = |f: &dyn Fn(&Sample) -> f64| ab::median(&s.iter().map(f).collect::<Vec<_>>());
+        report.extra(
+            config,
+            json!({
+                "gapscoped_core_share": pick(&|s| s.daemon_core),
+                "bpf_core_share": pick(&|s| s.bpf_core),
+                "intervals_per_second": pick(&|s| s.intervals_per_s),
+                "observed_idle_share": pick(&|s| s.observed_share),
+                "steps_per_second": pick(&|s| s.steps_per_s),
+            }),
+        );
     }
-    let mut results = Vec::new();
-    for (i, t) in THRESHOLDS_US.iter().enumerate() {
-        let s = &samples[i];
-        let pick = |f: &dyn Fn(&Sample) -> f64| median(s.iter().map(f).collect());
-        results.push(json!({
-            "min_interval_us": t,
-            "gapscoped_core_share": pick(&|s| s.daemon_core),
-            "bpf_core_share": pick(&|s| s.bpf_core),
-            "total_core_share": pick(&|s| s.daemon_core + s.bpf_core),
-            "intervals_per_second": pick(&|s| s.intervals_per_s),
-            "observed_idle_share": pick(&|s| s.observed_share),
-            "steps_per_second": pick(&|s| s.steps_per_s),
-            "rounds": s.iter().map(|s| json!({
-                "gapscoped_core_share": s.daemon_core,
-                "bpf_core_share": s.bpf_core,
-                "intervals_per_second": s.intervals_per_s,
-                "observed_idle_share": s.observed_share,
-                "steps_per_second": s.steps_per_s,
-            })).collect::<Vec<_>>(),
-        }));
-    }
-    let fine = &results[1];
-    let coarse = &results[0];
-    let extra =
-        fine["total_core_share"].as_f64().unwrap() - coarse["total_core_share"].as_f64().unwrap();
-    let doc = json!({
-        "bench": "resolution_cost",
-        "workload": format!("targets/sim_decode.py for {SECONDS} s, deep mode, {ROUNDS} interleaved rounds, medians"),
-        "results": results,
-        "extra_core_share_at_100_us": extra,
-        "target": "at most 1 % of one core (gapscoped + BPF) at 100 µs",
-        "within_target": fine["total_core_share"].as_f64().unwrap() <= 0.01,
-    });
-    let path = repo_root().join("bench/results/resolution_cost.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
-    println!("{}", serde_json::to_string_pretty(&doc)?);
-    println!("wrote {}", path.display());
+    report.extra(
+        "workload",
+        json!(format!(
+            "targets/sim_decode.py for {SECONDS} s, deep mode; medians of the rounds"
+        )),
+    );
+    report.finish()?;
     Ok(())
 }

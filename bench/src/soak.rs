@@ -19,9 +19,16 @@
 //!   the counters starting over with a new `process_start_time_seconds`
 //!   (a restart Prometheus's `rate()` handles as any other).
 //!
+//! * `sigkill_ab`: the same service's throughput over 6 s windows in which
+//!   gapscoped is SIGKILLed and restarted, against windows in which it runs
+//!   on, in the A/B harness's interleaved rounds (`ab.rs`): the ratio's
+//!   median and 95 % interval against "within 1 %".
+//!
 //! Run as root: `cargo build --release --workspace &&
-//! ./target/release/soak [--restarts 1000] [--workers 4] [--minutes 30]
-//! [--rate 100000]`. Writes bench/results/soak.json.
+//! ./target/release/soak [--parts restarts,flood,sigkill] [--restarts 1000]
+//! [--workers 4] [--minutes 30] [--rate 100000] [--rounds 10]`. Writes
+//! bench/results/soak.json (a run of some parts keeps the others' last
+//! figures, each part with the time it was measured).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -30,6 +37,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use gapscope_bench::ab::{self, Bound, Harness, Report};
 use gapscope_testkit::{Daemon, Metrics, repo_root, require_root, target_python};
 use serde_json::{Value, json};
 
@@ -108,7 +116,11 @@ while not stop:
         next_t += 1
 ";
 
+const PARTS: [&str; 3] = ["restarts", "flood", "sigkill"];
+
 struct Args {
+    parts: Vec<&'static str>,
+    rounds: usize,
     restarts: u32,
     workers: u32,
     minutes: f64,
@@ -117,6 +129,8 @@ struct Args {
 
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
+        parts: PARTS.to_vec(),
+        rounds: ab::MIN_ROUNDS,
         restarts: 1000,
         workers: 4,
         minutes: 30.0,
@@ -130,7 +144,22 @@ fn args() -> anyhow::Result<Args> {
             "--workers" => a.workers = value.parse()?,
             "--minutes" => a.minutes = value.parse()?,
             "--rate" => a.rate = value.parse()?,
-            _ => bail!("unknown flag {flag}: use --restarts, --workers, --minutes, --rate"),
+            "--rounds" => a.rounds = value.parse()?,
+            "--parts" => {
+                a.parts = Vec::new();
+                for p in value.split(',') {
+                    match PARTS.iter().find(|k| **k == p) {
+                        Some(k) => a.parts.push(*k),
+                        None => bail!(
+                            "--parts: unknown part {p:?}; choose among {}",
+                            PARTS.join(",")
+                        ),
+                    }
+                }
+            }
+            _ => bail!(
+                "unknown flag {flag}: use --parts, --restarts, --workers, --minutes, --rate, --rounds"
+            ),
         }
     }
     Ok(a)
@@ -376,25 +405,117 @@ fn sigkill() -> anyhow::Result<Value> {
     }))
 }
 
+/// Seconds a measurement window of the SIGKILL A/B lasts: the restart
+/// (about 2.3 s here) and its rescan fall inside it.
+const KILL_WINDOW_S: usize = 6;
+
+/// Does the traced service notice gapscoped being SIGKILLed and restarted?
+/// The steady service's throughput over a window in which gapscoped is
+/// killed and restarted (`killed`) against one in which it runs on
+/// (`steady`), in the A/B harness's interleaved rounds; the claim, the
+/// per-round ratio within 1 %.
+fn sigkill_ab(rounds: usize) -> anyhow::Result<Value> {
+    let mut steady = python(STEADY, &["soak-steady"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(steady.stdout.take().context("stdout")?).lines();
+    let mut per_second = |n: usize| -> anyhow::Result<Vec<f64>> {
+        (0..n)
+            .map(|_| {
+                Ok(lines
+                    .next()
+                    .context("the steady service ended")??
+                    .trim()
+                    .parse()?)
+            })
+            .collect()
+    };
+    let mut daemon = Daemon::start(SERVICES);
+    daemon.wait_processes("soak", 1.0);
+    let mut harness = Harness::from("soak_sigkill", &["steady", "killed"], rounds, &[])?;
+    let mut restart_s = Vec::new();
+    let samples = harness.run("units/s", |config, _| {
+        per_second(1)?; // the window starts on a fresh second
+        let window = if config == "killed" {
+            let pid = daemon.child.id();
+            let (units, restarted) = std::thread::scope(|scope| {
+                let restart = scope.spawn(move || {
+                    let at = Instant::now();
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    let d = Daemon::start(SERVICES);
+                    d.wait_processes("soak", 1.0);
+                    (d, at.elapsed().as_secs_f64())
+                });
+                let units = per_second(KILL_WINDOW_S);
+                (units, restart.join())
+            });
+            let (new, took) = restarted.map_err(|_| anyhow::anyhow!("the restart panicked"))?;
+            let _ = daemon.child.wait();
+            daemon = new;
+            restart_s.push(took);
+            units?
+        } else {
+            per_second(KILL_WINDOW_S)?
+        };
+        Ok(mean(&window))
+    })?;
+    drop(steady.stdin.take());
+    let _ = steady.wait();
+    let mut report = Report::new(&harness, &samples);
+    report
+        .compare(
+            "killed / steady throughput",
+            &["killed", "steady"],
+            |r| r["killed"] / r["steady"],
+            Bound::Within(0.99, 1.01),
+        )
+        .extra("window_s", json!(KILL_WINDOW_S))
+        .extra("restart_seconds_median", json!(quantile(&restart_s, 0.5)));
+    print!("{}", report.table());
+    Ok(report.to_json())
+}
+
 fn main() -> anyhow::Result<()> {
     require_root();
     let a = args()?;
-    eprintln!(
-        "soak: {} restarts of a service with {} workers",
-        a.restarts, a.workers
-    );
-    let restarts = restarts(&a)?;
-    eprintln!("soak: {restarts}\nsoak: {} minutes of floods", a.minutes);
-    let flood = flood(&a)?;
-    eprintln!("soak: {flood}\nsoak: SIGKILL and restart");
-    let sigkill = sigkill()?;
-    let report = json!({
-        "benchmark": "soak",
-        "restarts": restarts,
-        "flood": flood,
-        "sigkill": sigkill,
-    });
     let path = repo_root().join("bench/results/soak.json");
+    // A run of some parts keeps the other parts' last figures.
+    let mut report: serde_json::Map<String, Value> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    report.insert("benchmark".into(), json!("soak"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut record = |part: &str, v: Value| {
+        eprintln!("soak: {part}: {v}");
+        let mut v = v;
+        v["measured_at_unix_s"] = json!(now);
+        report.insert(part.to_string(), v);
+    };
+    if a.parts.contains(&"restarts") {
+        eprintln!(
+            "soak: {} restarts of a service with {} workers",
+            a.restarts, a.workers
+        );
+        record("restarts", restarts(&a)?);
+    }
+    if a.parts.contains(&"flood") {
+        eprintln!("soak: {} minutes of floods", a.minutes);
+        record("flood", flood(&a)?);
+    }
+    if a.parts.contains(&"sigkill") {
+        eprintln!("soak: SIGKILL and restart");
+        record("sigkill", sigkill()?);
+        eprintln!(
+            "soak: SIGKILL and restart against running on, {} rounds",
+            a.rounds
+        );
+        record("sigkill_ab", sigkill_ab(a.rounds)?);
+    }
     std::fs::create_dir_all(path.parent().unwrap())?;
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     println!("{}", serde_json::to_string_pretty(&report)?);

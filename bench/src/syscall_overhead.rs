@@ -1,8 +1,8 @@
 //! What tracing costs a process, per syscall, on a tight `getppid` loop.
 //!
 //! Every configuration runs in each round, interleaved, so machine noise
-//! hits them alike; the medians and the ratios between them are written to
-//! `bench/results/syscall_overhead.json`.
+//! hits them alike; the medians, the ratios between them and their
+//! intervals are written to `bench/results/syscall_overhead.json`.
 //!
 //! * `baseline` — nothing attached.
 //! * `floor` — empty programs on the same raw tracepoints gapscoped uses:
@@ -16,9 +16,11 @@
 //! * `bpftrace` — Debian's bpftrace doing the equivalent: a per-thread count
 //!   and a latency histogram, filtered to the pid.
 //!
-//! Run as root: `cargo run --release -p gapscope-bench --bin syscall_overhead`.
-//! Targets: gapscoped's overhead at most half of bpftrace's; the untraced
-//! process's overhead within 10 % of the floor's.
+//! Run as root: `cargo run --release -p gapscope-bench --bin syscall_overhead`
+//! (`--rounds N`, `--only a,b` to investigate; rounds and intervals: the A/B
+//! harness, `ab.rs`). Targets, on overheads over the same round's
+//! baseline: gapscoped's at most half of bpftrace's and at most twice the
+//! floor's; the untraced process's within 10 % of the floor's.
 
 use std::{
     collections::BTreeMap,
@@ -29,6 +31,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::{EbpfLoader, programs::RawTracePoint};
+use gapscope_bench::ab::{Bound, Harness, Report};
 use gapscope_testkit::{Daemon, Workload, require_root};
 
 const CALLS: u64 = 1_000_000;
@@ -144,117 +147,70 @@ fn bpftrace() -> anyhow::Result<f64> {
     ns
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
-}
-
-fn min(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
 fn main() -> anyhow::Result<()> {
     require_root();
-    // `--rounds N` and `--only a,b` narrow a run down while investigating;
-    // the JSON is written only for a full run.
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-    };
-    let rounds: usize = match flag("--rounds") {
-        Some(r) => r.parse().context("--rounds takes a number")?,
-        None => ROUNDS,
-    };
-    let only: Vec<&str> = flag("--only").map_or(CONFIGS.to_vec(), |o| o.split(',').collect());
-    if let Some(bad) = only.iter().find(|c| !CONFIGS.contains(c)) {
-        bail!(
-            "--only: unknown configuration {bad}; use some of {}",
-            CONFIGS.join(",")
+    let mut harness = Harness::from_args("syscall_overhead", &CONFIGS, ROUNDS)?;
+    let mut counted = Vec::new();
+    let samples = harness.run("ns/syscall", |config, round| {
+        Ok(match config {
+            "baseline" => baseline()?,
+            "floor" => floor()?,
+            "gapscoped" => {
+                let (ns, n) = traced(false)?;
+                if round > 0 {
+                    counted.push(n);
+                }
+                ns
+            }
+            "gapscoped_bpf_stats" => traced(true)?.0,
+            "untraced" => untraced()?,
+            "bpftrace" => bpftrace()?,
+            _ => bail!("unknown configuration {config}"),
+        })
+    })?;
+    // Overheads are taken against the baseline of the same round, seconds
+    // apart, which cancels the machine's slower drifts.
+    let over = |r: &BTreeMap<&str, f64>, c: &str| r[c] - r["baseline"];
+    let mut report = Report::new(&harness, &samples);
+    report
+        .compare(
+            "gapscoped / bpftrace (overhead)",
+            &["baseline", "gapscoped", "bpftrace"],
+            |r| over(r, "gapscoped") / over(r, "bpftrace"),
+            Bound::AtMost(0.5),
+        )
+        .compare(
+            "gapscoped / floor (overhead)",
+            &["baseline", "gapscoped", "floor"],
+            |r| over(r, "gapscoped") / over(r, "floor"),
+            Bound::AtMost(2.0),
+        )
+        .compare(
+            "untraced / floor (overhead)",
+            &["baseline", "untraced", "floor"],
+            |r| over(r, "untraced") / over(r, "floor"),
+            Bound::AtMost(1.10),
+        );
+    for c in CONFIGS.iter().filter(|c| **c != "baseline") {
+        report.compare(
+            &format!("{c} overhead, ns"),
+            &["baseline", c],
+            |r| over(r, c),
+            Bound::None,
         );
     }
-    let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut counted = Vec::new();
-    for round in 1..=rounds {
-        for config in CONFIGS.into_iter().filter(|c| only.contains(c)) {
-            let ns = match config {
-                "baseline" => baseline()?,
-                "floor" => floor()?,
-                "gapscoped" => {
-                    let (ns, n) = traced(false)?;
-                    counted.push(n);
-                    ns
-                }
-                "gapscoped_bpf_stats" => traced(true)?.0,
-                "untraced" => untraced()?,
-                "bpftrace" => bpftrace()?,
-                _ => unreachable!(),
-            };
-            eprintln!("round {round}: {config:<20} {ns:8.1} ns/syscall");
-            samples.entry(config).or_default().push(ns);
-        }
-    }
-    if only.len() < CONFIGS.len() {
-        return Ok(());
-    }
-    // The fastest run of each configuration is its cost: on a shared VM,
-    // noise only ever adds time. Medians, and ratios taken within each
-    // round, are reported beside it.
-    let best: BTreeMap<&str, f64> = samples.iter().map(|(k, v)| (*k, min(v))).collect();
-    let med: BTreeMap<&str, f64> = samples.iter().map(|(k, v)| (*k, median(v))).collect();
-    let overhead = |c: &str| best[c] - best["baseline"];
-    let overhead_median = |c: &str| med[c] - med["baseline"];
-    // Runs of one round follow each other within seconds, so a ratio
-    // taken inside each round cancels the machine's slower drifts.
-    let paired = |a: &str, b: &str| -> f64 {
-        let ratios: Vec<f64> = (0..rounds)
-            .map(|r| {
-                let base = samples["baseline"][r];
-                (samples[a][r] - base) / (samples[b][r] - base)
-            })
-            .collect();
-        median(&ratios)
-    };
-    let report = serde_json::json!({
-        "benchmark": "syscall_overhead",
-        "calls_per_run": CALLS,
-        "rounds": ROUNDS,
-        "ns_per_syscall_best": best,
-        "ns_per_syscall_median": med,
-        "ns_per_syscall_samples": samples,
-        "overhead_ns": {
-            "floor": overhead("floor"),
-            "gapscoped": overhead("gapscoped"),
-            "gapscoped_bpf_stats": overhead("gapscoped_bpf_stats"),
-            "untraced": overhead("untraced"),
-            "bpftrace": overhead("bpftrace"),
-        },
-        "ratios": {
-            "gapscoped_over_bpftrace": overhead("gapscoped") / overhead("bpftrace"),
-            "gapscoped_bpf_stats_over_bpftrace": overhead("gapscoped_bpf_stats") / overhead("bpftrace"),
-            "untraced_over_floor": overhead("untraced") / overhead("floor"),
-        },
-        "ratios_of_medians": {
-            "gapscoped_over_bpftrace": overhead_median("gapscoped") / overhead_median("bpftrace"),
-            "untraced_over_floor": overhead_median("untraced") / overhead_median("floor"),
-        },
-        "median_of_per_round_ratios": {
-            "gapscoped_over_bpftrace": paired("gapscoped", "bpftrace"),
-            "untraced_over_floor": paired("untraced", "floor"),
-        },
-        "targets": {
-            "gapscoped_over_bpftrace_at_most": 0.5,
-            "untraced_over_floor_at_most": 1.1,
-        },
-        "gapscoped_counted_exactly": counted.iter().all(|n| *n == CALLS as f64),
-    });
-    let dir = gapscope_testkit::repo_root().join("bench/results");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("syscall_overhead.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    eprintln!("wrote {}", path.display());
+    let best: BTreeMap<&str, f64> = samples
+        .values
+        .iter()
+        .map(|(k, v)| (*k, v.iter().copied().fold(f64::INFINITY, f64::min)))
+        .collect();
+    report
+        .extra("calls_per_run", serde_json::json!(CALLS))
+        .extra("ns_per_syscall_best", serde_json::json!(best))
+        .extra(
+            "gapscoped_counted_exactly",
+            serde_json::json!(counted.iter().all(|n| *n == CALLS as f64)),
+        );
+    report.finish()?;
     Ok(())
 }

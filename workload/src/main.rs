@@ -4,6 +4,7 @@
 //! ```text
 //! gapscope-workload syscalls [--getppid N] [--nanosleep M] [--sleep-us U] [--children fork|exec|both|threads] [--no-wait] [--tag T]
 //! gapscope-workload spin --getppid N [--wait] [--tag T]
+//! gapscope-workload pace --rate R --seconds S [--threads N] [--tick-ms T] [--execs E] [--wait] [--tag T]
 //! ```
 //!
 //! Unless `--no-wait` is given, the workload prints `ready <pid>` and waits
@@ -22,6 +23,12 @@
 //! `spin` prints `ns_per_call <f64>` measured around a tight getppid loop
 //! (the overhead benchmark); with `--wait` it first waits for "go" like
 //! `syscalls` does.
+//!
+//! `pace` (the scale benchmark) spreads R getppid calls a second over N
+//! threads, each waking every T ms (default 1) to make its share, for S
+//! seconds; with `--execs E` another thread also runs E short-lived
+//! `/bin/true` processes a second (fork + exec + exit). It prints `calls
+//! <n>` and `execs <n>` and exits.
 
 use std::{
     io::{BufRead as _, Write as _},
@@ -36,11 +43,18 @@ struct Args {
     children: Option<String>,
     no_wait: bool,
     wait: bool,
+    rate: f64,
+    seconds: f64,
+    threads: u64,
+    tick_ms: u64,
+    execs: f64,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
     let mut a = Args {
         sleep_us: 1000,
+        threads: 1,
+        tick_ms: 1,
         ..Default::default()
     };
     let mut it = args.iter();
@@ -55,6 +69,11 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 a.sleep_us = value()?.parse().map_err(|e| format!("--sleep-us: {e}"))?;
             }
             "--children" => a.children = Some(value()?),
+            "--rate" => a.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
+            "--seconds" => a.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--threads" => a.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--tick-ms" => a.tick_ms = value()?.parse().map_err(|e| format!("--tick-ms: {e}"))?,
+            "--execs" => a.execs = value()?.parse().map_err(|e| format!("--execs: {e}"))?,
             "--tag" => {
                 value()?;
             }
@@ -148,6 +167,52 @@ fn wait_for_go() {
     std::io::stdin().lock().read_line(&mut line).ok();
 }
 
+/// `pace`: R calls a second over N threads for S seconds, and E execs a
+/// second; (calls made, execs run).
+fn pace(a: &Args) -> (u64, u64) {
+    let start = Instant::now();
+    let seconds = Duration::from_secs_f64(a.seconds);
+    let tick = Duration::from_millis(a.tick_ms.max(1));
+    let per_thread_tick = a.rate / a.threads.max(1) as f64 * tick.as_secs_f64();
+    let callers: Vec<_> = (0..a.threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let (mut made, mut owed, mut next) = (0u64, 0.0f64, Instant::now());
+                while start.elapsed() < seconds {
+                    owed += per_thread_tick;
+                    let n = owed as u64;
+                    owed -= n as f64;
+                    getppid_n(n);
+                    made += n;
+                    next += tick;
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                made
+            })
+        })
+        .collect();
+    let execs = (a.execs > 0.0).then(|| {
+        let every = Duration::from_secs_f64(1.0 / a.execs);
+        std::thread::spawn(move || {
+            let (mut n, mut next) = (0u64, Instant::now());
+            while start.elapsed() < seconds {
+                if std::process::Command::new("/bin/true").status().is_ok() {
+                    n += 1;
+                }
+                next += every;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            n
+        })
+    });
+    let calls = callers.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    (calls, execs.map_or(0, |h| h.join().unwrap_or(0)))
+}
+
 /// Runs `getppid` N times in each of four new threads.
 fn threads(n: u64) {
     let handles: Vec<_> = (0..4)
@@ -203,7 +268,7 @@ fn children(kind: &str, n: u64) -> Result<(), String> {
 fn run() -> Result<(), String> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((mode, rest)) = argv.split_first() else {
-        return Err("usage: gapscope-workload syscalls|spin [flags]".into());
+        return Err("usage: gapscope-workload syscalls|spin|pace [flags]".into());
     };
     let a = parse(rest)?;
     match mode.as_str() {
@@ -256,7 +321,16 @@ fn run() -> Result<(), String> {
             println!("ns_per_call {ns:.1}");
             Ok(())
         }
-        other => Err(format!("unknown mode {other}; use syscalls or spin")),
+        "pace" => {
+            if a.wait {
+                wait_for_go();
+            }
+            let (calls, execs) = pace(&a);
+            println!("calls {calls}");
+            println!("execs {execs}");
+            Ok(())
+        }
+        other => Err(format!("unknown mode {other}; use syscalls, spin or pace")),
     }
 }
 
