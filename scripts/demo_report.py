@@ -116,9 +116,15 @@ def main():
     runs = delta(before, after, "gapscope_bpf_program_runs_total")
     run_s = delta(before, after, "gapscope_bpf_program_run_seconds_total")
     total_runs = sum(runs.values())
-    if total_runs > 0:
-        print(f"gapscoped's own cost: {int(total_runs)} BPF program runs, "
-              f"{sum(run_s.values()) * 1e3:.1f} ms in total ({sum(run_s.values()) / total_runs * 1e9:.0f} ns per run)")
+    # The kernel measures only while the statistics are on: the whole run
+    # with bpf_stats = true, one window a period when sampled (the default).
+    sampled = sum(delta(before, after, "gapscope_bpf_stats_sampled_seconds_total").values())
+    if total_runs > 0 and sampled > 0:
+        print(f"gapscoped's own cost: {sum(run_s.values()) / sampled * 100:.2f} % of a CPU in BPF programs "
+              f"while measured ({int(total_runs)} runs in {sampled:.1f} s of statistics, "
+              f"{sum(run_s.values()) / total_runs * 1e9:.0f} ns per run)")
+    else:
+        print("gapscoped's own cost: not measured in this stretch (BPF statistics off, or no sample fell in it)")
     dropped = sum(delta(before, after, "gapscope_events_dropped_total").values())
     print(f"Events dropped: {int(dropped)}")
 

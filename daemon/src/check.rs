@@ -405,7 +405,7 @@ fn uprobes() -> Item {
 }
 
 fn programs() -> Item {
-    let r = bpf::attach_all(false, u64::MAX);
+    let r = bpf::attach_all(u64::MAX);
     Item {
         name: "programs",
         ok: r.is_ok(),

@@ -101,6 +101,18 @@ impl DaemonState {
         self.services.all().get(id as usize).map(|s| s.name.clone())
     }
 
+    /// The name `/metrics` labels a service's series with; none for a
+    /// service a reload removed, so its series leave the exposition at
+    /// once (Prometheus marks them stale) rather than linger until a
+    /// restart.
+    pub fn exported_service_name(&self, id: u32) -> Option<String> {
+        self.services
+            .all()
+            .get(id as usize)
+            .filter(|s| !s.retired)
+            .map(|s| s.name.clone())
+    }
+
     /// Files an annotation posted by the load generator (JSON, see
     /// `annotations`) and hands a phase's edge to the explainer, in the
     /// order they arrive (cheap: call on the event loop). Returns the

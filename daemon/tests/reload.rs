@@ -1,5 +1,6 @@
 //! SIGHUP reads the configuration again: services added, changed and
-//! removed apply at once (processes matched again, counted exactly); a
+//! removed apply at once (processes matched again, counted exactly; a
+//! removed service's series gone from /metrics); a
 //! file that does not check keeps the running configuration, saying why;
 //! other sections are named as needing a restart.
 
@@ -126,13 +127,14 @@ fn sighup_applies_services_at_once_and_keeps_a_bad_file_out() {
         "{log}"
     );
     assert!(
-        log.contains("removed (untraced; listed until a restart): b"),
+        log.contains("removed (untraced, series dropped): b"),
         "{log}"
     );
     assert!(log.contains("[daemon] changed"), "{log}");
-    // A removed service is listed until a restart, matching nothing.
+    // A removed service leaves no series behind; a still is exported.
+    assert!(!m.0.contains("service=\"b\""), "{}", m.0);
     assert_eq!(
-        m.get("gapscope_service_processes", &[("service", "b")]),
-        Some(0.0)
+        m.get("gapscope_service_processes", &[("service", "a")]),
+        Some(1.0)
     );
 }

@@ -386,3 +386,117 @@ fn a_bad_web_config_stops_the_daemon_before_it_attaches() {
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("web.yml: OK (TLS)"), "{stdout}");
 }
+
+/// Waits until a scrape through `dir`'s CA with `creds` shows `reloads`
+/// reloads with `result`; the scrape.
+fn wait_reloads(port: u16, dir: &Path, creds: &str, result: &str, reloads: f64) -> String {
+    let line = format!("gapscope_config_reloads_total{{result=\"{result}\"}} {reloads}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (code, text) = curl(port, dir, "/metrics", &["-u", creds]);
+        if code == 200 && text.contains(&line) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{line}` through {}: {code}\n{text}",
+            dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_reload_rotates_the_certificate_and_the_passwords_for_new_connections() {
+    require_root();
+    let _g = serial();
+    let (old, new) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    make_certificates(old.path());
+    make_certificates(new.path());
+    let web = |hash: &str| {
+        format!(
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n\
+             basic_auth_users:\n  prometheus: '{hash}'\n"
+        )
+    };
+    let (first, second) = ("first password", "second password");
+    let daemon = start_daemon(
+        old.path(),
+        &web(&gapscope_testkit::hash_password(first, 4)),
+        vec!["-u".into(), format!("prometheus:{first}")],
+    );
+    let (before, after) = (
+        format!("prometheus:{first}"),
+        format!("prometheus:{second}"),
+    );
+    assert_eq!(
+        curl(daemon.port, old.path(), "/metrics", &["-u", &before]).0,
+        200
+    );
+    let hup = || {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    };
+
+    // A renewed certificate (from another CA) and a new password, as a
+    // certificate robot and an operator would leave them; then a reload.
+    for f in ["server.pem", "server.key"] {
+        std::fs::copy(new.path().join(f), old.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        old.path().join("web.yml"),
+        web(&gapscope_testkit::hash_password(second, 4)),
+    )
+    .unwrap();
+    hup();
+    wait_reloads(daemon.port, new.path(), &after, "success", 1.0);
+    let (code, text) = curl(daemon.port, old.path(), "/metrics", &["-u", &after]);
+    assert_eq!(code, 0, "the old CA no longer verifies the server: {text}");
+    let (code, _) = curl(daemon.port, new.path(), "/metrics", &["-u", &before]);
+    assert_eq!(code, 401, "the old password is refused");
+    assert!(
+        daemon
+            .log_text()
+            .contains("web config read again: TLS, basic auth (1 users)")
+    );
+
+    // A web config that does not load keeps the running one.
+    std::fs::write(
+        old.path().join("web.yml"),
+        "basic_auth_users:\n  prometheus: hunter2\n",
+    )
+    .unwrap();
+    hup();
+    wait_reloads(daemon.port, new.path(), &after, "failure", 1.0);
+    assert!(
+        daemon.log_text().contains("not a bcrypt hash"),
+        "{}",
+        daemon.log_text()
+    );
+    // Nor may a reload turn TLS off: the running one stays.
+    std::fs::write(
+        old.path().join("web.yml"),
+        format!(
+            "basic_auth_users:\n  prometheus: '{}'\n",
+            gapscope_testkit::hash_password(second, 4)
+        ),
+    )
+    .unwrap();
+    hup();
+    let text = wait_reloads(daemon.port, new.path(), &after, "failure", 2.0);
+    assert!(
+        text.contains("gapscope_config_last_reload_successful 0"),
+        "{text}"
+    );
+    assert!(
+        daemon
+            .log_text()
+            .contains("would turn TLS off; that needs a restart"),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        curl(daemon.port, new.path(), "/metrics", &["-u", &after]).0,
+        200
+    );
+}

@@ -91,8 +91,19 @@ impl FakeNvml {
     /// gapscoped reading its GPUs from the stand-in as `scenario` scripts
     /// them, sampling every `interval_ms`.
     pub fn daemon(&self, services: &str, interval_ms: u64, scenario: &Path) -> Daemon {
+        self.daemon_with("", services, interval_ms, scenario)
+    }
+
+    /// As `daemon`, with `daemon_keys` in the `[daemon]` table.
+    pub fn daemon_with(
+        &self,
+        daemon_keys: &str,
+        services: &str,
+        interval_ms: u64,
+        scenario: &Path,
+    ) -> Daemon {
         let extra = format!(
-            "[nvml]\nlibrary = \"{}\"\ninterval_ms = {interval_ms}\n",
+            "{daemon_keys}\n[nvml]\nlibrary = \"{}\"\ninterval_ms = {interval_ms}\n",
             self.library().display()
         );
         let env = format!("{SCENARIO_ENV}={}", scenario.display());

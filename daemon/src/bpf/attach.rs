@@ -1,7 +1,5 @@
 //! Turning the embedded object into attached programs and typed maps.
 
-use std::os::fd::OwnedFd;
-
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,7 +12,7 @@ use gapscope_ebpf_common::{
     names::{map, program},
 };
 
-use super::{Hook, OBJECT, PROGRAMS, raise_memlock, tracefs};
+use super::{Hook, OBJECT, PROGRAMS, raise_memlock, stats::StatsSwitch, tracefs};
 use crate::syscall_table;
 
 /// The uprobe programs, loaded at start and attached per library file
@@ -24,9 +22,8 @@ const UPROBE_PROGRAMS: [&str; 4] = program::UPROBES;
 /// The loaded, attached programs. Dropping this detaches and unloads them.
 pub struct Probes {
     ebpf: Ebpf,
-    /// Held while the kernel's BPF run-time statistics are on; closing it
-    /// turns them off again.
-    stats: Option<OwnedFd>,
+    /// The kernel's BPF run-time statistics (`bpf::stats` switches them).
+    pub stats: StatsSwitch,
     /// Whether `detach_all` ran.
     detached: bool,
 }
@@ -141,13 +138,8 @@ impl Probes {
         Some((enter?.try_into().ok()?, exit?.try_into().ok()?))
     }
 
-    /// Whether the kernel is collecting run-time statistics for us.
-    pub fn stats_enabled(&self) -> bool {
-        self.stats.is_some()
-    }
-
-    /// Run time and count of every attached program (zero when statistics
-    /// are off).
+    /// Run time and count of every attached program, as measured while the
+    /// statistics were on (`bpf::stats`).
     pub fn program_stats(&self) -> Vec<ProgramStats> {
         PROGRAMS
             .iter()
@@ -206,7 +198,7 @@ pub struct Attached {
 
 /// Loads the object, fills the syscall family table and attaches every
 /// program.
-pub fn attach_all(bpf_stats: bool, min_interval_ns: u64) -> anyhow::Result<Attached> {
+pub fn attach_all(min_interval_ns: u64) -> anyhow::Result<Attached> {
     raise_memlock();
     let tracefs = tracefs::ensure_mounted()?;
     tracefs::verify_offsets(&tracefs)?;
@@ -254,21 +246,6 @@ pub fn attach_all(bpf_stats: bool, min_interval_ns: u64) -> anyhow::Result<Attac
         program.load().with_context(|| format!("loading {name}"))?;
     }
 
-    let stats = if bpf_stats {
-        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                log::warn!(
-                    "BPF run-time statistics unavailable ({e}); gapscope_bpf_program_* stay at 0. \
-                     Needs CAP_SYS_ADMIN or kernel.bpf_stats_enabled=1"
-                );
-                None
-            }
-        }
-    } else {
-        None
-    };
-
     let maps = KernelMaps {
         threads: HashMap::try_from(take(&mut ebpf, map::THREADS)?)?,
         syscalls: PerCpuHashMap::try_from(take(&mut ebpf, map::SYSCALLS)?)?,
@@ -289,7 +266,7 @@ pub fn attach_all(bpf_stats: bool, min_interval_ns: u64) -> anyhow::Result<Attac
         gil_ranges: HashMap::try_from(take(&mut ebpf, map::GIL_RANGES)?)?,
         probes: Probes {
             ebpf,
-            stats,
+            stats: StatsSwitch::default(),
             detached: false,
         },
     })

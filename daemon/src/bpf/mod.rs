@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod caps;
 mod reaper;
+pub mod stats;
 pub mod tracefs;
 pub mod uprobes;
 

@@ -97,14 +97,27 @@ pub struct TimelineConfig {
     pub max_intervals: usize,
 }
 
+/// `[daemon] bpf_stats`: when the kernel's BPF run-time statistics are on
+/// (`bpf::stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BpfStats {
+    /// `false`: never; `gapscope_bpf_program_run_*` stay at 0.
+    Off,
+    /// `"sampled"` (the default): on for `window` at the start of every
+    /// `period`.
+    Sampled { window: Duration, period: Duration },
+    /// `true`: all the time.
+    On,
+}
+
 #[derive(Debug)]
 pub struct DaemonConfig {
     pub listen: SocketAddr,
     /// How often /proc is rescanned to catch what events missed.
     pub rescan_interval: Duration,
-    /// Turn on the kernel's BPF run-time statistics (costs ~20 ns per
-    /// program run, host-wide, while on).
-    pub bpf_stats: bool,
+    /// When the kernel's BPF run-time statistics are on (they cost every
+    /// BPF program run on the host two clock reads while on).
+    pub bpf_stats: BpfStats,
     /// Give up every capability the daemon no longer needs once its
     /// programs are loaded (see `bpf::caps::kept_after_attach`).
     pub drop_capabilities: bool,
@@ -307,6 +320,61 @@ mod tests {
         assert_eq!(c.cuda.launch_budget_calls, 3333);
         assert!(c.cuda.enabled && c.nvml.enabled);
         assert_eq!(c.nvml.interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bpf_statistics_are_sampled_by_default_and_take_three_modes() {
+        let with = |keys: &str| {
+            Config::parse(&format!(
+                "[daemon]\n{keys}\n[[service]]\nname = \"a\"\ncmdline = \"python\"\n"
+            ))
+        };
+        let sampled = |w, p| BpfStats::Sampled {
+            window: Duration::from_millis(w),
+            period: Duration::from_secs(p),
+        };
+        assert_eq!(with("").unwrap().daemon.bpf_stats, sampled(1000, 60));
+        assert_eq!(
+            with("bpf_stats = \"sampled\"\nbpf_stats_window_ms = 250\nbpf_stats_period_s = 5")
+                .unwrap()
+                .daemon
+                .bpf_stats,
+            sampled(250, 5)
+        );
+        assert_eq!(
+            with("bpf_stats = true").unwrap().daemon.bpf_stats,
+            BpfStats::On
+        );
+        assert_eq!(
+            with("bpf_stats = false").unwrap().daemon.bpf_stats,
+            BpfStats::Off
+        );
+        for (keys, problem, fix) in [
+            (
+                "bpf_stats = \"sometimes\"",
+                "daemon.bpf_stats = \"sometimes\" is not a mode",
+                "\"sampled\"",
+            ),
+            (
+                "bpf_stats = 1",
+                "daemon.bpf_stats = an integer is not a mode",
+                "true",
+            ),
+            (
+                "bpf_stats_window_ms = 2000\nbpf_stats_period_s = 1",
+                "daemon.bpf_stats_window_ms = 2000 is not shorter than bpf_stats_period_s = 1",
+                "shorter",
+            ),
+            (
+                "bpf_stats_period_s = 0",
+                "daemon.bpf_stats_period_s = 0 is out of range",
+                "1 to 86400",
+            ),
+        ] {
+            let e = with(keys).unwrap_err();
+            assert_eq!(e.problem, problem, "{keys}");
+            assert!(e.fix.contains(fix), "{keys}: {}", e.fix);
+        }
     }
 
     #[test]

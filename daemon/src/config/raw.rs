@@ -109,7 +109,10 @@ pub(super) struct RawProbe {
 pub(super) struct RawDaemon {
     pub(super) listen: Option<String>,
     pub(super) rescan_interval_ms: Option<u64>,
-    pub(super) bpf_stats: Option<bool>,
+    /// true, false or "sampled": checked in `sections` to name the key.
+    pub(super) bpf_stats: Option<toml::Value>,
+    pub(super) bpf_stats_window_ms: Option<u64>,
+    pub(super) bpf_stats_period_s: Option<u64>,
     pub(super) drop_capabilities: Option<bool>,
     pub(super) web_config: Option<String>,
     pub(super) http_max_connections: Option<usize>,

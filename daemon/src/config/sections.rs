@@ -403,13 +403,64 @@ pub(super) fn parse_daemon(raw: RawDaemon) -> Result<DaemonConfig, UsageError> {
         listen,
         http,
         rescan_interval: Duration::from_millis(rescan_ms),
-        bpf_stats: raw.bpf_stats.unwrap_or(true),
+        bpf_stats: parse_bpf_stats(&raw)?,
         drop_capabilities: raw.drop_capabilities.unwrap_or(true),
         web_config: raw
             .web_config
             .filter(|p| !p.is_empty())
             .map(std::path::PathBuf::from),
     })
+}
+
+/// `bpf_stats` with its window and period.
+fn parse_bpf_stats(raw: &RawDaemon) -> Result<BpfStats, UsageError> {
+    let window_ms = in_range(
+        "daemon.bpf_stats_window_ms",
+        raw.bpf_stats_window_ms,
+        1000,
+        10..=600_000,
+        "use a value from 10 to 600000 (default 1000): how long each sample keeps the statistics on",
+    )?;
+    let period_s = in_range(
+        "daemon.bpf_stats_period_s",
+        raw.bpf_stats_period_s,
+        60,
+        1..=86_400,
+        "use a value from 1 to 86400 (default 60): how often a sample starts",
+    )?;
+    let (window, period) = (
+        Duration::from_millis(window_ms),
+        Duration::from_secs(period_s),
+    );
+    match &raw.bpf_stats {
+        None => {}
+        Some(toml::Value::Boolean(true)) => return Ok(BpfStats::On),
+        Some(toml::Value::Boolean(false)) => return Ok(BpfStats::Off),
+        Some(toml::Value::String(s)) if s == "sampled" => {}
+        Some(other) => {
+            let what = match other {
+                toml::Value::String(s) => format!("{s:?}"),
+                v => match v.type_str() {
+                    t @ ("integer" | "array") => format!("an {t}"),
+                    t => format!("a {t}"),
+                },
+            };
+            return Err(UsageError::new(
+                format!("daemon.bpf_stats = {what} is not a mode"),
+                "use true (always on), false (off) or \"sampled\" (the default: on for \
+                 bpf_stats_window_ms of every bpf_stats_period_s)",
+            ));
+        }
+    }
+    if window >= period {
+        return Err(UsageError::new(
+            format!(
+                "daemon.bpf_stats_window_ms = {window_ms} is not shorter than bpf_stats_period_s = {period_s}"
+            ),
+            "make the window shorter than the period, or set bpf_stats = true to keep them on",
+        ));
+    }
+    Ok(BpfStats::Sampled { window, period })
 }
 
 pub(super) fn parse_service(s: RawService) -> Result<ServiceConfig, UsageError> {

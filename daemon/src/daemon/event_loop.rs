@@ -90,7 +90,7 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
             _ = sigint.recv() => { log::info!("SIGINT: detaching"); return Ok(()); }
             _ = sighup.recv() => {
                 if let Some(r) = running.reloader.as_mut() {
-                    r.reload(&state);
+                    r.reload(&state, &running.front);
                 }
             }
             _ = rescan.tick() => targets().rescan(),

@@ -6,10 +6,17 @@
 //! `gapscope_config_last_reload_successful` turns 0. From a good file the
 //! services apply at once: a service whose matcher changed, or that is
 //! gone from the file, has its processes untraced; new services are added
-//! after the others; then every process is matched again. An id keeps its
-//! name, so a removed service stays listed (matching nothing) until a
-//! restart. The other sections need a restart: the log names each one
-//! that changed.
+//! after the others; then every process is matched again. A removed
+//! service's series leave `/metrics` at once (Prometheus marks them
+//! stale); its id is kept until a restart, so one added back by name gets
+//! its id, and its counters, again.
+//!
+//! The web config (`[daemon] web_config` and the files it names: users,
+//! headers, certificate, key, client CA) is read again on every reload and
+//! serves the next connection: a renewed certificate or a new password
+//! needs no restart. A web config that does not load, or that would turn
+//! TLS on or off, fails the reload as a bad file does. The other sections
+//! need a restart: the log names each one that changed.
 
 use std::{
     collections::BTreeMap,
@@ -23,6 +30,7 @@ use std::{
 use crate::{
     config::{Config, ServiceConfig},
     state::DaemonState,
+    web::{self, serve::Front},
 };
 
 /// What reloads came to, for `/metrics`.
@@ -57,11 +65,23 @@ fn unix_s() -> u64 {
 pub(super) struct Reloader {
     path: PathBuf,
     sections: BTreeMap<&'static str, String>,
+    /// Whether the server runs TLS (a reload cannot change that).
+    pub(super) tls: bool,
+    limits: web::serve::Limits,
 }
 
+/// What a reload does not apply, as text to tell which changed. The web
+/// config's path is left out of `[daemon]`: it applies.
 fn sections(c: &Config) -> BTreeMap<&'static str, String> {
+    let d = &c.daemon;
     BTreeMap::from([
-        ("daemon", format!("{:?}", c.daemon)),
+        (
+            "daemon",
+            format!(
+                "{:?} {:?} {:?} {:?} {:?}",
+                d.listen, d.rescan_interval, d.bpf_stats, d.drop_capabilities, d.http
+            ),
+        ),
         ("python", format!("{:?}", c.python)),
         ("timeline", format!("{:?}", c.timeline)),
         ("explain", format!("{:?}", c.explain)),
@@ -142,11 +162,17 @@ impl Reloader {
         Reloader {
             path,
             sections: sections(config),
+            tls: false,
+            limits: config.daemon.http,
         }
     }
 
     /// Reads the file again and applies what can be applied now.
-    pub(super) fn reload(&mut self, state: &DaemonState) {
+    pub(super) fn reload(
+        &mut self,
+        state: &Arc<DaemonState>,
+        front: &tokio::sync::watch::Sender<Front>,
+    ) {
         let stats = &state.reloads;
         let fail = |why: String| {
             stats.failures.fetch_add(1, Relaxed);
@@ -157,12 +183,33 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => return fail(e.to_string()),
         };
+        let web = match web::Prepared::load(config.daemon.web_config.as_deref()) {
+            Ok(w) => w,
+            Err(e) => return fail(e.to_string()),
+        };
+        let tls = web.as_ref().is_some_and(|w| w.tls.is_some());
+        if tls != self.tls {
+            return fail(format!(
+                "{}: the web config would turn TLS {}; that needs a restart (systemctl restart gapscoped)",
+                self.path.display(),
+                if tls { "on" } else { "off" }
+            ));
+        }
         let new_sections = sections(&config);
         let running = state.services.all();
         let merged = match merge(&running, config.services) {
             Ok(m) => m,
             Err(why) => return fail(format!("{}: {why}", self.path.display())),
         };
+        let router = web::serve::secure(
+            crate::http::router(state.clone()),
+            web.as_ref().map(|w| &w.config),
+            self.limits,
+        );
+        front.send_replace(Front::new(router, web.as_ref().and_then(|w| w.tls.clone())));
+        if let Some(w) = &web {
+            log::info!("SIGHUP: web config read again: {}", w.describe());
+        }
         let services: Arc<[ServiceConfig]> = merged.services.into();
         state.services.set(services.clone());
         {
@@ -189,7 +236,7 @@ impl Reloader {
             }
         };
         log::info!(
-            "SIGHUP: reloaded {}: services added: {}; changed (processes matched again): {}; removed (untraced; listed until a restart): {}",
+            "SIGHUP: reloaded {}: services added: {}; changed (processes matched again): {}; removed (untraced, series dropped): {}",
             self.path.display(),
             list(&merged.added),
             list(&merged.changed),
@@ -197,7 +244,7 @@ impl Reloader {
         );
         if !restart.is_empty() {
             log::warn!(
-                "SIGHUP: [{}] changed in {}: only [[service]] applies on reload; restart gapscoped to apply the rest (systemctl restart gapscoped)",
+                "SIGHUP: [{}] changed in {}: only [[service]] and the web config apply on reload; restart gapscoped to apply the rest (systemctl restart gapscoped)",
                 restart.join("], ["),
                 self.path.display()
             );

@@ -49,6 +49,9 @@ pub(super) struct Running {
     pub signals: Option<super::event_loop::Signals>,
     /// Reads the configuration again on SIGHUP.
     pub reloader: Option<super::reload::Reloader>,
+    /// What the HTTP server serves new connections with; a reload of the
+    /// web config replaces it.
+    pub front: tokio::sync::watch::Sender<web::serve::Front>,
 }
 
 /// Whether this process is in the initial PID namespace, whose pids the
@@ -77,10 +80,7 @@ pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
              or as a host service)"
         );
     }
-    let attached = bpf::attach_all(
-        config.daemon.bpf_stats,
-        config.timeline.min_interval.as_nanos() as u64,
-    )?;
+    let attached = bpf::attach_all(config.timeline.min_interval.as_nanos() as u64)?;
     // Before any other thread starts: capabilities are per thread, and
     // every thread started later inherits these.
     if config.daemon.drop_capabilities {
@@ -110,7 +110,8 @@ pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
         log::info!("web config: {}", web.describe());
     }
     let signals = super::event_loop::Signals::register()?;
-    let server = web::serve::spawn(bound.listener, router, tls, limits, stopped)?;
+    let (front, front_seen) = tokio::sync::watch::channel(web::serve::Front::new(router, tls));
+    let server = web::serve::spawn(bound.listener, front_seen, limits, stopped)?;
     log::info!("listening on {scheme}://{listen}/metrics");
     notify::send("READY=1");
 
@@ -133,6 +134,7 @@ pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
         reorder_ns,
         signals: Some(signals),
         reloader: None,
+        front,
     })
 }
 
@@ -211,6 +213,7 @@ fn build_state(
     let services: Arc<[_]> = config.services.into();
     let service_table = crate::state::ServiceTable::new(services.clone());
     let probes = Arc::new(Mutex::new(probes));
+    bpf::stats::start(config.daemon.bpf_stats, &probes);
     let targets = Arc::new(Mutex::new(Targets::new(
         targets,
         generation,

@@ -33,9 +33,10 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         "Time the CPU waited for the GPU inside a synchronizing CUDA call (stream, context or event synchronize, a synchronous copy); every call is probed.",
     );
     for c in cuda.slot_calls() {
-        let (Some(service), Some(entry)) =
-            (state.service_name(c.service), ENTRY_POINTS.get(c.slot))
-        else {
+        let (Some(service), Some(entry)) = (
+            state.exported_service_name(c.service),
+            ENTRY_POINTS.get(c.slot),
+        ) else {
             continue;
         };
         let api = entry.library.api();
@@ -80,7 +81,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         "Traced processes mapping a CUDA library, by api (driver: libcuda, runtime: libcudart).",
     );
     for ((service, library), n) in cuda.processes() {
-        if let Some(name) = state.service_name(service) {
+        if let Some(name) = state.exported_service_name(service) {
             processes.add_gauge(&[("service", &name), ("api", library.api())], n as f64);
         }
     }
@@ -89,7 +90,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         "Traced processes whose CUDA library cannot be probed (it exports none of the entry points, or attaching failed); the log says why.",
     );
     for ((service, library), n) in cuda.unavailable() {
-        if let Some(name) = state.service_name(service) {
+        if let Some(name) = state.exported_service_name(service) {
             unavailable.add_gauge(&[("service", &name), ("api", library.api())], n as f64);
         }
     }

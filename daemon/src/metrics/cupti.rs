@@ -53,7 +53,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for ((service, device), s) in &ingest.stats {
-            let Some(name) = state.service_name(*service) else {
+            let Some(name) = state.exported_service_name(*service) else {
                 continue;
             };
             let device = device.to_string();

@@ -57,7 +57,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         return Vec::new();
     };
     for ((service, device), (source, h)) in &e.histories {
-        let Some(name) = state.service_name(*service) else {
+        let Some(name) = state.exported_service_name(*service) else {
             continue;
         };
         let l = [
@@ -90,7 +90,13 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         open.add_gauge(&l, open_s);
         gaps.add_counter(&l, h.totals.gaps as f64);
     }
-    for (id, s) in state.services.all().iter().enumerate() {
+    for (id, s) in state
+        .services
+        .all()
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.retired)
+    {
         launchers.add_gauge(&[("service", &s.name)], e.launchers(id as u32) as f64);
     }
     states.add_counter(&[], e.counters.states as f64);

@@ -25,7 +25,7 @@ fn syscalls(state: &DaemonState) -> Vec<Family> {
     );
     let mut seen = 0u64;
     for ((service, nr), h) in &read_syscalls(state) {
-        let Some(service) = state.service_name(*service) else {
+        let Some(service) = state.exported_service_name(*service) else {
             continue;
         };
         seen += h.count;
@@ -145,7 +145,13 @@ fn cpu_time(state: &DaemonState) -> Vec<Family> {
         "gapscope_runqueue_latency_seconds",
         "How long the service's threads waited for a CPU once runnable.",
     );
-    for (id, service) in state.services.all().iter().enumerate() {
+    for (id, service) in state
+        .services
+        .all()
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.retired)
+    {
         let total: OffCpuStats = merged(&state.maps.offcpu, id as u32);
         let name = service.name.as_str();
         on.add_counter(&[("service", name)], total.on_cpu_ns as f64 / 1e9);

@@ -11,7 +11,11 @@ use crate::state::DaemonState;
 
 pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     let traced = state.targets.lock().map(|t| t.traced()).unwrap_or_default();
-    let service_of = |pid: u32| traced.get(&pid).and_then(|s| state.service_name(*s));
+    let service_of = |pid: u32| {
+        traced
+            .get(&pid)
+            .and_then(|s| state.exported_service_name(*s))
+    };
     match state.nvml.lock() {
         Ok(state) => families(&state, &service_of),
         Err(_) => Vec::new(),

@@ -31,7 +31,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         "Traced processes running CPython whose GIL is traced, by interpreter version.",
     );
     for ((service, version), n) in &processes {
-        if let Some(name) = state.service_name(*service) {
+        if let Some(name) = state.exported_service_name(*service) {
             python.add_gauge(&[("service", &name), ("version", version)], *n as f64);
         }
     }
@@ -40,7 +40,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         "Traced Python processes whose GIL cannot be traced, by reason (free_threaded, unsupported_version, no_runtime_symbol, starting); the log says how to fix it.",
     );
     for ((service, reason), n) in &unavailable {
-        if let Some(name) = state.service_name(*service) {
+        if let Some(name) = state.exported_service_name(*service) {
             missing.add_gauge(&[("service", &name), ("reason", reason)], *n as f64);
         }
     }
@@ -63,7 +63,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         .chain(stats.keys().copied())
         .collect();
     for service in services {
-        let Some(name) = state.service_name(service) else {
+        let Some(name) = state.exported_service_name(service) else {
             continue;
         };
         wait.add_log2_histogram(
@@ -80,7 +80,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     );
     let python_services: BTreeSet<u32> = processes.keys().map(|(s, _)| *s).collect();
     for service in &python_services {
-        let Some(name) = state.service_name(*service) else {
+        let Some(name) = state.exported_service_name(*service) else {
             continue;
         };
         for (index, spec) in specs.iter().enumerate() {
@@ -96,7 +96,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         "Traced Python processes whose codec cannot be probed (its functions are not in the symbol table: a stripped build); the log says how to fix it.",
     );
     for ((service, codec), n) in &ser_missing {
-        if let Some(name) = state.service_name(*service) {
+        if let Some(name) = state.exported_service_name(*service) {
             ser_unavailable.add_gauge(&[("service", &name), ("codec", codec)], *n as f64);
         }
     }

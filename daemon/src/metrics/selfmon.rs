@@ -33,6 +33,9 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         .map(|t| (t.counts(), t.started().to_vec()))
         .unwrap_or_default();
     for ((service, n), s) in state.services.all().iter().zip(&counts).zip(&starts) {
+        if service.retired {
+            continue;
+        }
         processes.add_gauge(&[("service", &service.name)], *n as f64);
         started.add_counter(&[("service", &service.name)], *s as f64);
     }
@@ -81,20 +84,32 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
 
     let mut stats_on = Family::gauge(
         "gapscope_bpf_stats_enabled",
-        "1 when the kernel collects BPF run-time statistics for gapscoped's programs.",
+        "1 while the kernel collects BPF run-time statistics for gapscoped's programs \
+         (with [daemon] bpf_stats = \"sampled\", one window of every period).",
     );
-    let (enabled, programs) = match state.probes.lock() {
-        Ok(p) => (p.stats_enabled(), p.program_stats()),
-        Err(_) => (false, Vec::new()),
+    let mut sampled = Family::counter(
+        "gapscope_bpf_stats_sampled_seconds_total",
+        "Wall time the BPF run-time statistics were on. rate(gapscope_bpf_program_run_seconds_total) \
+         / rate(this) estimates the programs' share of a CPU, sampled or not.",
+    );
+    let (enabled, sampled_s, programs) = match state.probes.lock() {
+        Ok(p) => (
+            p.stats.is_on(),
+            p.stats.sampled().as_secs_f64(),
+            p.program_stats(),
+        ),
+        Err(_) => (false, 0.0, Vec::new()),
     };
     stats_on.add_gauge(&[], if enabled { 1.0 } else { 0.0 });
+    sampled.add_counter(&[], sampled_s);
     let mut run_time = Family::counter(
         "gapscope_bpf_program_run_seconds_total",
-        "Time the kernel spent running each BPF program (0 while statistics are off).",
+        "Time the kernel measured running each BPF program while the statistics were on \
+         (see gapscope_bpf_stats_sampled_seconds_total).",
     );
     let mut runs = Family::counter(
         "gapscope_bpf_program_runs_total",
-        "Times each BPF program ran (0 while statistics are off).",
+        "Times each BPF program ran while the statistics were on.",
     );
     let mut misses = Family::counter(
         "gapscope_bpf_program_misses_total",
@@ -110,7 +125,8 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         }
     }
     let mut families = vec![
-        build, processes, started, entries, up, configured, stats_on, run_time, runs, misses,
+        build, processes, started, entries, up, configured, stats_on, sampled, run_time, runs,
+        misses,
     ];
     families.extend(http());
     families.extend(reloads(&state.reloads));

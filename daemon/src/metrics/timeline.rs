@@ -16,7 +16,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         "Timeline intervals received: stalls longer than [timeline] min_interval_us (GIL waits, serialization calls, host syncs, stretches off CPU), launches after a quiet stretch and CUPTI busy stretches; served by /api/v1/intervals.",
     );
     for ((service, kind), n) in &received {
-        if let Some(name) = state.service_name(*service) {
+        if let Some(name) = state.exported_service_name(*service) {
             intervals.add_counter(
                 &[("service", &name), ("kind", IntervalKind::label_of(*kind))],
                 *n as f64,

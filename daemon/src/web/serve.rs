@@ -11,6 +11,9 @@
 //!   hold the daemon (and its attached programs) up.
 //!
 //! Basic auth and the configured headers wrap the router in both cases.
+//! The router and the TLS acceptor are a [`Front`] read at each accept, so
+//! a reload (`systemctl reload`: new passwords, a renewed certificate)
+//! applies to the next connection; open ones finish with what they had.
 //!
 //! The server runs on a thread and runtime of its own, so a scrape or an
 //! explain report never waits for the daemon's event loop to come round
@@ -158,6 +161,23 @@ async fn body_within(State(limit): State<Duration>, req: Request, next: Next) ->
     }
 }
 
+/// What a new connection is served with: the secured router and, for
+/// TLS, the acceptor (its certificate and client CA).
+#[derive(Clone)]
+pub struct Front {
+    pub router: Router,
+    pub acceptor: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Front {
+    pub fn new(router: Router, tls: Option<Arc<rustls::ServerConfig>>) -> Front {
+        Front {
+            router,
+            acceptor: tls.map(tokio_rustls::TlsAcceptor::from),
+        }
+    }
+}
+
 /// Threads for the server's blocking work (scrapes, reports, bcrypt).
 const BLOCKING_THREADS: usize = 16;
 
@@ -165,8 +185,7 @@ const BLOCKING_THREADS: usize = 16;
 /// the thread ends when `stop` fires and the grace is over.
 pub fn spawn(
     listener: std::net::TcpListener,
-    router: Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    front: watch::Receiver<Front>,
     limits: Limits,
     stop: oneshot::Receiver<()>,
 ) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
@@ -179,7 +198,7 @@ pub fn spawn(
         .spawn(move || {
             let served = runtime.block_on(async {
                 let listener = TcpListener::from_std(listener)?;
-                serve(listener, router, tls, limits, stop).await
+                serve(listener, front, limits, stop).await
             });
             // A report still being built holds the state: leave it.
             runtime.shutdown_timeout(Duration::from_millis(100));
@@ -190,12 +209,10 @@ pub fn spawn(
 /// Serves until `stop` fires, then gives open connections the grace.
 async fn serve(
     listener: TcpListener,
-    router: Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    front: watch::Receiver<Front>,
     limits: Limits,
     mut stop: oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (closing, closing_seen) = watch::channel(false);
     let lingering = Arc::new(Semaphore::new(LINGERING));
@@ -215,6 +232,7 @@ async fn serve(
                         continue;
                     }
                 };
+                let Front { router, acceptor } = front.borrow().clone();
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     refuse(tcp, acceptor.is_none(), limits.max_connections, &lingering);
                     continue;
@@ -223,11 +241,10 @@ async fn serve(
                 let connection = Connection {
                     // Each request knows its client's address (per-address
                     // limits on credential checks).
-                    router: router.clone().layer(axum::Extension(auth::Peer(peer.ip()))),
+                    router: router.layer(axum::Extension(auth::Peer(peer.ip()))),
                     limits,
                     closing: closing_seen.clone(),
                 };
-                let acceptor = acceptor.clone();
                 connections.spawn(async move {
                     STATS.open.fetch_add(1, Relaxed);
                     match acceptor {

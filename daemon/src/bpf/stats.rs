@@ -1,0 +1,151 @@
+//! The kernel's BPF run-time statistics: off, on, or sampled (the
+//! default). Invariant: `gapscope_bpf_program_run_seconds_total` is only
+//! ever time the kernel measured, and `gapscope_bpf_stats_sampled_seconds_total`
+//! is the wall time it was measuring, so their ratio is the programs'
+//! share of a CPU while measured, whatever the mode.
+//!
+//! While the statistics are on, the kernel reads the clock twice around
+//! every BPF program run on the host (ours and everyone's): about 160 ns a
+//! traced syscall here. Sampled, they are on for one window (1 s) of every
+//! period (60 s), so the host pays a sixtieth of that, and the self-cost
+//! read as `rate(run_seconds) / rate(sampled_seconds)` is an estimate that
+//! assumes the sampled windows are like the rest of the time.
+
+use std::{
+    os::fd::OwnedFd,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use super::Probes;
+use crate::config::BpfStats;
+
+/// Holds the kernel's statistics on while held; counts the time held.
+#[derive(Default)]
+pub struct StatsSwitch {
+    /// Closing it turns the statistics off again (unless another holder,
+    /// or `kernel.bpf_stats_enabled`, keeps them on).
+    fd: Option<OwnedFd>,
+    on_since: Option<Instant>,
+    held: Duration,
+    /// Why the kernel refused, said once.
+    refused: bool,
+}
+
+impl StatsSwitch {
+    /// Turns the statistics on; false when the kernel refuses (said once
+    /// in the log).
+    pub fn on(&mut self) -> bool {
+        if self.fd.is_some() {
+            return true;
+        }
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => {
+                self.fd = Some(fd);
+                self.on_since = Some(Instant::now());
+                true
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.refused, true) {
+                    log::warn!(
+                        "BPF run-time statistics unavailable ({e}); gapscope_bpf_program_run_* stay at 0. \
+                         Needs CAP_SYS_ADMIN (or kernel.bpf_stats_enabled=1 set by an administrator)"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    pub fn off(&mut self) {
+        if let Some(since) = self.on_since.take() {
+            self.held += since.elapsed();
+        }
+        self.fd = None;
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.fd.is_some()
+    }
+
+    /// Wall time the statistics were on, the current window included.
+    pub fn sampled(&self) -> Duration {
+        self.held + self.on_since.map_or(Duration::ZERO, |s| s.elapsed())
+    }
+}
+
+/// When the next switch comes: (turn on?, after how long), for a
+/// sampled switch whose current state is `on`.
+pub fn next_switch(on: bool, window: Duration, period: Duration) -> (bool, Duration) {
+    if on {
+        (false, window)
+    } else {
+        (true, period.saturating_sub(window))
+    }
+}
+
+/// Starts what `mode` asks: on at once for `On` and `Sampled` (a first
+/// window right away, so the first scrapes have figures), and for
+/// `Sampled` a task turning them off and on again on schedule.
+pub fn start(mode: BpfStats, probes: &Arc<Mutex<Probes>>) {
+    let turn_on = || probes.lock().is_ok_and(|mut p| p.stats.on());
+    match mode {
+        BpfStats::Off => {}
+        BpfStats::On => {
+            turn_on();
+        }
+        BpfStats::Sampled { window, period } => {
+            if !turn_on() {
+                // Refused (logged): asking again every period would only log.
+                return;
+            }
+            let probes = probes.clone();
+            tokio::spawn(async move {
+                let mut on = true;
+                loop {
+                    let (next, after) = next_switch(on, window, period);
+                    tokio::time::sleep(after).await;
+                    on = next;
+                    if let Ok(mut p) = probes.lock() {
+                        if on {
+                            p.stats.on();
+                        } else {
+                            p.stats.off();
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sampled_switch_is_on_for_the_window_of_every_period() {
+        let (w, p) = (Duration::from_secs(1), Duration::from_secs(60));
+        assert_eq!(next_switch(true, w, p), (false, w));
+        assert_eq!(next_switch(false, w, p), (true, Duration::from_secs(59)));
+    }
+
+    #[test]
+    fn time_held_adds_up_across_windows() {
+        let mut s = StatsSwitch::default();
+        // Without the kernel (unprivileged test runs), on() may be refused;
+        // the bookkeeping is what is tested here.
+        s.on_since = Some(Instant::now() - Duration::from_millis(300));
+        s.off();
+        s.on_since = Some(Instant::now() - Duration::from_millis(200));
+        let sampled = s.sampled();
+        assert!(
+            sampled >= Duration::from_millis(500) && sampled < Duration::from_millis(900),
+            "{sampled:?}"
+        );
+        s.off();
+        let after = s.sampled();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(s.sampled(), after, "nothing accrues while off");
+    }
+}
