@@ -9,9 +9,11 @@
 //!   configuration once, the order alternating (forward, then reversed),
 //!   so no configuration always runs right after the same other one and
 //!   slow drifts of the machine hit all of them alike;
-//! * on a machine with at least four CPUs the benchmark and everything it
-//!   starts are pinned to the CPUs above 0 (CPU 0 takes most interrupts
-//!   and housekeeping); with fewer the run says it is not pinned.
+//! * where the benchmark may use at least four CPUs, it and everything it
+//!   starts are pinned, from the start of `main`, to those other than CPU 0
+//!   (which takes most interrupts and housekeeping); with fewer the run
+//!   says it is not pinned. A benchmark that places its own processes
+//!   (`taskset`) says so itself.
 //!
 //! A comparison is a per-round statistic (most often one configuration's
 //! figure over another's from the same round, seconds apart); its median
@@ -120,7 +122,7 @@ impl SplitMix {
 
 /// The percentile bootstrap's 95 % interval of the median of `values`.
 pub fn bootstrap_median_interval(values: &[f64], resamples: usize, seed: u64) -> (f64, f64) {
-    if values.is_empty() {
+    if values.is_empty() || resamples == 0 {
         return (f64::NAN, f64::NAN);
     }
     let mut rng = SplitMix(seed);
@@ -134,7 +136,9 @@ pub fn bootstrap_median_interval(values: &[f64], resamples: usize, seed: u64) ->
         })
         .collect();
     medians.sort_by(f64::total_cmp);
-    let at = |q: f64| medians[((q * resamples as f64) as usize).min(resamples - 1)];
+    // Nearest rank over the resamples: the 2.5th and 97.5th percentiles
+    // leave as many medians below the one as above the other.
+    let at = |q: f64| medians[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
     (at(0.025), at(0.975))
 }
 
@@ -158,12 +162,12 @@ impl Comparison {
             .collect();
         let median = median(&finite);
         let interval = bootstrap_median_interval(&finite, RESAMPLES, SEED);
-        let verdict = if finite.len() < 2 {
-            if bound == Bound::None {
-                Verdict::Reported
-            } else {
-                Verdict::NotEstablished
-            }
+        // A claim resting on fewer rounds than were run (a round whose
+        // statistic was not finite: a zero denominator) is not made.
+        let verdict = if bound == Bound::None {
+            Verdict::Reported
+        } else if finite.len() < 2 || finite.len() < per_round.len() {
+            Verdict::NotEstablished
         } else {
             verdict(interval, bound)
         };
@@ -207,8 +211,6 @@ pub struct Harness {
     pub rounds: usize,
     /// Every configuration and the full round count: the run may write JSON.
     pub full: bool,
-    pub pinned: Option<Vec<usize>>,
-    pub cpus: usize,
 }
 
 impl Harness {
@@ -220,6 +222,8 @@ impl Harness {
         default_rounds: usize,
     ) -> anyhow::Result<Self> {
         let args: Vec<String> = std::env::args().skip(1).collect();
+        // Before the benchmark starts anything, so all of it inherits.
+        pin();
         Self::from(benchmark, configs, default_rounds, &args)
     }
 
@@ -248,6 +252,7 @@ impl Harness {
                 let mut chosen = Vec::new();
                 for name in list.split(',') {
                     match configs.iter().find(|c| **c == name) {
+                        Some(c) if chosen.contains(c) => {}
                         Some(c) => chosen.push(*c),
                         None => bail!(
                             "--only: unknown configuration {name:?}; choose among {}",
@@ -259,43 +264,13 @@ impl Harness {
             }
             None => configs.to_vec(),
         };
-        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let full = rounds >= MIN_ROUNDS && only.len() == configs.len();
         Ok(Harness {
             benchmark,
             configs: only,
             rounds,
             full,
-            pinned: None,
-            cpus,
         })
-    }
-
-    /// Pins this process (and so everything it starts) to the CPUs above 0
-    /// when the machine has at least four.
-    pub fn pin(&mut self) {
-        if self.cpus < 4 {
-            return;
-        }
-        let chosen: Vec<usize> = (1..self.cpus).collect();
-        // SAFETY: a zeroed cpu_set_t filled by the CPU_SET macro equivalents.
-        let ok = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            for cpu in &chosen {
-                libc::CPU_SET(*cpu, &mut set);
-            }
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-        };
-        if ok {
-            self.pinned = Some(chosen);
-        } else {
-            eprintln!(
-                "{}: could not pin to CPUs 1..{}: {}; running unpinned",
-                self.benchmark,
-                self.cpus - 1,
-                std::io::Error::last_os_error()
-            );
-        }
     }
 
     /// The order of one round: forward on even rounds, reversed on odd.
@@ -314,7 +289,6 @@ impl Harness {
         unit: &str,
         mut measure: impl FnMut(&str, usize) -> anyhow::Result<f64>,
     ) -> anyhow::Result<Samples> {
-        self.pin();
         for config in self.order(0) {
             let v = measure(config, 0).with_context(|| format!("warm-up, {config}"))?;
             eprintln!("warm-up  {config:<24} {v:12.3} {unit} (discarded)");
@@ -336,21 +310,85 @@ impl Harness {
 
     /// What the JSON says about how the run was laid out.
     pub fn describe(&self) -> Value {
+        let p = pinning();
         json!({
             "rounds": self.rounds,
             "warm_up_rounds_discarded": 1,
             "order": "every configuration once a round, forward then reversed",
-            "pinned_cpus": self.pinned,
-            "cpus": self.cpus,
-            "pinning": match &self.pinned {
-                Some(_) => "pinned to the CPUs above 0".to_string(),
-                None if self.cpus < 4 => format!("not pinned: {} CPUs (pinning needs 4)", self.cpus),
-                None => "not pinned: sched_setaffinity failed".to_string(),
-            },
+            "pinned_cpus": p.pinned,
+            "cpus": p.cpus,
+            "pinning": p.describe(),
             "interval": format!("95 % percentile bootstrap of the median, {RESAMPLES} resamples of the rounds, seed {SEED:#x}"),
             "claim_rule": "a bound holds only when the whole interval lies inside it",
         })
     }
+}
+
+/// Where the benchmark process runs (`pin`).
+#[derive(Clone, Debug, Default)]
+pub struct Pinning {
+    /// CPUs the process was allowed when it started.
+    pub cpus: usize,
+    /// The CPUs it was pinned to, if it was.
+    pub pinned: Option<Vec<usize>>,
+}
+
+impl Pinning {
+    fn describe(&self) -> String {
+        match &self.pinned {
+            Some(c) => format!("pinned to CPUs {c:?} (all it may use but CPU 0)"),
+            None if self.cpus < 4 => format!("not pinned: {} CPUs (pinning needs 4)", self.cpus),
+            None => "not pinned: sched_setaffinity failed".to_string(),
+        }
+    }
+}
+
+static PINNING: std::sync::OnceLock<Pinning> = std::sync::OnceLock::new();
+
+fn pinning() -> Pinning {
+    PINNING.get().cloned().unwrap_or_else(|| Pinning {
+        cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        pinned: None,
+    })
+}
+
+/// Pins the calling thread to the CPUs it may use other than CPU 0, when
+/// it may use at least four. Call it first thing in `main`: threads and
+/// processes started later inherit it (`Harness::from_args` does). Once
+/// per process.
+pub fn pin() -> Pinning {
+    PINNING
+        .get_or_init(|| {
+            // SAFETY: zeroed cpu_set_t values, filled and read by libc.
+            let allowed: Vec<usize> = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0
+                {
+                    return Pinning::default();
+                }
+                (0..libc::CPU_SETSIZE as usize)
+                    .filter(|c| libc::CPU_ISSET(*c, &set))
+                    .collect()
+            };
+            let cpus = allowed.len();
+            if cpus < 4 {
+                return Pinning { cpus, pinned: None };
+            }
+            let chosen: Vec<usize> = allowed.into_iter().filter(|c| *c != 0).collect();
+            // SAFETY: as above.
+            let ok = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                for cpu in &chosen {
+                    libc::CPU_SET(*cpu, &mut set);
+                }
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+            };
+            Pinning {
+                cpus,
+                pinned: ok.then_some(chosen),
+            }
+        })
+        .clone()
 }
 
 /// Each configuration's figure, one per round, in round order.
@@ -568,6 +606,14 @@ mod tests {
     }
 
     #[test]
+    fn a_round_without_a_figure_leaves_the_claim_unmade() {
+        let mut v = vec![0.9; 10];
+        v[3] = f64::INFINITY;
+        let c = Comparison::new("x", v, Bound::AtMost(1.0));
+        assert_eq!(c.verdict, Verdict::NotEstablished);
+    }
+
+    #[test]
     fn identical_rounds_give_a_point_interval() {
         let c = Comparison::new("same", vec![1.5; 12], Bound::AtMost(1.5));
         assert_eq!(c.median, 1.5);
@@ -624,6 +670,9 @@ mod tests {
         assert!(!h.full);
         let h = Harness::from("t", &["a", "b"], 10, &args("--only b")).unwrap();
         assert_eq!(h.configs, ["b"]);
+        assert!(!h.full);
+        let h = Harness::from("t", &["a", "b"], 10, &args("--only a,a")).unwrap();
+        assert_eq!(h.configs, ["a"], "a configuration named twice runs once");
         assert!(!h.full);
         let e = Harness::from("t", &["a", "b"], 10, &args("--only c"))
             .err()

@@ -16,7 +16,9 @@
 //!   which also leaves out the serialization probes), BPF statistics off;
 //! * `everything` — core plus GIL waits and serialization (and the CUDA
 //!   probes where a libcuda is mapped), BPF statistics off;
-//! * `defaults` — gapscoped as its defaults configure it.
+//! * `defaults` — gapscoped as its defaults configure it (BPF statistics
+//!   sampled one second a minute: a measurement rarely holds a window, so
+//!   this is what the service pays 59 seconds of 60).
 //!
 //! Rounds, order and intervals: the A/B harness (`ab.rs`). Targets, on the
 //! throughput ratio to `no_daemon`: core at least 0.98 (≤ 2 % loss),
@@ -342,6 +344,7 @@ fn report(
 
 fn main() -> anyhow::Result<()> {
     require_root();
+    ab::pin();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let servers: Vec<&str> = match args.iter().position(|a| a == "--server") {
         Some(i) => match args.get(i + 1).map(String::as_str) {

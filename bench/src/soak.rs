@@ -3,9 +3,9 @@
 //! * `restarts`: a traced Python service started N times, each forking W
 //!   workers that exit. Every process must be counted exactly once
 //!   (`gapscope_service_processes_traced_total`), every worker's one
-//!   getppid counted, and gapscoped's RSS, descriptors, threads and BPF
-//!   map entries must stay flat (the first 100 restarts against the last
-//!   100).
+//!   getppid counted, and gapscoped's RSS, descriptors, threads, BPF map
+//!   entries and series in /metrics must stay flat (the first 100 restarts
+//!   against the last 100: no process leaves a series behind).
 //! * `flood`: M minutes of a traced process making getppid at R calls per
 //!   second, another forking short-lived children, and a burst of forks
 //!   in the middle that overruns the ring buffer. The syscall count must
@@ -231,7 +231,17 @@ fn restarts(a: &Args) -> anyhow::Result<Value> {
             let (rss, fds, threads) = resources(pid);
             let m = daemon.scrape();
             let entries = |map| m.get_or_zero("gapscope_bpf_map_entries", &[("map", map)]);
-            samples.push((i, rss, fds, threads, entries("threads"), entries("targets")));
+            // Series in the exposition: no process may leave one behind.
+            let series = m.0.lines().filter(|l| !l.starts_with('#')).count() as f64;
+            samples.push((
+                i,
+                rss,
+                fds,
+                threads,
+                entries("threads"),
+                entries("targets"),
+                series,
+            ));
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -258,7 +268,7 @@ fn restarts(a: &Args) -> anyhow::Result<Value> {
                     s.0 >= a.restarts.saturating_sub(window)
                 }
             })
-            .map(|s| [s.1, s.2, s.3, s.4, s.5][k])
+            .map(|s| [s.1, s.2, s.3, s.4, s.5, s.6][k])
             .collect()
     };
     let compare =
@@ -278,6 +288,7 @@ fn restarts(a: &Args) -> anyhow::Result<Value> {
         "threads": compare(2),
         "map_entries_threads": compare(3),
         "map_entries_targets": compare(4),
+        "series_in_metrics": compare(5),
         "events_dropped": m.sum("gapscope_events_dropped_total", &[]),
     }))
 }
@@ -479,6 +490,7 @@ fn sigkill_ab(rounds: usize) -> anyhow::Result<Value> {
 
 fn main() -> anyhow::Result<()> {
     require_root();
+    ab::pin();
     let a = args()?;
     let path = repo_root().join("bench/results/soak.json");
     // A run of some parts keeps the other parts' last figures.

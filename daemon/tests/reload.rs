@@ -137,4 +137,19 @@ fn sighup_applies_services_at_once_and_keeps_a_bad_file_out() {
         m.get("gapscope_service_processes", &[("service", "a")]),
         Some(1.0)
     );
+    // Added back, b has its id and counters again: beta's 7 calls, made
+    // while b was removed, were never counted.
+    reload(
+        &daemon,
+        &original,
+        "",
+        &(service("a", "gamma") + &service("b", "beta")),
+    );
+    let m = daemon.wait_metrics("b added back", |m| reloads(m, "success") == 3.0);
+    assert_eq!(calls(&m, "b"), 0.0, "{}", m.0);
+    assert!(
+        m.0.contains("gapscope_service_processes{service=\"b\"}"),
+        "{}",
+        m.0
+    );
 }

@@ -473,7 +473,7 @@ fn a_reload_rotates_the_certificate_and_the_passwords_for_new_connections() {
         "{}",
         daemon.log_text()
     );
-    // Nor may a reload turn TLS off: the running one stays.
+    // Nor may a reload weaken the protection: TLS off, or basic auth off.
     std::fs::write(
         old.path().join("web.yml"),
         format!(
@@ -483,18 +483,26 @@ fn a_reload_rotates_the_certificate_and_the_passwords_for_new_connections() {
     )
     .unwrap();
     hup();
-    let text = wait_reloads(daemon.port, new.path(), &after, "failure", 2.0);
+    wait_reloads(daemon.port, new.path(), &after, "failure", 2.0);
+    std::fs::write(
+        old.path().join("web.yml"),
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n",
+    )
+    .unwrap();
+    hup();
+    let text = wait_reloads(daemon.port, new.path(), &after, "failure", 3.0);
     assert!(
         text.contains("gapscope_config_last_reload_successful 0"),
         "{text}"
     );
+    let log = daemon.log_text();
     assert!(
-        daemon
-            .log_text()
-            .contains("would turn TLS off; that needs a restart"),
-        "{}",
-        daemon.log_text()
+        log.contains("would change TLS off; a reload never weakens"),
+        "{log}"
     );
+    assert!(log.contains("would change basic auth off;"), "{log}");
+    // The running protection stands: no credentials, no entry.
+    assert_eq!(curl(daemon.port, new.path(), "/metrics", &[]).0, 401);
     assert_eq!(
         curl(daemon.port, new.path(), "/metrics", &["-u", &after]).0,
         200

@@ -9,7 +9,9 @@
 //! traced syscall here. Sampled, they are on for one window (1 s) of every
 //! period (60 s), so the host pays a sixtieth of that, and the self-cost
 //! read as `rate(run_seconds) / rate(sampled_seconds)` is an estimate that
-//! assumes the sampled windows are like the rest of the time.
+//! assumes the sampled windows are like the rest of the time. When another
+//! holder keeps the statistics on between our windows (our programs' run
+//! counts grow while we are off), that stretch counts as sampled too.
 
 use std::{
     os::fd::OwnedFd,
@@ -19,6 +21,10 @@ use std::{
 
 use super::Probes;
 use crate::config::BpfStats;
+
+/// Runs counted after we turned the statistics off that still do not mean
+/// another holder (programs that were running at that moment).
+const STRAGGLERS: u64 = 1024;
 
 /// Holds the kernel's statistics on while held; counts the time held.
 #[derive(Default)]
@@ -30,6 +36,11 @@ pub struct StatsSwitch {
     held: Duration,
     /// Why the kernel refused, said once.
     refused: bool,
+    /// When the statistics were last turned off, and our programs' runs
+    /// counted then: runs counted while off mean another holder (an
+    /// administrator's `kernel.bpf_stats_enabled=1`, another tool) kept
+    /// them on, and that stretch was measured too.
+    pub(super) off_at: Option<(Instant, u64)>,
 }
 
 impl StatsSwitch {
@@ -62,6 +73,20 @@ impl StatsSwitch {
             self.held += since.elapsed();
         }
         self.fd = None;
+    }
+
+    /// On again; when the programs' runs grew while we were off, the
+    /// kernel kept measuring all along, and the stretch counts as sampled
+    /// (else `rate(run_seconds) / rate(sampled_seconds)` would read high).
+    pub fn on_counting(&mut self, runs: u64) -> bool {
+        // A program already running when we turned off may still count
+        // itself: one per CPU at most, far below STRAGGLERS.
+        if let Some((at, before)) = self.off_at.take()
+            && runs > before + STRAGGLERS
+        {
+            self.held += at.elapsed();
+        }
+        self.on()
     }
 
     pub fn is_on(&self) -> bool {
@@ -107,10 +132,15 @@ pub fn start(mode: BpfStats, probes: &Arc<Mutex<Probes>>) {
                     tokio::time::sleep(after).await;
                     on = next;
                     if let Ok(mut p) = probes.lock() {
+                        let runs = |p: &Probes| p.program_stats().iter().map(|s| s.run_count).sum();
                         if on {
-                            p.stats.on();
+                            // Read while still off.
+                            let now = runs(&p);
+                            p.stats.on_counting(now);
                         } else {
                             p.stats.off();
+                            let now = runs(&p);
+                            p.stats.off_at = Some((Instant::now(), now));
                         }
                     }
                 }
@@ -131,11 +161,34 @@ mod tests {
     }
 
     #[test]
+    fn runs_counted_while_off_count_the_stretch_as_sampled() {
+        let mut s = StatsSwitch {
+            off_at: Some((Instant::now() - Duration::from_millis(400), 100)),
+            ..StatsSwitch::default()
+        };
+        s.on_counting(100);
+        assert!(
+            s.sampled() < Duration::from_millis(100),
+            "nothing ran: not sampled"
+        );
+        s.off();
+        s.off_at = Some((Instant::now() - Duration::from_millis(400), 100));
+        s.on_counting(100 + STRAGGLERS + 1);
+        assert!(
+            s.sampled() >= Duration::from_millis(400),
+            "{:?}",
+            s.sampled()
+        );
+    }
+
+    #[test]
     fn time_held_adds_up_across_windows() {
-        let mut s = StatsSwitch::default();
         // Without the kernel (unprivileged test runs), on() may be refused;
         // the bookkeeping is what is tested here.
-        s.on_since = Some(Instant::now() - Duration::from_millis(300));
+        let mut s = StatsSwitch {
+            on_since: Some(Instant::now() - Duration::from_millis(300)),
+            ..StatsSwitch::default()
+        };
         s.off();
         s.on_since = Some(Instant::now() - Duration::from_millis(200));
         let sampled = s.sampled();

@@ -28,11 +28,9 @@ pub fn run(config: crate::config::Config, path: std::path::PathBuf) -> anyhow::R
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()?;
     runtime.block_on(async {
-        let mut reloader = reload::Reloader::new(path, &config);
+        let sections = reload::Reloader::new(path, &config, crate::web::Protection::default());
         let mut running = start::start(config).await?;
-        // Whether the server runs TLS is settled at start.
-        reloader.tls = running.front.borrow().acceptor.is_some();
-        running.reloader = Some(reloader);
+        running.reloader = Some(sections.protected_by(running.protection));
         let ended = event_loop::run(&mut running).await;
         shutdown(running).await;
         ended

@@ -14,8 +14,10 @@
 //! The web config (`[daemon] web_config` and the files it names: users,
 //! headers, certificate, key, client CA) is read again on every reload and
 //! serves the next connection: a renewed certificate or a new password
-//! needs no restart. A web config that does not load, or that would turn
-//! TLS on or off, fails the reload as a bad file does. The other sections
+//! needs no restart; open connections close after the request in hand.
+//! A web config that does not load, that would weaken the endpoints'
+//! protection (basic auth off, client certificates less strict, TLS 1.2
+//! again) or switch TLS on or off, fails the reload as a bad file does. The other sections
 //! need a restart: the log names each one that changed.
 
 use std::{
@@ -65,8 +67,8 @@ fn unix_s() -> u64 {
 pub(super) struct Reloader {
     path: PathBuf,
     sections: BTreeMap<&'static str, String>,
-    /// Whether the server runs TLS (a reload cannot change that).
-    pub(super) tls: bool,
+    /// What protects the endpoints now (a reload may not weaken it).
+    protection: web::Protection,
     limits: web::serve::Limits,
 }
 
@@ -158,13 +160,18 @@ fn merge(running: &[ServiceConfig], file: Vec<ServiceConfig>) -> Result<Merged, 
 }
 
 impl Reloader {
-    pub(super) fn new(path: PathBuf, config: &Config) -> Self {
+    pub(super) fn new(path: PathBuf, config: &Config, protection: web::Protection) -> Self {
         Reloader {
             path,
             sections: sections(config),
-            tls: false,
+            protection,
             limits: config.daemon.http,
         }
+    }
+
+    /// The protection the server started with (`start`).
+    pub(super) fn protected_by(self, protection: web::Protection) -> Self {
+        Reloader { protection, ..self }
     }
 
     /// Reads the file again and applies what can be applied now.
@@ -187,12 +194,16 @@ impl Reloader {
             Ok(w) => w,
             Err(e) => return fail(e.to_string()),
         };
-        let tls = web.as_ref().is_some_and(|w| w.tls.is_some());
-        if tls != self.tls {
+        // A reload never weakens what protects the endpoints, nor turns
+        // TLS on (clients would need to change): those take a restart,
+        // which an administrator asks for on purpose.
+        let protection = web::Prepared::protection(web.as_ref());
+        let lost = protection.weaker_than(&self.protection);
+        if !lost.is_empty() {
             return fail(format!(
-                "{}: the web config would turn TLS {}; that needs a restart (systemctl restart gapscoped)",
+                "{}: the web config would change {}; a reload never weakens the endpoints' protection or switches TLS: restart gapscoped to apply it (systemctl restart gapscoped)",
                 self.path.display(),
-                if tls { "on" } else { "off" }
+                lost.join(", ")
             ));
         }
         let new_sections = sections(&config);
@@ -207,9 +218,14 @@ impl Reloader {
             self.limits,
         );
         front.send_replace(Front::new(router, web.as_ref().and_then(|w| w.tls.clone())));
-        if let Some(w) = &web {
-            log::info!("SIGHUP: web config read again: {}", w.describe());
-        }
+        self.protection = protection;
+        log::info!(
+            "SIGHUP: web config read again: {}",
+            web.as_ref().map_or(
+                "none (plain HTTP, no authentication)".to_string(),
+                web::Prepared::describe
+            )
+        );
         let services: Arc<[ServiceConfig]> = merged.services.into();
         state.services.set(services.clone());
         {

@@ -52,6 +52,8 @@ pub(super) struct Running {
     /// What the HTTP server serves new connections with; a reload of the
     /// web config replaces it.
     pub front: tokio::sync::watch::Sender<web::serve::Front>,
+    /// What protects the endpoints as started.
+    pub protection: web::Protection,
 }
 
 /// Whether this process is in the initial PID namespace, whose pids the
@@ -110,6 +112,7 @@ pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
         log::info!("web config: {}", web.describe());
     }
     let signals = super::event_loop::Signals::register()?;
+    let protection = web::Prepared::protection(bound.web.as_ref());
     let (front, front_seen) = tokio::sync::watch::channel(web::serve::Front::new(router, tls));
     let server = web::serve::spawn(bound.listener, front_seen, limits, stopped)?;
     log::info!("listening on {scheme}://{listen}/metrics");
@@ -135,6 +138,7 @@ pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
         signals: Some(signals),
         reloader: None,
         front,
+        protection,
     })
 }
 

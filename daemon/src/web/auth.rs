@@ -75,10 +75,21 @@ enum Verdict {
 
 impl BasicAuth {
     pub fn new(users: BTreeMap<String, String>) -> BasicAuth {
+        // One set of slots for the process: a reload's new users share
+        // them with the old ones' checks still running.
+        static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+        let slots = SLOTS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(BCRYPT_AT_ONCE)));
+        Self::with_slots(users, slots.clone())
+    }
+
+    fn with_slots(
+        users: BTreeMap<String, String>,
+        bcrypt_slots: Arc<tokio::sync::Semaphore>,
+    ) -> BasicAuth {
         BasicAuth {
             users,
             verified: Mutex::default(),
-            bcrypt_slots: Arc::new(tokio::sync::Semaphore::new(BCRYPT_AT_ONCE)),
+            bcrypt_slots,
             checking: Mutex::default(),
         }
     }
@@ -216,7 +227,10 @@ mod tests {
     #[tokio::test]
     async fn only_the_right_password_of_a_known_user_passes() {
         let hash = bcrypt::hash("right", 4).unwrap();
-        let auth = Arc::new(BasicAuth::new(BTreeMap::from([("prom".to_string(), hash)])));
+        let auth = Arc::new(BasicAuth::with_slots(
+            BTreeMap::from([("prom".to_string(), hash)]),
+            Arc::new(tokio::sync::Semaphore::new(BCRYPT_AT_ONCE)),
+        ));
         assert_eq!(
             auth.allows("prom".into(), "right".into(), None).await,
             Verdict::Allowed
@@ -241,7 +255,10 @@ mod tests {
     #[tokio::test]
     async fn with_every_bcrypt_slot_taken_new_credentials_wait_for_none() {
         let hash = bcrypt::hash("right", 4).unwrap();
-        let auth = Arc::new(BasicAuth::new(BTreeMap::from([("prom".to_string(), hash)])));
+        let auth = Arc::new(BasicAuth::with_slots(
+            BTreeMap::from([("prom".to_string(), hash)]),
+            Arc::new(tokio::sync::Semaphore::new(BCRYPT_AT_ONCE)),
+        ));
         assert_eq!(
             auth.allows("prom".into(), "right".into(), None).await,
             Verdict::Allowed
@@ -268,7 +285,10 @@ mod tests {
     #[tokio::test]
     async fn one_check_at_a_time_per_address() {
         let hash = bcrypt::hash("right", 4).unwrap();
-        let auth = Arc::new(BasicAuth::new(BTreeMap::from([("prom".to_string(), hash)])));
+        let auth = Arc::new(BasicAuth::with_slots(
+            BTreeMap::from([("prom".to_string(), hash)]),
+            Arc::new(tokio::sync::Semaphore::new(BCRYPT_AT_ONCE)),
+        ));
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         // A check from `a` is waiting (every slot taken).
         let taken: Vec<_> = (0..BCRYPT_AT_ONCE)

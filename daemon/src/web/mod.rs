@@ -145,6 +145,36 @@ impl WebConfig {
     }
 }
 
+/// What protects the endpoints (`Prepared::protection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Protection {
+    pub tls: bool,
+    pub client_auth: u8,
+    pub tls13_only: bool,
+    pub basic_auth: bool,
+}
+
+impl Protection {
+    /// What `self` drops of `running`'s protection, in words; empty when
+    /// nothing is weaker.
+    pub fn weaker_than(&self, running: &Protection) -> Vec<&'static str> {
+        let mut lost = Vec::new();
+        if self.tls != running.tls {
+            lost.push(if running.tls { "TLS off" } else { "TLS on" });
+        }
+        if self.client_auth < running.client_auth {
+            lost.push("client certificates less strictly verified");
+        }
+        if running.tls13_only && !self.tls13_only {
+            lost.push("TLS 1.2 allowed again");
+        }
+        if running.basic_auth && !self.basic_auth {
+            lost.push("basic auth off");
+        }
+        lost
+    }
+}
+
 /// What the HTTP server runs with: the web config (if any) and, for TLS,
 /// the server configuration built from its files.
 pub struct Prepared {
@@ -164,6 +194,23 @@ impl Prepared {
             .transpose()
             .map_err(|e| e.in_file(path))?;
         Ok(Some(Prepared { config, tls }))
+    }
+
+    /// What protects the endpoints, strongest last in each part: TLS,
+    /// client certificates (0 none, 1 verified if given, 2 required),
+    /// TLS 1.3 only, basic auth. A reload may not lower any of them.
+    pub fn protection(web: Option<&Prepared>) -> Protection {
+        let tls = web.and_then(|w| w.config.tls.as_ref());
+        Protection {
+            tls: web.is_some_and(|w| w.tls.is_some()),
+            client_auth: match tls.map(|t| t.client_auth) {
+                Some(tls::ClientAuth::RequireAndVerify) => 2,
+                Some(tls::ClientAuth::VerifyIfGiven) => 1,
+                _ => 0,
+            },
+            tls13_only: tls.is_some_and(|t| t.min_tls13),
+            basic_auth: web.is_some_and(|w| !w.config.users.is_empty()),
+        }
     }
 
     /// One line for the log and `check-config`.

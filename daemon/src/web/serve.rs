@@ -238,12 +238,15 @@ async fn serve(
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
+                let mut reloaded = front.clone();
+                reloaded.mark_unchanged();
                 let connection = Connection {
                     // Each request knows its client's address (per-address
                     // limits on credential checks).
                     router: router.layer(axum::Extension(auth::Peer(peer.ip()))),
                     limits,
                     closing: closing_seen.clone(),
+                    reloaded,
                 };
                 connections.spawn(async move {
                     STATS.open.fetch_add(1, Relaxed);
@@ -324,6 +327,10 @@ struct Connection {
     router: Router,
     limits: Limits,
     closing: watch::Receiver<bool>,
+    /// Changes when a reload replaces the front: a kept-alive connection
+    /// then closes after the request in hand, so a revoked password or a
+    /// replaced certificate stops working on it too.
+    reloaded: watch::Receiver<Front>,
 }
 
 impl Connection {
@@ -343,6 +350,10 @@ impl Connection {
         let result = tokio::select! {
             r = conn.as_mut() => r,
             _ = self.closing.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            Ok(()) = self.reloaded.changed() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
