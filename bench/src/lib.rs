@@ -2,3 +2,4 @@
 //! `src/` that writes its JSON to `bench/results/`.
 
 pub mod ab;
+pub mod host;

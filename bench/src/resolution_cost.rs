@@ -16,7 +16,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use gapscope_bench::ab::{self, Bound, Harness, Report};
+use gapscope_bench::{
+    ab::{self, Bound, Harness, Report},
+    host::cpu_seconds,
+};
 use gapscope_testkit::{
     Daemon, Workload, fake_cuda::FakeCuda, http_get, pyenv_python, repo_root, require_root,
 };
@@ -24,19 +27,6 @@ use serde_json::{Value, json};
 
 const ROUNDS: usize = 10;
 const SECONDS: u64 = 8;
-
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command's closing parenthesis: fields 3.. (utime is 14).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
-    ticks / 100.0
-}
 
 struct Sample {
     daemon_core: f64,

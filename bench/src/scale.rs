@@ -26,7 +26,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use gapscope_bench::ab::median;
+use gapscope_bench::{
+    ab::median,
+    host::{cpu_seconds, status_field},
+};
 use gapscope_testkit::{Daemon, Metrics, Workload, repo_root, require_root};
 use serde_json::{Value, json};
 
@@ -77,29 +80,6 @@ fn points() -> Vec<Point> {
     v
 }
 
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    // SAFETY: sysconf has no side effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / hz
-}
-
-/// A /proc/PID/status field in bytes (kB in the file).
-fn status_bytes(pid: u32, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb * 1024.0)
-}
-
 struct Sample {
     daemon_core: f64,
     bpf_core: f64,
@@ -138,7 +118,10 @@ fn run(p: &Point, seconds: f64) -> anyhow::Result<Sample> {
         cpu_seconds(pid),
         t0.elapsed().as_secs_f64(),
     );
-    let (rss, peak_rss) = (status_bytes(pid, "VmRSS:"), status_bytes(pid, "VmHWM:"));
+    let (rss, peak_rss) = (
+        status_field(pid, "VmRSS:") * 1024.0,
+        status_field(pid, "VmHWM:") * 1024.0,
+    );
     let mut calls = 0.0;
     for mut w in workloads {
         let out = w.wait_output();

@@ -37,7 +37,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use gapscope_bench::ab::{self, Bound, Harness, Report};
+use gapscope_bench::{
+    ab::{self, Bound, Harness, Report},
+    host,
+};
 use gapscope_testkit::{Daemon, Metrics, repo_root, require_root, target_python};
 use serde_json::{Value, json};
 
@@ -172,18 +175,13 @@ fn python(code: &str, args: &[&str]) -> Command {
 }
 
 /// gapscoped's own RSS (bytes), descriptors and threads, from /proc.
+/// gapscoped's RSS (bytes), open descriptors and threads.
 fn resources(pid: u32) -> (f64, f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |k: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count) as f64;
-    (field("VmRSS:") * 1024.0, fds, field("Threads:"))
+    (
+        host::status_field(pid, "VmRSS:") * 1024.0,
+        host::open_fds(pid),
+        host::status_field(pid, "Threads:"),
+    )
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -342,25 +340,50 @@ fn flood(a: &Args) -> anyhow::Result<Value> {
     }))
 }
 
-fn sigkill() -> anyhow::Result<Value> {
-    let mut first = Daemon::start(SERVICES);
-    let ids = first.program_ids();
-    let mut steady = python(STEADY, &["soak-steady"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(steady.stdout.take().context("stdout")?).lines();
-    let mut per_second = |n: usize| -> anyhow::Result<Vec<f64>> {
+/// The steady service running, read a second at a time; stopped (stdin
+/// closed) when dropped.
+struct Steady {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Steady {
+    fn start() -> anyhow::Result<Steady> {
+        let mut child = python(STEADY, &["soak-steady"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        Ok(Steady { child, lines })
+    }
+
+    /// Units of work in each of the next `n` seconds.
+    fn per_second(&mut self, n: usize) -> anyhow::Result<Vec<f64>> {
         (0..n)
             .map(|_| {
-                Ok(lines
+                Ok(self
+                    .lines
                     .next()
                     .context("the steady service ended")??
                     .trim()
                     .parse()?)
             })
             .collect()
-    };
+    }
+}
+
+impl Drop for Steady {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+fn sigkill() -> anyhow::Result<Value> {
+    let mut first = Daemon::start(SERVICES);
+    let ids = first.program_ids();
+    let mut steady = Steady::start()?;
+    let mut per_second = |n: usize| steady.per_second(n);
     per_second(3)?; // warm-up
     let before = per_second(20)?;
     let counted_before = getppid(&first.scrape());
@@ -397,8 +420,6 @@ fn sigkill() -> anyhow::Result<Value> {
     per_second(2)?;
     let after = per_second(20)?;
     let m = second.scrape();
-    drop(steady.stdin.take());
-    let _ = steady.wait();
     let median = |v: &[f64]| quantile(v, 0.5);
     Ok(json!({
         "throughput_per_s": {"before": median(&before), "while_down": median(&during),
@@ -426,25 +447,13 @@ const KILL_WINDOW_S: usize = 6;
 /// (`steady`), in the A/B harness's interleaved rounds; the claim, the
 /// per-round ratio within 1 %.
 fn sigkill_ab(rounds: usize) -> anyhow::Result<Value> {
-    let mut steady = python(STEADY, &["soak-steady"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(steady.stdout.take().context("stdout")?).lines();
-    let mut per_second = |n: usize| -> anyhow::Result<Vec<f64>> {
-        (0..n)
-            .map(|_| {
-                Ok(lines
-                    .next()
-                    .context("the steady service ended")??
-                    .trim()
-                    .parse()?)
-            })
-            .collect()
-    };
+    let mut steady = Steady::start()?;
+    let mut per_second = |n: usize| steady.per_second(n);
     let mut daemon = Daemon::start(SERVICES);
     daemon.wait_processes("soak", 1.0);
-    let mut harness = Harness::from("soak_sigkill", &["steady", "killed"], rounds, &[])?;
+    // --rounds as given (below 10 to investigate; the JSON says how many).
+    let flags = ["--rounds".to_string(), rounds.to_string()];
+    let mut harness = Harness::from("soak_sigkill", &["steady", "killed"], rounds, &flags)?;
     let mut restart_s = Vec::new();
     let samples = harness.run("units/s", |config, _| {
         per_second(1)?; // the window starts on a fresh second
@@ -472,8 +481,6 @@ fn sigkill_ab(rounds: usize) -> anyhow::Result<Value> {
         };
         Ok(mean(&window))
     })?;
-    drop(steady.stdin.take());
-    let _ = steady.wait();
     let mut report = Report::new(&harness, &samples);
     report
         .compare(
