@@ -71,24 +71,40 @@ impl Drop for Server {
 }
 
 /// Starts `program args` and waits for its first stdout line to start with `ready`.
+/// How long a server may take to say it is ready (BentoML imports torch).
+const READY_WITHIN: Duration = Duration::from_secs(180);
+
+/// Starts `cmd` and waits (at most `READY_WITHIN`) for a stdout line
+/// starting with `ready`.
 fn start(
     mut cmd: Command,
-    ready: &str,
+    ready: &'static str,
     port: u16,
     service: &'static str,
 ) -> anyhow::Result<Server> {
     let mut child = cmd.stdout(Stdio::piped()).spawn()?;
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with(ready) {
-        line.clear();
-        if out.read_line(&mut line)? == 0 {
-            let _ = child.kill();
-            bail!("the server exited before saying {ready:?}");
+    let (said, heard) = std::sync::mpsc::channel();
+    // Reads until the line, then keeps draining so the server never
+    // blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match out.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line.starts_with(ready) => break,
+                Ok(_) => {}
+            }
         }
+        let _ = said.send(());
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
+    });
+    if heard.recv_timeout(READY_WITHIN).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("the server did not say {ready:?} within {READY_WITHIN:?} (or exited first)");
     }
-    // Keep draining its output so it never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     Ok(Server {
         child,
         port,
@@ -168,6 +184,8 @@ fn daemon(config: &str, server: &Server) -> anyhow::Result<Option<Daemon>> {
 fn json_client(port: u16, deadline: Instant) -> anyhow::Result<Vec<f64>> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_nodelay(true)?;
+    // A server that stops answering fails the run rather than hanging it.
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let request = format!(
         "POST /work HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{BODY}",
         BODY.len()
