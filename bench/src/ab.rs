@@ -287,7 +287,7 @@ impl Harness {
     pub fn run(
         &mut self,
         unit: &str,
-        mut measure: impl FnMut(&str, usize) -> anyhow::Result<f64>,
+        mut measure: impl FnMut(&'static str, usize) -> anyhow::Result<f64>,
     ) -> anyhow::Result<Samples> {
         for config in self.order(0) {
             let v = measure(config, 0).with_context(|| format!("warm-up, {config}"))?;

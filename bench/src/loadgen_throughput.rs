@@ -218,9 +218,8 @@ fn main() -> anyhow::Result<()> {
             }
         };
         if round > 0 {
-            let name = CLIENTS.iter().find(|c| **c == client).unwrap();
             rates
-                .entry(name)
+                .entry(client)
                 .or_default()
                 .push(ok / f64::from(CLOSED_SECONDS));
         }

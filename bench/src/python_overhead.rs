@@ -34,7 +34,6 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -293,8 +292,7 @@ fn measure(
     } else {
         "output tokens/s"
     };
-    let latencies: Arc<Mutex<BTreeMap<&'static str, Vec<f64>>>> = Arc::default();
-    let configs = harness.configs.clone();
+    let mut latencies: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let samples = harness.run(unit, |config, round| {
         let d = daemon(config, &server)?;
         // The daemon's own start-up (rescan, attaches) settles first.
@@ -305,12 +303,10 @@ fn measure(
         };
         drop(d);
         if round > 0 {
-            let name = configs.iter().find(|c| **c == config).copied().unwrap();
-            latencies.lock().unwrap().entry(name).or_default().push(p99);
+            latencies.entry(config).or_default().push(p99);
         }
         Ok(throughput)
     })?;
-    let latencies = std::mem::take(&mut *latencies.lock().unwrap());
     Ok((samples, latencies))
 }
 

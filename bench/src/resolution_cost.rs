@@ -109,7 +109,7 @@ fn main() -> anyhow::Result<()> {
         );
         let total = s.daemon_core + s.bpf_core;
         if round > 0 {
-            side.entry(if t == 1000 { CONFIGS[0] } else { CONFIGS[1] })
+            side.entry(config)
                 .or_default()
                 .push(s);
         }

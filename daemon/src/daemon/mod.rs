@@ -28,9 +28,10 @@ pub fn run(config: crate::config::Config, path: std::path::PathBuf) -> anyhow::R
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()?;
     runtime.block_on(async {
-        let sections = reload::Reloader::new(path, &config, crate::web::Protection::default());
+        let reloader = reload::Reloader::new(path, &config);
         let mut running = start::start(config).await?;
-        running.reloader = Some(sections.protected_by(running.protection));
+        // The protection a reload may not weaken is what start loaded.
+        running.reloader = Some(reloader.protected_by(running.protection));
         let ended = event_loop::run(&mut running).await;
         shutdown(running).await;
         ended

@@ -160,11 +160,11 @@ fn merge(running: &[ServiceConfig], file: Vec<ServiceConfig>) -> Result<Merged, 
 }
 
 impl Reloader {
-    pub(super) fn new(path: PathBuf, config: &Config, protection: web::Protection) -> Self {
+    pub(super) fn new(path: PathBuf, config: &Config) -> Self {
         Reloader {
             path,
             sections: sections(config),
-            protection,
+            protection: web::Protection::default(),
             limits: config.daemon.http,
         }
     }
