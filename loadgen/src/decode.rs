@@ -7,8 +7,6 @@
 //! unfinished line or event, so memory stays bounded whatever the reply's
 //! length (a non-streamed reply is buffered up to a limit).
 
-use std::borrow::Cow;
-
 use serde_json::Value;
 
 use crate::{
@@ -36,6 +34,59 @@ pub(crate) struct Update {
     pub usage_prompt: Option<u64>,
     /// `usage.completion_tokens_details.reasoning_tokens`, when given.
     pub usage_reasoning: Option<u64>,
+}
+
+impl Update {
+    /// Empty again, keeping the strings' capacity.
+    fn clear(&mut self) {
+        self.text.clear();
+        self.reasoning.clear();
+        self.tokens = None;
+        self.finish_reason = None;
+        self.usage_completion = None;
+        self.usage_prompt = None;
+        self.usage_reasoning = None;
+    }
+}
+
+/// The updates one call of `Decoder::feed` or `finish` produced. Their
+/// slots are kept from call to call, so that a long stream allocates no
+/// string per chunk.
+#[derive(Default)]
+struct Updates {
+    slots: Vec<Update>,
+    used: usize,
+}
+
+impl Updates {
+    fn start(&mut self) {
+        self.used = 0;
+    }
+
+    /// Reads the next document into a free slot; keeps it unless it was
+    /// the end-of-stream marker.
+    fn read(&mut self, reader: &mut Reader, data: &str) -> Result<(), DecodeError> {
+        if self.used == self.slots.len() {
+            self.slots.push(Update::default());
+        }
+        if reader.read(data, &mut self.slots[self.used])? {
+            self.used += 1;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, u: Update) {
+        if self.used == self.slots.len() {
+            self.slots.push(u);
+        } else {
+            self.slots[self.used] = u;
+        }
+        self.used += 1;
+    }
+
+    fn done(&self) -> &[Update] {
+        &self.slots[..self.used]
+    }
 }
 
 /// Why a reply could not be read.
@@ -82,55 +133,6 @@ struct Pointers {
     usage_completion: Option<Pointer>,
 }
 
-/// An OpenAI chunk or reply, read without building a JSON tree: strings
-/// are borrowed from the event where they need no unescaping.
-#[derive(serde::Deserialize)]
-struct OpenAi<'a> {
-    #[serde(default, borrow)]
-    choices: Vec<Choice<'a>>,
-    #[serde(default)]
-    usage: Option<Usage>,
-    #[serde(default)]
-    error: Option<Value>,
-}
-
-#[derive(serde::Deserialize)]
-struct Choice<'a> {
-    #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    delta: Option<Message<'a>>,
-    #[serde(default, borrow)]
-    message: Option<Message<'a>>,
-    #[serde(default, borrow)]
-    finish_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(serde::Deserialize)]
-struct Message<'a> {
-    #[serde(default, borrow)]
-    content: Option<Cow<'a, str>>,
-    /// DeepSeek's and vLLM's name for reasoning text.
-    #[serde(default, borrow)]
-    reasoning_content: Option<Cow<'a, str>>,
-    /// The name newer vLLM and OpenRouter use.
-    #[serde(default, borrow)]
-    reasoning: Option<Cow<'a, str>>,
-}
-
-#[derive(serde::Deserialize)]
-struct Usage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    #[serde(default)]
-    completion_tokens_details: Option<CompletionDetails>,
-}
-
-#[derive(serde::Deserialize)]
-struct CompletionDetails {
-    reasoning_tokens: Option<u64>,
-}
-
 /// Turns one JSON document (an event, a line, a whole reply) into an
 /// update.
 struct Reader {
@@ -156,6 +158,7 @@ pub(crate) struct Decoder {
     body: Vec<u8>,
     /// Undecoded tail of a raw text stream (an incomplete UTF-8 sequence).
     raw_tail: Vec<u8>,
+    out: Updates,
     /// Whether a stream without a marker or finish reason is complete when
     /// the body ends (templated NDJSON and raw streams have no marker).
     end_is_complete: bool,
@@ -207,25 +210,25 @@ impl Decoder {
             line: Vec::new(),
             body: Vec::new(),
             raw_tail: Vec::new(),
+            out: Updates::default(),
             end_is_complete,
         }
     }
 
-    /// Decodes the next bytes of the body.
-    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Update>, DecodeError> {
-        let mut out = Vec::new();
+    /// Decodes the next bytes of the body: the updates they complete, valid
+    /// until the next call.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<&[Update], DecodeError> {
+        self.out.start();
         match self.framing {
             Framing::Sse => {
                 let mut failed = None;
-                let reader = &mut self.reader;
+                let (reader, out) = (&mut self.reader, &mut self.out);
                 self.sse
                     .feed(bytes, |_, data| {
-                        if failed.is_none() {
-                            match reader.read(data) {
-                                Ok(Some(u)) => out.push(u),
-                                Ok(None) => {}
-                                Err(e) => failed = Some(e),
-                            }
+                        if failed.is_none()
+                            && let Err(e) = out.read(reader, data)
+                        {
+                            failed = Some(e);
                         }
                     })
                     .map_err(|e| DecodeError::Malformed(e.to_string()))?;
@@ -235,17 +238,15 @@ impl Decoder {
             }
             Framing::Ndjson => {
                 let mut rest = bytes;
-                while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+                while let Some(i) = memchr::memchr(b'\n', rest) {
                     self.line.extend_from_slice(&rest[..i]);
                     rest = &rest[i + 1..];
-                    let line = std::mem::take(&mut self.line);
-                    let text = std::str::from_utf8(&line)
+                    let text = std::str::from_utf8(&self.line)
                         .map_err(|_| DecodeError::Malformed("a line is not valid UTF-8".into()))?;
-                    if !text.trim().is_empty()
-                        && let Some(u) = self.reader.read(text.trim())?
-                    {
-                        out.push(u);
+                    if !text.trim().is_empty() {
+                        self.out.read(&mut self.reader, text.trim())?;
                     }
+                    self.line.clear();
                 }
                 if self.line.len() + rest.len() > MAX_EVENT_BYTES {
                     return Err(DecodeError::Malformed(format!(
@@ -269,7 +270,7 @@ impl Decoder {
                 let text = String::from_utf8(std::mem::replace(&mut self.raw_tail, rest))
                     .unwrap_or_default();
                 if !text.is_empty() {
-                    out.push(Update {
+                    self.out.push(Update {
                         text,
                         ..Update::default()
                     });
@@ -284,30 +285,26 @@ impl Decoder {
                 self.body.extend_from_slice(bytes);
             }
         }
-        Ok(out)
+        Ok(self.out.done())
     }
 
     /// The body ended. Returns what was still buffered, or an error when
-    /// the reply was cut short (`Ok(None)`: complete, nothing more).
-    pub(crate) fn finish(&mut self) -> Result<Vec<Update>, DecodeError> {
-        let mut out = Vec::new();
+    /// the reply was cut short.
+    pub(crate) fn finish(&mut self) -> Result<&[Update], DecodeError> {
+        self.out.start();
         match self.framing {
             Framing::Json => {
                 let body = std::mem::take(&mut self.body);
                 let text = std::str::from_utf8(&body)
                     .map_err(|_| DecodeError::Malformed("the reply is not valid UTF-8".into()))?;
-                if let Some(u) = self.reader.read(text)? {
-                    out.push(u);
-                }
+                self.out.read(&mut self.reader, text)?;
                 self.reader.complete = true;
             }
             Framing::Ndjson if !self.line.is_empty() => {
                 let line = std::mem::take(&mut self.line);
                 let text = String::from_utf8(line)
                     .map_err(|_| DecodeError::Malformed("a line is not valid UTF-8".into()))?;
-                if let Some(u) = self.reader.read(text.trim())? {
-                    out.push(u);
-                }
+                self.out.read(&mut self.reader, text.trim())?;
             }
             Framing::Raw if !self.raw_tail.is_empty() => {
                 return Err(DecodeError::Malformed(
@@ -321,7 +318,7 @@ impl Decoder {
             }
             _ => {}
         }
-        Ok(out)
+        Ok(self.out.done())
     }
 
     /// Whether the reply said it was complete (or, for framings without a
@@ -332,42 +329,22 @@ impl Decoder {
 }
 
 impl Reader {
-    fn read(&mut self, data: &str) -> Result<Option<Update>, DecodeError> {
+    /// Reads one document into `u` (emptied first); false: it was the
+    /// end-of-stream marker, not an update.
+    fn read(&mut self, data: &str, u: &mut Update) -> Result<bool, DecodeError> {
         if self.done_marker.as_deref() == Some(data.trim()) {
             self.complete = true;
-            return Ok(None);
+            return Ok(false);
         }
         let not_json = |e: serde_json::Error| {
             let shown: String = data.chars().take(80).collect();
             DecodeError::Malformed(format!("not JSON ({e}): {shown:?}"))
         };
-        let mut u = Update::default();
+        u.clear();
         match &self.pointers {
             None => {
-                let doc: OpenAi = serde_json::from_str(data).map_err(not_json)?;
-                if let Some(err) = doc.error.filter(|e| !e.is_null()) {
+                if let Some(err) = crate::openai::read(data, u).map_err(not_json)? {
                     return Err(server_error(&err));
-                }
-                if let Some(c) = doc.choices.into_iter().next() {
-                    for m in [&c.delta, &c.message].into_iter().flatten() {
-                        for part in [&m.reasoning_content, &m.reasoning].into_iter().flatten() {
-                            u.reasoning.push_str(part);
-                        }
-                        if let Some(part) = &m.content {
-                            u.text.push_str(part);
-                        }
-                    }
-                    if let Some(part) = &c.text {
-                        u.text.push_str(part);
-                    }
-                    u.finish_reason = c.finish_reason.map(Cow::into_owned);
-                }
-                if let Some(usage) = doc.usage {
-                    u.usage_completion = usage.completion_tokens;
-                    u.usage_prompt = usage.prompt_tokens;
-                    u.usage_reasoning = usage
-                        .completion_tokens_details
-                        .and_then(|d| d.reasoning_tokens);
                 }
             }
             Some(p) => {
@@ -405,7 +382,7 @@ impl Reader {
         if u.finish_reason.is_some() {
             self.complete = true;
         }
-        Ok(Some(u))
+        Ok(true)
     }
 }
 
@@ -435,9 +412,10 @@ mod tests {
         let mut d = Decoder::new(&endpoint(Api::Completions, true));
         let mut all = d
             .feed(b"data: {\"choices\":[{\"text\":\" a\",\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"text\":\" b\",\"finish_reason\":\"length\"}]}\n\n")
-            .unwrap();
-        all.extend(d.feed(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n").unwrap());
-        all.extend(d.finish().unwrap());
+            .unwrap()
+            .to_vec();
+        all.extend_from_slice(d.feed(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n").unwrap());
+        all.extend_from_slice(d.finish().unwrap());
         assert!(d.complete());
         assert_eq!(
             all.iter().map(|u| u.text.as_str()).collect::<String>(),
@@ -469,6 +447,43 @@ mod tests {
             .unwrap();
         assert_eq!((u[1].tokens, u[1].usage_completion), (None, Some(7)));
         assert_eq!(u[1].usage_reasoning, Some(4));
+    }
+
+    #[test]
+    fn only_the_first_choice_is_read_and_odd_shapes_are_told() {
+        let mut d = Decoder::new(&endpoint(Api::Chat, true));
+        let u = d
+            .feed(concat!(
+                "data: {\"id\":\"x\",\"choices\":[{\"delta\":{\"content\":\"a\\\"b\\u00e9\"},\"logprobs\":{\"content\":[1,{\"x\":[]}]}},",
+                "{\"delta\":{\"content\":\"second\"},\"finish_reason\":\"stop\"}]}\n\n",
+                "data: {\"choices\":null,\"usage\":null}\n\n",
+                "data: {\"choices\":[{\"delta\":null,\"text\":null,\"finish_reason\":null}]}\n\n",
+            ).as_bytes())
+            .unwrap()
+            .to_vec();
+        assert_eq!(u.len(), 3);
+        assert_eq!(u[0].text, "a\"bé");
+        assert_eq!(u[0].finish_reason, None);
+        assert!(!d.complete());
+        assert_eq!(u[1], Update::default());
+        assert_eq!(u[2], Update::default());
+        // Reused slots start empty.
+        let u = d
+            .feed(b"data: {\"choices\":[{\"text\":\"c\"}]}\n\n")
+            .unwrap();
+        assert_eq!((u.len(), u[0].text.as_str()), (1, "c"));
+        for bad in [
+            "data: {\"choices\":{\"text\":\"a\"}}\n\n",
+            "data: {\"choices\":[{\"text\":5}]}\n\n",
+            "data: [1]\n\n",
+            "data: {\"choices\":[]} trailing\n\n",
+        ] {
+            let mut d = Decoder::new(&endpoint(Api::Completions, true));
+            assert!(
+                matches!(d.feed(bad.as_bytes()), Err(DecodeError::Malformed(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod exporter;
 mod flops;
 mod http;
 mod live;
+mod openai;
 mod plan;
 mod plot;
 mod prompts;

@@ -226,7 +226,9 @@ impl Client {
             prefix_group: p.ask.prefix.as_ref().map(|(g, _)| *g),
             usage_prompt_tokens: None,
             output_tokens: OutputTokens::default(),
-            events: Vec::new(),
+            // One event per token at most: reserved up front (within
+            // reason), the vector does not grow and copy as chunks come.
+            events: Vec::with_capacity(p.ask.max_tokens.min(1024) as usize),
             first_reasoning_ns: None,
             first_answer_ns: None,
             chunks: 0,
@@ -421,7 +423,7 @@ impl Client {
     fn apply(
         &self,
         rec: &mut RequestRecord,
-        updates: Vec<crate::decode::Update>,
+        updates: &[crate::decode::Update],
         now: u64,
         text: &mut Option<Generated>,
     ) {
@@ -436,7 +438,7 @@ impl Client {
                 rec.output_tokens.usage_reasoning = Some(n);
             }
             if u.finish_reason.is_some() {
-                rec.finish_reason = u.finish_reason;
+                rec.finish_reason.clone_from(&u.finish_reason);
             }
             // Reasoning first: a chunk carrying both is the end of the
             // reasoning and the start of the answer. The server's own count
