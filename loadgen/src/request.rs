@@ -22,7 +22,7 @@ use hyper_util::{
 };
 
 use crate::tls::{Connector, Transport};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use crate::{
@@ -117,40 +117,36 @@ impl Client {
         let model = e.model.clone().unwrap_or_else(|| "default".into());
         match e.api {
             Api::Completions | Api::Chat => {
-                let mut body = json!({
-                    "model": model,
-                    "max_tokens": ask.max_tokens,
-                    "stream": e.stream,
-                });
-                if e.api == Api::Chat {
-                    // The shared prefix as the system message, then the
-                    // conversation so far, then this turn.
-                    let mut messages = Vec::with_capacity(2 + 2 * ask.history.len());
+                // The shared prefix as the system message, then the
+                // conversation so far, then this turn.
+                let messages = (e.api == Api::Chat).then(|| {
+                    let mut m = Vec::with_capacity(2 + 2 * ask.history.len());
                     if let Some((_, p)) = &ask.prefix {
-                        messages.push(json!({"role": "system", "content": &**p}));
+                        m.push(ChatMessage::new("system", p));
                     }
                     for (prompt, reply) in &ask.history {
-                        messages.push(json!({"role": "user", "content": prompt}));
-                        messages.push(json!({"role": "assistant", "content": reply}));
+                        m.push(ChatMessage::new("user", prompt));
+                        m.push(ChatMessage::new("assistant", reply));
                     }
-                    messages.push(json!({"role": "user", "content": ask.prompt}));
-                    body["messages"] = Value::Array(messages);
-                } else {
-                    body["prompt"] = Value::String(ask.full_prompt());
-                }
-                if e.stream {
-                    body["stream_options"] = json!({"include_usage": true});
-                    if e.continuous_usage {
-                        body["stream_options"]["continuous_usage_stats"] = Value::Bool(true);
-                    }
-                }
-                if self.fixed {
-                    // vLLM, SGLang and LMDeploy honour these; others ignore
-                    // them, and the run says so.
-                    body["ignore_eos"] = Value::Bool(true);
-                    body["min_tokens"] = json!(ask.max_tokens);
-                }
-                body.to_string()
+                    m.push(ChatMessage::new("user", &ask.prompt));
+                    m
+                });
+                let body = OpenAiBody {
+                    // vLLM, SGLang and LMDeploy honour these; others
+                    // ignore them, and the run says so.
+                    ignore_eos: self.fixed.then_some(true),
+                    max_tokens: ask.max_tokens,
+                    prompt: messages.is_none().then(|| ask.full_prompt()),
+                    messages,
+                    min_tokens: self.fixed.then_some(ask.max_tokens),
+                    model: &model,
+                    stream: e.stream,
+                    stream_options: e.stream.then_some(StreamOptions {
+                        continuous_usage_stats: e.continuous_usage.then_some(true),
+                        include_usage: true,
+                    }),
+                };
+                serde_json::to_string(&body).unwrap_or_default()
             }
             Api::Template => e
                 .body
@@ -518,6 +514,45 @@ impl Client {
     }
 }
 
+/// An OpenAI completions or chat request, serialized straight from the
+/// ask (keys in alphabetical order, as a `serde_json::Map` would have
+/// them).
+#[derive(serde::Serialize)]
+struct OpenAiBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ignore_eos: Option<bool>,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<Vec<ChatMessage<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_tokens: Option<u32>,
+    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<String>,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(serde::Serialize)]
+struct ChatMessage<'a> {
+    content: &'a str,
+    role: &'static str,
+}
+
+impl<'a> ChatMessage<'a> {
+    fn new(role: &'static str, content: &'a str) -> Self {
+        Self { content, role }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct StreamOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    continuous_usage_stats: Option<bool>,
+    include_usage: bool,
+}
+
 /// The generated text kept for the tokenizer, with where each
 /// token-bearing event ended in it.
 #[derive(Default)]
@@ -628,4 +663,89 @@ async fn read_some(mut body: Incoming, limit: usize) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
     out.truncate(limit);
     String::from_utf8_lossy(&out).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Plan, Tls};
+    use serde_json::json;
+
+    fn client(api: Api, stream: bool, continuous: bool, fixed: bool) -> Client {
+        let mut e = Plan::for_url("http://127.0.0.1:1/v1/x").endpoint;
+        (e.api, e.stream, e.continuous_usage) = (api, stream, continuous);
+        let insecure = Tls {
+            insecure: true,
+            ..Tls::default()
+        };
+        Client::new(
+            &Transport::new(&insecure).unwrap(),
+            Arc::new(e),
+            fixed,
+            None,
+            crate::clock::Clock::start(),
+            1,
+            Arc::default(),
+        )
+    }
+
+    /// The body as a `serde_json::Value` would have it (sorted keys).
+    fn want(api: Api, stream: bool, continuous: bool, fixed: bool, ask: &Ask) -> String {
+        let mut body = json!({"model": "default", "max_tokens": ask.max_tokens, "stream": stream});
+        if api == Api::Chat {
+            let mut messages = Vec::new();
+            if let Some((_, p)) = &ask.prefix {
+                messages.push(json!({"role": "system", "content": &**p}));
+            }
+            for (prompt, reply) in &ask.history {
+                messages.push(json!({"role": "user", "content": prompt}));
+                messages.push(json!({"role": "assistant", "content": reply}));
+            }
+            messages.push(json!({"role": "user", "content": ask.prompt}));
+            body["messages"] = Value::Array(messages);
+        } else {
+            body["prompt"] = Value::String(ask.full_prompt());
+        }
+        if stream {
+            body["stream_options"] = json!({"include_usage": true});
+            if continuous {
+                body["stream_options"]["continuous_usage_stats"] = Value::Bool(true);
+            }
+        }
+        if fixed {
+            body["ignore_eos"] = Value::Bool(true);
+            body["min_tokens"] = json!(ask.max_tokens);
+        }
+        body.to_string()
+    }
+
+    #[test]
+    fn openai_bodies_are_byte_for_byte_what_a_json_map_writes() {
+        let ask = Ask {
+            prompt: "say \"hi\"\n".into(),
+            prefix: Some((3, "You are terse.".into())),
+            prompt_tokens: None,
+            max_tokens: 128,
+            conversation: Some((1, 2)),
+            history: vec![("first".into(), "reply é".into())],
+        };
+        let bare = Ask {
+            prefix: None,
+            history: Vec::new(),
+            ..ask.clone()
+        };
+        for api in [Api::Completions, Api::Chat] {
+            for flags in 0..8 {
+                let (stream, continuous, fixed) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
+                let c = client(api, stream, continuous, fixed);
+                for a in [&ask, &bare] {
+                    assert_eq!(
+                        c.body(a, "id"),
+                        want(api, stream, continuous, fixed, a),
+                        "{api:?} {flags}"
+                    );
+                }
+            }
+        }
+    }
 }

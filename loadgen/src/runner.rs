@@ -491,7 +491,7 @@ struct Asks {
 /// of it (a futex call and two context switches) per batch, not per
 /// request, which at thousands of requests a second was a few percent of
 /// the client's CPU.
-const ASK_BATCH: usize = 64;
+const ASK_BATCH: usize = 16;
 
 /// Prompts are made ahead of need on a thread of their own, in batches
 /// (1, 2, 4, … up to `ASK_BATCH`, so the first is ready at once); it ends
