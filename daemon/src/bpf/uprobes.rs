@@ -9,7 +9,11 @@
 //!
 //! Slots (a codec function, a CUDA entry point) can be kept within a calls
 //! budget: the kernel counts calls per (process, slot), and a slot whose
-//! busiest process goes over the budget is attached one second in N.
+//! busiest process goes over the budget is attached one second in N. A
+//! slot attached while believed within its budget (a new probe, or every
+//! probe of a daemon that just restarted) can be looked at sooner
+//! (`trip_early`): a busy process then pays for a tenth of a second of
+//! probing, not for the second or two until the next whole-second look.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -55,6 +59,10 @@ struct Sampling {
     idle: u32,
 }
 
+/// How long a slot attached to idle processes stays fresh: the map reads
+/// of `trip_early` stop after it.
+const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A slot over budget: what the caller may want to log.
 pub struct BudgetChange {
     pub slot: usize,
@@ -75,6 +83,11 @@ pub struct UprobeSet {
     /// when last looked at.
     process_calls: BpfHashMap<MapData, u64, u64>,
     last_process_calls: HashMap<u64, u64>,
+    /// When `enforce_budget` last looked, and the slots attached while
+    /// believed within the budget that no whole second with calls has
+    /// judged yet (`trip_early` looks at those).
+    window_start: std::time::Instant,
+    fresh: Vec<Option<std::time::Instant>>,
     files: HashMap<FileKey, Attached>,
     /// The files each traced process uses.
     uses: HashMap<u32, HashSet<FileKey>>,
@@ -93,6 +106,8 @@ impl UprobeSet {
             programs,
             budget: budget.max(1),
             sampling: vec![Sampling { every: 1, idle: 0 }; budgeted.len()],
+            window_start: std::time::Instant::now(),
+            fresh: vec![None; budgeted.len()],
             budgeted,
             process_calls,
             last_process_calls: HashMap::new(),
@@ -163,6 +178,9 @@ impl UprobeSet {
                 }
             }
         }
+        if !links.is_empty() && self.budgeted[slot] && self.sampling[slot].every == 1 {
+            self.fresh[slot].get_or_insert_with(std::time::Instant::now);
+        }
         let a = self.files.entry(key).or_default();
         a.links.extend(links);
         a.users.insert(tgid);
@@ -170,9 +188,10 @@ impl UprobeSet {
         Ok(())
     }
 
-    /// Each slot's calls in the last second by its busiest process, from
-    /// the kernel's per-process counts; forgets processes that are gone.
-    fn busiest_process_calls(&mut self) -> Vec<u64> {
+    /// Each slot's calls since the last look by its busiest process, from
+    /// the kernel's per-process counts, and the counts read. Changes
+    /// nothing.
+    fn busiest_since_last_look(&self) -> (Vec<u64>, HashMap<u64, u64>) {
         let mut busiest = vec![0u64; self.sampling.len()];
         let mut seen = HashMap::new();
         for (key, total) in self.process_calls.iter().filter_map(Result::ok) {
@@ -184,6 +203,14 @@ impl UprobeSet {
             }
             seen.insert(key, total);
         }
+        (busiest, seen)
+    }
+
+    /// Each slot's calls in the last second by its busiest process; the
+    /// counts become the next second's starting point, and processes that
+    /// are gone are forgotten.
+    fn busiest_process_calls(&mut self) -> Vec<u64> {
+        let (busiest, mut seen) = self.busiest_since_last_look();
         let gone: Vec<u64> = seen
             .keys()
             .filter(|key| !self.uses.contains_key(&((*key >> 32) as u32)))
@@ -195,6 +222,42 @@ impl UprobeSet {
         }
         self.last_process_calls = seen;
         busiest
+    }
+
+    /// Between whole-second looks (every tenth of a second, say): a fresh
+    /// slot (attached while believed within the budget, no second with
+    /// calls judged since, at most `FRESH_FOR` ago), whose busiest process has already made more calls than the budget
+    /// allows in a second, is paused now, as the next look would pause it,
+    /// its duty cycle set from the rate so far. Costs nothing while no
+    /// slot is fresh. The second it was cut short in counts as its
+    /// attached one: the calls it saw are fewer than a whole second's, a
+    /// bounded, once-only undercount against its sampling ratio.
+    pub fn trip_early(&mut self) -> Vec<BudgetChange> {
+        if self.fresh.iter().all(Option::is_none) {
+            return Vec::new();
+        }
+        let elapsed = self.window_start.elapsed().as_secs_f64().max(1e-3);
+        let (calls, _) = self.busiest_since_last_look();
+        let mut changes = Vec::new();
+        for (slot, fresh) in self.fresh.iter_mut().enumerate() {
+            let recent = calls.get(slot).copied().unwrap_or(0);
+            if fresh.is_none() || recent <= self.budget {
+                continue;
+            }
+            *fresh = None;
+            let per_second = (recent as f64 / elapsed).round() as u64;
+            let every = per_second.div_ceil(self.budget).clamp(2, 60) as u32;
+            self.sampling[slot] = Sampling { every, idle: 1 };
+            changes.push(BudgetChange {
+                slot,
+                calls_per_second: per_second,
+                every,
+            });
+        }
+        if !changes.is_empty() {
+            self.detach_paused();
+        }
+        changes
     }
 
     /// Once a second: compares each budgeted slot's calls in the last
@@ -234,6 +297,21 @@ impl UprobeSet {
                 s.idle += 1;
             }
         }
+        // A fresh slot stays fresh until a second in which it saw calls
+        // has been judged whole: probes attached to an idle process are
+        // still fresh when it gets busy.
+        for (fresh, recent) in self.fresh.iter_mut().zip(&calls) {
+            if *recent > 0 || fresh.is_some_and(|t| t.elapsed() > FRESH_FOR) {
+                *fresh = None;
+            }
+        }
+        self.window_start = std::time::Instant::now();
+        self.detach_paused();
+        (attached, changes)
+    }
+
+    /// Detaches every paused slot from every file.
+    fn detach_paused(&mut self) {
         let paused: Vec<usize> = (0..self.sampling.len())
             .filter(|i| self.sampling[*i].idle > 0)
             .collect();
@@ -252,7 +330,6 @@ impl UprobeSet {
                 }
             }
         }
-        (attached, changes)
     }
 
     /// The share of calls each slot sees: 1 when probed in full, 1/N when

@@ -268,6 +268,19 @@ impl SerializationTracker {
     /// `UprobeSet::enforce_budget`).
     pub fn enforce_budget(&mut self) {
         let (_, changes) = self.uprobes.enforce_budget();
+        self.log_changes(changes);
+    }
+
+    /// Between the seconds: pauses a probe attached since the last second
+    /// that is already over budget (see `UprobeSet::trip_early`), so a
+    /// busy process pays for a tenth of a second of probing when a probe
+    /// is new or the daemon has restarted, not for a second or two.
+    pub fn trip_early(&mut self) {
+        let changes = self.uprobes.trip_early();
+        self.log_changes(changes);
+    }
+
+    fn log_changes(&self, changes: Vec<crate::bpf::uprobes::BudgetChange>) {
         for c in changes {
             let spec = &self.specs[c.slot];
             log::info!(
