@@ -501,6 +501,14 @@ fn spawn_prompts(mut prompts: PromptGen) -> (Asks, Option<std::thread::JoinHandl
     let thread = std::thread::Builder::new()
         .name("prompts".into())
         .spawn(move || {
+            // Background work: niced, so the runtime's thread, woken by a
+            // send time, takes the core from a batch being made (a
+            // client pinned to one core keeps its send lag).
+            // SAFETY: setpriority on this thread's own id; a higher nice
+            // value needs no privilege.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+            }
             let mut size = 1;
             loop {
                 let batch = (0..size).map(|_| prompts.next_conversation()).collect();
