@@ -5,12 +5,13 @@ before the next launch. Run once with a stall and once without it, the
 loop's own step rates say what removing the stall bought; gapscoped's
 explain report, from the run with it, predicts that.
 
-usage: whatif_loop.py FIXTURE_DIR --stalls sleep,json,poll,gil|none
+usage: whatif_loop.py FIXTURE_DIR --stalls sleep,json,pickle,poll,gil|none
                       [--steps N] [--kernel-ms K] [--stall-ms S]
                       [--gapscoped URL] [--run-id ID] [--tag TAG]
 
 Stalls: sleep (time.sleep), json (json.dumps of an object sized to take
-S), poll (select() on a socket nothing arrives on), gil (a second Python
+S), pickle (pickle.dumps of one sized the same way: two serialization
+functions the report must tell apart), poll (select() on a socket nothing arrives on), gil (a second Python
 thread that holds the GIL while the loop waits for the GPU, so each
 return from the wait waits for the GIL). FIXTURE_DIR holds libcuda.so.1
 and libfakegpu.so; CUDA_INJECTION64_PATH and GAPSCOPE_CUPTI_PATH bring in
@@ -24,6 +25,7 @@ import argparse
 import ctypes
 import json
 import os
+import pickle
 import select
 import socket
 import sys
@@ -42,15 +44,14 @@ def annotate(url, run_id, event, at_ns):
     urllib.request.urlopen(req, timeout=5).read()
 
 
-def sized_object(target_s):
-    """A list whose json.dumps takes about target_s."""
-    record = {"id": 12345, "text": "token " * 8, "logprobs": [0.125, -1.5, 3.25], "ok": True}
+def sized_object(target_s, dumps, record):
+    """A list of `record` whose dumps(list) takes about target_s."""
     n = 100
     while True:
         obj = [record] * n
         t = time.perf_counter()
         for _ in range(3):
-            json.dumps(obj)
+            dumps(obj)
         took = (time.perf_counter() - t) / 3
         if took >= target_s / 4 or n > 10_000_000:
             return [record] * max(1, int(n * target_s / max(took, 1e-9)))
@@ -78,8 +79,8 @@ def main():
     args = ap.parse_args()
     stalls = [s for s in args.stalls.split(",") if s and s != "none"]
     for s in stalls:
-        if s not in ("sleep", "json", "poll", "gil"):
-            sys.exit(f"whatif_loop: unknown stall {s!r}: use sleep, json, poll, gil or none")
+        if s not in ("sleep", "json", "pickle", "poll", "gil"):
+            sys.exit(f"whatif_loop: unknown stall {s!r}: use sleep, json, pickle, poll, gil or none")
 
     cuda = ctypes.CDLL(os.path.join(args.fixture_dir, "libcuda.so.1"))
     gpu = ctypes.CDLL(os.path.join(args.fixture_dir, "libfakegpu.so"))
@@ -87,7 +88,11 @@ def main():
     gpu.fake_gpu_next(1, int(args.kernel_ms * 1e6), b"void decode_step_kernel<float>", 0)
     cuda.fake_cuda_driver_set_sync_us(0)
     stall_s = args.stall_ms / 1000
-    payload = sized_object(stall_s) if "json" in stalls else None
+    record = {"id": 12345, "text": "token " * 8, "logprobs": [0.125, -1.5, 3.25], "ok": True}
+    payload = sized_object(stall_s, json.dumps, record) if "json" in stalls else None
+    # Floats: pickle writes each one out (a repeated dict it would write
+    # once and then refer to, which scales badly).
+    pickled = sized_object(stall_s, pickle.dumps, 0.5) if "pickle" in stalls else None
     quiet, peer = socket.socketpair()
 
     print("ready", flush=True)
@@ -108,6 +113,8 @@ def main():
                 time.sleep(stall_s)
             elif s == "json":
                 json.dumps(payload)
+            elif s == "pickle":
+                pickle.dumps(pickled)
             elif s == "poll":
                 select.select([quiet], [], [], stall_s)
         cuda.cuLaunchKernel()

@@ -253,7 +253,7 @@ fn trace_command(
 }
 
 fn parse_what_if(v: &str) -> Result<String, String> {
-    gapscoped::explain::report::parse_causes(v)
+    gapscoped::explain::report::parse_what_if(v)
         .map(|_| v.to_string())
         .map_err(|(problem, fix)| format!("{problem} ({fix})"))
 }

@@ -3,11 +3,16 @@
 //! real agent and the CUPTI stand-in) run with a stall and without it.
 //! gapscoped's prediction from the run with the stall (the report's
 //! `what_if`) must be within 3 percentage points of the speed-up the
-//! loop's own clock measures, for each stall alone and for two together.
+//! loop's own clock measures, for each stall alone, for two together, and
+//! for one of two serialization functions (json's and pickle's encoders)
+//! against the run with the other alone.
 //! Runs interleave (baseline, then each stall, round after round) and
 //! medians are compared, as the machine is noisy.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use gapscope_testkit::{
     Daemon, Workload, fake_cuda::FakeCuda, http_get, pyenv_python, repo_root, serial,
@@ -63,10 +68,11 @@ fn run(
         .env("GAPSCOPE_CUPTI_PATH", cupti)
         .env("GAPSCOPE_SOCKET", socket);
     let mut w = Workload::spawn_command(cmd);
-    // Traced before it starts: its GIL found, json's encoder probed.
+    // Traced before it starts: its GIL found, json's and pickle's
+    // encoders probed (it imports both).
     daemon.wait_metrics("the loop's Python was never found", |m| {
         m.sum("gapscope_python_processes", &[("service", "whatif")]) >= 1.0
-            && m.get_or_zero("gapscope_serialization_probed_files", &[]) >= 1.0
+            && m.get_or_zero("gapscope_serialization_probed_files", &[]) >= 2.0
     });
     let out = w.go();
     let v: Value = serde_json::from_str(&out[0]).unwrap();
@@ -128,57 +134,125 @@ fn removing_a_stall_speeds_the_loop_up_as_predicted() {
         ("gil", "gil_wait"),
         ("sleep,json", "syscall_sleep,serialization"),
     ];
-    let mut baseline = Vec::new();
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
-    let mut predicted: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
-    let mut rows: Vec<Vec<Value>> = vec![Vec::new(); cases.len()];
-    for round in 0..ROUNDS {
-        baseline.push(run(
-            &daemon,
-            &fixture,
-            &cupti,
-            &socket,
-            "none",
-            &format!("base-{round}"),
-        ));
-        for (i, (stalls, causes)) in cases.iter().enumerate() {
-            let id = format!("{}-{round}", stalls.replace(',', "_"));
-            rates[i].push(run(&daemon, &fixture, &cupti, &socket, stalls, &id));
-            let row = prediction(&daemon, &id, causes);
-            predicted[i].push(row["what_if"]["predicted_speedup"].as_f64().unwrap());
-            rows[i].push(row);
+    // One serialization function of two, removed: (the run's stalls, the
+    // function, the stalls of the run without it).
+    let functions = [
+        ("json,pickle", "serialization:json.encode", "pickle"),
+        ("json,pickle", "serialization:pickle.encode", "json"),
+    ];
+    let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut predicted: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    let mut rows: BTreeMap<(&str, &str), Vec<Value>> = BTreeMap::new();
+    let mut configs: Vec<&str> = vec!["none"];
+    for stalls in cases
+        .iter()
+        .map(|c| c.0)
+        .chain(functions.iter().flat_map(|f| [f.0, f.2]))
+    {
+        if !configs.contains(&stalls) {
+            configs.push(stalls);
         }
     }
-    let base = median(baseline.clone());
-    let mut table = format!("baseline {base:.1} steps/s ({baseline:?})\n");
+    let asked = |stalls: &str| -> Vec<&'static str> {
+        cases
+            .iter()
+            .filter(|c| c.0 == stalls)
+            .map(|c| c.1)
+            .chain(functions.iter().filter(|f| f.0 == stalls).map(|f| f.1))
+            .collect()
+    };
+    for round in 0..ROUNDS {
+        for &stalls in &configs {
+            let id = format!("{}-{round}", stalls.replace(',', "_"));
+            let rate = run(&daemon, &fixture, &cupti, &socket, stalls, &id);
+            rates.entry(stalls).or_default().push(rate);
+            for what in asked(stalls) {
+                let row = prediction(&daemon, &id, what);
+                predicted
+                    .entry((stalls, what))
+                    .or_default()
+                    .push(row["what_if"]["predicted_speedup"].as_f64().unwrap());
+                rows.entry((stalls, what)).or_default().push(row);
+            }
+        }
+    }
+    let rate = |stalls: &str| median(rates[stalls].clone());
+    let base = rate("none");
+    let mut table = format!("baseline {base:.1} steps/s ({:?})\n", rates["none"]);
+    // (the run, what was removed, measured, predicted)
+    let mut checks: Vec<(&str, &str, f64, f64)> = Vec::new();
+    for (stalls, causes) in cases {
+        checks.push((
+            stalls,
+            causes,
+            base / rate(stalls) - 1.0,
+            median(predicted[&(stalls, causes)].clone()),
+        ));
+    }
+    for (stalls, function, without) in functions {
+        checks.push((
+            stalls,
+            function,
+            rate(without) / rate(stalls) - 1.0,
+            median(predicted[&(stalls, function)].clone()),
+        ));
+    }
     let mut worst = 0.0f64;
-    for (i, (stalls, causes)) in cases.iter().enumerate() {
-        let measured = base / median(rates[i].clone()) - 1.0;
-        let predicted = median(predicted[i].clone());
+    for (stalls, what, measured, predicted) in &checks {
         worst = worst.max((measured - predicted).abs());
         table.push_str(&format!(
-            "{stalls:<11} removing {causes:<28} measured {:+6.1} %  predicted {:+6.1} %  ({:?} steps/s; predictions {:?})\n",
+            "{stalls:<11} removing {what:<28} measured {:+6.1} %  predicted {:+6.1} %  ({:?} steps/s; predictions {:?})\n",
             100.0 * measured,
             100.0 * predicted,
-            rates[i],
-            predicted_as_pct(&predicted_all(&rows[i])),
+            rates[stalls],
+            predicted_as_pct(&predicted_all(&rows[&(*stalls, *what)])),
         ));
     }
     eprintln!("{table}");
-    for (i, (stalls, _)) in cases.iter().enumerate() {
-        let measured = base / median(rates[i].clone()) - 1.0;
-        let predicted = median(predicted[i].clone());
+    for (stalls, what, measured, predicted) in &checks {
         // A check that can fail: each stall costs the loop something.
         assert!(
-            measured > 0.05,
-            "{stalls}: removing it bought nothing?\n{table}"
+            *measured > 0.05,
+            "{stalls}: removing {what} bought nothing?\n{table}"
         );
         assert!(
             (measured - predicted).abs() <= 0.03,
-            "{stalls}: predicted {predicted:.3}, measured {measured:.3}\n{table}\n{}",
-            serde_json::to_string(&rows[i]).unwrap()
+            "{stalls}, removing {what}: predicted {predicted:.3}, measured {measured:.3}\n{table}\n{}",
+            serde_json::to_string(&rows[&(*stalls, *what)]).unwrap()
         );
     }
+    // The two functions' parts of the serialization idle time, named as
+    // the probes name them, sum to the cause.
+    let row = &rows[&("json,pickle", "serialization:json.encode")][0];
+    let cause = row["idle_by_cause"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cause"] == "serialization")
+        .unwrap_or_else(|| panic!("no serialization idle: {row}"));
+    let parts: Vec<(&str, f64)> = cause["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["function"].as_str().unwrap(),
+                f["seconds"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let mut names: Vec<&str> = parts.iter().map(|p| p.0).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["serialization:json.encode", "serialization:pickle.encode"],
+        "{cause}"
+    );
+    let sum: f64 = parts.iter().map(|p| p.1).sum();
+    assert!(
+        (sum - cause["seconds"].as_f64().unwrap()).abs() < 1e-6,
+        "the functions' parts sum to the cause: {cause}"
+    );
     eprintln!("worst error {:.1} pp", 100.0 * worst);
 }
 

@@ -37,15 +37,20 @@ pub(crate) struct Update {
 }
 
 impl Update {
-    /// Empty again, keeping the strings' capacity.
+    /// Empty again (every field, whatever fields there are), keeping the
+    /// strings' capacity.
     fn clear(&mut self) {
-        self.text.clear();
-        self.reasoning.clear();
-        self.tokens = None;
-        self.finish_reason = None;
-        self.usage_completion = None;
-        self.usage_prompt = None;
-        self.usage_reasoning = None;
+        let (mut text, mut reasoning) = (
+            std::mem::take(&mut self.text),
+            std::mem::take(&mut self.reasoning),
+        );
+        text.clear();
+        reasoning.clear();
+        *self = Update {
+            text,
+            reasoning,
+            ..Update::default()
+        };
     }
 }
 
@@ -471,12 +476,28 @@ mod tests {
         let u = d
             .feed(b"data: {\"choices\":[{\"text\":\"c\"}]}\n\n")
             .unwrap();
-        assert_eq!((u.len(), u[0].text.as_str()), (1, "c"));
+        assert_eq!(
+            u,
+            [Update {
+                text: "c".into(),
+                ..Update::default()
+            }]
+        );
+        // Both reasoning names with the same text: read once.
+        let u = d
+            .feed(b"data: {\"choices\":[{\"delta\":{\"reasoning_content\":null,\"reasoning\":\"r\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"reasoning_content\":\"s\",\"reasoning\":\"s\"}}]}\n\n")
+            .unwrap();
+        assert_eq!(
+            (u[0].reasoning.as_str(), u[1].reasoning.as_str()),
+            ("r", "s")
+        );
         for bad in [
             "data: {\"choices\":{\"text\":\"a\"}}\n\n",
             "data: {\"choices\":[{\"text\":5}]}\n\n",
             "data: [1]\n\n",
             "data: {\"choices\":[]} trailing\n\n",
+            "data: {\"error\":{\"message\":\"x\"},\"error\":null}\n\n",
+            "data: {\"choices\":[{\"text\":\"a\",\"text\":\"b\"}]}\n\n",
         ] {
             let mut d = Decoder::new(&endpoint(Api::Completions, true));
             assert!(

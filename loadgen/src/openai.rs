@@ -3,10 +3,13 @@
 //!
 //! Invariant: nothing is built in between. Text is appended to the
 //! update's strings as the parser meets it (borrowed from the event where
-//! it needs no unescaping), only the first choice is read and the others
-//! are skipped, and no struct of optional strings is moved around per
-//! chunk: at 128 chunks a reply, that copying was a fifth of the client's
-//! CPU time.
+//! it needs no unescaping, in the order the chunk gives it), only the
+//! first element of `choices` is read (a streamed reply with several
+//! choices sends each as the first of its own chunk: they are not told
+//! apart), and no struct of optional strings is moved around per chunk:
+//! at 128 chunks a reply, that copying was a fifth of the client's CPU
+//! time. As serde's derived readers did, a key given twice is an error;
+//! `choices`, `delta` and `message` may also be null.
 
 use std::fmt;
 
@@ -40,8 +43,11 @@ impl<'de> Visitor<'de> for Chunk<'_> {
         f.write_str("an OpenAI chunk (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        const KEYS: &[&str] = &["choices", "usage", "error"];
         let mut error = None;
-        while let Some(k) = map.next_key_seed(Key(&["choices", "usage", "error"]))? {
+        let mut seen = Seen::default();
+        while let Some(k) = map.next_key_seed(Key(KEYS))? {
+            seen.first(k, KEYS)?;
             match k {
                 0 => map.next_value_seed(Choices(&mut *self.0))?,
                 1 => {
@@ -106,11 +112,15 @@ impl<'de> Visitor<'de> for Choice<'_> {
         f.write_str("a choice (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        const KEYS: &[&str] = &["text", "delta", "message", "finish_reason"];
         let u = self.0;
-        let keys = Key(&["text", "delta", "message", "finish_reason"]);
-        while let Some(k) = map.next_key_seed(keys)? {
+        let mut seen = Seen::default();
+        while let Some(k) = map.next_key_seed(Key(KEYS))? {
+            seen.first(k, KEYS)?;
             match k {
-                0 => map.next_value_seed(Append(&mut u.text))?,
+                0 => {
+                    map.next_value_seed(Append(&mut u.text))?;
+                }
                 1 | 2 => map.next_value_seed(Message(&mut *u))?,
                 3 => u.finish_reason = map.next_value()?,
                 _ => {
@@ -143,12 +153,19 @@ impl<'de> Visitor<'de> for Message<'_> {
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        const KEYS: &[&str] = &["content", "reasoning_content", "reasoning"];
         let u = self.0;
-        let keys = Key(&["content", "reasoning_content", "reasoning"]);
-        while let Some(k) = map.next_key_seed(keys)? {
+        let mut seen = Seen::default();
+        // Servers that send both reasoning names send the same text twice:
+        // the first that carries text is read, the other skipped.
+        let mut reasoned = false;
+        while let Some(k) = map.next_key_seed(Key(KEYS))? {
+            seen.first(k, KEYS)?;
             match k {
-                0 => map.next_value_seed(Append(&mut u.text))?,
-                1 | 2 => map.next_value_seed(Append(&mut u.reasoning))?,
+                0 => {
+                    map.next_value_seed(Append(&mut u.text))?;
+                }
+                1 | 2 if !reasoned => reasoned = map.next_value_seed(Append(&mut u.reasoning))?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -158,26 +175,44 @@ impl<'de> Visitor<'de> for Message<'_> {
     }
 }
 
-/// A string value appended to a buffer; null appends nothing.
+/// A string value appended to a buffer (true), or null (false).
 struct Append<'s>(&'s mut String);
 
 impl<'de> DeserializeSeed<'de> for Append<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for Append<'_> {
-    type Value = ();
+    type Value = bool;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a string or null")
     }
-    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+    fn visit_str<E>(self, v: &str) -> Result<bool, E> {
         self.0.push_str(v);
-        Ok(())
+        Ok(true)
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+}
+
+/// The keys of one object read so far: a key given twice is an error, as
+/// serde's derived readers make it.
+#[derive(Default)]
+struct Seen(u32);
+
+impl Seen {
+    fn first<E: de::Error>(&mut self, key: usize, names: &'static [&'static str]) -> Result<(), E> {
+        let Some(name) = names.get(key) else {
+            return Ok(()); // a key not read: skipped, however often
+        };
+        if self.0 & 1 << key != 0 {
+            return Err(E::duplicate_field(name));
+        }
+        self.0 |= 1 << key;
         Ok(())
     }
 }

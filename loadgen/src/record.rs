@@ -227,25 +227,39 @@ impl RequestRecord {
     /// Appends the record's line of `requests.jsonl` to `out`: every
     /// serialized field, then `events` (the same JSON as `TokenEvent`'s
     /// derived form), then a newline.
+    /// On an error `out` is as it was.
     pub(crate) fn write_jsonl(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        serde_json::to_writer(&mut *out, self)?;
-        // The record is a JSON object: reopen it for the events.
-        debug_assert_eq!(out.last(), Some(&b'}'));
+        let start = out.len();
+        if let Err(e) = serde_json::to_writer(&mut *out, self) {
+            out.truncate(start);
+            return Err(e);
+        }
+        // The record is a JSON object with fields (`id` always): reopen
+        // it for the events.
+        debug_assert!(out.ends_with(b"}") && out.len() > start + 2);
         out.pop();
         out.extend_from_slice(b",\"events\":[");
         let mut n = itoa::Buffer::new();
         for (i, e) in self.events.iter().enumerate() {
+            // Every field named: a new one fails to build here rather than
+            // going missing from the file.
+            let TokenEvent {
+                at_ns,
+                tokens,
+                reasoning,
+                continues,
+            } = *e;
             if i > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"at_ns\":");
-            out.extend_from_slice(n.format(e.at_ns).as_bytes());
+            out.extend_from_slice(n.format(at_ns).as_bytes());
             out.extend_from_slice(b",\"tokens\":");
-            out.extend_from_slice(n.format(e.tokens).as_bytes());
-            if e.reasoning {
+            out.extend_from_slice(n.format(tokens).as_bytes());
+            if reasoning {
                 out.extend_from_slice(b",\"reasoning\":true");
             }
-            if e.continues {
+            if continues {
                 out.extend_from_slice(b",\"continues\":true");
             }
             out.push(b'}');

@@ -222,9 +222,7 @@ impl Client {
             prefix_group: p.ask.prefix.as_ref().map(|(g, _)| *g),
             usage_prompt_tokens: None,
             output_tokens: OutputTokens::default(),
-            // One event per token at most: reserved up front (within
-            // reason), the vector does not grow and copy as chunks come.
-            events: Vec::with_capacity(p.ask.max_tokens.min(1024) as usize),
+            events: Vec::new(),
             first_reasoning_ns: None,
             first_answer_ns: None,
             chunks: 0,
@@ -462,6 +460,11 @@ impl Client {
                 } else {
                     rec.first_answer_ns.get_or_insert(now);
                 }
+                if rec.events.capacity() == 0 {
+                    // A capacity hint, once a reply streams: about an
+                    // event a token, so the vector rarely grows and copies.
+                    rec.events.reserve(rec.max_tokens.clamp(16, 1024) as usize);
+                }
                 rec.events.push(TokenEvent {
                     at_ns: now.saturating_sub(rec.sent_ns),
                     tokens,
@@ -515,8 +518,9 @@ impl Client {
 }
 
 /// An OpenAI completions or chat request, serialized straight from the
-/// ask (keys in alphabetical order, as a `serde_json::Map` would have
-/// them).
+/// ask; keys in alphabetical order, as a `serde_json::Map` has them while
+/// nothing in the build turns on serde_json's `preserve_order` (the test
+/// comparing the two would then fail, with both bodies still valid).
 #[derive(serde::Serialize)]
 struct OpenAiBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -57,10 +57,19 @@ struct Sampling {
     every: u32,
     /// Seconds since it was last attached.
     idle: u32,
+    /// Detached by `trip_early` in the second now running, which counts
+    /// as the slot's attached second (`every` is set already).
+    cut: bool,
 }
 
-/// How long a slot attached to idle processes stays fresh: the map reads
-/// of `trip_early` stop after it.
+impl Sampling {
+    fn paused(&self) -> bool {
+        self.idle > 0 || self.cut
+    }
+}
+
+/// How long after its first attachment a slot stays fresh at most (with
+/// idle processes, say): the map reads of `trip_early` stop after it.
 const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A slot over budget: what the caller may want to log.
@@ -88,6 +97,8 @@ pub struct UprobeSet {
     /// judged yet (`trip_early` looks at those).
     window_start: std::time::Instant,
     fresh: Vec<Option<std::time::Instant>>,
+    /// Whether the owner calls `trip_early` (only then are slots fresh).
+    trips_early: bool,
     files: HashMap<FileKey, Attached>,
     /// The files each traced process uses.
     uses: HashMap<u32, HashSet<FileKey>>,
@@ -105,9 +116,17 @@ impl UprobeSet {
             probes,
             programs,
             budget: budget.max(1),
-            sampling: vec![Sampling { every: 1, idle: 0 }; budgeted.len()],
+            sampling: vec![
+                Sampling {
+                    every: 1,
+                    idle: 0,
+                    cut: false
+                };
+                budgeted.len()
+            ],
             window_start: std::time::Instant::now(),
             fresh: vec![None; budgeted.len()],
+            trips_early: false,
             budgeted,
             process_calls,
             last_process_calls: HashMap::new(),
@@ -116,15 +135,25 @@ impl UprobeSet {
         }
     }
 
+    /// The owner will call `trip_early` between whole-second looks.
+    pub fn trip_early_too(mut self) -> Self {
+        self.trips_early = true;
+        self
+    }
+
     /// Whether `slot` still has to be attached to file `key` for `tgid`.
     /// When it is attached already (or paused by its budget) this records
     /// that `tgid` uses the file and says no.
     pub fn needs(&mut self, tgid: u32, key: FileKey, slot: usize) -> bool {
-        let paused = self.sampling[slot].idle > 0;
-        if let Some(a) = self.files.get_mut(&key)
-            && (paused || a.links.iter().any(|l| l.slot == slot))
-        {
-            a.users.insert(tgid);
+        // Paused: not attached to any file, a new one included (its
+        // sampling ratio would overstate what it missed otherwise).
+        let paused = self.sampling[slot].paused();
+        let attached = self
+            .files
+            .get(&key)
+            .is_some_and(|a| a.links.iter().any(|l| l.slot == slot));
+        if paused || attached {
+            self.files.entry(key).or_default().users.insert(tgid);
             self.uses.entry(tgid).or_default().insert(key);
             return false;
         }
@@ -178,7 +207,11 @@ impl UprobeSet {
                 }
             }
         }
-        if !links.is_empty() && self.budgeted[slot] && self.sampling[slot].every == 1 {
+        if self.trips_early
+            && !links.is_empty()
+            && self.budgeted[slot]
+            && self.sampling[slot].every == 1
+        {
             self.fresh[slot].get_or_insert_with(std::time::Instant::now);
         }
         let a = self.files.entry(key).or_default();
@@ -189,11 +222,9 @@ impl UprobeSet {
     }
 
     /// Each slot's calls since the last look by its busiest process, from
-    /// the kernel's per-process counts, and the counts read. Changes
-    /// nothing.
-    fn busiest_since_last_look(&self) -> (Vec<u64>, HashMap<u64, u64>) {
+    /// the kernel's per-process counts; with `seen`, the counts read.
+    fn busiest_since_last_look(&self, mut seen: Option<&mut HashMap<u64, u64>>) -> Vec<u64> {
         let mut busiest = vec![0u64; self.sampling.len()];
-        let mut seen = HashMap::new();
         for (key, total) in self.process_calls.iter().filter_map(Result::ok) {
             let slot = (key & 0xffff_ffff) as usize;
             let recent =
@@ -201,16 +232,19 @@ impl UprobeSet {
             if let Some(b) = busiest.get_mut(slot) {
                 *b = (*b).max(recent);
             }
-            seen.insert(key, total);
+            if let Some(seen) = seen.as_deref_mut() {
+                seen.insert(key, total);
+            }
         }
-        (busiest, seen)
+        busiest
     }
 
     /// Each slot's calls in the last second by its busiest process; the
     /// counts become the next second's starting point, and processes that
     /// are gone are forgotten.
     fn busiest_process_calls(&mut self) -> Vec<u64> {
-        let (busiest, mut seen) = self.busiest_since_last_look();
+        let mut seen = HashMap::new();
+        let busiest = self.busiest_since_last_look(Some(&mut seen));
         let gone: Vec<u64> = seen
             .keys()
             .filter(|key| !self.uses.contains_key(&((*key >> 32) as u32)))
@@ -224,30 +258,39 @@ impl UprobeSet {
         busiest
     }
 
-    /// Between whole-second looks (every tenth of a second, say): a fresh
-    /// slot (attached while believed within the budget, no second with
-    /// calls judged since, at most `FRESH_FOR` ago), whose busiest process has already made more calls than the budget
-    /// allows in a second, is paused now, as the next look would pause it,
-    /// its duty cycle set from the rate so far. Costs nothing while no
-    /// slot is fresh. The second it was cut short in counts as its
-    /// attached one: the calls it saw are fewer than a whole second's, a
-    /// bounded, once-only undercount against its sampling ratio.
+    /// Between whole-second looks (every tenth of a second): a fresh slot
+    /// (attached while believed within the budget, no second with calls
+    /// judged since, first attached at most `FRESH_FOR` ago) whose busiest
+    /// process has already made more calls this second than the budget
+    /// allows in one is detached now, as the next look would detach it,
+    /// its duty cycle set from the rate since it was attached (or since
+    /// the second began). The second it is cut short in counts as its
+    /// attached second, so the duty cycle and the sampling ratio are as if
+    /// the whole-second look had decided; the calls that second did not
+    /// see are the one undercount, once. Costs nothing while no slot is
+    /// fresh.
     pub fn trip_early(&mut self) -> Vec<BudgetChange> {
         if self.fresh.iter().all(Option::is_none) {
             return Vec::new();
         }
-        let elapsed = self.window_start.elapsed().as_secs_f64().max(1e-3);
-        let (calls, _) = self.busiest_since_last_look();
+        let calls = self.busiest_since_last_look(None);
         let mut changes = Vec::new();
         for (slot, fresh) in self.fresh.iter_mut().enumerate() {
             let recent = calls.get(slot).copied().unwrap_or(0);
-            if fresh.is_none() || recent <= self.budget {
+            let Some(attached_at) = *fresh else { continue };
+            if recent <= self.budget {
                 continue;
             }
             *fresh = None;
+            let since = attached_at.max(self.window_start);
+            let elapsed = since.elapsed().as_secs_f64().max(1e-3);
             let per_second = (recent as f64 / elapsed).round() as u64;
             let every = per_second.div_ceil(self.budget).clamp(2, 60) as u32;
-            self.sampling[slot] = Sampling { every, idle: 1 };
+            self.sampling[slot] = Sampling {
+                every,
+                idle: 0,
+                cut: true,
+            };
             changes.push(BudgetChange {
                 slot,
                 calls_per_second: per_second,
@@ -274,6 +317,12 @@ impl UprobeSet {
         for (slot, s) in self.sampling.iter_mut().enumerate() {
             attached.push(s.idle == 0);
             if !self.budgeted[slot] {
+                continue;
+            }
+            if s.cut {
+                // Its attached second, cut short: idle from the next.
+                s.cut = false;
+                s.idle = 1;
                 continue;
             }
             let recent = calls.get(slot).copied().unwrap_or(0);
@@ -313,7 +362,7 @@ impl UprobeSet {
     /// Detaches every paused slot from every file.
     fn detach_paused(&mut self) {
         let paused: Vec<usize> = (0..self.sampling.len())
-            .filter(|i| self.sampling[*i].idle > 0)
+            .filter(|i| self.sampling[*i].paused())
             .collect();
         if !paused.is_empty()
             && let Ok(mut probes) = self.probes.lock()

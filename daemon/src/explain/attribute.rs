@@ -9,7 +9,10 @@
 //! handed to the GPU (`handoff`: the start of the first launch call in
 //! the gap) to the gap's end, the piece is `launch_overhead` whatever the
 //! threads do. Pieces are whole nanoseconds and tile the gap, so the
-//! parts of a gap sum exactly to the gap.
+//! parts of a gap sum exactly to the gap. A state may say more than its
+//! cause (`detail`: which serialization function); a piece keeps the
+//! detail of the state that won it, so the parts of a cause also sum to
+//! the cause.
 
 use super::cause::{CAUSES, Cause};
 
@@ -20,14 +23,18 @@ pub struct ThreadState {
     pub start_ns: u64,
     pub end_ns: u64,
     pub cause: Cause,
+    /// For `serialization`, which probe (its index: a codec's function);
+    /// 0 otherwise.
+    pub detail: u32,
 }
 
-/// A piece of a gap and its cause.
+/// A piece of a gap, its cause and the cause's detail (as the state's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
     pub start_ns: u64,
     pub end_ns: u64,
     pub cause: Cause,
+    pub detail: u32,
 }
 
 /// What one gap's attribution needs besides the gap.
@@ -62,6 +69,7 @@ pub fn attribute(start_ns: u64, end_ns: u64, cx: &Context) -> Vec<Segment> {
             start_ns,
             end_ns,
             cause: cx.default,
+            detail: 0,
         }];
     }
     let mut cuts: Vec<u64> = Vec::with_capacity(2 * relevant.len() + 3);
@@ -79,35 +87,40 @@ pub fn attribute(start_ns: u64, end_ns: u64, cx: &Context) -> Vec<Segment> {
     let mut out: Vec<Segment> = Vec::new();
     for w in cuts.windows(2) {
         let (a, b) = (w[0], w[1]);
-        let cause = if cx.handoff_ns.is_some_and(|h| h <= a) {
-            Cause::LaunchOverhead
+        let (cause, detail) = if cx.handoff_ns.is_some_and(|h| h <= a) {
+            (Cause::LaunchOverhead, 0)
         } else {
             piece_cause(a, b, cx, &relevant)
         };
         match out.last_mut() {
-            Some(last) if last.cause == cause => last.end_ns = b,
+            Some(last) if (last.cause, last.detail) == (cause, detail) => last.end_ns = b,
             _ => out.push(Segment {
                 start_ns: a,
                 end_ns: b,
                 cause,
+                detail,
             }),
         }
     }
     out
 }
 
-fn piece_cause(a: u64, b: u64, cx: &Context, relevant: &[&ThreadState]) -> Cause {
-    let mut best: Option<Cause> = None;
+/// The piece's cause and detail: the highest-precedence state among the
+/// launching threads (between two of one cause, the lower detail, so the
+/// choice does not depend on the order of the threads).
+fn piece_cause(a: u64, b: u64, cx: &Context, relevant: &[&ThreadState]) -> (Cause, u32) {
+    let default = (cx.default, 0);
+    let mut best: Option<(Cause, u32)> = None;
     for &tid in cx.launchers {
         let thread = relevant
             .iter()
             .filter(|s| s.tid == tid && s.start_ns <= a && s.end_ns >= b)
-            .map(|s| s.cause)
+            .map(|s| (s.cause, s.detail))
             .min()
-            .unwrap_or(cx.default);
+            .unwrap_or(default);
         best = Some(best.map_or(thread, |c| c.min(thread)));
     }
-    best.unwrap_or(cx.default)
+    best.unwrap_or(default)
 }
 
 /// Nanoseconds per cause of a list of segments.
@@ -130,6 +143,7 @@ mod tests {
             start_ns,
             end_ns,
             cause,
+            detail: 0,
         }
     }
 
@@ -253,5 +267,42 @@ mod tests {
             }
             assert!(segs.iter().all(|s| s.1 < s.2));
         }
+    }
+
+    #[test]
+    fn a_piece_keeps_the_function_of_the_state_that_won_it() {
+        let ser = |tid, start_ns, end_ns, detail| ThreadState {
+            detail,
+            ..st(tid, start_ns, end_ns, Serialization)
+        };
+        // Thread 1 in function 3 then 2; thread 2 in function 1 over the
+        // middle, where the lower detail wins; GIL waits beat both.
+        let states = [
+            ser(1, 0, 40, 3),
+            ser(1, 40, 80, 2),
+            ser(2, 30, 50, 1),
+            st(2, 80, 90, GilWait),
+        ];
+        let cx = Context {
+            launchers: &[1, 2],
+            states: &states,
+            handoff_ns: Some(95),
+            default: PythonCpu,
+        };
+        let segs: Vec<(Cause, u32, u64, u64)> = attribute(0, 100, &cx)
+            .iter()
+            .map(|s| (s.cause, s.detail, s.start_ns, s.end_ns))
+            .collect();
+        assert_eq!(
+            segs,
+            [
+                (Serialization, 3, 0, 30),
+                (Serialization, 1, 30, 50),
+                (Serialization, 2, 50, 80),
+                (GilWait, 0, 80, 90),
+                (PythonCpu, 0, 90, 95),
+                (LaunchOverhead, 0, 95, 100),
+            ]
+        );
     }
 }

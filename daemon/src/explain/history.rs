@@ -14,11 +14,18 @@ use super::{
 
 pub const BUCKET_NS: u64 = 100_000_000;
 
+/// Serialization functions told apart (`Split::serialization_ns`): one
+/// per probe the kernel side can tell apart.
+pub const SER_FUNCTIONS: usize = gapscope_ebpf_common::MAX_SER_PROBES as usize;
+
 /// Busy and idle time in one bucket (or summed over many).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Split {
     pub busy_ns: u64,
     pub idle_ns: [u64; CAUSES],
+    /// Of the `serialization` idle time, each probe's (by its index): the
+    /// parts sum to the cause.
+    pub serialization_ns: [u64; SER_FUNCTIONS],
     /// Gaps that ended in the bucket.
     pub gaps: u64,
     /// Of the `unobserved` idle time, what no launching thread was known
@@ -50,8 +57,26 @@ impl Split {
         for (a, b) in self.idle_ns.iter_mut().zip(other.idle_ns.iter()) {
             *a += *b;
         }
+        for (a, b) in self
+            .serialization_ns
+            .iter_mut()
+            .zip(other.serialization_ns.iter())
+        {
+            *a += *b;
+        }
         for (a, b) in self.idle_uj.iter_mut().zip(other.idle_uj.iter()) {
             *a += *b;
+        }
+    }
+
+    /// Adds `ns` of idle time to the cause of `seg` (and to its
+    /// serialization function).
+    pub fn add_idle(&mut self, seg: &Segment, ns: u64) {
+        self.idle_ns[seg.cause.index()] += ns;
+        if seg.cause == Cause::Serialization
+            && let Some(f) = self.serialization_ns.get_mut(seg.detail as usize)
+        {
+            *f += ns;
         }
     }
 
@@ -124,15 +149,14 @@ impl History {
             return;
         };
         for seg in segments {
-            let i = seg.cause.index();
             let no_launcher = blind && seg.cause == Cause::Unobserved;
             self.spread(seg.start_ns, seg.end_ns, |s, ns| {
-                s.idle_ns[i] += ns;
+                s.add_idle(seg, ns);
                 if no_launcher {
                     s.no_launcher_ns += ns;
                 }
             });
-            self.totals.idle_ns[i] += seg.end_ns - seg.start_ns;
+            self.totals.add_idle(seg, seg.end_ns - seg.start_ns);
             if no_launcher {
                 self.totals.no_launcher_ns += seg.end_ns - seg.start_ns;
             }
@@ -227,11 +251,13 @@ mod tests {
                     start_ns: 250_000_000,
                     end_ns: 260_000_000,
                     cause: Cause::GilWait,
+                    detail: 0,
                 },
                 Segment {
                     start_ns: 260_000_000,
                     end_ns: 400_000_000,
                     cause: Cause::NoWork,
+                    detail: 0,
                 },
             ],
             false,

@@ -284,6 +284,20 @@ fn gpu_block(out: &mut String, g: &Value, indent: &str) {
             let _ = write!(line, " {:>8} $/h", opt(&c["usd_per_hour"], 3));
         }
         let _ = writeln!(out, "{line}  {}", bar(f(&c["share"])));
+        // Serialization by function, indented under it.
+        for func in c["functions"].as_array().cloned().unwrap_or_default() {
+            let name = format!(
+                "{}.{}",
+                func["codec"].as_str().unwrap_or("?"),
+                func["op"].as_str().unwrap_or("?")
+            );
+            let _ = writeln!(
+                out,
+                "{indent}    {name:<14} {:>9.3} s {:>6}",
+                f(&func["seconds"]),
+                pct(f(&func["share"])),
+            );
+        }
     }
     if let Some(usd) = money {
         let _ = writeln!(
@@ -298,7 +312,25 @@ fn gpu_block(out: &mut String, g: &Value, indent: &str) {
         .iter()
         .filter(|c| c["what_if"].is_object())
         .take(3)
-        .map(|c| what_if_line(c["cause"].as_str().unwrap_or("?"), &c["what_if"]))
+        .flat_map(|c| {
+            // A cause, then each of its functions when there are several.
+            let functions = c["functions"].as_array().cloned().unwrap_or_default();
+            let parts = if functions.len() > 1 {
+                functions
+                    .iter()
+                    .map(|func| {
+                        what_if_line(func["function"].as_str().unwrap_or("?"), &func["what_if"])
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            std::iter::once(what_if_line(
+                c["cause"].as_str().unwrap_or("?"),
+                &c["what_if"],
+            ))
+            .chain(parts)
+        })
         .collect();
     if !gains.is_empty() {
         let _ = writeln!(out, "{indent}  what fixing each would buy:");

@@ -28,6 +28,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{
+    Cause,
     attribute::Segment,
     engine::{OpenGap, RecentSegment, Source},
 };
@@ -141,8 +142,12 @@ impl<'a> Event<'a> {
         }
     }
 
+    /// Adds `args` (an object) to the event's arguments.
     fn with(mut self, args: Value) -> Self {
-        self.args = args;
+        match (&mut self.args, args) {
+            (Value::Object(mine), Value::Object(more)) => mine.extend(more),
+            (mine, more) => *mine = more,
+        }
         self
     }
 
@@ -168,10 +173,11 @@ fn colour_of(label: &str) -> &'static str {
 }
 
 /// A piece of an idle gap on GPU `row`'s idle track, named and coloured
-/// by its cause.
-fn idle_span(row: u64, seg: &Segment) -> Event<'static> {
+/// by its cause (serialization's with its function, when `codecs` names
+/// it).
+fn idle_span(row: u64, seg: &Segment, codecs: &[(String, String)]) -> Event<'static> {
     let cause = seg.cause.label();
-    Event::span(
+    let span = Event::span(
         cause,
         "idle",
         GPU_PID + row,
@@ -179,7 +185,13 @@ fn idle_span(row: u64, seg: &Segment) -> Event<'static> {
         seg.start_ns,
         seg.end_ns,
     )
-    .colour(colour_of(cause))
+    .colour(colour_of(cause));
+    match codecs.get(seg.detail as usize) {
+        Some((codec, op)) if seg.cause == Cause::Serialization => {
+            span.with(json!({ "function": format!("{codec}.{op}") }))
+        }
+        _ => span,
+    }
 }
 
 /// A stretch on or off CPU: start, end, what it was.
@@ -292,14 +304,14 @@ pub fn build(inp: &Inputs) -> String {
             gap_index += 1;
             *counts.entry("gaps").or_default() += 1;
         }
-        events.push(idle_span(row, &g.segment).with(json!({ "gap": gap_index })));
+        events.push(idle_span(row, &g.segment, inp.codecs).with(json!({ "gap": gap_index })));
         *counts.entry("idle_segments").or_default() += 1;
     }
     for g in inp.open {
         let row = g.device.parse::<u64>().unwrap_or(ALL_DEVICES_ROW);
         gpus.insert(row, g.source);
         for seg in &g.segments {
-            events.push(idle_span(row, seg).with(
+            events.push(idle_span(row, seg, inp.codecs).with(
                 json!({ "open": true, "note": "a gap that has not ended, attributed so far" }),
             ));
         }

@@ -40,8 +40,8 @@ pub(super) async fn explain(
                 Ok(ns) => window_ns = ns,
                 Err((problem, fix)) => return bad_request(problem, &fix),
             },
-            "what_if" => match crate::explain::report::parse_causes(value) {
-                Ok(causes) => what_if = causes,
+            "what_if" => match crate::explain::report::parse_what_if(value) {
+                Ok(stalls) => what_if = stalls,
                 Err((problem, fix)) => return bad_request(problem, &fix),
             },
             "gpu_hour_usd" => match value
@@ -89,14 +89,22 @@ pub(super) async fn explain(
         let codecs: Vec<(String, String)> = state
             .targets
             .lock()
-            .map(|t| {
-                t.serialization
-                    .specs()
-                    .iter()
-                    .map(|s| (s.codec.clone(), s.op.clone()))
-                    .collect()
-            })
+            .map(|t| t.serialization.names())
             .unwrap_or_default();
+        let unknown = crate::explain::report::unknown_functions(&what_if, &codecs);
+        if !unknown.is_empty() {
+            let probed: Vec<String> = codecs.iter().map(|(c, o)| format!("{c}.{o}")).collect();
+            return Err((
+                format!(
+                    "what_if names {}, which no probe reports",
+                    unknown.join(", ")
+                ),
+                format!(
+                    "name a probed serialization function: {} (or [[python.probe]] one)",
+                    probed.join(", ")
+                ),
+            ));
+        }
         let explainer = state
             .explainer
             .lock()
@@ -105,7 +113,7 @@ pub(super) async fn explain(
             .snapshots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        crate::explain::report::build(
+        Ok(crate::explain::report::build(
             &crate::explain::report::Inputs {
                 service_id: id,
                 service: &name,
@@ -121,11 +129,12 @@ pub(super) async fn explain(
             },
             now.saturating_sub(window_ns),
             now,
-        )
+        ))
     })
     .await;
     match report {
-        Ok(r) => Json(r).into_response(),
+        Ok(Ok(r)) => Json(r).into_response(),
+        Ok(Err((problem, fix))) => bad_request(problem, &fix),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({ "error": format!("building the report failed: {e}") })),

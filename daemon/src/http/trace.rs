@@ -84,13 +84,7 @@ fn build(state: &DaemonState, id: u32, name: &str, window_ns: u64) -> (String, S
     let codecs: Vec<(String, String)> = state
         .targets
         .lock()
-        .map(|t| {
-            t.serialization
-                .specs()
-                .iter()
-                .map(|s| (s.codec.clone(), s.op.clone()))
-                .collect()
-        })
+        .map(|t| t.serialization.names())
         .unwrap_or_default();
     let cuda_calls: Vec<&str> = ENTRY_POINTS.iter().map(|e| e.name).collect();
     let (kernels, kernels_evicted) = state

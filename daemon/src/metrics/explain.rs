@@ -12,6 +12,10 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         "gapscope_gpu_idle_seconds_total",
         "GPU idle time by cause: what the service's launching threads were doing during each idle gap (launch_overhead, host_sync, gil_wait, serialization, python_cpu, unobserved, runqueue, syscall_<family>, blocked_other, no_work); source cupti is exact, uprobes a lower bound (device all). Counted when a gap closes.",
     );
+    let mut by_function = Family::counter(
+        "gapscope_gpu_idle_serialization_seconds_total",
+        "The serialization part of gapscope_gpu_idle_seconds_total by function (codec, op, as gapscope_serialization_duration_seconds names them): the parts sum to the cause. A series appears with its function's first attributed idle time.",
+    );
     let mut busy = Family::counter(
         "gapscope_gpu_timeline_busy_seconds_total",
         "GPU busy time on the attribution's timeline: with gapscope_gpu_idle_seconds_total it adds up to the wall time since the service's GPU work was first seen.",
@@ -51,7 +55,11 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     );
     // Read before the explainer is locked: an open gap counts only while
     // its service has a process.
-    let live: Vec<u64> = state.targets.lock().map(|t| t.counts()).unwrap_or_default();
+    let (live, codecs): (Vec<u64>, Vec<(String, String)>) = state
+        .targets
+        .lock()
+        .map(|t| (t.counts(), t.serialization.names()))
+        .unwrap_or_default();
     let now = crate::clock::monotonic_ns();
     let Ok(e) = state.explainer.lock() else {
         return Vec::new();
@@ -70,6 +78,14 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
                 &[l[0], l[1], l[2], ("cause", c.label())],
                 h.totals.idle_ns[c.index()] as f64 / 1e9,
             );
+        }
+        for ((codec, op), ns) in codecs.iter().zip(h.totals.serialization_ns.iter()) {
+            if *ns > 0 {
+                by_function.add_counter(
+                    &[l[0], l[1], l[2], ("codec", codec), ("op", op)],
+                    *ns as f64 / 1e9,
+                );
+            }
         }
         for c in Cause::ALL {
             idle_energy.add_counter(
@@ -111,6 +127,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     evicted.add_counter(&[], e.counters.evicted as f64);
     vec![
         idle,
+        by_function,
         busy,
         gaps,
         idle_energy,

@@ -177,7 +177,8 @@ impl SerializationTracker {
             vec![true; specs.len()],
             budget,
             process_calls,
-        );
+        )
+        .trip_early_too();
         Self {
             specs,
             uprobes,
@@ -323,6 +324,15 @@ impl SerializationTracker {
     }
 
     /// What is probed, in cookie order.
+    /// Each probe's (codec, op), by index: how the kernel's probe
+    /// numbers are named in metrics and reports.
+    pub fn names(&self) -> Vec<(String, String)> {
+        self.specs
+            .iter()
+            .map(|s| (s.codec.clone(), s.op.clone()))
+            .collect()
+    }
+
     pub fn specs(&self) -> Arc<[ProbeSpec]> {
         self.specs.clone()
     }

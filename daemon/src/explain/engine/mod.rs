@@ -322,7 +322,7 @@ impl Explainer {
             let mut split = Split::default();
             for seg in segments {
                 let ns = overlap(p, seg.start_ns, seg.end_ns);
-                split.idle_ns[seg.cause.index()] += ns;
+                split.add_idle(seg, ns);
                 if blind && seg.cause == Cause::Unobserved {
                     split.no_launcher_ns += ns;
                 }
@@ -406,6 +406,13 @@ impl Explainer {
             start_ns: i.start_ns,
             end_ns: i.end_ns,
             cause,
+            // Which serialization probe; the other kinds' details (an
+            // off-CPU reason) are in the cause already.
+            detail: if cause == Cause::Serialization {
+                i.detail
+            } else {
+                0
+            },
         });
         self.counters.states += 1;
     }
@@ -517,6 +524,7 @@ impl Explainer {
                         start_ns: since,
                         end_ns: now_ns,
                         cause: Cause::PythonCpu,
+                        detail: 0,
                     });
                     continue;
                 }
@@ -535,6 +543,7 @@ impl Explainer {
                 start_ns: o.since_ns,
                 end_ns: end,
                 cause,
+                detail: 0,
             });
             if end < now_ns {
                 out.push(ThreadState {
@@ -542,6 +551,7 @@ impl Explainer {
                     start_ns: end,
                     end_ns: now_ns,
                     cause: Cause::Runqueue,
+                    detail: 0,
                 });
             }
         }

@@ -397,3 +397,33 @@ fn python_cpu_is_recorded_time_on_cpu_and_the_rest_is_unobserved() {
     let h = &e.histories[&(0, "0".to_string())].1;
     assert_eq!(h.totals.no_launcher_ns, 20 * MS);
 }
+
+#[test]
+fn serialization_idle_is_split_by_function_and_sums_to_the_cause() {
+    let mut e = Explainer::new(config());
+    // Thread 10: launch, sync, json (probe 0) for 10 ms, pickle (probe 2)
+    // for 6 ms, launch.
+    let ivs = [
+        iv(IntervalKind::Launch, 0, 10, 0, 1),
+        iv(IntervalKind::HostSync, 0, 10, 1, 5),
+        iv(IntervalKind::Serialization, 0, 10, 5, 15),
+        iv(IntervalKind::Serialization, 2, 10, 15, 21),
+        iv(IntervalKind::Launch, 0, 10, 21, 22),
+    ];
+    for i in &ivs {
+        e.on_interval(i);
+    }
+    e.tick(22 * MS + SETTLE_NS, &|_| ThreadNow::Running);
+    let h = &e.histories[&(0, ALL_DEVICES.to_string())].1;
+    assert_eq!(idle_ms(&e, ALL_DEVICES, Cause::Serialization), 16);
+    assert_eq!(h.totals.serialization_ns[0], 10 * MS);
+    assert_eq!(h.totals.serialization_ns[2], 6 * MS);
+    assert_eq!(
+        h.totals.serialization_ns.iter().sum::<u64>(),
+        h.totals.idle_ns[Cause::Serialization.index()]
+    );
+    // Windows of the history say the same.
+    let w = h.window(0, 100 * MS);
+    assert_eq!(w.serialization_ns[0], 10 * MS);
+    assert_eq!(w.serialization_ns[2], 6 * MS);
+}

@@ -16,6 +16,9 @@ use super::{
 };
 use crate::{annotations::Annotation, cupti::ingest::KernelTotals};
 
+mod whatif;
+pub use whatif::{Stall, WhatIf, parse as parse_what_if, unknown_functions};
+
 /// Kernels shorter than this are "tiny" in the fusion diagnostics.
 pub const TINY_KERNEL_S: f64 = 10e-6;
 
@@ -127,25 +130,24 @@ pub struct CauseShare {
     /// What removing this cause would buy (None for `no_work` and
     /// `unobserved`, which are not stalls).
     pub what_if: Option<WhatIf>,
+    /// For `serialization`: its idle time by function, largest first
+    /// (the parts sum to the cause).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<FunctionShare>,
 }
 
-/// What removing one or more causes would buy. Every second of idle time
-/// attributed to a cause is time the GPU waited on it with nothing else
-/// to run (busy time is never attributed), so each lies on the path to
-/// the next launch: removed, the next launch and everything after it
-/// start that much earlier. Over busy + idle time W with R of it
-/// removable, the step (and token) rate of a service that runs steps back
-/// to back rises by R / (W − R).
+/// One serialization function's part of the `serialization` idle time.
 #[derive(Debug, Clone, Serialize)]
-pub struct WhatIf {
-    pub causes: Vec<&'static str>,
-    /// Idle time the GPU would no longer wait.
-    pub recoverable_seconds: f64,
-    /// The same per idle gap (about per step of a decode loop), in ms.
-    pub recoverable_ms_per_gap: Option<f64>,
-    /// The predicted rise of the step rate: 0.25 is 25 % more steps (and
-    /// tokens) a second.
-    pub predicted_speedup: Option<f64>,
+pub struct FunctionShare {
+    /// As `what_if` names it: `serialization:json.encode`.
+    pub function: String,
+    pub codec: String,
+    pub op: String,
+    pub seconds: f64,
+    /// Share of the idle time (all causes).
+    pub share: f64,
+    /// What removing this function alone would buy.
+    pub what_if: WhatIf,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -255,8 +257,8 @@ pub struct Inputs<'a> {
     /// Whether the service has a process now (an open gap counts only
     /// then).
     pub live: bool,
-    /// Causes to predict the removal of together (`what_if=`).
-    pub what_if: &'a [crate::explain::Cause],
+    /// Stalls to predict the removal of together (`what_if=`).
+    pub what_if: &'a [Stall],
 }
 
 pub fn build(inp: &Inputs, start_ns: u64, end_ns: u64) -> Report {
@@ -363,7 +365,7 @@ fn gpu_split(inp: &Inputs, start_ns: u64, end_ns: u64) -> Vec<GpuSplit> {
                 .end_ns
                 .min(end_ns)
                 .saturating_sub(seg.start_ns.max(start_ns));
-            split.idle_ns[seg.cause.index()] += ns;
+            split.add_idle(seg, ns);
         }
     }
     let mut out = Vec::new();
@@ -371,7 +373,7 @@ fn gpu_split(inp: &Inputs, start_ns: u64, end_ns: u64) -> Vec<GpuSplit> {
         if split == Split::default() {
             continue;
         }
-        let mut row = describe(&device, source, &split, inp.gpu_hour_usd, inp.what_if);
+        let mut row = describe(&device, source, &split, inp, inp.gpu_hour_usd, inp.what_if);
         row.open_gap = open
             .iter()
             .find(|g| g.device == device && g.source == source)
@@ -382,13 +384,12 @@ fn gpu_split(inp: &Inputs, start_ns: u64, end_ns: u64) -> Vec<GpuSplit> {
                 let until = g.now_ns.min(end_ns).max(g.since_ns);
                 let mut whole = Split::default();
                 for seg in &g.segments {
-                    whole.idle_ns[seg.cause.index()] +=
-                        seg.end_ns.min(until).saturating_sub(seg.start_ns);
+                    whole.add_idle(seg, seg.end_ns.min(until).saturating_sub(seg.start_ns));
                 }
                 OpenGapReport {
                     since_ns: g.since_ns,
                     seconds: until.saturating_sub(g.since_ns) as f64 / 1e9,
-                    idle_by_cause: describe(&device, source, &whole, None, &[]).idle_by_cause,
+                    idle_by_cause: describe(&device, source, &whole, inp, None, &[]).idle_by_cause,
                 }
             });
         out.push(row);
@@ -396,67 +397,19 @@ fn gpu_split(inp: &Inputs, start_ns: u64, end_ns: u64) -> Vec<GpuSplit> {
     out
 }
 
-/// `what_if=` / `--what-if`: cause labels, comma-separated, each a stall
-/// (recoverable); Err((problem, fix)).
-pub fn parse_causes(value: &str) -> Result<Vec<crate::explain::Cause>, (String, String)> {
-    use crate::explain::Cause;
-    let stalls: Vec<&str> = Cause::ALL
-        .iter()
-        .filter(|c| c.recoverable())
-        .map(|c| c.label())
-        .collect();
-    let fix = format!("name causes from: {}", stalls.join(", "));
-    let mut out = Vec::new();
-    for label in value.split(',').map(str::trim).filter(|l| !l.is_empty()) {
-        match Cause::from_label(label) {
-            Some(c) if c.recoverable() => {
-                if !out.contains(&c) {
-                    out.push(c);
-                }
-            }
-            Some(_) => {
-                return Err((
-                    format!(
-                        "{label} is not a stall: removing it would not start the GPU's work earlier"
-                    ),
-                    fix,
-                ));
-            }
-            None => return Err((format!("what_if names no cause {label:?}"), fix)),
-        }
-    }
-    if out.is_empty() {
-        return Err(("what_if names no cause".into(), fix));
-    }
-    Ok(out)
-}
-
-/// What removing `causes` would buy on a row.
-fn what_if(split: &Split, causes: &[crate::explain::Cause]) -> WhatIf {
-    let wall = split.busy_ns + split.idle_total_ns();
-    let removed: u64 = causes
-        .iter()
-        .filter(|c| c.recoverable())
-        .map(|c| split.idle_ns[c.index()])
-        .sum();
-    WhatIf {
-        causes: causes.iter().map(|c| c.label()).collect(),
-        recoverable_seconds: removed as f64 / 1e9,
-        recoverable_ms_per_gap: (split.gaps > 0).then(|| removed as f64 / 1e6 / split.gaps as f64),
-        predicted_speedup: (wall > removed).then(|| removed as f64 / (wall - removed) as f64),
-    }
-}
-
 fn describe(
     device: &str,
     source: Source,
     split: &Split,
+    inp: &Inputs,
     gpu_hour_usd: Option<f64>,
-    asked: &[crate::explain::Cause],
+    asked: &[Stall],
 ) -> GpuSplit {
+    use crate::explain::Cause;
     let idle = split.idle_total_ns();
     let wall = split.busy_ns + idle;
     let priced = split.priced_ns() > 0;
+    let codecs = inp.codecs;
     let mut causes: Vec<CauseShare> = by_cause(split)
         .into_iter()
         .map(|(c, ns)| CauseShare {
@@ -467,7 +420,29 @@ fn describe(
             usd_per_hour: gpu_hour_usd
                 .filter(|_| wall > 0)
                 .map(|usd| usd * ns as f64 / wall as f64),
-            what_if: c.recoverable().then(|| what_if(split, &[c])),
+            what_if: c
+                .recoverable()
+                .then(|| whatif::what_if(split, &[Stall::Cause(c)], codecs)),
+            functions: match c {
+                Cause::Serialization => whatif::functions(split, codecs)
+                    .into_iter()
+                    .map(|((codec, op), ns)| {
+                        let stall = Stall::Function {
+                            codec: codec.clone(),
+                            op: op.clone(),
+                        };
+                        FunctionShare {
+                            function: stall.label(),
+                            codec,
+                            op,
+                            seconds: ns as f64 / 1e9,
+                            share: ns as f64 / idle.max(1) as f64,
+                            what_if: whatif::what_if(split, &[stall], codecs),
+                        }
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            },
         })
         .collect();
     causes.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
@@ -510,7 +485,7 @@ fn describe(
         energy,
         gpu_hour_usd,
         open_gap: None,
-        what_if: (!asked.is_empty()).then(|| what_if(split, asked)),
+        what_if: (!asked.is_empty()).then(|| whatif::what_if(split, asked, codecs)),
         what_if_note: (split.idle_ns[crate::explain::Cause::NoWork.index()] as f64
             > 0.05 * wall as f64)
             .then_some(
@@ -746,7 +721,7 @@ fn phases(inp: &Inputs, start_ns: u64, end_ns: u64) -> Vec<Phase> {
                 .iter()
                 .filter(|((service, _), _)| *service == inp.service_id)
                 .map(|((_, device), (source, split))| {
-                    describe(device, *source, split, inp.gpu_hour_usd, inp.what_if)
+                    describe(device, *source, split, inp, inp.gpu_hour_usd, inp.what_if)
                 })
                 .collect(),
             fusion: fusion(&delta, inp.service_id, tokens),
