@@ -363,6 +363,19 @@ fn bad_interval_queries_get_400_naming_the_problem() {
             "what_if names no cause \\\"lunch\\\"",
         ),
         ("service=s&what_if=,", "what_if names no cause"),
+        (
+            "service=s&what_if=serialization:json",
+            "a serialization function is CODEC.OP",
+        ),
+        (
+            "service=s&what_if=runqueue:json.encode",
+            "only serialization's functions can be named",
+        ),
+        // Well formed, but no probe reports it: the fix names the probed.
+        (
+            "service=s&what_if=serialization:yaml.encode",
+            "serialization:yaml.encode, which no probe reports",
+        ),
     ] {
         let (status, body) =
             gapscope_testkit::http_get_status(daemon.port, &format!("/api/v1/explain?{query}"));
