@@ -65,7 +65,9 @@ enum Command {
         #[arg(long, value_name = "USD", value_parser = parse_gpu_hour_usd)]
         gpu_hour_usd: Option<f64>,
         /// Predict what removing these causes together would buy
-        /// (comma-separated cause labels: serialization,syscall_sleep).
+        /// (comma-separated cause labels: serialization,syscall_sleep;
+        /// serialization:CODEC.OP names one serialization function, as
+        /// in serialization:json.encode).
         #[arg(long, value_name = "CAUSES", value_parser = parse_what_if)]
         what_if: Option<String>,
     },

@@ -374,7 +374,7 @@ fn bad_interval_queries_get_400_naming_the_problem() {
         // Well formed, but no probe reports it: the fix names the probed.
         (
             "service=s&what_if=serialization:yaml.encode",
-            "serialization:yaml.encode, which no probe reports",
+            "serialization:yaml.encode, which no configured probe reports",
         ),
     ] {
         let (status, body) =
@@ -384,6 +384,9 @@ fn bad_interval_queries_get_400_naming_the_problem() {
             body.contains(says) && body.contains("\"fix\""),
             "{query}: {body}"
         );
+        if query.contains("yaml") {
+            assert!(body.contains("serialization:json.encode"), "{body}");
+        }
     }
     // A service with nothing to show says why, rather than inventing numbers.
     let (status, body) =

@@ -23,9 +23,9 @@ pub struct ThreadState {
     pub start_ns: u64,
     pub end_ns: u64,
     pub cause: Cause,
-    /// For `serialization`, which probe (its index: a codec's function);
-    /// 0 otherwise.
-    pub detail: u32,
+    /// For `serialization`, which probe (its index: a codec's function,
+    /// under `MAX_SER_PROBES`); 0 otherwise.
+    pub detail: u8,
 }
 
 /// A piece of a gap, its cause and the cause's detail (as the state's).
@@ -34,7 +34,7 @@ pub struct Segment {
     pub start_ns: u64,
     pub end_ns: u64,
     pub cause: Cause,
-    pub detail: u32,
+    pub detail: u8,
 }
 
 /// What one gap's attribution needs besides the gap.
@@ -107,10 +107,12 @@ pub fn attribute(start_ns: u64, end_ns: u64, cx: &Context) -> Vec<Segment> {
 
 /// The piece's cause and detail: the highest-precedence state among the
 /// launching threads (between two of one cause, the lower detail, so the
-/// choice does not depend on the order of the threads).
-fn piece_cause(a: u64, b: u64, cx: &Context, relevant: &[&ThreadState]) -> (Cause, u32) {
+/// choice does not depend on the order of the threads; a serialization
+/// call inside another, a `default=` hook say, goes to the lower probe
+/// index, not to the inner call).
+fn piece_cause(a: u64, b: u64, cx: &Context, relevant: &[&ThreadState]) -> (Cause, u8) {
     let default = (cx.default, 0);
-    let mut best: Option<(Cause, u32)> = None;
+    let mut best: Option<(Cause, u8)> = None;
     for &tid in cx.launchers {
         let thread = relevant
             .iter()
@@ -289,7 +291,7 @@ mod tests {
             handoff_ns: Some(95),
             default: PythonCpu,
         };
-        let segs: Vec<(Cause, u32, u64, u64)> = attribute(0, 100, &cx)
+        let segs: Vec<(Cause, u8, u64, u64)> = attribute(0, 100, &cx)
             .iter()
             .map(|s| (s.cause, s.detail, s.start_ns, s.end_ns))
             .collect();

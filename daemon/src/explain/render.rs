@@ -293,7 +293,7 @@ fn gpu_block(out: &mut String, g: &Value, indent: &str) {
             );
             let _ = writeln!(
                 out,
-                "{indent}    {name:<14} {:>9.3} s {:>6}",
+                "{indent}    {name:<16} {:>9.3} s {:>6}",
                 f(&func["seconds"]),
                 pct(f(&func["share"])),
             );

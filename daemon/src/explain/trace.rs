@@ -188,7 +188,10 @@ fn idle_span(row: u64, seg: &Segment, codecs: &[(String, String)]) -> Event<'sta
     .colour(colour_of(cause));
     match codecs.get(seg.detail as usize) {
         Some((codec, op)) if seg.cause == Cause::Serialization => {
-            span.with(json!({ "function": format!("{codec}.{op}") }))
+            // As `what_if=` names it, to paste there.
+            span.with(
+                json!({ "function": format!("{}:{codec}.{op}", Cause::Serialization.label()) }),
+            )
         }
         _ => span,
     }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{bad_request, service_param, window_param};
 use crate::{clock::monotonic_ns, state::DaemonState};
 
-const EXPLAIN_PARAMS: &str = "use service=NAME (a [[service]] name), window=DURATION (60s by default; s, m or h, at most [explain] history_s), gpu_hour_usd=PRICE (by default [explain] gpu_hour_usd) and what_if=CAUSE,CAUSE (causes to predict the removal of together)";
+const EXPLAIN_PARAMS: &str = "use service=NAME (a [[service]] name), window=DURATION (60s by default; s, m or h, at most [explain] history_s), gpu_hour_usd=PRICE (by default [explain] gpu_hour_usd) and what_if=CAUSE,CAUSE (causes to predict the removal of together; serialization:CODEC.OP names one serialization function)";
 
 /// `GET /api/v1/explain?service=NAME&window=60s`: where the GPU's time
 /// went over the window and each load-generator phase in it, what the CPU
@@ -63,6 +63,30 @@ pub(super) async fn explain(
     let Some((id, name)) = service else {
         return bad_request("service is missing".into(), EXPLAIN_PARAMS);
     };
+    // Functions are named as configured: checked before any work.
+    let codecs: Vec<(String, String)> = state
+        .targets
+        .lock()
+        .map(|t| t.serialization.names())
+        .unwrap_or_default();
+    let unknown = crate::explain::report::unknown_functions(&what_if, &codecs);
+    if !unknown.is_empty() {
+        let mut known: Vec<String> = codecs
+            .iter()
+            .map(|(c, o)| format!("serialization:{c}.{o}"))
+            .collect();
+        known.dedup();
+        return bad_request(
+            format!(
+                "what_if names {}, which no configured probe reports",
+                unknown.join(", ")
+            ),
+            &format!(
+                "name one of: {} (or add it with a [[python.probe]])",
+                known.join(", ")
+            ),
+        );
+    }
     let report = tokio::task::spawn_blocking(move || {
         let now = monotonic_ns();
         let live = state
@@ -86,25 +110,6 @@ pub(super) async fn explain(
                     .unwrap_or_default()
             })
             .unwrap_or_default();
-        let codecs: Vec<(String, String)> = state
-            .targets
-            .lock()
-            .map(|t| t.serialization.names())
-            .unwrap_or_default();
-        let unknown = crate::explain::report::unknown_functions(&what_if, &codecs);
-        if !unknown.is_empty() {
-            let probed: Vec<String> = codecs.iter().map(|(c, o)| format!("{c}.{o}")).collect();
-            return Err((
-                format!(
-                    "what_if names {}, which no probe reports",
-                    unknown.join(", ")
-                ),
-                format!(
-                    "name a probed serialization function: {} (or [[python.probe]] one)",
-                    probed.join(", ")
-                ),
-            ));
-        }
         let explainer = state
             .explainer
             .lock()
@@ -113,7 +118,7 @@ pub(super) async fn explain(
             .snapshots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ok(crate::explain::report::build(
+        crate::explain::report::build(
             &crate::explain::report::Inputs {
                 service_id: id,
                 service: &name,
@@ -129,12 +134,11 @@ pub(super) async fn explain(
             },
             now.saturating_sub(window_ns),
             now,
-        ))
+        )
     })
     .await;
     match report {
-        Ok(Ok(r)) => Json(r).into_response(),
-        Ok(Err((problem, fix))) => bad_request(problem, &fix),
+        Ok(r) => Json(r).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({ "error": format!("building the report failed: {e}") })),

@@ -14,7 +14,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     );
     let mut by_function = Family::counter(
         "gapscope_gpu_idle_serialization_seconds_total",
-        "The serialization part of gapscope_gpu_idle_seconds_total by function (codec, op, as gapscope_serialization_duration_seconds names them): the parts sum to the cause. A series appears with its function's first attributed idle time.",
+        "The serialization part of gapscope_gpu_idle_seconds_total by function (codec, op, as gapscope_serialization_duration_seconds names them; probes sharing names are summed): the parts sum to the cause. Every configured function has a series, from 0.",
     );
     let mut busy = Family::counter(
         "gapscope_gpu_timeline_busy_seconds_total",
@@ -79,13 +79,16 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
                 h.totals.idle_ns[c.index()] as f64 / 1e9,
             );
         }
-        for ((codec, op), ns) in codecs.iter().zip(h.totals.serialization_ns.iter()) {
-            if *ns > 0 {
-                by_function.add_counter(
-                    &[l[0], l[1], l[2], ("codec", codec), ("op", op)],
-                    *ns as f64 / 1e9,
-                );
-            }
+        let mut functions: std::collections::BTreeMap<&(String, String), u64> =
+            std::collections::BTreeMap::new();
+        for (names, ns) in codecs.iter().zip(h.totals.serialization_ns.iter()) {
+            *functions.entry(names).or_default() += ns;
+        }
+        for ((codec, op), ns) in functions {
+            by_function.add_counter(
+                &[l[0], l[1], l[2], ("codec", codec), ("op", op)],
+                ns as f64 / 1e9,
+            );
         }
         for c in Cause::ALL {
             idle_energy.add_counter(

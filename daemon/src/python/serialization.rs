@@ -323,7 +323,6 @@ impl SerializationTracker {
         out
     }
 
-    /// What is probed, in cookie order.
     /// Each probe's (codec, op), by index: how the kernel's probe
     /// numbers are named in metrics and reports.
     pub fn names(&self) -> Vec<(String, String)> {
@@ -333,6 +332,7 @@ impl SerializationTracker {
             .collect()
     }
 
+    /// What is probed, in cookie order.
     pub fn specs(&self) -> Arc<[ProbeSpec]> {
         self.specs.clone()
     }

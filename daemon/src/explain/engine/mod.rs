@@ -408,10 +408,10 @@ impl Explainer {
             cause,
             // Which serialization probe; the other kinds' details (an
             // off-CPU reason) are in the cause already.
-            detail: if cause == Cause::Serialization {
-                i.detail
-            } else {
-                0
+            detail: match cause {
+                // Below MAX_SER_PROBES: the kernel side checks the index.
+                Cause::Serialization => u8::try_from(i.detail).unwrap_or(u8::MAX),
+                _ => 0,
             },
         });
         self.counters.states += 1;
