@@ -8,6 +8,7 @@ explain report, from the run with it, predicts that.
 usage: whatif_loop.py FIXTURE_DIR --stalls sleep,json,pickle,poll,gil|none
                       [--steps N] [--kernel-ms K] [--stall-ms S]
                       [--gapscoped URL] [--run-id ID] [--tag TAG]
+                      [--sizes FILE]
 
 Stalls: sleep (time.sleep), json (json.dumps of an object sized to take
 S), pickle (pickle.dumps of one sized the same way: two serialization
@@ -44,8 +45,25 @@ def annotate(url, run_id, event, at_ns):
     urllib.request.urlopen(req, timeout=5).read()
 
 
-def sized_object(target_s, dumps, record):
-    """A list of `record` whose dumps(list) takes about target_s."""
+def sized_object(target_s, dumps, record, sizes, name):
+    """A list of `record` whose dumps(list) takes about target_s. With a
+    sizes file, the size found first is kept there and reused, so that
+    runs compared with each other do the same work for a stall."""
+    known = {}
+    if sizes and os.path.exists(sizes):
+        with open(sizes) as f:
+            known = json.load(f)
+    if name in known:
+        return [record] * known[name]
+    obj = calibrated(target_s, dumps, record)
+    if sizes:
+        known[name] = len(obj)
+        with open(sizes, "w") as f:
+            json.dump(known, f)
+    return obj
+
+
+def calibrated(target_s, dumps, record):
     n = 100
     while True:
         obj = [record] * n
@@ -76,6 +94,7 @@ def main():
     ap.add_argument("--gapscoped", default="")
     ap.add_argument("--run-id", default="whatif")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--sizes", default="")
     args = ap.parse_args()
     stalls = [s for s in args.stalls.split(",") if s and s != "none"]
     for s in stalls:
@@ -89,10 +108,10 @@ def main():
     cuda.fake_cuda_driver_set_sync_us(0)
     stall_s = args.stall_ms / 1000
     record = {"id": 12345, "text": "token " * 8, "logprobs": [0.125, -1.5, 3.25], "ok": True}
-    payload = sized_object(stall_s, json.dumps, record) if "json" in stalls else None
+    payload = sized_object(stall_s, json.dumps, record, args.sizes, "json") if "json" in stalls else None
     # Floats: pickle writes each one out (a repeated dict it would write
     # once and then refer to, which scales badly).
-    pickled = sized_object(stall_s, pickle.dumps, 0.5) if "pickle" in stalls else None
+    pickled = sized_object(stall_s, pickle.dumps, 0.5, args.sizes, "pickle") if "pickle" in stalls else None
     quiet, peer = socket.socketpair()
 
     print("ready", flush=True)
