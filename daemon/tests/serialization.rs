@@ -217,7 +217,6 @@ fn a_busy_probe_is_sampled_within_its_budget_and_says_so() {
         &[("codec", "json"), ("op", "encode")],
     );
     eprintln!("busy json.dumps: {made} calls made, {counted} counted, sampling ratio {ratio}");
-    assert!(made > 1000.0, "the script was busy: {made} calls");
     assert!(
         ratio < 1.0,
         "the probe went over budget and is sampled: ratio {ratio}"
