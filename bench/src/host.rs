@@ -14,6 +14,25 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / hz
 }
 
+/// Context switches of every thread of `pid` (voluntary and not): how
+/// often it was woken or put off a CPU.
+pub fn context_switches(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return f64::NAN;
+    };
+    tasks
+        .flatten()
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .sum::<f64>()
+        })
+        .sum()
+}
+
 /// A numeric field of /proc/PID/status (`VmRSS:`, `Threads:`), as written
 /// there (kB for sizes); NaN when missing.
 pub fn status_field(pid: u32, key: &str) -> f64 {

@@ -18,7 +18,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use gapscope_bench::{
     ab::{self, Bound, Harness, Report},
-    host::cpu_seconds,
+    host::{context_switches, cpu_seconds},
 };
 use gapscope_testkit::{
     Daemon, Workload, fake_cuda::FakeCuda, http_get, pyenv_python, repo_root, require_root,
@@ -32,6 +32,7 @@ struct Sample {
     daemon_core: f64,
     bpf_core: f64,
     intervals_per_s: f64,
+    switches_per_s: f64,
     observed_share: f64,
     steps_per_s: f64,
 }
@@ -59,8 +60,10 @@ fn run(fixture: &FakeCuda, cupti: &std::path::Path, threshold_us: u64, round: us
     std::thread::sleep(Duration::from_millis(500));
     let m0 = daemon.scrape();
     let cpu0 = cpu_seconds(daemon.child.id());
+    let switches0 = context_switches(daemon.child.id());
     let out = w.go();
     let cpu1 = cpu_seconds(daemon.child.id());
+    let switches1 = context_switches(daemon.child.id());
     let m1 = daemon.scrape();
     let v: Value = serde_json::from_str(&out[0]).unwrap();
     let seconds = (v["end_ns"].as_u64().unwrap() - v["start_ns"].as_u64().unwrap()) as f64 / 1e9;
@@ -79,6 +82,7 @@ fn run(fixture: &FakeCuda, cupti: &std::path::Path, threshold_us: u64, round: us
         daemon_core: (cpu1 - cpu0) / seconds,
         bpf_core: delta("gapscope_bpf_program_run_seconds_total") / seconds,
         intervals_per_s: delta("gapscope_timeline_intervals_total") / seconds,
+        switches_per_s: (switches1 - switches0) / seconds,
         observed_share: phase["gpu"][0]["coverage"]["observed_share"]
             .as_f64()
             .unwrap_or(f64::NAN),
@@ -100,10 +104,11 @@ fn main() -> anyhow::Result<()> {
         let t = if config == CONFIGS[0] { 1000 } else { 100 };
         let s = run(&fixture, &cupti, t, round);
         println!(
-            "threshold {t:>4} µs: gapscoped {:.2} % of a core, BPF {:.2} %, {:.0} intervals/s, {:.1} % of idle with a recorded cause, {:.0} steps/s",
+            "threshold {t:>4} µs: gapscoped {:.2} % of a core, BPF {:.2} %, {:.0} intervals/s, gapscoped {:.0} context switches/s, {:.1} % of idle with a recorded cause, {:.0} steps/s",
             100.0 * s.daemon_core,
             100.0 * s.bpf_core,
             s.intervals_per_s,
+            s.switches_per_s,
             100.0 * s.observed_share,
             s.steps_per_s
         );
@@ -137,6 +142,7 @@ fn main() -> anyhow::Result<()> {
                 "gapscoped_core_share": pick(&|s| s.daemon_core),
                 "bpf_core_share": pick(&|s| s.bpf_core),
                 "intervals_per_second": pick(&|s| s.intervals_per_s),
+                "gapscoped_context_switches_per_second": pick(&|s| s.switches_per_s),
                 "observed_idle_share": pick(&|s| s.observed_share),
                 "steps_per_second": pick(&|s| s.steps_per_s),
             }),

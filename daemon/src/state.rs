@@ -53,6 +53,10 @@ pub struct DaemonState {
     pub probes: Arc<Mutex<Probes>>,
     pub targets: Arc<Mutex<Targets>>,
     pub timeline: Arc<Mutex<Timeline>>,
+    /// The kernel's timeline ring buffer. Its records wake nobody (but a
+    /// ring filling up): the settle tick and every reader of the timeline
+    /// or the explainer drain it first (`explain::feed::catch_up`).
+    pub interval_ring: Mutex<aya::maps::RingBuf<aya::maps::MapData>>,
     pub annotations: Mutex<Annotations>,
     /// The NVML collector's readings and idle checks.
     pub nvml: Arc<Mutex<GpuState>>,

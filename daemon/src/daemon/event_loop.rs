@@ -128,9 +128,11 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
                     guard.clear_ready();
                 }
             }
-            guard = running.intervals.readable_mut() => {
+            // Only a ring filling up wakes the loop (the settle tick and
+            // the readers drain the rest): see ebpf/programs/src/timeline.rs.
+            guard = running.intervals.readable() => {
                 let mut guard = guard?;
-                if feed::drain_intervals(&state, guard.get_inner_mut(), BATCH) < BATCH {
+                if feed::drain_intervals(&state, BATCH) < BATCH {
                     guard.clear_ready();
                 }
             }

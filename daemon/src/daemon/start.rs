@@ -4,6 +4,7 @@
 //! capabilities are dropped before any other thread starts.
 
 use std::{
+    os::fd::{AsFd as _, OwnedFd},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -36,7 +37,9 @@ use crate::{
 pub(super) struct Running {
     pub state: Arc<DaemonState>,
     pub events: AsyncFd<RingBuf<MapData>>,
-    pub intervals: AsyncFd<RingBuf<MapData>>,
+    /// The timeline ring buffer's fd (the ring is in the state): ready
+    /// when the kernel wakes the daemon, a ring filling up.
+    pub intervals: AsyncFd<OwnedFd>,
     pub collector: Option<nvml::collector::Collector>,
     pub stop_http: tokio::sync::oneshot::Sender<()>,
     /// The HTTP server's thread (`web::serve::spawn`).
@@ -96,8 +99,13 @@ pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
         .inject_listener
         .is_some()
         .then(|| config.inject.socket.path.clone());
-    let (state, collector, events, intervals) =
-        build_state(config, attached, bound.inject_listener);
+    // The loop watches a duplicate of the timeline ring's fd for the
+    // kernel's wake-ups; the ring itself goes into the state, for every
+    // reader to drain.
+    let intervals = attached.intervals.as_fd().try_clone_to_owned().map_err(|e| {
+        anyhow::anyhow!("duplicating the timeline ring buffer's fd: {e} (raise the open-file limit, LimitNOFILE=)")
+    })?;
+    let (state, collector, events) = build_state(config, attached, bound.inject_listener);
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = web::serve::secure(
         http::router(state.clone()),
@@ -122,7 +130,7 @@ pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
     // for as long as it lives, which is as long as the AsyncFd.
     let events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the process event ring buffer: {e}"))?;
-    // SAFETY: as above.
+    // SAFETY: the AsyncFd owns the duplicate fd and closes it when it goes.
     let intervals = unsafe { AsyncFd::register_with_interest(intervals, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the timeline ring buffer: {e}"))?;
     Ok(Running {
@@ -191,7 +199,6 @@ fn drop_capabilities() {
 type Built = (
     Arc<DaemonState>,
     Option<nvml::collector::Collector>,
-    RingBuf<MapData>,
     RingBuf<MapData>,
 );
 
@@ -287,6 +294,7 @@ fn build_state(
         probes,
         targets,
         timeline,
+        interval_ring: Mutex::new(intervals),
         annotations: Default::default(),
         nvml,
         cupti,
@@ -295,5 +303,5 @@ fn build_state(
         loop_alive_ns: crate::clock::monotonic_ns().into(),
         snapshots: Mutex::new(Snapshots::new(config.explain.history_ns)),
     });
-    (state, collector, events, intervals)
+    (state, collector, events)
 }

@@ -1,5 +1,7 @@
-//! What the event loop hands the explainer: timeline intervals as the
-//! kernel's ring buffer delivers them, and, every settle tick, deep mode's
+//! What the event loop hands the explainer: timeline intervals from the
+//! kernel's ring buffer (drained by the settle tick, by every reader of the
+//! timeline or the explainer, and when the ring fills up), and, every
+//! settle tick, deep mode's
 //! settled busy stretches, the launching threads' waits still in progress
 //! (from the kernel's thread map) and NVML's latest readings with the GPUs
 //! each service's processes are on (to price time in energy).
@@ -7,7 +9,7 @@
 //! Every interval the ring delivers reaches both the explainer and the
 //! timeline; every stretch the ingest settles reaches the explainer once.
 
-use aya::maps::{MapData, MapError, RingBuf};
+use aya::maps::MapError;
 use gapscope_ebpf_common::{Interval, NO_SERVICE};
 
 use std::collections::HashMap;
@@ -21,8 +23,13 @@ use crate::state::DaemonState;
 /// Reads at most `most` intervals from the timeline ring buffer into the
 /// explainer and the timeline; returns how many it read.
 ///
-/// Locks are taken in one order everywhere: explainer, ingest, timeline.
-pub fn drain_intervals(state: &DaemonState, ring: &mut RingBuf<MapData>, most: usize) -> usize {
+/// Locks are taken in one order everywhere: ring, explainer, ingest,
+/// timeline.
+pub fn drain_intervals(state: &DaemonState, most: usize) -> usize {
+    let mut ring = state
+        .interval_ring
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut explain = state
         .explainer
         .lock()
@@ -46,10 +53,17 @@ pub fn drain_intervals(state: &DaemonState, ring: &mut RingBuf<MapData>, most: u
     taken
 }
 
+/// Everything the kernel sent so far, into the explainer and the timeline:
+/// called before reading either, as its records do not wake the loop.
+pub fn catch_up(state: &DaemonState) {
+    drain_intervals(state, usize::MAX);
+}
+
 /// One settle tick at `now_ns`: deep-mode records older than the reorder
 /// window become busy stretches (for the explainer) and intervals (for the
 /// timeline); gaps whose states have arrived are attributed.
 pub fn settle(state: &DaemonState, now_ns: u64, reorder_ns: u64) {
+    catch_up(state);
     let power = power_inputs(state);
     let mut explain = state
         .explainer

@@ -88,6 +88,7 @@ pub(super) async fn explain(
         );
     }
     let report = tokio::task::spawn_blocking(move || {
+        crate::explain::feed::catch_up(&state);
         let now = monotonic_ns();
         let live = state
             .targets

@@ -69,6 +69,7 @@ pub(super) async fn intervals(
             _ => return bad_request(format!("unknown parameter {key:?}"), &interval_params()),
         }
     }
+    crate::explain::feed::catch_up(&state);
     let found = match state.timeline.lock() {
         Ok(t) => t.query(since_ns, |i| {
             service.is_none_or(|s| s == i.service) && kind.is_none_or(|k| i.kind() == Some(k))

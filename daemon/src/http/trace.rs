@@ -70,6 +70,7 @@ pub(super) async fn trace(
 
 /// The trace text and a file name for it.
 fn build(state: &DaemonState, id: u32, name: &str, window_ns: u64) -> (String, String) {
+    crate::explain::feed::catch_up(state);
     let end_ns = monotonic_ns();
     let start_ns = end_ns.saturating_sub(window_ns);
     let intervals = state

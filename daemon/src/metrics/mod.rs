@@ -53,6 +53,7 @@ fn encode_families(families: &[MetricFamily]) -> String {
 /// Renders one scrape of the daemon's state in the Prometheus text format
 /// (0.0.4), each source timed.
 pub fn render(state: &DaemonState) -> String {
+    crate::explain::feed::catch_up(state);
     let mut families: Vec<MetricFamily> = Vec::new();
     let mut durations = Family::gauge(
         "gapscope_scrape_collector_duration_seconds",
