@@ -85,9 +85,11 @@ def calibrated(target_s, dumps, record):
     for _ in range(8):
         took = fastest(dumps, [record] * n)
         if abs(took - target_s) <= target_s / 10:
-            break
+            return [record] * n
         n = max(1, int(n * target_s / max(took, 1e-9)))
-    return [record] * n
+    sys.exit(f"whatif_loop: could not size a {dumps.__module__} object to take "
+             f"{target_s * 1e3:.1f} ms (last try {took * 1e3:.2f} ms for {n} records): "
+             "is the machine too busy? run it again")
 
 
 def hold_the_gil(stop):

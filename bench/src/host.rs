@@ -14,8 +14,9 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / hz
 }
 
-/// Context switches of every thread of `pid` (voluntary and not): how
-/// often it was woken or put off a CPU.
+/// Context switches of every live thread of `pid` (voluntary and not): how
+/// often it was woken or put off a CPU. A thread that exits between two
+/// reads takes its count with it, so a difference is a lower bound.
 pub fn context_switches(pid: u32) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return f64::NAN;

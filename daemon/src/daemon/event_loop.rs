@@ -1,6 +1,7 @@
-//! The daemon's one event loop: process events and timeline intervals as
-//! the kernel's ring buffers deliver them, rescans, per-second bookkeeping,
-//! the explainer's settle tick, snapshots, the systemd watchdog and
+//! The daemon's one event loop: process events as the kernel's ring buffer
+//! delivers them, timeline intervals at each settle tick (or when their
+//! ring fills up), rescans, per-second bookkeeping, the explainer's settle
+//! tick, snapshots, the systemd watchdog and
 //! configuration reloads (SIGHUP), until SIGTERM or SIGINT.
 
 use std::time::Duration;
@@ -48,7 +49,8 @@ impl Signals {
 }
 
 /// Most records read from a ring buffer before the loop's other work (a
-/// settle tick, a signal) gets its turn.
+/// settle tick, a signal) gets its turn (a settle tick's catch-up reads at
+/// most the timeline ring's capacity).
 const BATCH: usize = 16_384;
 
 /// Runs until a signal asks the daemon to stop (Ok) or a ring buffer
@@ -97,7 +99,10 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
             _ = rescan.tick() => targets().rescan(),
             _ = every_second.tick() => targets().every_second(),
             _ = every_tenth.tick() => targets().every_tenth(),
-            _ = settle.tick() => feed::settle(&state, monotonic_ns(), running.reorder_ns),
+            _ = settle.tick() => {
+                feed::catch_up(&state);
+                feed::settle(&state, monotonic_ns(), running.reorder_ns);
+            }
             _ = snapshot.tick() => {
                 let state = state.clone();
                 tokio::task::spawn_blocking(move || state.snapshot());

@@ -5,7 +5,8 @@
 //! * `start`: everything before the first event, in the order that leaves
 //!   nothing behind when a step fails (web config, port, socket, then
 //!   programs);
-//! * `event_loop`: the one task that reads the ring buffers and ticks;
+//! * `event_loop`: the one task that reads the process events and ticks
+//!   (readers of the timeline drain its ring too: `explain::feed`);
 //! * here: the runtime and the teardown, which detaches every program.
 
 mod event_loop;

@@ -53,17 +53,24 @@ pub fn drain_intervals(state: &DaemonState, most: usize) -> usize {
     taken
 }
 
-/// Everything the kernel sent so far, into the explainer and the timeline:
+/// Records the timeline ring holds at most (1 MiB of 48-byte records,
+/// header included): a catch-up reads what was there when it began and
+/// stops, however fast the kernel keeps writing.
+const RING_RECORDS: usize = (1 << 20) / 48 + 1;
+
+/// What the kernel sent so far, into the explainer and the timeline:
 /// called before reading either, as its records do not wake the loop.
 pub fn catch_up(state: &DaemonState) {
-    drain_intervals(state, usize::MAX);
+    drain_intervals(state, RING_RECORDS);
 }
 
 /// One settle tick at `now_ns`: deep-mode records older than the reorder
 /// window become busy stretches (for the explainer) and intervals (for the
 /// timeline); gaps whose states have arrived are attributed.
+///
+/// Call `catch_up` first, then read the clock: every interval the ring
+/// held ends before `now_ns`.
 pub fn settle(state: &DaemonState, now_ns: u64, reorder_ns: u64) {
-    catch_up(state);
     let power = power_inputs(state);
     let mut explain = state
         .explainer

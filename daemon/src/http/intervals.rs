@@ -69,45 +69,58 @@ pub(super) async fn intervals(
             _ => return bad_request(format!("unknown parameter {key:?}"), &interval_params()),
         }
     }
-    crate::explain::feed::catch_up(&state);
-    let found = match state.timeline.lock() {
-        Ok(t) => t.query(since_ns, |i| {
-            service.is_none_or(|s| s == i.service) && kind.is_none_or(|k| i.kind() == Some(k))
-        }),
-        Err(_) => Vec::new(),
+    // Draining the ring takes the explainer's lock: off the HTTP thread.
+    let views = tokio::task::spawn_blocking(move || {
+        crate::explain::feed::catch_up(&state);
+        let found = state
+            .timeline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .query(since_ns, |i| {
+                service.is_none_or(|s| s == i.service) && kind.is_none_or(|k| i.kind() == Some(k))
+            });
+        let specs = state.targets.lock().map(|t| t.serialization.specs()).ok();
+        let skip = found.len().saturating_sub(limit);
+        let views: Vec<IntervalView> = found[skip..]
+            .iter()
+            .map(|i| {
+                let spec = (i.kind() == Some(IntervalKind::Serialization))
+                    .then(|| specs.as_ref().and_then(|s| s.get(i.detail as usize)))
+                    .flatten();
+                let cuda = matches!(
+                    i.kind(),
+                    Some(IntervalKind::HostSync | IntervalKind::Launch)
+                )
+                .then(|| ENTRY_POINTS.get(i.detail as usize))
+                .flatten();
+                let reason = (i.kind() == Some(IntervalKind::OffCpu))
+                    .then(|| OffCpuReason::ALL.get(i.detail as usize).map(|r| r.label()))
+                    .flatten();
+                IntervalView {
+                    kind: i.kind_label(),
+                    service: state.service_name(i.service).unwrap_or_default(),
+                    codec: spec.map(|s| s.codec.clone()),
+                    op: spec.map(|s| s.op.clone()),
+                    api: cuda.map(|e| e.library.api()),
+                    call: cuda.map(|e| e.name),
+                    reason,
+                    pid: i.tgid,
+                    tid: i.tid,
+                    start_ns: i.start_ns,
+                    end_ns: i.end_ns,
+                    duration_ns: i.end_ns.saturating_sub(i.start_ns),
+                }
+            })
+            .collect();
+        (skip > 0, views)
+    })
+    .await;
+    let Ok((truncated, views)) = views else {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "reading the timeline failed (see gapscoped's log)\n",
+        )
+            .into_response();
     };
-    let specs = state.targets.lock().map(|t| t.serialization.specs()).ok();
-    let skip = found.len().saturating_sub(limit);
-    let views: Vec<IntervalView> = found[skip..]
-        .iter()
-        .map(|i| {
-            let spec = (i.kind() == Some(IntervalKind::Serialization))
-                .then(|| specs.as_ref().and_then(|s| s.get(i.detail as usize)))
-                .flatten();
-            let cuda = matches!(
-                i.kind(),
-                Some(IntervalKind::HostSync | IntervalKind::Launch)
-            )
-            .then(|| ENTRY_POINTS.get(i.detail as usize))
-            .flatten();
-            let reason = (i.kind() == Some(IntervalKind::OffCpu))
-                .then(|| OffCpuReason::ALL.get(i.detail as usize).map(|r| r.label()))
-                .flatten();
-            IntervalView {
-                kind: i.kind_label(),
-                service: state.service_name(i.service).unwrap_or_default(),
-                codec: spec.map(|s| s.codec.clone()),
-                op: spec.map(|s| s.op.clone()),
-                api: cuda.map(|e| e.library.api()),
-                call: cuda.map(|e| e.name),
-                reason,
-                pid: i.tgid,
-                tid: i.tid,
-                start_ns: i.start_ns,
-                end_ns: i.end_ns,
-                duration_ns: i.end_ns.saturating_sub(i.start_ns),
-            }
-        })
-        .collect();
-    Json(json!({ "truncated": skip > 0, "intervals": views })).into_response()
+    Json(json!({ "truncated": truncated, "intervals": views })).into_response()
 }

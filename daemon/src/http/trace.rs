@@ -23,7 +23,11 @@ pub(super) async fn trace(
     State(state): State<Arc<DaemonState>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let retention_ns = state.timeline.lock().map(|t| t.retention_ns()).unwrap_or(0);
+    let retention_ns = state
+        .timeline
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retention_ns();
     let mut service = None;
     let mut window_ns = 30_000_000_000u64.min(retention_ns);
     for (key, value) in &params {

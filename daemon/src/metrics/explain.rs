@@ -61,9 +61,10 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         .map(|t| (t.counts(), t.serialization.names()))
         .unwrap_or_default();
     let now = crate::clock::monotonic_ns();
-    let Ok(e) = state.explainer.lock() else {
-        return Vec::new();
-    };
+    let e = state
+        .explainer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for ((service, device), (source, h)) in &e.histories {
         let Some(name) = state.exported_service_name(*service) else {
             continue;

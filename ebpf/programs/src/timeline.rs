@@ -6,9 +6,10 @@
 //! the kernel, so the ring buffer's traffic scales with stalls, not calls.
 //!
 //! A record does not wake user space: the daemon drains the ring on its
-//! settle tick and before anything reads the timeline. Only a ring filling
-//! up (`WAKE_AT_BYTES` waiting) wakes it early, so a busy service costs a
-//! wake-up a batch, not one an interval.
+//! settle tick and before anything reads the timeline. Only the record
+//! that fills the ring past an eighth or a half (`WAKE_AT_BYTES`) wakes it
+//! early, so a busy service costs a wake-up a batch, not one an interval,
+//! and a daemon behind is not woken again by every record after.
 
 use gapscope_ebpf_common::{Interval, counter};
 
@@ -27,9 +28,12 @@ pub fn threshold() -> u64 {
     unsafe { core::ptr::read_volatile(&raw const LONG_INTERVAL_NS) }
 }
 
-/// Bytes waiting in `TIMELINE` (1 MiB) from which a record wakes user
-/// space: about 2 700 intervals, an eighth of the ring.
-const WAKE_AT_BYTES: u64 = 128 * 1024;
+/// Bytes waiting in `TIMELINE` (1 MiB) whose crossing wakes user space:
+/// an eighth of the ring (about 2 700 intervals), and a half in case the
+/// first crossing fell between two CPUs' records.
+const WAKE_AT_BYTES: [u64; 2] = [128 * 1024, 512 * 1024];
+/// An interval's room in the ring: the record and its 8-byte header.
+const RECORD_BYTES: u64 = core::mem::size_of::<Interval>() as u64 + 8;
 /// `bpf_ringbuf_query`'s data not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;
 /// `bpf_ringbuf_submit`'s flags.
@@ -62,7 +66,10 @@ pub fn send(kind: u32, detail: u32, service: u32, tgid: u32, tid: u32, start: u6
                 start_ns: start,
                 end_ns: end,
             });
-            let wake = match TIMELINE.query(BPF_RB_AVAIL_DATA) >= WAKE_AT_BYTES {
+            // Waiting data counts this reserved record.
+            let waiting = TIMELINE.query(BPF_RB_AVAIL_DATA);
+            let crossed = |at: u64| waiting >= at && waiting < at + RECORD_BYTES;
+            let wake = match crossed(WAKE_AT_BYTES[0]) || crossed(WAKE_AT_BYTES[1]) {
                 true => BPF_RB_FORCE_WAKEUP,
                 false => BPF_RB_NO_WAKEUP,
             };
