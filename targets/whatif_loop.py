@@ -55,7 +55,7 @@ def sized_object(target_s, dumps, record, sizes, name):
             known = json.load(f)
     if name in known:
         return [record] * known[name]
-    obj = calibrated(target_s, dumps, record)
+    obj = calibrated(target_s, dumps, record, name)
     if sizes:
         known[name] = len(obj)
         with open(sizes, "w") as f:
@@ -74,7 +74,7 @@ def fastest(dumps, obj, times=5):
     return best
 
 
-def calibrated(target_s, dumps, record):
+def calibrated(target_s, dumps, record, name):
     """A list whose dumps takes target_s, within a tenth. Each size is
     timed by its fastest call (a single slow call, say the daemon probing
     the process meanwhile, once made a stall of microseconds), and the
@@ -87,7 +87,7 @@ def calibrated(target_s, dumps, record):
         if abs(took - target_s) <= target_s / 10:
             return [record] * n
         n = max(1, int(n * target_s / max(took, 1e-9)))
-    sys.exit(f"whatif_loop: could not size a {dumps.__module__} object to take "
+    sys.exit(f"whatif_loop: could not size the {name} stall's object to take "
              f"{target_s * 1e3:.1f} ms (last try {took * 1e3:.2f} ms for {n} records): "
              "is the machine too busy? run it again")
 

@@ -10,7 +10,7 @@
 //! timeline; every stretch the ingest settles reaches the explainer once.
 
 use aya::maps::MapError;
-use gapscope_ebpf_common::{Interval, NO_SERVICE};
+use gapscope_ebpf_common::{INTERVAL_RECORD_BYTES, Interval, NO_SERVICE, TIMELINE_RING_BYTES};
 
 use std::collections::HashMap;
 
@@ -53,10 +53,9 @@ pub fn drain_intervals(state: &DaemonState, most: usize) -> usize {
     taken
 }
 
-/// Records the timeline ring holds at most (1 MiB of 48-byte records,
-/// header included): a catch-up reads what was there when it began and
-/// stops, however fast the kernel keeps writing.
-const RING_RECORDS: usize = (1 << 20) / 48 + 1;
+/// Records the timeline ring holds at most: a catch-up reads what was
+/// there when it began and stops, however fast the kernel keeps writing.
+const RING_RECORDS: usize = (TIMELINE_RING_BYTES / INTERVAL_RECORD_BYTES) as usize + 1;
 
 /// What the kernel sent so far, into the explainer and the timeline:
 /// called before reading either, as its records do not wake the loop.

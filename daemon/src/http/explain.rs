@@ -71,11 +71,11 @@ pub(super) async fn explain(
         .unwrap_or_default();
     let unknown = crate::explain::report::unknown_functions(&what_if, &codecs);
     if !unknown.is_empty() {
-        let mut known: Vec<String> = codecs
+        // Probes may share a name: each once.
+        let known: std::collections::BTreeSet<String> = codecs
             .iter()
             .map(|(c, o)| format!("serialization:{c}.{o}"))
             .collect();
-        known.dedup();
         return bad_request(
             format!(
                 "what_if names {}, which no configured probe reports",
@@ -83,7 +83,7 @@ pub(super) async fn explain(
             ),
             &format!(
                 "name one of: {} (or add it with a [[python.probe]])",
-                known.join(", ")
+                known.into_iter().collect::<Vec<_>>().join(", ")
             ),
         );
     }

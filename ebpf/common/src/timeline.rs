@@ -78,6 +78,13 @@ impl IntervalKind {
 /// (ns) sent to user space; set by the loader from `[timeline]`.
 pub const LONG_INTERVAL_GLOBAL: &str = "LONG_INTERVAL_NS";
 
+/// The timeline ring buffer's size in bytes.
+pub const TIMELINE_RING_BYTES: u32 = 1 << 20;
+
+/// An interval's room in the ring: the record and the ring's 8-byte
+/// header.
+pub const INTERVAL_RECORD_BYTES: u32 = core::mem::size_of::<Interval>() as u32 + 8;
+
 /// A long stall of one thread, sent through the timeline ring buffer for
 /// the attribution work; shorter ones are only aggregated in the kernel.
 #[repr(C)]

@@ -10,8 +10,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use gapscope_ebpf_common::{
     CACHE_ADDRESS_MASK, CACHE_UNTRACED, GilRange, Log2Hist, MAX_CUDA_PROBES, MAX_SER_PROBES,
-    MAX_SERVICES, MAX_TARGETS, MAX_THREADS, OffCpuStats, SYSCALL_SLOTS, TargetCache, ThreadState,
-    counter,
+    MAX_SERVICES, MAX_TARGETS, MAX_THREADS, OffCpuStats, SYSCALL_SLOTS, TIMELINE_RING_BYTES,
+    TargetCache, ThreadState, counter,
 };
 
 /// tgid → service id. Filled by user space (scan, exec matching) and by
@@ -57,7 +57,7 @@ pub static SER_PROCESS_CALLS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_
 
 /// Long intervals (`Interval`) for the timeline; see `timeline.rs`.
 #[map]
-pub static TIMELINE: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+pub static TIMELINE: RingBuf = RingBuf::with_byte_size(TIMELINE_RING_BYTES, 0);
 
 /// (tid << 32 | probe) → when the thread entered the probed function.
 #[map]

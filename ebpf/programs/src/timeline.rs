@@ -11,7 +11,7 @@
 //! early, so a busy service costs a wake-up a batch, not one an interval,
 //! and a daemon behind is not woken again by every record after.
 
-use gapscope_ebpf_common::{Interval, counter};
+use gapscope_ebpf_common::{INTERVAL_RECORD_BYTES, Interval, TIMELINE_RING_BYTES, counter};
 
 use crate::maps::{TIMELINE, bump};
 
@@ -28,12 +28,13 @@ pub fn threshold() -> u64 {
     unsafe { core::ptr::read_volatile(&raw const LONG_INTERVAL_NS) }
 }
 
-/// Bytes waiting in `TIMELINE` (1 MiB) whose crossing wakes user space:
-/// an eighth of the ring (about 2 700 intervals), and a half in case the
-/// first crossing fell between two CPUs' records.
-const WAKE_AT_BYTES: [u64; 2] = [128 * 1024, 512 * 1024];
-/// An interval's room in the ring: the record and its 8-byte header.
-const RECORD_BYTES: u64 = core::mem::size_of::<Interval>() as u64 + 8;
+/// Bytes waiting in `TIMELINE` whose crossing wakes user space: an eighth
+/// of the ring (about 2 700 intervals), and a half in case the first
+/// crossing fell between two CPUs' records.
+const WAKE_AT_BYTES: [u64; 2] = [
+    TIMELINE_RING_BYTES as u64 / 8,
+    TIMELINE_RING_BYTES as u64 / 2,
+];
 /// `bpf_ringbuf_query`'s data not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;
 /// `bpf_ringbuf_submit`'s flags.
@@ -68,7 +69,7 @@ pub fn send(kind: u32, detail: u32, service: u32, tgid: u32, tid: u32, start: u6
             });
             // Waiting data counts this reserved record.
             let waiting = TIMELINE.query(BPF_RB_AVAIL_DATA);
-            let crossed = |at: u64| waiting >= at && waiting < at + RECORD_BYTES;
+            let crossed = |at: u64| waiting >= at && waiting < at + INTERVAL_RECORD_BYTES as u64;
             let wake = match crossed(WAKE_AT_BYTES[0]) || crossed(WAKE_AT_BYTES[1]) {
                 true => BPF_RB_FORCE_WAKEUP,
                 false => BPF_RB_NO_WAKEUP,
