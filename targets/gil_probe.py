@@ -11,8 +11,8 @@ MODE:
                parent waits for it
 
 Prints "ready", waits for a line on stdin, runs for S seconds, prints a JSON
-line with the wall time and the threads' CPU times, then "done", and waits
-for stdin to close.
+line with the wall time, the number of threads and their kernel thread ids
+(the main thread's too), then "done", and waits for stdin to close.
 """
 
 import argparse
@@ -79,14 +79,16 @@ def main() -> None:
         threads.append(threading.Thread(target=reader, args=(a, deadline)))
     for t in threads:
         t.start()
+    tids = [t.native_id for t in threads]
     for t in threads:
         t.join()
-    report(start, len(threads))
+    report(start, len(threads), tids)
 
 
-def report(start: float, threads: int) -> None:
+def report(start: float, threads: int, tids=()) -> None:
     wall = time.monotonic() - start
-    print(json.dumps({"wall": wall, "threads": threads}), flush=True)
+    print(json.dumps({"wall": wall, "threads": threads, "tids": list(tids),
+                      "main_tid": threading.get_native_id()}), flush=True)
     print("done", flush=True)
     sys.stdin.read()
 

@@ -13,8 +13,9 @@ usage: whatif_loop.py FIXTURE_DIR --stalls sleep,json,pickle,poll,gil|none
 Stalls: sleep (time.sleep), json (json.dumps of an object sized to take
 S), pickle (pickle.dumps of one sized the same way: two serialization
 functions the report must tell apart), poll (select() on a socket nothing arrives on), gil (a second Python
-thread that holds the GIL while the loop waits for the GPU, so each
-return from the wait waits for the GIL). FIXTURE_DIR holds libcuda.so.1
+thread, named gil-competitor, that holds the GIL while the loop waits for
+the GPU, so each return from the wait waits for the GIL; its thread id is
+in the JSON line, and it lives on, idle, until stdin closes). FIXTURE_DIR holds libcuda.so.1
 and libfakegpu.so; CUDA_INJECTION64_PATH and GAPSCOPE_CUPTI_PATH bring in
 the agent and the CUPTI stand-in. Prints "ready", waits for a line, runs,
 posts the run's start and end to gapscoped (phase "loop", the run id),
@@ -92,12 +93,24 @@ def calibrated(target_s, dumps, record, name):
              "is the machine too busy? run it again")
 
 
-def hold_the_gil(stop):
-    """Pure Python work: holds the GIL but for the interpreter's switches."""
+def name_this_thread(name):
+    """Sets the calling thread's kernel name (prctl PR_SET_NAME), as
+    serving frameworks name their worker threads."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(15, name.encode(), 0, 0, 0)
+
+
+def hold_the_gil(stop, exit_now, tid):
+    """Pure Python work: holds the GIL but for the interpreter's switches,
+    until `stop`; then lives on idle until `exit_now`, so that a report
+    made after the run still finds the thread (and its name)."""
+    name_this_thread("gil-competitor")
+    tid.append(threading.get_native_id())
     x = 0
     while not stop.is_set():
         for i in range(1000):
             x = (x * 31 + i) % 1_000_003
+    exit_now.wait()
 
 
 def main():
@@ -132,10 +145,11 @@ def main():
 
     print("ready", flush=True)
     sys.stdin.readline()
-    stop = threading.Event()
+    stop, exit_now = threading.Event(), threading.Event()
     competitor = None
+    competitor_tid = []
     if "gil" in stalls:
-        competitor = threading.Thread(target=hold_the_gil, args=(stop,))
+        competitor = threading.Thread(target=hold_the_gil, args=(stop, exit_now, competitor_tid))
         competitor.start()
         time.sleep(0.05)
     cuda.cuLaunchKernel()
@@ -157,11 +171,15 @@ def main():
     end = time.monotonic_ns()
     annotate(args.gapscoped, args.run_id, "end", end)
     stop.set()
-    if competitor:
-        competitor.join()
-    print(json.dumps({"steps": args.steps, "start_ns": start, "end_ns": end}), flush=True)
+    print(json.dumps({"steps": args.steps, "start_ns": start, "end_ns": end,
+                      "competitor_tid": competitor_tid[0] if competitor_tid else None}),
+          flush=True)
     print("done", flush=True)
     sys.stdin.read()
+    exit_now.set()
+    if competitor:
+        competitor.join()
+
 
 
 if __name__ == "__main__":

@@ -38,6 +38,10 @@ pub struct IntervalView {
     /// Off-CPU intervals: why (a syscall family, runqueue, blocked_other).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// GIL waits: the thread that held the GIL when the wait began, when
+    /// named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder_tid: Option<u32>,
     pub pid: u32,
     pub tid: u32,
     pub start_ns: u64,

@@ -165,6 +165,88 @@ fn a_worker_forked_after_the_daemon_started_is_traced() {
 }
 
 #[test]
+fn each_wait_names_the_thread_that_held_the_gil() {
+    // Two threads take turns: each of one's waits is for the other (or,
+    // at the very start, for the main thread starting them). The holder
+    // comes from the GIL's last_holder and the thread state's thread id:
+    // native_thread_id from 3.11, glibc's struct pthread before.
+    let _g = serial();
+    let daemon = Daemon::start(
+        "[timeline]\nmin_interval_us = 1000\n\
+         [[service]]\nname = \"gil\"\ncmdline = \"gil_probe.py .*--tag gil-test\"\n",
+    );
+    let script = repo_root().join("targets/gil_probe.py");
+    for (label, python) in interpreters() {
+        let args = [
+            script.to_str().unwrap(),
+            "two_cpu",
+            "--seconds",
+            "2",
+            "--tag",
+            "gil-test",
+        ];
+        let mut w = Workload::spawn(&python, &args);
+        daemon.wait_processes("gil", 1.0);
+        wait_for_gil(&daemon);
+        let started = monotonic_ns();
+        let out = w.go();
+        let truth: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+        let workers: Vec<u64> = truth["tids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect();
+        let main = truth["main_tid"].as_u64().unwrap();
+        let body = gapscope_testkit::http_get(
+            daemon.port,
+            &format!("/api/v1/intervals?service=gil&kind=gil_wait&since_ns={started}"),
+        )
+        .expect("GET /api/v1/intervals");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let waits: Vec<(u64, Option<u64>)> = v["intervals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["pid"] == w.pid())
+            .map(|i| (i["tid"].as_u64().unwrap(), i["holder_tid"].as_u64()))
+            .collect();
+        let named = waits.iter().filter(|w| w.1.is_some()).count();
+        let the_other = waits
+            .iter()
+            .filter(|(tid, holder)| {
+                workers.contains(tid) && holder.is_some_and(|h| h != *tid && workers.contains(&h))
+            })
+            .count();
+        let strangers: Vec<&(u64, Option<u64>)> = waits
+            .iter()
+            .filter(|(_, h)| h.is_some_and(|h| h != main && !workers.contains(&h)))
+            .collect();
+        eprintln!(
+            "{label}: {} waits, {named} name a holder, {the_other} the other worker (workers {workers:?}, main {main})",
+            waits.len()
+        );
+        assert!(waits.len() >= 20, "{label}: too few waits to judge: {body}");
+        assert!(
+            strangers.is_empty(),
+            "{label}: holders that are not threads of the probe: {strangers:?}"
+        );
+        assert!(
+            named as f64 >= 0.95 * waits.len() as f64,
+            "{label}: only {named} of {} waits name their holder",
+            waits.len()
+        );
+        assert!(
+            the_other as f64 >= 0.95 * waits.len() as f64,
+            "{label}: only {the_other} of {} waits name the other worker",
+            waits.len()
+        );
+        w.finish();
+        daemon.wait_processes("gil", 0.0);
+    }
+}
+
+#[test]
 fn contended_acquisitions_become_timeline_intervals() {
     let _g = serial();
     let daemon = Daemon::start(

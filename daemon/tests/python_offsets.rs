@@ -5,7 +5,7 @@
 use std::{collections::HashMap, path::PathBuf, process::Command};
 
 use gapscope_testkit::pyenv_prefix;
-use gapscoped::python::offsets::{self, GilPath};
+use gapscoped::python::offsets::{self, GilPath, ThreadId};
 
 #[test]
 fn offsets_match_each_versions_headers() {
@@ -57,6 +57,18 @@ fn offsets_match_each_versions_headers() {
         assert_eq!(said["switch_number"], ours.switch_number, "{v}");
         assert_eq!(said["mutex"], ours.mutex, "{v}");
         assert_eq!(said["switch_mutex"], ours.switch_mutex, "{v}");
+        assert_eq!(said["last_holder"], ours.last_holder, "{v}");
+        match ours.thread_id {
+            ThreadId::Native {
+                tstate_native_thread_id,
+            } => assert_eq!(
+                said["tstate_native_thread_id"], tstate_native_thread_id,
+                "{v}"
+            ),
+            ThreadId::Pthread { tstate_thread_id } => {
+                assert_eq!(said["tstate_thread_id"], tstate_thread_id, "{v}");
+            }
+        }
         assert_eq!(
             said["mutex_size"],
             gapscope_ebpf_common::GIL_MUTEX_SIZE,

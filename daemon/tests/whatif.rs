@@ -5,7 +5,9 @@
 //! `what_if`) must be within 3 percentage points of the speed-up the
 //! loop's own clock measures, for each stall alone, for two together, and
 //! for one of two serialization functions (json's and pickle's encoders)
-//! against the run with the other alone.
+//! against the run with the other alone, and for the GIL competitor named
+//! as the report names it (`gil_wait:TID`, its thread id and name as the
+//! loop reports them).
 //! Runs interleave (baseline, then each stall, round after round) and
 //! medians are compared, as the machine is noisy.
 
@@ -37,8 +39,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One run of the loop: its step rate (steps a second, by its own clock)
-/// and its run id.
+/// One run of the loop: its step rate (steps a second, by its own clock),
+/// its JSON line, and the loop itself, alive until finished (its GIL
+/// competitor too, idle, so that the report still names it).
 fn run(
     daemon: &Daemon,
     fixture: &FakeCuda,
@@ -46,7 +49,7 @@ fn run(
     socket: &str,
     stalls: &str,
     run_id: &str,
-) -> f64 {
+) -> (f64, Value, Workload) {
     let url = format!("http://127.0.0.1:{}", daemon.port);
     // Ahead of other jobs for the CPU (the suite runs as root): the A/B
     // measures the attribution, not how a saturated CPU is shared. Under
@@ -83,9 +86,8 @@ fn run(
     });
     let out = w.go();
     let v: Value = serde_json::from_str(&out[0]).unwrap();
-    w.finish();
     let seconds = (v["end_ns"].as_u64().unwrap() - v["start_ns"].as_u64().unwrap()) as f64 / 1e9;
-    f64::from(STEPS) / seconds
+    (f64::from(STEPS) / seconds, v, w)
 }
 
 /// The report's row for one run (its phase), once all its gaps settled;
@@ -151,6 +153,9 @@ fn removing_a_stall_speeds_the_loop_up_as_predicted() {
     let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut predicted: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
     let mut rows: BTreeMap<(&str, &str), Vec<Value>> = BTreeMap::new();
+    // The GIL competitor, removed by its thread id: each round's
+    // prediction, and the report's holder entry.
+    let mut by_holder: Vec<(f64, Value)> = Vec::new();
     let mut configs: Vec<&str> = vec!["none"];
     for stalls in cases
         .iter()
@@ -172,7 +177,7 @@ fn removing_a_stall_speeds_the_loop_up_as_predicted() {
     for round in 0..ROUNDS {
         for &stalls in &configs {
             let id = format!("{}-{round}", stalls.replace(',', "_"));
-            let rate = run(&daemon, &fixture, &cupti, &socket, stalls, &id);
+            let (rate, out, w) = run(&daemon, &fixture, &cupti, &socket, stalls, &id);
             rates.entry(stalls).or_default().push(rate);
             for what in asked(stalls) {
                 let row = prediction(&daemon, &id, what);
@@ -182,6 +187,36 @@ fn removing_a_stall_speeds_the_loop_up_as_predicted() {
                     .push(row["what_if"]["predicted_speedup"].as_f64().unwrap());
                 rows.entry((stalls, what)).or_default().push(row);
             }
+            if let Some(tid) = out["competitor_tid"].as_u64().filter(|_| stalls == "gil") {
+                let row = prediction(&daemon, &id, &format!("gil_wait:{tid}"));
+                let gil = row["idle_by_cause"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["cause"] == "gil_wait")
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no gil_wait idle: {row}"));
+                let holder = gil["holders"]
+                    .as_array()
+                    .and_then(|h| h.iter().find(|h| h["tid"] == tid).cloned())
+                    .unwrap_or_else(|| panic!("the competitor {tid} is not a holder: {gil}"));
+                assert_eq!(holder["holder"], format!("gil_wait:{tid}"), "{holder}");
+                assert_eq!(holder["thread"], "gil-competitor", "{holder}");
+                // Only one thread competes: all the GIL waiting is on it.
+                let (part, whole) = (
+                    holder["seconds"].as_f64().unwrap(),
+                    gil["seconds"].as_f64().unwrap(),
+                );
+                assert!(
+                    part >= 0.95 * whole,
+                    "waits on the competitor {part} s of {whole} s: {gil}"
+                );
+                by_holder.push((
+                    row["what_if"]["predicted_speedup"].as_f64().unwrap(),
+                    holder,
+                ));
+            }
+            w.finish();
         }
     }
     let rate = |stalls: &str| median(rates[stalls].clone());
@@ -207,6 +242,23 @@ fn removing_a_stall_speeds_the_loop_up_as_predicted() {
         let predicted = median(predicted[&(stalls, function)].clone());
         checks.push((stalls, function, predicted + median(errors), predicted));
     }
+    // The competitor by its thread id, against the run without it.
+    assert_eq!(
+        by_holder.len(),
+        ROUNDS,
+        "the gil runs never named the competitor"
+    );
+    let holder_predicted = median(by_holder.iter().map(|h| h.0).collect());
+    checks.push((
+        "gil",
+        "gil_wait:TID",
+        base / rate("gil") - 1.0,
+        holder_predicted,
+    ));
+    rows.insert(
+        ("gil", "gil_wait:TID"),
+        by_holder.iter().map(|h| h.1.clone()).collect(),
+    );
     let mut worst = 0.0f64;
     for (stalls, what, measured, predicted) in &checks {
         worst = worst.max((measured - predicted).abs());

@@ -10,7 +10,8 @@
 //! the gap) to the gap's end, the piece is `launch_overhead` whatever the
 //! threads do. Pieces are whole nanoseconds and tile the gap, so the
 //! parts of a gap sum exactly to the gap. A state may say more than its
-//! cause (`detail`: which serialization function); a piece keeps the
+//! cause (`detail`: which serialization function, which thread held the
+//! GIL); a piece keeps the
 //! detail of the state that won it, so the parts of a cause also sum to
 //! the cause.
 
@@ -24,8 +25,9 @@ pub struct ThreadState {
     pub end_ns: u64,
     pub cause: Cause,
     /// For `serialization`, which probe (its index: a codec's function,
-    /// under `MAX_SER_PROBES`); 0 otherwise.
-    pub detail: u8,
+    /// under `MAX_SER_PROBES`); for `gil_wait`, the thread that held the
+    /// GIL (0: not known); 0 otherwise.
+    pub detail: u32,
 }
 
 /// A piece of a gap, its cause and the cause's detail (as the state's).
@@ -34,7 +36,7 @@ pub struct Segment {
     pub start_ns: u64,
     pub end_ns: u64,
     pub cause: Cause,
-    pub detail: u8,
+    pub detail: u32,
 }
 
 /// What one gap's attribution needs besides the gap.
@@ -110,9 +112,9 @@ pub fn attribute(start_ns: u64, end_ns: u64, cx: &Context) -> Vec<Segment> {
 /// choice does not depend on the order of the threads; a serialization
 /// call inside another, a `default=` hook say, goes to the lower probe
 /// index, not to the inner call).
-fn piece_cause(a: u64, b: u64, cx: &Context, relevant: &[&ThreadState]) -> (Cause, u8) {
+fn piece_cause(a: u64, b: u64, cx: &Context, relevant: &[&ThreadState]) -> (Cause, u32) {
     let default = (cx.default, 0);
-    let mut best: Option<(Cause, u8)> = None;
+    let mut best: Option<(Cause, u32)> = None;
     for &tid in cx.launchers {
         let thread = relevant
             .iter()
@@ -291,7 +293,7 @@ mod tests {
             handoff_ns: Some(95),
             default: PythonCpu,
         };
-        let segs: Vec<(Cause, u8, u64, u64)> = attribute(0, 100, &cx)
+        let segs: Vec<(Cause, u32, u64, u64)> = attribute(0, 100, &cx)
             .iter()
             .map(|s| (s.cause, s.detail, s.start_ns, s.end_ns))
             .collect();

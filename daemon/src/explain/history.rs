@@ -18,6 +18,11 @@ pub const BUCKET_NS: u64 = 100_000_000;
 /// per probe the kernel side can tell apart.
 pub const SER_FUNCTIONS: usize = gapscope_ebpf_common::MAX_SER_PROBES as usize;
 
+/// GIL holders told apart in one `Split` (`gil_holders`): a service's
+/// launcher seldom waits on more than a few threads; waits on others
+/// stay in the cause, unnamed.
+pub const GIL_HOLDERS: usize = 8;
+
 /// Busy and idle time in one bucket (or summed over many).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Split {
@@ -26,6 +31,11 @@ pub struct Split {
     /// Of the `serialization` idle time, each probe's (by its index): the
     /// parts sum to the cause.
     pub serialization_ns: [u64; SER_FUNCTIONS],
+    /// Of the `gil_wait` idle time, the part spent waiting on each named
+    /// holder: (thread id, ns), a thread id of 0 a free slot. The rest of
+    /// the cause waited on a holder not known (or beyond the first
+    /// `GIL_HOLDERS`).
+    pub gil_holders: [(u32, u64); GIL_HOLDERS],
     /// Gaps that ended in the bucket.
     pub gaps: u64,
     /// Of the `unobserved` idle time, what no launching thread was known
@@ -67,16 +77,36 @@ impl Split {
         for (a, b) in self.idle_uj.iter_mut().zip(other.idle_uj.iter()) {
             *a += *b;
         }
+        for &(tid, ns) in other.gil_holders.iter().filter(|h| h.0 != 0) {
+            self.add_gil_holder(tid, ns);
+        }
+    }
+
+    /// Adds `ns` of GIL waiting on thread `tid` (dropped, so left unnamed
+    /// in the cause, once `GIL_HOLDERS` others are named).
+    fn add_gil_holder(&mut self, tid: u32, ns: u64) {
+        let slot = self
+            .gil_holders
+            .iter()
+            .position(|h| h.0 == tid)
+            .or_else(|| self.gil_holders.iter().position(|h| h.0 == 0));
+        if let Some(i) = slot {
+            self.gil_holders[i] = (tid, self.gil_holders[i].1 + ns);
+        }
     }
 
     /// Adds `ns` of idle time to the cause of `seg` (and to its
-    /// serialization function).
+    /// serialization function, or the GIL holder waited on).
     pub fn add_idle(&mut self, seg: &Segment, ns: u64) {
         self.idle_ns[seg.cause.index()] += ns;
-        if seg.cause == Cause::Serialization
-            && let Some(f) = self.serialization_ns.get_mut(seg.detail as usize)
-        {
-            *f += ns;
+        match seg.cause {
+            Cause::Serialization => {
+                if let Some(f) = self.serialization_ns.get_mut(seg.detail as usize) {
+                    *f += ns;
+                }
+            }
+            Cause::GilWait if seg.detail != 0 => self.add_gil_holder(seg.detail, ns),
+            _ => {}
         }
     }
 
@@ -277,6 +307,26 @@ mod tests {
         // Out of order: an earlier bucket is inserted in place.
         h.busy(0, 10_000_000);
         assert_eq!(h.window(0, BUCKET_NS).busy_ns, 60_000_000);
+        // GIL waits on named holders: each holder's part, the rest unnamed.
+        let wait = |start_ns, end_ns, detail| Segment {
+            start_ns,
+            end_ns,
+            cause: Cause::GilWait,
+            detail,
+        };
+        h.gap(
+            &[
+                wait(400_000_000, 420_000_000, 7),
+                wait(420_000_000, 430_000_000, 0),
+            ],
+            false,
+        );
+        h.gap(&[wait(430_000_000, 435_000_000, 7)], false);
+        let w = h.window(0, 1_000_000_000);
+        assert_eq!(w.gil_holders[0], (7, 25_000_000));
+        assert_eq!(w.gil_holders[1], (0, 0));
+        assert_eq!(w.idle_ns[Cause::GilWait.index()], 45_000_000);
+        assert_eq!(w.gil_holders, h.totals.gil_holders);
         // Far later: the old buckets go, the totals stay.
         h.busy(5_000_000_000, 5_100_000_000);
         assert_eq!(h.window(0, 1_000_000_000), Split::default());

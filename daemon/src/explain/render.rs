@@ -298,6 +298,28 @@ fn gpu_block(out: &mut String, g: &Value, indent: &str) {
                 pct(f(&func["share"])),
             );
         }
+        // The GIL's holders, indented under gil_wait.
+        for h in c["holders"].as_array().cloned().unwrap_or_default() {
+            let name = format!(
+                "held by {} ({})",
+                h["tid"],
+                h["thread"].as_str().unwrap_or("exited")
+            );
+            let _ = writeln!(
+                out,
+                "{indent}    {name:<16} {:>9.3} s {:>6}",
+                f(&h["seconds"]),
+                pct(f(&h["share"])),
+            );
+        }
+        if c["holders"].is_array() && f(&c["holders_unnamed_seconds"]) > 0.0 {
+            let _ = writeln!(
+                out,
+                "{indent}    {:<16} {:>9.3} s",
+                "holder not known",
+                f(&c["holders_unnamed_seconds"]),
+            );
+        }
     }
     if let Some(usd) = money {
         let _ = writeln!(
@@ -313,14 +335,21 @@ fn gpu_block(out: &mut String, g: &Value, indent: &str) {
         .filter(|c| c["what_if"].is_object())
         .take(3)
         .flat_map(|c| {
-            // A cause, then each of its functions when there are several.
+            // A cause, then each of its functions (or GIL holders) when
+            // there are several.
             let functions = c["functions"].as_array().cloned().unwrap_or_default();
-            let parts = if functions.len() > 1 {
+            let holders = c["holders"].as_array().cloned().unwrap_or_default();
+            let parts: Vec<String> = if functions.len() > 1 {
                 functions
                     .iter()
                     .map(|func| {
                         what_if_line(func["function"].as_str().unwrap_or("?"), &func["what_if"])
                     })
+                    .collect()
+            } else if holders.len() > 1 {
+                holders
+                    .iter()
+                    .map(|h| what_if_line(h["holder"].as_str().unwrap_or("?"), &h["what_if"]))
                     .collect()
             } else {
                 Vec::new()
@@ -507,7 +536,19 @@ mod tests {
             "window": {"seconds": 60.0},
             "gpu": [{"device": "0", "source": "cupti", "precision": "exact", "busy_seconds": 30.0,
                      "idle_seconds": 30.0, "busy_ratio": 0.5, "gaps": 10,
-                     "idle_by_cause": [{"cause": "gil_wait", "seconds": gil, "share": gil / 30.0}]}],
+                     "idle_by_cause": [{"cause": "gil_wait", "seconds": gil, "share": gil / 30.0,
+                                        "holders": [
+                                            {"holder": "gil_wait:4312", "tid": 4312, "thread": "tokenizer",
+                                             "seconds": gil * 0.75, "share": gil * 0.75 / 30.0,
+                                             "what_if": {"causes": ["gil_wait:4312"], "recoverable_seconds": gil * 0.75,
+                                                         "predicted_speedup": 0.5}},
+                                            {"holder": "gil_wait:77", "tid": 77, "thread": null,
+                                             "seconds": gil * 0.2, "share": gil * 0.2 / 30.0,
+                                             "what_if": {"causes": ["gil_wait:77"], "recoverable_seconds": gil * 0.2,
+                                                         "predicted_speedup": 0.1}}],
+                                        "holders_unnamed_seconds": gil * 0.05,
+                                        "what_if": {"causes": ["gil_wait"], "recoverable_seconds": gil,
+                                                    "predicted_speedup": 0.9}}]}],
             "cpu": {"on_cpu_seconds": 10.0, "off_cpu_seconds": {"syscall_poll": 2.0},
                     "top_syscalls": [{"syscall": "futex", "calls": 10.0, "seconds": 1.5}]},
             "gil": {"waits": 3.0, "wait_seconds": gil, "held_seconds": 9.0},
@@ -530,6 +571,10 @@ mod tests {
             "futex 1.500 s",
             "12.5 launches",
             "note: n",
+            "held by 4312 (tokenizer)",
+            "held by 77 (exited)",
+            "holder not known",
+            "gil_wait:4312",
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }

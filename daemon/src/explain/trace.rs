@@ -253,6 +253,12 @@ pub fn build(inp: &Inputs) -> String {
                 };
                 *counts.entry(kind.label()).or_default() += 1;
                 let colour = colour_of(kind.label());
+                // The competitor a GIL wait waited on, when named.
+                let args = if kind == IntervalKind::GilWait && i.detail != 0 {
+                    serde_json::json!({ "holder_tid": i.detail })
+                } else {
+                    Value::Null
+                };
                 for (ph, at) in [("b", i.start_ns), ("e", i.end_ns)] {
                     events.push(Event {
                         name: name.clone(),
@@ -265,7 +271,7 @@ pub fn build(inp: &Inputs) -> String {
                         id: Some(next_id),
                         s: None,
                         cname: Some(colour),
-                        args: Value::Null,
+                        args: if ph == "b" { args.clone() } else { Value::Null },
                     });
                 }
                 next_id += 1;

@@ -104,6 +104,8 @@ pub(super) async fn intervals(
                     api: cuda.map(|e| e.library.api()),
                     call: cuda.map(|e| e.name),
                     reason,
+                    holder_tid: (i.kind() == Some(IntervalKind::GilWait) && i.detail != 0)
+                        .then_some(i.detail),
                     pid: i.tgid,
                     tid: i.tid,
                     start_ns: i.start_ns,

@@ -23,7 +23,7 @@ use gapscope_ebpf_common::GilRange;
 use super::{
     interpreter::{Finder, Interpreter, Unavailable},
     memory,
-    offsets::{self, GilPath, Offsets},
+    offsets::{self, GilPath, Offsets, ThreadId},
 };
 
 /// How many rescans (one a second) look for a process's GIL before giving
@@ -99,6 +99,50 @@ pub fn locate(pid: u32, interp: &Interpreter) -> Result<(u64, Offsets), Unavaila
     Ok((gil, offsets))
 }
 
+/// How the kernel names the GIL's holder in process `pid` (the
+/// `last_holder`, `holder_tid_at`, `pthread_tid_at` of its `GilRange`;
+/// the rest zero). 3.9 and 3.10 keep only a `pthread_t`, read as glibc
+/// lays out its threads: where the process does not map glibc, holders
+/// are not named.
+fn holder_naming(pid: u32, gil: u64, offsets: &Offsets) -> GilRange {
+    let unnamed = GilRange {
+        start: 0,
+        end: 0,
+        mutex: 0,
+        switch_mutex: 0,
+        last_holder: 0,
+        holder_tid_at: 0,
+        pthread_tid_at: 0,
+    };
+    let (holder_tid_at, pthread_tid_at) = match offsets.thread_id {
+        ThreadId::Native {
+            tstate_native_thread_id,
+        } => (tstate_native_thread_id, 0),
+        ThreadId::Pthread { tstate_thread_id } => {
+            if !maps_glibc(pid) {
+                log::info!(
+                    "pid {pid}: GIL holders not named: CPython before 3.11 keeps only a pthread_t, read as glibc's, and this process maps no glibc"
+                );
+                return unnamed;
+            }
+            (tstate_thread_id, offsets::GLIBC_PTHREAD_TID)
+        }
+    };
+    GilRange {
+        last_holder: gil + offsets.last_holder,
+        holder_tid_at,
+        pthread_tid_at,
+        ..unnamed
+    }
+}
+
+/// Whether process `pid` maps glibc's `libc.so.6` (and not musl's loader).
+fn maps_glibc(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| {
+        maps.lines().any(|l| l.ends_with("/libc.so.6")) && !maps.contains("ld-musl")
+    })
+}
+
 impl GilTracker {
     pub fn new(ranges: BpfHashMap<MapData, u32, GilRange>, enabled: bool) -> Self {
         let processes: Shared = Arc::default();
@@ -150,6 +194,7 @@ impl GilTracker {
                     end: gil + offsets.gil_size,
                     mutex: gil + offsets.mutex,
                     switch_mutex: gil + offsets.switch_mutex,
+                    ..holder_naming(tgid, gil, &offsets)
                 };
                 if let Err(e) = self.ranges.insert(tgid, range, 0) {
                     log::warn!("pid {tgid}: cannot register its GIL: {e}");

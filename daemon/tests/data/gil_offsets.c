@@ -1,6 +1,7 @@
 /* Prints where the GIL sits for the CPython whose internal headers this is
  * compiled against; daemon/tests/python_offsets.rs compares the output
- * with daemon/src/python/offsets.rs. */
+ * with daemon/src/python/offsets.rs. The GIL's holder: `last_holder`, and
+ * where a thread state keeps its thread's id. */
 #define Py_BUILD_CORE 1
 #include <stddef.h>
 #include <stdio.h>
@@ -24,5 +25,11 @@ int main(void) {
     printf("mutex=%zu\n", offsetof(struct _gil_runtime_state, mutex));
     printf("switch_mutex=%zu\n", offsetof(struct _gil_runtime_state, switch_mutex));
     printf("mutex_size=%zu\n", sizeof(pthread_mutex_t));
+    printf("last_holder=%zu\n", offsetof(struct _gil_runtime_state, last_holder));
+#if PY_VERSION_HEX >= 0x030B0000
+    printf("tstate_native_thread_id=%zu\n", offsetof(PyThreadState, native_thread_id));
+#else
+    printf("tstate_thread_id=%zu\n", offsetof(PyThreadState, thread_id));
+#endif
     return 0;
 }

@@ -16,6 +16,16 @@ pub struct GilRange {
     /// wake on the condition variables, which ends one.
     pub mutex: u64,
     pub switch_mutex: u64,
+    /// Where the GIL's holder is named: the address of `last_holder`, a
+    /// `PyThreadState *` (0: holders are not named).
+    pub last_holder: u64,
+    /// Where a `PyThreadState` keeps its thread's id: the offset of
+    /// `native_thread_id` (3.11+), or of `thread_id` (3.9, 3.10) when
+    /// `pthread_tid_at` is not 0.
+    pub holder_tid_at: u64,
+    /// When not 0, `holder_tid_at` holds a `pthread_t`, and the thread's id
+    /// (an i32) is this many bytes into the `struct pthread` it points to.
+    pub pthread_tid_at: u64,
 }
 
 /// `sizeof(pthread_mutex_t)` on x86-64 glibc.

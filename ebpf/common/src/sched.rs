@@ -129,5 +129,7 @@ pub struct ThreadState {
     /// 1 once the thread launched since its last host sync: the sync that
     /// follows waits for that work, so it marks where the GPU ran dry.
     pub launched_since_sync: u32,
-    pub _pad: u32,
+    /// The thread that held the GIL when this acquisition's first wait
+    /// began (0: not known): the competitor the thread waited for.
+    pub gil_holder_tid: u32,
 }

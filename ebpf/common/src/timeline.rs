@@ -6,7 +6,8 @@
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IntervalKind {
-    /// A contended GIL acquisition; `detail` is 0.
+    /// A contended GIL acquisition; `detail` is the thread that held the
+    /// GIL when the wait began (0: not known).
     GilWait = 1,
     /// A serialization call; `detail` is the probe index.
     Serialization = 2,

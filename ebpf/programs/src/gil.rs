@@ -20,8 +20,16 @@
 //! more than `NEW_ACQUISITION_GAP_NS` after the last one ended starts a new
 //! acquisition (inside one, the gaps are the microseconds it takes to
 //! relock a mutex).
+//!
+//! The competitor is named once per acquisition, at its first wait: the
+//! GIL's `last_holder` (the `PyThreadState` that took it last, so while it
+//! is held its holder's) is read and the thread id it keeps, and the
+//! acquisition's interval carries it as `detail`. A holder that is the
+//! waiter itself (a thread forced to hand the GIL over waits inside the
+//! GIL too, until another thread took it) names nobody; the next wait
+//! tries again.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_user};
 use gapscope_ebpf_common::{GIL_MUTEX_SIZE, IntervalKind, PT_REGS_SI, ThreadState};
 
 use crate::{
@@ -94,10 +102,12 @@ pub fn flush(t: *mut ThreadState, service: u32, tid: u32) {
             (*h).record(waited);
         }
         let (first, last) = ((*t).gil_wait_first_ns, (*t).gil_wait_last_ns);
+        let holder = (*t).gil_holder_tid;
         (*t).gil_wait_first_ns = 0;
+        (*t).gil_holder_tid = 0;
         timeline::offer(
             IntervalKind::GilWait as u32,
-            0,
+            holder,
             service,
             (*t).tgid,
             tid,
@@ -120,6 +130,38 @@ pub fn wait_begins(t: *mut ThreadState, service: u32, tid: u32, now: u64) {
     if first != 0 && now.saturating_sub(last) > NEW_ACQUISITION_GAP_NS {
         flush(t, service, tid);
     }
+    // SAFETY: the caller's thread entry.
+    if unsafe { (*t).gil_holder_tid } == 0 {
+        let holder = holder_of(t, tid);
+        // SAFETY: as above.
+        unsafe { (*t).gil_holder_tid = holder };
+    }
+}
+
+/// The thread holding the GIL of the waiting thread `tid`'s process, other
+/// than `tid` itself (0: not known).
+#[inline(always)]
+fn holder_of(t: *mut ThreadState, tid: u32) -> u32 {
+    // SAFETY: the caller's thread entry; a plain map value.
+    let Some(range) = (unsafe { GIL_RANGES.get(&(*t).tgid) }) else {
+        return 0;
+    };
+    if range.last_holder == 0 {
+        return 0;
+    }
+    // SAFETY: user memory of the current process, read with the helper.
+    let read = |addr: u64| unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0);
+    let tstate = read(range.last_holder);
+    if tstate == 0 {
+        return 0;
+    }
+    let mut id = read(tstate + range.holder_tid_at);
+    if range.pthread_tid_at != 0 && id != 0 {
+        id = read(id + range.pthread_tid_at);
+    }
+    // Thread ids are positive i32s; the pthread case read 8 bytes.
+    let holder = (id as u32) & 0x7fff_ffff;
+    if holder == tid { 0 } else { holder }
 }
 
 /// Adds one finished futex wait on the GIL, `[start, end)`.

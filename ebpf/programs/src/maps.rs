@@ -244,7 +244,7 @@ pub fn thread_state(tid: u32, tgid: u32) -> Option<*mut ThreadState> {
         gil_wait_last_ns: 0,
         last_launch_ns: 0,
         launched_since_sync: 0,
-        _pad: 0,
+        gil_holder_tid: 0,
     };
     if THREADS.insert(&tid, &fresh, BPF_NOEXIST).is_err() {
         bump(counter::THREADS_DROPPED, 1);

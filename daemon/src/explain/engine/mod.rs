@@ -406,11 +406,11 @@ impl Explainer {
             start_ns: i.start_ns,
             end_ns: i.end_ns,
             cause,
-            // Which serialization probe; the other kinds' details (an
-            // off-CPU reason) are in the cause already.
+            // Which serialization probe (below MAX_SER_PROBES: the kernel
+            // side checks the index), which thread held the GIL; the other
+            // kinds' details (an off-CPU reason) are in the cause already.
             detail: match cause {
-                // Below MAX_SER_PROBES: the kernel side checks the index.
-                Cause::Serialization => u8::try_from(i.detail).unwrap_or(u8::MAX),
+                Cause::Serialization | Cause::GilWait => i.detail,
                 _ => 0,
             },
         });

@@ -134,6 +134,31 @@ pub struct CauseShare {
     /// (the parts sum to the cause).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<FunctionShare>,
+    /// For `gil_wait`: its idle time by the thread that held the GIL,
+    /// largest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<HolderShare>,
+    /// For `gil_wait`: the part waiting on a holder not named (CPython
+    /// before 3.11 without glibc, a thread state not readable at the
+    /// moment, or beyond the first few holders).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holders_unnamed_seconds: Option<f64>,
+}
+
+/// One GIL holder's part of the `gil_wait` idle time: the launching
+/// threads waited for the GIL while this thread held it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HolderShare {
+    /// As `what_if` names it: `gil_wait:4312`.
+    pub holder: String,
+    pub tid: u32,
+    /// The thread's name (`/proc/TID/comm`) while it exists.
+    pub thread: Option<String>,
+    pub seconds: f64,
+    /// Share of the idle time (all causes).
+    pub share: f64,
+    /// What removing the waits on this thread alone would buy.
+    pub what_if: WhatIf,
 }
 
 /// One serialization function's part of the `serialization` idle time.
@@ -443,6 +468,27 @@ fn describe(
                     .collect(),
                 _ => Vec::new(),
             },
+            holders: match c {
+                Cause::GilWait => whatif::holders(split)
+                    .into_iter()
+                    .map(|(tid, ns)| {
+                        let stall = Stall::GilHolder { tid };
+                        HolderShare {
+                            holder: stall.label(),
+                            tid,
+                            thread: thread_name(tid),
+                            seconds: ns as f64 / 1e9,
+                            share: ns as f64 / idle.max(1) as f64,
+                            what_if: whatif::what_if(split, &[stall], codecs),
+                        }
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            },
+            holders_unnamed_seconds: (c == Cause::GilWait).then(|| {
+                let named: u64 = split.gil_holders.iter().map(|h| h.1).sum();
+                ns.saturating_sub(named) as f64 / 1e9
+            }),
         })
         .collect();
     causes.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
@@ -492,6 +538,13 @@ fn describe(
                 "the service waited for requests (no_work) over 5 % of the time: it is not saturated, so a removed stall shows first as lower latency, and as more tokens a second only under more load",
             ),
     }
+}
+
+/// A thread's name, while it exists.
+fn thread_name(tid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{tid}/comm"))
+        .ok()
+        .map(|n| n.trim_end().to_string())
 }
 
 fn cpu_side(d: &Delta, service: u32) -> CpuSide {

@@ -1,15 +1,16 @@
 //! What removing stalls would buy: the `what_if` of the explain report.
 //!
-//! A stall is a cause, or one serialization function
-//! (`serialization:json.encode`). Every second of idle time attributed to
+//! A stall is a cause, one serialization function
+//! (`serialization:json.encode`), or the GIL waits on one holder thread
+//! (`gil_wait:4312`, by the thread's id). Every second of idle time attributed to
 //! one is time the GPU waited on it with nothing else to run (busy time is
 //! never attributed), so each lies on the path to the next launch:
 //! removed, the next launch and everything after it start that much
 //! earlier. Over busy + idle time W with R of it removable, the step (and
 //! token) rate of a service that runs steps back to back rises by
-//! R / (W − R). The parts of a cause (its functions) sum to the cause, so
-//! naming a cause and one of its functions together counts the function
-//! once.
+//! R / (W − R). The parts of a cause (its functions, its holders) sum to
+//! at most the cause, so naming a cause and one of its parts together
+//! counts the part once.
 
 use serde::Serialize;
 
@@ -25,6 +26,10 @@ pub enum Stall {
         codec: String,
         op: String,
     },
+    /// The GIL waits while thread `tid` held the GIL.
+    GilHolder {
+        tid: u32,
+    },
 }
 
 impl Stall {
@@ -35,6 +40,7 @@ impl Stall {
             Stall::Function { codec, op } => {
                 format!("{}:{codec}.{op}", Cause::Serialization.label())
             }
+            Stall::GilHolder { tid } => format!("{}:{tid}", Cause::GilWait.label()),
         }
     }
 }
@@ -54,7 +60,8 @@ pub struct WhatIf {
 }
 
 /// `what_if=` / `--what-if`: stalls, comma-separated: cause labels (each a
-/// recoverable cause) or `serialization:CODEC.OP`; Err((problem, fix)).
+/// recoverable cause), `serialization:CODEC.OP` or `gil_wait:TID`;
+/// Err((problem, fix)).
 /// Whether a named function is probed is the report's to say
 /// (`unknown_functions`).
 pub fn parse(value: &str) -> Result<Vec<Stall>, (String, String)> {
@@ -64,17 +71,26 @@ pub fn parse(value: &str) -> Result<Vec<Stall>, (String, String)> {
         .map(|c| c.label())
         .collect();
     let fix = format!(
-        "name causes from: {}; or one serialization function as serialization:CODEC.OP (say serialization:json.encode)",
+        "name causes from: {}; or one serialization function as serialization:CODEC.OP (say serialization:json.encode); or the GIL waits on one thread as gil_wait:TID (a holder the report lists under gil_wait)",
         stalls.join(", ")
     );
     let mut out = Vec::new();
     for label in value.split(',').map(str::trim).filter(|l| !l.is_empty()) {
         let stall = match label.split_once(':') {
+            Some((cause, tid)) if cause == Cause::GilWait.label() => match tid.parse::<u32>() {
+                Ok(tid) if tid > 0 => Stall::GilHolder { tid },
+                _ => {
+                    return Err((
+                        format!("{label}: a GIL holder is named by its thread id, gil_wait:TID"),
+                        fix,
+                    ));
+                }
+            },
             Some((cause, function)) => {
                 if cause != Cause::Serialization.label() {
                     return Err((
                         format!(
-                            "{label}: only serialization's functions can be named (serialization:CODEC.OP)"
+                            "{label}: only serialization's functions (serialization:CODEC.OP) and the GIL's holders (gil_wait:TID) can be named"
                         ),
                         fix,
                     ));
@@ -122,7 +138,7 @@ pub fn unknown_functions(stalls: &[Stall], codecs: &[(String, String)]) -> Vec<S
         .iter()
         .filter(|s| match s {
             Stall::Function { codec, op } => !codecs.iter().any(|(c, o)| c == codec && o == op),
-            Stall::Cause(_) => false,
+            Stall::Cause(_) | Stall::GilHolder { .. } => false,
         })
         .map(Stall::label)
         .collect()
@@ -133,9 +149,19 @@ pub fn unknown_functions(stalls: &[Stall], codecs: &[(String, String)]) -> Vec<S
 pub(super) fn what_if(split: &Split, stalls: &[Stall], codecs: &[(String, String)]) -> WhatIf {
     let wall = split.busy_ns + split.idle_total_ns();
     let whole_serialization = stalls.contains(&Stall::Cause(Cause::Serialization));
+    let whole_gil = stalls.contains(&Stall::Cause(Cause::GilWait));
     let mut removed = 0u64;
     for s in stalls {
         match s {
+            Stall::GilHolder { .. } if whole_gil => {}
+            Stall::GilHolder { tid } => {
+                removed += split
+                    .gil_holders
+                    .iter()
+                    .filter(|h| h.0 == *tid)
+                    .map(|h| h.1)
+                    .sum::<u64>();
+            }
             Stall::Cause(c) if c.recoverable() => removed += split.idle_ns[c.index()],
             Stall::Cause(_) => {}
             Stall::Function { .. } if whole_serialization => {}
@@ -174,6 +200,19 @@ pub(super) fn functions(
         }
     }
     out.sort_by_key(|f| std::cmp::Reverse(f.1));
+    out
+}
+
+/// The `gil_wait` idle time of a row by the thread that held the GIL
+/// (thread id, ns), largest first; the rest of the cause is unnamed.
+pub(super) fn holders(split: &Split) -> Vec<(u32, u64)> {
+    let mut out: Vec<(u32, u64)> = split
+        .gil_holders
+        .iter()
+        .copied()
+        .filter(|h| h.0 != 0 && h.1 > 0)
+        .collect();
+    out.sort_by_key(|h| std::cmp::Reverse(h.1));
     out
 }
 
@@ -230,8 +269,34 @@ mod tests {
     }
 
     #[test]
+    fn gil_holders_parse_and_sum_once_with_their_cause() {
+        let stalls = parse("gil_wait:4312").unwrap();
+        assert_eq!(stalls, [Stall::GilHolder { tid: 4312 }]);
+        assert_eq!(stalls[0].label(), "gil_wait:4312");
+        let mut split = Split {
+            busy_ns: 50,
+            ..Split::default()
+        };
+        split.idle_ns[Cause::GilWait.index()] = 50;
+        split.gil_holders[0] = (99, 10);
+        split.gil_holders[1] = (4312, 30);
+        let w = what_if(&split, &stalls, &[]);
+        assert_eq!(w.recoverable_seconds, 30e-9);
+        assert!((w.predicted_speedup.unwrap() - 30.0 / 70.0).abs() < 1e-12);
+        let both = parse("gil_wait,gil_wait:4312").unwrap();
+        assert_eq!(what_if(&split, &both, &[]).recoverable_seconds, 50e-9);
+        // A thread that held nothing in the row buys nothing.
+        let absent = parse("gil_wait:7").unwrap();
+        assert_eq!(what_if(&split, &absent, &[]).recoverable_seconds, 0.0);
+        assert_eq!(holders(&split), [(4312, 30), (99, 10)]);
+    }
+
+    #[test]
     fn bad_names_say_what_is_wrong() {
         for (bad, says) in [
+            ("gil_wait:", "by its thread id"),
+            ("gil_wait:0", "by its thread id"),
+            ("gil_wait:main", "by its thread id"),
             ("syscall_sleep:x.y", "only serialization's functions"),
             ("serialization:json", "CODEC.OP"),
             ("serialization:.encode", "CODEC.OP"),
