@@ -62,7 +62,8 @@ fn main() -> anyhow::Result<()> {
         // The stall before the step: each launcher does something known.
         let stall_start = t;
         let kinds = [
-            (IntervalKind::GilWait as u32, 0),
+            // Waiting on one of three GIL holders (the holder split).
+            (IntervalKind::GilWait as u32, 1_000 + (step % 3) as u32),
             (IntervalKind::Serialization as u32, 0),
             (
                 IntervalKind::OffCpu as u32,
