@@ -231,6 +231,10 @@ def figures_of(stack, results, report):
                 f"{src}: gpu[{g['device']}].busy_ratio ({g['source']})")
             for c in g.get("idle_by_cause", [])[:6]:
                 add(f"idle_{c['cause']}_s[{g['device']}]", c["seconds"], "s", f"{src}: gpu.idle_by_cause")
+                # Which threads held the GIL while the launcher waited.
+                for h in c.get("holders", [])[:3]:
+                    add(f"idle_gil_wait_held_by_{h['thread'] or h['tid']}_s[{g['device']}]", h["seconds"], "s",
+                        f"{src}: gpu.idle_by_cause[gil_wait].holders (tid {h['tid']})")
         f = report.get("fusion", {})
         add("kernels_per_token", f.get("kernels_per_token"), "kernels", src + ": fusion.kernels_per_token")
         add("launches_per_token", f.get("launches_per_token"), "launches", src + ": fusion.launches_per_token")
