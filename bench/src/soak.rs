@@ -141,6 +141,14 @@ fn args() -> anyhow::Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!(
+                "usage: soak [--parts {}] [--restarts N] [--workers W] [--minutes M] [--rate R] [--rounds K]\n\
+                 (as root, after cargo build --release --workspace; writes bench/results/soak.json)",
+                PARTS.join(",")
+            );
+            std::process::exit(0);
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--restarts" => a.restarts = value.parse()?,
