@@ -876,3 +876,98 @@ fn stalls_are_attributed(source: Source) {
     assert_eq!(status, 400, "{body}");
     w.finish();
 }
+
+/// A CUDA device is priced on the GPU its UUID names, not by its index:
+/// the loop runs on CUDA device 1 of a process that sees NVML's two GPUs
+/// in the other order (`CUDA_VISIBLE_DEVICES=1,0`), and NVML lists the
+/// process on both. The injection library tells gapscoped each index's
+/// UUID; without it, the row's GPU is unknown and nothing is priced.
+#[test]
+fn a_cuda_device_is_priced_on_the_gpu_its_uuid_names() {
+    let _g = serial();
+    let fixture = FakeCuda::build();
+    let (cupti, nvml) = match (fixture.cupti("cupti-12.9"), FakeNvml::build()) {
+        (Ok(c), Ok(n)) => (c, n),
+        (Err(why), _) | (_, Err(why)) => {
+            gapscope_testkit::skip(&why);
+            return;
+        }
+    };
+    let pid_file = std::env::temp_dir().join(format!("gapscope-uuid-{}.pid", std::process::id()));
+    let _ = std::fs::remove_file(&pid_file);
+    let (a, b) = (
+        "GPU-aaaaaaaa-1111-2222-3333-000000000000",
+        "GPU-bbbbbbbb-1111-2222-3333-000000000001",
+    );
+    // Different draws, so a row priced on the wrong GPU shows.
+    let on_both = serde_json::json!([{ "pid_file": pid_file, "memory": 1_000_000_000u64 }]);
+    let scenario = nvml.scenario(
+        "uuids",
+        &serde_json::json!({
+            "epoch_ns": 0,
+            "gpus": [
+                { "uuid": a, "idle": { "power_w": 100, "energy_w": 100, "processes": on_both } },
+                { "uuid": b, "idle": { "power_w": 300, "energy_w": 300, "processes": on_both } }
+            ]
+        }),
+    );
+    let socket = format!("/tmp/gapscope-uuid-{}.sock", std::process::id());
+    let daemon = nvml.daemon_with(
+        &format!("[inject]\nsocket = \"{socket}\"\n[cuda]\nenabled = false"),
+        "[[service]]\nname = \"uuid\"\ncmdline = 'whatif_loop.py .*--tag uuid-test'\n",
+        100,
+        &scenario,
+    );
+    let mut cmd = std::process::Command::new(pyenv_python(11));
+    cmd.arg(repo_root().join("targets/whatif_loop.py"))
+        .arg(fixture.path(""))
+        .args(["--stalls", "sleep", "--steps", "100", "--kernel-ms", "10"])
+        .args(["--stall-ms", "5", "--tag", "uuid-test"])
+        .env("CUDA_INJECTION64_PATH", gapscope_testkit::inject_library())
+        .env("GAPSCOPE_CUPTI_PATH", &cupti)
+        .env("GAPSCOPE_SOCKET", &socket)
+        // CUDA's index 0 is NVML's GPU 1, index 1 NVML's GPU 0.
+        .env("FAKE_CUDA_UUIDS", format!("{b},{a}"))
+        .env("FAKE_CUDA_DEVICE", "1");
+    let mut w = Workload::spawn_command(cmd);
+    std::fs::write(&pid_file, w.pid().to_string()).unwrap();
+    daemon.wait_processes("uuid", 1.0);
+    w.go();
+    // Priced once a reading passed the run's end.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let row = loop {
+        let body = http_get(daemon.port, "/api/v1/explain?service=uuid&window=5m").unwrap();
+        let report: Value = serde_json::from_str(&body).unwrap();
+        let row = report["gpu"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|g| g["device"] == "1").cloned())
+            .unwrap_or(Value::Null);
+        if row["gaps"].as_u64() >= Some(100) && row["energy"]["priced_share"].as_f64() >= Some(0.99)
+        {
+            break row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "CUDA device 1 was never priced: {body}\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let e = &row["energy"];
+    eprintln!("CUDA device 1: {e}");
+    // The mapping, for joining deep mode's series to NVML's.
+    let m = daemon.scrape();
+    for (device, uuid) in [("0", b), ("1", a)] {
+        let l = [("service", "uuid"), ("device", device), ("UUID", uuid)];
+        assert_eq!(m.get("gapscope_cuda_device_info", &l), Some(1.0), "{l:?}");
+    }
+    for watts in ["idle_watts", "busy_watts"] {
+        let w = e[watts].as_f64().unwrap();
+        assert!(
+            (w - 100.0).abs() < 1.0,
+            "{watts} {w}: priced on NVML's GPU 1 (300 W), not on GPU 0 (100 W), which its UUID names: {row}"
+        );
+    }
+    w.finish();
+    let _ = std::fs::remove_file(&pid_file);
+}

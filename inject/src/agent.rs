@@ -259,6 +259,42 @@ extern "C" fn flush_at_exit() {
     });
 }
 
+/// Finding the process's devices from the flush thread: tried each flush
+/// until the driver answers (it does once `cuInit` has returned), for
+/// `DEVICE_TRIES` flushes at most, then said once on stderr.
+#[derive(Default)]
+struct DeviceLookup {
+    tries: u32,
+    done: bool,
+}
+
+/// Flushes (10 s) the device lookup is tried for.
+const DEVICE_TRIES: u32 = 100;
+
+impl DeviceLookup {
+    fn try_once(&mut self, transport: &Transport) {
+        if self.done {
+            return;
+        }
+        self.tries += 1;
+        let why = match catch_unwind(crate::devices::query) {
+            Ok(Ok(d)) if !d.is_empty() => {
+                self.done = transport.send_devices(d);
+                return;
+            }
+            Ok(Ok(_)) => "the driver lists no device".to_string(),
+            Ok(Err(why)) => why,
+            Err(_) => "an internal error".to_string(),
+        };
+        if self.tries >= DEVICE_TRIES {
+            self.done = true;
+            eprintln!(
+                "gapscope-inject: GPU UUIDs unknown ({why}): gapscoped cannot price this process's devices on a host with several GPUs"
+            );
+        }
+    }
+}
+
 /// Sets everything up, or says why not.
 pub fn initialize() -> Result<String, String> {
     if std::env::var("GAPSCOPE_INJECT").is_ok_and(|v| v == "0" || v == "off") {
@@ -346,12 +382,14 @@ pub fn initialize() -> Result<String, String> {
     std::thread::Builder::new()
         .name("gapscope-flush".into())
         .spawn(|| {
+            let mut devices = DeviceLookup::default();
             loop {
                 std::thread::sleep(FLUSH_EVERY);
                 let Some(a) = AGENT.get() else { return };
                 if std::process::id() != a.pid {
                     return;
                 }
+                devices.try_once(&a.transport);
                 let flush = a.api.flush_all;
                 // SAFETY: a loaded CUPTI function.
                 let _ = catch_unwind(|| unsafe { flush(0) });

@@ -5,6 +5,7 @@
 //!
 //! * `agent` — `InitializeInjection`: CUPTI, its clock, its buffers.
 //! * `cupti_api` — the CUPTI functions, from the libcupti the process maps.
+//! * `devices` — which GPU, by UUID, each CUDA device index is.
 //! * `transport` — the way to gapscoped, which never blocks the host.
 //!
 //! The record layouts and their decoding live in `gapscope-cupti-sys`,
@@ -12,6 +13,7 @@
 
 pub mod agent;
 pub mod cupti_api;
+pub mod devices;
 pub mod transport;
 
 pub use transport::{Transport, TransportConfig, TransportStats};

@@ -8,8 +8,9 @@
 //!   is tried with a growing back-off (100 ms to 5 s), quietly.
 //! * Slow daemon: the socket is non-blocking; what does not fit waits in a
 //!   bounded buffer, and past it records are dropped and counted. Each
-//!   connection starts with `Hello` and every name interned so far, and
-//!   the drops are reported in `Dropped` frames.
+//!   connection starts with `Hello`, every name interned so far and the
+//!   process's devices once known, and the drops are reported in
+//!   `Dropped` frames.
 //! * Fork: the child has no transport thread; its copies of the handles
 //!   see the pid change and do nothing.
 //! * Each of these (no daemon, a daemon gone, a daemon not reading) is
@@ -33,7 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gapscope_wire::{Frame, Hello, MAX_NAME, Name, Record, encode, max_records_per_frame};
+use gapscope_wire::{Device, Frame, Hello, MAX_NAME, Name, Record, encode, max_records_per_frame};
 
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
@@ -77,6 +78,7 @@ enum Work {
     Records(Vec<Record>),
     Name(u32, String),
     Dropped(u64),
+    Devices(Vec<Device>),
     /// Write everything handed over so far, then answer.
     Flush(SyncSender<()>),
 }
@@ -143,6 +145,12 @@ impl Transport {
         let _ = self.tx.try_send(Work::Dropped(records));
     }
 
+    /// The process's CUDA devices, sent now and at the start of every
+    /// later connection. False: not handed over (forked, queue full).
+    pub fn send_devices(&self, devices: Vec<Device>) -> bool {
+        !self.forked() && self.tx.try_send(Work::Devices(devices)).is_ok()
+    }
+
     /// The id of a kernel name (0 when the table is full or the name
     /// could not be handed over).
     pub fn intern(&self, name: &str) -> u32 {
@@ -206,6 +214,8 @@ struct Worker {
     /// sent once written, dropped if the connection breaks first.
     frames: std::collections::VecDeque<(usize, u64)>,
     names: Vec<(u32, String)>,
+    /// The process's devices, once the agent found them.
+    devices: Vec<Device>,
     next_connect: Instant,
     backoff: Duration,
     /// Drops not yet reported to the daemon.
@@ -240,6 +250,7 @@ impl Worker {
             out: Vec::new(),
             frames: std::collections::VecDeque::new(),
             names: Vec::new(),
+            devices: Vec::new(),
             next_connect: Instant::now(),
             backoff: Duration::from_millis(100),
             unreported_drops: 0,
@@ -306,6 +317,12 @@ impl Worker {
                         self.names.push((id, name));
                     }
                     Ok(Work::Dropped(n)) => self.unreported_drops += n,
+                    Ok(Work::Devices(devices)) => {
+                        if self.conn.is_some() {
+                            encode(&Frame::Devices(devices.clone()), &mut self.out);
+                        }
+                        self.devices = devices;
+                    }
                     Ok(Work::Flush(ack)) => {
                         self.connect_if_due();
                         self.queue(std::mem::take(&mut pending));
@@ -368,6 +385,9 @@ impl Worker {
                         })
                         .collect();
                     encode(&Frame::Names(names), &mut self.out);
+                }
+                if !self.devices.is_empty() {
+                    encode(&Frame::Devices(self.devices.clone()), &mut self.out);
                 }
                 self.conn = Some(s);
             }
@@ -530,5 +550,88 @@ fn send_no_signal(conn: &UnixStream, buf: &[u8]) -> std::io::Result<usize> {
         Err(std::io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Read as _, os::unix::net::UnixListener};
+
+    use gapscope_wire::{ClockMode, Device, Frame, FrameReader};
+
+    use super::*;
+
+    /// The frames one connection sends before `until` holds of them.
+    fn frames_until(listener: &UnixListener, until: impl Fn(&[Frame]) -> bool) -> Vec<Frame> {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (mut reader, mut frames, mut buf) = (FrameReader::default(), Vec::new(), [0u8; 4096]);
+        while !until(&frames) {
+            let n = conn.read(&mut buf).expect("the transport wrote within 5 s");
+            assert!(n > 0, "the connection closed after {frames:?}");
+            reader.push(&buf[..n]);
+            while let Some(f) = reader.next_frame().unwrap() {
+                frames.push(f);
+            }
+        }
+        frames
+    }
+
+    #[test]
+    fn every_connection_names_the_devices_once_they_are_known() {
+        let socket =
+            std::env::temp_dir().join(format!("gapscope-transport-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        let hello = Hello {
+            pid: 1,
+            cuda_version: 0,
+            cupti_version: 0,
+            clock: ClockMode::Callback,
+            clock_offset_ns: 0,
+            agent: "test".into(),
+        };
+        let t = Transport::start(TransportConfig::new(&socket), hello).unwrap();
+        let devices = vec![Device {
+            index: 0,
+            uuid: [7; 16],
+        }];
+        // Known while connected: sent on this connection.
+        assert!(t.send_devices(devices.clone()));
+        let has_devices = |f: &[Frame]| f.iter().any(|f| matches!(f, Frame::Devices(_)));
+        let first = frames_until(&listener, has_devices);
+        assert!(matches!(first[0], Frame::Hello(_)), "{first:?}");
+        assert!(
+            first.contains(&Frame::Devices(devices.clone())),
+            "{first:?}"
+        );
+        // The daemon restarts: the next connection says them again, after
+        // its hello.
+        drop(listener);
+        std::fs::remove_file(&socket).unwrap();
+        let listener = UnixListener::bind(&socket).unwrap();
+        // A write finds the old connection gone.
+        let record = Record {
+            kind: gapscope_wire::RecordKind::Kernel,
+            device: 0,
+            detail: 0,
+            stream: 0,
+            correlation: 0,
+            name: 0,
+            start_ns: 1,
+            end_ns: 2,
+            bytes: 0,
+            thread: 0,
+            graph: 0,
+        };
+        for _ in 0..3 {
+            t.send_records(vec![record]);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let again = frames_until(&listener, has_devices);
+        assert!(matches!(again[0], Frame::Hello(_)), "{again:?}");
+        assert!(again.contains(&Frame::Devices(devices)), "{again:?}");
+        t.shutdown();
+        let _ = std::fs::remove_file(&socket);
     }
 }

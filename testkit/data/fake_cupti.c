@@ -158,6 +158,13 @@ static void enqueue(const struct pending *p) {
     queue[queued++] = *p;
 }
 
+/* The CUDA device index all of the process's work runs on:
+ * FAKE_CUDA_DEVICE (as if it had called cudaSetDevice), else 0. */
+static unsigned device_id(void) {
+    const char *d = getenv("FAKE_CUDA_DEVICE");
+    return d ? (unsigned)atoi(d) : 0;
+}
+
 static void on_work(const struct fake_gpu_work *w) {
     struct pending p;
     memset(&p, 0, sizeof p);
@@ -168,7 +175,7 @@ static void on_work(const struct fake_gpu_work *w) {
         k->kind = CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL;
         k->start = w->start_ns;
         k->end = w->end_ns;
-        k->deviceId = 0;
+        k->deviceId = device_id();
         k->contextId = 1;
         k->streamId = w->stream;
         k->correlationId = w->correlation;
@@ -183,7 +190,7 @@ static void on_work(const struct fake_gpu_work *w) {
         m->bytes = w->bytes;
         m->start = w->start_ns;
         m->end = w->end_ns;
-        m->deviceId = 0;
+        m->deviceId = device_id();
         m->contextId = 1;
         m->streamId = w->stream;
         m->correlationId = w->correlation;

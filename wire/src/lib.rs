@@ -10,8 +10,11 @@
 //! rejected whole.
 //!
 //! A stream starts with `Hello`; then `Names` (kernel names, interned per
-//! connection), `Records` (GPU activity, fixed 48-byte records) and
-//! `Dropped` (what the sender had to throw away) in any order.
+//! connection), `Records` (GPU activity, fixed 48-byte records),
+//! `Dropped` (what the sender had to throw away) and `Devices` (which GPU,
+//! by UUID, each CUDA device index of the process is) in any order.
+//! `Devices` came with this release: a gapscoped of an older one refuses
+//! it as an unknown kind (upgrade the daemon first, as always).
 //!
 //! Version 2 added the calling thread and the graph id to each record;
 //! version 1 frames (40-byte records, from an agent of an older release
@@ -47,6 +50,35 @@ pub mod kind {
     pub const RECORDS: u16 = 2;
     pub const NAMES: u16 = 3;
     pub const DROPPED: u16 = 4;
+    pub const DEVICES: u16 = 5;
+}
+
+/// Bytes per `Devices` entry: index u8, three zero bytes, UUID (16).
+pub const DEVICE_LEN: usize = 20;
+
+/// One CUDA device of the sending process: the index its records carry
+/// (the CUDA ordinal, within `CUDA_VISIBLE_DEVICES`) and the GPU's UUID
+/// (`cuDeviceGetUuid`; NVML writes the same bytes as `GPU-xxxxxxxx-…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Device {
+    pub index: u8,
+    pub uuid: [u8; 16],
+}
+
+impl Device {
+    /// The UUID as NVML spells it: `GPU-` and the 16 bytes in 8-4-4-4-12
+    /// lowercase hex.
+    pub fn nvml_uuid(&self) -> String {
+        let hex: String = self.uuid.iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "GPU-{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )
+    }
 }
 
 /// How the sender's timestamps were put on CLOCK_MONOTONIC.
@@ -230,6 +262,8 @@ pub enum Frame {
         records: u64,
         buffers: u64,
     },
+    /// The process's CUDA devices (at most `MAX_DEVICES`, each index once).
+    Devices(Vec<Device>),
 }
 
 /// Why a frame was rejected. After any of these the stream cannot be
@@ -254,6 +288,10 @@ pub enum WireError {
         why: &'static str,
     },
     BadHello(&'static str),
+    BadDevice {
+        index: usize,
+        why: &'static str,
+    },
 }
 
 impl fmt::Display for WireError {
@@ -274,6 +312,7 @@ impl fmt::Display for WireError {
             Self::BadRecord { index, why } => write!(f, "record {index}: {why}"),
             Self::BadName { index, why } => write!(f, "name {index}: {why}"),
             Self::BadHello(why) => write!(f, "hello: {why}"),
+            Self::BadDevice { index, why } => write!(f, "device entry {index}: {why}"),
         }
     }
 }
@@ -292,6 +331,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Records(_) => kind::RECORDS,
         Frame::Names(_) => kind::NAMES,
         Frame::Dropped { .. } => kind::DROPPED,
+        Frame::Devices(_) => kind::DEVICES,
     };
     out.extend_from_slice(&kind.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
@@ -330,6 +370,12 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Dropped { records, buffers } => {
             out.extend_from_slice(&records.to_le_bytes());
             out.extend_from_slice(&buffers.to_le_bytes());
+        }
+        Frame::Devices(devices) => {
+            for d in devices {
+                out.extend_from_slice(&[d.index, 0, 0, 0]);
+                out.extend_from_slice(&d.uuid);
+            }
         }
     }
     let len = (out.len() - start - HEADER_LEN) as u32;
@@ -378,7 +424,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
         return Err(WireError::UnsupportedVersion(version));
     }
     let kind = u16::from_le_bytes([buf[6], buf[7]]);
-    if !(kind::HELLO..=kind::DROPPED).contains(&kind) {
+    if !(kind::HELLO..=kind::DEVICES).contains(&kind) {
         return Err(WireError::UnknownKind(kind));
     }
     let len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
@@ -392,6 +438,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
         kind::HELLO => Frame::Hello(hello(payload)?),
         kind::RECORDS => Frame::Records(records(payload, version)?),
         kind::NAMES => Frame::Names(names(payload)?),
+        kind::DEVICES => Frame::Devices(devices(payload)?),
         _ => {
             if len != 16 {
                 return Err(WireError::BadLength { kind, len });
@@ -430,6 +477,34 @@ impl<'a> Reader<'a> {
 }
 
 const HELLO_FIXED: usize = 4 + 4 + 4 + 1 + 8 + 1;
+
+fn devices(p: &[u8]) -> Result<Vec<Device>, WireError> {
+    if !p.len().is_multiple_of(DEVICE_LEN) || p.len() > DEVICE_LEN * MAX_DEVICES as usize {
+        return Err(WireError::BadLength {
+            kind: kind::DEVICES,
+            len: p.len(),
+        });
+    }
+    let mut out: Vec<Device> = Vec::with_capacity(p.len() / DEVICE_LEN);
+    for (index, chunk) in p.chunks_exact(DEVICE_LEN).enumerate() {
+        let bad = |why| Err(WireError::BadDevice { index, why });
+        if chunk[1..4] != [0, 0, 0] {
+            return bad("reserved bytes are not zero");
+        }
+        let d = Device {
+            index: chunk[0],
+            uuid: chunk[4..].try_into().unwrap_or_default(),
+        };
+        if d.index >= MAX_DEVICES {
+            return bad("device index out of range");
+        }
+        if out.iter().any(|o| o.index == d.index) {
+            return bad("device index given twice");
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
 
 fn hello(p: &[u8]) -> Result<Hello, WireError> {
     if p.len() < HELLO_FIXED {

@@ -52,6 +52,17 @@ fn all_frames() -> Vec<Frame> {
         },
         Frame::Records(Vec::new()),
         Frame::Names(Vec::new()),
+        Frame::Devices(vec![
+            Device {
+                index: 0,
+                uuid: [0xab; 16],
+            },
+            Device {
+                index: 3,
+                uuid: *b"0123456789abcdef",
+            },
+        ]),
+        Frame::Devices(Vec::new()),
     ]
 }
 
@@ -314,6 +325,53 @@ fn malformed_frames_are_rejected_with_the_reason() {
             },
         ),
         (
+            "devices, a partial entry",
+            with_payload(kind::DEVICES, &[0; DEVICE_LEN + 1]),
+            WireError::BadLength {
+                kind: kind::DEVICES,
+                len: DEVICE_LEN + 1,
+            },
+        ),
+        (
+            "devices, more than a process can have",
+            with_payload(
+                kind::DEVICES,
+                &vec![0; DEVICE_LEN * (MAX_DEVICES as usize + 1)],
+            ),
+            WireError::BadLength {
+                kind: kind::DEVICES,
+                len: DEVICE_LEN * (MAX_DEVICES as usize + 1),
+            },
+        ),
+        (
+            "devices, index out of range",
+            with_payload(kind::DEVICES, &device_bytes(&[MAX_DEVICES])),
+            WireError::BadDevice {
+                index: 0,
+                why: "device index out of range",
+            },
+        ),
+        (
+            "devices, an index twice",
+            with_payload(kind::DEVICES, &device_bytes(&[1, 2, 1])),
+            WireError::BadDevice {
+                index: 2,
+                why: "device index given twice",
+            },
+        ),
+        (
+            "devices, reserved bytes",
+            with_payload(kind::DEVICES, &{
+                let mut b = device_bytes(&[0]);
+                b[2] = 7;
+                b
+            }),
+            WireError::BadDevice {
+                index: 0,
+                why: "reserved bytes are not zero",
+            },
+        ),
+        (
             "hello agent not UTF-8",
             with_payload(kind::HELLO, &hello_bytes(|b| b[22] = 0xff)),
             WireError::BadHello("agent string is not UTF-8"),
@@ -332,6 +390,28 @@ fn malformed_frames_are_rejected_with_the_reason() {
         r.push(&bytes);
         assert_eq!(r.next_frame(), Err(want), "{what}");
     }
+}
+
+/// A `Devices` payload with these indexes (UUIDs of one repeated byte).
+fn device_bytes(indexes: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for &i in indexes {
+        b.extend_from_slice(&[i, 0, 0, 0]);
+        b.extend_from_slice(&[i; 16]);
+    }
+    b
+}
+
+#[test]
+fn a_device_uuid_is_spelled_as_nvml_spells_it() {
+    let d = Device {
+        index: 0,
+        uuid: [
+            0x3f, 0x2a, 0x91, 0x0c, 0x5b, 0x7e, 0x4d, 0x21, 0x9a, 0x0b, 0xcc, 0xde, 0x01, 0x23,
+            0x45, 0x67,
+        ],
+    };
+    assert_eq!(d.nvml_uuid(), "GPU-3f2a910c-5b7e-4d21-9a0b-ccde01234567");
 }
 
 #[test]

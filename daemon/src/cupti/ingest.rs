@@ -124,7 +124,15 @@ struct Peer {
     /// (correlation → the call's start): work the device has or will
     /// have, whatever its finished stretches say.
     in_flight: HashMap<u32, u64>,
+    /// The process's CUDA devices by UUID, from its `Devices` frame.
+    devices: Vec<gapscope_wire::Device>,
+    /// Whether they were counted in `device_uuids` for `service`.
+    devices_counted: Option<u32>,
 }
+
+/// Most GPUs one (service, CUDA device) row is remembered on: beyond one,
+/// the row is ambiguous anyway.
+const MAX_UUIDS_PER_ROW: usize = 8;
 
 /// What the ingestion has counted about itself.
 #[derive(Debug, Default, Clone)]
@@ -166,6 +174,11 @@ pub struct Ingest {
     /// after the device's last busy stretch means its idle gap is not open
     /// (taken by the daemon's loop).
     pub api_calls: HashMap<u32, u64>,
+    /// Which GPUs, by NVML's spelling of their UUIDs, each (service, CUDA
+    /// device index) row has been on: what each process of the service
+    /// said its index is. Kept after the processes leave (their stretches
+    /// may wait for a reading); one UUID makes the row's GPU known.
+    pub device_uuids: BTreeMap<(u32, u8), std::collections::BTreeSet<String>>,
     /// Shortest idle gap that ends a timeline busy stretch.
     min_gap_ns: u64,
 }
@@ -203,6 +216,7 @@ impl Ingest {
             Frame::Records(_) => "records",
             Frame::Names(_) => "names",
             Frame::Dropped { .. } => "dropped",
+            Frame::Devices(_) => "devices",
         };
         *self.counters.frames.entry(kind).or_default() += 1;
         let p = self.peers.entry(peer).or_default();
@@ -241,6 +255,10 @@ impl Ingest {
                 self.counters.sender_dropped_records += records;
                 self.counters.sender_dropped_buffers += buffers;
             }
+            Frame::Devices(devices) => {
+                p.devices = devices;
+                p.devices_counted = None;
+            }
             Frame::Records(records) => {
                 self.counters.records += records.len() as u64;
                 let Some(service) = service else {
@@ -250,6 +268,27 @@ impl Ingest {
                 for r in records {
                     self.record(peer, service, &r);
                 }
+            }
+        }
+        self.count_devices(peer, service);
+    }
+
+    /// Counts a process's devices for its service, once both are known.
+    fn count_devices(&mut self, peer: u64, service: Option<u32>) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some(service) = service.or(p.service) else {
+            return;
+        };
+        if p.devices.is_empty() || p.devices_counted == Some(service) {
+            return;
+        }
+        p.devices_counted = Some(service);
+        for d in &p.devices {
+            let on = self.device_uuids.entry((service, d.index)).or_default();
+            if on.len() < MAX_UUIDS_PER_ROW {
+                on.insert(d.nvml_uuid());
             }
         }
     }

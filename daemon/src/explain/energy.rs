@@ -15,9 +15,10 @@
 //! Which GPUs a (service, device label) row is: the GPUs NVML lists the
 //! service's processes on (one for a CUDA ordinal, all of them for the
 //! uprobes' `all`); on a host with one GPU, that one even when NVML lists
-//! no process (containers, some vGPUs). A CUDA ordinal of a service on
-//! several GPUs stays unpriced: the ordinal-to-GPU order needs the
-//! device's UUID, which the injection library does not send.
+//! no process (containers, some vGPUs). A CUDA device row is first the GPU
+//! whose UUID the service's processes gave for that index (deep mode's
+//! `Devices` frame: CUDA's indexes follow `CUDA_VISIBLE_DEVICES`, NVML's
+//! do not); without one, a service on several GPUs leaves it unpriced.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -156,6 +157,9 @@ pub struct Energy {
     devices_of: HashMap<u32, Vec<u32>>,
     /// GPUs NVML reports (0: NVML down or absent).
     gpus: usize,
+    /// (service, CUDA device label) → the NVML index of the GPU its
+    /// processes named by UUID.
+    by_uuid: HashMap<(u32, String), u32>,
     pending: VecDeque<Pending>,
     /// Pushed out of `pending`, to be settled unpriced.
     overflowed: Vec<Pending>,
@@ -176,8 +180,17 @@ impl Energy {
         self.gpus = gpus;
     }
 
+    /// The NVML GPU of each (service, CUDA device label) row whose
+    /// processes named it by UUID.
+    pub fn cuda_devices(&mut self, rows: HashMap<(u32, String), u32>) {
+        self.by_uuid = rows;
+    }
+
     /// The GPUs a row of `service` stands for, if known.
     fn gpus_of(&self, service: u32, device: &str) -> Option<Vec<u32>> {
+        if let Some(gpu) = self.by_uuid.get(&(service, device.to_string())) {
+            return Some(vec![*gpu]);
+        }
         let listed = self.devices_of.get(&service).filter(|d| !d.is_empty());
         match listed {
             Some(d) if device == ALL_DEVICES || d.len() == 1 => Some(d.clone()),
@@ -353,5 +366,24 @@ mod tests {
         e.reading(0, r(1.0, None, Some(40.0)));
         e.add(7, "0", Use::Idle(Cause::PythonCpu), 0, S);
         assert_eq!(e.settle(S)[0].microjoules, 40_000_000);
+    }
+
+    #[test]
+    fn a_cuda_device_named_by_uuid_is_priced_on_that_gpu() {
+        // The service is on both GPUs; its processes said CUDA device 0 is
+        // NVML's GPU 1 (CUDA_VISIBLE_DEVICES=1,0, say).
+        let mut e = Energy::default();
+        e.placement(HashMap::from([(1, vec![0, 1])]), 2);
+        e.cuda_devices(HashMap::from([((1, "0".to_string()), 1)]));
+        for (gpu, joules) in [(0, 100.0), (1, 300.0)] {
+            e.reading(gpu, r(0.0, Some(0.0), None));
+            e.reading(gpu, r(1.0, Some(joules), None));
+        }
+        e.add(1, "0", Use::Idle(Cause::GilWait), 0, S);
+        // CUDA device 1 was not named: unpriced, as before.
+        e.add(1, "1", Use::Idle(Cause::GilWait), 0, S);
+        let done = e.settle(S);
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].microjoules, done[0].priced_ns), (300_000_000, S));
     }
 }

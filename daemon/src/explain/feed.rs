@@ -100,12 +100,26 @@ pub fn settle(state: &DaemonState, now_ns: u64, reorder_ns: u64) {
             explain.on_api_call(service, start_ns);
         }
         explain.on_in_flight(&ingest.in_flight(now_ns));
+        if let Some(p) = &power {
+            // A CUDA device row whose processes all named one GPU that
+            // NVML lists: that GPU, whatever NVML's index for it.
+            let rows = ingest
+                .device_uuids
+                .iter()
+                .filter_map(|(&(service, device), uuids)| {
+                    let [uuid] = Vec::from_iter(uuids).try_into().ok()?;
+                    Some(((service, device.to_string()), *p.by_uuid.get(uuid)?))
+                })
+                .collect();
+            explain.energy.cuda_devices(rows);
+        }
     }
-    if let Some((readings, placement, gpus)) = power {
-        for (index, r) in readings {
+    if let Some(p) = power {
+        let gpus = p.readings.len();
+        for (index, r) in p.readings {
             explain.energy.reading(index, r);
         }
-        explain.energy.placement(placement, gpus);
+        explain.energy.placement(p.placement, gpus);
     }
     // A launching thread's wait still in progress, from the kernel's
     // thread map (one lookup per launching thread).
@@ -126,13 +140,18 @@ pub fn settle(state: &DaemonState, now_ns: u64, reorder_ns: u64) {
     });
 }
 
-/// NVML's latest reading of each GPU, the GPUs each service's processes
-/// hold memory on, and how many GPUs there are; None while NVML is down.
-#[allow(clippy::type_complexity)]
-fn power_inputs(
-    state: &DaemonState,
-) -> Option<(Vec<(u32, Reading)>, HashMap<u32, Vec<u32>>, usize)> {
-    let (readings, holders) = {
+/// What pricing needs from NVML: each GPU's latest reading, the GPUs each
+/// service's processes hold memory on, and each GPU's index by UUID.
+struct PowerInputs {
+    readings: Vec<(u32, Reading)>,
+    placement: HashMap<u32, Vec<u32>>,
+    by_uuid: HashMap<String, u32>,
+}
+
+/// NVML's latest readings and where the services are; None while NVML is
+/// down.
+fn power_inputs(state: &DaemonState) -> Option<PowerInputs> {
+    let (readings, holders, by_uuid) = {
         let g = state
             .nvml
             .lock()
@@ -159,9 +178,13 @@ fn power_inputs(
             .iter()
             .flat_map(|d| d.processes.iter().map(move |p| (p.pid, d.index)))
             .collect();
-        (readings, holders)
+        let by_uuid = g
+            .devices
+            .iter()
+            .map(|d| (d.uuid.clone(), d.index))
+            .collect();
+        (readings, holders, by_uuid)
     };
-    let gpus = readings.len();
     let mut placement: HashMap<u32, Vec<u32>> = HashMap::new();
     if !holders.is_empty() {
         let targets = state
@@ -180,5 +203,9 @@ fn power_inputs(
     for on in placement.values_mut() {
         on.sort_unstable();
     }
-    Some((readings, placement, gpus))
+    Some(PowerInputs {
+        readings,
+        placement,
+        by_uuid,
+    })
 }

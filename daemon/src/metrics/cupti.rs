@@ -2,7 +2,8 @@
 //! the injection library streams (kernels by class, busy time, idle gaps,
 //! launch latency, copies, synchronization), and the socket's own health.
 //! `device` is the CUDA device ordinal the process saw (with
-//! CUDA_VISIBLE_DEVICES it need not be NVML's `gpu` index).
+//! CUDA_VISIBLE_DEVICES it need not be NVML's `gpu` index);
+//! `gapscope_cuda_device_info` names its GPU by `UUID`, NVML's label.
 
 use super::Family;
 use crate::cupti::ingest::IngestCounters;
@@ -43,6 +44,10 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         "gapscope_gpu_sync_wait_seconds",
         "CUDA synchronizations CUPTI recorded (stream, event, context waits).",
     );
+    let mut info = Family::gauge(
+        "gapscope_cuda_device_info",
+        "1 for each GPU (UUID, as NVML's series label it) the service's processes said a CUDA device ordinal is: join deep mode's series to NVML's on it. Two UUIDs for one ordinal: processes with different CUDA_VISIBLE_DEVICES.",
+    );
     let mut late = Family::counter(
         "gapscope_inject_late_intervals_total",
         "Activity intervals that arrived after their time was already settled (clipped; a sender flushing slower than [inject] reorder_window_ms).",
@@ -71,9 +76,27 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
             sync.add_log2_histogram(&l, &s.sync_wait);
             late.add_counter(&l, s.busy.late_intervals as f64);
         }
+        for ((service, device), uuids) in &ingest.device_uuids {
+            let Some(name) = state.exported_service_name(*service) else {
+                continue;
+            };
+            let device = device.to_string();
+            for uuid in uuids {
+                info.add_gauge(
+                    &[
+                        ("service", name.as_str()),
+                        ("device", device.as_str()),
+                        ("UUID", uuid.as_str()),
+                    ],
+                    1.0,
+                );
+            }
+        }
         ingest.counters.clone()
     };
-    let mut out = vec![kernels, busy, gaps, latency, copies, memset, sync, late];
+    let mut out = vec![
+        kernels, busy, gaps, latency, copies, memset, sync, late, info,
+    ];
     out.extend(socket_families(deep, &counters));
     out
 }

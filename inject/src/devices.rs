@@ -1,0 +1,94 @@
+//! Which GPU each CUDA device index of this process is: the UUIDs the
+//! driver the process loaded gives for its ordinals (those within
+//! `CUDA_VISIBLE_DEVICES`, the indexes CUPTI's records carry), so that
+//! gapscoped can find the same GPU in NVML, whose indexes differ.
+//!
+//! Asked from the agent's flush thread, never from CUDA's own calls into
+//! the agent: `InitializeInjection` runs inside `cuInit`, before the
+//! driver answers.
+
+use std::ffi::{CStr, CString, c_int, c_void};
+
+use gapscope_wire::{Device, MAX_DEVICES};
+
+type CuResult = c_int;
+const CUDA_SUCCESS: CuResult = 0;
+
+/// The libcuda this process maps.
+fn mapped_driver() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            p.rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with("libcuda.so"))
+        })
+        .map(str::to_string)
+}
+
+/// # Safety
+/// `T` must be the function pointer type of `name`.
+unsafe fn sym<T: Copy>(handle: *mut c_void, name: &CStr) -> Option<T> {
+    // SAFETY: a valid handle and C string.
+    let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
+    // SAFETY: the caller names the right type; a function pointer is
+    // pointer-sized.
+    (!p.is_null()).then(|| unsafe { std::mem::transmute_copy::<*mut c_void, T>(&p) })
+}
+
+/// The process's CUDA devices, or why they cannot be known (yet).
+pub fn query() -> Result<Vec<Device>, String> {
+    let path = mapped_driver().ok_or("the process maps no libcuda")?;
+    let c = CString::new(path.clone()).map_err(|_| "a libcuda path with a NUL".to_string())?;
+    // SAFETY: a valid C string; RTLD_NOLOAD only finds the loaded copy.
+    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+    if handle.is_null() {
+        return Err(format!("{path} is mapped but not loaded"));
+    }
+    type Count = unsafe extern "C" fn(*mut c_int) -> CuResult;
+    type Get = unsafe extern "C" fn(*mut c_int, c_int) -> CuResult;
+    type Uuid = unsafe extern "C" fn(*mut [u8; 16], c_int) -> CuResult;
+    // SAFETY: the types the CUDA headers declare (CUdevice is an int,
+    // CUuuid 16 bytes).
+    let found = unsafe {
+        (
+            sym::<Count>(handle, c"cuDeviceGetCount"),
+            sym::<Get>(handle, c"cuDeviceGet"),
+            sym::<Uuid>(handle, c"cuDeviceGetUuid_v2").or_else(|| sym(handle, c"cuDeviceGetUuid")),
+        )
+    };
+    // SAFETY: the handle from dlopen above (a reference it added).
+    unsafe { libc::dlclose(handle) };
+    let (Some(count), Some(get), Some(uuid)) = found else {
+        return Err(format!(
+            "{path} lacks cuDeviceGetCount, cuDeviceGet or cuDeviceGetUuid"
+        ));
+    };
+    let mut n: c_int = 0;
+    // SAFETY: a valid out pointer.
+    let r = unsafe { count(&mut n) };
+    if r != CUDA_SUCCESS {
+        return Err(format!("cuDeviceGetCount: CUDA error {r}"));
+    }
+    let mut out = Vec::new();
+    for ordinal in 0..n.clamp(0, c_int::from(MAX_DEVICES)) {
+        let mut dev: c_int = 0;
+        let mut bytes = [0u8; 16];
+        // SAFETY: valid out pointers.
+        let r = unsafe { get(&mut dev, ordinal) };
+        if r != CUDA_SUCCESS {
+            return Err(format!("cuDeviceGet({ordinal}): CUDA error {r}"));
+        }
+        // SAFETY: as above.
+        let r = unsafe { uuid(&mut bytes, dev) };
+        if r != CUDA_SUCCESS {
+            return Err(format!("cuDeviceGetUuid({ordinal}): CUDA error {r}"));
+        }
+        out.push(Device {
+            index: ordinal as u8,
+            uuid: bytes,
+        });
+    }
+    Ok(out)
+}
