@@ -971,3 +971,88 @@ fn a_cuda_device_is_priced_on_the_gpu_its_uuid_names() {
     w.finish();
     let _ = std::fs::remove_file(&pid_file);
 }
+
+/// In deep mode each device's idle stretch reads as open on its own: one
+/// process keeps launching on CUDA device 0 while another, of the same
+/// service, ran one kernel on device 1 and went idle. Device 1's gap is
+/// open while device 0's launches go on (they go to device 0: the
+/// launching thread's kernels all ran there); device 0 has none.
+#[test]
+fn a_device_left_idle_reads_open_while_another_keeps_working() {
+    let _g = serial();
+    let fixture = FakeCuda::build();
+    let cupti = match fixture.cupti("cupti-12.9") {
+        Ok(c) => c,
+        Err(why) => {
+            gapscope_testkit::skip(&why);
+            return;
+        }
+    };
+    let socket = format!("/tmp/gapscope-open-{}.sock", std::process::id());
+    let daemon = Daemon::start_with(
+        "[[service]]\nname = \"two\"\ncmdline = 'whatif_loop.py .*--tag open-test'\n",
+        &format!("\n[inject]\nsocket = \"{socket}\"\n[cuda]\nenabled = false\n"),
+    );
+    let loop_on = |device: &str, steps: &str| {
+        let mut cmd = std::process::Command::new(pyenv_python(11));
+        cmd.arg(repo_root().join("targets/whatif_loop.py"))
+            .arg(fixture.path(""))
+            .args(["--stalls", "sleep", "--steps", steps, "--kernel-ms", "10"])
+            .args(["--stall-ms", "2", "--tag", "open-test"])
+            .env("CUDA_INJECTION64_PATH", gapscope_testkit::inject_library())
+            .env("GAPSCOPE_CUPTI_PATH", &cupti)
+            .env("GAPSCOPE_SOCKET", &socket)
+            .env("FAKE_CUDA_DEVICE", device);
+        Workload::spawn_command(cmd)
+    };
+    let mut idle = loop_on("1", "5");
+    let mut busy = loop_on("0", "400");
+    daemon.wait_processes("two", 2.0);
+    let idle_out: Value = serde_json::from_str(&idle.go()[0]).unwrap();
+    let went_idle = idle_out["end_ns"].as_u64().unwrap();
+    // Device 0 works for about 5 s from here.
+    busy.send_go();
+    let started = Instant::now();
+    let mut seen: Option<(f64, Value)> = None;
+    while started.elapsed() < Duration::from_secs(4) {
+        let body = http_get(daemon.port, "/api/v1/explain?service=two&window=5m").unwrap();
+        let report: Value = serde_json::from_str(&body).unwrap();
+        let rows = report["gpu"].as_array().cloned().unwrap_or_default();
+        let row = |d: &str| rows.iter().find(|g| g["device"] == d).cloned();
+        if let (Some(zero), Some(one)) = (row("0"), row("1"))
+            && zero["busy_seconds"].as_f64() > Some(1.0)
+        {
+            // Device 0 is working: never open.
+            assert!(zero["open_gap"].is_null(), "device 0 reads open: {zero}");
+            if let Some(s) = one["open_gap"]["seconds"].as_f64() {
+                seen = Some((s, one["open_gap"].clone()));
+                if s >= 1.5 {
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (seconds, open) = seen.unwrap_or_else(|| {
+        panic!(
+            "device 1's idle stretch never read open while device 0 worked\n{}",
+            daemon.log_text()
+        )
+    });
+    let since = open["since_ns"].as_u64().unwrap();
+    eprintln!("device 1 open for {seconds:.2} s while device 0 worked: {open}");
+    assert!(seconds >= 1.5, "device 1 open only {seconds} s: {open}");
+    // From its last kernel's end, just before the loop read its clock.
+    assert!(
+        since <= went_idle && since + 50_000_000 >= went_idle,
+        "open since {since}, went idle at {went_idle}: {open}"
+    );
+    let gauge = daemon.scrape().get_or_zero(
+        "gapscope_gpu_idle_open_seconds",
+        &[("service", "two"), ("device", "1"), ("source", "cupti")],
+    );
+    assert!(gauge >= seconds, "gauge {gauge} s, report {seconds} s");
+    busy.wait_output();
+    busy.finish();
+    idle.finish();
+}

@@ -105,8 +105,9 @@ struct Peer {
     hello: Option<Hello>,
     /// Interned name id → (class, name).
     names: HashMap<u32, (&'static str, Arc<str>)>,
-    /// correlation → API call start, oldest first for eviction.
-    api_starts: HashMap<u32, u64>,
+    /// correlation → API call (start, calling thread), oldest first for
+    /// eviction.
+    api_starts: HashMap<u32, (u64, u32)>,
     api_order: VecDeque<u32>,
     /// correlation → (device, kernel start) of kernels whose API call
     /// has not arrived yet.
@@ -121,13 +122,61 @@ struct Peer {
     /// The service its records count for (once records came).
     service: Option<u32>,
     /// Kernel launches whose kernel has not been reported yet
-    /// (correlation → the call's start): work the device has or will
-    /// have, whatever its finished stretches say.
-    in_flight: HashMap<u32, u64>,
+    /// (correlation → the call's start and its likely device): work the
+    /// device has or will have, whatever its finished stretches say.
+    in_flight: HashMap<u32, (u64, Target)>,
+    /// The devices each calling thread's kernels ran on, learnt when a
+    /// kernel and its launch meet: where its next launch likely goes.
+    thread_devices: HashMap<u32, ThreadDevices>,
     /// The process's CUDA devices by UUID, from its `Devices` frame.
     devices: Vec<gapscope_wire::Device>,
     /// Whether they were counted in `device_uuids` for `service`.
     devices_counted: Option<u32>,
+}
+
+/// The device a CUDA call hands work to, as far as is known before its
+/// kernel is reported (API records carry no device): that of the calling
+/// thread's earlier kernels when they all ran on one, else None (any of
+/// the service's devices).
+pub type Target = Option<u8>;
+
+/// What a thread's kernels ran on so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ThreadDevices {
+    One(u8),
+    Several,
+}
+
+/// Most threads a peer remembers the devices of.
+const MAX_THREAD_DEVICES: usize = 4096;
+
+impl Peer {
+    /// A kernel of `thread`'s ran on `device`.
+    fn learn(&mut self, thread: u32, device: u8) {
+        if thread == 0 {
+            return;
+        }
+        if !self.thread_devices.contains_key(&thread)
+            && self.thread_devices.len() >= MAX_THREAD_DEVICES
+        {
+            return;
+        }
+        let seen = self
+            .thread_devices
+            .entry(thread)
+            .or_insert(ThreadDevices::One(device));
+        if *seen != ThreadDevices::One(device) {
+            *seen = ThreadDevices::Several;
+        }
+    }
+
+    /// Where a call of `thread` likely hands its work.
+    fn target(&self, thread: u32) -> Target {
+        match self.thread_devices.get(&thread) {
+            Some(ThreadDevices::One(d)) => Some(*d),
+            _ => None,
+        }
+    }
 }
 
 /// Most GPUs one (service, CUDA device) row is remembered on: beyond one,
@@ -169,11 +218,12 @@ pub struct Ingest {
     /// knows them), with their latest call's end: (service, tid) → ns,
     /// taken by the daemon's loop for the explainer.
     pub api_threads: HashMap<(u32, u32), u64>,
-    /// Per service, the newest start of a CUDA call that hands the GPU
-    /// work (a launch or a copy, not a synchronization): work handed over
-    /// after the device's last busy stretch means its idle gap is not open
-    /// (taken by the daemon's loop).
-    pub api_calls: HashMap<u32, u64>,
+    /// Per service and device, the newest start of a CUDA call that
+    /// hands the device work (a launch or a copy, not a synchronization),
+    /// once its device is known: work handed over after the device's last
+    /// busy stretch means its idle gap is not open (taken by the daemon's
+    /// loop).
+    pub api_calls: HashMap<(u32, u8), u64>,
     /// Which GPUs, by NVML's spelling of their UUIDs, each (service, CUDA
     /// device index) row has been on: what each process of the service
     /// said its index is. Kept after the processes leave (their stretches
@@ -341,9 +391,14 @@ impl Ingest {
                 }
                 p.in_flight.remove(&r.correlation);
                 match p.api_starts.remove(&r.correlation) {
-                    Some(api_start) => stats
-                        .launch_latency
-                        .record(r.start_ns.saturating_sub(api_start)),
+                    Some((api_start, thread)) => {
+                        p.learn(thread, r.device);
+                        stats
+                            .launch_latency
+                            .record(r.start_ns.saturating_sub(api_start));
+                        let newest = self.api_calls.entry((service, r.device)).or_default();
+                        *newest = (*newest).max(api_start);
+                    }
                     None => remember(
                         &mut p.kernel_starts,
                         &mut p.kernel_order,
@@ -365,12 +420,7 @@ impl Ingest {
                 // A thread that launches or waits for GPU work (not one
                 // that only polls an event or loads a module).
                 let role = cbid::role(r.kind == RecordKind::DriverApi, r.name);
-                let launching = role.is_some();
-                if role.is_some_and(cbid::Role::hands_work) {
-                    let newest = self.api_calls.entry(service).or_default();
-                    *newest = (*newest).max(r.start_ns);
-                }
-                if launching
+                if role.is_some()
                     && r.thread != 0
                     && p.same_pid_namespace
                     && self.api_threads.len() < MAX_API_THREADS
@@ -378,26 +428,39 @@ impl Ingest {
                     let last = self.api_threads.entry((service, r.thread)).or_default();
                     *last = (*last).max(r.end_ns);
                 }
-                match p.kernel_starts.remove(&r.correlation) {
-                    Some((device, kernel_start)) => self
-                        .stats
+                // Its kernel came first: where it went is known.
+                let joined = p.kernel_starts.remove(&r.correlation);
+                if let Some((device, kernel_start)) = joined {
+                    p.learn(r.thread, device);
+                    self.stats
                         .entry((service, device))
                         .or_default()
                         .launch_latency
-                        .record(kernel_start.saturating_sub(r.start_ns)),
-                    None => {
-                        if role == Some(cbid::Role::LaunchesKernels)
-                            && p.in_flight.len() < MAX_IN_FLIGHT
-                        {
-                            p.in_flight.insert(r.correlation, r.start_ns);
-                        }
-                        remember(
-                            &mut p.api_starts,
-                            &mut p.api_order,
-                            r.correlation,
-                            r.start_ns,
-                        );
+                        .record(kernel_start.saturating_sub(r.start_ns));
+                }
+                // Work handed to a device known now (its kernel's, or the
+                // thread's); a launch whose device is not known yet is in
+                // flight until its kernel says (a copy, until its record
+                // makes the device busy).
+                let target = joined.map(|(d, _)| d).or_else(|| p.target(r.thread));
+                if role.is_some_and(cbid::Role::hands_work)
+                    && let Some(device) = target
+                {
+                    let newest = self.api_calls.entry((service, device)).or_default();
+                    *newest = (*newest).max(r.start_ns);
+                }
+                if joined.is_none() {
+                    if role == Some(cbid::Role::LaunchesKernels)
+                        && p.in_flight.len() < MAX_IN_FLIGHT
+                    {
+                        p.in_flight.insert(r.correlation, (r.start_ns, target));
                     }
+                    remember(
+                        &mut p.api_starts,
+                        &mut p.api_order,
+                        r.correlation,
+                        (r.start_ns, r.thread),
+                    );
                 }
             }
             RecordKind::Overhead => {}
@@ -443,17 +506,18 @@ impl Ingest {
         }
     }
 
-    /// Per service, the oldest kernel launch at `now_ns` whose kernel
-    /// has not been reported (within `IN_FLIGHT_FOR_NS`; older ones are
-    /// forgotten as lost).
-    pub fn in_flight(&mut self, now_ns: u64) -> HashMap<u32, u64> {
-        let mut out: HashMap<u32, u64> = HashMap::new();
+    /// Per service and likely device, the oldest kernel launch at
+    /// `now_ns` whose kernel has not been reported (within
+    /// `IN_FLIGHT_FOR_NS`; older ones are forgotten as lost).
+    pub fn in_flight(&mut self, now_ns: u64) -> HashMap<(u32, Target), u64> {
+        let mut out: HashMap<(u32, Target), u64> = HashMap::new();
         for p in self.peers.values_mut() {
             p.in_flight
-                .retain(|_, start| now_ns.saturating_sub(*start) < IN_FLIGHT_FOR_NS);
-            if let (Some(service), Some(oldest)) = (p.service, p.in_flight.values().min()) {
-                let o = out.entry(service).or_insert(*oldest);
-                *o = (*o).min(*oldest);
+                .retain(|_, (start, _)| now_ns.saturating_sub(*start) < IN_FLIGHT_FOR_NS);
+            let Some(service) = p.service else { continue };
+            for &(start, target) in p.in_flight.values() {
+                let o = out.entry((service, target)).or_insert(start);
+                *o = (*o).min(start);
             }
         }
         out
@@ -558,7 +622,7 @@ mod tests {
                 rec(RecordKind::RuntimeApi, 22, 131, 2_000, 9_000),
             ]),
         );
-        assert_eq!(i.in_flight(10_000), HashMap::from([(3, 1_000)]));
+        assert_eq!(i.in_flight(10_000), HashMap::from([((3, None), 1_000)]));
         i.frame(
             7,
             100,
@@ -573,8 +637,62 @@ mod tests {
             Some(3),
             Frame::Records(vec![rec(RecordKind::DriverApi, 23, 307, 20_000, 20_500)]),
         );
-        assert_eq!(i.in_flight(30_000), HashMap::from([(3, 20_000)]));
+        assert_eq!(i.in_flight(30_000), HashMap::from([((3, None), 20_000)]));
         assert!(i.in_flight(20_000 + IN_FLIGHT_FOR_NS).is_empty());
+    }
+
+    #[test]
+    fn a_threads_launches_go_where_its_kernels_went() {
+        let mut i = Ingest::new(1_000_000);
+        i.frame(7, 100, Some(3), hello());
+        let on = |thread, device, rec: Record| Record {
+            thread,
+            device,
+            ..rec
+        };
+        // Thread 41's first launch: its device is not known yet.
+        i.frame(
+            7,
+            100,
+            Some(3),
+            Frame::Records(vec![on(
+                41,
+                0,
+                rec(RecordKind::RuntimeApi, 1, 211, 1_000, 1_500),
+            )]),
+        );
+        assert_eq!(i.in_flight(2_000), HashMap::from([((3, None), 1_000)]));
+        assert!(i.api_calls.is_empty());
+        // Its kernel ran on device 1: its next launch goes there.
+        i.frame(
+            7,
+            100,
+            Some(3),
+            Frame::Records(vec![
+                on(0, 1, rec(RecordKind::Kernel, 1, 0, 2_000, 3_000)),
+                on(41, 0, rec(RecordKind::RuntimeApi, 2, 211, 4_000, 4_500)),
+            ]),
+        );
+        // The first launch's kernel said device 1; the second goes there.
+        assert_eq!(i.in_flight(5_000), HashMap::from([((3, Some(1)), 4_000)]));
+        assert_eq!(
+            i.api_calls.drain().collect::<HashMap<_, _>>(),
+            HashMap::from([((3, 1), 4_000)])
+        );
+        // A kernel reported before its launch teaches the same; a thread
+        // whose kernels ran on two devices is any device's again.
+        i.frame(
+            7,
+            100,
+            Some(3),
+            Frame::Records(vec![
+                on(0, 1, rec(RecordKind::Kernel, 2, 0, 5_000, 6_000)),
+                on(0, 0, rec(RecordKind::Kernel, 3, 0, 6_000, 7_000)),
+                on(41, 0, rec(RecordKind::RuntimeApi, 3, 211, 5_500, 5_600)),
+                on(41, 0, rec(RecordKind::RuntimeApi, 4, 211, 8_000, 8_100)),
+            ]),
+        );
+        assert_eq!(i.in_flight(9_000), HashMap::from([((3, None), 8_000)]));
     }
 
     #[test]

@@ -96,8 +96,8 @@ pub fn settle(state: &DaemonState, now_ns: u64, reorder_ns: u64) {
         for ((service, tid), at_ns) in ingest.api_threads.drain() {
             explain.on_launching_thread(service, tid, at_ns);
         }
-        for (service, start_ns) in ingest.api_calls.drain() {
-            explain.on_api_call(service, start_ns);
+        for ((service, target), start_ns) in ingest.api_calls.drain() {
+            explain.on_api_call(service, target, start_ns);
         }
         explain.on_in_flight(&ingest.in_flight(now_ns));
         if let Some(p) = &power {

@@ -31,7 +31,7 @@ use super::{
     history::{History, Split},
 };
 use crate::config::ExplainConfig;
-use crate::{annotations::Annotation, cupti::busy::Stretch};
+use crate::{annotations::Annotation, cupti::busy::Stretch, cupti::ingest::Target};
 
 /// How old a gap's end must be before it is attributed.
 pub const SETTLE_NS: u64 = 250_000_000;
@@ -151,12 +151,12 @@ struct Service {
     /// Newest end of any state: the window's clock.
     newest_ns: u64,
     /// Deep mode: where each device's newest busy stretch ended, and the
-    /// newest CUDA API call CUPTI reported (work handed over since).
+    /// newest CUDA API call CUPTI reported that handed it work.
     busy_until: BTreeMap<u8, u64>,
-    api_seen_ns: u64,
+    api_seen_ns: HashMap<u8, u64>,
     /// The oldest kernel launch whose kernel CUPTI has not reported (it
-    /// runs, or waits its turn): the device has work.
-    in_flight_since: Option<u64>,
+    /// runs, or waits its turn), by likely device: that device has work.
+    in_flight_since: HashMap<Target, u64>,
     /// The idle stretches still open at the last tick.
     open: Vec<OpenGap>,
 }
@@ -432,20 +432,26 @@ impl Explainer {
         *last = (*last).max(at_ns);
     }
 
-    /// The kernel launches awaiting their kernel, per service (the oldest
-    /// launch's start); a service absent has none.
-    pub fn on_in_flight(&mut self, in_flight: &HashMap<u32, u64>) {
-        for (id, s) in &mut self.services {
-            s.in_flight_since = in_flight.get(id).copied();
+    /// The kernel launches awaiting their kernel, per service and likely
+    /// device (the oldest launch's start); a service absent has none.
+    pub fn on_in_flight(&mut self, in_flight: &HashMap<(u32, Target), u64>) {
+        for s in self.services.values_mut() {
+            s.in_flight_since.clear();
+        }
+        for (&(id, target), &since) in in_flight {
+            if let Some(s) = self.services.get_mut(&id) {
+                s.in_flight_since.insert(target, since);
+            }
         }
     }
 
-    /// CUPTI saw the service start a CUDA call that hands the GPU work (a
-    /// launch or a copy) at `start_ns`: a device whose last stretch ended
-    /// before has work coming, so its gap is not open.
-    pub fn on_api_call(&mut self, service: u32, start_ns: u64) {
+    /// CUPTI saw the service start a CUDA call that hands `device` work
+    /// (a launch or a copy) at `start_ns`: if its last stretch ended
+    /// before, it has work coming, so its gap is not open.
+    pub fn on_api_call(&mut self, service: u32, device: u8, start_ns: u64) {
         let s = self.services.entry(service).or_default();
-        s.api_seen_ns = s.api_seen_ns.max(start_ns);
+        let seen = s.api_seen_ns.entry(device).or_default();
+        *seen = (*seen).max(start_ns);
     }
 
     /// Takes a settled busy stretch of `device` from CUPTI deep mode.
@@ -674,10 +680,15 @@ impl Explainer {
         // Deep mode: a device whose last busy stretch ended long ago, with
         // no launch begun since, no kernel launched and not yet reported
         // (a long one still running) and no stretch waiting to be taken.
-        let running = s.in_flight_since.is_some();
-        for (&device, &until) in s.busy_until.iter().filter(|_| !running) {
+        // A launch in flight counts for its likely device, and one whose
+        // device is not known yet for every device.
+        for (&device, &until) in &s.busy_until {
+            let running = [Some(device), None]
+                .iter()
+                .any(|t| s.in_flight_since.contains_key(t));
+            let fed = s.api_seen_ns.get(&device).is_some_and(|seen| *seen > until);
             let pending = s.stretches.iter().any(|(d, _)| *d == device);
-            if !pending && s.api_seen_ns <= until && now_ns.saturating_sub(until) >= OPEN_AFTER_NS {
+            if !running && !fed && !pending && now_ns.saturating_sub(until) >= OPEN_AFTER_NS {
                 open.push((device.to_string(), Source::Cupti, until));
             }
         }

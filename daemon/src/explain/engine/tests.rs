@@ -329,7 +329,7 @@ fn an_idle_stretch_that_has_not_ended_is_open_and_attributed_so_far() {
     };
     e.on_launching_thread(0, 10, 2 * MS);
     // The launch that made the kernel.
-    e.on_api_call(0, 9 * MS);
+    e.on_api_call(0, 0, 9 * MS);
     e.on_stretch(0, 0, st(10, 20));
     e.tick(3000 * MS, &|_| ThreadNow::Running);
     let open = e.open(0);
@@ -339,23 +339,45 @@ fn an_idle_stretch_that_has_not_ended_is_open_and_attributed_so_far() {
         attribute::totals(&open[0].segments)[Cause::Unobserved.index()],
         2980 * MS
     );
-    e.on_api_call(0, 3001 * MS);
+    e.on_api_call(0, 0, 3001 * MS);
     e.tick(3100 * MS, &|_| ThreadNow::Running);
     assert!(e.open(0).is_empty());
 
     // A kernel launched while the last stretch ran, still running (its
     // record comes when it ends): not open.
     let mut e = Explainer::new(config());
-    e.on_api_call(0, 9 * MS);
+    e.on_api_call(0, 0, 9 * MS);
     e.on_stretch(0, 0, st(10, 20));
-    e.on_api_call(0, 15 * MS);
-    e.on_in_flight(&HashMap::from([(0, 15 * MS)]));
+    e.on_api_call(0, 0, 15 * MS);
+    e.on_in_flight(&HashMap::from([((0, None), 15 * MS)]));
     e.tick(3000 * MS, &|_| ThreadNow::Running);
     assert!(e.open(0).is_empty());
     // Its kernel reported: the gap is open after all.
     e.on_in_flight(&HashMap::new());
     e.tick(3100 * MS, &|_| ThreadNow::Running);
     assert_eq!(e.open(0).len(), 1);
+
+    // Two devices: a thread keeps launching on device 0 while device 1
+    // went idle at 20 ms. Launches and in-flight kernels whose device is
+    // known (the thread's earlier kernels all ran on 0) keep only device
+    // 0 from reading open; one in flight whose device is not known keeps
+    // both, until its kernel says where it went.
+    let mut e = Explainer::new(config());
+    e.on_stretch(0, 0, st(10, 20));
+    e.on_stretch(0, 1, st(10, 20));
+    e.on_api_call(0, 0, 2990 * MS);
+    e.on_in_flight(&HashMap::from([((0, Some(0)), 2990 * MS)]));
+    e.tick(3000 * MS, &|_| ThreadNow::Running);
+    let open: Vec<&str> = e.open(0).iter().map(|g| g.device.as_str()).collect();
+    assert_eq!(open, ["1"]);
+    e.on_in_flight(&HashMap::from([((0, None), 2995 * MS)]));
+    e.tick(3100 * MS, &|_| ThreadNow::Running);
+    assert!(e.open(0).is_empty());
+    e.on_in_flight(&HashMap::new());
+    e.on_api_call(0, 0, 2995 * MS);
+    e.tick(3200 * MS, &|_| ThreadNow::Running);
+    let open: Vec<&str> = e.open(0).iter().map(|g| g.device.as_str()).collect();
+    assert_eq!(open, ["1"]);
 }
 
 #[test]
