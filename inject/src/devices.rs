@@ -37,15 +37,27 @@ unsafe fn sym<T: Copy>(handle: *mut c_void, name: &CStr) -> Option<T> {
     (!p.is_null()).then(|| unsafe { std::mem::transmute_copy::<*mut c_void, T>(&p) })
 }
 
+/// The loaded libcuda, by its soname or else by the file the process
+/// maps (never loading one: RTLD_NOLOAD).
+fn loaded_driver() -> Result<(*mut c_void, String), String> {
+    let noload = |name: &str| {
+        let c = CString::new(name).ok()?;
+        // SAFETY: a valid C string; RTLD_NOLOAD only finds a loaded copy.
+        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+        (!h.is_null()).then_some(h)
+    };
+    if let Some(h) = noload("libcuda.so.1") {
+        return Ok((h, "libcuda.so.1".into()));
+    }
+    let path = mapped_driver().ok_or("the process maps no libcuda")?;
+    noload(&path)
+        .map(|h| (h, path.clone()))
+        .ok_or_else(|| format!("{path} is mapped but not loaded"))
+}
+
 /// The process's CUDA devices, or why they cannot be known (yet).
 pub fn query() -> Result<Vec<Device>, String> {
-    let path = mapped_driver().ok_or("the process maps no libcuda")?;
-    let c = CString::new(path.clone()).map_err(|_| "a libcuda path with a NUL".to_string())?;
-    // SAFETY: a valid C string; RTLD_NOLOAD only finds the loaded copy.
-    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
-    if handle.is_null() {
-        return Err(format!("{path} is mapped but not loaded"));
-    }
+    let (handle, path) = loaded_driver()?;
     type Count = unsafe extern "C" fn(*mut c_int) -> CuResult;
     type Get = unsafe extern "C" fn(*mut c_int, c_int) -> CuResult;
     type Uuid = unsafe extern "C" fn(*mut [u8; 16], c_int) -> CuResult;

@@ -555,26 +555,53 @@ fn send_no_signal(conn: &UnixStream, buf: &[u8]) -> std::io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use std::{io::Read as _, os::unix::net::UnixListener};
+    use std::{
+        io::Read as _,
+        os::unix::net::{UnixListener, UnixStream},
+    };
 
     use gapscope_wire::{ClockMode, Device, Frame, FrameReader};
 
     use super::*;
 
-    /// The frames one connection sends before `until` holds of them.
-    fn frames_until(listener: &UnixListener, until: impl Fn(&[Frame]) -> bool) -> Vec<Frame> {
-        let (mut conn, _) = listener.accept().unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let (mut reader, mut frames, mut buf) = (FrameReader::default(), Vec::new(), [0u8; 4096]);
-        while !until(&frames) {
-            let n = conn.read(&mut buf).expect("the transport wrote within 5 s");
-            assert!(n > 0, "the connection closed after {frames:?}");
-            reader.push(&buf[..n]);
-            while let Some(f) = reader.next_frame().unwrap() {
-                frames.push(f);
+    /// The daemon's end of one connection.
+    struct Peer {
+        conn: UnixStream,
+        reader: FrameReader,
+        frames: Vec<Frame>,
+    }
+
+    impl Peer {
+        fn accept(listener: &UnixListener) -> Peer {
+            let (conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            Peer {
+                conn,
+                reader: FrameReader::default(),
+                frames: Vec::new(),
             }
         }
-        frames
+
+        /// Reads until a frame `is` arrives; every frame so far.
+        fn until(&mut self, is: impl Fn(&Frame) -> bool) -> &[Frame] {
+            let mut buf = [0u8; 4096];
+            while !self.frames.iter().any(&is) {
+                let n = self
+                    .conn
+                    .read(&mut buf)
+                    .expect("the transport wrote within 5 s");
+                assert!(n > 0, "the connection closed after {:?}", self.frames);
+                self.reader.push(&buf[..n]);
+                while let Some(f) = self.reader.next_frame().unwrap() {
+                    self.frames.push(f);
+                }
+            }
+            &self.frames
+        }
+    }
+
+    fn is_devices(f: &Frame) -> bool {
+        matches!(f, Frame::Devices(_))
     }
 
     #[test]
@@ -596,17 +623,20 @@ mod tests {
             index: 0,
             uuid: [7; 16],
         }];
-        // Known while connected: sent on this connection.
+        // Connected first, then the devices become known: sent on the
+        // connection there is.
+        let mut first = Peer::accept(&listener);
+        first.until(|f| matches!(f, Frame::Hello(_)));
         assert!(t.send_devices(devices.clone()));
-        let has_devices = |f: &[Frame]| f.iter().any(|f| matches!(f, Frame::Devices(_)));
-        let first = frames_until(&listener, has_devices);
-        assert!(matches!(first[0], Frame::Hello(_)), "{first:?}");
+        let frames = first.until(is_devices);
+        assert!(matches!(frames[0], Frame::Hello(_)), "{frames:?}");
         assert!(
-            first.contains(&Frame::Devices(devices.clone())),
-            "{first:?}"
+            frames.contains(&Frame::Devices(devices.clone())),
+            "{frames:?}"
         );
         // The daemon restarts: the next connection says them again, after
-        // its hello.
+        // its hello, without being asked.
+        drop(first);
         drop(listener);
         std::fs::remove_file(&socket).unwrap();
         let listener = UnixListener::bind(&socket).unwrap();
@@ -628,9 +658,10 @@ mod tests {
             t.send_records(vec![record]);
             std::thread::sleep(Duration::from_millis(100));
         }
-        let again = frames_until(&listener, has_devices);
-        assert!(matches!(again[0], Frame::Hello(_)), "{again:?}");
-        assert!(again.contains(&Frame::Devices(devices)), "{again:?}");
+        let mut again = Peer::accept(&listener);
+        let frames = again.until(is_devices);
+        assert!(matches!(frames[0], Frame::Hello(_)), "{frames:?}");
+        assert!(frames.contains(&Frame::Devices(devices)), "{frames:?}");
         t.shutdown();
         let _ = std::fs::remove_file(&socket);
     }

@@ -27,19 +27,6 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkI
 
 use super::{Probes, reaper::retire};
 
-/// Whether a fresh slot's `calls` over the `elapsed` seconds it has been
-/// watched already break a budget of `budget` calls a second: once over
-/// the whole second's budget, or, after a tenth of a second watched, at a
-/// rate over it (a process making 2 000 calls a second is paused after
-/// about a tenth of a second, not after the half second its thousandth
-/// call takes). Under a tenth of a second a burst is not a rate.
-pub fn over_budget_early(calls: u64, elapsed: f64, budget: u64) -> bool {
-    calls > budget || (elapsed >= MIN_RATE_SECONDS && calls as f64 > budget as f64 * elapsed)
-}
-
-/// The shortest watch whose calls `over_budget_early` takes for a rate.
-const MIN_RATE_SECONDS: f64 = 0.1;
-
 /// A library file, by (device, inode).
 pub type FileKey = (u64, u64);
 
@@ -291,12 +278,12 @@ impl UprobeSet {
         for (slot, fresh) in self.fresh.iter_mut().enumerate() {
             let recent = calls.get(slot).copied().unwrap_or(0);
             let Some(attached_at) = *fresh else { continue };
-            let since = attached_at.max(self.window_start);
-            let elapsed = since.elapsed().as_secs_f64().max(1e-3);
-            if !over_budget_early(recent, elapsed, self.budget) {
+            if recent <= self.budget {
                 continue;
             }
             *fresh = None;
+            let since = attached_at.max(self.window_start);
+            let elapsed = since.elapsed().as_secs_f64().max(1e-3);
             let per_second = (recent as f64 / elapsed).round() as u64;
             let every = per_second.div_ceil(self.budget).clamp(2, 60) as u32;
             self.sampling[slot] = Sampling {
@@ -446,23 +433,4 @@ fn with_sources(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::over_budget_early;
-
-    #[test]
-    fn a_fresh_slot_trips_on_its_rate_once_a_tenth_has_passed() {
-        // 2 000 calls a second against 1 000: 200 calls in 0.1 s trip.
-        assert!(over_budget_early(200, 0.1, 1000));
-        // The same rate before a tenth: a burst, not yet a rate.
-        assert!(!over_budget_early(100, 0.05, 1000));
-        // Within the rate: 90 calls in a tenth, 900 in 0.95 s.
-        assert!(!over_budget_early(90, 0.1, 1000));
-        assert!(!over_budget_early(900, 0.95, 1000));
-        // The whole second's budget spent trips at once, however soon.
-        assert!(over_budget_early(1001, 0.02, 1000));
-        assert!(!over_budget_early(1000, 1.0, 1000));
-    }
 }

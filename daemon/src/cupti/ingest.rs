@@ -179,10 +179,6 @@ impl Peer {
     }
 }
 
-/// Most GPUs one (service, CUDA device) row is remembered on: beyond one,
-/// the row is ambiguous anyway.
-const MAX_UUIDS_PER_ROW: usize = 8;
-
 /// What the ingestion has counted about itself.
 #[derive(Debug, Default, Clone)]
 pub struct IngestCounters {
@@ -225,10 +221,13 @@ pub struct Ingest {
     /// loop).
     pub api_calls: HashMap<(u32, u8), u64>,
     /// Which GPUs, by NVML's spelling of their UUIDs, each (service, CUDA
-    /// device index) row has been on: what each process of the service
-    /// said its index is. Kept after the processes leave (their stretches
-    /// may wait for a reading); one UUID makes the row's GPU known.
+    /// device index) row is on: what the service's connected processes
+    /// said the index is, or, once none is connected, what the last of
+    /// them said (their stretches may still wait for a reading). One UUID
+    /// makes the row's GPU known.
     pub device_uuids: BTreeMap<(u32, u8), std::collections::BTreeSet<String>>,
+    /// The same from connected processes only: how many said each UUID.
+    live_uuids: BTreeMap<(u32, u8), BTreeMap<String, u32>>,
     /// Shortest idle gap that ends a timeline busy stretch.
     min_gap_ns: u64,
 }
@@ -248,12 +247,37 @@ impl Ingest {
 
     /// A connection closed: forget its names and pending correlations.
     pub fn disconnect(&mut self, peer: u64) {
-        if let Some(p) = self.peers.remove(&peer)
-            && let Some(h) = p.hello
-        {
+        let Some(p) = self.peers.remove(&peer) else {
+            return;
+        };
+        if let Some(h) = &p.hello {
             let mode = clock_label(h.clock);
             if let Some(n) = self.counters.clock_modes.get_mut(mode) {
                 *n = n.saturating_sub(1);
+            }
+        }
+        if let Some(service) = p.devices_counted {
+            self.uncount_devices(service, &p.devices);
+        }
+    }
+
+    /// The devices a process said, no longer said by it.
+    fn uncount_devices(&mut self, service: u32, devices: &[gapscope_wire::Device]) {
+        for d in devices {
+            let row = (service, d.index);
+            let Some(live) = self.live_uuids.get_mut(&row) else {
+                continue;
+            };
+            if let Some(n) = live.get_mut(&d.nvml_uuid()) {
+                *n = n.saturating_sub(1);
+            }
+            live.retain(|_, n| *n > 0);
+            if live.is_empty() {
+                // Nobody connected says otherwise: the last word stays.
+                self.live_uuids.remove(&row);
+            } else {
+                self.device_uuids
+                    .insert(row, live.keys().cloned().collect());
             }
         }
     }
@@ -306,8 +330,13 @@ impl Ingest {
                 self.counters.sender_dropped_buffers += buffers;
             }
             Frame::Devices(devices) => {
-                p.devices = devices;
-                p.devices_counted = None;
+                let (old, counted) = (
+                    std::mem::replace(&mut p.devices, devices),
+                    p.devices_counted.take(),
+                );
+                if let Some(service) = counted {
+                    self.uncount_devices(service, &old);
+                }
             }
             Frame::Records(records) => {
                 self.counters.records += records.len() as u64;
@@ -334,12 +363,17 @@ impl Ingest {
         if p.devices.is_empty() || p.devices_counted == Some(service) {
             return;
         }
-        p.devices_counted = Some(service);
-        for d in &p.devices {
-            let on = self.device_uuids.entry((service, d.index)).or_default();
-            if on.len() < MAX_UUIDS_PER_ROW {
-                on.insert(d.nvml_uuid());
-            }
+        let before = p.devices_counted.replace(service);
+        let devices = p.devices.clone();
+        if let Some(old) = before {
+            self.uncount_devices(old, &devices);
+        }
+        for d in &devices {
+            let row = (service, d.index);
+            let live = self.live_uuids.entry(row).or_default();
+            *live.entry(d.nvml_uuid()).or_default() += 1;
+            self.device_uuids
+                .insert(row, live.keys().cloned().collect());
         }
     }
 
@@ -410,6 +444,13 @@ impl Ingest {
             RecordKind::Memcpy => {
                 *stats.copy_bytes.entry(direction(r.detail)).or_default() += r.bytes;
                 stats.busy.add(r.start_ns, r.end_ns);
+                // A copy's call, reported first, says where its thread
+                // works too.
+                if let Some((api_start, thread)) = p.api_starts.remove(&r.correlation) {
+                    p.learn(thread, r.device);
+                    let newest = self.api_calls.entry((service, r.device)).or_default();
+                    *newest = (*newest).max(api_start);
+                }
             }
             RecordKind::Memset => {
                 stats.memset_bytes += r.bytes;
@@ -639,6 +680,44 @@ mod tests {
         );
         assert_eq!(i.in_flight(30_000), HashMap::from([((3, None), 20_000)]));
         assert!(i.in_flight(20_000 + IN_FLIGHT_FOR_NS).is_empty());
+    }
+
+    #[test]
+    fn a_rows_gpu_is_what_its_connected_processes_say() {
+        let mut i = Ingest::new(1_000_000);
+        let on = |byte| {
+            Frame::Devices(vec![gapscope_wire::Device {
+                index: 0,
+                uuid: [byte; 16],
+            }])
+        };
+        let row = |i: &Ingest| -> Vec<String> {
+            i.device_uuids[&(3, 0)]
+                .iter()
+                .map(|u| u[..6].to_string())
+                .collect()
+        };
+        // A process says CUDA device 0 is GPU 0x0a…; its service is known.
+        i.frame(1, 100, Some(3), hello());
+        i.frame(1, 100, Some(3), on(0x0a));
+        assert_eq!(row(&i), ["GPU-0a"]);
+        // Restarted onto another GPU: both connected for a moment (the
+        // row is ambiguous), then the old one leaves.
+        i.frame(2, 200, Some(3), hello());
+        i.frame(2, 200, Some(3), on(0x0b));
+        assert_eq!(row(&i), ["GPU-0a", "GPU-0b"]);
+        i.disconnect(1);
+        assert_eq!(row(&i), ["GPU-0b"]);
+        // Nobody connected: the last word stays, for stretches still
+        // waiting to be priced.
+        i.disconnect(2);
+        assert_eq!(row(&i), ["GPU-0b"]);
+        // A process that says something new about itself replaces what it
+        // said before.
+        i.frame(4, 400, Some(3), hello());
+        i.frame(4, 400, Some(3), on(0x0c));
+        i.frame(4, 400, Some(3), on(0x0d));
+        assert_eq!(row(&i), ["GPU-0d"]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! queries sum the buckets a window covers (so a window's edges are exact
 //! to a bucket).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use super::{
     attribute::Segment,
@@ -19,8 +19,9 @@ pub const BUCKET_NS: u64 = 100_000_000;
 pub const SER_FUNCTIONS: usize = gapscope_ebpf_common::MAX_SER_PROBES as usize;
 
 /// GIL holders told apart in one `Split` (`gil_holders`): a service's
-/// launcher seldom waits on more than a few threads; waits on others
-/// stay in the cause, unnamed.
+/// launcher seldom waits on more than a few threads. A window keeps the
+/// holders with the most waiting on them; waits on others stay in the
+/// cause, unnamed.
 pub const GIL_HOLDERS: usize = 8;
 
 /// Busy and idle time in one bucket (or summed over many).
@@ -82,17 +83,40 @@ impl Split {
         }
     }
 
-    /// Adds `ns` of GIL waiting on thread `tid` (dropped, so left unnamed
-    /// in the cause, once `GIL_HOLDERS` others are named).
+    /// Adds `ns` of GIL waiting on thread `tid`. With `GIL_HOLDERS`
+    /// others named, it takes the place of the one with the least waiting
+    /// if it has more (that one's waiting becomes unnamed), else is left
+    /// unnamed itself.
     fn add_gil_holder(&mut self, tid: u32, ns: u64) {
+        if ns == 0 {
+            return;
+        }
         let slot = self
             .gil_holders
             .iter()
             .position(|h| h.0 == tid)
             .or_else(|| self.gil_holders.iter().position(|h| h.0 == 0));
-        if let Some(i) = slot {
-            self.gil_holders[i] = (tid, self.gil_holders[i].1 + ns);
+        match slot {
+            Some(i) => self.gil_holders[i] = (tid, self.gil_holders[i].1 + ns),
+            None => {
+                let least = (0..GIL_HOLDERS)
+                    .min_by_key(|&i| self.gil_holders[i].1)
+                    .unwrap_or(0);
+                if self.gil_holders[least].1 < ns {
+                    self.gil_holders[least] = (tid, ns);
+                }
+            }
         }
+    }
+
+    /// Names the holders of `waits` (thread id → ns, summed exactly over
+    /// many splits): the `GIL_HOLDERS` with the most waiting.
+    fn set_gil_holders(&mut self, waits: HashMap<u32, u64>) {
+        let mut top: Vec<(u32, u64)> = waits.into_iter().filter(|h| h.1 > 0).collect();
+        top.sort_by_key(|h| (std::cmp::Reverse(h.1), h.0));
+        top.truncate(GIL_HOLDERS);
+        self.gil_holders = [(0, 0); GIL_HOLDERS];
+        self.gil_holders[..top.len()].copy_from_slice(&top);
     }
 
     /// Adds `ns` of idle time to the cause of `seg` (and to its
@@ -245,15 +269,21 @@ impl History {
         }
     }
 
-    /// Sum of the buckets from `start_ns` to `end_ns` (bucket-aligned).
+    /// Sum of the buckets from `start_ns` to `end_ns` (bucket-aligned);
+    /// the GIL holders summed exactly, the largest named.
     pub fn window(&self, start_ns: u64, end_ns: u64) -> Split {
         let (from, to) = (start_ns / BUCKET_NS, end_ns.div_ceil(BUCKET_NS));
         let mut total = Split::default();
+        let mut holders: HashMap<u32, u64> = HashMap::new();
         for (i, s) in &self.buckets {
             if *i >= from && *i < to {
                 total.add(s);
+                for &(tid, ns) in s.gil_holders.iter().filter(|h| h.0 != 0) {
+                    *holders.entry(tid).or_default() += ns;
+                }
             }
         }
+        total.set_gil_holders(holders);
         total
     }
 }
@@ -326,7 +356,26 @@ mod tests {
         assert_eq!(w.gil_holders[0], (7, 25_000_000));
         assert_eq!(w.gil_holders[1], (0, 0));
         assert_eq!(w.idle_ns[Cause::GilWait.index()], 45_000_000);
-        assert_eq!(w.gil_holders, h.totals.gil_holders);
+        // Over many buckets the window names the largest holders: ten
+        // threads, one 1 ms wait each, one bucket apart, then thread 20
+        // waits 5 ms in a later bucket; the window names 20 first and
+        // seven others, the rest unnamed.
+        let mut many = History::new(100 * BUCKET_NS);
+        for k in 0..10u64 {
+            let at = k * BUCKET_NS;
+            many.gap(&[wait(at, at + 1_000_000, 10 + k as u32)], false);
+        }
+        many.gap(
+            &[wait(20 * BUCKET_NS, 20 * BUCKET_NS + 5_000_000, 20)],
+            false,
+        );
+        let w = many.window(0, 30 * BUCKET_NS);
+        assert_eq!(w.gil_holders[0], (20, 5_000_000));
+        assert_eq!(
+            w.gil_holders.iter().filter(|g| g.0 != 0).count(),
+            GIL_HOLDERS
+        );
+        assert_eq!(w.gil_holders.iter().map(|g| g.1).sum::<u64>(), 12_000_000);
         // Far later: the old buckets go, the totals stay.
         h.busy(5_000_000_000, 5_100_000_000);
         assert_eq!(h.window(0, 1_000_000_000), Split::default());

@@ -377,6 +377,14 @@ fn gpu_block(out: &mut String, g: &Value, indent: &str) {
             "{indent}  together: {}",
             what_if_line(&causes.join(" + "), &g["what_if"])
         );
+        if let Some(absent) = g["what_if"]["not_holders"].as_array() {
+            let absent: Vec<&str> = absent.iter().filter_map(Value::as_str).collect();
+            let _ = writeln!(
+                out,
+                "{indent}  ({} held the GIL during none of this idle time: nothing to remove)",
+                absent.join(", ")
+            );
+        }
     }
     if let Some(note) = g["what_if_note"].as_str() {
         let _ = writeln!(out, "{indent}  ({note})");

@@ -103,7 +103,9 @@ pub fn locate(pid: u32, interp: &Interpreter) -> Result<(u64, Offsets), Unavaila
 /// `last_holder`, `holder_tid_at`, `pthread_tid_at` of its `GilRange`;
 /// the rest zero). 3.9 and 3.10 keep only a `pthread_t`, read as glibc
 /// lays out its threads: where the process does not map glibc, holders
-/// are not named.
+/// are not named. Nor in a process of another PID namespace (a
+/// container): the ids it keeps are its namespace's, not the ids
+/// gapscoped and the kernel's programs use.
 fn holder_naming(pid: u32, gil: u64, offsets: &Offsets) -> GilRange {
     let unnamed = GilRange {
         start: 0,
@@ -114,6 +116,12 @@ fn holder_naming(pid: u32, gil: u64, offsets: &Offsets) -> GilRange {
         holder_tid_at: 0,
         pthread_tid_at: 0,
     };
+    if !same_pid_namespace(pid) {
+        log::info!(
+            "pid {pid}: GIL holders not named: the process is in another PID namespace, whose thread ids are not gapscoped's"
+        );
+        return unnamed;
+    }
     let (holder_tid_at, pthread_tid_at) = match offsets.thread_id {
         ThreadId::Native {
             tstate_native_thread_id,
@@ -134,6 +142,15 @@ fn holder_naming(pid: u32, gil: u64, offsets: &Offsets) -> GilRange {
         pthread_tid_at,
         ..unnamed
     }
+}
+
+/// Whether process `pid` numbers its threads as gapscoped does (its PID
+/// namespace is gapscoped's). Unreadable: no.
+fn same_pid_namespace(pid: u32) -> bool {
+    let ns = |path: String| std::fs::read_link(path).ok();
+    ns(format!("/proc/{pid}/ns/pid")).is_some_and(|theirs| {
+        ns("/proc/self/ns/pid".to_string()).is_some_and(|ours| ours == theirs)
+    })
 }
 
 /// Whether process `pid` maps glibc's `libc.so.6` (and not musl's loader).

@@ -95,6 +95,11 @@ pub fn flush(t: *mut ThreadState, service: u32, tid: u32) {
     unsafe {
         let waited = (*t).gil_wait_ns;
         if waited == 0 {
+            // A holder named for a wait that recorded nothing (the thread
+            // became traced inside it) is not the next acquisition's.
+            if (*t).gil_holder_tid != 0 {
+                (*t).gil_holder_tid = 0;
+            }
             return;
         }
         (*t).gil_wait_ns = 0;

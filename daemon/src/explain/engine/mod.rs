@@ -137,7 +137,7 @@ impl Marker {
 
 #[derive(Debug, Default)]
 struct Service {
-    /// Thread states, in arrival order.
+    /// Thread states, in order of their ends (ties: arrival).
     states: VecDeque<ThreadState>,
     /// Threads that launched or synchronized, and when last.
     launchers: HashMap<u32, u64>,
@@ -257,13 +257,18 @@ impl Explainer {
         }
     }
 
+    /// The history of row `key`, made on first use (the key cloned only
+    /// then: this runs for every busy stretch and gap).
+    fn history(&mut self, key: &(u32, String), source: Source) -> &mut History {
+        if !self.histories.contains_key(key) {
+            let h = History::new(self.config.history_ns);
+            self.histories.insert(key.clone(), (source, h));
+        }
+        &mut self.histories.get_mut(key).expect("just made").1
+    }
+
     fn account_busy(&mut self, key: &(u32, String), source: Source, start_ns: u64, end_ns: u64) {
-        let history_ns = self.config.history_ns;
-        self.histories
-            .entry(key.clone())
-            .or_insert_with(|| (source, History::new(history_ns)))
-            .1
-            .busy(start_ns, end_ns);
+        self.history(key, source).busy(start_ns, end_ns);
         self.energy.add(key.0, &key.1, Use::Busy, start_ns, end_ns);
         for p in &mut self.phases {
             let ns = overlap(p, start_ns, end_ns);
@@ -286,12 +291,7 @@ impl Explainer {
         segments: &[Segment],
         blind: bool,
     ) {
-        let history_ns = self.config.history_ns;
-        self.histories
-            .entry(key.clone())
-            .or_insert_with(|| (source, History::new(history_ns)))
-            .1
-            .gap(segments, blind);
+        self.history(key, source).gap(segments, blind);
         let device = key.1.parse::<u8>().ok();
         for (i, seg) in segments.iter().enumerate() {
             if self.recent.len() >= MAX_RECENT_SEGMENTS {
@@ -401,7 +401,10 @@ impl Explainer {
         }
         s.launchers.retain(|_, last| *last >= horizon);
         s.departed.retain(|_, last| *last >= horizon);
-        s.states.push_back(ThreadState {
+        // Kept in order of their ends (they arrive nearly so: a stretch is
+        // sent when it ends), so a batch of gaps finds the states that
+        // reach it without looking at the whole window.
+        let state = ThreadState {
             tid: i.tid,
             start_ns: i.start_ns,
             end_ns: i.end_ns,
@@ -413,7 +416,14 @@ impl Explainer {
                 Cause::Serialization | Cause::GilWait => i.detail,
                 _ => 0,
             },
-        });
+        };
+        let at = s.states.len()
+            - s.states
+                .iter()
+                .rev()
+                .take_while(|st| st.end_ns > state.end_ns)
+                .count();
+        s.states.insert(at, state);
         self.counters.states += 1;
     }
 
@@ -491,14 +501,15 @@ impl Explainer {
             self.open_gaps(id, now_ns, &extra);
         }
         for p in self.energy.settle(now_ns) {
-            self.account_energy(&p);
+            self.account_energy(p);
         }
     }
 
     /// Adds a priced stretch to its row's history and the phases it
     /// overlaps.
-    fn account_energy(&mut self, p: &Priced) {
-        let key = (p.service, p.device.clone());
+    fn account_energy(&mut self, mut p: Priced) {
+        let key = (p.service, std::mem::take(&mut p.device));
+        let p = &p;
         if let Some((_, h)) = self.histories.get_mut(&key) {
             h.priced(p);
         }
@@ -785,7 +796,10 @@ impl StateIndex {
             .collect();
         launchers.sort_unstable();
         let (mut short, mut long) = (Vec::new(), Vec::new());
-        for st in s.states.iter().chain(extra) {
+        // `states` is in order of their ends: those ending by `lo` are
+        // skipped without a look.
+        let from = s.states.partition_point(|st| st.end_ns <= lo);
+        for st in s.states.range(from..).chain(extra) {
             if st.end_ns <= lo || st.start_ns >= hi || launchers.binary_search(&st.tid).is_err() {
                 continue;
             }

@@ -57,6 +57,10 @@ pub struct WhatIf {
     /// The predicted rise of the step rate: 0.25 is 25 % more steps (and
     /// tokens) a second.
     pub predicted_speedup: Option<f64>,
+    /// GIL holders named that held the GIL during none of the row's idle
+    /// time (or are not among the holders it names): they count nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_holders: Vec<String>,
 }
 
 /// `what_if=` / `--what-if`: stalls, comma-separated: cause labels (each a
@@ -180,6 +184,14 @@ pub(super) fn what_if(split: &Split, stalls: &[Stall], codecs: &[(String, String
         recoverable_seconds: removed as f64 / 1e9,
         recoverable_ms_per_gap: (split.gaps > 0).then(|| removed as f64 / 1e6 / split.gaps as f64),
         predicted_speedup: (wall > removed).then(|| removed as f64 / (wall - removed) as f64),
+        not_holders: stalls
+            .iter()
+            .filter(|s| match s {
+                Stall::GilHolder { tid } => !split.gil_holders.iter().any(|h| h.0 == *tid),
+                _ => false,
+            })
+            .map(Stall::label)
+            .collect(),
     }
 }
 
@@ -285,9 +297,11 @@ mod tests {
         assert!((w.predicted_speedup.unwrap() - 30.0 / 70.0).abs() < 1e-12);
         let both = parse("gil_wait,gil_wait:4312").unwrap();
         assert_eq!(what_if(&split, &both, &[]).recoverable_seconds, 50e-9);
-        // A thread that held nothing in the row buys nothing.
-        let absent = parse("gil_wait:7").unwrap();
-        assert_eq!(what_if(&split, &absent, &[]).recoverable_seconds, 0.0);
+        // A thread that held nothing in the row buys nothing, and is said.
+        let absent = parse("gil_wait:7,gil_wait:4312").unwrap();
+        let w = what_if(&split, &absent, &[]);
+        assert_eq!(w.recoverable_seconds, 30e-9);
+        assert_eq!(w.not_holders, ["gil_wait:7"]);
         assert_eq!(holders(&split), [(4312, 30), (99, 10)]);
     }
 
