@@ -1,7 +1,9 @@
 //! Phase annotations from the load generator (`POST /api/v1/annotations`):
 //! when each phase of a run started and ended, on CLOCK_MONOTONIC like
 //! every other time in gapscoped. The GPU idle check and the explain
-//! report use them to know which stretch was meant to be silent.
+//! report use them to know which stretch was meant to be silent. An
+//! annotation may carry the requests that finished since the last one
+//! (`requests`: id, sent, first token, done), kept for traces.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -10,6 +12,26 @@ use serde_json::Value;
 
 /// Most annotations kept.
 const CAPACITY: usize = 10_000;
+/// Most requests kept (the oldest go first), and most one annotation may
+/// carry.
+const REQUESTS_KEPT: usize = 200_000;
+const MAX_REQUESTS_PER_ANNOTATION: usize = 1_000;
+
+/// One request the load generator finished: its `x-request-id` and when
+/// it was sent, its first token came and it ended (CLOCK_MONOTONIC), with
+/// the run, phase and service of the annotation that carried it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RequestMark {
+    pub id: String,
+    pub run_id: String,
+    pub phase: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub sent_ns: u64,
+    pub first_token_ns: Option<u64>,
+    pub done_ns: u64,
+    pub ok: bool,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Annotation {
@@ -43,6 +65,9 @@ pub struct Annotations {
     pub output_tokens: u64,
     /// run id → the last cumulative count seen (the newest runs).
     run_tokens: VecDeque<(String, u64)>,
+    /// Finished requests, oldest first, and how many were let go.
+    requests: VecDeque<RequestMark>,
+    pub requests_evicted: u64,
 }
 
 /// Runs whose token counts are remembered.
@@ -65,6 +90,53 @@ fn label(v: &Value, key: &str, required: bool) -> Result<String, String> {
         )),
         None => Err(format!("{key} is missing")),
     }
+}
+
+/// The `requests` an annotation carries, checked whole: Err names the
+/// first bad one.
+fn requests(v: &Value, a: &Annotation) -> Result<Vec<RequestMark>, String> {
+    let list = match v.get("requests") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) if list.len() <= MAX_REQUESTS_PER_ANNOTATION => list,
+        Some(Value::Array(list)) => {
+            return Err(format!(
+                "requests holds {} requests, over the {MAX_REQUESTS_PER_ANNOTATION} one annotation may carry",
+                list.len()
+            ));
+        }
+        Some(_) => return Err("requests is not a list".into()),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let ns = |key: &str| -> Result<Option<u64>, String> {
+                match r.get(key) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(t) => t.as_u64().map(Some).ok_or_else(|| {
+                        format!("requests[{i}].{key} is not a whole number of nanoseconds")
+                    }),
+                }
+            };
+            let need = |key: &str| ns(key)?.ok_or_else(|| format!("requests[{i}].{key} is missing"));
+            let (sent_ns, done_ns) = (need("sent_ns")?, need("done_ns")?);
+            let first_token_ns = ns("first_token_ns")?;
+            if done_ns < sent_ns || first_token_ns.is_some_and(|t| t < sent_ns || t > done_ns) {
+                return Err(format!(
+                    "requests[{i}]: its times are not in order (sent_ns <= first_token_ns <= done_ns)"
+                ));
+            }
+            Ok(RequestMark {
+                id: label(r, "id", true).map_err(|e| format!("requests[{i}].{e}"))?,
+                run_id: a.run_id.clone(),
+                phase: a.phase.clone(),
+                service: a.service.clone(),
+                sent_ns,
+                first_token_ns,
+                done_ns,
+                ok: r.get("ok").and_then(Value::as_bool).unwrap_or(true),
+            })
+        })
+        .collect()
 }
 
 impl Annotations {
@@ -107,7 +179,15 @@ impl Annotations {
                 Some(_) => Some(label(&v, "service", true)?),
             },
         };
+        let requests = requests(&v, &a)?;
         *self.received.entry(a.event.clone()).or_default() += 1;
+        for r in requests {
+            if self.requests.len() >= REQUESTS_KEPT {
+                self.requests.pop_front();
+                self.requests_evicted += 1;
+            }
+            self.requests.push_back(r);
+        }
         if let Some(t) = a.output_tokens {
             match self.run_tokens.iter_mut().find(|(run, _)| *run == a.run_id) {
                 Some((_, last)) => {
@@ -141,6 +221,25 @@ impl Annotations {
         }
         self.list.push_back(a.clone());
         Ok(a)
+    }
+
+    /// The requests kept that overlap `[start_ns, end_ns]`, for `service`
+    /// (or for any, when their run did not say).
+    pub fn requests_between(&self, start_ns: u64, end_ns: u64, service: &str) -> Vec<RequestMark> {
+        self.requests
+            .iter()
+            .filter(|r| {
+                r.done_ns >= start_ns
+                    && r.sent_ns <= end_ns
+                    && r.service.as_deref().is_none_or(|s| s == service)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Requests kept now.
+    pub fn requests_kept(&self) -> usize {
+        self.requests.len()
     }
 
     /// Every annotation kept, in time order (by `monotonic_ns`; a load
@@ -188,8 +287,39 @@ mod tests {
                 .all(|w| w[0].monotonic_ns <= w[1].monotonic_ns)
         );
         assert_eq!(list.last().map(|x| x.monotonic_ns), Some(9));
+        // Requests ride along, checked whole.
+        a.add(
+            br#"{"phase":"p","event":"progress","run_id":"r1","requests":[
+                {"id":"glg-1-000001","sent_ns":10,"first_token_ns":12,"done_ns":20,"ok":true},
+                {"id":"glg-1-000002","sent_ns":15,"done_ns":40,"ok":false}]}"#,
+            0,
+        )
+        .unwrap();
+        let got = a.requests_between(30, 50, "svc");
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].id.as_str(), got[0].run_id.as_str(), got[0].ok),
+            ("glg-1-000002", "r1", false)
+        );
+        assert_eq!(a.requests_between(0, 100, "svc").len(), 2);
         for (body, says) in [
             (&b"nope"[..], "not JSON"),
+            (
+                br#"{"phase":"a","event":"progress","requests":{"id":"x"}}"#,
+                "not a list",
+            ),
+            (
+                br#"{"phase":"a","event":"progress","requests":[{"id":"x","sent_ns":5}]}"#,
+                "requests[0].done_ns is missing",
+            ),
+            (
+                br#"{"phase":"a","event":"progress","requests":[{"id":"x","sent_ns":5,"done_ns":4}]}"#,
+                "not in order",
+            ),
+            (
+                br#"{"phase":"a","event":"progress","requests":[{"id":"a b","sent_ns":1,"done_ns":4}]}"#,
+                "requests[0].id",
+            ),
             (br#"[1]"#, "not a JSON object"),
             (br#"{"phase":"a"}"#, "event is missing"),
             (br#"{"phase":"a","event":"pause"}"#, "is not"),

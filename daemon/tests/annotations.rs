@@ -149,6 +149,41 @@ fn a_loadgen_run_leaves_its_phases_in_gapscoped() {
         m.get("gapscope_loadgen_phase_active", &[("phase", "cooldown")]),
         None
     );
+    // Each request rode along with an annotation: the trace marks when it
+    // was sent, got its first token and ended, under its x-request-id, at
+    // the times the load generator recorded (its run clock plus origin).
+    let trace: serde_json::Value = serde_json::from_str(
+        &http_get(daemon.port, "/api/v1/trace?service=none&window=5m").unwrap(),
+    )
+    .unwrap();
+    let jsonl = std::fs::read_to_string(out.path().join("requests.jsonl")).unwrap();
+    let requests: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(requests.len(), 10, "{jsonl}");
+    let events = trace["traceEvents"].as_array().unwrap();
+    for r in &requests {
+        let id = r["id"].as_str().unwrap();
+        for (what, key) in [
+            ("request sent", "sent_ns"),
+            ("first token", "first_token_ns"),
+            ("request done", "done_ns"),
+        ] {
+            let name = format!("{what} {id}");
+            let found: Vec<&serde_json::Value> =
+                events.iter().filter(|e| e["name"] == name).collect();
+            assert_eq!(found.len(), 1, "{name}: {found:?}");
+            let want_us = (origin + r[key].as_u64().unwrap()) as f64 / 1e3;
+            let ts = found[0]["ts"].as_f64().unwrap();
+            assert!(
+                (ts - want_us).abs() < 1.0,
+                "{name}: at {ts} µs, recorded {want_us} µs"
+            );
+            assert_eq!(found[0]["args"]["request_id"], id);
+            assert_eq!(found[0]["args"]["phase"], "warm");
+        }
+    }
 
     for (body, says) in [
         ("{", "not JSON"),

@@ -1,25 +1,33 @@
 //! Phase annotations posted to gapscoped (`POST /api/v1/annotations`), so
 //! the daemon knows when the load generator starts and ends each phase —
 //! the silent phase is when it checks that the GPU returns to idle.
-//! Posting never delays the run: each post is its own task, and failures
-//! are counted and reported once.
+//! Finished requests ride along (`requests`: id, sent, first token, done,
+//! on CLOCK_MONOTONIC), at most `MAX_REQUESTS_PER_POST` a post, for the
+//! daemon's traces. Posting never delays the run: each post is its own
+//! task, and failures are counted and reported once.
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{
     clock::{Clock, monotonic_ns, unix_ns},
     http::SideClient,
     live::Live,
     plan::PhaseKind,
+    record::RequestRecord,
 };
+
+/// Most finished requests one post carries (about 50 KiB, under
+/// gapscoped's 64 KiB body limit); the posts come once a second, so
+/// beyond this many a second the rest are not annotated (counted).
+pub(crate) const MAX_REQUESTS_PER_POST: usize = 400;
 
 pub(crate) struct Annotator {
     url: String,
@@ -30,7 +38,12 @@ pub(crate) struct Annotator {
     pub posted: Arc<AtomicU64>,
     pub failed: Arc<AtomicU64>,
     warned: Arc<AtomicBool>,
-    _clock: Clock,
+    clock: Clock,
+    /// Finished requests waiting for the next post.
+    requests: Mutex<Vec<Value>>,
+    /// Finished requests not annotated: over `MAX_REQUESTS_PER_POST`
+    /// between two posts.
+    pub requests_unposted: AtomicU64,
 }
 
 impl Annotator {
@@ -49,7 +62,38 @@ impl Annotator {
             posted: Arc::default(),
             failed: Arc::default(),
             warned: Arc::default(),
-            _clock: clock,
+            clock,
+            requests: Mutex::new(Vec::new()),
+            requests_unposted: AtomicU64::new(0),
+        }
+    }
+
+    /// A request finished: its id and times go with the next post.
+    pub(crate) fn request_done(&self, rec: &RequestRecord) {
+        let at = |run_ns: u64| self.clock.origin_monotonic_ns + run_ns;
+        let mut pending = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pending.len() >= MAX_REQUESTS_PER_POST {
+            self.requests_unposted.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        pending.push(json!({
+            "id": rec.id,
+            "sent_ns": at(rec.sent_ns),
+            "first_token_ns": rec.first_token_ns.map(at),
+            "done_ns": at(rec.done_ns.max(rec.sent_ns)),
+            "ok": rec.ok(),
+        }));
+    }
+
+    /// Posts the finished requests not posted yet, if any, with a
+    /// `progress` event of `phase`.
+    pub(crate) fn flush_requests(&self, phase: &str, output_tokens: u64) {
+        let waiting = self.requests.lock().is_ok_and(|r| !r.is_empty());
+        if waiting {
+            self.post(phase, None, "progress", output_tokens);
         }
     }
 
@@ -95,6 +139,15 @@ impl Annotator {
         });
         if let Some(service) = &self.service {
             body["service"] = json!(service);
+        }
+        let requests = std::mem::take(
+            &mut *self
+                .requests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if !requests.is_empty() {
+            body["requests"] = Value::Array(requests);
         }
         let body = body.to_string();
         let (client, url) = (self.client.clone(), self.url.clone());

@@ -167,6 +167,7 @@ pub(crate) fn run_plan(
             (
                 a.posted.load(Ordering::Relaxed),
                 a.failed.load(Ordering::Relaxed),
+                a.requests_unposted.load(Ordering::Relaxed),
             )
         });
         let server = exporter.map(|(_, server)| server);
@@ -286,7 +287,7 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, UsageError> {
 fn write_outputs(
     results: &results::Results,
     outcome: &runner::RunOutcome,
-    annotations: Option<(u64, u64)>,
+    annotations: Option<(u64, u64, u64)>,
     out: &std::path::Path,
     jsonl_path: PathBuf,
     no_plots: bool,
@@ -313,10 +314,16 @@ fn write_outputs(
         }
     }
     let mut report = results.summary();
-    if let Some((posted, failed)) = annotations {
+    if let Some((posted, failed, unposted)) = annotations {
         report.push_str(&format!(
             "phase annotations posted to gapscoped: {posted} ({failed} failed)\n"
         ));
+        if unposted > 0 {
+            report.push_str(&format!(
+                "requests not annotated in gapscoped's traces: {unposted} (at most {} a second are)\n",
+                crate::annotate::MAX_REQUESTS_PER_POST
+            ));
+        }
     }
     for f in &files {
         report.push_str(&format!("wrote {}\n", f.display()));

@@ -362,7 +362,7 @@ pub(crate) async fn run(
     });
 
     // The collector: statistics and JSONL, one record at a time.
-    let collector = tokio::spawn(collect(stats, rec_rx, exporter, jsonl));
+    let collector = tokio::spawn(collect(stats, rec_rx, exporter, jsonl, annotator.clone()));
 
     let stop = Arc::new(AtomicBool::new(false));
     // Token counts between the phase annotations, so per-token figures in
@@ -443,6 +443,10 @@ pub(crate) async fn run(
     let (mut stats, last_done_ns) = collector
         .await
         .unwrap_or_else(|_| (RunStats::new(&[], plan.slo.clone()), 0));
+    // Requests that finished after the last post.
+    if let (Some(a), Some(last)) = (&annotator, runs.last()) {
+        a.flush_requests(&last.name, live.tokens.load(Ordering::Relaxed));
+    }
     // An interrupted phase's window ends at the interruption; phases never
     // started are left out.
     stats.phases.truncate(runs.len());
@@ -547,6 +551,7 @@ async fn collect(
     mut records: mpsc::UnboundedReceiver<RequestRecord>,
     exporter: Option<Arc<Exporter>>,
     mut jsonl: Option<Box<dyn Write + Send>>,
+    annotator: Option<Arc<Annotator>>,
 ) -> (RunStats, u64) {
     let mut last_done = 0u64;
     let mut line = Vec::new();
@@ -554,6 +559,9 @@ async fn collect(
         stats.add(&rec);
         if let Some(e) = &exporter {
             e.record(&rec);
+        }
+        if let Some(a) = &annotator {
+            a.request_done(&rec);
         }
         last_done = last_done.max(rec.done_ns);
         if let Some(w) = jsonl.as_mut() {

@@ -19,7 +19,9 @@
 //!   of every idle gap named by its cause (a gap still open too), and in
 //!   deep mode a track per CUDA stream with the kernels;
 //! * `gapscope-loadgen` (pid `LOADGEN_PID`): each phase as a span, its
-//!   start and end as instant events.
+//!   start and end as instant events; on a track of their own, each
+//!   request's sending, first token and end as instant events named by
+//!   its `x-request-id`.
 
 use std::{borrow::Cow, collections::BTreeMap};
 
@@ -32,7 +34,10 @@ use super::{
     attribute::Segment,
     engine::{OpenGap, RecentSegment, Source},
 };
-use crate::{annotations::Annotation, cupti::ingest::KernelSpan};
+use crate::{
+    annotations::{Annotation, RequestMark},
+    cupti::ingest::KernelSpan,
+};
 
 /// The GPUs' pids: above Linux's pid_max (2^22) and below 2^32 (viewers
 /// read pids and tids as 32-bit numbers).
@@ -40,6 +45,8 @@ pub const GPU_PID: u64 = 0xFFFF_0000;
 /// The device number of the uprobes' `all` row.
 const ALL_DEVICES_ROW: u64 = 255;
 pub const LOADGEN_PID: u64 = 0xFFFF_F000;
+/// The load generator's track of requests (its phases are on 1).
+const REQUESTS_TID: u64 = 2;
 /// A GPU's track of idle gaps.
 const IDLE_TID: u64 = 1;
 /// Above any pid: a GPU's track of one stream of one process is
@@ -65,6 +72,8 @@ pub struct Inputs<'a> {
     pub open: &'a [OpenGap],
     pub kernels: &'a [KernelSpan],
     pub annotations: &'a [Annotation],
+    /// The load generator's finished requests that overlap the window.
+    pub requests: &'a [RequestMark],
     /// Thread and process names (`comm`), where still known.
     pub names: &'a BTreeMap<u32, String>,
     /// The timeline's threshold: shorter stretches are not recorded.
@@ -389,6 +398,36 @@ pub fn build(inp: &Inputs) -> String {
         }
     }
 
+    // The load generator's requests: when each was sent, got its first
+    // token and ended, as instants on a track of their own.
+    for r in inp.requests {
+        let args = json!({ "request_id": r.id, "run_id": r.run_id, "phase": r.phase, "ok": r.ok });
+        let marks = [
+            ("request sent", Some(r.sent_ns)),
+            ("first token", r.first_token_ns),
+            ("request done", Some(r.done_ns)),
+        ];
+        for (what, at) in marks {
+            let Some(at) = at.filter(|t| (inp.start_ns..=inp.end_ns).contains(t)) else {
+                continue;
+            };
+            events.push(Event {
+                name: format!("{what} {}", r.id).into(),
+                cat: "loadgen",
+                ph: "i",
+                ts: us(at),
+                dur: None,
+                pid: LOADGEN_PID,
+                tid: REQUESTS_TID,
+                id: None,
+                s: Some("t"),
+                cname: None,
+                args: args.clone(),
+            });
+        }
+        *counts.entry("requests").or_default() += 1;
+    }
+
     // Names and order: GPUs first, then the service's processes.
     let mut meta = Vec::new();
     for (row, source) in &gpus {
@@ -449,7 +488,7 @@ pub fn build(inp: &Inputs) -> String {
             json!({ "name": format!("{} {comm} (pid {tgid})", inp.service) }),
         ));
     }
-    if !inp.annotations.is_empty() {
+    if !inp.annotations.is_empty() || !inp.requests.is_empty() {
         meta.push(Event::meta(
             "process_name",
             LOADGEN_PID,
@@ -461,6 +500,14 @@ pub fn build(inp: &Inputs) -> String {
             LOADGEN_PID,
             1,
             json!({ "name": "phases" }),
+        ));
+    }
+    if !inp.requests.is_empty() {
+        meta.push(Event::meta(
+            "thread_name",
+            LOADGEN_PID,
+            REQUESTS_TID,
+            json!({ "name": "requests" }),
         ));
     }
     meta.extend(events);

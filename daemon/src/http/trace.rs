@@ -106,6 +106,11 @@ fn build(state: &DaemonState, id: u32, name: &str, window_ns: u64) -> (String, S
             (k, i.recent_evicted)
         })
         .unwrap_or_default();
+    let requests = state
+        .annotations
+        .lock()
+        .map(|a| a.requests_between(start_ns, end_ns, name))
+        .unwrap_or_default();
     let annotations: Vec<_> = state
         .annotations
         .lock()
@@ -174,6 +179,7 @@ fn build(state: &DaemonState, id: u32, name: &str, window_ns: u64) -> (String, S
         open: &open,
         kernels: &kernels,
         annotations: &annotations,
+        requests: &requests,
         names: &names,
         resolution_ns,
         segments_evicted,
