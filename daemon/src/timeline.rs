@@ -38,6 +38,9 @@ pub struct IntervalView {
     /// Off-CPU intervals: why (a syscall family, runqueue, blocked_other).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// Off-CPU intervals blocked in a syscall: which.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
     /// GIL waits: the thread that held the GIL when the wait began, when
     /// named.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -139,6 +139,19 @@ fn every_long_sleep_reaches_the_timeline_as_an_off_cpu_interval() {
     };
     let sleeps = of_pid("syscall_sleep");
     let runqueue = of_pid("runqueue");
+    // Each blocked stretch names the syscall it was blocked in: the
+    // workload calls nanosleep(2) itself, and reads its stdin between
+    // steps; run-queue stretches name none.
+    for i in v["intervals"].as_array().unwrap() {
+        if i["pid"] == w.pid() {
+            let want = match i["reason"].as_str() {
+                Some("syscall_sleep") => Value::from("nanosleep"),
+                Some("syscall_file") => Value::from("read"),
+                _ => Value::Null,
+            };
+            assert_eq!(i["syscall"], want, "{i}");
+        }
+    }
     // The kernel runs one BPF program per CPU at a time, and a BPF map
     // syscall holds that slot even while its thread is preempted: a
     // context switch then runs no program (seen under a CPU hog, about

@@ -25,7 +25,7 @@
 
 use std::{borrow::Cow, collections::BTreeMap};
 
-use gapscope_ebpf_common::{Interval, IntervalKind, OffCpuReason};
+use gapscope_ebpf_common::{Interval, IntervalKind, OffCpuReason, off_cpu_reason, off_cpu_syscall};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -206,8 +206,9 @@ fn idle_span(row: u64, seg: &Segment, codecs: &[(String, String)]) -> Event<'sta
     }
 }
 
-/// A stretch on or off CPU: start, end, what it was.
-type CpuState = (u64, u64, &'static str);
+/// A stretch on or off CPU: start, end, what it was, the syscall it was
+/// blocked in.
+type CpuState = (u64, u64, &'static str, Option<u32>);
 
 /// The trace as JSON text.
 pub fn build(inp: &Inputs) -> String {
@@ -228,16 +229,19 @@ pub fn build(inp: &Inputs) -> String {
         match kind {
             IntervalKind::OffCpu => {
                 let reason = OffCpuReason::ALL
-                    .get(i.detail as usize)
+                    .get(off_cpu_reason(i.detail) as usize)
                     .map_or("off_cpu", |r| r.label());
-                cpu.entry((i.tgid, i.tid))
-                    .or_default()
-                    .push((i.start_ns, i.end_ns, reason));
+                cpu.entry((i.tgid, i.tid)).or_default().push((
+                    i.start_ns,
+                    i.end_ns,
+                    reason,
+                    off_cpu_syscall(i.detail),
+                ));
             }
             IntervalKind::OnCpu => {
                 cpu.entry((i.tgid, i.tid))
                     .or_default()
-                    .push((i.start_ns, i.end_ns, "on_cpu"));
+                    .push((i.start_ns, i.end_ns, "on_cpu", None));
             }
             IntervalKind::GilWait
             | IntervalKind::Serialization
@@ -292,7 +296,7 @@ pub fn build(inp: &Inputs) -> String {
         spans.sort_unstable();
         let (pid, tid) = (u64::from(tgid), u64::from(tid));
         let mut last_end: Option<u64> = None;
-        for (a, b, reason) in spans {
+        for (a, b, reason, syscall) in spans {
             if let Some(e) = last_end.filter(|e| a > *e) {
                 events.push(
                     Event::span("unrecorded", "unrecorded", pid, tid, e, a)
@@ -306,7 +310,12 @@ pub fn build(inp: &Inputs) -> String {
             } else {
                 "off_cpu"
             };
-            events.push(Event::span(reason, cat, pid, tid, a, b).colour(colour_of(reason)));
+            let mut span = Event::span(reason, cat, pid, tid, a, b).colour(colour_of(reason));
+            if let Some(nr) = syscall {
+                // Blocked in this syscall for the whole stretch.
+                span = span.with(json!({ "syscall": crate::syscall_table::name(nr) }));
+            }
+            events.push(span);
             *counts.entry(cat).or_default() += 1;
             last_end = Some(last_end.map_or(b, |e| e.max(b)));
         }

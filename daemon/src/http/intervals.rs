@@ -8,7 +8,7 @@ use axum::{
     extract::{Query, State},
     response::{IntoResponse as _, Response},
 };
-use gapscope_ebpf_common::{IntervalKind, OffCpuReason};
+use gapscope_ebpf_common::{IntervalKind, OffCpuReason, off_cpu_reason, off_cpu_syscall};
 use serde_json::json;
 
 use super::bad_request;
@@ -93,8 +93,16 @@ pub(super) async fn intervals(
                 )
                 .then(|| ENTRY_POINTS.get(i.detail as usize))
                 .flatten();
-                let reason = (i.kind() == Some(IntervalKind::OffCpu))
-                    .then(|| OffCpuReason::ALL.get(i.detail as usize).map(|r| r.label()))
+                let off_cpu = i.kind() == Some(IntervalKind::OffCpu);
+                let reason = off_cpu
+                    .then(|| {
+                        OffCpuReason::ALL
+                            .get(off_cpu_reason(i.detail) as usize)
+                            .map(|r| r.label())
+                    })
+                    .flatten();
+                let syscall = off_cpu
+                    .then(|| off_cpu_syscall(i.detail).map(crate::syscall_table::name))
                     .flatten();
                 IntervalView {
                     kind: i.kind_label(),
@@ -104,6 +112,7 @@ pub(super) async fn intervals(
                     api: cuda.map(|e| e.library.api()),
                     call: cuda.map(|e| e.name),
                     reason,
+                    syscall,
                     holder_tid: (i.kind() == Some(IntervalKind::GilWait) && i.detail != 0)
                         .then_some(i.detail),
                     pid: i.tgid,

@@ -19,9 +19,10 @@ pub enum IntervalKind {
     /// CUPTI deep mode, gaps shorter than the threshold bridged);
     /// `detail` is the CUDA device. Not sent by the kernel programs.
     GpuBusy = 4,
-    /// A thread off CPU: blocked (`detail` is the `OffCpuReason`: a
-    /// syscall family, or blocked outside a syscall) or waiting in the run
-    /// queue (`OffCpuReason::Runqueue`). GIL waits are `GilWait` instead.
+    /// A thread off CPU: blocked (the `OffCpuReason`: a syscall family, or
+    /// blocked outside a syscall; and the syscall, see `off_cpu_detail`)
+    /// or waiting in the run queue (`OffCpuReason::Runqueue`). GIL waits
+    /// are `GilWait` instead.
     OffCpu = 5,
     /// A launch call (`detail` is the CUDA probe slot) made after the
     /// thread had launched nothing for the threshold, or one that lasted
@@ -72,6 +73,32 @@ impl IntervalKind {
     /// The kind a `kind` label value names.
     pub fn from_label(label: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.label() == label)
+    }
+}
+
+/// An `OffCpu` interval's `detail`: the reason in the low 16 bits, and
+/// the syscall the thread blocked in, plus one, in the high 16 (0: none,
+/// or a number beyond the field).
+#[inline(always)]
+pub const fn off_cpu_detail(reason: u32, syscall_nr: u32) -> u32 {
+    let nr = if syscall_nr < 0xffff {
+        syscall_nr + 1
+    } else {
+        0
+    };
+    (reason & 0xffff) | (nr << 16)
+}
+
+/// The `OffCpuReason` number of an `OffCpu` interval's `detail`.
+pub const fn off_cpu_reason(detail: u32) -> u32 {
+    detail & 0xffff
+}
+
+/// The syscall an `OffCpu` interval's thread blocked in, if any.
+pub const fn off_cpu_syscall(detail: u32) -> Option<u32> {
+    match detail >> 16 {
+        0 => None,
+        nr => Some(nr - 1),
     }
 }
 

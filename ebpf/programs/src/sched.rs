@@ -17,7 +17,7 @@ use aya_ebpf::{
     EbpfContext, helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
 };
 use gapscope_ebpf_common::{
-    IntervalKind, OffCpuReason, ThreadState, counter,
+    IntervalKind, OffCpuReason, ThreadState, counter, off_cpu_detail,
     tp_offsets::{SWITCH_NEXT_PID, SWITCH_PREV_STATE, WAKEUP_PID},
 };
 
@@ -148,9 +148,10 @@ fn switch_in(tid: u32, now: u64) {
             }
             // GIL waits reach the timeline whole, from the GIL probes.
             if reason != OffCpuReason::GilWait as u32 {
+                // Still inside the syscall it blocked in, if any.
                 timeline::offer(
                     IntervalKind::OffCpu as u32,
-                    reason,
+                    off_cpu_detail(reason, (*t).syscall_nr),
                     service,
                     tgid,
                     tid,

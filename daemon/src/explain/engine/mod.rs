@@ -366,7 +366,10 @@ impl Explainer {
             IntervalKind::Serialization => Cause::Serialization,
             IntervalKind::HostSync => Cause::HostSync,
             IntervalKind::Launch => Cause::LaunchOverhead,
-            IntervalKind::OffCpu => match self.wait_cause(i.detail, i.end_ns - i.start_ns) {
+            IntervalKind::OffCpu => match self.wait_cause(
+                gapscope_ebpf_common::off_cpu_reason(i.detail),
+                i.end_ns - i.start_ns,
+            ) {
                 Some(c) => c,
                 None => return,
             },
