@@ -13,13 +13,15 @@ use serde_json::Value;
 /// Most annotations kept.
 const CAPACITY: usize = 10_000;
 /// Most requests kept (the oldest go first), and most one annotation may
-/// carry.
-const REQUESTS_KEPT: usize = 200_000;
+/// carry (the HTTP server's 64 KiB body limit holds fewer: gapscope-loadgen
+/// keeps its posts under 48 KiB).
+pub const REQUESTS_KEPT: usize = 200_000;
 const MAX_REQUESTS_PER_ANNOTATION: usize = 1_000;
 
-/// One request the load generator finished: its `x-request-id` and when
-/// it was sent, its first token came and it ended (CLOCK_MONOTONIC), with
-/// the run, phase and service of the annotation that carried it.
+/// One request the load generator finished: its `x-request-id`, the
+/// phase it ran in (else the annotation's), and when it was sent, its
+/// first token came and it ended (CLOCK_MONOTONIC), with the run and
+/// service of the annotation that carried it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct RequestMark {
     pub id: String,
@@ -128,7 +130,11 @@ fn requests(v: &Value, a: &Annotation) -> Result<Vec<RequestMark>, String> {
             Ok(RequestMark {
                 id: label(r, "id", true).map_err(|e| format!("requests[{i}].{e}"))?,
                 run_id: a.run_id.clone(),
-                phase: a.phase.clone(),
+                phase: match label(r, "phase", false) {
+                    Ok(p) if !p.is_empty() => p,
+                    Ok(_) => a.phase.clone(),
+                    Err(e) => return Err(format!("requests[{i}].{e}")),
+                },
                 service: a.service.clone(),
                 sent_ns,
                 first_token_ns,
@@ -237,11 +243,6 @@ impl Annotations {
             .collect()
     }
 
-    /// Requests kept now.
-    pub fn requests_kept(&self) -> usize {
-        self.requests.len()
-    }
-
     /// Every annotation kept, in time order (by `monotonic_ns`; a load
     /// generator posts in the background, so they may arrive out of order
     /// on a busy machine: a phase's end after the next phase's start).
@@ -291,7 +292,7 @@ mod tests {
         a.add(
             br#"{"phase":"p","event":"progress","run_id":"r1","requests":[
                 {"id":"glg-1-000001","sent_ns":10,"first_token_ns":12,"done_ns":20,"ok":true},
-                {"id":"glg-1-000002","sent_ns":15,"done_ns":40,"ok":false}]}"#,
+                {"id":"glg-1-000002","phase":"stress","sent_ns":15,"done_ns":40,"ok":false}]}"#,
             0,
         )
         .unwrap();
@@ -301,7 +302,30 @@ mod tests {
             (got[0].id.as_str(), got[0].run_id.as_str(), got[0].ok),
             ("glg-1-000002", "r1", false)
         );
-        assert_eq!(a.requests_between(0, 100, "svc").len(), 2);
+        // The phase it ran in, else the annotation's.
+        let all = a.requests_between(0, 100, "svc");
+        let phases: Vec<&str> = all.iter().map(|r| r.phase.as_str()).collect();
+        assert_eq!(phases, ["p", "stress"]);
+        // More than one annotation may carry is refused, whole.
+        let entry = |k: usize| format!(r#"{{"id":"glg-1-{k:06}","sent_ns":1,"done_ns":2}}"#);
+        let body = |n: usize| {
+            let list: Vec<String> = (0..n).map(entry).collect();
+            format!(
+                r#"{{"phase":"p","event":"progress","requests":[{}]}}"#,
+                list.join(",")
+            )
+        };
+        let kept = a.requests_between(0, 100, "svc").len();
+        a.add(body(MAX_REQUESTS_PER_ANNOTATION).as_bytes(), 0)
+            .unwrap();
+        let e = a
+            .add(body(MAX_REQUESTS_PER_ANNOTATION + 1).as_bytes(), 0)
+            .unwrap_err();
+        assert!(e.contains("over the 1000"), "{e}");
+        assert_eq!(
+            a.requests_between(0, 100, "svc").len(),
+            kept + MAX_REQUESTS_PER_ANNOTATION
+        );
         for (body, says) in [
             (&b"nope"[..], "not JSON"),
             (

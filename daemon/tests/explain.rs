@@ -144,12 +144,15 @@ fn every_long_sleep_reaches_the_timeline_as_an_off_cpu_interval() {
     // steps; run-queue stretches name none.
     for i in v["intervals"].as_array().unwrap() {
         if i["pid"] == w.pid() {
-            let want = match i["reason"].as_str() {
-                Some("syscall_sleep") => Value::from("nanosleep"),
-                Some("syscall_file") => Value::from("read"),
-                _ => Value::Null,
-            };
-            assert_eq!(i["syscall"], want, "{i}");
+            match i["reason"].as_str() {
+                Some("syscall_sleep") => assert_eq!(i["syscall"], "nanosleep", "{i}"),
+                Some("syscall_file") => assert_eq!(i["syscall"], "read", "{i}"),
+                // Blocked in some other syscall: it is named.
+                Some(r) if r.starts_with("syscall_") => {
+                    assert!(i["syscall"].is_string(), "{i}");
+                }
+                _ => assert!(i["syscall"].is_null(), "{i}"),
+            }
         }
     }
     // The kernel runs one BPF program per CPU at a time, and a BPF map

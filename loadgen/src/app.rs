@@ -320,8 +320,8 @@ fn write_outputs(
         ));
         if unposted > 0 {
             report.push_str(&format!(
-                "requests not annotated in gapscoped's traces: {unposted} (at most {} a second are)\n",
-                crate::annotate::MAX_REQUESTS_PER_POST
+                "requests not annotated in gapscoped's traces: {unposted} (over {} waiting for a post, or in posts that failed)\n",
+                crate::annotate::MAX_REQUESTS_WAITING
             ));
         }
     }

@@ -81,6 +81,7 @@ pub struct Inputs<'a> {
     /// Older segments and kernels than the trace holds were let go.
     pub segments_evicted: u64,
     pub kernels_evicted: u64,
+    pub requests_evicted: u64,
 }
 
 /// One trace event; fields a phase does not use are left out.
@@ -532,6 +533,13 @@ pub fn build(inp: &Inputs) -> String {
             crate::cupti::ingest::MAX_RECENT_KERNELS,
             inp.segments_evicted,
             inp.kernels_evicted
+        ));
+    }
+    if inp.requests_evicted > 0 {
+        notes.push(format!(
+            "gapscoped keeps the load generator's newest {} requests: {} older ones were let go, so the window's start may lack them",
+            crate::annotations::REQUESTS_KEPT,
+            inp.requests_evicted
         ));
     }
     let trace = json!({

@@ -106,10 +106,15 @@ fn build(state: &DaemonState, id: u32, name: &str, window_ns: u64) -> (String, S
             (k, i.recent_evicted)
         })
         .unwrap_or_default();
-    let requests = state
+    let (requests, requests_evicted) = state
         .annotations
         .lock()
-        .map(|a| a.requests_between(start_ns, end_ns, name))
+        .map(|a| {
+            (
+                a.requests_between(start_ns, end_ns, name),
+                a.requests_evicted,
+            )
+        })
         .unwrap_or_default();
     let annotations: Vec<_> = state
         .annotations
@@ -184,6 +189,7 @@ fn build(state: &DaemonState, id: u32, name: &str, window_ns: u64) -> (String, S
         resolution_ns,
         segments_evicted,
         kernels_evicted,
+        requests_evicted,
     });
     (text, format!("gapscope-{name}-{end_ns}.json"))
 }
