@@ -369,7 +369,11 @@ fn bad_interval_queries_get_400_naming_the_problem() {
         ),
         (
             "service=s&what_if=runqueue:json.encode",
-            "only serialization's functions can be named",
+            "only serialization's functions (serialization:CODEC.OP) and the GIL's holders (gil_wait:TID) can be named",
+        ),
+        (
+            "service=s&what_if=gil_wait:main",
+            "a GIL holder is named by its thread id, gil_wait:TID",
         ),
         // Well formed, but no probe reports it: the fix names the probed.
         (
