@@ -26,19 +26,8 @@ fn each_interpreter(mode: &str, check: impl Fn(&str, &Delta, f64)) {
     let _g = serial();
     let daemon =
         Daemon::start("[[service]]\nname = \"gil\"\ncmdline = \"gil_probe.py .*--tag gil-test\"\n");
-    let script = repo_root().join("targets/gil_probe.py");
     for (label, python) in interpreters() {
-        let args = [
-            script.to_str().unwrap(),
-            mode,
-            "--seconds",
-            "2",
-            "--tag",
-            "gil-test",
-        ];
-        let mut w = Workload::spawn(&python, &args);
-        daemon.wait_processes("gil", 1.0);
-        wait_for_gil(&daemon);
+        let mut w = traced_probe(&daemon, &python, mode);
         let before = daemon.scrape();
         let out = w.go();
         let after = daemon.scrape();
@@ -56,6 +45,33 @@ fn each_interpreter(mode: &str, check: impl Fn(&str, &Delta, f64)) {
         w.finish();
         daemon.wait_processes("gil", 0.0);
     }
+}
+
+/// gil_probe.py in `mode` for 2 s under `python`, traced and its GIL
+/// found, waiting for its "go".
+fn traced_probe(daemon: &Daemon, python: &std::path::Path, mode: &str) -> Workload {
+    let script = repo_root().join("targets/gil_probe.py");
+    let args = [
+        script.to_str().unwrap(),
+        mode,
+        "--seconds",
+        "2",
+        "--tag",
+        "gil-test",
+    ];
+    let w = Workload::spawn(python, &args);
+    daemon.wait_processes("gil", 1.0);
+    wait_for_gil(daemon);
+    w
+}
+
+/// gapscoped tracing the probe, sending stretches of 1 ms and longer to
+/// the timeline.
+fn timeline_daemon() -> Daemon {
+    Daemon::start(
+        "[timeline]\nmin_interval_us = 1000\n\
+         [[service]]\nname = \"gil\"\ncmdline = \"gil_probe.py .*--tag gil-test\"\n",
+    )
 }
 
 /// Waits until the daemon traces the probe's GIL.
@@ -171,23 +187,9 @@ fn each_wait_names_the_thread_that_held_the_gil() {
     // comes from the GIL's last_holder and the thread state's thread id:
     // native_thread_id from 3.11, glibc's struct pthread before.
     let _g = serial();
-    let daemon = Daemon::start(
-        "[timeline]\nmin_interval_us = 1000\n\
-         [[service]]\nname = \"gil\"\ncmdline = \"gil_probe.py .*--tag gil-test\"\n",
-    );
-    let script = repo_root().join("targets/gil_probe.py");
+    let daemon = timeline_daemon();
     for (label, python) in interpreters() {
-        let args = [
-            script.to_str().unwrap(),
-            "two_cpu",
-            "--seconds",
-            "2",
-            "--tag",
-            "gil-test",
-        ];
-        let mut w = Workload::spawn(&python, &args);
-        daemon.wait_processes("gil", 1.0);
-        wait_for_gil(&daemon);
+        let mut w = traced_probe(&daemon, &python, "two_cpu");
         let started = monotonic_ns();
         let out = w.go();
         let truth: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
@@ -249,22 +251,8 @@ fn each_wait_names_the_thread_that_held_the_gil() {
 #[test]
 fn contended_acquisitions_become_timeline_intervals() {
     let _g = serial();
-    let daemon = Daemon::start(
-        "[timeline]\nmin_interval_us = 1000\n\
-         [[service]]\nname = \"gil\"\ncmdline = \"gil_probe.py .*--tag gil-test\"\n",
-    );
-    let script = repo_root().join("targets/gil_probe.py");
-    let args = [
-        script.to_str().unwrap(),
-        "two_cpu",
-        "--seconds",
-        "2",
-        "--tag",
-        "gil-test",
-    ];
-    let mut w = Workload::spawn(&pyenv_python(11), &args);
-    daemon.wait_processes("gil", 1.0);
-    wait_for_gil(&daemon);
+    let daemon = timeline_daemon();
+    let mut w = traced_probe(&daemon, &pyenv_python(11), "two_cpu");
     let before = daemon.scrape();
     let started = monotonic_ns();
     w.go();

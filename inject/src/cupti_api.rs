@@ -42,15 +42,16 @@ pub struct Api {
     pub path: String,
 }
 
-/// The libcupti this process maps, if any.
-fn mapped_cupti() -> Option<String> {
+/// The file of a library this process maps whose name starts with
+/// `soname_prefix` (`libcupti.so`), if any.
+pub(crate) fn mapped_library(soname_prefix: &str) -> Option<String> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     maps.lines()
         .filter_map(|l| l.split_whitespace().nth(5))
         .find(|p| {
             p.rsplit('/')
                 .next()
-                .is_some_and(|n| n.starts_with("libcupti.so"))
+                .is_some_and(|n| n.starts_with(soname_prefix))
         })
         .map(str::to_string)
 }
@@ -65,7 +66,7 @@ fn open(path: &str) -> Option<*mut c_void> {
 
 /// # Safety
 /// `T` must be the function pointer type of `name`.
-unsafe fn sym<T: Copy>(handle: *mut c_void, name: &CStr) -> Option<T> {
+pub(crate) unsafe fn sym<T: Copy>(handle: *mut c_void, name: &CStr) -> Option<T> {
     // SAFETY: a valid handle and C string.
     let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
     if p.is_null() {
@@ -84,7 +85,7 @@ impl Api {
             .ok()
             .filter(|p| !p.is_empty())
             .into_iter()
-            .chain(mapped_cupti())
+            .chain(mapped_library("libcupti.so"))
             .chain(["libcupti.so.13", "libcupti.so.12", "libcupti.so"].map(String::from))
             .collect();
         let (handle, path) = candidates

@@ -7,35 +7,14 @@
 //! the agent: `InitializeInjection` runs inside `cuInit`, before the
 //! driver answers.
 
-use std::ffi::{CStr, CString, c_int, c_void};
+use std::ffi::{CString, c_int, c_void};
 
 use gapscope_wire::{Device, MAX_DEVICES};
 
+use crate::cupti_api::{mapped_library, sym};
+
 type CuResult = c_int;
 const CUDA_SUCCESS: CuResult = 0;
-
-/// The libcuda this process maps.
-fn mapped_driver() -> Option<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| {
-            p.rsplit('/')
-                .next()
-                .is_some_and(|n| n.starts_with("libcuda.so"))
-        })
-        .map(str::to_string)
-}
-
-/// # Safety
-/// `T` must be the function pointer type of `name`.
-unsafe fn sym<T: Copy>(handle: *mut c_void, name: &CStr) -> Option<T> {
-    // SAFETY: a valid handle and C string.
-    let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
-    // SAFETY: the caller names the right type; a function pointer is
-    // pointer-sized.
-    (!p.is_null()).then(|| unsafe { std::mem::transmute_copy::<*mut c_void, T>(&p) })
-}
 
 /// The loaded libcuda, by its soname or else by the file the process
 /// maps (never loading one: RTLD_NOLOAD).
@@ -49,7 +28,7 @@ fn loaded_driver() -> Result<(*mut c_void, String), String> {
     if let Some(h) = noload("libcuda.so.1") {
         return Ok((h, "libcuda.so.1".into()));
     }
-    let path = mapped_driver().ok_or("the process maps no libcuda")?;
+    let path = mapped_library("libcuda.so").ok_or("the process maps no libcuda")?;
     noload(&path)
         .map(|h| (h, path.clone()))
         .ok_or_else(|| format!("{path} is mapped but not loaded"))
