@@ -19,7 +19,8 @@ in the JSON line, and it lives on, idle, until stdin closes). FIXTURE_DIR holds 
 and libfakegpu.so; CUDA_INJECTION64_PATH and GAPSCOPE_CUPTI_PATH bring in
 the agent and the CUPTI stand-in. Prints "ready", waits for a line, runs,
 posts the run's start and end to gapscoped (phase "loop", the run id),
-prints one JSON line (steps, CLOCK_MONOTONIC start and end), "done", and
+prints one JSON line (steps, CLOCK_MONOTONIC start and end, the seconds
+spent in each stall by its own clock), "done", and
 exits when stdin closes.
 """
 
@@ -152,12 +153,14 @@ def main():
         competitor = threading.Thread(target=hold_the_gil, args=(stop, exit_now, competitor_tid))
         competitor.start()
         time.sleep(0.05)
+    spent = {}  # seconds in each stall, by the loop's own clock
     cuda.cuLaunchKernel()
     start = time.monotonic_ns()
     annotate(args.gapscoped, args.run_id, "start", start)
     cuda.cuStreamSynchronize()
     for _ in range(args.steps):
         for s in stalls:
+            t0 = time.perf_counter()
             if s == "sleep":
                 time.sleep(stall_s)
             elif s == "json":
@@ -166,12 +169,14 @@ def main():
                 pickle.dumps(pickled)
             elif s == "poll":
                 select.select([quiet], [], [], stall_s)
+            spent[s] = spent.get(s, 0.0) + time.perf_counter() - t0
         cuda.cuLaunchKernel()
         cuda.cuStreamSynchronize()
     end = time.monotonic_ns()
     annotate(args.gapscoped, args.run_id, "end", end)
     stop.set()
     print(json.dumps({"steps": args.steps, "start_ns": start, "end_ns": end,
+                      "stall_seconds": spent,
                       "competitor_tid": competitor_tid[0] if competitor_tid else None}),
           flush=True)
     print("done", flush=True)
