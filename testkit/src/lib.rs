@@ -238,7 +238,13 @@ impl Daemon {
     }
 
     pub fn scrape(&self) -> Metrics {
-        Metrics(http_get(self.port, "/metrics").expect("scraping /metrics"))
+        match http_get(self.port, "/metrics") {
+            Some(body) => Metrics(body),
+            None => panic!(
+                "scraping /metrics: no answer\ngapscoped's log:\n{}",
+                self.log_text()
+            ),
+        }
     }
 
     /// Waits until gapscoped says it traces `pid` as `service`. Unlike a
