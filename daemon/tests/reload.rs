@@ -149,7 +149,77 @@ fn sighup_applies_services_at_once_and_keeps_a_bad_file_out() {
     assert_eq!(calls(&m, "b"), 0.0, "{}", m.0);
     assert!(
         m.0.contains("gapscope_service_processes{service=\"b\"}"),
-        "{}",
-        m.0
+        "a scrape that counts the reload shows what it applied:\n{}\n{}",
+        m.0,
+        daemon.log_text()
+    );
+}
+
+/// Sends one HTTP/1.1 request on `s` and reads its reply (by
+/// Content-Length): the status, or None when the connection closed first.
+fn request_on(s: &mut std::net::TcpStream, path: &str) -> Option<u16> {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut r = BufReader::new(s.try_clone().ok()?);
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let status = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut length = 0;
+    loop {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).ok()?;
+    Some(status)
+}
+
+#[test]
+fn a_reload_drops_no_connection_with_a_request_on_its_way() {
+    let _g = serial();
+    let daemon = Daemon::start(&service("a", "alpha"));
+    let connect = || {
+        let s = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s
+    };
+    // One connection that has sent nothing yet, one kept alive after a
+    // first reply; the server has accepted both before the reload.
+    let mut fresh = connect();
+    let mut kept = connect();
+    assert_eq!(request_on(&mut kept, "/metrics"), Some(200));
+    daemon.wait_metrics("both connections accepted", |m| {
+        m.get_or_zero("gapscope_http_connections_open", &[]) >= 3.0
+    });
+    let original = std::fs::read_to_string(daemon.config_path()).unwrap();
+    reload(
+        &daemon,
+        &original,
+        "",
+        &(service("a", "alpha") + &service("b", "beta")),
+    );
+    daemon.wait_metrics("the reload", |m| reloads(m, "success") == 1.0);
+    // Each is served after the reload: a scrape racing a reload is
+    // answered, not dropped.
+    assert_eq!(
+        request_on(&mut fresh, "/metrics"),
+        Some(200),
+        "a connection accepted before the reload, its request sent after, got no answer:\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        request_on(&mut kept, "/metrics"),
+        Some(200),
+        "a kept-alive connection was closed by the reload:\n{}",
+        daemon.log_text()
     );
 }

@@ -13,8 +13,8 @@
 //!
 //! The web config (`[daemon] web_config` and the files it names: users,
 //! headers, certificate, key, client CA) is read again on every reload and
-//! serves the next connection: a renewed certificate or a new password
-//! needs no restart; open connections close after the request in hand.
+//! applies at once (`web::serve`): the next request meets the new users,
+//! the next handshake the renewed certificate; no restart needed.
 //! A web config that does not load, that would weaken the endpoints'
 //! protection (basic auth off, client certificates less strict, TLS 1.2
 //! again) or switch TLS on or off, fails the reload as a bad file does. The other sections
@@ -25,7 +25,10 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU64,
+            Ordering::{Relaxed, Release},
+        },
     },
 };
 
@@ -182,8 +185,8 @@ impl Reloader {
     ) {
         let stats = &state.reloads;
         let fail = |why: String| {
-            stats.failures.fetch_add(1, Relaxed);
             stats.last_ok.store(false, Relaxed);
+            stats.failures.fetch_add(1, Release);
             log::warn!("SIGHUP: {why}; keeping the running configuration");
         };
         let config = match Config::load(&self.path) {
@@ -241,9 +244,11 @@ impl Reloader {
             .filter(|(k, v)| self.sections.get(*k) != Some(*v))
             .map(|(k, _)| *k)
             .collect();
-        stats.successes.fetch_add(1, Relaxed);
+        // Last: a scrape that counts this reload sees what it applied
+        // (`metrics::reloads`).
         stats.last_ok.store(true, Relaxed);
         stats.last_success_unix_s.store(unix_s(), Relaxed);
+        stats.successes.fetch_add(1, Release);
         let list = |v: &[String]| {
             if v.is_empty() {
                 "none".to_string()

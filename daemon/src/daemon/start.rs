@@ -52,8 +52,8 @@ pub(super) struct Running {
     pub signals: Option<super::event_loop::Signals>,
     /// Reads the configuration again on SIGHUP.
     pub reloader: Option<super::reload::Reloader>,
-    /// What the HTTP server serves new connections with; a reload of the
-    /// web config replaces it.
+    /// What the HTTP server serves requests (its router) and handshakes
+    /// (its TLS acceptor) with; a reload of the web config replaces it.
     pub front: tokio::sync::watch::Sender<web::serve::Front>,
     /// What protects the endpoints as started.
     pub protection: web::Protection,

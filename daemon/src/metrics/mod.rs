@@ -10,6 +10,7 @@ mod kernel;
 mod nvml;
 mod process;
 mod python;
+mod reloads;
 mod selfmon;
 mod timeline;
 
@@ -24,6 +25,9 @@ type Source = fn(&DaemonState) -> Vec<Family>;
 
 /// The sources, by the `collector` label their scrape time is reported under.
 const SOURCES: &[(&str, Source)] = &[
+    // First: the services every other source reads are those of the
+    // reloads it counts, or later ones.
+    ("config", reloads::collect),
     ("kernel", kernel::collect),
     ("python", python::collect),
     ("timeline", timeline::collect),

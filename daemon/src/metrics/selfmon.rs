@@ -129,43 +129,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         misses,
     ];
     families.extend(http());
-    families.extend(reloads(&state.reloads));
     families
-}
-
-/// Configuration reloads (SIGHUP), named as Prometheus names its own.
-fn reloads(stats: &crate::daemon::reload::ReloadStats) -> Vec<Family> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut ok = Family::gauge(
-        "gapscope_config_last_reload_successful",
-        "1 when the last reload (SIGHUP) applied the file, 0 when the file was refused and the running configuration kept.",
-    );
-    ok.add_gauge(
-        &[],
-        if stats.last_ok.load(Relaxed) {
-            1.0
-        } else {
-            0.0
-        },
-    );
-    let mut at = Family::gauge(
-        "gapscope_config_last_reload_success_timestamp_seconds",
-        "When the configuration last loaded (start or reload), Unix seconds.",
-    );
-    at.add_gauge(&[], stats.last_success_unix_s.load(Relaxed) as f64);
-    let mut total = Family::counter(
-        "gapscope_config_reloads_total",
-        "Configuration reloads (SIGHUP) by result: success or failure.",
-    );
-    total.add_counter(
-        &[("result", "success")],
-        stats.successes.load(Relaxed) as f64,
-    );
-    total.add_counter(
-        &[("result", "failure")],
-        stats.failures.load(Relaxed) as f64,
-    );
-    vec![ok, at, total]
 }
 
 /// What the HTTP server turned away (`web::serve`, `web::auth`).

@@ -11,9 +11,15 @@
 //!   hold the daemon (and its attached programs) up.
 //!
 //! Basic auth and the configured headers wrap the router in both cases.
-//! The router and the TLS acceptor are a [`Front`] read at each accept, so
-//! a reload (`systemctl reload`: new passwords, a renewed certificate)
-//! applies to the next connection; open ones finish with what they had.
+//! A reload (`systemctl reload`: new passwords, a renewed certificate)
+//! replaces the [`Front`]: its router serves every request from then on,
+//! kept-alive connections included, and its TLS acceptor the next
+//! handshake; a TLS connection made before the reload closes after its
+//! next reply (`Connection: close`), so its client comes back through the
+//! renewed certificate. A reload never closes a connection by itself: one
+//! accepted a moment before, whose request is still on its way, would get
+//! no answer (hyper closes a connection that has read nothing yet at once
+//! on a graceful shutdown), and a scrape racing a reload would fail.
 //!
 //! The server runs on a thread and runtime of its own, so a scrape or an
 //! explain report never waits for the daemon's event loop to come round
@@ -232,21 +238,20 @@ async fn serve(
                         continue;
                     }
                 };
-                let Front { router, acceptor } = front.borrow().clone();
+                let acceptor = front.borrow().acceptor.clone();
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     refuse(tcp, acceptor.is_none(), limits.max_connections, &lingering);
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                let mut reloaded = front.clone();
-                reloaded.mark_unchanged();
+                let mut front = front.clone();
+                front.mark_unchanged();
                 let connection = Connection {
-                    // Each request knows its client's address (per-address
-                    // limits on credential checks).
-                    router: router.layer(axum::Extension(auth::Peer(peer.ip()))),
+                    front,
+                    peer: peer.ip(),
+                    tls: acceptor.is_some(),
                     limits,
                     closing: closing_seen.clone(),
-                    reloaded,
                 };
                 connections.spawn(async move {
                     STATS.open.fetch_add(1, Relaxed);
@@ -324,13 +329,16 @@ fn refuse(tcp: TcpStream, plain: bool, limit: usize, lingering: &Arc<Semaphore>)
 
 /// One accepted connection's serving.
 struct Connection {
-    router: Router,
+    /// The current front (its router serves each request); marked seen at
+    /// accept, so a change means a reload since.
+    front: watch::Receiver<Front>,
+    /// The client's address, for each request (per-address limits on
+    /// credential checks).
+    peer: std::net::IpAddr,
+    /// Whether the connection went through the TLS acceptor of its time.
+    tls: bool,
     limits: Limits,
     closing: watch::Receiver<bool>,
-    /// Changes when a reload replaces the front: a kept-alive connection
-    /// then closes after the request in hand, so a revoked password or a
-    /// replaced certificate stops working on it too.
-    reloaded: watch::Receiver<Front>,
 }
 
 impl Connection {
@@ -338,7 +346,23 @@ impl Connection {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let service = hyper_util::service::TowerToHyperService::new(self.router);
+        let (front, peer, tls) = (self.front.clone(), self.peer, self.tls);
+        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            use tower::ServiceExt as _;
+            req.extensions_mut().insert(auth::Peer(peer));
+            let router = front.borrow().router.clone();
+            // Served through a certificate a reload has since replaced.
+            let stale = tls && front.has_changed().unwrap_or(false);
+            async move {
+                let Ok(mut response) = router.oneshot(req).await;
+                if stale {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(hyper_util::rt::TokioTimer::new())
@@ -350,10 +374,6 @@ impl Connection {
         let result = tokio::select! {
             r = conn.as_mut() => r,
             _ = self.closing.changed() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-            Ok(()) = self.reloaded.changed() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
