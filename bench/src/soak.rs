@@ -441,6 +441,13 @@ fn sigkill() -> anyhow::Result<Value> {
         "counter_before_kill": counted_before,
         "counter_after_restart": getppid(&m),
         "counter_reset": getppid(&m) < counted_before,
+        // The restarted daemon probes the busy json.dumps in full from its
+        // attachment until its first look at the budget trips it (then one
+        // second in 60, none of them within these 22 s): the calls it saw.
+        "json_encode_calls_probed_after_restart": m.get_or_zero(
+            "gapscope_serialization_duration_seconds_count",
+            &[("service", "soak"), ("codec", "json"), ("op", "encode")],
+        ),
         "start_time_moved": m.get_or_zero("process_start_time_seconds", &[]) > start_before,
     }))
 }

@@ -228,7 +228,8 @@ fn a_busy_probe_is_sampled_within_its_budget_and_says_so() {
     // The probes were attached while the script idled (no json calls),
     // and it starts well within 10 s of that, so they are still fresh when
     // it gets busy: paused within about a tenth of a second of going over
-    // the budget (`trip_early`), not at the next whole second. Waiting for
+    // the budget (`trip_early`; a hundredth in a probe's first second),
+    // not at the next whole second. Waiting for
     // that second counted about 12 % of the calls of this 4 s run here
     // (1 in 5 runs would fall under 5 % by the luck of when the second
     // ends); a tenth of a second, 1.4 %. Busy enough that a tenth of a

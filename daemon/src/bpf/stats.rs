@@ -99,50 +99,59 @@ impl StatsSwitch {
     }
 }
 
-/// When the next switch comes: (turn on?, after how long), for a
-/// sampled switch whose current state is `on`.
-pub fn next_switch(on: bool, window: Duration, period: Duration) -> (bool, Duration) {
-    if on {
-        (false, window)
+/// Where a sampled switch stands at wall-clock time `now` (since the
+/// Unix epoch): (on?, for how much longer). Windows open at the multiples
+/// of `period` of the wall clock, not at the daemon's start, so a restart
+/// adds no window: a daemon restarted every few seconds (a crash loop, a
+/// rollout) costs the host what one running on does.
+pub fn phase(now: Duration, window: Duration, period: Duration) -> (bool, Duration) {
+    let period_ns = period.as_nanos().max(1);
+    let into = Duration::from_nanos((now.as_nanos() % period_ns) as u64);
+    if into < window {
+        (true, window - into)
     } else {
-        (true, period.saturating_sub(window))
+        (false, period - into)
     }
 }
 
-/// Starts what `mode` asks: on at once for `On` and `Sampled` (a first
-/// window right away, so the first scrapes have figures), and for
-/// `Sampled` a task turning them off and on again on schedule.
+/// Starts what `mode` asks: on at once for `On`; for `Sampled`, a task
+/// turning them on for the window at every period of the wall clock
+/// (`phase`; the first figures come within a period of the start).
 pub fn start(mode: BpfStats, probes: &Arc<Mutex<Probes>>) {
-    let turn_on = || probes.lock().is_ok_and(|mut p| p.stats.on());
     match mode {
         BpfStats::Off => {}
         BpfStats::On => {
-            turn_on();
+            let _ = probes.lock().map(|mut p| p.stats.on());
         }
         BpfStats::Sampled { window, period } => {
-            if !turn_on() {
-                // Refused (logged): asking again every period would only log.
-                return;
-            }
             let probes = probes.clone();
             tokio::spawn(async move {
-                let mut on = true;
+                let mut on = false;
                 loop {
-                    let (next, after) = next_switch(on, window, period);
-                    tokio::time::sleep(after).await;
-                    on = next;
-                    if let Ok(mut p) = probes.lock() {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    let (want, lasts) = phase(now, window, period);
+                    if want != on {
+                        let Ok(mut p) = probes.lock() else { return };
                         let runs = |p: &Probes| p.program_stats().iter().map(|s| s.run_count).sum();
-                        if on {
+                        if want {
                             // Read while still off.
                             let now = runs(&p);
-                            p.stats.on_counting(now);
+                            if !p.stats.on_counting(now) {
+                                // Refused (logged): asking again every
+                                // period would only log.
+                                return;
+                            }
                         } else {
                             p.stats.off();
                             let now = runs(&p);
                             p.stats.off_at = Some((Instant::now(), now));
                         }
+                        on = want;
                     }
+                    // Never a busy loop at a boundary the timer rounds.
+                    tokio::time::sleep(lasts.max(Duration::from_millis(1))).await;
                 }
             });
         }
@@ -154,10 +163,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_sampled_switch_is_on_for_the_window_of_every_period() {
+    fn a_sampled_switch_is_on_for_the_window_of_every_period_of_the_wall_clock() {
         let (w, p) = (Duration::from_secs(1), Duration::from_secs(60));
-        assert_eq!(next_switch(true, w, p), (false, w));
-        assert_eq!(next_switch(false, w, p), (true, Duration::from_secs(59)));
+        let at = |s: f64| phase(Duration::from_secs_f64(s), w, p);
+        // A minute's first second, whenever the daemon started.
+        assert_eq!(at(1_800_000_000.0), (true, w));
+        assert_eq!(at(1_800_000_000.25), (true, Duration::from_millis(750)));
+        assert_eq!(at(1_800_000_001.0), (false, Duration::from_secs(59)));
+        assert_eq!(at(1_800_000_059.5), (false, Duration::from_millis(500)));
+        // Whatever the moments of the looks, the time on adds up to a
+        // window a period.
+        let mut t = Duration::from_secs(1_800_000_000) + Duration::from_millis(437);
+        let end = t + 10 * p;
+        let mut held = Duration::ZERO;
+        while t < end {
+            let (on, lasts) = phase(t, w, p);
+            let lasts = lasts.min(end - t);
+            if on {
+                held += lasts;
+            }
+            t += lasts;
+        }
+        assert_eq!(held, 10 * w);
     }
 
     #[test]

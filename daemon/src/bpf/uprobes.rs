@@ -12,8 +12,9 @@
 //! busiest process goes over the budget is attached one second in N. A
 //! slot attached while believed within its budget (a new probe, or every
 //! probe of a daemon that just restarted) can be looked at sooner
-//! (`trip_early`): a busy process then pays for a tenth of a second of
-//! probing, not for the second or two until the next whole-second look.
+//! (`trip_early`, every hundredth of a second in its first second): a busy
+//! process then pays for a hundredth of a second of probing, not for the
+//! second or two until the next whole-second look.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -71,6 +72,11 @@ impl Sampling {
 /// How long after its first attachment a slot stays fresh at most (with
 /// idle processes, say): the map reads of `trip_early` stop after it.
 const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long after its first attachment a fresh slot is looked at every
+/// hundredth of a second (`trips_soon`); a tenth after that. A busy
+/// process goes over a budget of 1,000 calls a second within milliseconds.
+const YOUNG_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A slot over budget: what the caller may want to log.
 pub struct BudgetChange {
@@ -258,7 +264,16 @@ impl UprobeSet {
         busiest
     }
 
-    /// Between whole-second looks (every tenth of a second): a fresh slot
+    /// Whether a fresh slot was first attached less than `YOUNG_FOR` ago:
+    /// the owner then calls `trip_early` every hundredth of a second.
+    pub fn trips_soon(&self) -> bool {
+        self.fresh
+            .iter()
+            .flatten()
+            .any(|at| at.elapsed() < YOUNG_FOR)
+    }
+
+    /// Between whole-second looks (see `trips_soon`): a fresh slot
     /// (attached while believed within the budget, no second with calls
     /// judged since, first attached at most `FRESH_FOR` ago) whose busiest
     /// process has already made more calls this second than the budget

@@ -67,6 +67,7 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
     let mut rescan = every(running.rescan_every);
     let mut every_second = every(Duration::from_secs(1));
     let mut every_tenth = every(Duration::from_millis(100));
+    let mut every_hundredth = every(Duration::from_millis(10));
     let mut settle = every(SETTLE_EVERY);
     let mut snapshot = every(SNAPSHOT_EVERY);
     let watchdog_every = notify::watchdog_interval();
@@ -99,6 +100,7 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
             _ = rescan.tick() => targets().rescan(),
             _ = every_second.tick() => targets().every_second(),
             _ = every_tenth.tick() => targets().every_tenth(),
+            _ = every_hundredth.tick(), if targets().trips_soon() => targets().every_tenth(),
             _ = settle.tick() => {
                 feed::catch_up(&state);
                 feed::settle(&state, monotonic_ns(), running.reorder_ns);

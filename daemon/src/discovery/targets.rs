@@ -251,6 +251,13 @@ impl Targets {
         self.serialization.trip_early();
     }
 
+    /// Whether `every_tenth` is wanted every hundredth of a second now: a
+    /// serialization probe attached in the last second, not yet judged (a
+    /// restarted daemon's probes on a busy service, most of all).
+    pub fn trips_soon(&self) -> bool {
+        self.serialization.trips_soon()
+    }
+
     /// Acts on one event from the kernel.
     pub fn on_event(&mut self, ev: &ProcEvent) {
         match ev.kind {

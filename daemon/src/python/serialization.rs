@@ -198,20 +198,40 @@ impl SerializationTracker {
         };
         let mut missing = BTreeMap::new();
         let specs = self.specs.clone();
+        // Every probe's functions found first (reading and parsing the
+        // files takes milliseconds each), then all attached at once: a
+        // busy process pays for full probing only from its probe's
+        // attachment to the next look at the budget (`trip_early`), not
+        // through the parsing of every other file.
+        let mut files = HashMap::new();
+        let mut ready = Vec::new();
         for (index, spec) in specs.iter().enumerate() {
             let (file, module) = spec.file(&maps, interpreter);
-            if let Err(why) = self.probe(tgid, index, &file) {
-                // A module not imported yet is not an error; one built
-                // into a stripped interpreter is.
-                let built_in = !module
-                    && spec
-                        .builtin_init
-                        .as_deref()
-                        .is_some_and(|init| self.has_symbol(tgid, &file, init));
-                if module || built_in {
-                    missing.insert(spec.codec.clone(), why);
-                }
+            match self.locate(tgid, index, &file, &mut files) {
+                Ok(Some(found)) => ready.push((index, file, module, found)),
+                Ok(None) => {}
+                Err(why) => self.note_missing(tgid, spec, &file, module, why, &mut missing),
             }
+        }
+        drop(files);
+        for (index, file, module, (key, in_root, offsets)) in ready {
+            let spec = &specs[index];
+            if let Err(e) = self
+                .uprobes
+                .attach(tgid, key, &in_root, index, &offsets, index as u64)
+            {
+                let why = format!("{file} ({}): {e}", spec.locate);
+                self.note_missing(tgid, spec, &file, module, why, &mut missing);
+                continue;
+            }
+            log::info!(
+                "probing {} {} at {file}: {} ({} function{})",
+                spec.codec,
+                spec.op,
+                spec.locate,
+                offsets.len(),
+                if offsets.len() == 1 { "" } else { "s" }
+            );
         }
         let before = self.unavailable.get(&tgid).map(|(_, m)| m);
         for (codec, why) in &missing {
@@ -226,20 +246,56 @@ impl SerializationTracker {
         }
     }
 
-    /// Attaches probe `index` to `file` unless it already is (or is
-    /// paused by its sampling), and records that `tgid` uses it.
-    fn probe(&mut self, tgid: u32, index: usize, file: &str) -> Result<(), String> {
+    /// Records why probe `spec` is missing in `tgid`, where that matters:
+    /// a module not imported yet is not an error; one built into a
+    /// stripped interpreter is.
+    fn note_missing(
+        &mut self,
+        tgid: u32,
+        spec: &ProbeSpec,
+        file: &str,
+        module: bool,
+        why: String,
+        missing: &mut BTreeMap<String, String>,
+    ) {
+        let built_in = !module
+            && spec
+                .builtin_init
+                .as_deref()
+                .is_some_and(|init| self.has_symbol(tgid, file, init));
+        if module || built_in {
+            missing.insert(spec.codec.clone(), why);
+        }
+    }
+
+    /// Where probe `index`'s functions are in `file`, unless it is
+    /// attached there already (or paused by its sampling; then `tgid` is
+    /// recorded as using it): the file's key, the path to attach through
+    /// and the offsets. `files` holds the files read in this scan, each
+    /// read once whatever the number of probes in it.
+    #[allow(clippy::type_complexity)]
+    fn locate(
+        &mut self,
+        tgid: u32,
+        index: usize,
+        file: &str,
+        files: &mut HashMap<FileKey, Result<Vec<u8>, String>>,
+    ) -> Result<Option<(FileKey, String, Vec<u64>)>, String> {
         let (key, in_root) = file_key(tgid, file)?;
         if !self.uprobes.needs(tgid, key, index) {
-            return Ok(());
+            return Ok(None);
         }
-        let spec = self.specs[index].clone();
+        let spec = &self.specs[index];
         let offsets = self
             .resolved
             .entry((key, index))
             .or_insert_with(|| {
-                let data = fs::read(&in_root).map_err(|e| format!("{file}: {e}"))?;
-                resolve(&data, &spec.locate)
+                let data = files
+                    .entry(key)
+                    .or_insert_with(|| fs::read(&in_root).map_err(|e| format!("{file}: {e}")))
+                    .as_ref()
+                    .map_err(Clone::clone)?;
+                resolve(data, &spec.locate)
             })
             .clone()
             .map_err(|why| {
@@ -251,18 +307,7 @@ impl SerializationTracker {
                 };
                 format!("{file}: {why}: {fix}")
             })?;
-        self.uprobes
-            .attach(tgid, key, &in_root, index, &offsets, index as u64)
-            .map_err(|e| format!("{file} ({}): {e}", spec.locate))?;
-        log::info!(
-            "probing {} {} at {file}: {} ({} function{})",
-            spec.codec,
-            spec.op,
-            spec.locate,
-            offsets.len(),
-            if offsets.len() == 1 { "" } else { "s" }
-        );
-        Ok(())
+        Ok(Some((key, in_root, offsets)))
     }
 
     /// Once a second: keeps every probe within the budget (see
@@ -274,11 +319,16 @@ impl SerializationTracker {
 
     /// Between the seconds: pauses a probe attached since the last second
     /// that is already over budget (see `UprobeSet::trip_early`), so a
-    /// busy process pays for a tenth of a second of probing when a probe
-    /// is new or the daemon has restarted, not for a second or two.
+    /// busy process pays for a hundredth of a second of probing when a
+    /// probe is new or the daemon has restarted, not for a second or two.
     pub fn trip_early(&mut self) {
         let changes = self.uprobes.trip_early();
         self.log_changes(changes);
+    }
+
+    /// Whether `trip_early` is wanted every hundredth of a second now.
+    pub fn trips_soon(&self) -> bool {
+        self.uprobes.trips_soon()
     }
 
     fn log_changes(&self, changes: Vec<crate::bpf::uprobes::BudgetChange>) {
