@@ -183,6 +183,58 @@ fn client_certificates_are_required_and_verified_when_configured() {
     );
     prom.wait_target("mtls", "up");
     assert!(daemon.log_text().contains("client certificates verified"));
+
+    // A connection verified before a reload gets no answer from the
+    // router after it (its certificate met the old client CA): a 421 and
+    // the connection closes; a new one is served.
+    let mut kept = Command::new(gapscope_testkit::pyenv_python(11))
+        .args(["-c", KEPT_ALIVE_CLIENT, &daemon.port.to_string()])
+        .arg(dir.path().join("ca.pem"))
+        .arg("")
+        .arg(dir.path().join("client.pem"))
+        .arg(dir.path().join("client.key"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut kept_out =
+        std::io::BufRead::lines(std::io::BufReader::new(kept.stdout.take().unwrap()));
+    let first: Vec<String> = kept_out
+        .next()
+        .unwrap()
+        .unwrap()
+        .split(' ')
+        .map(String::from)
+        .collect();
+    assert_eq!(first[0], "200", "{first:?}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    let reloaded = "gapscope_config_reloads_total{result=\"success\"} 1";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !curl(daemon.port, dir.path(), "/metrics", &args)
+        .1
+        .contains(reloaded)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never counted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::io::Write::write_all(kept.stdin.as_mut().unwrap(), b"\n").unwrap();
+    let second: Vec<String> = kept_out
+        .next()
+        .unwrap()
+        .unwrap()
+        .split(' ')
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        second,
+        ["421", "close", first[2].as_str()],
+        "the connection verified before the reload (status, Connection, local port)"
+    );
+    kept.wait().unwrap();
 }
 
 /// gapscope-loadgen against the stream server, posting its phases to the
@@ -406,6 +458,28 @@ fn wait_reloads(port: u16, dir: &Path, creds: &str, result: &str, reloads: f64) 
     }
 }
 
+/// A kept-alive HTTPS client: one request with `user:password` (none when
+/// empty; a client certificate and key when given), then, at a line on
+/// its stdin, another on the same connection; for each it prints the
+/// status, the Connection header and its local port.
+const KEPT_ALIVE_CLIENT: &str = r#"
+import base64, http.client, ssl, sys
+port, ca, creds = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+if len(sys.argv) > 5:
+    ctx.load_cert_chain(sys.argv[4], sys.argv[5])
+c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+auth = {"Authorization": "Basic " + base64.b64encode(creds.encode()).decode()} if creds else {}
+for i in range(2):
+    if i:
+        sys.stdin.readline()
+    c.request("GET", "/metrics", headers=auth)
+    local = c.sock.getsockname()[1]
+    r = c.getresponse()
+    r.read()
+    print(r.status, r.getheader("Connection") or "-", local, flush=True)
+"#;
+
 #[test]
 fn a_reload_rotates_the_certificate_and_the_passwords_for_new_connections() {
     require_root();
@@ -437,6 +511,20 @@ fn a_reload_rotates_the_certificate_and_the_passwords_for_new_connections() {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
     };
+    // A client kept alive across the reload, with the old password.
+    let mut kept = Command::new(gapscope_testkit::pyenv_python(11))
+        .args(["-c", KEPT_ALIVE_CLIENT, &daemon.port.to_string()])
+        .arg(old.path().join("ca.pem"))
+        .arg(&before)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut kept_out =
+        std::io::BufRead::lines(std::io::BufReader::new(kept.stdout.take().unwrap()));
+    let first_reply = kept_out.next().unwrap().unwrap();
+    let first_reply: Vec<&str> = first_reply.split(' ').collect();
+    assert_eq!(first_reply[0], "200", "{first_reply:?}");
 
     // A renewed certificate (from another CA) and a new password, as a
     // certificate robot and an operator would leave them; then a reload.
@@ -450,6 +538,18 @@ fn a_reload_rotates_the_certificate_and_the_passwords_for_new_connections() {
     .unwrap();
     hup();
     wait_reloads(daemon.port, new.path(), &after, "success", 1.0);
+    // On the connection made before it, the old password is refused at
+    // once, and the connection closes (its handshake showed the old
+    // certificate).
+    std::io::Write::write_all(kept.stdin.as_mut().unwrap(), b"\n").unwrap();
+    let second_reply = kept_out.next().unwrap().unwrap();
+    let second_reply: Vec<&str> = second_reply.split(' ').collect();
+    assert_eq!(
+        second_reply,
+        ["401", "close", first_reply[2]],
+        "the kept-alive connection, after the reload (status, Connection, local port)"
+    );
+    kept.wait().unwrap();
     let (code, text) = curl(daemon.port, old.path(), "/metrics", &["-u", &after]);
     assert_eq!(code, 0, "the old CA no longer verifies the server: {text}");
     let (code, _) = curl(daemon.port, new.path(), "/metrics", &["-u", &before]);

@@ -100,13 +100,20 @@ impl StatsSwitch {
 }
 
 /// Where a sampled switch stands at wall-clock time `now` (since the
-/// Unix epoch): (on?, for how much longer). Windows open at the multiples
-/// of `period` of the wall clock, not at the daemon's start, so a restart
-/// adds no window: a daemon restarted every few seconds (a crash loop, a
-/// rollout) costs the host what one running on does.
-pub fn phase(now: Duration, window: Duration, period: Duration) -> (bool, Duration) {
+/// Unix epoch): (on?, for how much longer). Windows open `offset` after
+/// each multiple of `period` of the wall clock, not at the daemon's
+/// start, so a restart adds no window: a daemon restarted every few
+/// seconds (a crash loop, a rollout) costs the host what one running on
+/// does.
+pub fn phase(
+    now: Duration,
+    offset: Duration,
+    window: Duration,
+    period: Duration,
+) -> (bool, Duration) {
     let period_ns = period.as_nanos().max(1);
-    let into = Duration::from_nanos((now.as_nanos() % period_ns) as u64);
+    let shifted = now.as_nanos() + period_ns - offset.as_nanos() % period_ns;
+    let into = Duration::from_nanos((shifted % period_ns) as u64);
     if into < window {
         (true, window - into)
     } else {
@@ -114,43 +121,77 @@ pub fn phase(now: Duration, window: Duration, period: Duration) -> (bool, Durati
     }
 }
 
+/// This host's offset of the sampled windows into each period: from
+/// `/etc/machine-id` (else the host name), so hosts do not all sample the
+/// same second (the first of each minute, when cron jobs start), and
+/// stable across restarts.
+fn host_offset(period: Duration) -> Duration {
+    let id = std::fs::read("/etc/machine-id")
+        .or_else(|_| std::fs::read("/proc/sys/kernel/hostname"))
+        .unwrap_or_default();
+    // FNV-1a: stable across builds, unlike the standard library's hasher.
+    let hash = id.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let period_ms = (period.as_millis() as u64).max(1);
+    Duration::from_millis(hash % period_ms)
+}
+
 /// Starts what `mode` asks: on at once for `On`; for `Sampled`, a task
 /// turning them on for the window at every period of the wall clock
-/// (`phase`; the first figures come within a period of the start).
+/// (`phase`, at this host's offset; the first figures come within a
+/// period of the start). A kernel that refuses at the start is said once
+/// and not asked again; a refusal later (out of descriptors, say) leaves
+/// that window out and the next is tried.
 pub fn start(mode: BpfStats, probes: &Arc<Mutex<Probes>>) {
+    let turn_on = || probes.lock().is_ok_and(|mut p| p.stats.on());
     match mode {
         BpfStats::Off => {}
         BpfStats::On => {
-            let _ = probes.lock().map(|mut p| p.stats.on());
+            turn_on();
         }
         BpfStats::Sampled { window, period } => {
+            let wall = || {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+            };
+            let offset = host_offset(period);
+            // Asked once now, so a refusal is said at the start, not up
+            // to a period later; off again at once outside a window.
+            if !turn_on() {
+                return;
+            }
+            let mut on = true;
+            if !phase(wall(), offset, window, period).0
+                && let Ok(mut p) = probes.lock()
+            {
+                p.stats.off();
+                let runs = p.program_stats().iter().map(|s| s.run_count).sum();
+                p.stats.off_at = Some((Instant::now(), runs));
+                on = false;
+            }
             let probes = probes.clone();
             tokio::spawn(async move {
-                let mut on = false;
                 loop {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default();
-                    let (want, lasts) = phase(now, window, period);
+                    let (want, lasts) = phase(wall(), offset, window, period);
                     if want != on {
                         let Ok(mut p) = probes.lock() else { return };
                         let runs = |p: &Probes| p.program_stats().iter().map(|s| s.run_count).sum();
                         if want {
                             // Read while still off.
                             let now = runs(&p);
-                            if !p.stats.on_counting(now) {
-                                // Refused (logged): asking again every
-                                // period would only log.
-                                return;
-                            }
+                            on = p.stats.on_counting(now);
                         } else {
                             p.stats.off();
                             let now = runs(&p);
                             p.stats.off_at = Some((Instant::now(), now));
+                            on = false;
                         }
-                        on = want;
                     }
-                    // Never a busy loop at a boundary the timer rounds.
+                    // Never a busy loop at a boundary the timer rounds. A
+                    // loop that wakes it a whole window late (a flood) leaves
+                    // that window out: samples are lost, the ratio holds.
                     tokio::time::sleep(lasts.max(Duration::from_millis(1))).await;
                 }
             });
@@ -165,19 +206,27 @@ mod tests {
     #[test]
     fn a_sampled_switch_is_on_for_the_window_of_every_period_of_the_wall_clock() {
         let (w, p) = (Duration::from_secs(1), Duration::from_secs(60));
-        let at = |s: f64| phase(Duration::from_secs_f64(s), w, p);
+        let at = |s: f64| phase(Duration::from_secs_f64(s), Duration::ZERO, w, p);
         // A minute's first second, whenever the daemon started.
         assert_eq!(at(1_800_000_000.0), (true, w));
         assert_eq!(at(1_800_000_000.25), (true, Duration::from_millis(750)));
         assert_eq!(at(1_800_000_001.0), (false, Duration::from_secs(59)));
         assert_eq!(at(1_800_000_059.5), (false, Duration::from_millis(500)));
+        // At this host's offset: 17 s into each minute.
+        let off = Duration::from_secs(17);
+        let at = |s: f64| phase(Duration::from_secs_f64(s), off, w, p);
+        assert_eq!(at(1_800_000_017.0), (true, w));
+        assert_eq!(at(1_800_000_016.5), (false, Duration::from_millis(500)));
+        assert_eq!(at(1_800_000_018.0), (false, Duration::from_secs(59)));
+        let offset = host_offset(p);
+        assert!(offset < p && offset == host_offset(p));
         // Whatever the moments of the looks, the time on adds up to a
         // window a period.
         let mut t = Duration::from_secs(1_800_000_000) + Duration::from_millis(437);
         let end = t + 10 * p;
         let mut held = Duration::ZERO;
         while t < end {
-            let (on, lasts) = phase(t, w, p);
+            let (on, lasts) = phase(t, Duration::ZERO, w, p);
             let lasts = lasts.min(end - t);
             if on {
                 held += lasts;

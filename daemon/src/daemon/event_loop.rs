@@ -85,6 +85,11 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
 
+    // Whether a new serialization probe wants `every_tenth` every
+    // hundredth of a second; updated wherever the loop holds the targets
+    // anyway (attachments happen only there), so no pass takes the lock
+    // just to ask.
+    let mut trips_soon = false;
     loop {
         state
             .loop_alive_ns
@@ -96,11 +101,28 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
                 if let Some(r) = running.reloader.as_mut() {
                     r.reload(&state, &running.front);
                 }
+                trips_soon = targets().trips_soon();
             }
-            _ = rescan.tick() => targets().rescan(),
-            _ = every_second.tick() => targets().every_second(),
-            _ = every_tenth.tick() => targets().every_tenth(),
-            _ = every_hundredth.tick(), if targets().trips_soon() => targets().every_tenth(),
+            _ = rescan.tick() => {
+                let mut t = targets();
+                t.rescan();
+                trips_soon = t.trips_soon();
+            }
+            _ = every_second.tick() => {
+                let mut t = targets();
+                t.every_second();
+                trips_soon = t.trips_soon();
+            }
+            _ = every_tenth.tick() => {
+                let mut t = targets();
+                t.every_tenth();
+                trips_soon = t.trips_soon();
+            }
+            _ = every_hundredth.tick(), if trips_soon => {
+                let mut t = targets();
+                t.every_tenth();
+                trips_soon = t.trips_soon();
+            }
             _ = settle.tick() => {
                 feed::catch_up(&state);
                 feed::settle(&state, monotonic_ns(), running.reorder_ns);
@@ -129,6 +151,7 @@ pub(super) async fn run(running: &mut Running) -> anyhow::Result<()> {
                         t.on_event(&ev);
                     }
                 }
+                trips_soon = t.trips_soon();
                 // A full batch leaves the ring ready: the loop comes back
                 // to it after the other branches had their turn.
                 if taken < BATCH {

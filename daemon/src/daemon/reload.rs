@@ -220,7 +220,11 @@ impl Reloader {
             web.as_ref().map(|w| &w.config),
             self.limits,
         );
-        front.send_replace(Front::new(router, web.as_ref().and_then(|w| w.tls.clone())));
+        front.send_replace(Front::new(
+            router,
+            web.as_ref().and_then(|w| w.tls.clone()),
+            protection.client_auth > 0,
+        ));
         self.protection = protection;
         log::info!(
             "SIGHUP: web config read again: {}",

@@ -121,7 +121,11 @@ pub(super) async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let signals = super::event_loop::Signals::register()?;
     let protection = web::Prepared::protection(bound.web.as_ref());
-    let (front, front_seen) = tokio::sync::watch::channel(web::serve::Front::new(router, tls));
+    let (front, front_seen) = tokio::sync::watch::channel(web::serve::Front::new(
+        router,
+        tls,
+        protection.client_auth > 0,
+    ));
     let server = web::serve::spawn(bound.listener, front_seen, limits, stopped)?;
     log::info!("listening on {scheme}://{listen}/metrics");
     notify::send("READY=1");

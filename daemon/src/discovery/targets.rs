@@ -243,8 +243,8 @@ impl Targets {
         }
     }
 
-    /// Ten times a second: pauses new serialization probes that are
-    /// already over their budget. (The CUDA launch probes keep whole
+    /// Ten times a second (a hundred while `trips_soon`): pauses new
+    /// serialization probes that are already over their budget. (The CUDA launch probes keep whole
     /// seconds: their estimate of unprobed seconds extrapolates from the
     /// last whole second attached.)
     pub fn every_tenth(&mut self) {

@@ -16,7 +16,10 @@
 //! kept-alive connections included, and its TLS acceptor the next
 //! handshake; a TLS connection made before the reload closes after its
 //! next reply (`Connection: close`), so its client comes back through the
-//! renewed certificate. A reload never closes a connection by itself: one
+//! renewed certificate; where client certificates are verified, that
+//! reply is a 421 instead (the certificate it showed was checked against
+//! the old client CA), so a revoked client never gets another answer on
+//! an old connection. A reload never closes a connection by itself: one
 //! accepted a moment before, whose request is still on its way, would get
 //! no answer (hyper closes a connection that has read nothing yet at once
 //! on a graceful shutdown), and a scrape racing a reload would fail.
@@ -167,19 +170,26 @@ async fn body_within(State(limit): State<Duration>, req: Request, next: Next) ->
     }
 }
 
-/// What a new connection is served with: the secured router and, for
-/// TLS, the acceptor (its certificate and client CA).
+/// What requests are served with (the secured router) and, for TLS, new
+/// connections' acceptor (its certificate and client CA).
 #[derive(Clone)]
 pub struct Front {
     pub router: Router,
     pub acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// Whether the acceptor verifies client certificates.
+    pub client_certs: bool,
 }
 
 impl Front {
-    pub fn new(router: Router, tls: Option<Arc<rustls::ServerConfig>>) -> Front {
+    pub fn new(
+        router: Router,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        client_certs: bool,
+    ) -> Front {
         Front {
             router,
             acceptor: tls.map(tokio_rustls::TlsAcceptor::from),
+            client_certs,
         }
     }
 }
@@ -238,16 +248,17 @@ async fn serve(
                         continue;
                     }
                 };
-                let acceptor = front.borrow().acceptor.clone();
+                // Marked seen with the very front whose acceptor it gets: a
+                // reload after this read is a change the connection sees.
+                let mut seen = front.clone();
+                let acceptor = seen.borrow_and_update().acceptor.clone();
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     refuse(tcp, acceptor.is_none(), limits.max_connections, &lingering);
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                let mut front = front.clone();
-                front.mark_unchanged();
                 let connection = Connection {
-                    front,
+                    front: seen,
                     peer: peer.ip(),
                     tls: acceptor.is_some(),
                     limits,
@@ -327,6 +338,20 @@ fn refuse(tcp: TcpStream, plain: bool, limit: usize, lingering: &Arc<Semaphore>)
     });
 }
 
+/// The reply to a request on a TLS connection whose client certificate
+/// was verified against a client CA a reload has since replaced: 421, and
+/// the connection closes; a new one is verified against the current CA.
+fn stale_client_certificate() -> Response {
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        [(header::CONNECTION, "close")],
+        "the TLS settings were reloaded after this connection's handshake and client \
+         certificates are verified: connect again, so that yours is verified against the \
+         current client CA\n",
+    )
+        .into_response()
+}
+
 /// One accepted connection's serving.
 struct Connection {
     /// The current front (its router serves each request); marked seen at
@@ -350,10 +375,16 @@ impl Connection {
         let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
             use tower::ServiceExt as _;
             req.extensions_mut().insert(auth::Peer(peer));
-            let router = front.borrow().router.clone();
-            // Served through a certificate a reload has since replaced.
+            // Served through a handshake a reload has since replaced.
             let stale = tls && front.has_changed().unwrap_or(false);
+            let (router, client_certs) = {
+                let f = front.borrow();
+                (f.router.clone(), f.client_certs)
+            };
             async move {
+                if stale && client_certs {
+                    return Ok(stale_client_certificate());
+                }
                 let Ok(mut response) = router.oneshot(req).await;
                 if stale {
                     response
