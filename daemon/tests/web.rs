@@ -187,25 +187,14 @@ fn client_certificates_are_required_and_verified_when_configured() {
     // A connection verified before a reload gets no answer from the
     // router after it (its certificate met the old client CA): a 421 and
     // the connection closes; a new one is served.
-    let mut kept = Command::new(gapscope_testkit::pyenv_python(11))
-        .args(["-c", KEPT_ALIVE_CLIENT, &daemon.port.to_string()])
-        .arg(dir.path().join("ca.pem"))
-        .arg("")
-        .arg(dir.path().join("client.pem"))
-        .arg(dir.path().join("client.key"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut kept_out =
-        std::io::BufRead::lines(std::io::BufReader::new(kept.stdout.take().unwrap()));
-    let first: Vec<String> = kept_out
-        .next()
-        .unwrap()
-        .unwrap()
-        .split(' ')
-        .map(String::from)
-        .collect();
+    let (pem, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    let mut kept = KeptAlive::start(
+        daemon.port,
+        &dir.path().join("ca.pem"),
+        "",
+        Some((&pem, &key)),
+    );
+    let first = kept.reply();
     assert_eq!(first[0], "200", "{first:?}");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
@@ -221,20 +210,12 @@ fn client_certificates_are_required_and_verified_when_configured() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    std::io::Write::write_all(kept.stdin.as_mut().unwrap(), b"\n").unwrap();
-    let second: Vec<String> = kept_out
-        .next()
-        .unwrap()
-        .unwrap()
-        .split(' ')
-        .map(String::from)
-        .collect();
+    let second = kept.again();
     assert_eq!(
         second,
         ["421", "close", first[2].as_str()],
         "the connection verified before the reload (status, Connection, local port)"
     );
-    kept.wait().unwrap();
 }
 
 /// gapscope-loadgen against the stream server, posting its phases to the
@@ -480,6 +461,49 @@ for i in range(2):
     print(r.status, r.getheader("Connection") or "-", local, flush=True)
 "#;
 
+/// `KEPT_ALIVE_CLIENT` running: each reply as (status, Connection
+/// header, local port).
+struct KeptAlive {
+    child: std::process::Child,
+    replies: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl KeptAlive {
+    /// Connects to `port` through `ca` with `creds` (and `cert`, a
+    /// certificate and its key) and makes the first request.
+    fn start(port: u16, ca: &Path, creds: &str, cert: Option<(&Path, &Path)>) -> KeptAlive {
+        let mut command = Command::new(gapscope_testkit::pyenv_python(11));
+        command
+            .args(["-c", KEPT_ALIVE_CLIENT, &port.to_string()])
+            .arg(ca)
+            .arg(creds);
+        if let Some((pem, key)) = cert {
+            command.arg(pem).arg(key);
+        }
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let replies =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        KeptAlive { child, replies }
+    }
+
+    fn reply(&mut self) -> Vec<String> {
+        let line = self.replies.next().unwrap().unwrap();
+        line.split(' ').map(String::from).collect()
+    }
+
+    /// The second request, on the same connection.
+    fn again(mut self) -> Vec<String> {
+        std::io::Write::write_all(self.child.stdin.as_mut().unwrap(), b"\n").unwrap();
+        let reply = self.reply();
+        self.child.wait().unwrap();
+        reply
+    }
+}
+
 #[test]
 fn a_reload_rotates_the_certificate_and_the_passwords_for_new_connections() {
     require_root();
@@ -512,18 +536,8 @@ fn a_reload_rotates_the_certificate_and_the_passwords_for_new_connections() {
         unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
     };
     // A client kept alive across the reload, with the old password.
-    let mut kept = Command::new(gapscope_testkit::pyenv_python(11))
-        .args(["-c", KEPT_ALIVE_CLIENT, &daemon.port.to_string()])
-        .arg(old.path().join("ca.pem"))
-        .arg(&before)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut kept_out =
-        std::io::BufRead::lines(std::io::BufReader::new(kept.stdout.take().unwrap()));
-    let first_reply = kept_out.next().unwrap().unwrap();
-    let first_reply: Vec<&str> = first_reply.split(' ').collect();
+    let mut kept = KeptAlive::start(daemon.port, &old.path().join("ca.pem"), &before, None);
+    let first_reply = kept.reply();
     assert_eq!(first_reply[0], "200", "{first_reply:?}");
 
     // A renewed certificate (from another CA) and a new password, as a
@@ -541,15 +555,12 @@ fn a_reload_rotates_the_certificate_and_the_passwords_for_new_connections() {
     // On the connection made before it, the old password is refused at
     // once, and the connection closes (its handshake showed the old
     // certificate).
-    std::io::Write::write_all(kept.stdin.as_mut().unwrap(), b"\n").unwrap();
-    let second_reply = kept_out.next().unwrap().unwrap();
-    let second_reply: Vec<&str> = second_reply.split(' ').collect();
+    let second_reply = kept.again();
     assert_eq!(
         second_reply,
-        ["401", "close", first_reply[2]],
+        ["401", "close", first_reply[2].as_str()],
         "the kept-alive connection, after the reload (status, Connection, local port)"
     );
-    kept.wait().unwrap();
     let (code, text) = curl(daemon.port, old.path(), "/metrics", &["-u", &after]);
     assert_eq!(code, 0, "the old CA no longer verifies the server: {text}");
     let (code, _) = curl(daemon.port, new.path(), "/metrics", &["-u", &before]);

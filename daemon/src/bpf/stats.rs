@@ -23,8 +23,14 @@ use super::Probes;
 use crate::config::BpfStats;
 
 /// Runs counted after we turned the statistics off that still do not mean
-/// another holder (programs that were running at that moment).
-const STRAGGLERS: u64 = 1024;
+/// another holder: programs that were running at that moment, at most one
+/// run per program and CPU (two, with a program interrupted by another).
+/// A fixed allowance (it was 1,024) swallowed a whole off stretch on a
+/// quiet host, where our programs run a thousand times a second: another
+/// holder's time then went uncounted and the self-cost read high.
+pub fn stragglers(programs: usize, cpus: usize) -> u64 {
+    2 * (programs.max(1) * cpus.max(1)) as u64
+}
 
 /// Holds the kernel's statistics on while held; counts the time held.
 #[derive(Default)]
@@ -78,11 +84,11 @@ impl StatsSwitch {
     /// On again; when the programs' runs grew while we were off, the
     /// kernel kept measuring all along, and the stretch counts as sampled
     /// (else `rate(run_seconds) / rate(sampled_seconds)` would read high).
-    pub fn on_counting(&mut self, runs: u64) -> bool {
+    pub fn on_counting(&mut self, runs: u64, stragglers: u64) -> bool {
         // A program already running when we turned off may still count
-        // itself: one per CPU at most, far below STRAGGLERS.
+        // itself (`stragglers`).
         if let Some((at, before)) = self.off_at.take()
-            && runs > before + STRAGGLERS
+            && runs > before + stragglers
         {
             self.held += at.elapsed();
         }
@@ -181,7 +187,11 @@ pub fn start(mode: BpfStats, probes: &Arc<Mutex<Probes>>) {
                         if want {
                             // Read while still off.
                             let now = runs(&p);
-                            on = p.stats.on_counting(now);
+                            let allowed = stragglers(
+                                p.program_stats().len(),
+                                aya::util::nr_cpus().unwrap_or(1),
+                            );
+                            on = p.stats.on_counting(now, allowed);
                         } else {
                             p.stats.off();
                             let now = runs(&p);
@@ -242,14 +252,14 @@ mod tests {
             off_at: Some((Instant::now() - Duration::from_millis(400), 100)),
             ..StatsSwitch::default()
         };
-        s.on_counting(100);
+        s.on_counting(100, stragglers(8, 2));
         assert!(
             s.sampled() < Duration::from_millis(100),
             "nothing ran: not sampled"
         );
         s.off();
         s.off_at = Some((Instant::now() - Duration::from_millis(400), 100));
-        s.on_counting(100 + STRAGGLERS + 1);
+        s.on_counting(100 + stragglers(8, 2) + 1, stragglers(8, 2));
         assert!(
             s.sampled() >= Duration::from_millis(400),
             "{:?}",

@@ -301,9 +301,9 @@ impl UprobeSet {
             // The rate over what was seen, however short: a busy process
             // tripped after a hundredth of a second is as busy as it
             // looks. (Taking at least a tenth would read it at a tenth of
-            // its rate and probe a whole second again 10 s on, a cost the
-            // SIGKILL A/B showed; a burst read high pauses the probe for
-            // up to a minute, and its sampling ratio says so.)
+            // its rate and probe it in full for a whole second again 10 s
+            // on; a burst read high pauses the probe for up to a minute,
+            // and its sampling ratio says so.)
             let elapsed = since.elapsed().as_secs_f64().max(0.01);
             let per_second = (recent as f64 / elapsed).round() as u64;
             let every = per_second.div_ceil(self.budget).clamp(2, 60) as u32;
