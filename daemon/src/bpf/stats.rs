@@ -143,6 +143,19 @@ fn host_offset(period: Duration) -> Duration {
     Duration::from_millis(hash % period_ms)
 }
 
+/// Our programs' runs counted so far, and how many programs there are.
+fn runs(p: &Probes) -> (u64, usize) {
+    let stats = p.program_stats();
+    (stats.iter().map(|s| s.run_count).sum(), stats.len())
+}
+
+/// Off, noting the runs counted then (`on_counting` tells another holder
+/// by them).
+fn off(p: &mut Probes) {
+    p.stats.off();
+    p.stats.off_at = Some((Instant::now(), runs(p).0));
+}
+
 /// Starts what `mode` asks: on at once for `On`; for `Sampled`, a task
 /// turning them on for the window at every period of the wall clock
 /// (`phase`, at this host's offset; the first figures come within a
@@ -168,13 +181,12 @@ pub fn start(mode: BpfStats, probes: &Arc<Mutex<Probes>>) {
             if !turn_on() {
                 return;
             }
+            let cpus = aya::util::nr_cpus().unwrap_or(1);
             let mut on = true;
             if !phase(wall(), offset, window, period).0
                 && let Ok(mut p) = probes.lock()
             {
-                p.stats.off();
-                let runs = p.program_stats().iter().map(|s| s.run_count).sum();
-                p.stats.off_at = Some((Instant::now(), runs));
+                off(&mut p);
                 on = false;
             }
             let probes = probes.clone();
@@ -183,19 +195,12 @@ pub fn start(mode: BpfStats, probes: &Arc<Mutex<Probes>>) {
                     let (want, lasts) = phase(wall(), offset, window, period);
                     if want != on {
                         let Ok(mut p) = probes.lock() else { return };
-                        let runs = |p: &Probes| p.program_stats().iter().map(|s| s.run_count).sum();
                         if want {
                             // Read while still off.
-                            let now = runs(&p);
-                            let allowed = stragglers(
-                                p.program_stats().len(),
-                                aya::util::nr_cpus().unwrap_or(1),
-                            );
-                            on = p.stats.on_counting(now, allowed);
+                            let (now, programs) = runs(&p);
+                            on = p.stats.on_counting(now, stragglers(programs, cpus));
                         } else {
-                            p.stats.off();
-                            let now = runs(&p);
-                            p.stats.off_at = Some((Instant::now(), now));
+                            off(&mut p);
                             on = false;
                         }
                     }
