@@ -54,46 +54,6 @@ impl Update {
     }
 }
 
-/// The updates one call of `Decoder::feed` or `finish` produced. Their
-/// slots are kept from call to call, so that a long stream allocates no
-/// string per chunk.
-#[derive(Default)]
-struct Updates {
-    slots: Vec<Update>,
-    used: usize,
-}
-
-impl Updates {
-    fn start(&mut self) {
-        self.used = 0;
-    }
-
-    /// Reads the next document into a free slot; keeps it unless it was
-    /// the end-of-stream marker.
-    fn read(&mut self, reader: &mut Reader, data: &str) -> Result<(), DecodeError> {
-        if self.used == self.slots.len() {
-            self.slots.push(Update::default());
-        }
-        if reader.read(data, &mut self.slots[self.used])? {
-            self.used += 1;
-        }
-        Ok(())
-    }
-
-    fn push(&mut self, u: Update) {
-        if self.used == self.slots.len() {
-            self.slots.push(u);
-        } else {
-            self.slots[self.used] = u;
-        }
-        self.used += 1;
-    }
-
-    fn done(&self) -> &[Update] {
-        &self.slots[..self.used]
-    }
-}
-
 /// Why a reply could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum DecodeError {
@@ -163,7 +123,9 @@ pub(crate) struct Decoder {
     body: Vec<u8>,
     /// Undecoded tail of a raw text stream (an incomplete UTF-8 sequence).
     raw_tail: Vec<u8>,
-    out: Updates,
+    /// The update being read: one for the whole reply, emptied before
+    /// each document, so a long stream allocates nothing per chunk.
+    scratch: Update,
     /// Whether a stream without a marker or finish reason is complete when
     /// the body ends (templated NDJSON and raw streams have no marker).
     end_is_complete: bool,
@@ -215,25 +177,32 @@ impl Decoder {
             line: Vec::new(),
             body: Vec::new(),
             raw_tail: Vec::new(),
-            out: Updates::default(),
+            scratch: Update::default(),
             end_is_complete,
         }
     }
 
-    /// Decodes the next bytes of the body: the updates they complete, valid
-    /// until the next call.
-    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<&[Update], DecodeError> {
-        self.out.start();
+    /// Decodes the next bytes of the body: each update they complete is
+    /// passed to `on_update` as soon as it is read, borrowed (valid during
+    /// the call). Updates read before an error in the same bytes have been
+    /// passed on when the error is returned.
+    pub(crate) fn feed(
+        &mut self,
+        bytes: &[u8],
+        mut on_update: impl FnMut(&Update),
+    ) -> Result<(), DecodeError> {
+        let (reader, u) = (&mut self.reader, &mut self.scratch);
         match self.framing {
             Framing::Sse => {
                 let mut failed = None;
-                let (reader, out) = (&mut self.reader, &mut self.out);
                 self.sse
                     .feed(bytes, |_, data| {
-                        if failed.is_none()
-                            && let Err(e) = out.read(reader, data)
-                        {
-                            failed = Some(e);
+                        if failed.is_none() {
+                            match reader.read(data, u) {
+                                Ok(true) => on_update(u),
+                                Ok(false) => {}
+                                Err(e) => failed = Some(e),
+                            }
                         }
                     })
                     .map_err(|e| DecodeError::Malformed(e.to_string()))?;
@@ -248,8 +217,8 @@ impl Decoder {
                     rest = &rest[i + 1..];
                     let text = std::str::from_utf8(&self.line)
                         .map_err(|_| DecodeError::Malformed("a line is not valid UTF-8".into()))?;
-                    if !text.trim().is_empty() {
-                        self.out.read(&mut self.reader, text.trim())?;
+                    if !text.trim().is_empty() && reader.read(text.trim(), u)? {
+                        on_update(u);
                     }
                     self.line.clear();
                 }
@@ -271,14 +240,13 @@ impl Decoder {
                         return Err(DecodeError::Malformed("the text is not valid UTF-8".into()));
                     }
                 };
-                let rest = self.raw_tail.split_off(valid);
-                let text = String::from_utf8(std::mem::replace(&mut self.raw_tail, rest))
-                    .unwrap_or_default();
-                if !text.is_empty() {
-                    self.out.push(Update {
-                        text,
-                        ..Update::default()
-                    });
+                if valid > 0 {
+                    u.clear();
+                    // Checked just above.
+                    u.text
+                        .push_str(std::str::from_utf8(&self.raw_tail[..valid]).unwrap_or_default());
+                    self.raw_tail.drain(..valid);
+                    on_update(u);
                 }
             }
             Framing::Json => {
@@ -290,40 +258,44 @@ impl Decoder {
                 self.body.extend_from_slice(bytes);
             }
         }
-        Ok(self.out.done())
+        Ok(())
     }
 
-    /// The body ended. Returns what was still buffered, or an error when
-    /// the reply was cut short.
-    pub(crate) fn finish(&mut self) -> Result<&[Update], DecodeError> {
-        self.out.start();
+    /// The body ended: what was still buffered goes to `on_update`, or an
+    /// error says the reply was cut short.
+    pub(crate) fn finish(&mut self, mut on_update: impl FnMut(&Update)) -> Result<(), DecodeError> {
+        let (reader, u) = (&mut self.reader, &mut self.scratch);
         match self.framing {
             Framing::Json => {
                 let body = std::mem::take(&mut self.body);
                 let text = std::str::from_utf8(&body)
                     .map_err(|_| DecodeError::Malformed("the reply is not valid UTF-8".into()))?;
-                self.out.read(&mut self.reader, text)?;
-                self.reader.complete = true;
+                if reader.read(text, u)? {
+                    on_update(u);
+                }
+                reader.complete = true;
             }
             Framing::Ndjson if !self.line.is_empty() => {
                 let line = std::mem::take(&mut self.line);
                 let text = String::from_utf8(line)
                     .map_err(|_| DecodeError::Malformed("a line is not valid UTF-8".into()))?;
-                self.out.read(&mut self.reader, text.trim())?;
+                if reader.read(text.trim(), u)? {
+                    on_update(u);
+                }
             }
             Framing::Raw if !self.raw_tail.is_empty() => {
                 return Err(DecodeError::Malformed(
                     "the text ends inside a UTF-8 character".into(),
                 ));
             }
-            Framing::Sse if self.sse.partial() && !self.reader.complete => {
+            Framing::Sse if self.sse.partial() && !reader.complete => {
                 return Err(DecodeError::Malformed(
                     "the stream ends inside an event".into(),
                 ));
             }
             _ => {}
         }
-        Ok(self.out.done())
+        Ok(())
     }
 
     /// Whether the reply said it was complete (or, for framings without a
@@ -405,6 +377,19 @@ mod tests {
     use super::*;
     use crate::plan::Plan;
 
+    /// Every update `bytes` complete, in order.
+    fn feed(d: &mut Decoder, bytes: &[u8]) -> Result<Vec<Update>, DecodeError> {
+        let mut all = Vec::new();
+        d.feed(bytes, |u| all.push(u.clone()))?;
+        Ok(all)
+    }
+
+    fn finish(d: &mut Decoder) -> Result<Vec<Update>, DecodeError> {
+        let mut all = Vec::new();
+        d.finish(|u| all.push(u.clone()))?;
+        Ok(all)
+    }
+
     fn endpoint(api: Api, stream: bool) -> Endpoint {
         let mut e = Plan::for_url("http://x/").endpoint;
         e.api = api;
@@ -415,12 +400,11 @@ mod tests {
     #[test]
     fn openai_completions_stream() {
         let mut d = Decoder::new(&endpoint(Api::Completions, true));
-        let mut all = d
-            .feed(b"data: {\"choices\":[{\"text\":\" a\",\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"text\":\" b\",\"finish_reason\":\"length\"}]}\n\n")
+        let mut all = feed(&mut d, b"data: {\"choices\":[{\"text\":\" a\",\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"text\":\" b\",\"finish_reason\":\"length\"}]}\n\n")
             .unwrap()
             .to_vec();
-        all.extend_from_slice(d.feed(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n").unwrap());
-        all.extend_from_slice(d.finish().unwrap());
+        all.extend(feed(&mut d, b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n").unwrap());
+        all.extend(finish(&mut d).unwrap());
         assert!(d.complete());
         assert_eq!(
             all.iter().map(|u| u.text.as_str()).collect::<String>(),
@@ -436,8 +420,7 @@ mod tests {
         let mut e = endpoint(Api::Chat, true);
         e.continuous_usage = true;
         let mut d = Decoder::new(&e);
-        let u = d
-            .feed(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"ab\"}}],\"usage\":{\"completion_tokens\":2}}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"c\"}}],\"usage\":{\"completion_tokens\":3}}\n\n")
+        let u = feed(&mut d, b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"ab\"}}],\"usage\":{\"completion_tokens\":2}}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"c\"}}],\"usage\":{\"completion_tokens\":3}}\n\n")
             .unwrap();
         assert_eq!(u[0].text, "");
         assert_eq!((u[1].text.as_str(), u[1].tokens), ("ab", Some(2)));
@@ -447,8 +430,7 @@ mod tests {
         // Without continuous usage, a usage on the last text chunk is the
         // reply's total, not that chunk's.
         let mut d = Decoder::new(&endpoint(Api::Chat, true));
-        let u = d
-            .feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"b\"},\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":7,\"completion_tokens_details\":{\"reasoning_tokens\":4}}}\n\n")
+        let u = feed(&mut d, b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"b\"},\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":7,\"completion_tokens_details\":{\"reasoning_tokens\":4}}}\n\n")
             .unwrap();
         assert_eq!((u[1].tokens, u[1].usage_completion), (None, Some(7)));
         assert_eq!(u[1].usage_reasoning, Some(4));
@@ -457,8 +439,7 @@ mod tests {
     #[test]
     fn only_the_first_choice_is_read_and_odd_shapes_are_told() {
         let mut d = Decoder::new(&endpoint(Api::Chat, true));
-        let u = d
-            .feed(concat!(
+        let u = feed(&mut d, concat!(
                 "data: {\"id\":\"x\",\"choices\":[{\"delta\":{\"content\":\"a\\\"b\\u00e9\"},\"logprobs\":{\"content\":[1,{\"x\":[]}]}},",
                 "{\"delta\":{\"content\":\"second\"},\"finish_reason\":\"stop\"}]}\n\n",
                 "data: {\"choices\":null,\"usage\":null}\n\n",
@@ -472,10 +453,8 @@ mod tests {
         assert!(!d.complete());
         assert_eq!(u[1], Update::default());
         assert_eq!(u[2], Update::default());
-        // Reused slots start empty.
-        let u = d
-            .feed(b"data: {\"choices\":[{\"text\":\"c\"}]}\n\n")
-            .unwrap();
+        // The update each event is read into starts empty.
+        let u = feed(&mut d, b"data: {\"choices\":[{\"text\":\"c\"}]}\n\n").unwrap();
         assert_eq!(
             u,
             [Update {
@@ -484,8 +463,7 @@ mod tests {
             }]
         );
         // Both reasoning names with the same text: read once.
-        let u = d
-            .feed(b"data: {\"choices\":[{\"delta\":{\"reasoning_content\":null,\"reasoning\":\"r\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"reasoning_content\":\"s\",\"reasoning\":\"s\"}}]}\n\n")
+        let u = feed(&mut d, b"data: {\"choices\":[{\"delta\":{\"reasoning_content\":null,\"reasoning\":\"r\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"reasoning_content\":\"s\",\"reasoning\":\"s\"}}]}\n\n")
             .unwrap();
         assert_eq!(
             (u[0].reasoning.as_str(), u[1].reasoning.as_str()),
@@ -501,7 +479,7 @@ mod tests {
         ] {
             let mut d = Decoder::new(&endpoint(Api::Completions, true));
             assert!(
-                matches!(d.feed(bad.as_bytes()), Err(DecodeError::Malformed(_))),
+                matches!(feed(&mut d, bad.as_bytes()), Err(DecodeError::Malformed(_))),
                 "{bad}"
             );
         }
@@ -510,8 +488,7 @@ mod tests {
     #[test]
     fn reasoning_is_read_apart_from_the_answer() {
         let mut d = Decoder::new(&endpoint(Api::Chat, true));
-        let u = d
-            .feed(b"data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hm\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"reasoning\":\" so\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"ok\"}}]}\n\n")
+        let u = feed(&mut d, b"data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hm\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"reasoning\":\" so\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"ok\"}}]}\n\n")
             .unwrap();
         let parts: Vec<(&str, &str)> = u
             .iter()
@@ -519,8 +496,8 @@ mod tests {
             .collect();
         assert_eq!(parts, [("hm", ""), (" so", ""), ("", "ok")]);
         let mut d = Decoder::new(&endpoint(Api::Chat, false));
-        d.feed(b"{\"choices\":[{\"message\":{\"reasoning_content\":\"think\",\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}").unwrap();
-        let u = d.finish().unwrap();
+        feed(&mut d, b"{\"choices\":[{\"message\":{\"reasoning_content\":\"think\",\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}").unwrap();
+        let u = finish(&mut d).unwrap();
         assert_eq!(
             (u[0].reasoning.as_str(), u[0].text.as_str()),
             ("think", "hi")
@@ -530,18 +507,20 @@ mod tests {
     #[test]
     fn errors_in_the_stream_and_garbage_are_told_apart() {
         let mut d = Decoder::new(&endpoint(Api::Completions, true));
-        let e = d
-            .feed(b"data: {\"error\":{\"message\":\"out of memory\"}}\n\n")
-            .unwrap_err();
+        let e = feed(
+            &mut d,
+            b"data: {\"error\":{\"message\":\"out of memory\"}}\n\n",
+        )
+        .unwrap_err();
         assert_eq!(e, DecodeError::ServerError("out of memory".into()));
         let mut d = Decoder::new(&endpoint(Api::Completions, true));
         assert!(matches!(
-            d.feed(b"data: {not json\n\n"),
+            feed(&mut d, b"data: {not json\n\n"),
             Err(DecodeError::Malformed(_))
         ));
         let mut d = Decoder::new(&endpoint(Api::Completions, true));
-        d.feed(b"data: {\"choi").unwrap();
-        assert!(matches!(d.finish(), Err(DecodeError::Malformed(_))));
+        feed(&mut d, b"data: {\"choi").unwrap();
+        assert!(matches!(finish(&mut d), Err(DecodeError::Malformed(_))));
     }
 
     #[test]
@@ -552,11 +531,11 @@ mod tests {
         let bytes = "é世".as_bytes();
         let mut text = String::new();
         for b in bytes {
-            for u in d.feed(&[*b]).unwrap() {
+            for u in feed(&mut d, &[*b]).unwrap() {
                 text.push_str(&u.text);
             }
         }
-        d.finish().unwrap();
+        finish(&mut d).unwrap();
         assert_eq!(text, "é世");
         assert!(d.complete());
     }
@@ -568,15 +547,17 @@ mod tests {
         e.text_pointer = Some("/token/text".into());
         e.usage_pointer = Some("/details/generated_tokens".into());
         let mut d = Decoder::new(&e);
-        let u = d
-            .feed(b"{\"token\":{\"text\":\"x\"}}\n{\"token\":{\"text\":\"y\"}}")
-            .unwrap();
+        let u = feed(
+            &mut d,
+            b"{\"token\":{\"text\":\"x\"}}\n{\"token\":{\"text\":\"y\"}}",
+        )
+        .unwrap();
         assert_eq!(u.len(), 1);
-        let u = d.finish().unwrap();
+        let u = finish(&mut d).unwrap();
         assert_eq!(u[0].text, "y");
         let mut d = Decoder::new(&endpoint(Api::Chat, false));
-        d.feed(b"{\"choices\":[{\"message\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":1}}").unwrap();
-        let u = d.finish().unwrap();
+        feed(&mut d, b"{\"choices\":[{\"message\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":1}}").unwrap();
+        let u = finish(&mut d).unwrap();
         assert_eq!((u[0].text.as_str(), u[0].usage_completion), ("hi", Some(1)));
     }
 }

@@ -349,7 +349,8 @@ impl Client {
                 _ = cancel.changed() => return self.fail(rec, ErrorKind::Cancelled, "stopped while streaming".into()),
             };
             let now = self.clock.now();
-            let updates = match frame {
+            let mut on_update = |u: &crate::decode::Update| self.apply(&mut rec, u, now, &mut text);
+            match frame {
                 Err(_) => {
                     let why = if wait == deadline {
                         "the reply took longer than timeout_s"
@@ -358,20 +359,19 @@ impl Client {
                     };
                     return self.fail(rec, ErrorKind::Timeout, why.into());
                 }
-                Ok(None) => match decoder.finish() {
-                    Ok(u) => {
-                        self.apply(&mut rec, u, now, &mut text);
-                        if !decoder.complete() {
-                            return self.fail(
-                                rec,
-                                ErrorKind::EarlyClose,
-                                "the stream ended without [DONE] or a finish reason".into(),
-                            );
-                        }
-                        break;
+                Ok(None) => {
+                    if let Err(e) = decoder.finish(&mut on_update) {
+                        return self.decode_failed(rec, e);
                     }
-                    Err(e) => return self.decode_failed(rec, e),
-                },
+                    if !decoder.complete() {
+                        return self.fail(
+                            rec,
+                            ErrorKind::EarlyClose,
+                            "the stream ended without [DONE] or a finish reason".into(),
+                        );
+                    }
+                    break;
+                }
                 Ok(Some(Err(e))) => {
                     let kind = if connection_lost(&e) {
                         ErrorKind::EarlyClose
@@ -384,13 +384,11 @@ impl Client {
                     let Ok(data) = frame.into_data() else {
                         continue; // trailers
                     };
-                    match decoder.feed(&data) {
-                        Ok(u) => u,
-                        Err(e) => return self.decode_failed(rec, e),
+                    if let Err(e) = decoder.feed(&data, &mut on_update) {
+                        return self.decode_failed(rec, e);
                     }
                 }
-            };
-            self.apply(&mut rec, updates, now, &mut text);
+            }
         }
         rec.done_ns = self.clock.now();
         let mut weights = None;
@@ -413,74 +411,72 @@ impl Client {
         rec
     }
 
-    /// Records what one network chunk carried, all at time `now`.
+    /// Records one update of the reply, which arrived at time `now`.
     fn apply(
         &self,
         rec: &mut RequestRecord,
-        updates: &[crate::decode::Update],
+        u: &crate::decode::Update,
         now: u64,
         text: &mut Option<Generated>,
     ) {
-        for u in updates {
-            if let Some(n) = u.usage_completion {
-                rec.output_tokens.usage = Some(n);
+        if let Some(n) = u.usage_completion {
+            rec.output_tokens.usage = Some(n);
+        }
+        if let Some(n) = u.usage_prompt {
+            rec.usage_prompt_tokens = Some(n);
+        }
+        if let Some(n) = u.usage_reasoning {
+            rec.output_tokens.usage_reasoning = Some(n);
+        }
+        if u.finish_reason.is_some() {
+            rec.finish_reason.clone_from(&u.finish_reason);
+        }
+        // Reasoning first: a chunk carrying both is the end of the
+        // reasoning and the start of the answer. The server's own count
+        // for the chunk goes to the part that carries text, the answer
+        // when both do.
+        let parts = [(true, &u.reasoning), (false, &u.text)];
+        let with_text = parts.iter().filter(|(_, t)| !t.is_empty()).count();
+        if with_text > 0 {
+            rec.chunks += 1;
+        }
+        for (i, (reasoning, part)) in parts.into_iter().enumerate() {
+            if part.is_empty() {
+                continue;
             }
-            if let Some(n) = u.usage_prompt {
-                rec.usage_prompt_tokens = Some(n);
+            let tokens = match u.tokens {
+                Some(n) if with_text == 1 || i == 1 => n,
+                Some(_) => 0,
+                None => 1,
+            };
+            rec.output_tokens.counted += tokens;
+            rec.first_token_ns.get_or_insert(now);
+            rec.last_token_ns = Some(now);
+            if reasoning {
+                rec.first_reasoning_ns.get_or_insert(now);
+            } else {
+                rec.first_answer_ns.get_or_insert(now);
             }
-            if let Some(n) = u.usage_reasoning {
-                rec.output_tokens.usage_reasoning = Some(n);
+            if rec.events.capacity() == 0 {
+                // A capacity hint, once a reply streams: about an
+                // event a token, so the vector rarely grows and copies.
+                rec.events.reserve(rec.max_tokens.clamp(16, 1024) as usize);
             }
-            if u.finish_reason.is_some() {
-                rec.finish_reason.clone_from(&u.finish_reason);
+            rec.events.push(TokenEvent {
+                at_ns: now.saturating_sub(rec.sent_ns),
+                tokens,
+                reasoning,
+                continues: with_text == 2 && !reasoning,
+            });
+            self.arrived.fetch_add(tokens, Ordering::Relaxed);
+            if let Some(t) = text {
+                t.push(part);
             }
-            // Reasoning first: a chunk carrying both is the end of the
-            // reasoning and the start of the answer. The server's own count
-            // for the chunk goes to the part that carries text, the answer
-            // when both do.
-            let parts = [(true, &u.reasoning), (false, &u.text)];
-            let with_text = parts.iter().filter(|(_, t)| !t.is_empty()).count();
-            if with_text > 0 {
-                rec.chunks += 1;
-            }
-            for (i, (reasoning, part)) in parts.into_iter().enumerate() {
-                if part.is_empty() {
-                    continue;
-                }
-                let tokens = match u.tokens {
-                    Some(n) if with_text == 1 || i == 1 => n,
-                    Some(_) => 0,
-                    None => 1,
-                };
-                rec.output_tokens.counted += tokens;
-                rec.first_token_ns.get_or_insert(now);
-                rec.last_token_ns = Some(now);
-                if reasoning {
-                    rec.first_reasoning_ns.get_or_insert(now);
-                } else {
-                    rec.first_answer_ns.get_or_insert(now);
-                }
-                if rec.events.capacity() == 0 {
-                    // A capacity hint, once a reply streams: about an
-                    // event a token, so the vector rarely grows and copies.
-                    rec.events.reserve(rec.max_tokens.clamp(16, 1024) as usize);
-                }
-                rec.events.push(TokenEvent {
-                    at_ns: now.saturating_sub(rec.sent_ns),
-                    tokens,
-                    reasoning,
-                    continues: with_text == 2 && !reasoning,
-                });
-                self.arrived.fetch_add(tokens, Ordering::Relaxed);
-                if let Some(t) = text {
-                    t.push(part);
-                }
-                if !reasoning
-                    && let Some(r) = &mut rec.reply
-                    && r.len() < MAX_TEXT_KEPT
-                {
-                    r.push_str(part);
-                }
+            if !reasoning
+                && let Some(r) = &mut rec.reply
+                && r.len() < MAX_TEXT_KEPT
+            {
+                r.push_str(part);
             }
         }
     }
