@@ -58,11 +58,15 @@ impl FakeCuda {
             ("-DFAKE_DRIVER", "libcuda.so.1"),
             ("-DFAKE_RUNTIME", "libcudart.so.12"),
         ] {
-            // -O0: no two functions folded into one address.
+            // -O0: no two functions folded into one address. Built as
+            // Ubuntu builds its libraries, with `-fcf-protection`: every
+            // function starts with `endbr64`, then `push %rbp`, and the
+            // probes go on the push (`bpf/uprobes.rs`, `probe_site`).
             cc(&[
                 "-shared",
                 "-fPIC",
                 "-O0",
+                "-fcf-protection=full",
                 "-pthread",
                 define,
                 &include,
