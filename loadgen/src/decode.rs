@@ -518,6 +518,15 @@ mod tests {
             feed(&mut d, b"data: {not json\n\n"),
             Err(DecodeError::Malformed(_))
         ));
+        // The events before a bad one are handed on before the error.
+        let mut d = Decoder::new(&endpoint(Api::Completions, true));
+        let mut before = Vec::new();
+        let e = d.feed(
+            b"data: {\"choices\":[{\"text\":\" a\"}]}\n\ndata: {\"choices\":[{\"text\":5}]}\n\ndata: {\"choices\":[{\"text\":\" c\"}]}\n\n",
+            |u| before.push(u.text.clone()),
+        );
+        assert!(matches!(e, Err(DecodeError::Malformed(_))));
+        assert_eq!(before, [" a"]);
         let mut d = Decoder::new(&endpoint(Api::Completions, true));
         feed(&mut d, b"data: {\"choi").unwrap();
         assert!(matches!(finish(&mut d), Err(DecodeError::Malformed(_))));
@@ -537,6 +546,20 @@ mod tests {
         }
         finish(&mut d).unwrap();
         assert_eq!(text, "é世");
+        // A whole character, then the first byte of the next: the first
+        // goes on at once, the second waits for the rest.
+        let mut d = Decoder::new(&e);
+        let first = feed(&mut d, b"a\xc3").unwrap();
+        assert_eq!(
+            first.iter().map(|u| u.text.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        let rest = feed(&mut d, b"\xa9b").unwrap();
+        assert_eq!(
+            rest.iter().map(|u| u.text.as_str()).collect::<Vec<_>>(),
+            ["éb"]
+        );
+        finish(&mut d).unwrap();
         assert!(d.complete());
     }
 

@@ -58,26 +58,35 @@ impl FakeCuda {
             ("-DFAKE_DRIVER", "libcuda.so.1"),
             ("-DFAKE_RUNTIME", "libcudart.so.12"),
         ] {
-            // -O0: no two functions folded into one address. Built as
-            // Ubuntu builds its libraries, with `-fcf-protection`: every
-            // function starts with `endbr64`, then `push %rbp`, and the
-            // probes go on the push (`bpf/uprobes.rs`, `probe_site`).
-            cc(&[
+            // -O0: no two functions folded into one address. On x86-64,
+            // built as Ubuntu builds its libraries, with `-fcf-protection`:
+            // every function starts with `endbr64`, then `push %rbp`, and
+            // the probes go on the push (`bpf/uprobes.rs`, `probe_site`).
+            // Other architectures' compilers refuse the flag.
+            let (output, library, search) = (
+                out(name),
+                lib.to_str().unwrap().to_string(),
+                format!("-L{}", dir.path().display()),
+            );
+            let mut args = vec![
                 "-shared",
                 "-fPIC",
                 "-O0",
-                "-fcf-protection=full",
                 "-pthread",
                 define,
                 &include,
                 "-o",
-                &out(name),
-                lib.to_str().unwrap(),
-                &format!("-L{}", dir.path().display()),
+                &output,
+                &library,
+                &search,
                 "-lfakegpu",
                 "-ldl",
                 "-Wl,-rpath,$ORIGIN",
-            ]);
+            ];
+            if cfg!(target_arch = "x86_64") {
+                args.push("-fcf-protection=full");
+            }
+            cc(&args);
         }
         for name in ["cuda_caller", "other_caller"] {
             cc(&["-O2", "-o", &out(name), caller.to_str().unwrap(), "-ldl"]);

@@ -54,6 +54,9 @@ pub fn file_key(tgid: u32, file: &str) -> Result<(FileKey, String), String> {
 /// prologue `push` would count twice, and compilers do not emit that.
 fn probe_site(file: &fs::File, offset: u64) -> u64 {
     use std::os::unix::fs::FileExt as _;
+    if !cfg!(target_arch = "x86_64") {
+        return offset;
+    }
     let mut start = [0u8; 6];
     match file.read_exact_at(&mut start, offset) {
         Ok(()) => offset + past_endbr(&start),
@@ -218,8 +221,15 @@ impl UprobeSet {
             .ok_or_else(|| format!("programs {:?} missing", self.programs))?;
         let mut links = Vec::new();
         let file = fs::File::open(in_root).ok();
+        let mut sites = Vec::with_capacity(offsets.len());
         for offset in offsets {
             let site = file.as_ref().map_or(*offset, |f| probe_site(f, *offset));
+            // Two names whose probes would land on one instruction would
+            // count each call twice.
+            if sites.contains(&site) {
+                continue;
+            }
+            sites.push(site);
             let point = || UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(site),
                 cookie: Some(cookie),
@@ -242,7 +252,12 @@ impl UprobeSet {
                         retire(enter.take_link(l.enter));
                         retire(exit.take_link(l.exit));
                     }
-                    return Err(format!("attaching at {offset:#x}: {}", with_sources(&err)));
+                    let at = if site == *offset {
+                        format!("{offset:#x}")
+                    } else {
+                        format!("{site:#x} (past the endbr64 of the function at {offset:#x})")
+                    };
+                    return Err(format!("attaching at {at}: {}", with_sources(&err)));
                 }
             }
         }
