@@ -28,7 +28,8 @@ static unsigned correlation, graphs;
 static const struct fake_gpu_observer *observer;
 /* The truth: work queued, and the union of its spans (work is queued in
  * start order per stream; across streams, `covered_until` merges). */
-static unsigned long long n_kernels, n_copies, busy_ns, first_ns, covered_until, latency_sum;
+static unsigned long long n_kernels, n_copies, busy_ns, first_ns, covered_until, latency_sum,
+    n_idle_gaps;
 
 static __thread unsigned next_stream, next_graph_kernels;
 static __thread unsigned long long next_duration_ns, next_copy_bytes;
@@ -106,8 +107,16 @@ static void api_returned(int driver, unsigned cbid, unsigned corr, unsigned long
 static void cover(unsigned long long start, unsigned long long end) {
     if (!first_ns || start < first_ns) first_ns = start;
     if (end <= covered_until) return;
+    if (covered_until && start > covered_until) n_idle_gaps++;
     busy_ns += end - (start > covered_until ? start : covered_until);
     covered_until = end;
+}
+
+unsigned long long fake_gpu_idle_gaps(void) {
+    pthread_mutex_lock(&lock);
+    unsigned long long gaps = n_idle_gaps;
+    pthread_mutex_unlock(&lock);
+    return gaps;
 }
 
 void fake_gpu_totals(unsigned long long *kernels, unsigned long long *copies,

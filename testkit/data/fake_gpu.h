@@ -64,6 +64,10 @@ void fake_gpu_totals(unsigned long long *kernels, unsigned long long *copies,
                      unsigned long long *busy_ns, unsigned long long *first_ns,
                      unsigned long long *last_ns, unsigned long long *latency_ns);
 
+/* The truth, for tests: idle gaps so far, each a busy stretch that
+ * started after the previous one ended (not at its end). */
+unsigned long long fake_gpu_idle_gaps(void);
+
 /* A device-to-host copy: fixed latency plus bytes at a fixed bandwidth. */
 #define FAKE_GPU_COPY_LATENCY_NS 10000ULL
 #define FAKE_GPU_COPY_BYTES_PER_S 10000000000ULL

@@ -57,8 +57,10 @@ def main():
     totals = [ctypes.c_ulonglong() for _ in range(6)]
     gpu.fake_gpu_totals(*[ctypes.byref(t) for t in totals])
     k, c, busy, first, last, latency = (t.value for t in totals)
+    gpu.fake_gpu_idle_gaps.restype = ctypes.c_ulonglong
+    gaps = gpu.fake_gpu_idle_gaps()
     print(f"device kernels {k} copies {c} busy_ns {busy} first_ns {first} last_ns {last} "
-          f"latency_ns {latency}", flush=True)
+          f"latency_ns {latency} idle_gaps {gaps}", flush=True)
     print("done", flush=True)
     sys.stdin.read()
 

@@ -16,8 +16,10 @@
 pub struct Stretch {
     pub start_ns: u64,
     pub end_ns: u64,
-    /// The idle gap between the previous stretch and this one (None for
-    /// the first).
+    /// The idle gap between the previous stretch and this one: None for
+    /// the first, and for one that starts where the previous one ended
+    /// (its intervals came after that one was made final; no time was
+    /// idle between them).
     pub gap_before_ns: Option<u64>,
 }
 
@@ -79,7 +81,7 @@ impl BusyTracker {
             out.push(Stretch {
                 start_ns: s,
                 end_ns: e,
-                gap_before_ns: self.started.then(|| s.saturating_sub(self.settled_ns)),
+                gap_before_ns: (self.started && s > self.settled_ns).then(|| s - self.settled_ns),
             });
             self.busy_ns += e - s;
             self.settled_ns = e;
@@ -142,8 +144,26 @@ mod tests {
         b.add(50, 80); // entirely behind what is settled
         b.add(90, 150); // partly
         assert_eq!(b.late_intervals, 2);
-        assert_eq!(stretches(&b.advance(1000)), vec![(100, 150, Some(0))]);
+        assert_eq!(stretches(&b.advance(1000)), vec![(100, 150, None)]);
         assert_eq!(b.busy_ns, 150, "nothing counted twice");
+    }
+
+    #[test]
+    fn work_that_starts_where_final_work_ended_leaves_no_idle_gap() {
+        // A step's second kernel starts when its first ends, but its record
+        // comes after the first was made final: no idle time between them,
+        // so no gap (an idle gap of 0 s would count a gap that was not).
+        let mut b = BusyTracker::default();
+        b.add(0, 500);
+        assert_eq!(stretches(&b.advance(600)), vec![(0, 500, None)]);
+        b.add(500, 1000);
+        b.add(1300, 1800);
+        assert_eq!(
+            stretches(&b.advance(2000)),
+            vec![(500, 1000, None), (1300, 1800, Some(300))]
+        );
+        assert_eq!(b.busy_ns, 1500);
+        assert_eq!(b.late_intervals, 0);
     }
 
     #[test]
