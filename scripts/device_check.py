@@ -257,6 +257,56 @@ class Daemon:
                 self.proc.wait()
 
 
+def probe_sites(samples):
+    """gapscope_cuda_probe_sites as {"api/entry": {instruction: sites}}: the
+    instruction each CUDA probe sits on (push and nop are emulated in the
+    kernel's trap; other instructions are single-stepped, tens of µs a hit
+    on a VM)."""
+    out = {}
+    for n, l, v in samples:
+        if n == "gapscope_cuda_probe_sites" and v:
+            out.setdefault(f"{l.get('api')}/{l.get('entry')}", {})[l.get("instruction")] = int(v)
+    return out
+
+
+class SiteWatch:
+    """Scrapes gapscoped every half second while a step runs and keeps the
+    last non-empty gapscope_cuda_probe_sites: the probes are detached when
+    the step's process exits."""
+
+    def __init__(self, daemon):
+        self.daemon, self.sites, self.done = daemon, {}, threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.done.wait(0.5):
+            try:
+                sites = probe_sites(self.daemon.scrape())
+            except OSError:
+                continue
+            if sites:
+                self.sites = sites
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        return self.sites
+
+
+def record_probe_sites(host, sites):
+    """Keeps the sites in the host record and prints one line a kind."""
+    host["cuda_probe_sites"] = sites
+    by_kind = {}
+    for entry, kinds in sites.items():
+        for kind, n in kinds.items():
+            by_kind.setdefault(kind, []).append(f"{entry} ×{n}")
+    for kind, entries in sorted(by_kind.items()):
+        print(f"CUDA probe sites on {kind}: {', '.join(entries)}", flush=True)
+    if not sites:
+        print("CUDA probe sites: none seen attached", flush=True)
+
+
 def total(samples, name, **labels):
     return sum(v for n, l, v in samples if n == name and all(l.get(k) == w for k, w in labels.items()))
 
@@ -423,8 +473,10 @@ def gpu_checks(args, result, work):
             print(f"\nThis Python ({libpython}) is stripped: no GIL or serialization probes; "
                   "the explain check expects the json stall as python_cpu", flush=True)
         env = dict(os.environ, GAPSCOPE_DEVICE_CHECK_STRIPPED="0" if has_gil else "1")
+        watch = SiteWatch(daemon)
         run_step(result, "CUDA calls and NVML", [py, "targets/device_check.py", "traced",
                                                  str(daemon.port), str(baseline_ns)], 180, env=env)
+        record_probe_sites(host, watch.stop())
         cupti = host_cupti(py)
         deep_env = dict(env, CUDA_INJECTION64_PATH=os.path.abspath(inject), GAPSCOPE_SOCKET=daemon.socket)
         if cupti:
@@ -716,6 +768,7 @@ def uprobe_checks(result, daemon, fixture):
         while total(daemon.scrape(), "gapscope_cuda_probed_files") < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         before = daemon.scrape()
+        record_probe_sites(result.doc["host"], probe_sites(before))
         say(p, "go")
         until_done(p, 60)
     finally:

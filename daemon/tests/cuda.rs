@@ -134,6 +134,25 @@ fn launches_and_host_syncs_are_counted_exactly_and_timed() {
         m.get("gapscope_cuda_processes", &s(&[("api", "driver")])),
         Some(1.0)
     );
+    // The instruction each probe sits on, against objdump's reading of
+    // the same files.
+    let truth = probed_instructions(&fixture);
+    assert!(!truth.is_empty());
+    for ((api, entry, instruction), n) in &truth {
+        assert_eq!(
+            m.get(
+                "gapscope_cuda_probe_sites",
+                &[("api", api), ("entry", entry), ("instruction", instruction)]
+            ),
+            Some(*n as f64),
+            "{entry} on {instruction}"
+        );
+    }
+    assert_eq!(
+        m.sum("gapscope_cuda_probe_sites", &[]),
+        truth.values().sum::<usize>() as f64,
+        "sites objdump does not show"
+    );
     if let Err(report) = promtool_check(&m.0) {
         panic!("promtool: {report}\n{}", m.0);
     }
@@ -161,6 +180,67 @@ fn launches_and_host_syncs_are_counted_exactly_and_timed() {
         "probes stay attached after the processes left",
         |m| m.get_or_zero("gapscope_cuda_probed_files", &[]) == 0.0,
     );
+}
+
+/// (api, entry, instruction) → probe sites, read with objdump: each
+/// entry point's exported names in the stand-in libraries, one site per
+/// address, on the `push` after a leading `endbr64` when one follows it,
+/// else on the first instruction (x86-64; elsewhere every site is
+/// unclassified).
+fn probed_instructions(
+    fixture: &FakeCuda,
+) -> std::collections::BTreeMap<(&'static str, &'static str, &'static str), usize> {
+    use gapscoped::cuda::{ENTRY_POINTS, Library};
+    let mut out = std::collections::BTreeMap::new();
+    for (library, file) in [
+        (Library::Driver, "libcuda.so.1"),
+        (Library::Runtime, "libcudart.so.12"),
+    ] {
+        let listing = std::process::Command::new("objdump")
+            .args(["-d", "--no-show-raw-insn"])
+            .arg(fixture.path(file))
+            .output()
+            .expect("objdump (binutils)");
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        // "<name>:" then "  addr:\tmnemonic operands" lines.
+        let mut starts: std::collections::HashMap<&str, (&str, Vec<&str>)> = Default::default();
+        let mut current = None;
+        for line in listing.lines() {
+            if let Some(rest) = line.strip_suffix(">:") {
+                let (address, name) = rest.split_once(" <").unwrap();
+                starts.insert(name, (address, Vec::new()));
+                current = Some(name);
+            } else if let (Some(name), Some((_, code))) = (current, line.split_once(":\t")) {
+                let first = starts.get_mut(name).unwrap();
+                if first.1.len() < 2 {
+                    first.1.push(code.split_whitespace().next().unwrap_or(""));
+                }
+            }
+        }
+        for entry in ENTRY_POINTS.iter().filter(|e| e.library == library) {
+            let mut addresses = std::collections::HashSet::new();
+            for symbol in entry.symbols {
+                let Some((address, code)) = starts.get(symbol) else {
+                    continue;
+                };
+                if !addresses.insert(*address) {
+                    continue;
+                }
+                let instruction = if !cfg!(target_arch = "x86_64") {
+                    "unclassified"
+                } else {
+                    match code.as_slice() {
+                        ["endbr64", "push", ..] | ["push", ..] => "push",
+                        [first, ..] if first.starts_with("nop") => "nop",
+                        _ => "other",
+                    }
+                };
+                *out.entry((library.api(), entry.name, instruction))
+                    .or_default() += 1;
+            }
+        }
+    }
+    out
 }
 
 #[test]

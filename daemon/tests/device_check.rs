@@ -85,6 +85,16 @@ fn the_stand_in_device_check_passes_every_check_and_writes_its_schema() {
         doc["overhead"]["paired_losses"].as_array().unwrap().len(),
         5
     );
+    // Where each CUDA probe sits: the stand-in is built as Ubuntu builds
+    // (`endbr64`, then `push %rbp`), so on x86-64 every site is a push.
+    let sites = doc["host"]["cuda_probe_sites"].as_object().unwrap();
+    assert!(sites.contains_key("driver/cuLaunchKernel"), "{sites:?}");
+    if cfg!(target_arch = "x86_64") {
+        for (entry, kinds) in sites {
+            let kinds: Vec<&String> = kinds.as_object().unwrap().keys().collect();
+            assert_eq!(kinds, ["push"], "{entry}");
+        }
+    }
     experiment_is_complete(&doc, out.path());
     let schema: Value = serde_json::from_str(
         &std::fs::read_to_string(repo_root().join("scripts/device-check.schema.json")).unwrap(),

@@ -52,15 +52,18 @@ pub fn file_key(tgid: u32, file: &str) -> Result<(FileKey, String), String> {
 /// before the stack moves, so the uretprobe there finds the return address
 /// where the kernel looks for it; a function that jumps back to its own
 /// prologue `push` would count twice, and compilers do not emit that.
-fn probe_site(file: &fs::File, offset: u64) -> u64 {
+fn probe_site(file: &fs::File, offset: u64) -> (u64, Instruction) {
     use std::os::unix::fs::FileExt as _;
     if !cfg!(target_arch = "x86_64") {
-        return offset;
+        return (offset, Instruction::Unclassified);
     }
     let mut start = [0u8; 6];
     match file.read_exact_at(&mut start, offset) {
-        Ok(()) => offset + past_endbr(&start),
-        Err(_) => offset,
+        Ok(()) => {
+            let past = past_endbr(&start);
+            (offset + past, Instruction::of(&start[past as usize..]))
+        }
+        Err(_) => (offset, Instruction::Unclassified),
     }
 }
 
@@ -68,13 +71,53 @@ fn probe_site(file: &fs::File, offset: u64) -> u64 {
 /// of a register (`50+r`, or `41 50+r` for r8–r15), else 0.
 fn past_endbr(code: &[u8; 6]) -> u64 {
     const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
-    let push =
-        matches!(code[4], 0x50..=0x57) || (code[4] == 0x41 && matches!(code[5], 0x50..=0x57));
-    if code[..4] == ENDBR64 && push { 4 } else { 0 }
+    if code[..4] == ENDBR64 && Instruction::of(&code[4..]) == Instruction::Push {
+        4
+    } else {
+        0
+    }
+}
+
+/// The x86-64 instruction a probe sits on, as far as its price goes: the
+/// kernel emulates a register `push` and a `nop` in the trap; anything
+/// else (`endbr64`, `mov`, `sub`, …) it runs out of line, single-stepped.
+/// Exported per site (`gapscope_cuda_probe_sites`), so an operator sees
+/// which probes pay the second trap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Instruction {
+    Push,
+    Nop,
+    Other,
+    /// Not read (another architecture, or the file could not be read).
+    Unclassified,
+}
+
+impl Instruction {
+    /// What `code` starts with: `50+r` or `41 50+r` is a register push;
+    /// `90`, `66 90`, `0f 1f /0` and `66 0f 1f /0` are nops.
+    fn of(code: &[u8]) -> Self {
+        match code {
+            [0x50..=0x57, ..] | [0x41, 0x50..=0x57, ..] => Self::Push,
+            [0x90, ..] | [0x66, 0x90, ..] | [0x0f, 0x1f, ..] | [0x66, 0x0f, 0x1f, ..] => Self::Nop,
+            [] => Self::Unclassified,
+            _ => Self::Other,
+        }
+    }
+
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Push => "push",
+            Self::Nop => "nop",
+            Self::Other => "other",
+            Self::Unclassified => "unclassified",
+        }
+    }
 }
 
 struct Link {
     slot: usize,
+    instruction: Instruction,
     enter: UProbeLinkId,
     exit: UProbeLinkId,
 }
@@ -223,7 +266,11 @@ impl UprobeSet {
         let file = fs::File::open(in_root).ok();
         let mut sites = Vec::with_capacity(offsets.len());
         for offset in offsets {
-            let site = file.as_ref().map_or(*offset, |f| probe_site(f, *offset));
+            let (site, instruction) = file
+                .as_ref()
+                .map_or((*offset, Instruction::Unclassified), |f| {
+                    probe_site(f, *offset)
+                });
             // Two names whose probes would land on one instruction would
             // count each call twice.
             if sites.contains(&site) {
@@ -246,7 +293,12 @@ impl UprobeSet {
                     },
                 );
             match attached {
-                Ok((enter, exit)) => links.push(Link { slot, enter, exit }),
+                Ok((enter, exit)) => links.push(Link {
+                    slot,
+                    instruction,
+                    enter,
+                    exit,
+                }),
                 Err(err) => {
                     for l in links {
                         retire(enter.take_link(l.enter));
@@ -489,6 +541,15 @@ impl UprobeSet {
     pub fn probed_files(&self) -> usize {
         self.files.values().filter(|a| !a.links.is_empty()).count()
     }
+
+    /// (slot, instruction probed) → sites attached now, over every file.
+    pub fn sites(&self) -> std::collections::BTreeMap<(usize, Instruction), usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for l in self.files.values().flat_map(|a| &a.links) {
+            *out.entry((l.slot, l.instruction)).or_default() += 1;
+        }
+        out
+    }
 }
 
 /// An error and its sources, one after another: aya's attach errors keep
@@ -506,7 +567,28 @@ fn with_sources(err: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::past_endbr;
+    use super::{Instruction, past_endbr};
+
+    #[test]
+    fn the_probed_instruction_is_named_by_its_first_bytes() {
+        use Instruction::{Nop, Other, Push, Unclassified};
+        for (code, expected) in [
+            (&[0x55, 0x48][..], Push),              // push %rbp
+            (&[0x41, 0x57][..], Push),              // push %r15
+            (&[0x90][..], Nop),                     // nop
+            (&[0x66, 0x90][..], Nop),               // xchg %ax,%ax
+            (&[0x0f, 0x1f, 0x44, 0x00][..], Nop),   // nopl 0(%rax,%rax)
+            (&[0x66, 0x0f, 0x1f, 0x44][..], Nop),   // nopw 0(%rax,%rax)
+            (&[0xf3, 0x0f, 0x1e, 0xfa][..], Other), // endbr64
+            (&[0x48, 0x89, 0xf8][..], Other),       // mov %rdi,%rax
+            (&[0x48, 0x83, 0xec][..], Other),       // sub $..,%rsp
+            (&[0x41, 0x89][..], Other),             // a REX prefix, not a push
+            (&[0x41][..], Other),
+            (&[][..], Unclassified),
+        ] {
+            assert_eq!(Instruction::of(code), expected, "{code:02x?}");
+        }
+    }
 
     #[test]
     fn a_probe_steps_over_endbr64_only_onto_a_push() {

@@ -23,7 +23,7 @@ use super::{ENTRY_POINTS, Library};
 use crate::{
     bpf::{
         Probes,
-        uprobes::{FileKey, UprobeSet, file_key},
+        uprobes::{FileKey, Instruction, UprobeSet, file_key},
     },
     locate::symbol_groups,
 };
@@ -304,6 +304,11 @@ impl CudaTracker {
     /// The share of launches each slot sees (1: counted in full).
     pub fn sampling_ratios(&self) -> Vec<f64> {
         self.uprobes.sampling_ratios()
+    }
+
+    /// (slot, instruction probed) → probe sites attached now.
+    pub fn probe_sites(&self) -> BTreeMap<(usize, Instruction), usize> {
+        self.uprobes.sites()
     }
 
     /// (service, library) → traced processes mapping it.
