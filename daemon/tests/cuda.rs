@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use gapscope_testkit::{
     Daemon, Metrics,
     fake_cuda::{FakeCuda, value},
-    http_get, promtool_check, serial,
+    http_get,
+    objdump::probed_instruction,
+    promtool_check, serial,
 };
 
 fn daemon(extra: &str) -> Daemon {
@@ -184,9 +186,7 @@ fn launches_and_host_syncs_are_counted_exactly_and_timed() {
 
 /// (api, entry, instruction) → probe sites, read with objdump: each
 /// entry point's exported names in the stand-in libraries, one site per
-/// address, on the `push` after a leading `endbr64` when one follows it,
-/// else on the first instruction (x86-64; elsewhere every site is
-/// unclassified).
+/// address.
 fn probed_instructions(
     fixture: &FakeCuda,
 ) -> std::collections::BTreeMap<(&'static str, &'static str, &'static str), usize> {
@@ -196,47 +196,16 @@ fn probed_instructions(
         (Library::Driver, "libcuda.so.1"),
         (Library::Runtime, "libcudart.so.12"),
     ] {
-        let listing = std::process::Command::new("objdump")
-            .args(["-d", "--no-show-raw-insn"])
-            .arg(fixture.path(file))
-            .output()
-            .expect("objdump (binutils)");
-        let listing = String::from_utf8_lossy(&listing.stdout);
-        // "<name>:" then "  addr:\tmnemonic operands" lines.
-        let mut starts: std::collections::HashMap<&str, (&str, Vec<&str>)> = Default::default();
-        let mut current = None;
-        for line in listing.lines() {
-            if let Some(rest) = line.strip_suffix(">:") {
-                let (address, name) = rest.split_once(" <").unwrap();
-                starts.insert(name, (address, Vec::new()));
-                current = Some(name);
-            } else if let (Some(name), Some((_, code))) = (current, line.split_once(":\t")) {
-                let first = starts.get_mut(name).unwrap();
-                if first.1.len() < 2 {
-                    first.1.push(code.split_whitespace().next().unwrap_or(""));
-                }
-            }
-        }
         for entry in ENTRY_POINTS.iter().filter(|e| e.library == library) {
             let mut addresses = std::collections::HashSet::new();
             for symbol in entry.symbols {
-                let Some((address, code)) = starts.get(symbol) else {
-                    continue;
-                };
-                if !addresses.insert(*address) {
-                    continue;
+                if let Some((address, instruction)) =
+                    probed_instruction(&fixture.path(file), symbol)
+                    && addresses.insert(address)
+                {
+                    *out.entry((library.api(), entry.name, instruction))
+                        .or_default() += 1;
                 }
-                let instruction = if !cfg!(target_arch = "x86_64") {
-                    "unclassified"
-                } else {
-                    match code.as_slice() {
-                        ["endbr64", "push", ..] | ["push", ..] => "push",
-                        [first, ..] if first.starts_with("nop") => "nop",
-                        _ => "other",
-                    }
-                };
-                *out.entry((library.api(), entry.name, instruction))
-                    .or_default() += 1;
             }
         }
     }

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use gapscope_testkit::{Daemon, Metrics, Workload, pyenv_python, repo_root, serial, target_python};
+use gapscope_testkit::{
+    Daemon, Metrics, Workload, objdump::probed_instruction, pyenv_python, repo_root, serial,
+    target_python,
+};
 
 const N: u64 = 40;
 
@@ -32,6 +35,15 @@ fn service() -> Daemon {
     Daemon::start(
         "[[service]]\nname = \"ser\"\ncmdline = \"serialization_probe.py .*--tag ser-test\"\n",
     )
+}
+
+/// The file CPython `python` loads `module` from.
+fn module_file(python: &Path, module: &str) -> PathBuf {
+    let out = std::process::Command::new(python)
+        .args(["-c", &format!("import {module}; print({module}.__file__)")])
+        .output()
+        .unwrap();
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 /// Waits until `ready` says the probes (or their absence) are settled.
@@ -58,6 +70,25 @@ fn json_and_pickle_calls_are_counted_exactly_and_timed() {
             m.get_or_zero("gapscope_serialization_probed_files", &[]) >= 2.0
         });
         let after = run_and_compare(&daemon, &mut w, &["json", "pickle"], &format!("3.{minor}"));
+        // Each probe's instruction, as objdump reads the module's function.
+        for (codec, op, module, function) in [
+            ("json", "encode", "_json", "encoder_call"),
+            ("json", "decode", "_json", "scanner_call"),
+            ("pickle", "encode", "_pickle", "_pickle_dumps"),
+            ("pickle", "decode", "_pickle", "_pickle_loads"),
+        ] {
+            let file = module_file(&pyenv_python(minor), module);
+            let (_, instruction) = probed_instruction(&file, function)
+                .unwrap_or_else(|| panic!("objdump finds no {function} in {}", file.display()));
+            assert_eq!(
+                after.get(
+                    "gapscope_serialization_probe_sites",
+                    &[("codec", codec), ("op", op), ("instruction", instruction)]
+                ),
+                Some(1.0),
+                "3.{minor}: {function} on {instruction}"
+            );
+        }
         // The kernel's return-probe trampoline is ours, not the program's.
         assert_eq!(
             after.get_or_zero(

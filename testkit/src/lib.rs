@@ -577,6 +577,7 @@ pub use skip::{not_checked, skip};
 pub mod dashboard_picture;
 pub mod fake_cuda;
 pub mod fake_nvml;
+pub mod objdump;
 pub mod prometheus;
 pub mod skip;
 pub mod stream_server;

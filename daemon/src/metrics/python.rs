@@ -13,7 +13,7 @@ use crate::{
 };
 
 pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
-    let (processes, unavailable, stats, ser_missing, probed_files, ratios, specs) =
+    let (processes, unavailable, stats, ser_missing, probed_files, ratios, specs, sites) =
         match state.targets.lock() {
             Ok(t) => (
                 t.gil.processes(),
@@ -23,6 +23,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
                 t.serialization.probed_files(),
                 t.serialization.sampling_ratios(),
                 t.serialization.specs(),
+                t.serialization.probe_sites(),
             ),
             Err(_) => return Vec::new(),
         };
@@ -112,6 +113,22 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     for (spec, ratio) in specs.iter().zip(&ratios) {
         sampling.add_gauge(&[("codec", &spec.codec), ("op", &spec.op)], *ratio);
     }
+    let mut probe_sites = Family::gauge(
+        "gapscope_serialization_probe_sites",
+        "Serialization probe sites attached now per codec function, by the instruction the probe sits on: push and nop are emulated in the kernel's trap, anything else is single-stepped in a second trap (tens of times the price on a VM); a leading endbr64 followed by a push is stepped over.",
+    );
+    for ((probe, instruction), n) in &sites {
+        if let Some(spec) = specs.get(*probe) {
+            probe_sites.add_gauge(
+                &[
+                    ("codec", &spec.codec),
+                    ("op", &spec.op),
+                    ("instruction", instruction.name()),
+                ],
+                *n as f64,
+            );
+        }
+    }
     vec![
         python,
         missing,
@@ -122,6 +139,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
         ser_unavailable,
         files,
         sampling,
+        probe_sites,
     ]
 }
 

@@ -351,6 +351,13 @@ impl SerializationTracker {
         self.uprobes.sampling_ratios()
     }
 
+    /// (probe, instruction probed) → probe sites attached now.
+    pub fn probe_sites(
+        &self,
+    ) -> std::collections::BTreeMap<(usize, crate::bpf::uprobes::Instruction), usize> {
+        self.uprobes.sites()
+    }
+
     /// A process left: detach from files no traced process uses any more.
     pub fn forget(&mut self, tgid: u32) {
         self.unavailable.remove(&tgid);
