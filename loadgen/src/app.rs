@@ -30,8 +30,7 @@ use crate::{
 
 /// The per-request JSONL's write buffer: a streamed reply's line is a few
 /// KiB (its token times), and at thousands of requests a second an 8 KiB
-/// buffer made a write call every other request (7 % of the client's CPU
-/// at 128 tokens a request, in the page cache's write path).
+/// buffer made a write call every other request.
 const JSONL_BUFFER: usize = 1 << 20;
 
 /// Exit statuses.
