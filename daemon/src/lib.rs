@@ -25,6 +25,7 @@ pub mod error;
 pub mod explain;
 pub mod http;
 pub mod locate;
+pub mod mapped;
 pub mod metrics;
 pub mod notify;
 pub mod nvml;

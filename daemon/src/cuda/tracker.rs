@@ -195,7 +195,8 @@ impl CudaTracker {
             .resolved
             .entry(key)
             .or_insert_with(|| {
-                let data = fs::read(&in_root).map_err(|e| format!("{path}: {e}"))?;
+                let data =
+                    crate::mapped::Mapped::open(&in_root).map_err(|e| format!("{path}: {e}"))?;
                 let groups: Vec<&[&str]> = ENTRY_POINTS.iter().map(|e| e.symbols).collect();
                 symbol_groups(&data, &groups).map_err(|e| format!("{path}: {e}"))
             })

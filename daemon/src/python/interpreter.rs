@@ -226,7 +226,8 @@ impl Finder {
 }
 
 fn parse_elf(file: &Path) -> Result<ElfFacts, String> {
-    let data = fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let data = crate::mapped::Mapped::open(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let elf = object::File::parse(&*data)
         .map_err(|e| format!("{} is not a readable ELF file: {e}", file.display()))?;
     let runtime = elf

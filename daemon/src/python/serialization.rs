@@ -30,6 +30,7 @@ use crate::bpf::{
     uprobes::{FileKey, UprobeSet, file_key},
 };
 pub use crate::locate::{Locate, resolve};
+use crate::mapped::Mapped;
 
 /// One function to probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,7 +280,7 @@ impl SerializationTracker {
         tgid: u32,
         index: usize,
         file: &str,
-        files: &mut HashMap<FileKey, Result<Vec<u8>, String>>,
+        files: &mut HashMap<FileKey, Result<Mapped, String>>,
     ) -> Result<Option<(FileKey, String, Vec<u64>)>, String> {
         let (key, in_root) = file_key(tgid, file)?;
         if !self.uprobes.needs(tgid, key, index) {
@@ -292,7 +293,7 @@ impl SerializationTracker {
             .or_insert_with(|| {
                 let data = files
                     .entry(key)
-                    .or_insert_with(|| fs::read(&in_root).map_err(|e| format!("{file}: {e}")))
+                    .or_insert_with(|| Mapped::open(&in_root).map_err(|e| format!("{file}: {e}")))
                     .as_ref()
                     .map_err(Clone::clone)?;
                 resolve(data, &spec.locate)
@@ -413,7 +414,7 @@ impl SerializationTracker {
 /// tables.
 pub fn file_has_symbol(tgid: u32, file: &str, symbol: &str) -> bool {
     use object::{Object as _, ObjectSymbol as _};
-    let Ok(data) = fs::read(format!("/proc/{tgid}/root{file}")) else {
+    let Ok(data) = Mapped::open(format!("/proc/{tgid}/root{file}")) else {
         return false;
     };
     let Ok(elf) = object::File::parse(&*data) else {
