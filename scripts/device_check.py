@@ -259,9 +259,9 @@ class Daemon:
 
 def probe_sites(samples):
     """gapscope_cuda_probe_sites as {"api/entry": {instruction: sites}}: the
-    instruction each CUDA probe sits on (push and nop are emulated in the
-    kernel's trap; other instructions are single-stepped, tens of µs a hit
-    on a VM)."""
+    instruction each CUDA probe sits on (kernels that emulate a probed push
+    or nop do it in the trap; other instructions are single-stepped, tens
+    of µs a hit on a VM)."""
     out = {}
     for n, l, v in samples:
         if n == "gapscope_cuda_probe_sites" and v:
@@ -283,7 +283,7 @@ class SiteWatch:
         while not self.done.wait(0.5):
             try:
                 sites = probe_sites(self.daemon.scrape())
-            except OSError:
+            except Exception:  # a daemon dying mid-reply: keep what was seen
                 continue
             if sites:
                 self.sites = sites

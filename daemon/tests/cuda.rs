@@ -224,7 +224,41 @@ fn launch_probes_over_budget_are_duty_cycled_and_estimated() {
     wait_until(&daemon, "the CUDA libraries were never probed", |m| {
         m.get_or_zero("gapscope_cuda_probed_files", &[]) == 2.0
     });
-    let truth = value(&w.go(), "launches");
+    // A paused slot keeps its sites: every scrape while the caller runs
+    // (its seconds attached and paused) shows cuLaunchKernel's, as
+    // objdump reads them.
+    let expected: Vec<(&str, usize)> = probed_instructions(&fixture)
+        .into_iter()
+        .filter(|((api, entry, _), _)| *api == "driver" && *entry == "cuLaunchKernel")
+        .map(|((_, _, instruction), n)| (instruction, n))
+        .collect();
+    assert!(!expected.is_empty());
+    let running = std::sync::atomic::AtomicBool::new(true);
+    let (truth, (scrapes, wrong)) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let (mut scrapes, mut wrong) = (0, Vec::new());
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                let m = daemon.scrape();
+                scrapes += 1;
+                for (instruction, n) in &expected {
+                    let got = m.get(
+                        "gapscope_cuda_probe_sites",
+                        &[("entry", "cuLaunchKernel"), ("instruction", instruction)],
+                    );
+                    if got != Some(*n as f64) {
+                        wrong.push((scrapes, *instruction, got));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (scrapes, wrong)
+        });
+        let truth = value(&w.go(), "launches");
+        running.store(false, std::sync::atomic::Ordering::Relaxed);
+        (truth, watcher.join().unwrap())
+    });
+    assert!(scrapes >= 50, "{scrapes} scrapes in 10 s");
+    assert!(wrong.is_empty(), "sites while duty-cycled: {wrong:?}");
     let labels = [
         ("service", "cuda"),
         ("api", "driver"),

@@ -578,8 +578,12 @@ async fn collect(
             }
         }
     }
-    if let Some(w) = jsonl.as_mut() {
-        let _ = w.flush();
+    if let Some(w) = jsonl.as_mut()
+        && let Err(e) = w.flush()
+    {
+        eprintln!(
+            "gapscope-loadgen: the per-request JSONL's last records could not be written ({e}); the statistics and results.json have every request"
+        );
     }
     (stats, last_done)
 }

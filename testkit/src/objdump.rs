@@ -21,17 +21,26 @@ pub fn probed_instruction(file: &Path, symbol: &str) -> Option<(u64, &'static st
     let header = format!(" <{symbol}>:");
     let address = lines.by_ref().find_map(|l| l.strip_suffix(&header))?;
     let address = u64::from_str_radix(address.trim(), 16).ok()?;
-    let mnemonics: Vec<&str> = lines
+    // Each instruction as (mnemonic, operands).
+    let code: Vec<(&str, &str)> = lines
         .filter_map(|l| l.split_once(":\t"))
-        .filter_map(|(_, code)| code.split_whitespace().next())
+        .map(|(_, code)| {
+            let code = code.trim();
+            code.split_once(char::is_whitespace)
+                .map_or((code, ""), |(m, rest)| (m, rest.trim()))
+        })
         .take(2)
         .collect();
+    // A push of a register (`push %rbp`), not of an immediate or memory.
+    let register_push = |(m, operands): &(&str, &str)| *m == "push" && operands.starts_with("%r");
     let class = if !cfg!(target_arch = "x86_64") {
         "unclassified"
     } else {
-        match mnemonics.as_slice() {
-            ["endbr64", "push", ..] | ["push", ..] => "push",
-            [first, ..] if first.starts_with("nop") => "nop",
+        match code.as_slice() {
+            [("endbr64", _), second, ..] if register_push(second) => "push",
+            [first, ..] if register_push(first) => "push",
+            [(m, _), ..] if m.starts_with("nop") => "nop",
+            [("xchg", "%ax,%ax"), ..] => "nop",
             _ => "other",
         }
     };

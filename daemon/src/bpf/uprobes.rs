@@ -117,7 +117,6 @@ impl Instruction {
 
 struct Link {
     slot: usize,
-    instruction: Instruction,
     enter: UProbeLinkId,
     exit: UProbeLinkId,
 }
@@ -126,6 +125,10 @@ struct Link {
 struct Attached {
     links: Vec<Link>,
     users: HashSet<u32>,
+    /// (slot, site) → the instruction probed there, from the first attach
+    /// until the file is forgotten: a slot paused by its budget keeps its
+    /// sites in `sites()`.
+    sites: HashMap<(usize, u64), Instruction>,
 }
 
 /// A slot's sampling: attached every second while every process's calls
@@ -263,6 +266,7 @@ impl UprobeSet {
             .uprobe_pair(self.programs)
             .ok_or_else(|| format!("programs {:?} missing", self.programs))?;
         let mut links = Vec::new();
+        let mut placed = Vec::new();
         let file = fs::File::open(in_root).ok();
         let mut sites = Vec::with_capacity(offsets.len());
         for offset in offsets {
@@ -293,12 +297,10 @@ impl UprobeSet {
                     },
                 );
             match attached {
-                Ok((enter, exit)) => links.push(Link {
-                    slot,
-                    instruction,
-                    enter,
-                    exit,
-                }),
+                Ok((enter, exit)) => {
+                    placed.push(((slot, site), instruction));
+                    links.push(Link { slot, enter, exit });
+                }
                 Err(err) => {
                     for l in links {
                         retire(enter.take_link(l.enter));
@@ -322,6 +324,7 @@ impl UprobeSet {
         }
         let a = self.files.entry(key).or_default();
         a.links.extend(links);
+        a.sites.extend(placed);
         a.users.insert(tgid);
         self.uses.entry(tgid).or_default().insert(key);
         Ok(())
@@ -542,11 +545,12 @@ impl UprobeSet {
         self.files.values().filter(|a| !a.links.is_empty()).count()
     }
 
-    /// (slot, instruction probed) → sites attached now, over every file.
+    /// (slot, instruction probed) → sites placed, over every file a traced
+    /// process uses: attached now, or paused by the budget.
     pub fn sites(&self) -> std::collections::BTreeMap<(usize, Instruction), usize> {
         let mut out = std::collections::BTreeMap::new();
-        for l in self.files.values().flat_map(|a| &a.links) {
-            *out.entry((l.slot, l.instruction)).or_default() += 1;
+        for ((slot, _), instruction) in self.files.values().flat_map(|a| &a.sites) {
+            *out.entry((*slot, *instruction)).or_default() += 1;
         }
         out
     }

@@ -101,7 +101,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     files.add_gauge(&[], cuda.probed_files() as f64);
     let mut sites = Family::gauge(
         "gapscope_cuda_probe_sites",
-        "Probe sites attached now per CUDA entry point (its exported names, in every probed file), by the instruction the probe sits on: the kernel emulates a push or nop in the trap (about 0.5 µs a hit on this project's VM), and single-steps anything else in a second trap (about 20 µs a hit there). A leading endbr64 followed by a push is stepped over.",
+        "Probe sites per CUDA entry point (its exported names, in every file a traced process maps; attached, or paused by the launch budget), by the instruction the probe sits on: push, nop, other (unclassified off x86-64). Kernels that emulate a probed push or nop do it in the trap (about 0.5 µs a hit on this project's VM, kernel 6.18); other instructions are single-stepped in a second trap (about 20 µs a hit there). A leading endbr64 followed by a push is stepped over.",
     );
     for ((slot, instruction), n) in cuda.probe_sites() {
         if let Some(entry) = ENTRY_POINTS.get(slot) {

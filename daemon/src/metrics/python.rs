@@ -115,7 +115,7 @@ pub(super) fn collect(state: &DaemonState) -> Vec<Family> {
     }
     let mut probe_sites = Family::gauge(
         "gapscope_serialization_probe_sites",
-        "Serialization probe sites attached now per codec function, by the instruction the probe sits on: push and nop are emulated in the kernel's trap, anything else is single-stepped in a second trap (tens of times the price on a VM); a leading endbr64 followed by a push is stepped over.",
+        "Serialization probe sites per codec function (attached, or paused by the budget), by the instruction the probe sits on: push, nop, other (unclassified off x86-64); kernels that emulate a probed push or nop do it in the trap, other instructions are single-stepped in a second trap (tens of times the price on a VM); a leading endbr64 followed by a push is stepped over.",
     );
     for ((probe, instruction), n) in &sites {
         if let Some(spec) = specs.get(*probe) {
