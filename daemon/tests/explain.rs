@@ -241,9 +241,12 @@ fn every_long_sleep_reaches_the_timeline_as_an_off_cpu_interval() {
         detail()
     );
     // A sleep that blocked once and was never preempted is blocked from
-    // the switch after the timer was armed to the wake-up: at least the
-    // 3 ms asked less the few µs between arming the timer and switching
-    // out, and within the workload's own time asleep.
+    // the switch after the timer was armed to the wake-up: the 3 ms asked
+    // less the time between arming the timer and switching out, and
+    // within the workload's own time asleep. That time is usually a few
+    // µs, but the kernel may balance load or take interrupts in between:
+    // a clean-clone run measured 61 µs once (2,939,093 ns blocked). Half
+    // a millisecond still tells a whole sleep from a fragment of one.
     for w in windows
         .iter()
         .filter(|w| w.2 == 1 && w.3 == 0 && !unseen.contains(w))
@@ -253,7 +256,7 @@ fn every_long_sleep_reaches_the_timeline_as_an_off_cpu_interval() {
             .find(|&&i| within(i, w))
             .expect("checked above");
         assert!(
-            e - s >= 2_950_000,
+            e - s >= 2_500_000,
             "sleep {w:?} blocked {} ns, under the 3 ms asked: {}",
             e - s,
             detail()
