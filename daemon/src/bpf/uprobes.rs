@@ -81,7 +81,8 @@ fn past_endbr(code: &[u8; 6]) -> u64 {
 /// The x86-64 instruction a probe sits on, as far as its price goes: the
 /// kernel emulates a register `push` and a `nop` in the trap; anything
 /// else (`endbr64`, `mov`, `sub`, …) it runs out of line, single-stepped.
-/// Exported per site (`gapscope_cuda_probe_sites`), so an operator sees
+/// Exported per site (`gapscope_cuda_probe_sites`,
+/// `gapscope_serialization_probe_sites`), so an operator sees
 /// which probes pay the second trap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Instruction {
@@ -266,9 +267,9 @@ impl UprobeSet {
             .uprobe_pair(self.programs)
             .ok_or_else(|| format!("programs {:?} missing", self.programs))?;
         let mut links = Vec::new();
-        let mut placed = Vec::new();
+        // ((slot, site), instruction) of each link made.
+        let mut placed = Vec::with_capacity(offsets.len());
         let file = fs::File::open(in_root).ok();
-        let mut sites = Vec::with_capacity(offsets.len());
         for offset in offsets {
             let (site, instruction) = file
                 .as_ref()
@@ -277,10 +278,9 @@ impl UprobeSet {
                 });
             // Two names whose probes would land on one instruction would
             // count each call twice.
-            if sites.contains(&site) {
+            if placed.iter().any(|((_, s), _)| *s == site) {
                 continue;
             }
-            sites.push(site);
             let point = || UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(site),
                 cookie: Some(cookie),

@@ -307,7 +307,7 @@ impl CudaTracker {
         self.uprobes.sampling_ratios()
     }
 
-    /// (slot, instruction probed) → probe sites attached now.
+    /// (slot, instruction probed) → probe sites, attached or paused.
     pub fn probe_sites(&self) -> BTreeMap<(usize, Instruction), usize> {
         self.uprobes.sites()
     }

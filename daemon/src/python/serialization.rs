@@ -352,7 +352,7 @@ impl SerializationTracker {
         self.uprobes.sampling_ratios()
     }
 
-    /// (probe, instruction probed) → probe sites attached now.
+    /// (probe, instruction probed) → probe sites, attached or paused.
     pub fn probe_sites(
         &self,
     ) -> std::collections::BTreeMap<(usize, crate::bpf::uprobes::Instruction), usize> {
