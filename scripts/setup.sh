@@ -31,8 +31,8 @@ fi
 # unit's tests. dpkg-dev: the Debian package test. cmake and g++: llama.cpp's
 # llama-server, the reference compiled engine. mmdebstrap and
 # systemd-container: scripts/systemd-check boots a Debian tree under a real
-# systemd.
-packages=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev prometheus bpftrace util-linux curl python3.11 gcc openssl systemd dpkg-dev cmake g++ mmdebstrap systemd-container)
+# systemd. binutils: objdump, the probe-site tests' truth.
+packages=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev prometheus bpftrace util-linux curl python3.11 gcc binutils openssl systemd dpkg-dev cmake g++ mmdebstrap systemd-container)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
